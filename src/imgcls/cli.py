@@ -1,0 +1,240 @@
+"""The command line: parse, call, print. No torch import happens before a command runs,
+so `--help` and flag errors answer at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from imgcls import __version__
+from imgcls.config import Config, build_config, parse_batch_size, parse_class_weights
+from imgcls.errors import UserError
+
+app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
+cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+DEFAULTS = Config()
+err = Console(stderr=True)
+
+
+def user_errors(command):
+    """A user's mistake ends as one line on stderr and exit code 2, never a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            err.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _default(section: str, key: str) -> str:
+    return f" [default: {getattr(getattr(DEFAULTS, section), key)}]"
+
+
+DATA, MODEL, OPT, RUN = "Data", "Model and loss", "Optimization", "Run"
+
+
+@app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name." + _default("data", "dataset"),
+                                                   rich_help_panel=DATA)] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset [default: $IMGCLS_DATA, else "
+                                                         "~/.cache/imgcls/data].", rich_help_panel=DATA)] = None,
+    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Fetch a missing dataset."
+                                                     + _default("data", "download"), rich_help_panel=DATA)] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Share of train held out for validation."
+                                                       + _default("data", "val_split"), rich_help_panel=DATA)] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize images to NxN.", rich_help_panel=DATA)] = None,
+    normalize: Annotated[Optional[str], typer.Option(help="Standardize per pixel, per channel, or none."
+                                                     + _default("data", "normalize"), rich_help_panel=DATA)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most N training images (stratified).",
+                                                 rich_help_panel=DATA)] = None,
+    skip_bad_images: Annotated[Optional[bool], typer.Option("--skip-bad-images/--no-skip-bad-images",
+                                                            help="Skip unreadable images instead of stopping.",
+                                                            rich_help_panel=DATA)] = None,
+    init: Annotated[Optional[str], typer.Option(help="Weight init: default, zeros, normal."
+                                                + _default("model", "init"), rich_help_panel=MODEL)] = None,
+    init_std: Annotated[Optional[float], typer.Option(help="Std of the normal init." + _default("model", "init_std"),
+                                                      rich_help_panel=MODEL)] = None,
+    loss: Annotated[Optional[str], typer.Option(help="ce, nll (LogSoftmax+NLL) or mse (to one-hot)."
+                                                + _default("loss", "loss"), rich_help_panel=MODEL)] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help="'balanced' or one weight per class, comma separated.",
+                                                         rich_help_panel=MODEL)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate." + _default("optim", "lr"),
+                                                rich_help_panel=OPT)] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="N, 1 (online SGD), 'full' (gradient descent) or 'auto'."
+                                                      + _default("optim", "batch_size"), rich_help_panel=OPT)] = None,
+    momentum: Annotated[Optional[float], typer.Option(help="SGD momentum." + _default("optim", "momentum"),
+                                                      rich_help_panel=OPT)] = None,
+    nesterov: Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.",
+                                                     rich_help_panel=OPT)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="L2 penalty on W." + _default("optim", "weight_decay"),
+                                                          rich_help_panel=OPT)] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="constant, step, cosine or onecycle."
+                                                    + _default("schedule", "schedule"), rich_help_panel=OPT)] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warmup length in epochs.",
+                                                           rich_help_panel=OPT)] = None,
+    step_epochs: Annotated[Optional[int], typer.Option(help="Step schedule: decay every N epochs."
+                                                       + _default("schedule", "step_epochs"),
+                                                       rich_help_panel=OPT)] = None,
+    step_gamma: Annotated[Optional[float], typer.Option(help="Step schedule: decay factor."
+                                                        + _default("schedule", "step_gamma"),
+                                                        rich_help_panel=OPT)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train." + _default("train", "epochs"),
+                                                  rich_help_panel=OPT)] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val top-1.",
+                                                    rich_help_panel=OPT)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for init, split and order." + _default("train", "seed"),
+                                                rich_help_panel=RUN)] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N." + _default("train", "device"),
+                                                  rich_help_panel=RUN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, tf32 or bf16 (CUDA)."
+                                                     + _default("train", "precision"), rich_help_panel=RUN)] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder [default: runs/<dataset>-<date>-<time>].",
+                                               rich_help_panel=RUN)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.", rich_help_panel=RUN)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON metrics.",
+                                        rich_help_panel=RUN)] = False,
+) -> None:
+    """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
+    flags = dict(locals())
+    for name in ("config", "overwrite", "quiet"):
+        flags.pop(name)
+    if batch_size is not None:
+        flags["batch_size"] = parse_batch_size(batch_size)
+    if class_weights is not None:
+        flags["class_weights"] = parse_class_weights(class_weights)
+    resolved = build_config(config, flags)
+
+    from imgcls.report import Reporter
+    from imgcls.train import train as run_training
+
+    reporter = Reporter(quiet)
+    try:
+        result = run_training(resolved, reporter, overwrite=overwrite)
+    finally:
+        reporter.close()
+    reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch + 1}",
+                                         {"val": result.val, "test": result.test}))
+    reporter.note(f"run folder: {result.run_dir.path}")
+    if quiet:
+        print(json.dumps({"val": result.val.summary(), "test": result.test.summary(),
+                          "run_dir": str(result.run_dir.path)}))
+
+
+@app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")
+@user_errors
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
+    data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset is, if not where training found it.")]
+    = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    per_class: Annotated[bool, typer.Option(help="Also show per-class top-1.")] = False,
+) -> None:
+    """Recompute a checkpoint's metrics on a split of its dataset."""
+    from imgcls.errors import check_choice
+
+    check_choice("split", split, ("test", "val", "train"))
+    from imgcls import checkpoint as ckpt
+    from imgcls.evaluate import evaluate_checkpoint
+    from imgcls.report import Reporter
+
+    loaded = ckpt.load(checkpoint)
+    metrics = evaluate_checkpoint(loaded, split, data_dir, device)
+    if as_json:
+        print(json.dumps(metrics.summary()))
+        return
+    reporter = Reporter()
+    reporter.show(reporter.metrics_table(f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}", {split: metrics}))
+    if per_class:
+        reporter.show(reporter.per_class_table(loaded.classes, metrics))
+
+
+@app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl")
+@user_errors
+def export_templates_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs.")],
+    size: Annotated[int, typer.Option(help="Enlarge each template to about this many pixels a side.")] = 128,
+    scale: Annotated[str, typer.Option(help="'each': every template to its own range; 'shared': one range.")]
+    = "each",
+    grid_only: Annotated[bool, typer.Option(help="Write only the labelled grid.")] = False,
+) -> None:
+    """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
+    from imgcls.errors import check_choice
+
+    check_choice("scale", scale, ("each", "shared"))
+    if size < 1:
+        raise UserError(f"--size must be at least 1 pixel, not {size}")
+    from imgcls import checkpoint as ckpt
+    from imgcls.templates import export_templates
+
+    written = export_templates(ckpt.load(checkpoint), out, size=size, scale=scale, grid_only=grid_only)
+    Console().print(f"wrote {len(written)} PNGs to {out}")
+
+
+@cache_app.command("info")
+@user_errors
+def cache_info() -> None:
+    """List the decoded datasets in the cache and their sizes."""
+    from rich.table import Table
+
+    from imgcls.config import default_cache_dir
+    from imgcls.data.cache import list_entries
+
+    directory = default_cache_dir()
+    entries = list_entries(directory)
+    table = Table(title=f"decoded-dataset cache: {directory}")
+    for column in ("entry", "dataset", "split", "images", "MB"):
+        table.add_column(column)
+    for entry in entries:
+        identity = entry.meta.get("identity", {})
+        shape = entry.meta.get("shape", ["?"])
+        table.add_row(entry.path.name, str(identity.get("dataset", "?")), str(identity.get("split", "?")),
+                      str(shape[0]), f"{entry.size_bytes / 1e6:.1f}")
+    Console().print(table)
+
+
+@cache_app.command("clear")
+@user_errors
+def cache_clear() -> None:
+    """Delete every decoded dataset in the cache (they are rebuilt on next use)."""
+    from imgcls.config import default_cache_dir
+    from imgcls.data.cache import clear
+
+    Console().print(f"removed {clear(default_cache_dir())} cache entries from {default_cache_dir()}")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"imgcls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Train and study linear image classifiers: f(x) = Wx + b on pixels."""
+
+
+def main() -> None:
+    app(prog_name="imgcls")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The one typed configuration of a run.
+
+Defaults live in the dataclasses below; a YAML file (nested by section, as the run folder's
+config.yaml is written) overrides them, and command-line flags override the file. Every field
+name is unique across sections, so the flag `--lr` is the key `optim.lr` without ambiguity.
+The result is validated once, then passed around whole; nothing reads flags after that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgcls.errors import UserError, check_choice, did_you_mean
+
+LOSSES = ("ce", "nll", "mse")
+INITS = ("default", "zeros", "normal")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+NORMALIZATIONS = ("pixel", "channel", "none")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10-sample"
+    data_dir: str | None = None  # None: $IMGCLS_DATA, else the per-user data folder
+    download: bool = False
+    val_split: float = 0.1  # fraction of the training set held out, stratified by class
+    image_size: int | None = None  # resize every image to this square side (needed for mixed sizes)
+    normalize: str = "pixel"  # standardize each pixel, each channel, or not at all
+    limit: int | None = None  # use at most this many training images (stratified), for quick runs
+    skip_bad_images: bool = False
+
+
+@dataclass
+class ModelConfig:
+    init: str = "default"  # nn.Linear's own, all zeros, or normal(0, init_std)
+    init_std: float = 0.01
+
+
+@dataclass
+class LossConfig:
+    loss: str = "ce"
+    class_weights: str | list[float] | None = None  # "balanced" or one weight per class
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    batch_size: int | str = 128  # a number, "full" (gradient descent) or "auto"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # the step schedule multiplies the rate by step_gamma every step_epochs
+    step_gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    patience: int | None = None  # stop early after this many epochs without a better val top-1
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+
+
+@dataclass
+class OutputConfig:
+    out: str | None = None  # the run folder; None: runs/<dataset>-<date>-<time>
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass, in the order of Config."""
+    return typing.get_type_hints(Config)
+
+
+def key_index() -> dict[str, str]:
+    """Field name -> section name, for flags (which are flat)."""
+    index = {}
+    for section, cls in sections().items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in index, f"config key {f.name} is in two sections"
+            index[f.name] = section
+    return index
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check a YAML value against a field's type; ints are accepted where floats are expected."""
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is list and isinstance(value, list):
+            return [_coerce(item, typing.get_args(option)[0], key) for item in value]
+    wanted = " or ".join(_type_name(o) for o in options)
+    raise UserError(f"config key '{key}' must be {wanted}, not {type(value).__name__} {value!r}")
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) is list:
+        return f"a list of {_type_name(typing.get_args(annotation)[0])}"
+    return annotation.__name__
+
+
+def _apply(config: Config, section: str, key: str, value: Any) -> None:
+    target = getattr(config, section)
+    hints = typing.get_type_hints(type(target))
+    setattr(target, key, _coerce(value, hints[key], f"{section}.{key}"))
+
+
+def apply_file(config: Config, path: Path) -> None:
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass the path of a YAML file such as configs/cifar10.yaml")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; fix the file or start from configs/") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file {path} must be a mapping of sections (data:, optim:, ...)")
+    known = sections()
+    for section, values in loaded.items():
+        if section not in known:
+            raise UserError(f"unknown config section '{section}' in {path}{did_you_mean(str(section), known)}")
+        if not isinstance(values, dict):
+            raise UserError(f"config section '{section}' in {path} must be a mapping of keys")
+        names = [f.name for f in dataclasses.fields(known[section])]
+        for key, value in values.items():
+            if key not in names:
+                raise UserError(f"unknown config key '{section}.{key}' in {path}{did_you_mean(str(key), names)}")
+            _apply(config, section, key, value)
+
+
+def apply_flags(config: Config, flags: dict[str, Any]) -> None:
+    """Flags given on the command line (None means 'not given') override the file."""
+    index = key_index()
+    for key, value in flags.items():
+        if value is not None:
+            _apply(config, index[key], key, value)
+
+
+def parse_batch_size(text: str) -> int | str:
+    return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
+
+
+def parse_class_weights(text: str) -> str | list[float]:
+    if text == "balanced":
+        return text
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--class-weights must be 'balanced' or numbers separated by commas, not '{text}'") from None
+
+
+def build_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
+    config = Config()
+    if config_file is not None:
+        apply_file(config, config_file)
+    apply_flags(config, flags)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    from imgcls.data.registry import DATASET_NAMES
+
+    d, o, s, t = config.data, config.optim, config.schedule, config.train
+    check_choice("dataset", d.dataset, DATASET_NAMES)
+    check_choice("loss", config.loss.loss, LOSSES)
+    check_choice("init", config.model.init, INITS)
+    check_choice("schedule", s.schedule, SCHEDULES)
+    check_choice("normalization", d.normalize, NORMALIZATIONS)
+    check_choice("precision", t.precision, PRECISIONS)
+    _require(0 < d.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), not {d.val_split}")
+    _require(d.image_size is None or d.image_size >= 1, f"--image-size must be at least 1, not {d.image_size}")
+    _require(d.limit is None or d.limit >= 2, f"--limit must be at least 2 images, not {d.limit}")
+    _require(o.lr > 0, f"--lr must be greater than 0, not {o.lr}")
+    _require(0 <= o.momentum < 1, f"--momentum must be in [0, 1), not {o.momentum}")
+    _require(o.weight_decay >= 0, f"--weight-decay must be 0 or more, not {o.weight_decay}")
+    _require(not o.nesterov or o.momentum > 0, "--nesterov needs a --momentum above 0")
+    if isinstance(o.batch_size, str):
+        check_choice("batch size", o.batch_size, ("full", "auto"))
+    _require(not isinstance(o.batch_size, int) or o.batch_size >= 1,
+             f"--batch-size must be at least 1 (or 'full' or 'auto'), not {o.batch_size}")
+    _require(t.epochs >= 1, f"--epochs must be at least 1, not {t.epochs}")
+    _require(t.patience is None or t.patience >= 1, f"--patience must be at least 1 epoch, not {t.patience}")
+    _require(config.model.init_std > 0, f"--init-std must be greater than 0, not {config.model.init_std}")
+    _require(s.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {s.warmup_epochs}")
+    _require(s.step_epochs >= 1, f"--step-epochs must be at least 1, not {s.step_epochs}")
+    _require(0 < s.step_gamma <= 1, f"--step-gamma must be in (0, 1], not {s.step_gamma}")
+    weights = config.loss.class_weights
+    if isinstance(weights, str):
+        check_choice("class weights", weights, ("balanced",))
+    elif weights is not None:
+        _require(all(w >= 0 for w in weights) and any(w > 0 for w in weights),
+                 "--class-weights must be non-negative numbers, at least one above 0")
+    _check_device(t.device)
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
+        return
+    raise UserError(f"unknown device '{device}'; choose auto, cpu, cuda or cuda:N")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("IMGCLS_DATA") or _user_cache() / "data")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("IMGCLS_CACHE") or _user_cache() / "decoded")
+
+
+def _user_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgcls"

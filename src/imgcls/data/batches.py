@@ -1,0 +1,73 @@
+"""Minibatches straight from the uint8 images in memory.
+
+Each epoch draws a seeded permutation, and each step gathers its rows, converts them to
+float and normalizes the whole batch with one multiply-add: no per-image Python, no PIL,
+no DataLoader. On CUDA the uint8 images move to the GPU once when they fit, else they stay
+in pinned host memory and each batch is copied over asynchronously.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from imgcls.data.prepare import LabelledImages, Normalization
+
+EVAL_BATCH = 4096
+GPU_MEMORY_SHARE = 0.6  # the most of the free GPU memory the images may take
+
+
+def epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of epoch `epoch`; a pure function of (seed, epoch), so a resumed run redraws it exactly."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_images, generator=generator)
+
+
+def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() < GPU_MEMORY_SHARE * free:
+        return images.to(device)
+    return images.pin_memory()
+
+
+class Batches:
+    def __init__(self, data: LabelledImages, normalization: Normalization, batch_size: int, device: torch.device,
+                 seed: int = 0, shuffle: bool = True):
+        self.device = device
+        self.images = place_images(data.images, device).flatten(1)
+        self.labels = data.labels.to(device)
+        scale, shift = normalization.scale_and_shift()
+        self.scale = scale.flatten().to(device)
+        self.shift = shift.flatten().to(device)
+        self.batch_size = min(batch_size, len(data))
+        self.seed = seed
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        """Updates per epoch: ceil(N / B); the last batch may be smaller."""
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = epoch_permutation(self.num_images, self.seed, epoch) if self.shuffle else None
+        for step in range(start_step, len(self)):
+            start = step * self.batch_size
+            if order is None:
+                rows = slice(start, start + self.batch_size)
+                pixels, labels = self.images[rows], self.labels[rows]
+            else:
+                index = order[start:start + self.batch_size]
+                labels = self.labels[index.to(self.labels.device)]
+                pixels = self.images[index.to(self.images.device)]
+            yield self.normalize(pixels), labels
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, non_blocking=True)
+        return torch.addcmul(-self.shift, pixels.float(), self.scale)

@@ -1,0 +1,142 @@
+"""From a config to ready data: load both splits (through the cache), hold out a stratified
+validation split from the training set, and fit the normalization on what is left.
+
+The test split is never used to choose anything; only metrics are computed on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imgcls.config import DataConfig, default_cache_dir, default_data_dir
+from imgcls.data import cache
+from imgcls.data.readers import DecodedSplit, read_split, source_kind, source_paths
+from imgcls.data.registry import SPECS, DatasetSpec
+from imgcls.errors import UserError
+
+
+@dataclass
+class Normalization:
+    """x = (pixel / 255 - mean) / std, with mean and std of shape (C, H, W) on the 0..1 scale."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x = pixel * scale - shift, one multiply-add per pixel on the raw uint8 values."""
+        return 1.0 / (255.0 * self.std), self.mean / self.std
+
+
+@dataclass
+class LabelledImages:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PreparedData:
+    dataset: str
+    classes: list[str]
+    shape: tuple[int, int, int]
+    train: LabelledImages
+    val: LabelledImages
+    test: LabelledImages
+    normalization: Normalization
+    superclass_of: list[int] | None
+    skipped: int  # unreadable images passed over, both splits
+    from_cache: bool
+
+
+def resolve_data_dir(config: DataConfig) -> Path:
+    return Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
+
+
+def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
+    spec = SPECS[config.dataset]
+    root = resolve_data_dir(config)
+    identity = {"dataset": spec.name, "split": split, "image_size": config.image_size,
+                "skip_bad_images": config.skip_bad_images, "kind": source_kind(spec, root),
+                "source": cache.fingerprint(source_paths(spec, root, split))}
+
+    def build() -> DecodedSplit:
+        return read_split(spec, root, split, config.image_size, config.skip_bad_images, config.download)
+
+    if not identity["source"] and identity["kind"] != "torchvision":
+        return build(), False  # nothing to fingerprint: let the reader say what is missing
+    return cache.load_or_build(default_cache_dir(), identity, build)
+
+
+def prepare(config: DataConfig, seed: int) -> PreparedData:
+    spec = SPECS[config.dataset]
+    train_full, train_cached = load_decoded(config, "train")
+    test, test_cached = load_decoded(config, "test")
+    _check_compatible(spec, train_full, test)
+    labels = train_full.labels
+    if config.limit is not None and config.limit < len(labels):
+        keep = stratified_sample(labels, config.limit / len(labels), seed)
+        train_full = DecodedSplit(train_full.images[keep], labels[keep], train_full.classes)
+    val_index = stratified_sample(train_full.labels, config.val_split, seed)
+    train_mask = torch.ones(len(train_full.labels), dtype=torch.bool)
+    train_mask[val_index] = False
+    train_index = train_mask.nonzero().squeeze(1)
+    train = LabelledImages(train_full.images[train_index], train_full.labels[train_index])
+    val = LabelledImages(train_full.images[val_index], train_full.labels[val_index])
+    return PreparedData(
+        dataset=spec.name, classes=train_full.classes, shape=tuple(train.images.shape[1:]), train=train, val=val,
+        test=LabelledImages(test.images, test.labels),
+        normalization=fit_normalization(train.images, config.normalize), superclass_of=spec.superclass_of(),
+        skipped=train_full.skipped + test.skipped, from_cache=train_cached and test_cached)
+
+
+def stratified_sample(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """A seeded sample of `fraction` of each class's indices (at least one of a class with two or more)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in labels.unique():
+        members = (labels == label).nonzero().squeeze(1)
+        count = round(len(members) * fraction)
+        count = min(max(count, 1 if len(members) >= 2 else 0), len(members) - 1 if len(members) >= 2 else 0)
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(chosen).sort().values
+
+
+def fit_normalization(images: torch.Tensor, kind: str) -> Normalization:
+    """Per-pixel or per-channel standardization, fitted on the training images only."""
+    shape = images.shape[1:]
+    if kind == "none":
+        return Normalization(torch.zeros(shape), torch.ones(shape))
+    total = torch.zeros(shape, dtype=torch.float64)
+    total_sq = torch.zeros(shape, dtype=torch.float64)
+    for chunk in images.split(8192):
+        pixels = chunk.to(torch.float64) / 255.0
+        total += pixels.sum(0)
+        total_sq += (pixels * pixels).sum(0)
+    count = len(images)
+    if kind == "channel":
+        total, total_sq = total.sum((1, 2), keepdim=True), total_sq.sum((1, 2), keepdim=True)
+        count *= shape[1] * shape[2]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    # A constant pixel (MNIST's borders) carries no information: leave it unscaled rather than divide by 0.
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
+    return Normalization(mean.expand(shape).float().contiguous(), std.expand(shape).float().contiguous())
+
+
+def _check_compatible(spec: DatasetSpec, train: DecodedSplit, test: DecodedSplit) -> None:
+    if train.classes != test.classes:
+        only_train = sorted(set(train.classes) - set(test.classes))
+        only_test = sorted(set(test.classes) - set(train.classes))
+        raise UserError(f"{spec.name}: train and test classes differ (only in train: {only_train or '-'}; only in "
+                        f"test: {only_test or '-'}); give both splits the same class folders")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise UserError(f"{spec.name}: train images are {tuple(train.images.shape[1:])} but test images are "
+                        f"{tuple(test.images.shape[1:])}; pass --image-size to give them one size")
+    if len(train.labels) < 2 * len(train.classes):
+        raise UserError(f"{spec.name}: {len(train.labels)} training images for {len(train.classes)} classes is too "
+                        f"few to hold out a validation split; add images or raise --limit")

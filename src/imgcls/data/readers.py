@@ -1,0 +1,234 @@
+"""Read one split of a dataset into memory as uint8 images (N, C, H, W) and int64 labels.
+
+Three kinds of source, tried in this order for a named dataset:
+the copy embedded in the package (cifar10-sample), an image-folder copy at the data dir
+(ROOT/train/<class>/*, ROOT/test|val/<class>/*), and torchvision's own dataset class.
+Image files are listed by torchvision's ImageFolder and decoded in bulk by torchvision.io,
+on a thread pool, not one PIL image at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from imgcls.data.registry import DatasetSpec
+from imgcls.errors import UserError
+
+EMBEDDED_ZIP = Path(__file__).parent / "embedded" / "cifar10-sample.zip"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+
+
+@dataclass
+class DecodedSplit:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+    classes: list[str]
+    skipped: int = 0  # unreadable images passed over with --skip-bad-images
+
+
+@dataclass
+class ImageList:
+    """Images still to decode: a name for messages, and how to get the encoded bytes."""
+
+    names: list[str]
+    read: Callable[[int], bytes]
+    labels: list[int]
+    classes: list[str]
+
+
+def source_kind(spec: DatasetSpec, root: Path) -> str:
+    """Which source a split will be read from: 'embedded', 'folder' or 'torchvision'."""
+    if spec.name == "cifar10-sample":
+        return "embedded"
+    if spec.torchvision_class is None or (root / "train").is_dir():
+        return "folder"
+    return "torchvision"
+
+
+def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
+    """The files a split is read from, for the decoded cache's fingerprint."""
+    kind = source_kind(spec, root)
+    if kind == "embedded":
+        return [EMBEDDED_ZIP]
+    if kind == "folder":
+        return [folder_split_dir(root, split)]
+    if spec.name == "svhn":
+        return [root / f"{'train' if split == 'train' else 'test'}_32x32.mat"]
+    if spec.name == "imagenet":
+        return [root / "meta.bin", root / ("train" if split == "train" else "val")]
+    return [root / spec.folder]
+
+
+def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
+               download: bool) -> DecodedSplit:
+    kind = source_kind(spec, root)
+    if kind == "torchvision":
+        decoded = _read_torchvision(spec, root, split, image_size, skip_bad, download)
+    else:
+        listing = _list_zip(split) if kind == "embedded" else _list_folder(root, split, spec)
+        images, labels, skipped = decode_all(listing, image_size, skip_bad)
+        decoded = DecodedSplit(images, labels, listing.classes, skipped)
+    return _match_spec(spec, decoded, root, image_size)
+
+
+def folder_split_dir(root: Path, split: str) -> Path:
+    if split == "train":
+        return root / "train"
+    return root / "test" if (root / "test").is_dir() or not (root / "val").is_dir() else root / "val"
+
+
+def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise UserError(f"data dir {root} does not exist; pass --data-dir with the folder that holds the dataset")
+    directory = folder_split_dir(root, split)
+    if not directory.is_dir():
+        wanted = "train/" if split == "train" else "test/ or val/"
+        raise UserError(f"{spec.name}: no {wanted} folder in {root}; an image folder needs "
+                        f"ROOT/train/<class>/* and ROOT/test/<class>/* (or ROOT/val/<class>/*)")
+    try:
+        folder = ImageFolder(str(directory), loader=lambda path: path, allow_empty=False)
+    except FileNotFoundError as error:
+        raise UserError(f"{spec.name}: {directory}: {_first_line(error)}; every class folder needs at least one "
+                        f"image") from None
+    paths = [path for path, _ in folder.samples]
+    return ImageList(paths, lambda i: Path(paths[i]).read_bytes(), folder.targets, list(folder.classes))
+
+
+def _list_zip(split: str) -> ImageList:
+    archive = zipfile.ZipFile(EMBEDDED_ZIP)
+    names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and not n.endswith("/"))
+    classes = sorted({n.split("/")[1] for n in names})
+    labels = [classes.index(n.split("/")[1]) for n in names]
+    return ImageList([f"{EMBEDDED_ZIP.name}:{n}" for n in names], lambda i: archive.read(names[i]), labels, classes)
+
+
+def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Decode every image (as RGB), resize if asked, and stack; grey datasets come back with one channel."""
+    def decode(i: int) -> torch.Tensor | None:
+        try:
+            return decode_image_bytes(listing.read(i), image_size)
+        except (RuntimeError, ValueError, OSError) as error:
+            if skip_bad:
+                return None
+            raise UserError(f"cannot read image {listing.names[i]} ({_first_line(error)}); fix or remove it, or "
+                            f"pass --skip-bad-images") from None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(decode, range(len(listing.names)), chunksize=256))
+    keep = [i for i, image in enumerate(decoded) if image is not None]
+    if not keep:
+        raise UserError(f"no readable image among {len(decoded)} files (first: {listing.names[0]})")
+    _check_same_size([decoded[i] for i in keep], [listing.names[i] for i in keep])
+    images = torch.stack([decoded[i] for i in keep])
+    labels = torch.tensor([listing.labels[i] for i in keep], dtype=torch.int64)
+    return to_grey_if_grey(images), labels, len(decoded) - len(keep)
+
+
+def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return resize(image, image_size) if image_size is not None else image
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    from torchvision.transforms.v2.functional import resize as tv_resize
+
+    if images.shape[-2:] == (size, size):
+        return images
+    return tv_resize(images, [size, size], antialias=True)
+
+
+def to_grey_if_grey(images: torch.Tensor) -> torch.Tensor:
+    """Images decoded as RGB whose three channels agree everywhere are grey: keep one channel."""
+    if images.shape[1] == 3 and torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2]):
+        return images[:, :1].contiguous()
+    return images
+
+
+def _check_same_size(images: list[torch.Tensor], names: list[str]) -> None:
+    first = images[0].shape[-2:]
+    for image, name in zip(images, names):
+        if image.shape[-2:] != first:
+            raise UserError(f"images differ in size ({names[0]} is {first[0]}x{first[1]}, {name} is "
+                            f"{image.shape[-2]}x{image.shape[-1]}); pass --image-size N to resize them all to NxN")
+
+
+def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
+                      download: bool) -> DecodedSplit:
+    import torchvision.datasets as tvd
+
+    split_value = spec.train_split if split == "train" else spec.test_split
+    kwargs = {spec.split_keyword: split_value}
+    if spec.name != "imagenet":
+        kwargs["download"] = download
+    try:
+        dataset = getattr(tvd, spec.torchvision_class)(str(root), **kwargs)
+    except (RuntimeError, FileNotFoundError) as error:
+        raise UserError(missing_message(spec, root, download, error)) from None
+    except OSError as error:  # a download that could not reach the host
+        raise UserError(f"could not download {spec.name} ({_first_line(error)}); copy it to {root} and pass "
+                        f"--data-dir, or --no-download") from None
+    if spec.name == "imagenet":
+        paths = [path for path, _ in dataset.samples]
+        listing = ImageList(paths, lambda i: Path(paths[i]).read_bytes(), list(dataset.targets),
+                            [names[0] for names in dataset.classes])
+        images, labels, skipped = decode_all(listing, image_size, skip_bad)
+        return DecodedSplit(images, labels, listing.classes, skipped)
+    images = _as_nchw(dataset.data)
+    labels = torch.as_tensor(getattr(dataset, "targets", None) if hasattr(dataset, "targets") else dataset.labels)
+    if image_size is not None:
+        images = torch.cat([resize(chunk, image_size) for chunk in images.split(4096)])
+    return DecodedSplit(images.contiguous(), labels.to(torch.int64), list(spec.classes))
+
+
+def _as_nchw(data) -> torch.Tensor:
+    images = torch.as_tensor(data)
+    if images.ndim == 3:  # MNIST-style (N, H, W)
+        return images.unsqueeze(1)
+    if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):  # CIFAR-style (N, H, W, C)
+        return images.permute(0, 3, 1, 2)
+    return images
+
+
+def missing_message(spec: DatasetSpec, root: Path, download: bool, error: Exception | None = None) -> str:
+    if spec.name == "imagenet":
+        layout = f"{root}/ILSVRC2012_devkit_t12.tar.gz and ILSVRC2012_img_train.tar (torchvision's ImageNet)"
+    else:
+        layout = f"{root}/{spec.folder or '<files>'} (torchvision's layout)"
+    hint = "pass --data-dir with the folder that holds it" if download else "pass --download to fetch it, or --data-dir"
+    return f"{spec.name} not found: looked for {layout} and for an image folder {root}/train/<class>/*; {hint}"
+
+
+def _match_spec(spec: DatasetSpec, split: DecodedSplit, root: Path, image_size: int | None) -> DecodedSplit:
+    """An image-folder copy of a named dataset must have its classes and image shape; labels follow its order."""
+    if spec.shape is not None and image_size is None and tuple(split.images.shape[1:]) != spec.shape:
+        raise UserError(f"{root} does not hold {spec.name}: images are {tuple(split.images.shape[1:])} (C, H, W), "
+                        f"expected {spec.shape}; pass --image-size to resize, or use --dataset imagefolder")
+    if spec.classes is None or list(spec.classes) == split.classes:
+        return split
+    wanted = _normalized(spec.classes)
+    if sorted(_normalized(split.classes)) != sorted(wanted):
+        raise UserError(f"{root} does not hold {spec.name}: its classes are {', '.join(split.classes[:12])}, "
+                        f"expected {', '.join(spec.classes[:12])}; use --dataset imagefolder for other data")
+    order = torch.tensor([wanted.index(name) for name in _normalized(split.classes)])
+    return DecodedSplit(split.images, order[split.labels], list(spec.classes), split.skipped)
+
+
+def _normalized(names) -> list[str]:
+    """Folder names cannot hold '/', and copies differ in case: compare names loosely."""
+    return ["".join(ch for ch in name.lower() if ch.isalnum()) for name in names]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,44 @@
+"""Evaluate a saved checkpoint on a split of its dataset, exactly as training measured it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from imgcls import checkpoint as ckpt
+from imgcls.config import Config, DataConfig
+from imgcls.data.batches import EVAL_BATCH, Batches
+from imgcls.data.prepare import Normalization, prepare
+from imgcls.device import resolve_device
+from imgcls.errors import UserError
+from imgcls.losses import Loss, class_weights
+from imgcls.metrics import Metrics, evaluate
+
+
+def data_config_of(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> DataConfig:
+    saved = checkpoint.meta["config"]["data"]
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    config = DataConfig(**{k: v for k, v in saved.items() if k in names})
+    if data_dir is not None:
+        config.data_dir = data_dir
+    return config
+
+
+def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str | None, device_name: str) -> Metrics:
+    device = resolve_device(device_name)
+    config = Config(data=data_config_of(checkpoint, data_dir))
+    config.loss.loss = checkpoint.meta["config"]["loss"]["loss"]
+    data = prepare(config.data, checkpoint.meta["seed"])
+    if data.classes != checkpoint.classes or tuple(data.shape) != checkpoint.input_shape:
+        raise UserError(f"the checkpoint was trained on {checkpoint.meta['dataset']} ({len(checkpoint.classes)} classes, "
+                        f"{checkpoint.input_shape}) but the data found has {len(data.classes)} classes of "
+                        f"{data.shape}; point --data-dir at the dataset it was trained on")
+    images = {"train": data.train, "val": data.val, "test": data.test}[split]
+    normalization = Normalization(checkpoint.mean, checkpoint.std)
+    batches = Batches(images, normalization, EVAL_BATCH, device, shuffle=False)
+    weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes))
+    model = checkpoint.model().to(device)
+    with torch.inference_mode():
+        return evaluate(model, batches, Loss(config.loss.loss, weights), len(data.classes),
+                        checkpoint.meta.get("superclass_of"))

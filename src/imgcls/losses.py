@@ -1,0 +1,66 @@
+"""The three losses the course compares, as per-sample losses; class weights are applied in one place.
+
+- ce:  cross-entropy of the softmax, -log softmax(s)_y  (nn.CrossEntropyLoss)
+- nll: the same, spelled as LogSoftmax then NLLLoss; it must give the same numbers as ce
+- mse: squared error between the raw scores and the one-hot target, sum_j (s_j - [j = y])^2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_sample_loss(name: str) -> PerSampleLoss:
+    if name == "ce":
+        return nn.CrossEntropyLoss(reduction="none")
+    if name == "nll":
+        log_softmax, nll = nn.LogSoftmax(dim=1), nn.NLLLoss(reduction="none")
+        return lambda scores, targets: nll(log_softmax(scores), targets)
+    if name == "mse":
+        return lambda scores, targets: (scores - F.one_hot(targets, scores.shape[1]).to(scores.dtype)).square().sum(1)
+    raise ValueError(f"unknown loss {name}")
+
+
+class Loss:
+    """The training objective: a per-sample loss, averaged with optional class weights.
+
+    With weights w, the loss is sum_i w[y_i] l_i / sum_i w[y_i], which is what
+    nn.CrossEntropyLoss(weight=w) computes, so weighted ce and nll still agree.
+    """
+
+    def __init__(self, name: str, class_weights: torch.Tensor | None = None):
+        self.name = name
+        self.per_sample = per_sample_loss(name)
+        self.class_weights = class_weights
+
+    def __call__(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        total, weight = self.sum_and_weight(scores, targets)
+        return total / weight
+
+    def sum_and_weight(self, scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weighted sum of losses and the sum of weights, so batches can be combined exactly."""
+        losses = self.per_sample(scores.float(), targets)
+        if self.class_weights is None:
+            return losses.sum(), torch.tensor(float(len(targets)), device=scores.device)
+        weights = self.class_weights.to(scores.device)[targets]
+        return (losses * weights).sum(), weights.sum()
+
+
+def class_weights(setting: str | list[float] | None, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """'balanced' gives each class the weight N / (K * N_class), as scikit-learn does."""
+    from imgcls.errors import UserError
+
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = torch.bincount(labels, minlength=num_classes).float()
+        return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    if len(setting) != num_classes:
+        raise UserError(f"--class-weights has {len(setting)} numbers but the dataset has {num_classes} classes")
+    return torch.tensor(setting, dtype=torch.float32)

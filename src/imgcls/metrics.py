@@ -1,0 +1,89 @@
+"""Top-k accuracy, per-class accuracy, the confusion matrix, and superclass accuracy.
+
+Everything is accumulated as counts on the device and read back once per evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+def topk_correct(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """How many targets are among the k highest scores of their row."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return (top == targets.unsqueeze(1)).any(dim=1).sum()
+
+
+def top_k(num_classes: int) -> int:
+    return min(5, num_classes)
+
+
+@dataclass
+class Metrics:
+    loss: float
+    top1: float
+    top5: float  # top-k with k = min(5, classes); named top5 as everyone reads it
+    k: int
+    count: int
+    per_class: list[float] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # rows: true class, columns: predicted
+    superclass_top1: float | None = None
+
+    def summary(self) -> dict:
+        """The headline numbers, as metrics.json and `eval --json` write them."""
+        keys = ("loss", "top1", "top5", "k", "count", "superclass_top1")
+        return {k: v for k, v in asdict(self).items() if k in keys and v is not None}
+
+    def full(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class MetricsAccumulator:
+    def __init__(self, num_classes: int, device: torch.device, superclass_of: list[int] | None = None):
+        self.num_classes = num_classes
+        self.k = top_k(num_classes)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.weight_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.topk = torch.zeros((), dtype=torch.int64, device=device)
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+        self.superclass_of = torch.tensor(superclass_of, device=device) if superclass_of else None
+
+    def add(self, scores: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor, weight: torch.Tensor) -> None:
+        self.loss_sum += loss_sum.double()
+        self.weight_sum += weight.double()
+        self.topk += topk_correct(scores, targets, self.k)
+        predicted = scores.argmax(dim=1)
+        self.confusion += torch.bincount(targets * self.num_classes + predicted, minlength=self.num_classes ** 2)
+
+    def result(self) -> Metrics:
+        confusion = self.confusion.view(self.num_classes, self.num_classes).cpu()
+        count = int(confusion.sum())
+        per_class_total = confusion.sum(1).clamp_min(1)
+        superclass = None
+        if self.superclass_of is not None:
+            mapping = self.superclass_of.cpu()
+            true_super, pred_super = torch.meshgrid(mapping, mapping, indexing="ij")
+            superclass = float(confusion[true_super == pred_super].sum()) / max(count, 1)
+        return Metrics(
+            loss=float(self.loss_sum) / max(float(self.weight_sum), 1e-12),
+            top1=float(confusion.diag().sum()) / max(count, 1),
+            top5=float(self.topk) / max(count, 1),
+            k=self.k,
+            count=count,
+            per_class=(confusion.diag().double() / per_class_total).tolist(),
+            confusion=confusion.tolist(),
+            superclass_top1=superclass,
+        )
+
+
+@torch.inference_mode()
+def evaluate(model, batches, loss, num_classes: int, superclass_of: list[int] | None = None) -> Metrics:
+    """Metrics of `model` over every image of `batches`, each counted once."""
+    model.eval()
+    accumulator = MetricsAccumulator(num_classes, batches.device, superclass_of)
+    for pixels, labels in batches.epoch():
+        scores = model(pixels).float()
+        accumulator.add(scores, labels, *loss.sum_and_weight(scores, labels))
+    return accumulator.result()

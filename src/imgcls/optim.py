@@ -1,0 +1,46 @@
+"""Minibatch SGD and its learning-rate schedule, built from the config.
+
+Weight decay is the L2 penalty on W only: the bias is not regularized, as in the lecture.
+Schedules advance once per update, so warmup and decay are smooth within an epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim import SGD
+from torch.optim import lr_scheduler as sched
+
+from imgcls.config import OptimConfig, ScheduleConfig
+from imgcls.model import LinearClassifier
+
+
+def build_optimizer(model: LinearClassifier, config: OptimConfig, device: torch.device) -> SGD:
+    groups = [
+        {"params": [model.linear.weight], "weight_decay": config.weight_decay},
+        {"params": [model.linear.bias], "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused or None,
+               foreach=None if fused else False)
+
+
+def build_scheduler(optimizer: SGD, config: ScheduleConfig, steps_per_epoch: int, epochs: int) -> sched.LRScheduler:
+    total = steps_per_epoch * epochs
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
+    if config.schedule == "onecycle":
+        # torch's one-cycle rises for its own warmup share (warmup_epochs, else 30%) and anneals to ~0.
+        share = warmup / total if warmup > 0 else 0.3
+        max_lrs = [group["lr"] for group in optimizer.param_groups]
+        return sched.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total, pct_start=share,
+                                cycle_momentum=False)
+    after = total - warmup
+    if config.schedule == "constant":
+        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif config.schedule == "step":
+        main = sched.StepLR(optimizer, step_size=config.step_epochs * steps_per_epoch, gamma=config.step_gamma)
+    else:
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(after, 1))
+    if warmup == 0:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])

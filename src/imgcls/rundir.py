@@ -1,0 +1,63 @@
+"""The run folder: what a run leaves behind, where, and written so that none of it is ever half a file.
+
+    config.yaml        the resolved config; `imgcls train --config RUN/config.yaml` repeats the run
+    epochs.jsonl       one JSON object per epoch (train loss and top-1, validation metrics, rate, time)
+    metrics.json       {"val": {...}, "test": {...}} for the best epoch, fractions in [0, 1]
+    best.safetensors   the checkpoint with the best validation top-1
+    last.safetensors   the checkpoint after the last epoch
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from imgcls.errors import UserError
+from imgcls.files import append_json_line, write_json_atomic, write_text_atomic
+
+RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    config = property(lambda self: self.path / "config.yaml")
+    epochs = property(lambda self: self.path / "epochs.jsonl")
+    metrics = property(lambda self: self.path / "metrics.json")
+    best = property(lambda self: self.path / "best.safetensors")
+    last = property(lambda self: self.path / "last.safetensors")
+
+    @classmethod
+    def create(cls, out: str | None, dataset: str, overwrite: bool) -> RunDir:
+        path = Path(out) if out else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path} is a file, not a folder; choose another --out")
+        if any((path / name).exists() for name in RUN_FILES):
+            if not overwrite:
+                raise UserError(f"{path} already holds a run; pass --overwrite to replace it, --resume {path} to "
+                                f"continue it, or choose another --out")
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+            shutil.rmtree(path / "templates", ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def write_config(self, config: dict) -> None:
+        write_text_atomic(self.config, yaml.safe_dump(config, sort_keys=False))
+
+    def append_epoch(self, record: dict) -> None:
+        append_json_line(self.epochs, record)
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json_atomic(self.metrics, metrics)
+
+    def read_epochs(self) -> list[dict]:
+        if not self.epochs.exists():
+            return []
+        return [json.loads(line) for line in self.epochs.read_text().splitlines() if line.strip()]
