@@ -127,7 +127,7 @@ def train(
         result = run_training(resolved, reporter, overwrite=overwrite)
     finally:
         reporter.close()
-    reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch + 1}",
+    reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch}",
                                          {"val": result.val, "test": result.test}))
     reporter.note(f"run folder: {result.run_dir.path}")
     if quiet:

@@ -27,7 +27,7 @@ from imgcls.rundir import RunDir
 @dataclass
 class RunResult:
     run_dir: RunDir
-    best_epoch: int
+    best_epoch: int  # counted from 1, as printed
     val: Metrics
     test: Metrics
     batch_size: int
@@ -80,10 +80,10 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False) -> RunRes
     best_model = ckpt.load(run.best).model().to(device)
     test_batches = Batches(data.test, data.normalization, EVAL_BATCH, device, shuffle=False)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
-    run.write_metrics({"best_epoch": best[0], "val": best[1].summary(), "test": test.summary(),
+    run.write_metrics({"best_epoch": best[0] + 1, "val": best[1].summary(), "test": test.summary(),
                        "test_detail": {"per_class": test.per_class, "confusion": test.confusion},
                        "classes": data.classes})
-    return RunResult(run, best[0], best[1], test, train_batches.batch_size, history)
+    return RunResult(run, best[0] + 1, best[1], test, train_batches.batch_size, history)
 
 
 def resolve_batch_size(config: Config, data: PreparedData, device: torch.device, reporter: Reporter) -> int:
