@@ -1,0 +1,194 @@
+"""Config precedence (defaults < YAML file < flags), type checks, and every validation rule."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imgcls.config import Config, build_config, key_index, parse_batch_size, parse_class_weights, sections
+from imgcls.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml")) + sorted((REPO_ROOT / "configs").glob("*.yml"))
+
+
+def write_yaml(tmp_path, data, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_defaults_without_file_or_flags():
+    config = build_config(None, {})
+    assert config == Config()
+    assert config.data.dataset == "cifar10-sample"
+    assert config.optim.lr == 0.01 and config.optim.batch_size == 128 and config.train.epochs == 10
+
+
+def test_file_values_override_defaults(tmp_path):
+    path = write_yaml(tmp_path, {"optim": {"lr": 0.2, "batch_size": "full"}, "train": {"epochs": 3, "seed": 7},
+                                 "data": {"dataset": "mnist", "normalize": "channel"}})
+    config = build_config(path, {})
+    assert config.optim.lr == 0.2
+    assert config.optim.batch_size == "full"
+    assert config.train.epochs == 3 and config.train.seed == 7
+    assert config.data.dataset == "mnist" and config.data.normalize == "channel"
+    # keys the file does not mention keep their defaults
+    assert config.optim.momentum == Config().optim.momentum
+    assert config.data.val_split == Config().data.val_split
+
+
+def test_flags_override_file(tmp_path):
+    path = write_yaml(tmp_path, {"optim": {"lr": 0.2, "momentum": 0.5}, "train": {"epochs": 3}})
+    config = build_config(path, {"lr": 0.5, "epochs": None, "seed": 11})
+    assert config.optim.lr == 0.5  # flag beats file
+    assert config.optim.momentum == 0.5  # file beats default
+    assert config.train.epochs == 3  # a flag that was not given (None) leaves the file's value
+    assert config.train.seed == 11  # flag beats default
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert build_config(write_yaml(tmp_path, ""), {}) == Config()
+
+
+def test_saved_config_round_trips(tmp_path):
+    original = build_config(None, {"lr": 0.3, "batch_size": "full", "class_weights": [1.0, 2.0] + [1.0] * 8,
+                                   "limit": 600, "dataset": "mnist"})
+    path = write_yaml(tmp_path, original.to_dict())
+    assert build_config(path, {}) == original
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    config = build_config(write_yaml(tmp_path, {"optim": {"lr": 1, "weight_decay": 0}}), {})
+    assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
+    assert isinstance(config.optim.weight_decay, float)
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("optim", "lr", "fast", ["optim.lr", "float", "fast"]),
+    ("train", "epochs", 2.5, ["train.epochs", "int"]),
+    ("optim", "nesterov", "yes please", ["optim.nesterov", "bool"]),
+    ("train", "epochs", True, ["train.epochs"]),  # a bool is not an int here
+    ("loss", "class_weights", ["a", "b"], ["loss.class_weights"]),
+])
+def test_wrong_type_is_a_user_error(tmp_path, section, key, value, words):
+    path = write_yaml(tmp_path, {section: {key: value}})
+    with pytest.raises(UserError) as caught:
+        build_config(path, {})
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_unknown_section_suggests_the_closest(tmp_path):
+    with pytest.raises(UserError, match=r"unknown config section 'optm'.*did you mean 'optim'"):
+        build_config(write_yaml(tmp_path, {"optm": {"lr": 0.1}}), {})
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(UserError, match=r"unknown config key 'optim.momentun'.*did you mean 'momentum'"):
+        build_config(write_yaml(tmp_path, {"optim": {"momentun": 0.5}}), {})
+
+
+def test_key_in_the_wrong_section_is_unknown(tmp_path):
+    with pytest.raises(UserError, match=r"unknown config key 'data.lr'"):
+        build_config(write_yaml(tmp_path, {"data": {"lr": 0.5}}), {})
+
+
+@pytest.mark.parametrize("text, words", [
+    ("optim: [1, 2\n", ["not valid YAML", "line"]),
+    ("- just\n- a list\n", ["must be a mapping of sections"]),
+    ("optim: 3\n", ["config section 'optim'", "mapping"]),
+])
+def test_malformed_file_is_a_user_error(tmp_path, text, words):
+    with pytest.raises(UserError) as caught:
+        build_config(write_yaml(tmp_path, text), {})
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        build_config(tmp_path / "nope.yaml", {})
+
+
+@pytest.mark.parametrize("flags, words", [
+    ({"lr": 0.0}, ["--lr", "greater than 0"]),
+    ({"lr": -0.1}, ["--lr"]),
+    ({"batch_size": 0}, ["--batch-size", "at least 1"]),
+    ({"batch_size": -4}, ["--batch-size"]),
+    ({"batch_size": "huge"}, ["batch size", "huge", "full", "auto"]),
+    ({"epochs": 0}, ["--epochs", "at least 1"]),
+    ({"val_split": 0.0}, ["--val-split"]),
+    ({"val_split": 1.0}, ["--val-split"]),
+    ({"val_split": 1.5}, ["--val-split"]),
+    ({"momentum": 1.0}, ["--momentum", "[0, 1)"]),
+    ({"momentum": -0.1}, ["--momentum"]),
+    ({"weight_decay": -1e-4}, ["--weight-decay"]),
+    ({"nesterov": True, "momentum": 0.0}, ["--nesterov"]),
+    ({"limit": 1}, ["--limit"]),
+    ({"image_size": 0}, ["--image-size"]),
+    ({"patience": 0}, ["--patience"]),
+    ({"init_std": 0.0}, ["--init-std"]),
+    ({"warmup_epochs": -1.0}, ["--warmup-epochs"]),
+    ({"step_epochs": 0}, ["--step-epochs"]),
+    ({"step_gamma": 0.0}, ["--step-gamma"]),
+    ({"step_gamma": 1.5}, ["--step-gamma"]),
+    ({"class_weights": [0.0, 0.0]}, ["--class-weights"]),
+    ({"class_weights": [1.0, -1.0]}, ["--class-weights"]),
+    ({"class_weights": "balancd"}, ["class weights", "did you mean 'balanced'"]),
+    ({"dataset": "cifar-10"}, ["unknown dataset 'cifar-10'", "did you mean 'cifar10'"]),
+    ({"dataset": "mnst"}, ["did you mean 'mnist'"]),
+    ({"loss": "cross"}, ["unknown loss"]),
+    ({"init": "xavier"}, ["unknown init"]),
+    ({"schedule": "cosin"}, ["did you mean 'cosine'"]),
+    ({"normalize": "pixels"}, ["unknown normalization", "did you mean 'pixel'"]),
+    ({"precision": "fp16"}, ["unknown precision"]),
+    ({"device": "gpu"}, ["unknown device 'gpu'"]),
+    ({"device": "cuda:x"}, ["unknown device"]),
+])
+def test_every_validation_rule_is_a_user_error(flags, words):
+    with pytest.raises(UserError) as caught:
+        build_config(None, flags)
+    for word in words:
+        assert word in str(caught.value)
+
+
+@pytest.mark.parametrize("flags", [
+    {"val_split": 0.5}, {"momentum": 0.0}, {"batch_size": 1}, {"batch_size": "full"}, {"batch_size": "auto"},
+    {"epochs": 1}, {"limit": 2}, {"device": "cuda:1"}, {"device": "cpu"}, {"step_gamma": 1.0},
+    {"class_weights": "balanced"}, {"class_weights": [0.0, 1.0]}, {"nesterov": True, "momentum": 0.9},
+])
+def test_values_at_the_edges_are_accepted(flags):
+    build_config(None, flags)
+
+
+def test_field_names_are_unique_across_sections():
+    index = key_index()
+    all_fields = [f.name for cls in sections().values() for f in dataclasses.fields(cls)]
+    assert len(all_fields) == len(set(all_fields)) == len(index)
+    assert index["lr"] == "optim" and index["dataset"] == "data" and index["epochs"] == "train"
+    assert index["loss"] == "loss" and index["out"] == "output" and index["schedule"] == "schedule"
+    assert list(sections()) == ["data", "model", "loss", "optim", "schedule", "train", "output"]
+
+
+def test_parse_batch_size_and_class_weights():
+    assert parse_batch_size("64") == 64
+    assert parse_batch_size("-3") == -3
+    assert parse_batch_size("full") == "full"
+    assert parse_class_weights("balanced") == "balanced"
+    assert parse_class_weights("1,2.5,0") == [1.0, 2.5, 0.0]
+    with pytest.raises(UserError, match="--class-weights"):
+        parse_class_weights("1,two")
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS or [None], ids=lambda p: p.name if p else "none-yet")
+def test_shipped_config_loads(path):
+    if path is None:
+        pytest.skip("configs/ holds no YAML files yet")
+    config = build_config(path, {})
+    # every value the file sets is the one the config holds
+    for section, values in (yaml.safe_load(path.read_text()) or {}).items():
+        for key, value in values.items():
+            held = getattr(getattr(config, section), key)
+            assert held == value, f"{path.name}: {section}.{key} is {held!r}, the file says {value!r}"
