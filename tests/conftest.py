@@ -163,3 +163,9 @@ def _check_ok(result) -> None:
 @pytest.fixture(scope="session")
 def assert_ok():
     return _check_ok
+
+
+def pytest_configure(config):
+    # torchvision 0.29 deprecates its image codecs (which imgcls uses) with one warning per image decoded
+    config.addinivalue_line("filterwarnings",
+                            "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")

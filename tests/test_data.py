@@ -1,0 +1,340 @@
+"""Data: the stratified split, normalization, reading an image folder as a named dataset, the decoded
+cache (reuse, invalidation, damaged entries) and minibatch order."""
+
+import hashlib
+import math
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import decode_image, ImageReadMode
+
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
+from imgcls.config import DataConfig
+from imgcls.data.batches import Batches, epoch_permutation
+from imgcls.data.prepare import LabelledImages, Normalization, fit_normalization, load_decoded, prepare, \
+    stratified_sample
+from imgcls.data.registry import CIFAR10_CLASSES
+
+
+def image_hashes(images):
+    return Counter(hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest() for image in images)
+
+
+# --- stratified split ---------------------------------------------------------------------------
+
+LABELS = torch.tensor([0] * 100 + [1] * 50 + [2] * 30 + [3] * 20)[torch.randperm(200, generator=torch.Generator()
+                                                                                .manual_seed(9))]
+
+
+def test_stratified_sample_keeps_class_proportions():
+    chosen = stratified_sample(LABELS, 0.1, seed=0)
+    counts = torch.bincount(LABELS[chosen], minlength=4).tolist()
+    assert counts == [10, 5, 3, 2]
+    assert len(set(chosen.tolist())) == len(chosen)  # no index twice
+    assert chosen.tolist() == sorted(chosen.tolist())
+
+
+def test_stratified_sample_is_seeded():
+    a = stratified_sample(LABELS, 0.2, seed=1)
+    b = stratified_sample(LABELS, 0.2, seed=1)
+    c = stratified_sample(LABELS, 0.2, seed=2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(torch.bincount(LABELS[a]), torch.bincount(LABELS[c]))  # other members, same proportions
+
+
+def test_stratified_sample_keeps_one_of_a_small_class_and_never_all():
+    labels = torch.tensor([0] * 40 + [1] * 2 + [2] * 1)
+    counts = torch.bincount(labels[stratified_sample(labels, 0.1, seed=0)], minlength=3).tolist()
+    assert counts == [4, 1, 0]
+    # even a large fraction leaves at least one image of each class behind
+    counts = torch.bincount(labels[stratified_sample(labels, 0.99, seed=0)], minlength=3).tolist()
+    assert counts == [39, 1, 0]
+
+
+def test_prepare_splits_train_into_disjoint_stratified_train_and_val(tiny_cifar_session):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session), val_split=0.1)
+    data = prepare(config, seed=0)
+    full, _ = load_decoded(config, "train")
+    assert len(data.train) + len(data.val) == 10 * TINY_TRAIN_PER_CLASS
+    assert torch.bincount(data.val.labels, minlength=10).tolist() == [TINY_TRAIN_PER_CLASS // 10] * 10
+    assert torch.bincount(data.train.labels, minlength=10).tolist() == [TINY_TRAIN_PER_CLASS * 9 // 10] * 10
+    # every training image lands in exactly one of train and val (JPEGs of distinct photos are distinct)
+    assert len(image_hashes(full.images)) == len(full.images)
+    assert image_hashes(data.train.images) + image_hashes(data.val.images) == image_hashes(full.images)
+    assert not set(image_hashes(data.train.images)) & set(image_hashes(data.val.images))
+    assert len(data.test) == 10 * TINY_TEST_PER_CLASS
+    # the same seed gives the same validation images, another seed other ones
+    again = prepare(config, seed=0)
+    other = prepare(config, seed=1)
+    assert torch.equal(again.val.images, data.val.images)
+    assert image_hashes(other.val.images) != image_hashes(data.val.images)
+
+
+def test_limit_takes_a_stratified_subset(tiny_cifar_session):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session), limit=100, val_split=0.2)
+    data = prepare(config, seed=0)
+    assert len(data.train) + len(data.val) == 100
+    assert torch.bincount(data.val.labels, minlength=10).tolist() == [2] * 10
+    assert len(data.test) == 10 * TINY_TEST_PER_CLASS  # the limit never touches the test split
+
+
+# --- normalization ------------------------------------------------------------------------------
+
+def normalized(images, normalization):
+    """The pixels exactly as training sees them, through Batches."""
+    data = LabelledImages(images, torch.zeros(len(images), dtype=torch.int64))
+    batches = Batches(data, normalization, len(images), torch.device("cpu"), shuffle=False)
+    (pixels, _), = list(batches.epoch())
+    return pixels.double().reshape(images.shape)
+
+
+def test_per_pixel_normalization_standardizes_each_pixel():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 4, 5), dtype=torch.uint8, generator=generator)
+    images[:, 0] //= 4  # channels of different ranges
+    norm = fit_normalization(images, "pixel")
+    assert norm.mean.shape == norm.std.shape == (3, 4, 5)
+    x = normalized(images, norm)
+    torch.testing.assert_close(x.mean(0), torch.zeros(3, 4, 5, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std(0, unbiased=False), torch.ones(3, 4, 5, dtype=torch.float64), atol=1e-4, rtol=0)
+    # and the statistics are those of the raw 0..1 pixels
+    raw = images.double() / 255
+    torch.testing.assert_close(norm.mean.double(), raw.mean(0), atol=1e-6, rtol=0)
+
+
+def test_per_channel_normalization_has_one_value_per_channel():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (200, 3, 6, 6), dtype=torch.uint8, generator=generator)
+    images[:, 2] = images[:, 2] // 2 + 100
+    norm = fit_normalization(images, "channel")
+    assert norm.mean.shape == (3, 6, 6)
+    for stat in (norm.mean, norm.std):
+        assert torch.equal(stat, stat[:, :1, :1].expand(3, 6, 6))  # constant over height and width
+    assert not torch.isclose(norm.mean[0, 0, 0], norm.mean[2, 0, 0])
+    x = normalized(images, norm)
+    per_channel = x.transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(3, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(per_channel.std(1, unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-4,
+                               rtol=0)
+
+
+def test_constant_pixels_are_not_divided_by_zero():
+    images = torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    images[:, 0, 0, 0] = 0  # MNIST's border
+    norm = fit_normalization(images, "pixel")
+    assert norm.std[0, 0, 0] == 1.0
+    assert torch.isfinite(normalized(images, norm)).all()
+
+
+def test_no_normalization_is_pixels_over_255():
+    images = torch.tensor([[[[0, 51], [255, 102]]]], dtype=torch.uint8)
+    x = normalized(images, fit_normalization(images, "none"))
+    torch.testing.assert_close(x, torch.tensor([[[[0.0, 0.2], [1.0, 0.4]]]], dtype=torch.float64))
+
+
+def test_prepare_fits_normalization_on_the_training_part_only(tiny_cifar_session):
+    data = prepare(DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session)), seed=0)
+    expected = data.train.images.double().mean(0) / 255
+    torch.testing.assert_close(data.normalization.mean.double(), expected, atol=1e-6, rtol=0)
+    x = normalized(data.train.images, data.normalization)
+    assert x.mean(0).abs().max() < 1e-4
+    assert (x.std(0, unbiased=False) - 1).abs().max() < 1e-3
+
+
+# --- reading an image-folder copy of a named dataset --------------------------------------------
+
+def test_image_folder_copy_reads_as_cifar10(tiny_cifar_session):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session))
+    split, _ = load_decoded(config, "train")
+    assert split.classes == list(CIFAR10_CLASSES)
+    assert split.images.dtype == torch.uint8 and tuple(split.images.shape) == (10 * TINY_TRAIN_PER_CLASS, 3, 32, 32)
+    assert torch.bincount(split.labels).tolist() == [TINY_TRAIN_PER_CLASS] * 10
+    # the first ship image decodes to the row labelled 'ship'
+    ship = sorted((tiny_cifar_session / "train" / "ship").glob("*.jpg"))[0]
+    pixels = decode_image(str(ship), mode=ImageReadMode.RGB)
+    rows = [i for i in range(len(split.images)) if torch.equal(split.images[i], pixels)]
+    assert len(rows) == 1 and split.labels[rows[0]] == CIFAR10_CLASSES.index("ship")
+
+
+def test_folder_class_order_follows_the_registry_not_the_folder_names(tiny_cifar, fresh_cache):
+    """Folders named 'Truck' and 'Bird' sort first on disk; their images must still get CIFAR-10's labels."""
+    for split in ("train", "test"):
+        (tiny_cifar / split / "truck").rename(tiny_cifar / split / "Truck")
+        (tiny_cifar / split / "bird").rename(tiny_cifar / split / "Bird")
+    split, _ = load_decoded(DataConfig(dataset="cifar10", data_dir=str(tiny_cifar)), "train")
+    assert split.classes == list(CIFAR10_CLASSES)
+    for folder, name in (("Truck", "truck"), ("Bird", "bird"), ("airplane", "airplane")):
+        first = sorted((tiny_cifar / "train" / folder).glob("*.jpg"))[0]
+        pixels = decode_image(str(first), mode=ImageReadMode.RGB)
+        rows = [i for i in range(len(split.images)) if torch.equal(split.images[i], pixels)]
+        assert [int(split.labels[i]) for i in rows] == [CIFAR10_CLASSES.index(name)], folder
+
+
+# --- the decoded cache --------------------------------------------------------------------------
+
+def cache_entries(cache):
+    return sorted(p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_second_load_comes_from_the_cache(tiny_cifar_session, fresh_cache):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session))
+    first, first_cached = load_decoded(config, "test")
+    second, second_cached = load_decoded(config, "test")
+    assert (first_cached, second_cached) == (False, True)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert second.classes == first.classes
+    assert len(cache_entries(fresh_cache)) == 1
+    assert not [p for p in fresh_cache.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_the_cache_key_includes_split_and_image_size(tiny_cifar_session, fresh_cache):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session))
+    load_decoded(config, "test")
+    resized, cached = load_decoded(DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session), image_size=16),
+                                   "test")
+    assert not cached and tuple(resized.images.shape[1:]) == (3, 16, 16)
+    _, cached = load_decoded(config, "train")
+    assert not cached
+    assert len(cache_entries(fresh_cache)) == 3
+
+
+def test_a_changed_source_file_is_decoded_again(tiny_cifar, fresh_cache):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar))
+    before, _ = load_decoded(config, "test")
+    ships = sorted((tiny_cifar / "test" / "ship").glob("*.jpg"))
+    cat = sorted((tiny_cifar / "test" / "cat").glob("*.jpg"))[0]
+    ships[0].write_bytes(cat.read_bytes())
+    stat = ships[0].stat()
+    os.utime(ships[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    after, cached = load_decoded(config, "test")
+    assert not cached
+    cat_pixels = decode_image(str(cat), mode=ImageReadMode.RGB)
+    ship_label = CIFAR10_CLASSES.index("ship")
+    matches = [int(after.labels[i]) for i in range(len(after.images)) if torch.equal(after.images[i], cat_pixels)]
+    assert sorted(matches) == sorted([CIFAR10_CLASSES.index("cat"), ship_label])  # the new bytes, under 'ship'
+    assert not torch.equal(before.images, after.images)
+    _, cached = load_decoded(config, "test")
+    assert cached
+
+
+def test_a_touched_source_file_is_decoded_again(tiny_cifar, fresh_cache):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar))
+    load_decoded(config, "test")
+    some = sorted((tiny_cifar / "test" / "dog").glob("*.jpg"))[3]
+    stat = some.stat()
+    os.utime(some, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    _, cached = load_decoded(config, "test")
+    assert not cached
+
+
+def test_an_added_image_is_decoded_again(tiny_cifar, fresh_cache):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar))
+    before, _ = load_decoded(config, "test")
+    source = sorted((tiny_cifar / "test" / "frog").glob("*.jpg"))[0]
+    (tiny_cifar / "test" / "frog" / "extra.jpg").write_bytes(source.read_bytes())
+    after, cached = load_decoded(config, "test")
+    assert not cached and len(after.images) == len(before.images) + 1
+
+
+@pytest.mark.parametrize("damage", ["truncate-images", "truncate-labels", "garbage-meta", "delete-meta"])
+def test_a_damaged_cache_entry_is_never_used(tiny_cifar_session, fresh_cache, damage):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session))
+    fresh, _ = load_decoded(config, "test")
+    entry, = cache_entries(fresh_cache)
+    if damage.startswith("truncate"):
+        target = entry / ("images.npy" if damage == "truncate-images" else "labels.npy")
+        size = target.stat().st_size
+        with open(target, "r+b") as f:
+            f.truncate(size // 2)
+    elif damage == "garbage-meta":
+        (entry / "meta.json").write_text('{"shape": [1')
+    else:
+        (entry / "meta.json").unlink()
+    again, cached = load_decoded(config, "test")
+    assert not cached
+    assert torch.equal(again.images, fresh.images) and torch.equal(again.labels, fresh.labels)
+    # the entry was rebuilt whole: the next load uses it
+    third, cached = load_decoded(config, "test")
+    assert cached and torch.equal(third.images, fresh.images)
+    assert np.load(entry / "images.npy", mmap_mode="r").shape == tuple(fresh.images.shape)
+
+
+def test_an_entry_whose_shape_disagrees_with_its_metadata_is_rebuilt(tiny_cifar_session, fresh_cache):
+    config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session))
+    fresh, _ = load_decoded(config, "test")
+    entry, = cache_entries(fresh_cache)
+    np.save(entry / "images.npy", fresh.images.numpy()[:-1])  # a whole file, one image short
+    again, cached = load_decoded(config, "test")
+    assert not cached and torch.equal(again.images, fresh.images)
+
+
+def test_mnist_through_the_cache(mnist_root, fresh_cache):
+    config = DataConfig(dataset="mnist", data_dir=str(mnist_root))
+    test, cached = load_decoded(config, "test")
+    assert not cached
+    assert tuple(test.images.shape) == (10000, 1, 28, 28) and test.images.dtype == torch.uint8
+    assert test.classes == [str(i) for i in range(10)]
+    assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    again, cached = load_decoded(config, "test")
+    assert cached and torch.equal(again.images, test.images)
+
+
+# --- minibatches --------------------------------------------------------------------------------
+
+def numbered(n):
+    """Images whose single pixel is their own index, and labels equal to index % 3."""
+    images = torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1)
+    return LabelledImages(images, torch.arange(n) % 3)
+
+
+IDENTITY = Normalization(torch.zeros(1, 1, 1), torch.ones(1, 1, 1))
+
+
+def epoch_indices(batches, epoch):
+    out = []
+    for pixels, labels in batches.epoch(epoch):
+        index = (pixels[:, 0] * 255).round().long()
+        assert torch.equal(labels, index % 3)  # labels travel with their images
+        out.append(index.tolist())
+    return out
+
+
+def test_batches_cover_every_image_once_per_epoch():
+    batches = Batches(numbered(23), IDENTITY, 5, torch.device("cpu"), seed=4)
+    assert len(batches) == math.ceil(23 / 5) == 5
+    for epoch in range(3):
+        parts = epoch_indices(batches, epoch)
+        assert [len(p) for p in parts] == [5, 5, 5, 5, 3]
+        flat = [i for p in parts for i in p]
+        assert sorted(flat) == list(range(23))
+    assert epoch_indices(batches, 0) != epoch_indices(batches, 1)  # each epoch draws a new order
+    assert [i for p in epoch_indices(batches, 0) for i in p] != list(range(23))  # and shuffles
+
+
+def test_same_seed_and_epoch_give_the_same_order():
+    a = Batches(numbered(40), IDENTITY, 7, torch.device("cpu"), seed=3)
+    b = Batches(numbered(40), IDENTITY, 7, torch.device("cpu"), seed=3)
+    c = Batches(numbered(40), IDENTITY, 7, torch.device("cpu"), seed=5)
+    assert epoch_indices(a, 2) == epoch_indices(b, 2)
+    assert epoch_indices(a, 2) != epoch_indices(c, 2)
+    assert torch.equal(epoch_permutation(40, 3, 2), epoch_permutation(40, 3, 2))
+
+
+def test_batch_size_one_and_full_batch():
+    one = Batches(numbered(9), IDENTITY, 1, torch.device("cpu"), seed=0)
+    parts = epoch_indices(one, 0)
+    assert len(one) == 9 and all(len(p) == 1 for p in parts) and sorted(sum(parts, [])) == list(range(9))
+    full = Batches(numbered(9), IDENTITY, 9, torch.device("cpu"), seed=0)
+    parts = epoch_indices(full, 0)
+    assert len(full) == 1 and sorted(parts[0]) == list(range(9))
+    larger = Batches(numbered(9), IDENTITY, 1000, torch.device("cpu"), seed=0)
+    assert len(larger) == 1 and larger.batch_size == 9
+
+
+def test_unshuffled_batches_keep_the_order():
+    batches = Batches(numbered(10), IDENTITY, 4, torch.device("cpu"), shuffle=False)
+    assert epoch_indices(batches, 0) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
