@@ -106,25 +106,39 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder [default: runs/<dataset>-<date>-<time>].",
                                                rich_help_panel=RUN)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.", rich_help_panel=RUN)] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its folder, with its saved "
+                                                        "config.", rich_help_panel=RUN)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON metrics.",
                                         rich_help_panel=RUN)] = False,
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
     flags = dict(locals())
-    for name in ("config", "overwrite", "quiet"):
+    for name in ("config", "overwrite", "quiet", "resume"):
         flags.pop(name)
     if batch_size is not None:
         flags["batch_size"] = parse_batch_size(batch_size)
     if class_weights is not None:
         flags["class_weights"] = parse_class_weights(class_weights)
+    run_dir = None
+    if resume is not None:
+        config, flags = _resume_config(resume, config, flags)
+        from imgcls.rundir import RunDir
+
+        run_dir = RunDir.open_for_resume(resume)
     resolved = build_config(config, flags)
 
     from imgcls.report import Reporter
+    from imgcls.train import Interrupted
     from imgcls.train import train as run_training
 
     reporter = Reporter(quiet)
     try:
-        result = run_training(resolved, reporter, overwrite=overwrite)
+        result = run_training(resolved, reporter, overwrite=overwrite, resume=run_dir)
+    except Interrupted as stopped:
+        reporter.close()
+        err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
+                  f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False)
+        raise typer.Exit(130) from None
     finally:
         reporter.close()
     reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch}",
@@ -133,6 +147,15 @@ def train(
     if quiet:
         print(json.dumps({"val": result.val.summary(), "test": result.test.summary(),
                           "run_dir": str(result.run_dir.path)}))
+
+
+def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path, dict]:
+    """A resumed run uses its own saved config; only where it runs may change."""
+    given = sorted(name for name, value in flags.items() if value is not None and name != "device")
+    if config is not None or given:
+        named = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "--config"
+        raise UserError(f"--resume continues a run with its saved config; drop {named} (only --device may change)")
+    return resume / "config.yaml", {"device": flags["device"]}
 
 
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")

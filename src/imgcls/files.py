@@ -33,9 +33,3 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, value) -> None:
     write_text_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
-def append_json_line(path: Path, value) -> None:
-    """One JSON object a line; rewritten whole, so a torn last line can never appear."""
-    previous = path.read_text() if path.exists() else ""
-    write_text_atomic(path, previous + json.dumps(value) + "\n")

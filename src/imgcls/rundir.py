@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.files import append_json_line, write_json_atomic, write_text_atomic
+from imgcls.files import write_json_atomic, write_text_atomic
 
 RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
 
@@ -51,8 +51,19 @@ class RunDir:
     def write_config(self, config: dict) -> None:
         write_text_atomic(self.config, yaml.safe_dump(config, sort_keys=False))
 
-    def append_epoch(self, record: dict) -> None:
-        append_json_line(self.epochs, record)
+    @classmethod
+    def open_for_resume(cls, path: Path) -> RunDir:
+        run = cls(Path(path))
+        if not run.config.is_file() or not run.last.is_file():
+            raise UserError(f"--resume {path}: not a run folder with config.yaml and last.safetensors; pass the --out "
+                            f"folder of an interrupted run")
+        if run.metrics.is_file():
+            raise UserError(f"--resume {path}: that run has already finished (metrics.json exists); start a new run")
+        return run
+
+    def write_epochs(self, history: list[dict]) -> None:
+        """The whole history each time: a resumed run rewrites the file, never duplicates a line."""
+        write_text_atomic(self.epochs, "".join(json.dumps(record) + "\n" for record in history))
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics, metrics)

@@ -1,5 +1,9 @@
 """Training, read top to bottom: data, model, loss, optimizer, then epochs of SGD steps,
 each followed by validation, checkpoints and the stopping rule; last, the test split once.
+
+A run can stop at any step (Ctrl-C, SIGTERM): the step in flight finishes, a resumable
+checkpoint is written, and `imgcls train --resume RUN_DIR` carries on to the same weights and
+metrics, bit for bit on the CPU, as if nothing had happened.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from imgcls.data.batches import EVAL_BATCH, Batches
 from imgcls.data.prepare import PreparedData, prepare
 from imgcls.device import auto_batch_size, resolve_device, set_precision
 from imgcls.errors import UserError
+from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.losses import Loss, class_weights
-from imgcls.metrics import Metrics, MetricsAccumulator, evaluate
+from imgcls.metrics import Metrics, evaluate
 from imgcls.model import LinearClassifier
 from imgcls.optim import build_optimizer, build_scheduler
 from imgcls.report import Reporter
@@ -35,20 +40,38 @@ class RunResult:
 
 
 @dataclass
-class EpochStats:
-    loss: float
-    top1: float
-    seconds: float
-    images: int
+class Progress:
+    """Where a run is: everything besides the model and optimizer that a resumed run needs."""
+
+    epoch: int = 0  # the epoch under way, from 0
+    step: int = 0  # the next step of that epoch
+    loss_sum: torch.Tensor | None = None  # this epoch's running training loss and accuracy, so a
+    correct: torch.Tensor | None = None  # resumed epoch reports exactly what an unbroken one would
+    seen: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None  # from 0
+    best_val: dict | None = None
+
+    def start_epoch(self, device: torch.device) -> None:
+        self.step, self.seen, self.seconds = 0, 0, 0.0
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
 
 
-def train(config: Config, reporter: Reporter, overwrite: bool = False) -> RunResult:
+class Interrupted(Exception):
+    def __init__(self, run_dir: RunDir, progress: Progress, steps: int):
+        super().__init__(f"interrupted at epoch {progress.epoch + 1}, step {progress.step} of {steps}")
+        self.run_dir = run_dir
+
+
+def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: RunDir | None = None) -> RunResult:
     device = resolve_device(config.train.device)
     autocast_dtype = set_precision(config.train.precision, device)
     torch.manual_seed(config.train.seed)
     data = prepare(config.data, config.train.seed)
     reporter.data_ready(data)
-    run = RunDir.create(config.output.out, config.data.dataset, overwrite)
+    run = resume or RunDir.create(config.output.out, config.data.dataset, overwrite)
     run.write_config(config.to_dict())
 
     batch_size = resolve_batch_size(config, data, device, reporter)
@@ -58,32 +81,89 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False) -> RunRes
     loss = Loss(config.loss.loss, class_weights(config.loss.class_weights, data.train.labels, len(data.classes)))
     optimizer = build_optimizer(model, config.optim, device)
     scheduler = build_scheduler(optimizer, config.schedule, len(train_batches), config.train.epochs)
+    progress = Progress()
+    progress.start_epoch(device)
+    if resume is not None:
+        restore(ckpt.load(run.last), model, optimizer, scheduler, progress, device)
+        reporter.note(f"resuming {run.path} at epoch {progress.epoch + 1}, step {progress.step}")
 
-    history: list[dict] = []
-    best: tuple[int, Metrics] | None = None
-    for epoch in range(config.train.epochs):
-        stats = train_one_epoch(model, train_batches, loss, optimizer, scheduler, epoch, reporter, autocast_dtype)
-        val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
-        record = epoch_record(epoch, stats, val, optimizer)
-        history.append(record)
-        run.append_epoch(record)
-        improved = best is None or (val.top1, -val.loss) > (best[1].top1, -best[1].loss)
-        if improved:
-            best = (epoch, val)
-            ckpt.save(run.best, make_checkpoint(model, data, config, epoch, val))
-        ckpt.save(run.last, make_checkpoint(model, data, config, epoch, val))
-        reporter.epoch_done(record, improved)
-        if should_stop(history, best[0], config.train.patience):
-            reporter.note(f"stopping early: no better validation top-1 for {config.train.patience} epochs")
-            break
+    with stop_on_signals() as stop:
+        while progress.epoch < config.train.epochs and not finished_early(progress, config.train.patience):
+            if not train_one_epoch(model, train_batches, loss, optimizer, scheduler, progress, reporter,
+                                   autocast_dtype, stop):
+                ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+                raise Interrupted(run, progress, len(train_batches))
+            val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
+            end_epoch(run, model, data, config, progress, optimizer, scheduler, val, reporter)
 
+    if finished_early(progress, config.train.patience):
+        reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
+    return finish(run, data, loss, device, progress, train_batches.batch_size)
+
+
+def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, progress: Progress,
+                    reporter: Reporter, autocast_dtype: torch.dtype | None, stop: StopRequest) -> bool:
+    """The rest of this epoch: ceil(N/B) SGD updates in all. False if asked to stop part-way."""
+    model.train()
+    device = batches.device
+    sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
+    reporter.epoch_start(progress.epoch, len(batches))
+    started = time.perf_counter() - progress.seconds
+    for pixels, labels in batches.epoch(progress.epoch, progress.step):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            scores = model(pixels)
+        batch_loss = loss(scores, labels)
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        scheduler.step()
+        progress.loss_sum += batch_loss.detach() * len(labels)
+        progress.correct += (scores.detach().argmax(1) == labels).sum()
+        progress.seen += len(labels)
+        progress.step += 1
+        progress.seconds = time.perf_counter() - started
+        if progress.step % sync_every == 0 or progress.step == len(batches):
+            check_finite(progress)
+            reporter.step(progress.step, float(progress.loss_sum) / progress.seen, progress.seen / progress.seconds)
+        if stop.requested and progress.step < len(batches):
+            return False
+    return True
+
+
+def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: Progress, optimizer, scheduler,
+              val: Metrics, reporter: Reporter) -> None:
+    """Record the epoch, keep the best checkpoint, and move on; `last` is written last, so a crash
+    anywhere here resumes by redoing this epoch's bookkeeping from the previous `last`."""
+    record = {"epoch": progress.epoch + 1, "train_loss": float(progress.loss_sum) / max(progress.seen, 1),
+              "train_top1": float(progress.correct) / max(progress.seen, 1), "val_loss": val.loss,
+              "val_top1": val.top1, "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
+              "seconds": progress.seconds, "images_per_s": progress.seen / max(progress.seconds, 1e-9)}
+    improved = progress.best_val is None or (val.top1, -val.loss) > (progress.best_val["top1"],
+                                                                      -progress.best_val["loss"])
+    progress.history.append(record)
+    if improved:
+        progress.best_epoch, progress.best_val = progress.epoch, val.summary()
+    progress.epoch += 1
+    progress.start_epoch(progress.loss_sum.device)
+    if improved:
+        ckpt.save(run.best, make_checkpoint(model, data, config, progress))
+    run.write_epochs(progress.history)
+    ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+    reporter.epoch_done(record, improved)
+
+
+def finish(run: RunDir, data: PreparedData, loss: Loss, device: torch.device, progress: Progress,
+           batch_size: int) -> RunResult:
+    """The test split, measured once, on the checkpoint chosen by validation."""
     best_model = ckpt.load(run.best).model().to(device)
     test_batches = Batches(data.test, data.normalization, EVAL_BATCH, device, shuffle=False)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
-    run.write_metrics({"best_epoch": best[0] + 1, "val": best[1].summary(), "test": test.summary(),
+    val_batches = Batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False)
+    val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
+    run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
                        "test_detail": {"per_class": test.per_class, "confusion": test.confusion},
                        "classes": data.classes})
-    return RunResult(run, best[0] + 1, best[1], test, train_batches.batch_size, history)
+    return RunResult(run, progress.best_epoch + 1, val, test, batch_size, progress.history)
 
 
 def resolve_batch_size(config: Config, data: PreparedData, device: torch.device, reporter: Reporter) -> int:
@@ -98,56 +178,56 @@ def resolve_batch_size(config: Config, data: PreparedData, device: torch.device,
     return min(setting, num_images)
 
 
-def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, epoch: int, reporter: Reporter,
-                    autocast_dtype: torch.dtype | None, start_step: int = 0) -> EpochStats:
-    """One pass over the training set in this epoch's order: ceil(N/B) SGD updates."""
-    model.train()
-    device = batches.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
-    started = time.perf_counter()
-    reporter.epoch_start(epoch, len(batches))
-    for step, (pixels, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            scores = model(pixels)
-        batch_loss = loss(scores, labels)
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += batch_loss.detach() * len(labels)
-        correct += (scores.detach().argmax(1) == labels).sum()
-        seen += len(labels)
-        if (step + 1) % sync_every == 0 or step + 1 == len(batches):
-            check_finite(loss_sum, step, epoch)
-            reporter.step(step + 1, float(loss_sum) / seen, seen / (time.perf_counter() - started))
-    seconds = time.perf_counter() - started
-    return EpochStats(float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1), seconds, seen)
+def check_finite(progress: Progress) -> None:
+    if not torch.isfinite(progress.loss_sum):
+        raise UserError(f"the loss became {float(progress.loss_sum)} at epoch {progress.epoch + 1}, step "
+                        f"{progress.step}: training diverged; lower --lr (the last good checkpoints are kept)")
 
 
-def check_finite(loss_sum: torch.Tensor, step: int, epoch: int) -> None:
-    if not torch.isfinite(loss_sum):
-        raise UserError(f"the loss became {float(loss_sum)} at epoch {epoch + 1}, step {step + 1}: training diverged; "
-                        f"lower --lr (the last good checkpoints are kept)")
-
-
-def epoch_record(epoch: int, stats: EpochStats, val: Metrics, optimizer) -> dict:
-    return {"epoch": epoch + 1, "train_loss": stats.loss, "train_top1": stats.top1, "val_loss": val.loss,
-            "val_top1": val.top1, "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
-            "seconds": stats.seconds, "images_per_s": stats.images / max(stats.seconds, 1e-9)}
-
-
-def should_stop(history: list[dict], best_epoch: int, patience: int | None) -> bool:
+def finished_early(progress: Progress, patience: int | None) -> bool:
     """Early stopping: `patience` epochs in a row without a better validation top-1."""
-    return patience is not None and len(history) - 1 - best_epoch >= patience
+    return patience is not None and progress.best_epoch is not None and \
+        progress.epoch - 1 - progress.best_epoch >= patience
 
 
-def make_checkpoint(model: LinearClassifier, data: PreparedData, config: Config, epoch: int,
-                    val: Metrics) -> ckpt.Checkpoint:
+def make_checkpoint(model: LinearClassifier, data: PreparedData, config: Config, progress: Progress,
+                    optimizer=None, scheduler=None) -> ckpt.Checkpoint:
+    """A checkpoint usable alone; with the optimizer and scheduler it can also resume the run."""
     meta = {"dataset": data.dataset, "classes": data.classes, "input_shape": list(data.shape),
             "superclass_of": data.superclass_of, "config": config.to_dict(), "seed": config.train.seed,
-            "epoch": epoch + 1, "val": val.summary()}
+            "epoch": progress.epoch, "step": progress.step, "val": progress.best_val}
+    state = {}
+    if optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+        meta["resume"] = {"scheduler": scheduler.state_dict(), "param_groups": optimizer_state["param_groups"],
+                          "seen": progress.seen, "seconds": progress.seconds, "history": progress.history,
+                          "best_epoch": progress.best_epoch, "best_val": progress.best_val}
+        state = {"loss_sum": progress.loss_sum, "correct": progress.correct, "torch_rng": torch.get_rng_state()}
+        for index, buffers in optimizer_state["state"].items():
+            state.update({f"optimizer.{index}.{name}": value for name, value in buffers.items()})
     return ckpt.Checkpoint(model.linear.weight.detach().clone(), model.linear.bias.detach().clone(),
-                           data.normalization.mean, data.normalization.std, meta)
+                           data.normalization.mean, data.normalization.std, meta, state)
+
+
+def restore(saved: ckpt.Checkpoint, model: LinearClassifier, optimizer, scheduler, progress: Progress,
+            device: torch.device) -> None:
+    if "resume" not in saved.meta:
+        raise UserError("the run's last.safetensors cannot resume training (no optimizer state); start a new run")
+    resume = saved.meta["resume"]
+    with torch.no_grad():
+        model.linear.weight.copy_(saved.weight)
+        model.linear.bias.copy_(saved.bias)
+    buffers: dict[int, dict] = {}
+    for key, value in saved.state.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            buffers.setdefault(int(index), {})[name] = value.to(device)
+    optimizer.load_state_dict({"state": buffers, "param_groups": resume["param_groups"]})
+    scheduler.load_state_dict(resume["scheduler"])
+    torch.set_rng_state(saved.state["torch_rng"])
+    progress.epoch, progress.step = saved.meta["epoch"], saved.meta["step"]
+    progress.seen, progress.seconds = resume["seen"], resume["seconds"]
+    progress.loss_sum = saved.state["loss_sum"].to(device)
+    progress.correct = saved.state["correct"].to(device)
+    progress.history = resume["history"]
+    progress.best_epoch, progress.best_val = resume["best_epoch"], resume["best_val"]
