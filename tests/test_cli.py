@@ -200,6 +200,28 @@ def test_saved_config_then_flags(cli, mnist_run, tmp_path, assert_ok):
     assert changed == {("optim", "lr"), ("train", "epochs"), ("output", "out")}
 
 
+def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_session, tmp_path, assert_ok):
+    """A rate high enough that validation top-1 peaks early: best.safetensors must be that epoch, not the last."""
+    out = tmp_path / "run"
+    assert_ok(cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 8, "--batch-size", 32,
+                  "--lr", 0.05, "--patience", 2, "--device", "cpu", "--out", out, "--quiet"))
+    _, epochs, metrics = read_run(out)
+    best = metrics["best_epoch"]
+    rule = max(epochs, key=lambda e: (e["val_top1"], -e["val_loss"]))  # first of equals wins, as in training
+    assert best == rule["epoch"]
+    assert best < len(epochs), "precondition: this run's best epoch should not be its last; change --lr"
+    # stopped early: exactly `patience` epochs without a better val top-1 after the best
+    assert len(epochs) == best + 2 < 8
+    assert all((e["val_top1"], -e["val_loss"]) <= (rule["val_top1"], -rule["val_loss"]) for e in epochs[best:])
+    result = cli("eval", out / "best.safetensors", "--split", "val", "--device", "cpu", "--json")
+    assert result.exit_code == 0, plain(result.output)
+    assert json.loads(result.stdout)["top1"] == pytest.approx(epochs[best - 1]["val_top1"], abs=1e-9)
+    last = cli("eval", out / "last.safetensors", "--split", "val", "--device", "cpu", "--json")
+    assert json.loads(last.stdout)["loss"] == pytest.approx(epochs[-1]["val_loss"], rel=1e-6)
+    assert ckpt.load(out / "best.safetensors").meta["epoch"] == best
+    assert ckpt.load(out / "last.safetensors").meta["epoch"] == len(epochs)
+
+
 def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user_error, assert_ok):
     out = tmp_path / "run"
     assert_ok(train_tiny(cli, tiny_cifar_session, out))
