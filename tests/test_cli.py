@@ -357,9 +357,6 @@ def test_class_weights_of_the_wrong_length(cli, tiny_cifar_session, tmp_path, as
                       "--class-weights has 2 numbers", "10 classes")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a run stopped by a user error after RunDir.create (train.py writes "
-                                       "config.yaml before the class weights are checked) leaves config.yaml, so "
-                                       "the corrected command is refused with 'already holds a run'")
 def test_a_run_refused_for_bad_class_weights_can_be_repeated_in_the_same_folder(cli, tiny_cifar_session, tmp_path,
                                                                                assert_ok):
     out = tmp_path / "run"
@@ -367,9 +364,6 @@ def test_a_run_refused_for_bad_class_weights_can_be_repeated_in_the_same_folder(
     assert_ok(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a --limit that leaves one image per class gives an empty validation "
-                                       "split and a ZeroDivisionError in Batches.__len__ (prepare.py checks 'too few "
-                                       "images' before applying --limit)")
 def test_a_limit_too_small_for_a_validation_split_is_a_user_error(cli, mnist_root, tmp_path, assert_user_error):
     assert_user_error(cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 10, "--epochs", 1,
                           "--device", "cpu", "--out", tmp_path / "run"), "--limit")
@@ -430,8 +424,6 @@ def test_bad_eval_and_export_options(cli, cifar_run, tmp_path, args, words, asse
     assert_user_error(cli(*filled), *words)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: eval --device is never validated; an unknown name reaches torch.device "
-                                       "and ends in a RuntimeError traceback (device.py resolve_device, last line)")
 def test_eval_with_an_unknown_device(cli, cifar_run, assert_user_error):
     out, _ = cifar_run
     assert_user_error(cli("eval", out, "--device", "tpu"), "unknown device")

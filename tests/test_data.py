@@ -263,8 +263,6 @@ def test_a_damaged_cache_entry_is_never_used(tiny_cifar_session, fresh_cache, da
     assert np.load(entry / "images.npy", mmap_mode="r").shape == tuple(fresh.images.shape)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: cache._read_entry reads meta['shape'] outside its try, so a meta.json "
-                                       "that is valid JSON without 'shape' raises KeyError instead of being rebuilt")
 def test_an_entry_whose_metadata_lacks_keys_is_rebuilt(tiny_cifar_session, fresh_cache):
     config = DataConfig(dataset="cifar10", data_dir=str(tiny_cifar_session))
     fresh, _ = load_decoded(config, "test")

@@ -93,8 +93,6 @@ def test_classes_with_the_same_file_name_do_not_overwrite_each_other(tmp_path):
     assert {"000_a_b.png", "001_a_b.png", "c.png", "templates.png"} == {p.name for p in tmp_path.glob("*.png")}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a class named 'templates' is written to templates.png, then overwritten "
-                                       "by the grid (src/imgcls/templates.py, export_templates)")
 def test_a_class_named_templates_keeps_its_own_png(tmp_path):
     checkpoint = make_checkpoint(["cat", "templates", "dog"], (3, 8, 8))
     written = export_templates(checkpoint, tmp_path, size=8)

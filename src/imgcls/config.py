@@ -121,12 +121,22 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if option is float and isinstance(value, str) and _is_number(value):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if option is str and isinstance(value, str):
             return value
         if typing.get_origin(option) is list and isinstance(value, list):
             return [_coerce(item, typing.get_args(option)[0], key) for item in value]
     wanted = " or ".join(_type_name(o) for o in options)
     raise UserError(f"config key '{key}' must be {wanted}, not {type(value).__name__} {value!r}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity")
 
 
 def _is_union(annotation: Any) -> bool:
@@ -236,10 +246,10 @@ def validate(config: Config) -> None:
     elif weights is not None:
         _require(all(w >= 0 for w in weights) and any(w > 0 for w in weights),
                  "--class-weights must be non-negative numbers, at least one above 0")
-    _check_device(t.device)
+    check_device_name(t.device)
 
 
-def _check_device(device: str) -> None:
+def check_device_name(device: str) -> None:
     if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
         return
     raise UserError(f"unknown device '{device}'; choose auto, cpu, cuda or cuda:N")

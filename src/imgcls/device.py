@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from imgcls.config import check_device_name
 from imgcls.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):

@@ -34,19 +34,22 @@ class RunDir:
     last = property(lambda self: self.path / "last.safetensors")
 
     @classmethod
-    def create(cls, out: str | None, dataset: str, overwrite: bool) -> RunDir:
+    def for_new_run(cls, out: str | None, dataset: str, overwrite: bool) -> RunDir:
+        """Where a new run will go; refuses a folder that holds a run. Nothing is written yet."""
         path = Path(out) if out else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} is a file, not a folder; choose another --out")
-        if any((path / name).exists() for name in RUN_FILES):
-            if not overwrite:
-                raise UserError(f"{path} already holds a run; pass --overwrite to replace it, --resume {path} to "
-                                f"continue it, or choose another --out")
-            for name in RUN_FILES:
-                (path / name).unlink(missing_ok=True)
-            shutil.rmtree(path / "templates", ignore_errors=True)
-        path.mkdir(parents=True, exist_ok=True)
+        if not overwrite and any((path / name).exists() for name in RUN_FILES):
+            raise UserError(f"{path} already holds a run; pass --overwrite to replace it, --resume {path} to "
+                            f"continue it, or choose another --out")
         return cls(path)
+
+    def start(self) -> None:
+        """Create the folder, clearing a previous run's files (allowed by for_new_run's check)."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "templates", ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, config: dict) -> None:
         write_text_atomic(self.config, yaml.safe_dump(config, sort_keys=False))

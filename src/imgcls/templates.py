@@ -16,6 +16,9 @@ from imgcls.checkpoint import Checkpoint
 from imgcls.files import write_atomic
 
 
+GRID_STEM = "templates"  # the labelled grid; a class of that name gets its index as a prefix
+
+
 def display_images(weights: torch.Tensor, scale: str = "each") -> torch.Tensor:
     """(K, C, H, W) weights -> (K, C, H, W) float in [0, 1]."""
     flat = weights.flatten(1)
@@ -48,11 +51,12 @@ def export_templates(checkpoint: Checkpoint, out: Path, size: int = 128, scale: 
     if not grid_only:
         stems = [file_stem(name) for name in checkpoint.classes]
         for index, (name, image) in enumerate(zip(stems, pixels)):
-            stem = name if stems.count(name) == 1 else f"{index:03d}_{name}"
+            unique = stems.count(name) == 1 and name != GRID_STEM
+            stem = name if unique else f"{index:03d}_{name}"
             path = out / f"{stem}.png"
             write_atomic(path, lambda temporary, image=image: write_png(image, str(temporary)))
             written.append(path)
-    grid = out / "templates.png"
+    grid = out / f"{GRID_STEM}.png"
     write_atomic(grid, lambda temporary: save_grid(display_images(weights, scale), checkpoint.classes, temporary))
     return written + [grid]
 

@@ -69,10 +69,9 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: R
     device = resolve_device(config.train.device)
     autocast_dtype = set_precision(config.train.precision, device)
     torch.manual_seed(config.train.seed)
+    run = resume or RunDir.for_new_run(config.output.out, config.data.dataset, overwrite)
     data = prepare(config.data, config.train.seed)
     reporter.data_ready(data)
-    run = resume or RunDir.create(config.output.out, config.data.dataset, overwrite)
-    run.write_config(config.to_dict())
 
     batch_size = resolve_batch_size(config, data, device, reporter)
     train_batches = Batches(data.train, data.normalization, batch_size, device, seed=config.train.seed)
@@ -83,6 +82,9 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: R
     scheduler = build_scheduler(optimizer, config.schedule, len(train_batches), config.train.epochs)
     progress = Progress()
     progress.start_epoch(device)
+    if resume is None:
+        run.start()
+    run.write_config(config.to_dict())
     if resume is not None:
         restore(ckpt.load(run.last), model, optimizer, scheduler, progress, device)
         reporter.note(f"resuming {run.path} at epoch {progress.epoch + 1}, step {progress.step}")

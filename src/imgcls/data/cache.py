@@ -72,9 +72,10 @@ def _read_entry(entry_dir: Path) -> DecodedSplit | None:
         meta = json.loads((entry_dir / "meta.json").read_text())
         images = np.load(entry_dir / "images.npy", mmap_mode="r")
         labels = np.load(entry_dir / "labels.npy")
-    except (OSError, ValueError, json.JSONDecodeError):
+        shape, classes, skipped = meta["shape"], meta["classes"], meta["skipped"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if list(images.shape) != meta["shape"] or len(labels) != meta["shape"][0] or images.dtype != np.uint8:
+    if list(images.shape) != shape or len(labels) != shape[0] or images.dtype != np.uint8:
         return None
     # The memory map is read-only; torch warns about that but never writes through it.
     import warnings
@@ -82,7 +83,7 @@ def _read_entry(entry_dir: Path) -> DecodedSplit | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(images)
-    return DecodedSplit(tensor, torch.from_numpy(labels.astype(np.int64)), meta["classes"], meta["skipped"])
+    return DecodedSplit(tensor, torch.from_numpy(labels.astype(np.int64)), classes, skipped)
 
 
 def _write_entry(entry_dir: Path, identity: dict, split: DecodedSplit) -> None:

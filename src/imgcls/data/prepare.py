@@ -81,6 +81,7 @@ def prepare(config: DataConfig, seed: int) -> PreparedData:
     if config.limit is not None and config.limit < len(labels):
         keep = stratified_sample(labels, config.limit / len(labels), seed)
         train_full = DecodedSplit(train_full.images[keep], labels[keep], train_full.classes)
+    _check_enough(spec, train_full, config.limit)
     val_index = stratified_sample(train_full.labels, config.val_split, seed)
     train_mask = torch.ones(len(train_full.labels), dtype=torch.bool)
     train_mask[val_index] = False
@@ -137,6 +138,10 @@ def _check_compatible(spec: DatasetSpec, train: DecodedSplit, test: DecodedSplit
     if train.images.shape[1:] != test.images.shape[1:]:
         raise UserError(f"{spec.name}: train images are {tuple(train.images.shape[1:])} but test images are "
                         f"{tuple(test.images.shape[1:])}; pass --image-size to give them one size")
+
+
+def _check_enough(spec: DatasetSpec, train: DecodedSplit, limit: int | None) -> None:
     if len(train.labels) < 2 * len(train.classes):
-        raise UserError(f"{spec.name}: {len(train.labels)} training images for {len(train.classes)} classes is too "
-                        f"few to hold out a validation split; add images or raise --limit")
+        fix = f"raise --limit to at least {2 * len(train.classes)}" if limit else "add images"
+        raise UserError(f"{spec.name}: {len(train.labels)} training images for {len(train.classes)} classes are too "
+                        f"few to hold out a validation split; {fix}")
