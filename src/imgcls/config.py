@@ -51,16 +51,16 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.01
+    lr: float = 0.005
     batch_size: int | str = 128  # a number, "full" (gradient descent) or "auto"
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
 
 
 @dataclass
 class ScheduleConfig:
-    schedule: str = "constant"
+    schedule: str = "cosine"
     warmup_epochs: float = 0.0
     step_epochs: int = 10  # the step schedule multiplies the rate by step_gamma every step_epochs
     step_gamma: float = 0.1
