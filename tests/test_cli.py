@@ -35,7 +35,7 @@ def read_run(path: Path):
 def mnist_run(cli, mnist_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "mnist"
     result = cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 600, "--epochs", MNIST_EPOCHS,
-                 "--momentum", 0.5, "--seed", 3, "--device", "cpu", "--out", out, "--quiet")
+                 "--momentum", 0.5, "--lr", 0.05, "--batch-size", 32, "--seed", 3, "--device", "cpu", "--out", out, "--quiet")
     assert result.exit_code == 0, plain(result.output)
     return out, result
 
@@ -204,7 +204,7 @@ def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_se
     """A rate high enough that validation top-1 peaks early: best.safetensors must be that epoch, not the last."""
     out = tmp_path / "run"
     assert_ok(cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 8, "--batch-size", 32,
-                  "--lr", 0.05, "--patience", 2, "--device", "cpu", "--out", out, "--quiet"))
+                  "--lr", 0.05, "--schedule", "constant", "--weight-decay", 0, "--patience", 2, "--device", "cpu", "--out", out, "--quiet"))
     _, epochs, metrics = read_run(out)
     best = metrics["best_epoch"]
     rule = max(epochs, key=lambda e: (e["val_top1"], -e["val_loss"]))  # first of equals wins, as in training

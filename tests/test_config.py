@@ -23,7 +23,7 @@ def test_defaults_without_file_or_flags():
     config = build_config(None, {})
     assert config == Config()
     assert config.data.dataset == "cifar10-sample"
-    assert config.optim.lr == 0.01 and config.optim.batch_size == 128 and config.train.epochs == 10
+    assert config.optim.lr == 0.005 and config.optim.batch_size == 128 and config.train.epochs == 10
 
 
 def test_file_values_override_defaults(tmp_path):
