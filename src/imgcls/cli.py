@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -131,16 +132,23 @@ def train(
     from imgcls.train import Interrupted
     from imgcls.train import train as run_training
 
-    reporter = Reporter(quiet)
+    from imgcls import distributed
+
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only the main process speaks
+    reporter = Reporter(quiet or not is_main)
     try:
         result = run_training(resolved, reporter, overwrite=overwrite, resume=run_dir)
     except Interrupted as stopped:
         reporter.close()
-        err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
-                  f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False)
+        if is_main:
+            err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
+                      f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
     finally:
         reporter.close()
+        distributed.teardown()
+    if not is_main:
+        return
     reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch}",
                                          {"val": result.val, "test": result.test}))
     reporter.note(f"run folder: {result.run_dir.path}")
@@ -177,8 +185,15 @@ def eval_command(
     from imgcls.evaluate import evaluate_checkpoint
     from imgcls.report import Reporter
 
+    from imgcls import distributed
+
     loaded = ckpt.load(checkpoint)
-    metrics = evaluate_checkpoint(loaded, split, data_dir, device)
+    try:
+        metrics = evaluate_checkpoint(loaded, split, data_dir, device)
+    finally:
+        distributed.teardown()
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only the main process prints
     if as_json:
         print(json.dumps(metrics.summary()))
         return

@@ -1,4 +1,5 @@
-"""Evaluate a saved checkpoint on a split of its dataset, exactly as training measured it."""
+"""Evaluate a saved checkpoint on a split of its dataset, exactly as training measured it
+(under torchrun too: each process counts its own part of the split, and the counts are summed)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import torch
 
 from imgcls import checkpoint as ckpt
+from imgcls import distributed
 from imgcls.config import Config, DataConfig
 from imgcls.data.batches import EVAL_BATCH, Batches
 from imgcls.data.prepare import Normalization, prepare
@@ -26,7 +28,7 @@ def data_config_of(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> DataCon
 
 
 def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str | None, device_name: str) -> Metrics:
-    device = resolve_device(device_name)
+    shard, device = distributed.setup(resolve_device(device_name))
     config = Config(data=data_config_of(checkpoint, data_dir))
     config.loss.loss = checkpoint.meta["config"]["loss"]["loss"]
     data = prepare(config.data, checkpoint.meta["seed"])
@@ -36,7 +38,7 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
                         f"{data.shape}; point --data-dir at the dataset it was trained on")
     images = {"train": data.train, "val": data.val, "test": data.test}[split]
     normalization = Normalization(checkpoint.mean, checkpoint.std)
-    batches = Batches(images, normalization, EVAL_BATCH, device, shuffle=False)
+    batches = Batches(images, normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
     weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes))
     model = checkpoint.model().to(device)
     with torch.inference_mode():

@@ -43,11 +43,17 @@ class Loss:
         total, weight = self.sum_and_weight(scores, targets)
         return total / weight
 
+    def weight_of(self, targets: torch.Tensor) -> torch.Tensor:
+        """The sum of the weights of these targets: the denominator of the weighted mean."""
+        if self.class_weights is None:
+            return torch.tensor(float(len(targets)), device=targets.device)
+        return self.class_weights.to(targets.device)[targets].sum()
+
     def sum_and_weight(self, scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The weighted sum of losses and the sum of weights, so batches can be combined exactly."""
         losses = self.per_sample(scores.float(), targets)
         if self.class_weights is None:
-            return losses.sum(), torch.tensor(float(len(targets)), device=scores.device)
+            return losses.sum(), self.weight_of(targets)
         weights = self.class_weights.to(scores.device)[targets]
         return (losses * weights).sum(), weights.sum()
 

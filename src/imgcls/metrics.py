@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from imgcls.distributed import sum_across
+
 
 def topk_correct(scores: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """How many targets are among the k highest scores of their row."""
@@ -58,7 +60,11 @@ class MetricsAccumulator:
         self.confusion += torch.bincount(targets * self.num_classes + predicted, minlength=self.num_classes ** 2)
 
     def result(self) -> Metrics:
-        confusion = self.confusion.view(self.num_classes, self.num_classes).cpu()
+        """The metrics over everything added, here and (under torchrun) in every other process."""
+        loss_sum, weight_sum, topk, confusion = (t.clone() for t in (self.loss_sum, self.weight_sum, self.topk,
+                                                                      self.confusion))
+        sum_across(loss_sum, weight_sum, topk, confusion)
+        confusion = confusion.view(self.num_classes, self.num_classes).cpu()
         count = int(confusion.sum())
         per_class_total = confusion.sum(1).clamp_min(1)
         superclass = None
@@ -67,9 +73,9 @@ class MetricsAccumulator:
             true_super, pred_super = torch.meshgrid(mapping, mapping, indexing="ij")
             superclass = float(confusion[true_super == pred_super].sum()) / max(count, 1)
         return Metrics(
-            loss=float(self.loss_sum) / max(float(self.weight_sum), 1e-12),
+            loss=float(loss_sum) / max(float(weight_sum), 1e-12),
             top1=float(confusion.diag().sum()) / max(count, 1),
-            top5=float(self.topk) / max(count, 1),
+            top5=float(topk) / max(count, 1),
             k=self.k,
             count=count,
             per_class=(confusion.diag().double() / per_class_total).tolist(),
@@ -83,7 +89,7 @@ def evaluate(model, batches, loss, num_classes: int, superclass_of: list[int] | 
     """Metrics of `model` over every image of `batches`, each counted once."""
     model.eval()
     accumulator = MetricsAccumulator(num_classes, batches.device, superclass_of)
-    for pixels, labels in batches.epoch():
+    for pixels, labels, _ in batches.epoch():
         scores = model(pixels).float()
         accumulator.add(scores, labels, *loss.sum_and_weight(scores, labels))
     return accumulator.result()

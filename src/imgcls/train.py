@@ -4,6 +4,10 @@ each followed by validation, checkpoints and the stopping rule; last, the test s
 A run can stop at any step (Ctrl-C, SIGTERM): the step in flight finishes, a resumable
 checkpoint is written, and `imgcls train --resume RUN_DIR` carries on to the same weights and
 metrics, bit for bit on the CPU, as if nothing had happened.
+
+Under torchrun the same code runs in every process: DistributedDataParallel averages the
+gradients, each process takes its part of every global batch, and only the main process
+writes the run folder.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from torch.nn.parallel import DistributedDataParallel
+
 from imgcls import checkpoint as ckpt
+from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import EVAL_BATCH, Batches
 from imgcls.data.prepare import PreparedData, prepare
@@ -46,16 +53,25 @@ class Progress:
     epoch: int = 0  # the epoch under way, from 0
     step: int = 0  # the next step of that epoch
     loss_sum: torch.Tensor | None = None  # this epoch's running training loss and accuracy, so a
-    correct: torch.Tensor | None = None  # resumed epoch reports exactly what an unbroken one would
+    weight_sum: torch.Tensor | None = None  # resumed epoch reports exactly what an unbroken one would
+    correct: torch.Tensor | None = None
     seen: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None  # from 0
     best_val: dict | None = None
 
+    def totals(self) -> tuple[float, float, int]:
+        """This epoch's training loss, top-1 and images so far, summed over all processes."""
+        loss_sum, weight_sum, correct = self.loss_sum.clone(), self.weight_sum.clone(), self.correct.clone()
+        seen = torch.tensor(self.seen, device=self.correct.device)
+        distributed.sum_across(loss_sum, weight_sum, correct, seen)
+        return float(loss_sum) / max(float(weight_sum), 1e-12), float(correct) / max(int(seen), 1), int(seen)
+
     def start_epoch(self, device: torch.device) -> None:
         self.step, self.seen, self.seconds = 0, 0, 0.0
         self.loss_sum = torch.zeros((), device=device)
+        self.weight_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
 
 
@@ -66,41 +82,52 @@ class Interrupted(Exception):
 
 
 def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: RunDir | None = None) -> RunResult:
-    device = resolve_device(config.train.device)
+    shard, device = distributed.setup(resolve_device(config.train.device))
     autocast_dtype = set_precision(config.train.precision, device)
     torch.manual_seed(config.train.seed)
-    run = resume or RunDir.for_new_run(config.output.out, config.data.dataset, overwrite)
-    data = prepare(config.data, config.train.seed)
+    run = resume or distributed.from_main(RunDir.for_new_run(config.output.out, config.data.dataset, overwrite))
+    data = prepare_once(config, shard)
     reporter.data_ready(data)
 
     batch_size = resolve_batch_size(config, data, device, reporter)
-    train_batches = Batches(data.train, data.normalization, batch_size, device, seed=config.train.seed)
-    val_batches = Batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False)
+    train_batches = Batches(data.train, data.normalization, batch_size, device, config.train.seed, shard=shard)
+    val_batches = Batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
     model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
     loss = Loss(config.loss.loss, class_weights(config.loss.class_weights, data.train.labels, len(data.classes)))
     optimizer = build_optimizer(model, config.optim, device)
     scheduler = build_scheduler(optimizer, config.schedule, len(train_batches), config.train.epochs)
     progress = Progress()
     progress.start_epoch(device)
-    if resume is None:
+    if resume is None and shard.is_main:
         run.start()
-    run.write_config(config.to_dict())
+        run.write_config(config.to_dict())
     if resume is not None:
-        restore(ckpt.load(run.last), model, optimizer, scheduler, progress, device)
+        restore(ckpt.load(run.last), model, optimizer, scheduler, progress, device, shard)
         reporter.note(f"resuming {run.path} at epoch {progress.epoch + 1}, step {progress.step}")
+    stepper = DistributedDataParallel(model) if shard.world > 1 else model
 
     with stop_on_signals() as stop:
         while progress.epoch < config.train.epochs and not finished_early(progress, config.train.patience):
-            if not train_one_epoch(model, train_batches, loss, optimizer, scheduler, progress, reporter,
+            if not train_one_epoch(stepper, train_batches, loss, optimizer, scheduler, progress, reporter,
                                    autocast_dtype, stop):
-                ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+                save_interrupted(run, model, data, config, progress, optimizer, scheduler, shard)
                 raise Interrupted(run, progress, len(train_batches))
             val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
-            end_epoch(run, model, data, config, progress, optimizer, scheduler, val, reporter)
+            end_epoch(run, model, data, config, progress, optimizer, scheduler, val, reporter, shard)
 
     if finished_early(progress, config.train.patience):
         reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
-    return finish(run, data, loss, device, progress, train_batches.batch_size)
+    return finish(run, data, loss, device, progress, train_batches.batch_size, shard)
+
+
+def prepare_once(config: Config, shard: distributed.Shard) -> PreparedData:
+    """The main process decodes (and caches) the dataset first; the others then map the cache."""
+    if not shard.is_main:
+        distributed.barrier()
+    data = prepare(config.data, config.train.seed)
+    if shard.is_main:
+        distributed.barrier()
+    return data
 
 
 def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, progress: Progress,
@@ -111,35 +138,40 @@ def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, p
     sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
     reporter.epoch_start(progress.epoch, len(batches))
     started = time.perf_counter() - progress.seconds
-    for pixels, labels in batches.epoch(progress.epoch, progress.step):
+    world = batches.shard.world
+    for pixels, labels, batch_labels in batches.epoch(progress.epoch, progress.step):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             scores = model(pixels)
-        batch_loss = loss(scores, labels)
+        loss_sum, weight = loss.sum_and_weight(scores, labels)
+        # The mean over the whole global batch; DDP divides the summed gradients by the world size.
+        batch_loss = loss_sum * world / loss.weight_of(batch_labels)
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         optimizer.step()
         scheduler.step()
-        progress.loss_sum += batch_loss.detach() * len(labels)
+        progress.loss_sum += loss_sum.detach()
+        progress.weight_sum += weight
         progress.correct += (scores.detach().argmax(1) == labels).sum()
         progress.seen += len(labels)
         progress.step += 1
         progress.seconds = time.perf_counter() - started
         if progress.step % sync_every == 0 or progress.step == len(batches):
             check_finite(progress)
-            reporter.step(progress.step, float(progress.loss_sum) / progress.seen, progress.seen / progress.seconds)
-        if stop.requested and progress.step < len(batches):
+            reporter.step(progress.step, float(progress.loss_sum) / float(progress.weight_sum),
+                          progress.seen * world / progress.seconds)
+        if distributed.any_process(stop.requested, device) and progress.step < len(batches):
             return False
     return True
 
 
 def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: Progress, optimizer, scheduler,
-              val: Metrics, reporter: Reporter) -> None:
+              val: Metrics, reporter: Reporter, shard: distributed.Shard) -> None:
     """Record the epoch, keep the best checkpoint, and move on; `last` is written last, so a crash
     anywhere here resumes by redoing this epoch's bookkeeping from the previous `last`."""
-    record = {"epoch": progress.epoch + 1, "train_loss": float(progress.loss_sum) / max(progress.seen, 1),
-              "train_top1": float(progress.correct) / max(progress.seen, 1), "val_loss": val.loss,
+    train_loss, train_top1, seen = progress.totals()
+    record = {"epoch": progress.epoch + 1, "train_loss": train_loss, "train_top1": train_top1, "val_loss": val.loss,
               "val_top1": val.top1, "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
-              "seconds": progress.seconds, "images_per_s": progress.seen / max(progress.seconds, 1e-9)}
+              "seconds": progress.seconds, "images_per_s": seen / max(progress.seconds, 1e-9)}
     improved = progress.best_val is None or (val.top1, -val.loss) > (progress.best_val["top1"],
                                                                       -progress.best_val["loss"])
     progress.history.append(record)
@@ -147,24 +179,39 @@ def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: 
         progress.best_epoch, progress.best_val = progress.epoch, val.summary()
     progress.epoch += 1
     progress.start_epoch(progress.loss_sum.device)
-    if improved:
-        ckpt.save(run.best, make_checkpoint(model, data, config, progress))
-    run.write_epochs(progress.history)
-    ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+    if shard.is_main:
+        if improved:
+            ckpt.save(run.best, make_checkpoint(model, data, config, progress))
+        run.write_epochs(progress.history)
+        ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+    distributed.barrier()  # the other processes read these files at the end, or when resuming
     reporter.epoch_done(record, improved)
 
 
+def save_interrupted(run: RunDir, model, data: PreparedData, config: Config, progress: Progress, optimizer,
+                     scheduler, shard: distributed.Shard) -> None:
+    """A mid-epoch checkpoint; its running sums are the whole world's, and a resumed main process carries them."""
+    totals = [progress.loss_sum, progress.weight_sum, progress.correct]
+    seen = torch.tensor(progress.seen, device=progress.correct.device)
+    distributed.sum_across(*totals, seen)
+    progress.seen = int(seen)
+    if shard.is_main:
+        ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+    distributed.barrier()
+
+
 def finish(run: RunDir, data: PreparedData, loss: Loss, device: torch.device, progress: Progress,
-           batch_size: int) -> RunResult:
+           batch_size: int, shard: distributed.Shard) -> RunResult:
     """The test split, measured once, on the checkpoint chosen by validation."""
     best_model = ckpt.load(run.best).model().to(device)
-    test_batches = Batches(data.test, data.normalization, EVAL_BATCH, device, shuffle=False)
+    test_batches = Batches(data.test, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
-    val_batches = Batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False)
+    val_batches = Batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
-    run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
-                       "test_detail": {"per_class": test.per_class, "confusion": test.confusion},
-                       "classes": data.classes})
+    if shard.is_main:
+            run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
+                           "test_detail": {"per_class": test.per_class, "confusion": test.confusion},
+                           "classes": data.classes})
     return RunResult(run, progress.best_epoch + 1, val, test, batch_size, progress.history)
 
 
@@ -204,7 +251,8 @@ def make_checkpoint(model: LinearClassifier, data: PreparedData, config: Config,
         meta["resume"] = {"scheduler": scheduler.state_dict(), "param_groups": optimizer_state["param_groups"],
                           "seen": progress.seen, "seconds": progress.seconds, "history": progress.history,
                           "best_epoch": progress.best_epoch, "best_val": progress.best_val}
-        state = {"loss_sum": progress.loss_sum, "correct": progress.correct, "torch_rng": torch.get_rng_state()}
+        state = {"loss_sum": progress.loss_sum, "weight_sum": progress.weight_sum, "correct": progress.correct,
+                 "torch_rng": torch.get_rng_state()}
         for index, buffers in optimizer_state["state"].items():
             state.update({f"optimizer.{index}.{name}": value for name, value in buffers.items()})
     return ckpt.Checkpoint(model.linear.weight.detach().clone(), model.linear.bias.detach().clone(),
@@ -212,7 +260,7 @@ def make_checkpoint(model: LinearClassifier, data: PreparedData, config: Config,
 
 
 def restore(saved: ckpt.Checkpoint, model: LinearClassifier, optimizer, scheduler, progress: Progress,
-            device: torch.device) -> None:
+            device: torch.device, shard: distributed.Shard) -> None:
     if "resume" not in saved.meta:
         raise UserError("the run's last.safetensors cannot resume training (no optimizer state); start a new run")
     resume = saved.meta["resume"]
@@ -228,8 +276,11 @@ def restore(saved: ckpt.Checkpoint, model: LinearClassifier, optimizer, schedule
     scheduler.load_state_dict(resume["scheduler"])
     torch.set_rng_state(saved.state["torch_rng"])
     progress.epoch, progress.step = saved.meta["epoch"], saved.meta["step"]
-    progress.seen, progress.seconds = resume["seen"], resume["seconds"]
-    progress.loss_sum = saved.state["loss_sum"].to(device)
-    progress.correct = saved.state["correct"].to(device)
+    progress.seconds = resume["seconds"]
+    if shard.is_main:  # the saved running sums are the whole world's: one process carries them on
+        progress.seen = resume["seen"]
+        progress.loss_sum = saved.state["loss_sum"].to(device)
+        progress.weight_sum = saved.state["weight_sum"].to(device)
+        progress.correct = saved.state["correct"].to(device)
     progress.history = resume["history"]
     progress.best_epoch, progress.best_val = resume["best_epoch"], resume["best_val"]

@@ -4,19 +4,31 @@ Each epoch draws a seeded permutation, and each step gathers its rows, converts 
 float and normalizes the whole batch with one multiply-add: no per-image Python, no PIL,
 no DataLoader. On CUDA the uint8 images move to the GPU once when they fit, else they stay
 in pinned host memory and each batch is copied over asynchronously.
+
+Under torchrun every process draws the same permutation and takes its contiguous part of
+each global batch, so the global batch is the one the user asked for; evaluation splits
+the images into contiguous parts, each counted once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
 from imgcls.data.prepare import LabelledImages, Normalization
+from imgcls.distributed import Shard
 
 EVAL_BATCH = 4096
 GPU_MEMORY_SHARE = 0.6  # the most of the free GPU memory the images may take
+
+
+class Batch(NamedTuple):
+    pixels: torch.Tensor  # normalized float (b, C*H*W): this process's part of the batch
+    labels: torch.Tensor  # (b,)
+    batch_labels: torch.Tensor  # the labels of the whole global batch, for averaging the loss over it
 
 
 def epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:
@@ -35,17 +47,23 @@ def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class Batches:
+    """Training batches (shuffle=True) or evaluation batches (shuffle=False, this process's part only)."""
+
     def __init__(self, data: LabelledImages, normalization: Normalization, batch_size: int, device: torch.device,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, shard: Shard = Shard()):
+        if not shuffle:
+            part = shard.part(len(data))
+            data = LabelledImages(data.images[part], data.labels[part])
         self.device = device
         self.images = place_images(data.images, device).flatten(1)
         self.labels = data.labels.to(device)
         scale, shift = normalization.scale_and_shift()
         self.scale = scale.flatten().to(device)
         self.shift = shift.flatten().to(device)
-        self.batch_size = min(batch_size, len(data))
+        self.batch_size = max(1, min(batch_size, len(data)))
         self.seed = seed
         self.shuffle = shuffle
+        self.shard = shard
 
     def __len__(self) -> int:
         """Updates per epoch: ceil(N / B); the last batch may be smaller."""
@@ -55,18 +73,20 @@ class Batches:
     def num_images(self) -> int:
         return len(self.labels)
 
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]:
         order = epoch_permutation(self.num_images, self.seed, epoch) if self.shuffle else None
         for step in range(start_step, len(self)):
             start = step * self.batch_size
             if order is None:
                 rows = slice(start, start + self.batch_size)
                 pixels, labels = self.images[rows], self.labels[rows]
-            else:
-                index = order[start:start + self.batch_size]
-                labels = self.labels[index.to(self.labels.device)]
-                pixels = self.images[index.to(self.images.device)]
-            yield self.normalize(pixels), labels
+                yield Batch(self.normalize(pixels), labels, labels)
+                continue
+            index = order[start:start + self.batch_size]
+            batch_labels = self.labels[index.to(self.labels.device)]
+            mine = index[self.shard.part(len(index))] if self.shard.world > 1 else index
+            labels = batch_labels[self.shard.part(len(index))] if self.shard.world > 1 else batch_labels
+            yield Batch(self.normalize(self.images[mine.to(self.images.device)]), labels, batch_labels)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, non_blocking=True)

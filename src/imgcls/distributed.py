@@ -1,0 +1,85 @@
+"""Several processes under torchrun: PyTorch's own DistributedDataParallel does the work.
+
+torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; we join its process
+group (NCCL on GPUs, gloo on CPUs) and nothing else: no launcher, no all-reduce of our own
+for gradients. Outside torchrun every function here is a no-op for a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place among `world` processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def part(self, count: int) -> slice:
+        """Its contiguous share of `count` items; shares differ by at most one, none is padded."""
+        return slice(count * self.rank // self.world, count * (self.rank + 1) // self.world)
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> tuple[Shard, torch.device]:
+    """Join torchrun's process group when there is one; returns this process's shard and device."""
+    if not launched_by_torchrun():
+        return Shard(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Shard(dist.get_rank(), dist.get_world_size()), device
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def sum_across(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over all processes, in place (metrics; gradients are DDP's business)."""
+    if active():
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process if it is true on any: all stop at the same step."""
+    if not active():
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def teardown() -> None:
+    if active():
+        dist.destroy_process_group()
+
+
+def from_main(value):
+    """The main process's value of `value`, on every process (a run folder name, say)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

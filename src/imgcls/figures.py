@@ -1,0 +1,169 @@
+"""The run's pictures, for people who would rather look than read.
+
+    curves.png      learning curves: train and validation loss and top-1 per epoch, best epoch marked
+    confusion.png   the test split's confusion matrix as a labelled heat map (rows: true class)
+    templates.png   every class's template (its row of W as an image), labelled
+
+Drawn with matplotlib's Agg backend on Figure objects (no pyplot state, no display needed), at a
+fixed size in pixels (figsize x DPI, no tight bounding box), and written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from imgcls.errors import UserError
+from imgcls.files import write_atomic
+
+DPI = 100
+CURVES_FIGSIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
+CURVES, CONFUSION, TEMPLATES = "curves.png", "confusion.png", "templates.png"
+FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
+ANNOTATE_UP_TO = 20  # classes; beyond that the counts in the cells would be unreadable
+
+
+def confusion_figsize(num_classes: int) -> tuple[float, float]:
+    """Grows with the number of classes so that their names stay readable; whole pixels at DPI."""
+    side = min(max(4.0 + 0.5 * num_classes, 6.0), 24.0)
+    return side + 1.5, side  # the extra width holds the colour bar
+
+
+def templates_figsize(num_classes: int) -> tuple[float, float]:
+    """The size templates.save_grid draws at: up to 10 templates a row."""
+    columns = min(10, num_classes)
+    rows = -(-num_classes // columns)
+    return 1.3 * columns, 1.5 * rows
+
+
+def _figure(figsize: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=DPI, layout="constrained")
+
+
+def _save(figure, path: Path) -> None:
+    write_atomic(path, lambda temporary: figure.savefig(temporary, format="png", dpi=DPI))
+
+
+def learning_curves(epochs: list[dict], path: Path, best_epoch: int | None = None, title: str = "") -> Path:
+    """Loss and top-1 per epoch, train and validation, from epochs.jsonl's records."""
+    if not epochs:
+        raise ValueError("no epochs to plot")
+    figure = _figure(CURVES_FIGSIZE)
+    loss_axis, top1_axis = figure.subplots(1, 2)
+    x = [record["epoch"] for record in epochs]
+    marker = "o" if len(epochs) <= 30 else None
+    for axis, key, label, scale in ((loss_axis, "loss", "loss", 1.0), (top1_axis, "top1", "top-1 accuracy (%)", 100)):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [record[f"{split}_{key}"] * scale for record in epochs]
+            axis.plot(x, values, style, marker=marker, markersize=4,
+                      label="train (running, during the epoch)" if split == "train" else "validation")
+        if best_epoch is not None:
+            axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.set_title(label.split(" (")[0])
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        if len(x) <= 20:
+            axis.set_xticks(x)
+    figure.suptitle(title or "learning curves")
+    _save(figure, path)
+    return path
+
+
+def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
+    """Rows are true classes, columns predicted ones; colour is the share of the row, cells show counts."""
+    import numpy as np
+
+    counts = np.asarray(confusion, dtype=np.int64)
+    k = len(classes)
+    if counts.shape != (k, k):
+        raise ValueError(f"a confusion matrix of shape {counts.shape} does not fit {k} classes")
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    figure = _figure(confusion_figsize(k))
+    axis = figure.subplots()
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    colour_bar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.02)
+    colour_bar.set_label("share of the true class")
+    fontsize = 9 if k <= 20 else max(4, 9 - k // 20)
+    axis.set_xticks(range(k), classes, rotation=90 if k > 10 else 45, ha="right" if k <= 10 else "center",
+                    rotation_mode="anchor" if k <= 10 else "default", fontsize=fontsize)
+    axis.set_yticks(range(k), classes, fontsize=fontsize)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    if k <= ANNOTATE_UP_TO:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    axis.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                              color="white" if shares[i, j] > 0.5 else "black")
+    axis.set_title(title or "confusion matrix")
+    _save(figure, path)
+    return path
+
+
+def templates_grid(checkpoint, path: Path) -> Path:
+    """templates.py's labelled grid of every class's template, each scaled to its own range."""
+    from imgcls.templates import display_images, save_grid
+
+    weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)
+    write_atomic(path, lambda temporary: save_grid(display_images(weights, "each"), checkpoint.classes, temporary))
+    return path
+
+
+def write_run_figures(run_dir: Path) -> list[Path]:
+    """Draw every figure the run folder has the files for; returns the paths written.
+
+    curves.png needs epochs.jsonl, confusion.png metrics.json (a finished run), templates.png
+    best.safetensors. A folder with none of them is not a run folder: a UserError.
+    """
+    from imgcls.rundir import RunDir
+
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise UserError(f"run folder {run.path} does not exist; pass the --out folder of a training run")
+    metrics = read_metrics(run.metrics)
+    epochs = _read_epochs(run)
+    if not epochs and metrics is None and not run.best.is_file():
+        raise UserError(f"{run.path} is not a run folder (no epochs.jsonl, metrics.json or best.safetensors); "
+                        f"pass the --out folder of a training run")
+    written = []
+    best_epoch = metrics.get("best_epoch") if metrics else None
+    name = run.path.resolve().name
+    if epochs:
+        written.append(learning_curves(epochs, run.path / CURVES, best_epoch, f"learning curves: {name}"))
+    if metrics and metrics.get("test_detail", {}).get("confusion"):
+        test = metrics["test"]
+        title = (f"confusion matrix, test split: {test['count']} images, top-1 {test['top1']:.1%}"
+                 f" (best epoch {best_epoch})")
+        written.append(confusion_heatmap(metrics["test_detail"]["confusion"], metrics["classes"],
+                                         run.path / CONFUSION, title))
+    if run.best.is_file():
+        from imgcls import checkpoint as ckpt
+
+        written.append(templates_grid(ckpt.load(run.best), run.path / TEMPLATES))
+    return written
+
+
+def read_metrics(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); the run folder is damaged") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path} is not a JSON object; the run folder is damaged")
+    return metrics
+
+
+def _read_epochs(run) -> list[dict]:
+    try:
+        return run.read_epochs()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{run.epochs} is not one JSON object a line ({error}); the run folder is damaged") from None
