@@ -20,8 +20,10 @@ from imgcls.config import Config, build_config, parse_batch_size, parse_class_we
 from imgcls.errors import UserError
 
 app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
-cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
+                  epilog="Example: imgcls train --epochs 5, then imgcls report runs/<the run folder>")
+cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True,
+                        epilog="Example: imgcls cache info")
 app.add_typer(cache_app, name="cache")
 DEFAULTS = Config()
 err = Console(stderr=True)
@@ -111,6 +113,10 @@ def train(
                                                         "config.", rich_help_panel=RUN)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON metrics.",
                                         rich_help_panel=RUN)] = False,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard",
+                                                        help="Also log to RUN_DIR/tensorboard/ (needs the "
+                                                             "tensorboard extra)." + _default("output", "tensorboard"),
+                                                        rich_help_panel=RUN)] = None,
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
     flags = dict(locals())
@@ -136,6 +142,8 @@ def train(
 
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only the main process speaks
     reporter = Reporter(quiet or not is_main)
+    if resolved.output.tensorboard and is_main:
+        reporter = _tensorboard_reporter(resolved, quiet, run_dir)
     try:
         result = run_training(resolved, reporter, overwrite=overwrite, resume=run_dir)
     except Interrupted as stopped:
@@ -149,12 +157,45 @@ def train(
         distributed.teardown()
     if not is_main:
         return
+    _after_training(result, reporter)
     reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch}",
                                          {"val": result.val, "test": result.test}))
     reporter.note(f"run folder: {result.run_dir.path}")
     if quiet:
         print(json.dumps({"val": result.val.summary(), "test": result.test.summary(),
                           "run_dir": str(result.run_dir.path)}))
+
+
+def _tensorboard_reporter(resolved: Config, quiet: bool, resumed) -> Reporter:
+    """The TensorBoard reporter needs the run folder before training names it: a new run without --out gets
+    its default folder now (and config.yaml says so)."""
+    import time
+
+    from imgcls.tboard import TensorBoardReporter
+
+    if resumed is not None:
+        return TensorBoardReporter(resumed.path, fresh=False, quiet=quiet)
+    if resolved.output.out is None:
+        resolved.output.out = str(Path("runs") / f"{resolved.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return TensorBoardReporter(Path(resolved.output.out), fresh=True, quiet=quiet)
+
+
+def _after_training(result, reporter) -> None:
+    """The run's figures beside its metrics, and the end of its TensorBoard log."""
+    from imgcls.figures import write_run_figures
+    from imgcls.tboard import TensorBoardReporter
+
+    path = result.run_dir.path
+    try:
+        written = write_run_figures(path)
+    except Exception as error:  # the run is saved and whole: a figure that fails must not make it look failed
+        err.print(f"warning: could not draw the figures ({type(error).__name__}: {error}); `imgcls report {path}` "
+                  f"tries again", soft_wrap=True, highlight=False)
+    else:
+        reporter.note("figures: " + ", ".join(p.name for p in written))
+    if isinstance(reporter, TensorBoardReporter):
+        reporter.run_finished(path, result.best_epoch, result.test.summary())
+        reporter.note(f"TensorBoard: tensorboard --logdir {reporter.log_dir}")
 
 
 def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path, dict]:
@@ -226,7 +267,196 @@ def export_templates_command(
     Console().print(f"wrote {len(written)} PNGs to {out}")
 
 
-@cache_app.command("info")
+@app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10")
+@user_errors
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (train's --out).")],
+    pairs: Annotated[int, typer.Option(help="How many of the most confused class pairs to list.")] = 5,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Redraw curves.png, confusion.png and "
+                                                                         "templates.png in the run folder.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
+    if pairs < 0:
+        raise UserError(f"--pairs must be 0 or more, not {pairs}")
+    from imgcls.runreport import load_run, render
+
+    summary = load_run(run_dir, pairs)
+    written = []
+    if figures:
+        from imgcls.figures import write_run_figures
+
+        written = write_run_figures(run_dir)
+    if as_json:
+        print(json.dumps({**summary.as_dict(), "figures": [str(p) for p in written]}))
+        return
+    console = Console()
+    console.print(render(summary))
+    if written:
+        console.print("figures: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
+@app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
+                                "predictions.csv")
+@user_errors
+def predict_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them (searched recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to list per image (at most all of them).")]
+    = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the predictions to this CSV file, "
+                                                                   "one row per image.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images/--no-skip-bad-images",
+                                                  help="Skip unreadable images instead of stopping.")] = False,
+) -> None:
+    """Classify images with a trained model: each is resized and normalized as in training; top-k with probabilities."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, not {top_k}")
+    if csv_file is not None:
+        if csv_file.is_dir():
+            raise UserError(f"--csv {csv_file} is a folder; give a file name such as {csv_file / 'predictions.csv'}")
+        if not csv_file.parent.is_dir():
+            raise UserError(f"--csv {csv_file}: the folder {csv_file.parent} does not exist; create it first")
+    from imgcls.config import check_device_name
+
+    check_device_name(device)
+    from imgcls import checkpoint as ckpt
+    from imgcls.predict import list_images, predict, to_csv
+
+    loaded = ckpt.load(checkpoint)
+    paths = list_images(images)
+    result = predict(loaded, paths, top_k, device, skip_bad_images)
+    for name, why in result.skipped:
+        err.print(f"skipped {name}: cannot read it ({why})", soft_wrap=True, highlight=False)
+    if not result.items:
+        raise UserError(f"no readable image among the {len(paths)} given")
+    if result.resized:
+        c, h, w = loaded.input_shape
+        err.print(f"note: {result.resized} images were not {h}x{w} and were resized to the model's input size",
+                  highlight=False)
+    if csv_file is not None:
+        from imgcls.files import write_text_atomic
+
+        write_text_atomic(csv_file, to_csv(result.items))
+    if as_json:
+        print(json.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
+                          "predictions": [p.as_dict() for p in result.items],
+                          "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
+        return
+    from rich.table import Table
+
+    k = len(result.items[0].classes)
+    table = Table(title=f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of {len(loaded.classes)} "
+                        f"classes")
+    table.add_column("image", overflow="fold")
+    for rank in range(1, k + 1):
+        table.add_column(f"#{rank}")
+    for item in result.items:
+        table.add_row(item.image, *(f"{name} {p:.1%}" for name, p in zip(item.classes, item.probabilities)))
+    Console().print(table)
+    if csv_file is not None:
+        err.print(f"wrote {len(result.items)} rows to {csv_file}", highlight=False, soft_wrap=True)
+
+
+@app.command("datasets", epilog="Example: imgcls datasets --data-dir ~/data")
+@user_errors
+def datasets_command(
+    data_dir: Annotated[Optional[str], typer.Option(help="Where to look for the datasets [default: $IMGCLS_DATA, "
+                                                         "else ~/.cache/imgcls/data].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """The named datasets: classes, image shape, sizes, and whether each is in the data dir."""
+    from imgcls.catalog import dataset_infos
+    from imgcls.config import default_data_dir
+
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    infos = dataset_infos(root)
+    if as_json:
+        print(json.dumps({"data_dir": str(root), "datasets": [info.as_dict() for info in infos]}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"datasets (--dataset NAME); data dir: {root}")
+    for column, justify in (("dataset", "left"), ("classes", "left"), ("image C×H×W", "right"), ("train", "right"),
+                            ("test", "right"), ("present", "left")):
+        table.add_column(column, justify=justify)
+    for info in infos:
+        if info.classes:
+            shown = ", ".join(info.classes[:4]) + (", ..." if len(info.classes) > 4 else "")
+            classes = f"{info.num_classes}: {shown}"
+        else:
+            classes = f"{info.num_classes}, from the data" if info.num_classes else "from the data"
+        shape = "×".join(map(str, info.shape)) if info.shape else "any (--image-size)"
+        table.add_row(info.name, classes, shape, f"{info.train:,}" if info.train else "-",
+                      f"{info.test:,}" if info.test else "-",
+                      f"[green]yes[/]: {info.present}" if info.present else "[dim]no[/]")
+    Console().print(table)
+
+
+@app.command("gradcheck", epilog="Example: imgcls gradcheck --loss ce --batch-size 8 --classes 10 --features 192")
+@user_errors
+def gradcheck_command(
+    loss: Annotated[str, typer.Option(help="ce, nll or mse: the loss whose gradient is checked.")] = "ce",
+    batch_size: Annotated[int, typer.Option(help="Images in the random batch.")] = 16,
+    classes: Annotated[int, typer.Option(help="Number of classes K (rows of W).")] = 10,
+    features: Annotated[int, typer.Option(help="Input dimension D (columns of W).")] = 192,
+    coordinates: Annotated[int, typer.Option(help="Coordinates of W checked by finite differences (all of b "
+                                                  "always are).")] = 200,
+    eps: Annotated[float, typer.Option(help="Finite-difference step h.")] = 1e-5,
+    tolerance: Annotated[float, typer.Option(help="Largest relative difference allowed.")] = 1e-5,
+    seed: Annotated[int, typer.Option(help="Seed of the random batch and of the coordinates.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Check the gradient of the loss three ways (finite differences, the formula, autograd); exit 1 if they differ."""
+    from imgcls.errors import check_choice
+
+    check_choice("loss", loss, ("ce", "nll", "mse"))
+    for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
+                             ("--coordinates", coordinates, 1)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}, not {value}")
+    for name, value in (("--eps", eps), ("--tolerance", tolerance)):
+        if not value > 0:
+            raise UserError(f"{name} must be greater than 0, not {value}")
+    from imgcls import gradcheck
+
+    result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
+    if as_json:
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(result), "passed": result.passed}))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"gradient check: mean {loss} loss of f(x) = Wx + b; {batch_size} images, {classes} "
+                            f"classes, {features} features; h = {eps:g}")
+        for column, justify in (("comparison", "left"), ("at", "left"), ("first", "right"), ("second", "right"),
+                                ("rel. diff.", "right")):
+            table.add_column(column, justify=justify, no_wrap=column != "comparison")
+        for comparison in result.comparisons:
+            for rank, c in enumerate(comparison.worst):
+                style = "green" if c.relative <= tolerance else "bold red"
+                table.add_row(f"{comparison.title}\n({comparison.coordinates} coordinates)" if rank == 0 else "", c.name,
+                              f"{c.first:.7e}", f"{c.second:.7e}", f"[{style}]{c.relative:.2e}[/]",
+                              end_section=rank == len(comparison.worst) - 1)
+        Console().print(table)
+    if not result.passed:
+        worst = max(result.failed, key=lambda c: c.max_relative if c.max_relative == c.max_relative else float("inf"))
+        at = worst.worst[0]
+        err.print(Text.assemble(("gradient check FAILED: ", "bold red"),
+                                f"{worst.title} differ by a relative {worst.max_relative:.3g} at {at.name} "
+                                f"({at.first:.6g} vs {at.second:.6g}); the tolerance is {tolerance:g}"),
+                  soft_wrap=True)
+        raise typer.Exit(1)
+    if not as_json:
+        largest = max(c.max_relative for c in result.comparisons)
+        err.print(f"gradient check passed: largest relative difference {largest:.2e} <= {tolerance:g}",
+                  highlight=False)
+
+
+@cache_app.command("info", epilog="Example: imgcls cache info")
 @user_errors
 def cache_info() -> None:
     """List the decoded datasets in the cache and their sizes."""
@@ -248,7 +478,7 @@ def cache_info() -> None:
     Console().print(table)
 
 
-@cache_app.command("clear")
+@cache_app.command("clear", epilog="Example: imgcls cache clear")
 @user_errors
 def cache_clear() -> None:
     """Delete every decoded dataset in the cache (they are rebuilt on next use)."""

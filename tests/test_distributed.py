@@ -1,0 +1,111 @@
+"""Several processes through torchrun on one machine (gloo on the CPU), against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls import checkpoint as ckpt
+
+# About 4000 images: 3561 train (batches of 20 split 10/10, the last one 1 image split 0/1) and
+# 441 validation images, an odd count, so neither divides evenly between two processes.
+COMMON = ["--dataset", "mnist", "--limit", "4001", "--val-split", "0.11", "--epochs", "3", "--batch-size", "20", "--lr", "0.02",
+          "--momentum", "0.9", "--device", "cpu", "--quiet"]
+
+
+def run_imgcls(args: list, processes: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "imgcls", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    first, second = ckpt.load(a), ckpt.load(b)
+    assert torch.allclose(first.weight, second.weight, atol=atol, rtol=0), (first.weight - second.weight).abs().max()
+    assert torch.allclose(first.bias, second.bias, atol=atol, rtol=0)
+
+
+def epochs_without_timing(run: Path) -> list[dict]:
+    lines = (run / "epochs.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def single_and_double(mnist_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    for processes in (1, 2):
+        out = root / f"p{processes}"
+        done = run_imgcls(["train", *COMMON, "--data-dir", mnist_root, "--out", out], processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[processes] = (out, done)
+    return runs
+
+
+def test_two_processes_end_with_the_weights_of_one(single_and_double):
+    (one, _), (two, _) = single_and_double[1], single_and_double[2]
+    assert_same_weights(one / "last.safetensors", two / "last.safetensors", atol=1e-5)
+    assert_same_weights(one / "best.safetensors", two / "best.safetensors", atol=1e-5)
+
+
+def test_two_processes_report_the_metrics_of_one(single_and_double):
+    (one, done_one), (two, done_two) = single_and_double[1], single_and_double[2]
+    first, second = json.loads(done_one.stdout), json.loads(done_two.stdout)
+    assert done_two.stdout.count("\n") == 1, "only the main process prints"
+    for split in ("val", "test"):
+        assert second[split]["count"] == first[split]["count"]
+        assert second[split]["top1"] == first[split]["top1"] and second[split]["top5"] == first[split]["top5"]
+        assert second[split]["loss"] == pytest.approx(first[split]["loss"], rel=1e-5)
+    assert first["val"]["count"] % 2 == 1
+    a, b = epochs_without_timing(one), epochs_without_timing(two)
+    assert [e["val_top1"] for e in a] == [e["val_top1"] for e in b]
+    assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b], rel=1e-5)
+
+
+def test_distributed_evaluation_counts_every_image_once(single_and_double):
+    """10,000 test images over 3 processes (3333, 3333, 3334): the same counts as one process."""
+    one, _ = single_and_double[1]
+    single = run_imgcls(["eval", one / "best.safetensors", "--device", "cpu", "--json"])
+    triple = run_imgcls(["eval", one / "best.safetensors", "--device", "cpu", "--json"], processes=3)
+    assert single.returncode == 0 and triple.returncode == 0, triple.stderr[-2000:]
+    first, second = json.loads(single.stdout), json.loads(triple.stdout)
+    assert second["count"] == first["count"] == 10000
+    assert second["top1"] == first["top1"] and second["top5"] == first["top5"]
+    assert second["loss"] == pytest.approx(first["loss"], rel=1e-6)
+
+
+def test_two_processes_interrupted_and_resumed_end_as_uninterrupted(single_and_double, mnist_root, tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: torchrun and both workers at once."""
+    whole, done_whole = single_and_double[2]
+    out = tmp_path / "broken"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    process = subprocess.Popen([*launcher, "-m", "imgcls", "train", *COMMON, "--data-dir", str(mnist_root),
+                                "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "epochs.jsonl").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0, "the interrupted run must exit non-zero"
+    assert "--resume" in stderr
+    saved = ckpt.load(out / "last.safetensors")
+    assert saved.meta["step"] > 0 and saved.meta["epoch"] < 3, "interrupted in the middle of an epoch"
+
+    resumed = run_imgcls(["train", "--resume", out, "--device", "cpu", "--quiet"], processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(whole / "last.safetensors", out / "last.safetensors", atol=1e-5)
+    assert json.loads(resumed.stdout)["test"] == json.loads(done_whole.stdout)["test"]
+    a, b = epochs_without_timing(whole), epochs_without_timing(out)
+    assert [e["val_top1"] for e in a] == [e["val_top1"] for e in b]
+    # the interrupted epoch's running loss was summed in another order: equal to float tolerance
+    assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b], rel=1e-6)
