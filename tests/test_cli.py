@@ -16,6 +16,7 @@ from torchvision.io import ImageReadMode, read_image
 from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, write_image_folder
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
+from imgcls.figures import FIGURE_FILES
 from imgcls.rundir import RUN_FILES
 
 MNIST_EPOCHS = 2
@@ -57,7 +58,7 @@ def train_tiny(cli, data_dir, out, *extra):
 # --- train -> eval -> export-templates ----------------------------------------------------------
 
 def check_run_folder(out, epochs_wanted, val_count, test_count, classes):
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES)
     config, epochs, metrics = read_run(out)
     assert [e["epoch"] for e in epochs] == list(range(1, epochs_wanted + 1))
     assert config["train"]["epochs"] == epochs_wanted and config["output"]["out"] == str(out)

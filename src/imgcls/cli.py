@@ -334,8 +334,8 @@ def predict_command(
         raise UserError(f"no readable image among the {len(paths)} given")
     if result.resized:
         c, h, w = loaded.input_shape
-        err.print(f"note: {result.resized} images were not {h}x{w} and were resized to the model's input size",
-                  highlight=False)
+        were = "image was" if result.resized == 1 else "images were"
+        err.print(f"note: {result.resized} {were} not {h}x{w} and resized to the model's input size", highlight=False)
     if csv_file is not None:
         from imgcls.files import write_text_atomic
 
@@ -352,7 +352,7 @@ def predict_command(
                         f"classes")
     table.add_column("image", overflow="fold")
     for rank in range(1, k + 1):
-        table.add_column(f"#{rank}")
+        table.add_column(f"#{rank}", no_wrap=True)
     for item in result.items:
         table.add_row(item.image, *(f"{name} {p:.1%}" for name, p in zip(item.classes, item.probabilities)))
     Console().print(table)
@@ -379,16 +379,16 @@ def datasets_command(
     from rich.table import Table
 
     table = Table(title=f"datasets (--dataset NAME); data dir: {root}")
-    for column, justify in (("dataset", "left"), ("classes", "left"), ("image C×H×W", "right"), ("train", "right"),
+    for column, justify in (("dataset", "left"), ("classes", "left"), ("C×H×W", "right"), ("train", "right"),
                             ("test", "right"), ("present", "left")):
-        table.add_column(column, justify=justify)
+        flexible = column in ("classes", "present")
+        table.add_column(column, justify=justify, no_wrap=not flexible, ratio=1 if flexible else None)
     for info in infos:
         if info.classes:
-            shown = ", ".join(info.classes[:4]) + (", ..." if len(info.classes) > 4 else "")
-            classes = f"{info.num_classes}: {shown}"
+            classes = f"{info.num_classes}: {', '.join(info.classes[:3])}{', ...' if len(info.classes) > 3 else ''}"
         else:
             classes = f"{info.num_classes}, from the data" if info.num_classes else "from the data"
-        shape = "×".join(map(str, info.shape)) if info.shape else "any (--image-size)"
+        shape = "×".join(map(str, info.shape)) if info.shape else "any"
         table.add_row(info.name, classes, shape, f"{info.train:,}" if info.train else "-",
                       f"{info.test:,}" if info.test else "-",
                       f"[green]yes[/]: {info.present}" if info.present else "[dim]no[/]")

@@ -78,6 +78,7 @@ class TrainConfig:
 @dataclass
 class OutputConfig:
     out: str | None = None  # the run folder; None: runs/<dataset>-<date>-<time>
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard/ (needs the tensorboard extra)
 
 
 @dataclass

@@ -21,6 +21,7 @@ CURVES_FIGSIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
 CURVES, CONFUSION, TEMPLATES = "curves.png", "confusion.png", "templates.png"
 FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
 ANNOTATE_UP_TO = 20  # classes; beyond that the counts in the cells would be unreadable
+NAME_UP_TO = 150  # classes; beyond that the confusion matrix is labelled with class indices
 
 
 def confusion_figsize(num_classes: int) -> tuple[float, float]:
@@ -29,20 +30,13 @@ def confusion_figsize(num_classes: int) -> tuple[float, float]:
     return side + 1.5, side  # the extra width holds the colour bar
 
 
-def templates_figsize(num_classes: int) -> tuple[float, float]:
-    """The size templates.save_grid draws at: up to 10 templates a row."""
-    columns = min(10, num_classes)
-    rows = -(-num_classes // columns)
-    return 1.3 * columns, 1.5 * rows
-
-
-def _figure(figsize: tuple[float, float]):
+def _figure(figsize: tuple[float, float], layout: str | None = "constrained"):
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    return Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return Figure(figsize=figsize, dpi=DPI, layout=layout)
 
 
 def _save(figure, path: Path) -> None:
@@ -85,17 +79,30 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
     if counts.shape != (k, k):
         raise ValueError(f"a confusion matrix of shape {counts.shape} does not fit {k} classes")
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    figure = _figure(confusion_figsize(k))
-    axis = figure.subplots()
-    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    colour_bar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.02)
+    figsize = confusion_figsize(k)
+    figure = _figure(figsize, layout=None)  # placed by hand: a layout engine measures every label, twice
+    fontsize = max(3.0, min(9.0, 0.6 * 72 * 0.8 * figsize[1] / k))  # a name fits in its row: 60% of its height
+    rotation = 45 if k <= 10 else 90
+    longest = max(len(name) for name in classes) if k <= NAME_UP_TO else 4
+    names = longest * fontsize * 0.6 / 72 + 0.1  # inches a class name takes
+    left, bottom = names + 0.45, names * (0.75 if rotation == 45 else 1.0) + 0.45
+    top, right = 0.45, 1.5  # the title; the colour bar and its label
+    side = max(0.5, min(figsize[0] - left - right, figsize[1] - bottom - top))
+    w, h = figsize
+    axis = figure.add_axes((left / w, bottom / h, side / w, side / h))
+    bar = figure.add_axes(((left + side + 0.15) / w, bottom / h, 0.2 / w, side / h))
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+    colour_bar = figure.colorbar(image, cax=bar)
     colour_bar.set_label("share of the true class")
-    fontsize = 9 if k <= 20 else max(4, 9 - k // 20)
-    axis.set_xticks(range(k), classes, rotation=90 if k > 10 else 45, ha="right" if k <= 10 else "center",
-                    rotation_mode="anchor" if k <= 10 else "default", fontsize=fontsize)
-    axis.set_yticks(range(k), classes, fontsize=fontsize)
-    axis.set_xlabel("predicted class")
-    axis.set_ylabel("true class")
+    if k <= NAME_UP_TO:
+        axis.set_xticks(range(k), classes, rotation=rotation, ha="right" if rotation == 45 else "center",
+                        rotation_mode="anchor" if rotation == 45 else "default", fontsize=fontsize)
+        axis.set_yticks(range(k), classes, fontsize=fontsize)
+        axis.set_xlabel("predicted class")
+        axis.set_ylabel("true class")
+    else:  # a name per row would be too small to read: class indices, in the order of metrics.json's "classes"
+        axis.set_xlabel("predicted class (index in metrics.json's classes)")
+        axis.set_ylabel("true class (index)")
     if k <= ANNOTATE_UP_TO:
         for i in range(k):
             for j in range(k):
@@ -108,7 +115,8 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
 
 
 def templates_grid(checkpoint, path: Path) -> Path:
-    """templates.py's labelled grid of every class's template, each scaled to its own range."""
+    """templates.py's labelled grid of every class's template, each scaled to its own range
+    (templates.grid_figsize(K) at templates.GRID_DPI)."""
     from imgcls.templates import display_images, save_grid
 
     weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)

@@ -1,0 +1,140 @@
+"""Use a trained model on image files: each is decoded, resized and normalized exactly as training
+prepared its images, scored, and its top-k classes are returned with softmax probabilities.
+
+The steps, in training's order: decode as RGB (readers.decode_image_bytes), resize to the run's
+--image-size if it had one (readers.resize), otherwise to the checkpoint's input size when the
+image differs; keep one channel for a grey model (readers.to_grey_if_grey when the three
+channels agree, luminance otherwise); then pixel * scale - shift through data.batches.Batches,
+with the checkpoint's mean and std.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from imgcls.checkpoint import Checkpoint
+from imgcls.errors import UserError
+
+
+@dataclass
+class Prediction:
+    image: str
+    classes: list[str]  # the top-k class names, most probable first
+    probabilities: list[float]
+
+    def as_dict(self) -> dict:
+        return {"image": self.image, "class": self.classes[0], "probability": self.probabilities[0],
+                "top": [{"class": name, "probability": p} for name, p in zip(self.classes, self.probabilities)]}
+
+
+@dataclass
+class Predictions:
+    items: list[Prediction]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, why) with --skip-bad-images
+    resized: int = 0  # images resized to the checkpoint's input size because they had another size
+
+
+def list_images(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder gives its image files, recursively, sorted."""
+    from imgcls.data.readers import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not inside:
+                raise UserError(f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"image {path} does not exist; pass image files or a folder of them")
+    return found
+
+
+def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bool]:
+    """Encoded bytes -> uint8 (C, H, W) in the checkpoint's input shape; also whether it had to be resized."""
+    from imgcls.data.readers import decode_image_bytes, resize, to_grey_if_grey
+
+    channels, height, width = checkpoint.input_shape
+    image_size = checkpoint.meta.get("config", {}).get("data", {}).get("image_size")
+    image = decode_image_bytes(data, image_size)  # RGB, resized as training resized if it did
+    resized = False
+    if tuple(image.shape[-2:]) != (height, width):
+        resized = True
+        if height == width:
+            image = resize(image, height)
+        else:
+            from torchvision.transforms.v2.functional import resize as tv_resize
+
+            image = tv_resize(image, [height, width], antialias=True)
+    if channels == 1:
+        grey = to_grey_if_grey(image.unsqueeze(0))[0]
+        if grey.shape[0] != 1:  # a colour image for a grey model: its luminance
+            from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+            grey = rgb_to_grayscale(image, num_output_channels=1)
+        image = grey
+    return image.contiguous(), resized
+
+
+def normalized(images: torch.Tensor, checkpoint: Checkpoint, device: torch.device) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> the float (N, C*H*W) rows training fed the model, through the same code."""
+    from imgcls.data.batches import Batches
+    from imgcls.data.prepare import LabelledImages, Normalization
+
+    data = LabelledImages(images, torch.zeros(len(images), dtype=torch.int64))
+    batches = Batches(data, Normalization(checkpoint.mean, checkpoint.std), max(1, len(images)), device,
+                      shuffle=False)
+    return batches.normalize(images.flatten(1))
+
+
+@torch.inference_mode()
+def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: str = "cpu",
+            skip_bad: bool = False, chunk: int = 1024) -> Predictions:
+    from imgcls.device import resolve_device
+
+    device = resolve_device(device_name)
+    model = checkpoint.model().to(device).eval()
+    k = max(1, min(k, len(checkpoint.classes)))
+    result = Predictions([])
+    images, names = [], []
+    for path in paths:
+        try:
+            image, resized = prepare_image(path.read_bytes(), checkpoint)
+        except (RuntimeError, ValueError, OSError) as error:
+            why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if skip_bad:
+                result.skipped.append((str(path), why))
+                continue
+            raise UserError(f"cannot read image {path} ({why}); fix or remove it, or pass --skip-bad-images") from None
+        result.resized += resized
+        images.append(image)
+        names.append(str(path))
+    for start in range(0, len(images), chunk):
+        batch = torch.stack(images[start:start + chunk])
+        scores = model(normalized(batch, checkpoint, device)).float()
+        top = scores.topk(k, dim=1)
+        probabilities = torch.softmax(scores.double(), dim=1).gather(1, top.indices)
+        for row, name in enumerate(names[start:start + chunk]):
+            result.items.append(Prediction(name, [checkpoint.classes[i] for i in top.indices[row].tolist()],
+                                           probabilities[row].tolist()))
+    return result
+
+
+def to_csv(predictions: list[Prediction]) -> str:
+    """One row per image: image, class_1, probability_1, ..., class_k, probability_k."""
+    k = max((len(p.classes) for p in predictions), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image"] + [f"{what}_{rank}" for rank in range(1, k + 1) for what in ("class", "probability")])
+    for p in predictions:
+        writer.writerow([p.image] + [value for pair in zip(p.classes, p.probabilities)
+                                     for value in (pair[0], f"{pair[1]:.6g}")])
+    return buffer.getvalue()

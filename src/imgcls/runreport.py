@@ -1,0 +1,161 @@
+"""`imgcls report RUN_DIR`: a finished (or interrupted) run, read back from its folder.
+
+The config (keys that differ from the defaults in bold), the epochs with the best one marked, the
+validation and test metrics of the best epoch, per-class test top-1, and the class pairs the model
+confuses most. Only the run folder's own files are read; the dataset is not needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+
+from imgcls.errors import UserError
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    config: dict
+    epochs: list[dict]
+    metrics: dict | None  # None: the run did not finish (no metrics.json)
+    pairs: list[dict] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metrics["classes"] if self.metrics else []
+
+    def as_dict(self) -> dict:
+        out = {"run_dir": str(self.path), "config": self.config, "epochs": len(self.epochs)}
+        if self.metrics:
+            detail = self.metrics.get("test_detail", {})
+            out.update({"best_epoch": self.metrics["best_epoch"], "val": self.metrics["val"],
+                        "test": self.metrics["test"],
+                        "per_class": dict(zip(self.classes, detail.get("per_class", []))),
+                        "confused_pairs": self.pairs})
+        return out
+
+
+def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 5) -> list[dict]:
+    """The off-diagonal cells with the most images: (true class, predicted class), largest first;
+    `share` is the part of the true class's test images that went to the predicted one."""
+    cells = []
+    for i, row in enumerate(confusion):
+        total = sum(row)
+        for j, value in enumerate(row):
+            if i != j and value > 0:
+                cells.append({"true": classes[i], "predicted": classes[j], "count": int(value),
+                              "share": value / total if total else 0.0})
+    cells.sort(key=lambda cell: (-cell["count"], -cell["share"], cell["true"], cell["predicted"]))
+    return cells[:count]
+
+
+def load_run(path: Path, pairs: int = 5) -> RunSummary:
+    import yaml
+
+    from imgcls.figures import _read_epochs, read_metrics
+    from imgcls.rundir import RunDir
+
+    run = RunDir(Path(path))
+    if not run.path.is_dir():
+        raise UserError(f"run folder {run.path} does not exist; pass the --out folder of a training run")
+    if not run.config.is_file():
+        raise UserError(f"{run.path} is not a run folder (no config.yaml); pass the --out folder of a training run")
+    try:
+        config = yaml.safe_load(run.config.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"{run.config} is not valid YAML; the run folder is damaged") from None
+    metrics = read_metrics(run.metrics)
+    summary = RunSummary(run.path, config if isinstance(config, dict) else {}, _read_epochs(run), metrics)
+    if metrics:
+        for key in ("best_epoch", "val", "test", "classes"):
+            if key not in metrics:
+                raise UserError(f"{run.metrics} lacks '{key}'; the run folder is damaged")
+        confusion = metrics.get("test_detail", {}).get("confusion")
+        if confusion:
+            summary.pairs = confused_pairs(confusion, metrics["classes"], pairs)
+    return summary
+
+
+def config_table(config: dict) -> Table:
+    from imgcls.config import Config
+
+    defaults = Config().to_dict()
+    table = Table(title="config (bold: not the default)")
+    table.add_column("key")
+    table.add_column("value")
+    for section, values in config.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            changed = defaults.get(section, {}).get(key, object()) != value
+            style = "bold" if changed else "dim"
+            table.add_row(f"{section}.{key}", "null" if value is None else str(value), style=style)
+    return table
+
+
+def epochs_table(epochs: list[dict], best_epoch: int | None) -> Table:
+    table = Table(title="epochs (* best validation top-1)")
+    for column in ("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-k", "lr", "seconds"):
+        table.add_column(column, justify="right")
+    for record in epochs:
+        mark = " *" if record["epoch"] == best_epoch else ""
+        table.add_row(f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
+                      f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
+                      f"{record['lr']:.3g}", f"{record['seconds']:.2f}")
+    return table
+
+
+def per_class_table(summary: RunSummary) -> Table:
+    detail = summary.metrics.get("test_detail", {})
+    confusion = detail.get("confusion") or []
+    table = Table(title="per-class test top-1")
+    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right"),
+                            ("most often taken for", "left")):
+        table.add_column(column, justify=justify)
+    for index, (name, accuracy) in enumerate(zip(summary.classes, detail.get("per_class", []))):
+        row = confusion[index] if index < len(confusion) else []
+        others = [(count, j) for j, count in enumerate(row) if j != index and count > 0]
+        mistaken = ""
+        if others:
+            count, j = max(others, key=lambda pair: (pair[0], -pair[1]))
+            mistaken = f"{summary.classes[j]} ({count})"
+        table.add_row(name, str(sum(row)) if row else "", f"{accuracy:.2%}", mistaken)
+    return table
+
+
+def pairs_table(pairs: list[dict]) -> Table:
+    table = Table(title="most confused class pairs (test split)")
+    for column, justify in (("true class", "left"), ("predicted as", "left"), ("images", "right"),
+                            ("share of the true class", "right")):
+        table.add_column(column, justify=justify)
+    for pair in pairs:
+        table.add_row(pair["true"], pair["predicted"], str(pair["count"]), f"{pair['share']:.1%}")
+    return table
+
+
+def render(summary: RunSummary) -> Group:
+    from imgcls.metrics import Metrics
+    from imgcls.report import Reporter
+
+    parts: list = [f"[bold]run[/] {summary.path}", config_table(summary.config)]
+    best = summary.metrics["best_epoch"] if summary.metrics else None
+    if summary.epochs:
+        parts.append(epochs_table(summary.epochs, best))
+    if summary.metrics is None:
+        parts.append("[yellow]no metrics.json: the run did not finish[/] (resume it with imgcls train --resume "
+                     f"{summary.path})")
+        return Group(*parts)
+    dataset = summary.config.get("data", {}).get("dataset", "?")
+    rows = {split: Metrics(**{k: v for k, v in summary.metrics[split].items()
+                              if k in ("loss", "top1", "top5", "k", "count", "superclass_top1")})
+            for split in ("val", "test")}
+    parts.append(Reporter().metrics_table(f"{dataset}: best epoch {best}", rows))
+    if summary.metrics.get("test_detail", {}).get("per_class"):
+        parts.append(per_class_table(summary))
+    if summary.pairs:
+        parts.append(pairs_table(summary.pairs))
+    return Group(*parts)

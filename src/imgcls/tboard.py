@@ -1,0 +1,88 @@
+"""Optional TensorBoard logging (`imgcls train --tensorboard`), into RUN_DIR/tensorboard/.
+
+Per epoch: the scalars of epochs.jsonl (loss and top-1 of train and validation, validation top-k,
+learning rate, images/s). At the end, at the best epoch's step: the test split's metrics and the
+class templates (templates/grid: the labelled templates.png; templates/each: all of them enlarged,
+tiled by TensorBoard). Look with `tensorboard --logdir RUN_DIR/tensorboard`.
+
+The tensorboard package is an optional extra (`pip install 'imgcls[tensorboard]'`); it is imported
+only when asked for, and its absence is a UserError before anything is trained.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from imgcls.errors import UserError
+from imgcls.report import Reporter
+
+LOG_FOLDER = "tensorboard"
+MISSING = "--tensorboard needs the tensorboard package: pip install 'imgcls[tensorboard]'"
+
+# epochs.jsonl key -> TensorBoard tag
+SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_top1": "top1/train", "val_top1": "top1/val",
+           "val_top5": "topk/val", "lr": "lr", "images_per_s": "speed/images_per_s"}
+
+
+def summary_writer_class():
+    """torch's SummaryWriter, or a UserError saying how to install tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(MISSING) from None
+    return SummaryWriter
+
+
+class TensorBoardReporter(Reporter):
+    """A Reporter that also writes TensorBoard events. The writer (and its folder) is created at the
+    first finished epoch, once training has accepted the run folder; a fresh run first removes the
+    event files an earlier run left in the same folder, a resumed run adds to them."""
+
+    def __init__(self, run_path: Path, fresh: bool, quiet: bool = False, console=None):
+        super().__init__(quiet, console)
+        self.log_dir = Path(run_path) / LOG_FOLDER
+        self.fresh = fresh
+        self.writer = None
+        self.writer_class = summary_writer_class()  # fails now, before training, if tensorboard is missing
+
+    def _writer(self):
+        if self.writer is None:
+            if self.fresh:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
+                self.fresh = False
+            self.writer = self.writer_class(log_dir=str(self.log_dir))
+        return self.writer
+
+    def epoch_done(self, record: dict, improved: bool) -> None:
+        super().epoch_done(record, improved)
+        writer = self._writer()
+        for key, tag in SCALARS.items():
+            if key in record:
+                writer.add_scalar(tag, record[key], record["epoch"])
+        writer.flush()
+
+    def close(self) -> None:
+        super().close()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def run_finished(self, run_path: Path, best_epoch: int, test_summary: dict) -> None:
+        """The test metrics of the chosen epoch, and the templates of its checkpoint; then close."""
+        from imgcls import checkpoint as ckpt
+        from imgcls.templates import display_images, enlarge
+
+        writer = self._writer()
+        for key in ("loss", "top1", "top5", "superclass_top1"):
+            if key in test_summary:
+                writer.add_scalar(f"test/{'topk' if key == 'top5' else key}", test_summary[key], best_epoch)
+        best = ckpt.load(Path(run_path) / "best.safetensors")
+        templates = enlarge(display_images(best.weight.float().reshape(-1, *best.input_shape), "each"), 128)
+        writer.add_images("templates/each", templates, best_epoch, dataformats="NCHW")  # TensorBoard tiles them
+        grid = Path(run_path) / "templates.png"
+        if grid.is_file():
+            from torchvision.io import ImageReadMode, read_image
+
+            writer.add_image("templates/grid", read_image(str(grid), mode=ImageReadMode.RGB), best_epoch)
+        writer.close()
+        self.writer = None

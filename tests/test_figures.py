@@ -1,0 +1,174 @@
+"""Figures and `imgcls report`: train writes curves.png, confusion.png and templates.png beside its metrics, each
+a valid PNG of the size the figure code sets; report prints the run's summary and redraws them."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from conftest import TINY_TEST_PER_CLASS, plain
+from imgcls.data.registry import CIFAR10_CLASSES
+from imgcls.figures import (CONFUSION, CURVES, DPI, FIGURE_FILES, TEMPLATES, confusion_figsize, confusion_heatmap,
+                            learning_curves, write_run_figures)
+from imgcls.runreport import confused_pairs
+from imgcls.templates import GRID_DPI, grid_figsize, save_grid
+
+EPOCHS = 3
+
+
+def pixels(figsize, dpi=DPI):
+    return round(figsize[0] * dpi), round(figsize[1] * dpi)
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()  # decodes every pixel: a truncated file fails here
+        return image.size
+
+
+@pytest.fixture(scope="module")
+def run(cli, tiny_cifar_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures") / "run"
+    result = cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", EPOCHS,
+                 "--batch-size", 32, "--lr", 0.005, "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, plain(result.output)
+    return out, result
+
+
+def test_train_writes_the_three_figures_at_their_sizes(run):
+    out, result = run
+    assert png_size(out / CURVES) == pixels((10.0, 4.0))
+    assert png_size(out / CONFUSION) == pixels(confusion_figsize(10)) == (1050, 900)
+    assert png_size(out / TEMPLATES) == pixels(grid_figsize(10), GRID_DPI) == (1300, 150)
+    assert "figures: curves.png, confusion.png, templates.png" in plain(result.output)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_quiet_train_still_writes_figures_and_prints_only_json(cli, tiny_cifar_session, tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 1, "--device", "cpu",
+                 "--out", out, "--quiet")
+    assert result.exit_code == 0, plain(result.output)
+    assert all((out / name).is_file() for name in FIGURE_FILES)
+    assert json.loads(result.stdout)["run_dir"] == str(out)
+    assert plain(result.stderr).strip() == ""
+
+
+def test_figures_are_drawn_from_the_run_files(run, tmp_path):
+    """Different data give different pictures: the figures are not a fixed image."""
+    out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["test_detail"]["confusion"] = [[10 if i == j else 0 for j in range(10)] for i in range(10)]
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    write_run_figures(copy)
+    assert (copy / CONFUSION).read_bytes() != (out / CONFUSION).read_bytes()
+
+
+@pytest.mark.parametrize("count, shape", [(1, (3, 32, 32)), (10, (1, 28, 28)), (13, (3, 6, 9)), (100, (3, 8, 8))])
+def test_templates_grid_size(tmp_path, count, shape):
+    import torch
+
+    images = torch.rand((count, *shape), generator=torch.Generator().manual_seed(0))
+    save_grid(images, [f"class {i}" for i in range(count)], tmp_path / "grid.png")
+    assert png_size(tmp_path / "grid.png") == pixels(grid_figsize(count), GRID_DPI)
+    assert grid_figsize(count)[1] == 1.5 * -(-count // 10)  # ten a row
+
+
+@pytest.mark.parametrize("classes", [2, 10, 37, 160])
+def test_confusion_heatmap_size_grows_with_the_classes(tmp_path, classes):
+    names = [f"class {i}" for i in range(classes)]
+    confusion = [[(i * 7 + j * 3) % 5 for j in range(classes)] for i in range(classes)]
+    path = confusion_heatmap(confusion, names, tmp_path / "c.png", "title")
+    assert png_size(path) == pixels(confusion_figsize(classes))
+    assert confusion_figsize(2)[1] <= confusion_figsize(37)[1] <= confusion_figsize(100)[1]
+
+
+def test_confusion_heatmap_refuses_a_matrix_of_another_size(tmp_path):
+    with pytest.raises(ValueError, match="does not fit"):
+        confusion_heatmap([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("count", [1, 2, 45])
+def test_learning_curves_for_any_number_of_epochs(tmp_path, count):
+    epochs = [{"epoch": e, "train_loss": 2.0 / e, "train_top1": 0.1 * e / count, "val_loss": 2.1 / e,
+               "val_top1": 0.09 * e / count} for e in range(1, count + 1)]
+    assert png_size(learning_curves(epochs, tmp_path / "c.png", best_epoch=count)) == pixels((10.0, 4.0))
+
+
+def test_confused_pairs_on_a_known_matrix():
+    confusion = [[5, 3, 0],
+                 [1, 6, 1],
+                 [4, 0, 2]]
+    pairs = confused_pairs(confusion, ["a", "b", "c"], 3)
+    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("c", "a", 4), ("a", "b", 3), ("b", "a", 1)]
+    assert pairs[0]["share"] == pytest.approx(4 / 6)
+    assert confused_pairs([[3, 0], [0, 2]], ["a", "b"]) == []
+
+
+# --- imgcls report ------------------------------------------------------------------------------
+
+def test_report_prints_the_summary_and_redraws_the_figures(cli, run, tmp_path):
+    out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in FIGURE_FILES:
+        (copy / name).unlink()
+    result = cli("report", copy)
+    assert result.exit_code == 0, plain(result.output)
+    assert all((copy / name).is_file() for name in FIGURE_FILES)
+    assert png_size(copy / CONFUSION) == pixels(confusion_figsize(10))
+    text = plain(result.stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"best epoch {metrics['best_epoch']}" in text
+    assert f"{metrics['test']['top1']:.2%}" in text and f"{metrics['val']['top1']:.2%}" in text
+    assert "optim.lr" in text and "0.005" in text and "train.epochs" in text  # the config
+    assert "per-class test top-1" in text and "most confused class pairs" in text
+    for name in CIFAR10_CLASSES:
+        assert name in text
+    assert str(copy / CURVES) in text.replace("\n", "")
+
+
+def test_report_json_matches_metrics(cli, run):
+    out, _ = run
+    result = cli("report", out, "--json", "--no-figures", "--pairs", 3)
+    assert result.exit_code == 0, plain(result.output)
+    report = json.loads(result.stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert report["best_epoch"] == metrics["best_epoch"] and report["test"] == metrics["test"]
+    assert report["per_class"] == dict(zip(CIFAR10_CLASSES, metrics["test_detail"]["per_class"]))
+    assert report["confused_pairs"] == confused_pairs(metrics["test_detail"]["confusion"], CIFAR10_CLASSES, 3)
+    assert len(report["confused_pairs"]) == 3 and report["figures"] == []
+    assert report["epochs"] == EPOCHS and report["config"]["train"]["epochs"] == EPOCHS
+    worst = report["confused_pairs"][0]
+    assert worst["count"] == max(metrics["test_detail"]["confusion"][i][j] for i in range(10) for j in range(10)
+                                 if i != j)
+    assert sum(sum(row) for row in metrics["test_detail"]["confusion"]) == 10 * TINY_TEST_PER_CLASS
+
+
+def test_report_of_an_unfinished_run(cli, run, tmp_path):
+    """An interrupted run has epochs and checkpoints but no metrics.json: curves and templates, no confusion."""
+    out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("metrics.json",) + FIGURE_FILES:
+        (copy / name).unlink()
+    result = cli("report", copy)
+    assert result.exit_code == 0, plain(result.output)
+    assert "did not finish" in plain(result.stdout)
+    assert (copy / CURVES).is_file() and (copy / TEMPLATES).is_file() and not (copy / CONFUSION).exists()
+
+
+def test_report_user_errors(cli, run, tmp_path, assert_user_error):
+    out, _ = run
+    assert_user_error(cli("report", tmp_path / "nowhere"), "does not exist", "nowhere")
+    assert_user_error(cli("report", tmp_path), "not a run folder")
+    assert_user_error(cli("report", out, "--pairs", -1), "--pairs")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "metrics.json").write_text("{not json")
+    assert_user_error(cli("report", damaged), "metrics.json", "not valid JSON")
