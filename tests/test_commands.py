@@ -232,6 +232,19 @@ def test_version(cli):
     assert result.exit_code == 0 and result.stdout.strip() == f"imgcls {__version__}"
 
 
+def test_new_commands_answer_help_and_datasets_without_torch(tmp_path):
+    """Like train's and eval's, the help of the new commands answers without importing torch; so does datasets."""
+    argvs = [[name, "--help"] for name in ("report", "predict", "datasets", "gradcheck")]
+    argvs.append(["datasets", "--data-dir", str(tmp_path), "--json"])
+    code = ("import sys\nfrom imgcls.cli import app\nfor argv in %r:\n    try:\n        app(argv, prog_name='imgcls')\n"
+            "    except SystemExit as e:\n        assert not e.code, (argv, e.code)\n"
+            "print('torch' in sys.modules)" % argvs)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_shell_completion_completes_commands_and_flags():
     done = run_imgcls(env={"_IMGCLS_COMPLETE": "complete_bash", "COMP_WORDS": "imgcls pre", "COMP_CWORD": "1"})
     assert done.returncode == 0 and done.stdout.split() == ["predict"], done.stderr
