@@ -76,7 +76,10 @@ def load(path: Path) -> Checkpoint:
                         f"truncated or another kind of file") from None
     if FORMAT_KEY not in metadata:
         raise UserError(f"{path} is a safetensors file but not an imgcls checkpoint (no '{FORMAT_KEY}' metadata)")
-    version = int(metadata[FORMAT_KEY]) if metadata[FORMAT_KEY].isdigit() else -1
+    version = _format_version(metadata[FORMAT_KEY])
+    if version is None:
+        raise UserError(f"{path} is a damaged imgcls checkpoint (format version {metadata[FORMAT_KEY][:20]!r}); use "
+                        f"another checkpoint")
     if version > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer imgcls (checkpoint format {version}, this one reads up to "
                         f"{FORMAT_VERSION}); upgrade imgcls")
@@ -86,13 +89,70 @@ def load(path: Path) -> Checkpoint:
                                 tensors.pop("norm.std"), meta,
                                 {name[len("state."):]: value for name, value in tensors.items()})
         _check_consistent(checkpoint)
-    except (KeyError, ValueError, TypeError) as error:
-        raise UserError(f"{path} is a damaged imgcls checkpoint ({error}); use another checkpoint") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as error:
+        reason = f"no {error} in it" if isinstance(error, KeyError) else str(error)
+        raise UserError(f"{path} is a damaged imgcls checkpoint ({reason}); use another checkpoint") from None
     return checkpoint
 
 
+def _format_version(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and int(text) >= 1 else None
+
+
 def _check_consistent(checkpoint: Checkpoint) -> None:
-    classes, shape = checkpoint.classes, checkpoint.input_shape
+    """Everything eval, export-templates and resume read from a checkpoint is what it should be: a file is never
+    trusted, and a damaged one is refused here rather than failing somewhere later."""
+    from imgcls.data.registry import DATASET_NAMES
+
+    meta = checkpoint.meta
+    if not isinstance(meta, dict):
+        raise ValueError("its metadata is not a JSON object")
+    classes, shape = meta["classes"], meta["input_shape"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
+        raise ValueError("'classes' is not a list of class names")
+    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(side) and side >= 1 for side in shape):
+        raise ValueError(f"'input_shape' {shape!r} is not three positive whole numbers (C, H, W)")
+    if meta["dataset"] not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {meta['dataset']!r}")
+    for key in ("epoch", "seed"):
+        if not _is_int(meta[key]) or meta[key] < 0:
+            raise ValueError(f"'{key}' is {meta[key]!r}, not a whole number")
+    superclass_of = meta.get("superclass_of")
+    if superclass_of is not None and (not isinstance(superclass_of, list) or len(superclass_of) != len(classes)
+                                      or not all(_is_int(index) and index >= 0 for index in superclass_of)):
+        raise ValueError("'superclass_of' is not one superclass index per class")
+    meta["config"] = _checked_config(meta["config"], len(classes))
+    shape = tuple(shape)
     expected = (len(classes), shape[0] * shape[1] * shape[2])
-    if tuple(checkpoint.weight.shape) != expected or tuple(checkpoint.mean.shape) != shape:
-        raise ValueError(f"weights {tuple(checkpoint.weight.shape)} do not match {len(classes)} classes of {shape}")
+    tensors = {"weight": (checkpoint.weight, expected), "bias": (checkpoint.bias, (len(classes),)),
+               "norm.mean": (checkpoint.mean, shape), "norm.std": (checkpoint.std, shape)}
+    for name, (tensor, wanted) in tensors.items():
+        if tuple(tensor.shape) != wanted:
+            raise ValueError(f"{name} {tuple(tensor.shape)} does not match {len(classes)} classes of {shape}")
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} is not all finite floating-point numbers")
+    if not bool((checkpoint.std > 0).all()):
+        raise ValueError("norm.std is not positive")
+
+
+def _checked_config(saved, num_classes: int) -> dict:
+    """The resolved config saved in the checkpoint must be one imgcls could have run (keys it does not know, from a
+    later imgcls, are passed over); returns it whole, every key present."""
+    from imgcls.config import Config, apply_mapping, validate
+
+    if not isinstance(saved, dict) or not all(isinstance(values, dict) for values in saved.values()):
+        raise ValueError("'config' is not a mapping of sections")
+    config = Config()
+    try:
+        apply_mapping(config, saved, "the checkpoint", strict=False)
+        validate(config)
+    except UserError as error:
+        raise ValueError(f"its config is not valid: {error}") from None
+    weights = config.loss.class_weights
+    if isinstance(weights, list) and len(weights) != num_classes:
+        raise ValueError(f"its config has {len(weights)} class weights for {num_classes} classes")
+    return config.to_dict()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

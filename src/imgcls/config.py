@@ -9,6 +9,7 @@ The result is validated once, then passed around whole; nothing reads flags afte
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -165,22 +166,35 @@ def apply_file(config: Config, path: Path) -> None:
         raise UserError(f"config file {path} does not exist; pass the path of a YAML file such as configs/cifar10.yaml")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text file; pass a YAML file such as configs/cifar10.yaml") \
+            from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"config file {path} is not valid YAML{where}; fix the file or start from configs/") from None
     if not isinstance(loaded, dict):
         raise UserError(f"config file {path} must be a mapping of sections (data:, optim:, ...)")
+    apply_mapping(config, loaded, str(path))
+
+
+def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True) -> None:
+    """Sections of keys, as config.yaml holds them; `strict=False` passes over unknown names (a checkpoint's
+    config written by a later imgcls) but still checks the type of every known key."""
     known = sections()
     for section, values in loaded.items():
         if section not in known:
-            raise UserError(f"unknown config section '{section}' in {path}{did_you_mean(str(section), known)}")
+            if not strict:
+                continue
+            raise UserError(f"unknown config section {str(section)!r} in {source}{did_you_mean(str(section), known)}")
         if not isinstance(values, dict):
-            raise UserError(f"config section '{section}' in {path} must be a mapping of keys")
+            raise UserError(f"config section '{section}' in {source} must be a mapping of keys")
         names = [f.name for f in dataclasses.fields(known[section])]
         for key, value in values.items():
             if key not in names:
-                raise UserError(f"unknown config key '{section}.{key}' in {path}{did_you_mean(str(key), names)}")
+                if not strict:
+                    continue
+                raise UserError(f"unknown config key {f'{section}.{key}'!r} in {source}{did_you_mean(str(key), names)}")
             _apply(config, section, key, value)
 
 
@@ -193,7 +207,10 @@ def apply_flags(config: Config, flags: dict[str, Any]) -> None:
 
 
 def parse_batch_size(text: str) -> int | str:
-    return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text.strip()  # 'full', 'auto', or a mistake that validate() names
 
 
 def parse_class_weights(text: str) -> str | list[float]:
@@ -227,6 +244,10 @@ def validate(config: Config) -> None:
     _require(0 < d.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), not {d.val_split}")
     _require(d.image_size is None or d.image_size >= 1, f"--image-size must be at least 1, not {d.image_size}")
     _require(d.limit is None or d.limit >= 2, f"--limit must be at least 2 images, not {d.limit}")
+    for flag, value in (("--lr", o.lr), ("--weight-decay", o.weight_decay), ("--init-std", config.model.init_std),
+                        ("--warmup-epochs", s.warmup_epochs)):
+        _require(math.isfinite(value), f"{flag} must be a finite number, not {value}")
+    _require(0 <= t.seed < 2 ** 32, f"--seed must be in [0, 2^32), not {t.seed}")
     _require(o.lr > 0, f"--lr must be greater than 0, not {o.lr}")
     _require(0 <= o.momentum < 1, f"--momentum must be in [0, 1), not {o.momentum}")
     _require(o.weight_decay >= 0, f"--weight-decay must be 0 or more, not {o.weight_decay}")
@@ -245,8 +266,8 @@ def validate(config: Config) -> None:
     if isinstance(weights, str):
         check_choice("class weights", weights, ("balanced",))
     elif weights is not None:
-        _require(all(w >= 0 for w in weights) and any(w > 0 for w in weights),
-                 "--class-weights must be non-negative numbers, at least one above 0")
+        _require(all(0 <= w < math.inf for w in weights) and any(w > 0 for w in weights),
+                 "--class-weights must be finite non-negative numbers, at least one above 0")
     check_device_name(t.device)
 
 

@@ -21,5 +21,5 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise UserError(f"unknown {what} '{value}'{did_you_mean(value, choices)}; choose one of: {', '.join(choices)}")
+        raise UserError(f"unknown {what} {value!r}{did_you_mean(value, choices)}; choose one of: {', '.join(choices)}")
     return value

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class RunDir:
         path = Path(out) if out else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} is a file, not a folder; choose another --out")
+        existing = next((folder for folder in (path, *path.absolute().parents) if folder.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise UserError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"--out {path}: {existing} is not writable; choose another --out")
         if not overwrite and any((path / name).exists() for name in RUN_FILES):
             raise UserError(f"{path} already holds a run; pass --overwrite to replace it, --resume {path} to "
                             f"continue it, or choose another --out")
@@ -46,10 +52,14 @@ class RunDir:
 
     def start(self) -> None:
         """Create the folder, clearing a previous run's files (allowed by for_new_run's check)."""
-        for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.path / "templates", ignore_errors=True)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / "templates", ignore_errors=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the run folder {self.path} ({error.strerror or error}); choose another "
+                            f"--out") from None
 
     def write_config(self, config: dict) -> None:
         write_text_atomic(self.config, yaml.safe_dump(config, sort_keys=False))

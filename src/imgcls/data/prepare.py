@@ -80,7 +80,7 @@ def prepare(config: DataConfig, seed: int) -> PreparedData:
     labels = train_full.labels
     if config.limit is not None and config.limit < len(labels):
         keep = stratified_sample(labels, config.limit / len(labels), seed)
-        train_full = DecodedSplit(train_full.images[keep], labels[keep], train_full.classes)
+        train_full = DecodedSplit(train_full.images[keep], labels[keep], train_full.classes, train_full.skipped)
     _check_enough(spec, train_full, config.limit)
     val_index = stratified_sample(train_full.labels, config.val_split, seed)
     train_mask = torch.ones(len(train_full.labels), dtype=torch.bool)

@@ -10,6 +10,7 @@ on a thread pool, not one PIL image at a time.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from imgcls.data.registry import DatasetSpec
 from imgcls.errors import UserError
 
 EMBEDDED_ZIP = Path(__file__).parent / "embedded" / "cifar10-sample.zip"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 
 
@@ -134,10 +136,45 @@ def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool) -> tu
 
 
 def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
+    """One encoded image -> uint8 (3, H, W). torchvision.io decodes JPEG, WebP and GIF. PNG goes through Pillow:
+    torchvision 0.29's PNG decoder crashes the whole process (SIGSEGV) on some damaged files, which the fuzz tests
+    found. So do the formats torchvision.io cannot read that ImageFolder lists (BMP, TIFF, PPM, PGM). 16-bit
+    images are scaled to 8 bits and an animated image gives its first frame."""
     from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import to_dtype
 
-    image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    if not data:
+        raise ValueError("the file is empty")
+    if data[:8] == PNG_SIGNATURE or data[:2] == b"BM" or data[:4] in (b"II*\0", b"MM\0*") or \
+            data[:2] in (b"P2", b"P3", b"P5", b"P6"):
+        image = _decode_with_pillow(data)
+    else:
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    if image.ndim == 4:
+        image = image[0]
+    if image.dtype != torch.uint8:
+        image = to_dtype(image, torch.uint8, scale=True)
     return resize(image, image_size) if image_size is not None else image
+
+
+def _decode_with_pillow(data: bytes) -> torch.Tensor:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            if opened.mode.startswith("I"):  # 16- or 32-bit grey: scale to 8 bits, as for the other decoders
+                grey = np.asarray(opened).astype(np.float64)
+                top = 65535.0 if opened.mode.startswith("I;16") or opened.format == "PNG" or grey.max(initial=0) > 255 \
+                    else 255.0
+                pixels = np.repeat((grey * (255.0 / top)).round().clip(0, 255).astype(np.uint8)[..., None], 3, 2)
+            else:
+                pixels = np.asarray(opened.convert("RGB"))
+    except Exception as error:  # noqa: BLE001 -- Pillow's plugins fail in many ways on a damaged file
+        raise ValueError(_first_line(error)) from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -171,9 +208,18 @@ def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int
     kwargs = {spec.split_keyword: split_value}
     if spec.name != "imagenet":
         kwargs["download"] = download
+    present = any(path.is_file() or (path.is_dir() and any(inner.is_file() for inner in path.rglob("*")))
+                  for path in source_paths(spec, root, split))
     try:
         dataset = getattr(tvd, spec.torchvision_class)(str(root), **kwargs)
-    except (RuntimeError, FileNotFoundError) as error:
+    except (RuntimeError, FileNotFoundError, ValueError, AssertionError, EOFError, KeyError, IndexError,
+            TypeError) as error:
+        if download and _first_line(error).startswith("Error downloading"):  # MNIST's mirrors all failed
+            raise UserError(f"could not download {spec.name} ({_first_line(error)}); copy it to {root} and pass "
+                            f"--data-dir, or --no-download") from None
+        if present and not isinstance(error, FileNotFoundError):  # the files are there but cannot be read
+            raise UserError(f"{spec.name} at {root} cannot be read ({_first_line(error)}); its files may be damaged "
+                            f"or incomplete: fetch them again, or delete them and pass --download") from None
         raise UserError(missing_message(spec, root, download, error)) from None
     except OSError as error:  # a download that could not reach the host
         raise UserError(f"could not download {spec.name} ({_first_line(error)}); copy it to {root} and pass "
@@ -231,4 +277,5 @@ def _normalized(names) -> list[str]:
 
 def _first_line(error: Exception) -> str:
     text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    # torchvision's C++ errors start with where they were raised: "decode_jpeg, /path/decode_jpeg.cpp:171, ..."
+    return re.sub(r"^\w+, \S+\.cpp:\d+, ", "", text.splitlines()[0])
