@@ -102,7 +102,11 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: R
         run.start()
         run.write_config(config.to_dict())
     if resume is not None:
-        restore(ckpt.load(run.last), model, optimizer, scheduler, progress, device, shard)
+        try:
+            restore(ckpt.load(run.last), model, optimizer, scheduler, progress, device, shard)
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as error:
+            raise UserError(f"{run.last} cannot resume this run ({type(error).__name__}: {error}); it is damaged or "
+                            f"from other data: start a new run") from None
         reporter.note(f"resuming {run.path} at epoch {progress.epoch + 1}, step {progress.step}")
     stepper = DistributedDataParallel(model) if shard.world > 1 else model
 
@@ -113,6 +117,7 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: R
                 save_interrupted(run, model, data, config, progress, optimizer, scheduler, shard)
                 raise Interrupted(run, progress, len(train_batches))
             val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
+            check_finite_val(progress, val.loss)
             end_epoch(run, model, data, config, progress, optimizer, scheduler, val, reporter, shard)
 
     if finished_early(progress, config.train.patience):
@@ -230,6 +235,13 @@ def resolve_batch_size(config: Config, data: PreparedData, device: torch.device,
 def check_finite(progress: Progress) -> None:
     if not torch.isfinite(progress.loss_sum):
         raise UserError(f"the loss became {float(progress.loss_sum)} at epoch {progress.epoch + 1}, step "
+                        f"{progress.step}: training diverged; lower --lr (the last good checkpoints are kept)")
+
+
+def check_finite_val(progress: Progress, val_loss: float) -> None:
+    """An epoch's last update can make the weights infinite after its loss was measured; validation sees it."""
+    if not math.isfinite(val_loss):
+        raise UserError(f"the validation loss became {val_loss} after epoch {progress.epoch + 1}, step "
                         f"{progress.step}: training diverged; lower --lr (the last good checkpoints are kept)")
 
 

@@ -1,0 +1,303 @@
+"""Nothing is lost: a run stopped by Ctrl-C or SIGTERM at any step, then resumed, ends bit for bit where the
+same run uninterrupted ends (weights, epochs.jsonl, metrics.json), and a diverging run stops with the last good
+checkpoints whole. The signals are real: os.kill in-process, and SIGTERM to a real `python -m imgcls`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import plain
+from imgcls import checkpoint as ckpt
+from imgcls.config import build_config
+from imgcls.report import Reporter
+from imgcls.rundir import RunDir
+from imgcls.train import Interrupted, train
+
+LIMIT, BATCH, EPOCHS = 600, 32, 3  # 540 training images: 17 steps an epoch, the last one of 28 images
+STEPS = 17
+
+VARIANTS = {
+    "momentum-warmup-cosine": {"momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1.0},
+    "plain-sgd-onecycle": {"momentum": 0.0, "schedule": "onecycle"},
+    "nesterov-step-balanced": {"momentum": 0.5, "nesterov": True, "schedule": "step", "step_epochs": 1,
+                               "step_gamma": 0.5, "class_weights": "balanced", "loss": "nll"},
+}
+
+
+class InterruptAt:
+    """Sends this process a real signal during the SGD update that makes training's (epoch, step): epochs from 0,
+    steps from 1, counted in this run (`start` is where a resumed run begins). It hooks every optimizer step (a public
+    PyTorch hook), not the Reporter, whose progress updates are throttled in time and so not at every step."""
+
+    def __init__(self, epoch: int, step: int, signum: int = signal.SIGINT, start: tuple[int, int] = (0, 0),
+                 twice: bool = False):
+        self.target = epoch * STEPS + step - (start[0] * STEPS + start[1])
+        self.signum, self.twice, self.count, self.sent = signum, twice, 0, False
+
+    def __enter__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.handle = register_optimizer_step_post_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def hook(self, optimizer, args, kwargs) -> None:
+        self.count += 1
+        if self.count == self.target and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+            if self.twice:  # the second Ctrl-C, once the first has been handled
+                deadline = time.monotonic() + 5
+                while signal.getsignal(signal.SIGINT) is not signal.default_int_handler and time.monotonic() < deadline:
+                    pass
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def make_config(mnist_root, out: Path, variant: str):
+    flags = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": LIMIT, "epochs": EPOCHS, "batch_size": BATCH,
+             "lr": 0.02, "weight_decay": 0.001, "seed": 5, "device": "cpu", "out": str(out), **VARIANTS[variant]}
+    return build_config(None, flags)
+
+
+def resume(run: Path):
+    return train(build_config(run / "config.yaml", {}), Reporter(quiet=True), resume=RunDir.open_for_resume(run))
+
+
+def without_timing(path: Path) -> list[dict]:
+    if not (path / "epochs.jsonl").exists():
+        return []
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+            for line in (path / "epochs.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(expected: Path, got: Path) -> None:
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = ckpt.load(expected / name), ckpt.load(got / name)
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), name
+        assert a.meta["epoch"] == b.meta["epoch"], name
+    assert without_timing(expected) == without_timing(got)
+    metrics_a, metrics_b = (json.loads((path / "metrics.json").read_text()) for path in (expected, got))
+    for key in ("best_epoch", "val", "test", "test_detail", "classes"):
+        assert metrics_a[key] == metrics_b[key], key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mnist_root, tmp_path_factory):
+    """One uninterrupted run per variant, made on first use."""
+    runs = {}
+
+    def get(variant: str) -> Path:
+        if variant not in runs:
+            out = tmp_path_factory.mktemp("whole") / variant
+            train(make_config(mnist_root, out, variant), Reporter(quiet=True))
+            runs[variant] = out
+        return runs[variant]
+
+    return get
+
+
+@pytest.mark.parametrize("variant, epoch, step", [
+    ("momentum-warmup-cosine", 0, 1),  # the very first step
+    ("momentum-warmup-cosine", 1, 8),  # the middle of an epoch, during the warmup's end
+    ("momentum-warmup-cosine", 0, STEPS),  # an epoch's last step: stops after one step of the next epoch
+    ("plain-sgd-onecycle", 1, 3),
+    ("plain-sgd-onecycle", 2, STEPS - 1),  # the last epoch's next-to-last step
+    ("nesterov-step-balanced", 2, 9),
+])
+def test_interrupted_at_any_step_and_resumed_ends_bit_identical(uninterrupted, mnist_root, tmp_path, variant, epoch,
+                                                                step):
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted) as stopped, InterruptAt(epoch, step):
+        train(make_config(mnist_root, out, variant), Reporter(quiet=True))
+    assert stopped.value.run_dir.path == out
+    saved = ckpt.load(out / "last.safetensors")
+    stop_epoch, stop_step = (epoch + 1, 1) if step == STEPS else (epoch, step)
+    assert (saved.meta["epoch"], saved.meta["step"]) == (stop_epoch, stop_step)
+    assert 0 < saved.meta["step"] < STEPS, "the checkpoint is from the middle of an epoch"
+    assert f"epoch {stop_epoch + 1}, step {stop_step} of {STEPS}" in str(stopped.value)
+    assert not (out / "metrics.json").exists()
+    assert len(without_timing(out)) == stop_epoch
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+    result = resume(out)
+    assert result.best_epoch == json.loads((uninterrupted(variant) / "metrics.json").read_text())["best_epoch"]
+    assert_same_run(uninterrupted(variant), out)
+
+
+def test_sigterm_and_a_second_interruption_resume_bit_identical(uninterrupted, mnist_root, tmp_path):
+    variant = "momentum-warmup-cosine"
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted), InterruptAt(0, 5, signal.SIGTERM):
+        train(make_config(mnist_root, out, variant), Reporter(quiet=True))
+    with pytest.raises(Interrupted), InterruptAt(1, 11, signal.SIGTERM, start=(0, 5)):
+        resume(out)  # interrupted again, in the resumed run
+    assert ckpt.load(out / "last.safetensors").meta["step"] == 11
+    resume(out)
+    assert_same_run(uninterrupted(variant), out)
+
+
+def test_signal_handlers_are_restored_after_an_interrupted_run(mnist_root, tmp_path):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted), InterruptAt(0, 2):
+        train(make_config(mnist_root, tmp_path / "run", "plain-sgd-onecycle"), Reporter(quiet=True))
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_last_epoch_stays_whole(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), InterruptAt(1, 6, twice=True):
+        train(make_config(mnist_root, out, "plain-sgd-onecycle"), Reporter(quiet=True))
+    saved = ckpt.load(out / "last.safetensors")
+    assert (saved.meta["epoch"], saved.meta["step"]) == (1, 0), "the checkpoint of the end of epoch 1"
+    assert len(without_timing(out)) == 1 and not list(out.glob(".*"))
+
+
+# --- the CLI: --resume and its errors ---------------------------------------------------------------
+
+def cli_train(cli, mnist_root, out, *extra):
+    return cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", LIMIT, "--epochs", EPOCHS,
+               "--batch-size", BATCH, "--lr", 0.02, "--seed", 5, "--device", "cpu", "--out", out, "--quiet", *extra)
+
+
+@pytest.fixture
+def interrupted_run(mnist_root, tmp_path):
+    out = tmp_path / "interrupted"
+    with pytest.raises(Interrupted), InterruptAt(1, 4):
+        train(make_config(mnist_root, out, "momentum-warmup-cosine"), Reporter(quiet=True))
+    return out
+
+
+def test_cli_resume_continues_and_refuses_a_finished_run(cli, interrupted_run, uninterrupted, assert_ok,
+                                                         assert_user_error):
+    assert_user_error(cli("train", "--resume", interrupted_run, "--lr", 0.5), "--resume", "--lr", "only --device")
+    assert_user_error(cli("train", "--resume", interrupted_run, "--config", interrupted_run / "config.yaml"),
+                      "--config")
+    result = cli("train", "--resume", interrupted_run, "--device", "cpu", "--quiet")
+    assert_ok(result)
+    assert Path(json.loads(result.stdout)["run_dir"]) == interrupted_run
+    assert_same_run(uninterrupted("momentum-warmup-cosine"), interrupted_run)
+    assert_user_error(cli("train", "--resume", interrupted_run), "already finished", "metrics.json")
+
+
+def test_a_folder_with_an_interrupted_run_is_refused_for_a_new_run(cli, interrupted_run, mnist_root,
+                                                                   assert_user_error):
+    before = (interrupted_run / "last.safetensors").read_bytes()
+    assert_user_error(cli_train(cli, mnist_root, interrupted_run), "already holds a run", "--resume", "--overwrite")
+    assert (interrupted_run / "last.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("no-folder", ["not a run folder", "config.yaml and last.safetensors"]),
+    ("no-last", ["not a run folder"]),
+    ("no-config", ["not a run folder"]),
+    ("bad-config", ["unknown config key", "optim.lrate"]),
+    ("truncated-last", ["last.safetensors", "not a readable imgcls checkpoint"]),
+    ("best-as-last", ["cannot resume", "no optimizer state"]),
+    ("resume-state-gone", ["last.safetensors", "cannot resume this run"]),
+    ("other-data", ["cannot resume this run"]),
+])
+def test_resume_errors(cli, interrupted_run, tmp_path, damage, words, assert_user_error):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = interrupted_run
+    if damage == "no-folder":
+        run = tmp_path / "nowhere"
+    elif damage == "no-last":
+        (run / "last.safetensors").unlink()
+    elif damage == "no-config":
+        (run / "config.yaml").unlink()
+    elif damage == "bad-config":
+        (run / "config.yaml").write_text("optim:\n  lrate: 0.1\n")
+    elif damage == "truncated-last":
+        data = (run / "last.safetensors").read_bytes()
+        (run / "last.safetensors").write_bytes(data[: len(data) // 3])
+    elif damage == "best-as-last":
+        (run / "last.safetensors").write_bytes((run / "best.safetensors").read_bytes())
+    elif damage in ("resume-state-gone", "other-data"):
+        with safe_open(str(run / "last.safetensors"), "pt") as f:
+            metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(metadata["meta"])
+        if damage == "resume-state-gone":
+            meta["resume"] = {"history": []}
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("state.")}
+        else:  # a checkpoint of images of another size, put where the run's own was
+            meta["input_shape"] = [1, 14, 14]
+            tensors["weight"] = tensors["weight"].reshape(10, 4, 196)[:, 0].contiguous()
+            tensors["norm.mean"] = torch.zeros(1, 14, 14)
+            tensors["norm.std"] = torch.ones(1, 14, 14)
+        save_file(tensors, str(run / "last.safetensors"), metadata={**metadata, "meta": json.dumps(meta)})
+    assert_user_error(cli("train", "--resume", run, "--device", "cpu"), *words)
+    assert not (interrupted_run / "metrics.json").exists()
+
+
+# --- a diverging run ----------------------------------------------------------------------------------
+
+def test_a_loss_that_becomes_infinite_stops_at_its_step_and_keeps_nothing_bad(cli, mnist_root, tmp_path,
+                                                                              assert_user_error):
+    out = tmp_path / "run"
+    error = assert_user_error(cli_train(cli, mnist_root, out, "--lr", "1e30", "--momentum", 0), "the loss became",
+                              "epoch 1, step", "lower --lr")
+    assert "step 1:" not in error  # the first step's loss is measured before any update: it is finite
+    assert not (out / "best.safetensors").exists() and not (out / "metrics.json").exists()
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_divergence_after_good_epochs_keeps_their_checkpoints(cli, mnist_root, tmp_path, assert_user_error):
+    """Gradient descent (one step an epoch) with a rate just too high: the error grows for a few epochs, then
+    overflows. The checkpoints of the last good epoch stay whole and usable."""
+    out = tmp_path / "run"
+    error = assert_user_error(
+        cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", LIMIT, "--epochs", 40,
+            "--batch-size", "full", "--loss", "mse", "--schedule", "constant", "--momentum", 0, "--weight-decay", 0,
+            "--lr", 8, "--device", "cpu", "--out", out, "--quiet"),
+        "loss became", "step 1", "lower --lr")
+    failed_epoch = int(error.split("epoch ")[1].split(",")[0])
+    assert failed_epoch > 2, error
+    epochs = without_timing(out)
+    assert len(epochs) == failed_epoch - 1
+    assert all(map(lambda e: all(isinstance(v, (int, float)) and v == v for v in e.values()), epochs))
+    last, best = ckpt.load(out / "last.safetensors"), ckpt.load(out / "best.safetensors")  # finite, or load refuses
+    assert last.meta["epoch"] == failed_epoch - 1 and 1 <= best.meta["epoch"] <= failed_epoch - 1
+    assert not (out / "metrics.json").exists()
+    assert cli("eval", out / "best.safetensors", "--device", "cpu", "--json").exit_code == 0
+
+
+# --- a real process, a real SIGTERM -------------------------------------------------------------------
+
+def test_sigterm_to_a_real_process_then_resume(cli, mnist_root, tmp_path, assert_ok):
+    """SIGTERM once the first epoch is written: exit 130 with the command to resume; the resumed run ends with
+    the weights of the same run uninterrupted."""
+    flags = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": 1000, "epochs": 5, "batch_size": 1,
+             "lr": 0.002, "momentum": 0.5, "seed": 2, "device": "cpu"}  # 900 steps an epoch: about 0.4 s
+    args = [str(part) for name, value in flags.items() for part in (f"--{name.replace('_', '-')}", value)]
+    out = tmp_path / "killed"
+    env = {**os.environ, "NO_COLOR": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "imgcls", "train", *args, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "epochs.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert f"imgcls train --resume {out}" in plain(stderr).replace("\n", " ")
+    saved = ckpt.load(out / "last.safetensors")
+    assert saved.meta["epoch"] < 5 and 0 < saved.meta["step"], "stopped in the middle of an epoch"
+
+    assert_ok(cli("train", "--resume", out, "--quiet"))
+    whole = tmp_path / "whole"
+    train(build_config(None, {**flags, "out": str(whole)}), Reporter(quiet=True))
+    assert_same_run(whole, out)
