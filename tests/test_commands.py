@@ -129,13 +129,6 @@ def test_tensorboard_event_files_hold_the_scalars_and_templates(tb_run):
     assert yaml.safe_load((out / "config.yaml").read_text())["output"]["tensorboard"] is True
 
 
-def test_without_the_flag_there_is_no_tensorboard_folder(cli, tiny_cifar_session, tmp_path):
-    result = cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 1, "--device", "cpu",
-                 "--out", tmp_path / "run", "--quiet")
-    assert result.exit_code == 0, plain(result.output)
-    assert not (tmp_path / "run" / "tensorboard").exists()
-
-
 def test_tensorboard_overwrite_starts_a_fresh_log_and_default_out(cli, tiny_cifar_session, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 1, "--device", "cpu",

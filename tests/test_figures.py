@@ -52,6 +52,7 @@ def test_quiet_train_still_writes_figures_and_prints_only_json(cli, tiny_cifar_s
                  "--out", out, "--quiet")
     assert result.exit_code == 0, plain(result.output)
     assert all((out / name).is_file() for name in FIGURE_FILES)
+    assert not (out / "tensorboard").exists()  # only with --tensorboard
     assert json.loads(result.stdout)["run_dir"] == str(out)
     assert plain(result.stderr).strip() == ""
 

@@ -14,7 +14,7 @@ from imgcls.gradcheck import (DEFAULT_TOLERANCE, analytic_gradients, autograd_gr
 
 
 @pytest.mark.parametrize("loss", ["ce", "nll", "mse"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_the_real_losses_pass(loss, seed):
     result = gradient_check(loss=loss, seed=seed)
     assert result.passed, [(c.title, c.max_relative) for c in result.comparisons]
