@@ -68,6 +68,9 @@ def train(
     skip_bad_images: Annotated[Optional[bool], typer.Option("--skip-bad-images/--no-skip-bad-images",
                                                             help="Skip unreadable images instead of stopping.",
                                                             rich_help_panel=DATA)] = None,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Decode batches from the files in "
+                                                   "worker processes (image folders too large for memory).",
+                                                   rich_help_panel=DATA)] = None,
     init: Annotated[Optional[str], typer.Option(help="Weight init: default, zeros, normal."
                                                 + _default("model", "init"), rich_help_panel=MODEL)] = None,
     init_std: Annotated[Optional[float], typer.Option(help="Std of the normal init." + _default("model", "init_std"),

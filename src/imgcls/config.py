@@ -36,6 +36,7 @@ class DataConfig:
     normalize: str = "pixel"  # standardize each pixel, each channel, or not at all
     limit: int | None = None  # use at most this many training images (stratified), for quick runs
     skip_bad_images: bool = False
+    stream: bool = False  # decode batches from the files each epoch: for image folders larger than memory
 
 
 @dataclass

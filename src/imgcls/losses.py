@@ -43,13 +43,15 @@ class Loss:
         total, weight = self.sum_and_weight(scores, targets)
         return total / weight
 
-    def weight_of(self, targets: torch.Tensor) -> torch.Tensor:
-        """The sum of the weights of these targets: the denominator of the weighted mean."""
+    def weight_of(self, targets: torch.Tensor) -> torch.Tensor | float:
+        """The sum of the weights of these targets: the denominator of the weighted mean
+        (a plain count when unweighted, which costs the training step nothing)."""
         if self.class_weights is None:
-            return torch.tensor(float(len(targets)), device=targets.device)
+            return float(len(targets))
         return self.class_weights.to(targets.device)[targets].sum()
 
-    def sum_and_weight(self, scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sum_and_weight(self, scores: torch.Tensor,
+                       targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """The weighted sum of losses and the sum of weights, so batches can be combined exactly."""
         losses = self.per_sample(scores.float(), targets)
         if self.class_weights is None:

@@ -54,7 +54,7 @@ class MetricsAccumulator:
 
     def add(self, scores: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor, weight: torch.Tensor) -> None:
         self.loss_sum += loss_sum.double()
-        self.weight_sum += weight.double()
+        self.weight_sum += weight
         self.topk += topk_correct(scores, targets, self.k)
         predicted = scores.argmax(dim=1)
         self.confusion += torch.bincount(targets * self.num_classes + predicted, minlength=self.num_classes ** 2)

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
-from imgcls.data.batches import EVAL_BATCH, Batches
+from imgcls.data.batches import EVAL_BATCH, make_batches
 from imgcls.data.prepare import PreparedData, prepare
 from imgcls.device import auto_batch_size, resolve_device, set_precision
 from imgcls.errors import UserError
@@ -90,8 +90,8 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: R
     reporter.data_ready(data)
 
     batch_size = resolve_batch_size(config, data, device, reporter)
-    train_batches = Batches(data.train, data.normalization, batch_size, device, config.train.seed, shard=shard)
-    val_batches = Batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
+    train_batches = make_batches(data.train, data.normalization, batch_size, device, config.train.seed, shard=shard)
+    val_batches = make_batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
     model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
     loss = Loss(config.loss.loss, class_weights(config.loss.class_weights, data.train.labels, len(data.classes)))
     optimizer = build_optimizer(model, config.optim, device)
@@ -143,6 +143,7 @@ def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, p
     sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
     reporter.epoch_start(progress.epoch, len(batches))
     started = time.perf_counter() - progress.seconds
+    shown = 0.0  # when the progress bar was last updated: ten times a second is plenty
     world = batches.shard.world
     for pixels, labels, batch_labels in batches.epoch(progress.epoch, progress.step):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -162,8 +163,10 @@ def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, p
         progress.seconds = time.perf_counter() - started
         if progress.step % sync_every == 0 or progress.step == len(batches):
             check_finite(progress)
-            reporter.step(progress.step, float(progress.loss_sum) / float(progress.weight_sum),
-                          progress.seen * world / progress.seconds)
+            if progress.seconds - shown > 0.1 or progress.step == len(batches):
+                shown = progress.seconds
+                reporter.step(progress.step, float(progress.loss_sum) / float(progress.weight_sum),
+                              progress.seen * world / progress.seconds)
         if distributed.any_process(stop.requested, device) and progress.step < len(batches):
             return False
     return True
@@ -209,9 +212,9 @@ def finish(run: RunDir, data: PreparedData, loss: Loss, device: torch.device, pr
            batch_size: int, shard: distributed.Shard) -> RunResult:
     """The test split, measured once, on the checkpoint chosen by validation."""
     best_model = ckpt.load(run.best).model().to(device)
-    test_batches = Batches(data.test, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
+    test_batches = make_batches(data.test, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
-    val_batches = Batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
+    val_batches = make_batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
     if shard.is_main:
             run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),

@@ -91,3 +91,12 @@ class Batches:
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, non_blocking=True)
         return torch.addcmul(-self.shift, pixels.float(), self.scale)
+
+
+def make_batches(data, normalization: Normalization, batch_size: int, device: torch.device, seed: int = 0,
+                 shuffle: bool = True, shard: Shard = Shard()):
+    """Batches from memory, or StreamingBatches for a split whose pixels stay in their files (--stream)."""
+    from imgcls.data.stream import StreamedImages, StreamingBatches
+
+    kind = StreamingBatches if isinstance(data, StreamedImages) else Batches
+    return kind(data, normalization, batch_size, device, seed=seed, shuffle=shuffle, shard=shard)

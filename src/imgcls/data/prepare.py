@@ -73,6 +73,10 @@ def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
 
 
 def prepare(config: DataConfig, seed: int) -> PreparedData:
+    if config.stream:
+        from imgcls.data.stream import prepare_streamed
+
+        return prepare_streamed(config, seed)
     spec = SPECS[config.dataset]
     train_full, train_cached = load_decoded(config, "train")
     test, test_cached = load_decoded(config, "test")
@@ -114,10 +118,13 @@ def fit_normalization(images: torch.Tensor, kind: str) -> Normalization:
         return Normalization(torch.zeros(shape), torch.ones(shape))
     total = torch.zeros(shape, dtype=torch.float64)
     total_sq = torch.zeros(shape, dtype=torch.float64)
-    for chunk in images.split(8192):
-        pixels = chunk.to(torch.float64) / 255.0
+    # Sums of raw pixel values over 256 images stay below 2**24, so float32 adds them exactly (and fast):
+    # the statistics do not depend on the order of the images.
+    for chunk in images.split(256):
+        pixels = chunk.float()
         total += pixels.sum(0)
         total_sq += (pixels * pixels).sum(0)
+    total, total_sq = total / 255.0, total_sq / 255.0 ** 2
     count = len(images)
     if kind == "channel":
         total, total_sq = total.sum((1, 2), keepdim=True), total_sq.sum((1, 2), keepdim=True)

@@ -200,8 +200,47 @@ def _check_same_size(images: list[torch.Tensor], names: list[str]) -> None:
                             f"{image.shape[-2]}x{image.shape[-1]}); pass --image-size N to resize them all to NxN")
 
 
+def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = False) -> ImageList:
+    """The image files of a split, undecoded, for the streaming path; labels in the dataset's class order."""
+    kind = source_kind(spec, root)
+    if kind == "embedded":
+        return _list_zip(split)
+    if kind == "folder":
+        listing = _list_folder(root, split, spec)
+    elif spec.name == "imagenet":
+        listing = _imagenet_listing(_open_torchvision(spec, root, split, download))
+    else:
+        raise UserError(f"--stream decodes image files, but {spec.name} is stored as arrays that fit in memory; "
+                        f"drop --stream")
+    order = class_order(spec, listing.classes, root)
+    if order is None:
+        return listing
+    labels = order[torch.as_tensor(listing.labels)].tolist()
+    return ImageList(listing.names, listing.read, labels, list(spec.classes))
+
+
+def _imagenet_listing(dataset) -> ImageList:
+    paths = [path for path, _ in dataset.samples]
+    return ImageList(paths, lambda i: Path(paths[i]).read_bytes(), list(dataset.targets),
+                     [names[0] for names in dataset.classes])
+
+
 def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
                       download: bool) -> DecodedSplit:
+    dataset = _open_torchvision(spec, root, split, download)
+    if spec.name == "imagenet":
+        listing = _imagenet_listing(dataset)
+        images, labels, skipped = decode_all(listing, image_size, skip_bad)
+        return DecodedSplit(images, labels, listing.classes, skipped)
+    images = _as_nchw(dataset.data)
+    labels = torch.as_tensor(getattr(dataset, "targets", None) if hasattr(dataset, "targets") else dataset.labels)
+    if image_size is not None:
+        images = torch.cat([resize(chunk, image_size) for chunk in images.split(4096)])
+    return DecodedSplit(images.contiguous(), labels.to(torch.int64), list(spec.classes))
+
+
+def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool):
+    """torchvision's own dataset object for this split; a missing or damaged copy is a UserError."""
     import torchvision.datasets as tvd
 
     split_value = spec.train_split if split == "train" else spec.test_split
@@ -224,17 +263,7 @@ def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int
     except OSError as error:  # a download that could not reach the host
         raise UserError(f"could not download {spec.name} ({_first_line(error)}); copy it to {root} and pass "
                         f"--data-dir, or --no-download") from None
-    if spec.name == "imagenet":
-        paths = [path for path, _ in dataset.samples]
-        listing = ImageList(paths, lambda i: Path(paths[i]).read_bytes(), list(dataset.targets),
-                            [names[0] for names in dataset.classes])
-        images, labels, skipped = decode_all(listing, image_size, skip_bad)
-        return DecodedSplit(images, labels, listing.classes, skipped)
-    images = _as_nchw(dataset.data)
-    labels = torch.as_tensor(getattr(dataset, "targets", None) if hasattr(dataset, "targets") else dataset.labels)
-    if image_size is not None:
-        images = torch.cat([resize(chunk, image_size) for chunk in images.split(4096)])
-    return DecodedSplit(images.contiguous(), labels.to(torch.int64), list(spec.classes))
+    return dataset
 
 
 def _as_nchw(data) -> torch.Tensor:
@@ -260,14 +289,21 @@ def _match_spec(spec: DatasetSpec, split: DecodedSplit, root: Path, image_size: 
     if spec.shape is not None and image_size is None and tuple(split.images.shape[1:]) != spec.shape:
         raise UserError(f"{root} does not hold {spec.name}: images are {tuple(split.images.shape[1:])} (C, H, W), "
                         f"expected {spec.shape}; pass --image-size to resize, or use --dataset imagefolder")
-    if spec.classes is None or list(spec.classes) == split.classes:
+    order = class_order(spec, split.classes, root)
+    if order is None:
         return split
-    wanted = _normalized(spec.classes)
-    if sorted(_normalized(split.classes)) != sorted(wanted):
-        raise UserError(f"{root} does not hold {spec.name}: its classes are {', '.join(split.classes[:12])}, "
-                        f"expected {', '.join(spec.classes[:12])}; use --dataset imagefolder for other data")
-    order = torch.tensor([wanted.index(name) for name in _normalized(split.classes)])
     return DecodedSplit(split.images, order[split.labels], list(spec.classes), split.skipped)
+
+
+def class_order(spec: DatasetSpec, classes: list[str], root: Path) -> torch.Tensor | None:
+    """For a copy of a named dataset whose class folders sort differently: folder label -> dataset label."""
+    if spec.classes is None or list(spec.classes) == list(classes):
+        return None
+    wanted = _normalized(spec.classes)
+    if sorted(_normalized(classes)) != sorted(wanted):
+        raise UserError(f"{root} does not hold {spec.name}: its classes are {', '.join(classes[:12])}, "
+                        f"expected {', '.join(spec.classes[:12])}; use --dataset imagefolder for other data")
+    return torch.tensor([wanted.index(name) for name in _normalized(classes)])
 
 
 def _normalized(names) -> list[str]:

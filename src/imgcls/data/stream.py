@@ -1,0 +1,149 @@
+"""Datasets too large for memory (full-resolution ImageNet): decode each batch from its files.
+
+The plan of an epoch is the in-memory path's: the same seeded permutation, the same global
+batches, each process its own contiguous part of each. What changes is where pixels come
+from: DataLoader worker processes read and decode each part from its files (torchvision.io,
+resized to --image-size), so files are sharded across processes and, batch by batch, across
+workers. Normalization is fitted on a seeded sample of the training images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from imgcls.data.batches import Batch, epoch_permutation
+from imgcls.data.prepare import Normalization
+from imgcls.data.readers import ImageList, decode_image_bytes
+from imgcls.distributed import Shard
+from imgcls.errors import UserError
+
+STATS_SAMPLE = 10_000  # training images decoded to fit the normalization
+
+
+@dataclass
+class StreamedImages:
+    """A split's images as files still to decode: `index` picks entries of `listing`."""
+
+    listing: ImageList
+    index: torch.Tensor
+    image_size: int | None
+    channels: int
+    skip_bad: bool = False
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.as_tensor(self.listing.labels, dtype=torch.int64)[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def subset(self, rows: torch.Tensor | slice) -> StreamedImages:
+        return StreamedImages(self.listing, self.index[rows], self.image_size, self.channels, self.skip_bad)
+
+    def decode(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+        """The images at these rows as uint8 (b, C, H, W) with their labels; an error message instead of
+        raising, because an exception from a worker process reaches the user with its traceback."""
+        images, labels = [], []
+        for row in rows:
+            position = int(self.index[row])
+            try:
+                image = decode_image_bytes(self.listing.read(position), self.image_size)
+            except (RuntimeError, ValueError, OSError) as error:
+                if self.skip_bad:
+                    continue
+                return torch.empty(0), torch.empty(0), (f"cannot read image {self.listing.names[position]} ({error}); "
+                                                        f"fix or remove it, or pass --skip-bad-images")
+            images.append(image[:self.channels])
+            labels.append(self.listing.labels[position])
+        if not images:
+            return torch.empty((0, self.channels, 1, 1), dtype=torch.uint8), torch.empty(0, dtype=torch.int64), None
+        if len({tuple(image.shape) for image in images}) > 1:
+            return torch.empty(0), torch.empty(0), "images differ in size; pass --image-size N to resize them all"
+        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None
+
+
+class _RowsDataset(torch.utils.data.Dataset):
+    """A dataset whose items are whole batches: the loader hands each worker a list of rows."""
+
+    def __init__(self, images: StreamedImages):
+        self.images = images
+
+    def __getitem__(self, rows: list[int]):
+        return self.images.decode(rows)
+
+
+class StreamingBatches:
+    """The in-memory Batches' interface, fed by worker processes that decode from files."""
+
+    def __init__(self, data: StreamedImages, normalization: Normalization, batch_size: int, device: torch.device,
+                 seed: int = 0, shuffle: bool = True, shard: Shard = Shard(), workers: int | None = None):
+        self.data = data if shuffle else data.subset(shard.part(len(data)))
+        self.labels = self.data.labels.to(device)
+        self.device = device
+        scale, shift = normalization.scale_and_shift()
+        self.scale, self.shift = scale.flatten().to(device), shift.flatten().to(device)
+        self.batch_size = max(1, min(batch_size, len(self.data)))
+        self.seed, self.shuffle, self.shard = seed, shuffle, shard
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data) / self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.data)
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]:
+        order = epoch_permutation(self.num_images, self.seed, epoch) if self.shuffle else torch.arange(self.num_images)
+        plan = [order[step * self.batch_size:(step + 1) * self.batch_size] for step in range(start_step, len(self))]
+        mine = [rows[self.shard.part(len(rows))].tolist() if self.shuffle else rows.tolist() for rows in plan]
+        loader = torch.utils.data.DataLoader(
+            _RowsDataset(self.data), batch_size=None, sampler=mine, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", multiprocessing_context="fork" if self.workers else None)
+        for (pixels, labels, error), rows in zip(loader, plan):
+            if error is not None:
+                raise UserError(error)
+            pixels = pixels.to(self.device, non_blocking=True).flatten(1)
+            yield Batch(torch.addcmul(-self.shift, pixels.float(), self.scale), labels.to(self.device),
+                        self.labels[rows.to(self.device)])
+
+
+def prepare_streamed(config, seed: int):
+    """prepare()'s counterpart: the same splits and normalization, with the pixels left in their files."""
+    from imgcls.data.prepare import PreparedData, fit_normalization, resolve_data_dir, stratified_sample
+    from imgcls.data.readers import decode_all, list_images, to_grey_if_grey
+    from imgcls.data.registry import SPECS
+
+    spec, root = SPECS[config.dataset], resolve_data_dir(config)
+    train_list, test_list = (list_images(spec, root, split, config.download) for split in ("train", "test"))
+    if train_list.classes != test_list.classes:
+        raise UserError(f"{spec.name}: train and test classes differ; give both splits the same class folders")
+    labels = torch.as_tensor(train_list.labels)
+    rows = torch.arange(len(labels))
+    if config.limit is not None and config.limit < len(rows):
+        rows = stratified_sample(labels, config.limit / len(labels), seed)
+    val_rows = rows[stratified_sample(labels[rows], config.val_split, seed)]
+    train_rows = rows[~torch.isin(rows, val_rows)]
+
+    generator = torch.Generator().manual_seed(seed)
+    sample_rows = train_rows[torch.randperm(len(train_rows), generator=generator)[:STATS_SAMPLE]].tolist()
+    sample = ImageList([train_list.names[i] for i in sample_rows], lambda k: train_list.read(sample_rows[k]),
+                       [train_list.labels[i] for i in sample_rows], train_list.classes)
+    pixels, _, _ = decode_all(sample, config.image_size, config.skip_bad_images)
+    pixels = to_grey_if_grey(pixels)
+    channels = pixels.shape[1]
+
+    def images(listing: ImageList, index: torch.Tensor) -> StreamedImages:
+        return StreamedImages(listing, index, config.image_size, channels, config.skip_bad_images)
+
+    return PreparedData(
+        dataset=spec.name, classes=train_list.classes, shape=tuple(pixels.shape[1:]),
+        train=images(train_list, train_rows), val=images(train_list, val_rows),
+        test=images(test_list, torch.arange(len(test_list.labels))),
+        normalization=fit_normalization(pixels, config.normalize), superclass_of=spec.superclass_of(),
+        skipped=0, from_cache=False)

@@ -1,0 +1,85 @@
+"""The streaming path (--stream): pixels stay in their files and are decoded batch by batch."""
+
+from __future__ import annotations
+
+import torch
+
+from imgcls import checkpoint as ckpt
+from imgcls.data.batches import Batches
+from imgcls.data.prepare import LabelledImages, Normalization
+from imgcls.data.readers import ImageList, decode_image_bytes
+from imgcls.data.stream import StreamedImages, StreamingBatches
+from imgcls.distributed import Shard
+
+
+def train_args(root, out, *extra):
+    return ("train", "--dataset", "cifar10", "--data-dir", root, "--epochs", 2, "--batch-size", 16, "--device", "cpu",
+            "--out", out, "--quiet", *extra)
+
+
+def test_streaming_trains_to_the_same_weights_and_metrics(cli, tiny_cifar_session, tmp_path, assert_ok):
+    assert_ok(cli(*train_args(tiny_cifar_session, tmp_path / "memory")))
+    assert_ok(cli(*train_args(tiny_cifar_session, tmp_path / "stream", "--stream")))
+    memory, stream = (ckpt.load(tmp_path / name / "last.safetensors") for name in ("memory", "stream"))
+    assert torch.allclose(memory.weight, stream.weight, atol=1e-6)
+    assert torch.allclose(memory.mean, stream.mean) and torch.allclose(memory.std, stream.std)
+    assert (tmp_path / "memory" / "metrics.json").read_text() == (tmp_path / "stream" / "metrics.json").read_text()
+
+
+def recording_listing(files):
+    """An ImageList over real JPEGs that remembers which ones were read."""
+    read = []
+
+    def reader(i):
+        read.append(i)
+        return files[i].read_bytes()
+
+    return ImageList([str(f) for f in files], reader, [i % 10 for i in range(len(files))], [str(i) for i in range(10)]), read
+
+
+def test_each_process_reads_only_its_part_of_each_global_batch(tiny_cifar_session):
+    files = sorted((tiny_cifar_session / "train").rglob("*.jpg"))[:50]
+    normalization = Normalization(torch.zeros(3, 32, 32), torch.ones(3, 32, 32))
+    parts, reads = [], []
+    for rank in range(2):
+        listing, read = recording_listing(files)
+        images = StreamedImages(listing, torch.arange(len(files)), None, 3)
+        batches = StreamingBatches(images, normalization, 8, torch.device("cpu"), seed=5, shard=Shard(rank, 2),
+                                   workers=0)
+        parts.append(list(batches.epoch(1)))
+        reads.append(read)
+    assert set(reads[0]).isdisjoint(reads[1]) and sorted(reads[0] + reads[1]) == list(range(len(files)))
+    # the two parts of each step make up the same global batch, in the same order, as one process sees
+    whole = list(StreamingBatches(StreamedImages(recording_listing(files)[0], torch.arange(len(files)), None, 3),
+                                  normalization, 8, torch.device("cpu"), seed=5, workers=0).epoch(1))
+    assert len(parts[0]) == len(parts[1]) == len(whole) == 7
+    for first, second, both in zip(parts[0], parts[1], whole):
+        assert torch.equal(torch.cat([first.pixels, second.pixels]), both.pixels)
+        assert torch.equal(first.batch_labels, both.batch_labels)
+
+
+def test_worker_processes_decode_what_memory_holds(tiny_cifar_session):
+    files = sorted((tiny_cifar_session / "test").rglob("*.jpg"))[:40]
+    listing, _ = recording_listing(files)
+    decoded = torch.stack([decode_image_bytes(f.read_bytes(), None) for f in files])
+    normalization = Normalization(torch.full((3, 32, 32), 0.5), torch.full((3, 32, 32), 0.25))
+    memory = Batches(LabelledImages(decoded, torch.tensor(listing.labels)), normalization, 16, torch.device("cpu"))
+    stream = StreamingBatches(StreamedImages(listing, torch.arange(len(files)), None, 3), normalization, 16,
+                              torch.device("cpu"), workers=2)
+    for a, b in zip(memory.epoch(3), stream.epoch(3, start_step=0)):
+        assert torch.equal(a.pixels, b.pixels) and torch.equal(a.labels, b.labels)
+    resumed = list(stream.epoch(3, start_step=2))
+    assert len(resumed) == 1 and torch.equal(resumed[0].pixels, list(memory.epoch(3))[2].pixels)
+
+
+def test_stream_on_an_array_dataset_is_a_user_error(cli, mnist_root, tmp_path, assert_user_error):
+    result = cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--stream", "--out", tmp_path / "r")
+    assert_user_error(result, "--stream", "arrays")
+
+
+def test_a_damaged_image_met_while_streaming_is_named(cli, tiny_cifar, tmp_path, assert_user_error):
+    victim = sorted((tiny_cifar / "train" / "cat").glob("*.jpg"))[3]
+    victim.write_bytes(victim.read_bytes()[:40])
+    # met first by the sample that fits the normalization (the tiny folder is all sample): named either way
+    result = cli(*train_args(tiny_cifar, tmp_path / "r", "--stream"))
+    assert_user_error(result, victim.name)
