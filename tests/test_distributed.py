@@ -15,10 +15,11 @@ import torch
 
 from imgcls import checkpoint as ckpt
 
-# About 4000 images: 3561 train (batches of 20 split 10/10, the last one 1 image split 0/1) and
-# 441 validation images, an odd count, so neither divides evenly between two processes.
-COMMON = ["--dataset", "mnist", "--limit", "4001", "--val-split", "0.11", "--epochs", "3", "--batch-size", "20", "--lr", "0.02",
-          "--momentum", "0.9", "--device", "cpu", "--quiet"]
+# About 2500 images: 2227 train (batches of 6 split 3/3, the last one 1 image split 0/1) and 275
+# validation images, an odd count, so neither divides evenly between two processes. Small batches
+# make each epoch long enough (372 steps) that an interruption after the first lands mid-run.
+COMMON = ["--dataset", "mnist", "--limit", "2501", "--val-split", "0.11", "--epochs", "3", "--batch-size", "6",
+          "--lr", "0.005", "--momentum", "0.9", "--device", "cpu", "--quiet"]
 
 
 def run_imgcls(args: list, processes: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
