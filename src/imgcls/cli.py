@@ -109,6 +109,8 @@ def train(
                                                   rich_help_panel=RUN)] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, tf32 or bf16 (CUDA)."
                                                      + _default("train", "precision"), rich_help_panel=RUN)] = None,
+    gradient: Annotated[Optional[str], typer.Option(help="analytic (the lecture's formula) or autograd."
+                                                    + _default("train", "gradient"), rich_help_panel=RUN)] = None,
     out: Annotated[Optional[str], typer.Option(help="Run folder [default: runs/<dataset>-<date>-<time>].",
                                                rich_help_panel=RUN)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.", rich_help_panel=RUN)] = False,

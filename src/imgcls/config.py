@@ -24,6 +24,7 @@ INITS = ("default", "zeros", "normal")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 NORMALIZATIONS = ("pixel", "channel", "none")
 PRECISIONS = ("fp32", "tf32", "bf16")
+GRADIENTS = ("analytic", "autograd")
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    gradient: str = "analytic"  # the lecture's formula for dL/dW, or autograd's (DDP always uses autograd)
 
 
 @dataclass
@@ -242,6 +244,7 @@ def validate(config: Config) -> None:
     check_choice("schedule", s.schedule, SCHEDULES)
     check_choice("normalization", d.normalize, NORMALIZATIONS)
     check_choice("precision", t.precision, PRECISIONS)
+    check_choice("gradient", t.gradient, GRADIENTS)
     _require(0 < d.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), not {d.val_split}")
     _require(d.image_size is None or d.image_size >= 1, f"--image-size must be at least 1, not {d.image_size}")
     _require(d.limit is None or d.limit >= 2, f"--limit must be at least 2 images, not {d.limit}")

@@ -50,6 +50,18 @@ class Loss:
             return float(len(targets))
         return self.class_weights.to(targets.device)[targets].sum()
 
+    def score_gradient(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """d(sum_i w[y_i] l_i)/d scores, by the lecture's formulas: softmax(s) - onehot(y) for ce and nll,
+        2 (s - onehot(y)) for mse; each row times its class weight."""
+        onehot = F.one_hot(targets, scores.shape[1]).to(scores.dtype)
+        if self.name == "mse":
+            gradient = 2 * (scores - onehot)
+        else:
+            gradient = torch.softmax(scores, dim=1) - onehot
+        if self.class_weights is not None:
+            gradient *= self.class_weights.to(scores.device)[targets].unsqueeze(1)
+        return gradient
+
     def sum_and_weight(self, scores: torch.Tensor,
                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """The weighted sum of losses and the sum of weights, so batches can be combined exactly."""

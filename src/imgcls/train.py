@@ -113,7 +113,7 @@ def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: R
     with stop_on_signals() as stop:
         while progress.epoch < config.train.epochs and not finished_early(progress, config.train.patience):
             if not train_one_epoch(stepper, train_batches, loss, optimizer, scheduler, progress, reporter,
-                                   autocast_dtype, stop):
+                                   autocast_dtype, stop, config.train.gradient):
                 save_interrupted(run, model, data, config, progress, optimizer, scheduler, shard)
                 raise Interrupted(run, progress, len(train_batches))
             val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
@@ -135,9 +135,12 @@ def prepare_once(config: Config, shard: distributed.Shard) -> PreparedData:
     return data
 
 
-def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, progress: Progress,
-                    reporter: Reporter, autocast_dtype: torch.dtype | None, stop: StopRequest) -> bool:
-    """The rest of this epoch: ceil(N/B) SGD updates in all. False if asked to stop part-way."""
+def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: Progress, reporter: Reporter,
+                    autocast_dtype: torch.dtype | None, stop: StopRequest, gradient: str = "analytic") -> bool:
+    """The rest of this epoch: ceil(N/B) SGD updates in all. False if asked to stop part-way.
+
+    The gradient comes from the lecture's formula (analytic_backward) in one process, or from autograd
+    (`--gradient autograd`, and always under DDP, whose gradient averaging hooks into autograd)."""
     model.train()
     device = batches.device
     sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
@@ -145,14 +148,18 @@ def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, p
     started = time.perf_counter() - progress.seconds
     shown = 0.0  # when the progress bar was last updated: ten times a second is plenty
     world = batches.shard.world
+    analytic = isinstance(model, LinearClassifier) and autocast_dtype is None and gradient == "analytic"
     for pixels, labels, batch_labels in batches.epoch(progress.epoch, progress.step):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            scores = model(pixels)
-        loss_sum, weight = loss.sum_and_weight(scores, labels)
-        # The mean over the whole global batch; DDP divides the summed gradients by the world size.
-        batch_loss = loss_sum * world / loss.weight_of(batch_labels)
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss.backward()
+        if analytic:
+            scores, loss_sum, weight = analytic_backward(model, loss, pixels, labels)
+        else:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                scores = model(pixels)
+            loss_sum, weight = loss.sum_and_weight(scores, labels)
+            # The mean over the whole global batch; DDP divides the summed gradients by the world size.
+            batch_loss = loss_sum * world / loss.weight_of(batch_labels)
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss.backward()
         optimizer.step()
         scheduler.step()
         progress.loss_sum += loss_sum.detach()
@@ -170,6 +177,20 @@ def train_one_epoch(model, batches: Batches, loss: Loss, optimizer, scheduler, p
         if distributed.any_process(stop.requested, device) and progress.step < len(batches):
             return False
     return True
+
+
+@torch.no_grad()
+def analytic_backward(model: LinearClassifier, loss: Loss, pixels: torch.Tensor, labels: torch.Tensor):
+    """dL/dW = G^T X / sum(w) and dL/db = sum of G's rows / sum(w), G = loss.score_gradient: what autograd
+    gives (tests hold them equal to float rounding) in a handful of operations, which is what a small
+    minibatch step on the CPU is made of."""
+    linear = model.linear
+    scores = torch.addmm(linear.bias, pixels, linear.weight.t())
+    loss_sum, weight = loss.sum_and_weight(scores, labels)
+    gradient = loss.score_gradient(scores, labels).div_(weight)
+    linear.weight.grad = gradient.t() @ pixels
+    linear.bias.grad = gradient.sum(0)
+    return scores, loss_sum, weight
 
 
 def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: Progress, optimizer, scheduler,
