@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from imgcls.config import check_device_name
@@ -44,3 +46,22 @@ def auto_batch_size(num_images: int, features: int, num_classes: int, device: to
     fits = max(1, int(0.5 * free) // per_image)
     limit = min(fits, num_images)
     return 1 << (limit.bit_length() - 1)
+
+
+SMALL_STEP = 1 << 20  # pixels in one batch below which a CPU step runs on one thread
+
+
+@contextmanager
+def threads_for_step(batch_pixels: int, device: torch.device):
+    """A small minibatch step on the CPU runs on one thread: each of its operations is too short to
+    share between cores, and when another program keeps a core busy, OpenMP's threads wait for each
+    other at every operation (measured here: 2 ms a step on two threads against 0.8 ms on one)."""
+    if device.type != "cpu" or batch_pixels >= SMALL_STEP or torch.get_num_threads() == 1:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -25,7 +25,7 @@ from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import EVAL_BATCH, make_batches
 from imgcls.data.prepare import PreparedData, prepare
-from imgcls.device import auto_batch_size, resolve_device, set_precision
+from imgcls.device import auto_batch_size, resolve_device, set_precision, threads_for_step
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.losses import Loss, class_weights
@@ -141,6 +141,13 @@ def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: 
 
     The gradient comes from the lecture's formula (analytic_backward) in one process, or from autograd
     (`--gradient autograd`, and always under DDP, whose gradient averaging hooks into autograd)."""
+    with threads_for_step(batches.batch_size * batches.scale.numel(), batches.device):
+        return _train_steps(model, batches, loss, optimizer, scheduler, progress, reporter, autocast_dtype, stop,
+                            gradient)
+
+
+def _train_steps(model, batches, loss: Loss, optimizer, scheduler, progress: Progress, reporter: Reporter,
+                 autocast_dtype: torch.dtype | None, stop: StopRequest, gradient: str) -> bool:
     model.train()
     device = batches.device
     sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
