@@ -327,3 +327,20 @@ def restore(saved: ckpt.Checkpoint, model: LinearClassifier, optimizer, schedule
         progress.correct = saved.state["correct"].to(device)
     progress.history = resume["history"]
     progress.best_epoch, progress.best_val = resume["best_epoch"], resume["best_val"]
+    _check_restored(progress, len(progress.history))
+
+
+def _check_restored(progress: Progress, epochs_done: int) -> None:
+    """A damaged checkpoint can hold any JSON where these numbers belong: refuse what a run never writes."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    fine = (whole(progress.epoch) and whole(progress.step) and whole(progress.seen)
+            and isinstance(progress.seconds, (int, float)) and epochs_done == progress.epoch
+            and all(isinstance(record, dict) for record in progress.history)
+            and (progress.best_epoch is None) == (progress.best_val is None)
+            and (progress.best_epoch is None or (whole(progress.best_epoch) and progress.best_epoch < epochs_done
+                                                 and isinstance(progress.best_val, dict)
+                                                 and {"top1", "loss"} <= progress.best_val.keys())))
+    if not fine:
+        raise ValueError("its progress record (epoch, step, history, best epoch) is inconsistent")
