@@ -25,7 +25,7 @@ class Reporter:
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def data_ready(self, data: PreparedData) -> None:
         c, h, w = data.shape
