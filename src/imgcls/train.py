@@ -141,7 +141,7 @@ def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: 
 
     The gradient comes from the lecture's formula (analytic_backward) in one process, or from autograd
     (`--gradient autograd`, and always under DDP, whose gradient averaging hooks into autograd)."""
-    with threads_for_step(batches.batch_size * batches.scale.numel(), batches.device):
+    with threads_for_step(batches.batch_size * batches.normalize.features, batches.device):
         return _train_steps(model, batches, loss, optimizer, scheduler, progress, reporter, autocast_dtype, stop,
                             gradient)
 

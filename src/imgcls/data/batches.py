@@ -46,6 +46,25 @@ def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.pin_memory()
 
 
+class PixelNormalizer:
+    """Whole batches of uint8 rows (b, C*H*W) to normalized float on the device: pixel * scale - shift,
+    one multiply-add; the in-memory and the streaming batches share it."""
+
+    def __init__(self, normalization: Normalization, device: torch.device):
+        scale, shift = normalization.scale_and_shift()
+        self.device = device
+        self.scale = scale.flatten().to(device)
+        self.negative_shift = -shift.flatten().to(device)
+
+    @property
+    def features(self) -> int:
+        return self.scale.numel()
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, non_blocking=True)
+        return torch.addcmul(self.negative_shift, pixels.float(), self.scale)
+
+
 class Batches:
     """Training batches (shuffle=True) or evaluation batches (shuffle=False, this process's part only)."""
 
@@ -57,10 +76,7 @@ class Batches:
         self.device = device
         self.images = place_images(data.images, device).flatten(1)
         self.labels = data.labels.to(device)
-        scale, shift = normalization.scale_and_shift()
-        self.scale = scale.flatten().to(device)
-        self.shift = shift.flatten().to(device)
-        self.negative_shift = -self.shift
+        self.normalize = PixelNormalizer(normalization, device)
         self.batch_size = max(1, min(batch_size, len(data)))
         self.seed = seed
         self.shuffle = shuffle
@@ -89,10 +105,6 @@ class Batches:
             mine = index[self.shard.part(len(index))] if self.shard.world > 1 else index
             labels = batch_labels[self.shard.part(len(index))] if self.shard.world > 1 else batch_labels
             yield Batch(self.normalize(self.images.index_select(0, mine.to(self.images.device))), labels, batch_labels)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(self.device, non_blocking=True)
-        return torch.addcmul(self.negative_shift, pixels.float(), self.scale)
 
 
 def make_batches(data, normalization: Normalization, batch_size: int, device: torch.device, seed: int = 0,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from imgcls.data.batches import Batch, epoch_permutation
+from imgcls.data.batches import Batch, PixelNormalizer, epoch_permutation
 from imgcls.data.prepare import Normalization
 from imgcls.data.readers import ImageList, decode_image_bytes
 from imgcls.distributed import Shard
@@ -85,8 +85,7 @@ class StreamingBatches:
         self.data = data if shuffle else data.subset(shard.part(len(data)))
         self.labels = self.data.labels.to(device)
         self.device = device
-        scale, shift = normalization.scale_and_shift()
-        self.scale, self.shift = scale.flatten().to(device), shift.flatten().to(device)
+        self.normalize = PixelNormalizer(normalization, device)
         self.batch_size = max(1, min(batch_size, len(self.data)))
         self.seed, self.shuffle, self.shard = seed, shuffle, shard
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -108,9 +107,7 @@ class StreamingBatches:
         for (pixels, labels, error), rows in zip(loader, plan):
             if error is not None:
                 raise UserError(error)
-            pixels = pixels.to(self.device, non_blocking=True).flatten(1)
-            yield Batch(torch.addcmul(-self.shift, pixels.float(), self.scale), labels.to(self.device),
-                        self.labels[rows.to(self.device)])
+            yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows.to(self.device)])
 
 
 def prepare_streamed(config, seed: int):
