@@ -484,3 +484,14 @@ def test_help_and_flag_errors_answer_without_torch(argv):
     last = done.stdout.strip().splitlines()[-1]
     expected_code = 2 if "--lr" in argv else 0
     assert last == f"False {expected_code}", done.stdout + done.stderr
+
+
+def test_train_help_shows_the_defaults(cli):
+    """Each default comes from Config() and is printed, not eaten as rich markup ("[default: ...]")."""
+    from imgcls.config import Config
+
+    text = " ".join(plain(cli("train", "--help").output).replace("\u2502", " ").split())  # without the box edges
+    defaults = Config()
+    for shown in (f"Learning rate. [default: {defaults.optim.lr}]", f"[default: {defaults.train.epochs}]",
+                  "[default: all cores]", "[default: runs/<dataset>-<date>-<time>"):
+        assert shown in text, shown

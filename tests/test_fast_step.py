@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from imgcls import checkpoint as ckpt
-from imgcls.config import build_config
+from imgcls.config import OptimConfig, build_config
 from imgcls.losses import Loss
+from imgcls.model import LinearClassifier
+from imgcls.optim import build_optimizer
 from imgcls.report import Reporter
+from imgcls.step import AnalyticStep, AutogradStep
 from imgcls.train import train
 
 
@@ -45,3 +48,64 @@ def test_fast_step_trains_to_the_reference_loops_weights(flags, mnist_root, tmp_
     assert runs["analytic"].test.top1 == pytest.approx(runs["autograd"].test.top1, abs=2e-3)
     losses = [[e["train_loss"] for e in runs[g].history] for g in ("analytic", "autograd")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ce", "nll", "mse"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_and_gradient_with_classes_first_is_the_transpose(name, weighted):
+    torch.manual_seed(2)
+    scores, targets = torch.randn(40, 6), torch.randint(0, 6, (40,))
+    loss = Loss(name, torch.rand(6) + 0.1 if weighted else None)
+    by_rows = loss.loss_and_gradient(scores, targets)
+    by_columns = loss.loss_and_gradient(scores.t().contiguous(), targets, class_dim=0)
+    assert torch.allclose(by_rows[0], by_columns[0], rtol=1e-6)
+    assert float(by_rows[1]) == pytest.approx(float(by_columns[1]), rel=1e-6)
+    assert torch.allclose(by_rows[2], by_columns[2].t(), atol=1e-7)
+    assert torch.allclose(by_rows[0], loss.sum_and_weight(scores, targets)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("momentum, nesterov, weight_decay", [
+    (0.9, False, 0.0), (0.9, False, 0.05), (0.5, True, 0.05), (0.0, False, 0.0), (0.0, False, 0.05)])
+@pytest.mark.parametrize("name, weighted", [("ce", False), ("nll", True), ("mse", True)])
+def test_analytic_step_makes_torchs_sgd_update(momentum, nesterov, weight_decay, name, weighted):
+    """Three updates with the analytic step (fused momentum or torch's sgd()) against backward() +
+    torch.optim.SGD.step(): the same weights and momentum buffers, and the same step statistics."""
+    torch.manual_seed(3)
+    pixels, labels = torch.randn(4, 24, 50), torch.randint(0, 5, (4, 24))
+    weights = torch.rand(5) + 0.5 if weighted else None
+    config = OptimConfig(lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    models = [LinearClassifier((2, 5, 5), 5, init="normal", init_std=0.1) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [build_optimizer(m, config, torch.device("cpu")) for m in models]
+    fast, reference = (kind(m, Loss(name, weights), o) for kind, m, o in
+                       zip((AnalyticStep, lambda m, l, o: AutogradStep(m, l, o, None)), models, optimizers))
+    for x, y in zip(pixels, labels):
+        got, expected = fast(x, y, y), reference(x, y, y)
+        assert float(got.loss_sum) == pytest.approx(float(expected.loss_sum), rel=1e-5)
+        assert float(got.weight) == pytest.approx(float(expected.weight), rel=1e-6)
+        assert int(got.correct) == int(expected.correct)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+        state_a, state_b = optimizers[0].state[a], optimizers[1].state[b]
+        assert state_a.keys() == state_b.keys()
+        if momentum:
+            assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
+
+
+def test_threads_sets_the_run_s_cpu_threads_and_restores_them(mnist_root, tmp_path, monkeypatch):
+    from imgcls import train as train_module
+
+    seen = []
+    make_step = train_module.make_step
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return make_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_step", spy)
+    before = torch.get_num_threads()
+    config = build_config(None, {"dataset": "mnist", "data_dir": str(mnist_root), "limit": 200, "epochs": 2,
+                                 "threads": 1 if before > 1 else 2, "device": "cpu", "out": str(tmp_path / "run")})
+    train(config, Reporter(quiet=True))
+    assert seen == [config.train.threads] * 2
+    assert torch.get_num_threads() == before

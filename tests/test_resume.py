@@ -17,6 +17,7 @@ import torch
 
 from conftest import plain
 from imgcls import checkpoint as ckpt
+from imgcls import train as train_module
 from imgcls.config import build_config
 from imgcls.report import Reporter
 from imgcls.rundir import RunDir
@@ -35,8 +36,8 @@ VARIANTS = {
 
 class InterruptAt:
     """Sends this process a real signal during the SGD update that makes training's (epoch, step): epochs from 0,
-    steps from 1, counted in this run (`start` is where a resumed run begins). It hooks every optimizer step (a public
-    PyTorch hook), not the Reporter, whose progress updates are throttled in time and so not at every step."""
+    steps from 1, counted in this run (`start` is where a resumed run begins). It wraps every training step that
+    train.make_step builds (analytic or autograd), not the Reporter, whose progress updates are throttled in time."""
 
     def __init__(self, epoch: int, step: int, signum: int = signal.SIGINT, start: tuple[int, int] = (0, 0),
                  twice: bool = False):
@@ -44,15 +45,25 @@ class InterruptAt:
         self.signum, self.twice, self.count, self.sent = signum, twice, 0, False
 
     def __enter__(self):
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+        self.patch = pytest.MonkeyPatch()
+        make_step = train_module.make_step
 
-        self.handle = register_optimizer_step_post_hook(self.hook)
+        def counted(*args, **kwargs):
+            step = make_step(*args, **kwargs)
+
+            def run(*batch):
+                stats = step(*batch)
+                self.after_step()
+                return stats
+            return run
+
+        self.patch.setattr(train_module, "make_step", counted)
         return self
 
     def __exit__(self, *exc):
-        self.handle.remove()
+        self.patch.undo()
 
-    def hook(self, optimizer, args, kwargs) -> None:
+    def after_step(self) -> None:
         self.count += 1
         if self.count == self.target and not self.sent:
             self.sent = True

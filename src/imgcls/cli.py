@@ -42,7 +42,7 @@ def user_errors(command):
 
 
 def _default(section: str, key: str) -> str:
-    return f" [default: {getattr(getattr(DEFAULTS, section), key)}]"
+    return f" \\[default: {getattr(getattr(DEFAULTS, section), key)}]"  # \\[: literal, not rich markup
 
 
 DATA, MODEL, OPT, RUN = "Data", "Model and loss", "Optimization", "Run"
@@ -54,7 +54,7 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name." + _default("data", "dataset"),
                                                    rich_help_panel=DATA)] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset [default: $IMGCLS_DATA, else "
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset \\[default: $IMGCLS_DATA, else "
                                                          "~/.cache/imgcls/data].", rich_help_panel=DATA)] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Fetch a missing dataset."
                                                      + _default("data", "download"), rich_help_panel=DATA)] = None,
@@ -111,7 +111,10 @@ def train(
                                                      + _default("train", "precision"), rich_help_panel=RUN)] = None,
     gradient: Annotated[Optional[str], typer.Option(help="analytic (the lecture's formula) or autograd."
                                                     + _default("train", "gradient"), rich_help_panel=RUN)] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run folder [default: runs/<dataset>-<date>-<time>].",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads \\[default: all cores]; 1 is faster "
+                                                       "while other programs keep the cores busy.",
+                                                  rich_help_panel=RUN)] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder \\[default: runs/<dataset>-<date>-<time>].",
                                                rich_help_panel=RUN)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.", rich_help_panel=RUN)] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its folder, with its saved "
@@ -368,7 +371,7 @@ def predict_command(
 @app.command("datasets", epilog="Example: imgcls datasets --data-dir ~/data")
 @user_errors
 def datasets_command(
-    data_dir: Annotated[Optional[str], typer.Option(help="Where to look for the datasets [default: $IMGCLS_DATA, "
+    data_dir: Annotated[Optional[str], typer.Option(help="Where to look for the datasets \\[default: $IMGCLS_DATA, "
                                                          "else ~/.cache/imgcls/data].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:

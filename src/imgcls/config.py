@@ -77,6 +77,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     gradient: str = "analytic"  # the lecture's formula for dL/dW, or autograd's (DDP always uses autograd)
+    threads: int | None = None  # torch's CPU threads; None: torch's default (all cores)
 
 
 @dataclass
@@ -261,6 +262,7 @@ def validate(config: Config) -> None:
     _require(not isinstance(o.batch_size, int) or o.batch_size >= 1,
              f"--batch-size must be at least 1 (or 'full' or 'auto'), not {o.batch_size}")
     _require(t.epochs >= 1, f"--epochs must be at least 1, not {t.epochs}")
+    _require(t.threads is None or t.threads >= 1, f"--threads must be at least 1, not {t.threads}")
     _require(t.patience is None or t.patience >= 1, f"--patience must be at least 1 epoch, not {t.patience}")
     _require(config.model.init_std > 0, f"--init-std must be greater than 0, not {config.model.init_std}")
     _require(s.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {s.warmup_epochs}")

@@ -51,16 +51,29 @@ class Loss:
         return self.class_weights.to(targets.device)[targets].sum()
 
     def score_gradient(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """d(sum_i w[y_i] l_i)/d scores, by the lecture's formulas: softmax(s) - onehot(y) for ce and nll,
-        2 (s - onehot(y)) for mse; each row times its class weight."""
-        onehot = F.one_hot(targets, scores.shape[1]).to(scores.dtype)
+        """d(sum_i w[y_i] l_i)/d scores for (n, K) scores."""
+        return self.loss_and_gradient(scores, targets)[2]
+
+    def loss_and_gradient(self, scores: torch.Tensor, targets: torch.Tensor, class_dim: int = 1
+                          ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
+        """The weighted loss sum, the sum of weights, and d(loss sum)/d scores by the lecture's formulas,
+        sharing one softmax: softmax(s) - onehot(y) for ce and nll, 2 (s - onehot(y)) for mse, each
+        sample's gradient times its class weight. `class_dim` is 1 for (n, K) scores, 0 for (K, n)."""
+        picked = targets.unsqueeze(class_dim)
+        minus_one = torch.full(picked.shape, -1.0, dtype=scores.dtype, device=scores.device)
         if self.name == "mse":
-            gradient = 2 * (scores - onehot)
+            gradient = scores.clone().scatter_add_(class_dim, picked, minus_one)  # s - onehot(y)
+            per_sample = gradient.square().sum(class_dim)
+            gradient.mul_(2)
         else:
-            gradient = torch.softmax(scores, dim=1) - onehot
-        if self.class_weights is not None:
-            gradient *= self.class_weights.to(scores.device)[targets].unsqueeze(1)
-        return gradient
+            log_probs = torch.log_softmax(scores, class_dim)
+            per_sample = log_probs.gather(class_dim, picked).squeeze(class_dim).neg_()
+            gradient = log_probs.exp_().scatter_add_(class_dim, picked, minus_one)
+        if self.class_weights is None:
+            return per_sample.sum(), self.weight_of(targets), gradient
+        weights = self.class_weights.to(scores.device, scores.dtype)[targets]
+        gradient.mul_(weights.unsqueeze(class_dim))
+        return (per_sample * weights).sum(), weights.sum(), gradient
 
     def sum_and_weight(self, scores: torch.Tensor,
                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:

@@ -25,7 +25,7 @@ from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import EVAL_BATCH, make_batches
 from imgcls.data.prepare import PreparedData, prepare
-from imgcls.device import auto_batch_size, resolve_device, set_precision, threads_for_step
+from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.losses import Loss, class_weights
@@ -34,6 +34,7 @@ from imgcls.model import LinearClassifier
 from imgcls.optim import build_optimizer, build_scheduler
 from imgcls.report import Reporter
 from imgcls.rundir import RunDir
+from imgcls.step import StepStats, make_step
 
 
 @dataclass
@@ -68,6 +69,14 @@ class Progress:
         distributed.sum_across(loss_sum, weight_sum, correct, seen)
         return float(loss_sum) / max(float(weight_sum), 1e-12), float(correct) / max(int(seen), 1), int(seen)
 
+    def add(self, stats: StepStats, images: int) -> None:
+        """One more step done, with its batch's loss sum, weight and correct count."""
+        self.loss_sum += stats.loss_sum
+        self.weight_sum += stats.weight
+        self.correct += stats.correct
+        self.seen += images
+        self.step += 1
+
     def start_epoch(self, device: torch.device) -> None:
         self.step, self.seen, self.seconds = 0, 0, 0.0
         self.loss_sum = torch.zeros((), device=device)
@@ -82,6 +91,11 @@ class Interrupted(Exception):
 
 
 def train(config: Config, reporter: Reporter, overwrite: bool = False, resume: RunDir | None = None) -> RunResult:
+    with cpu_threads(config.train.threads):
+        return _train(config, reporter, overwrite, resume)
+
+
+def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir | None) -> RunResult:
     shard, device = distributed.setup(resolve_device(config.train.device))
     autocast_dtype = set_precision(config.train.precision, device)
     torch.manual_seed(config.train.seed)
@@ -137,67 +151,27 @@ def prepare_once(config: Config, shard: distributed.Shard) -> PreparedData:
 
 def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: Progress, reporter: Reporter,
                     autocast_dtype: torch.dtype | None, stop: StopRequest, gradient: str = "analytic") -> bool:
-    """The rest of this epoch: ceil(N/B) SGD updates in all. False if asked to stop part-way.
-
-    The gradient comes from the lecture's formula (analytic_backward) in one process, or from autograd
-    (`--gradient autograd`, and always under DDP, whose gradient averaging hooks into autograd)."""
-    with threads_for_step(batches.batch_size * batches.normalize.features, batches.device):
-        return _train_steps(model, batches, loss, optimizer, scheduler, progress, reporter, autocast_dtype, stop,
-                            gradient)
-
-
-def _train_steps(model, batches, loss: Loss, optimizer, scheduler, progress: Progress, reporter: Reporter,
-                 autocast_dtype: torch.dtype | None, stop: StopRequest, gradient: str) -> bool:
+    """The rest of this epoch: ceil(N/B) SGD updates in all. False if asked to stop part-way."""
     model.train()
     device = batches.device
+    step = make_step(model, loss, optimizer, autocast_dtype, gradient, batches.shard.world)
     sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
     reporter.epoch_start(progress.epoch, len(batches))
     started = time.perf_counter() - progress.seconds
     shown = 0.0  # when the progress bar was last updated: ten times a second is plenty
-    world = batches.shard.world
-    analytic = isinstance(model, LinearClassifier) and autocast_dtype is None and gradient == "analytic"
     for pixels, labels, batch_labels in batches.epoch(progress.epoch, progress.step):
-        if analytic:
-            scores, loss_sum, weight = analytic_backward(model, loss, pixels, labels)
-        else:
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                scores = model(pixels)
-            loss_sum, weight = loss.sum_and_weight(scores, labels)
-            # The mean over the whole global batch; DDP divides the summed gradients by the world size.
-            batch_loss = loss_sum * world / loss.weight_of(batch_labels)
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-        optimizer.step()
+        progress.add(step(pixels, labels, batch_labels), len(labels))
         scheduler.step()
-        progress.loss_sum += loss_sum.detach()
-        progress.weight_sum += weight
-        progress.correct += (scores.detach().argmax(1) == labels).sum()
-        progress.seen += len(labels)
-        progress.step += 1
         progress.seconds = time.perf_counter() - started
         if progress.step % sync_every == 0 or progress.step == len(batches):
             check_finite(progress)
             if progress.seconds - shown > 0.1 or progress.step == len(batches):
                 shown = progress.seconds
                 reporter.step(progress.step, float(progress.loss_sum) / float(progress.weight_sum),
-                              progress.seen * world / progress.seconds)
+                              progress.seen * batches.shard.world / progress.seconds)
         if distributed.any_process(stop.requested, device) and progress.step < len(batches):
             return False
     return True
-
-
-@torch.no_grad()
-def analytic_backward(model: LinearClassifier, loss: Loss, pixels: torch.Tensor, labels: torch.Tensor):
-    """dL/dW = G^T X / sum(w) and dL/db = sum of G's rows / sum(w), G = loss.score_gradient: what autograd
-    gives (tests hold them equal to float rounding) in a handful of operations, which is what a small
-    minibatch step on the CPU is made of."""
-    linear = model.linear
-    scores = torch.addmm(linear.bias, pixels, linear.weight.t())
-    loss_sum, weight = loss.sum_and_weight(scores, labels)
-    gradient = loss.score_gradient(scores, labels).div_(weight)
-    linear.weight.grad = gradient.t() @ pixels
-    linear.bias.grad = gradient.sum(0)
-    return scores, loss_sum, weight
 
 
 def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: Progress, optimizer, scheduler,
@@ -264,7 +238,7 @@ def resolve_batch_size(config: Config, data: PreparedData, device: torch.device,
 
 
 def check_finite(progress: Progress) -> None:
-    if not torch.isfinite(progress.loss_sum):
+    if not math.isfinite(float(progress.loss_sum)):
         raise UserError(f"the loss became {float(progress.loss_sum)} at epoch {progress.epoch + 1}, step "
                         f"{progress.step}: training diverged; lower --lr (the last good checkpoints are kept)")
 

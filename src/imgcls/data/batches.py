@@ -61,8 +61,8 @@ class PixelNormalizer:
         return self.scale.numel()
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(self.device, non_blocking=True)
-        return torch.addcmul(self.negative_shift, pixels.float(), self.scale)
+        floats = pixels.to(self.device, non_blocking=True).float()
+        return torch.addcmul(self.negative_shift, floats, self.scale, out=floats)
 
 
 class Batches:
