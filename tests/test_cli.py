@@ -495,3 +495,20 @@ def test_train_help_shows_the_defaults(cli):
     for shown in (f"Learning rate. [default: {defaults.optim.lr}]", f"[default: {defaults.train.epochs}]",
                   "[default: all cores]", "[default: runs/<dataset>-<date>-<time>"):
         assert shown in text, shown
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--lr", "abc"], ["--lr", "imgcls train --help"]),
+    (["train", "--nosuch", "1"], ["--nosuch"]),
+    (["trian"], ["Did you mean 'train'"]),
+    (["train", "--epochs"], ["--epochs", "requires an argument"]),
+])
+def test_usage_errors_from_the_command_are_one_error_line(argv, words):
+    """The real entry point (python -m imgcls): click's own usage errors end as one `error:` line, exit 2."""
+    done = run_python("-m", "imgcls", *argv)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr and "\u256d" not in done.stderr  # no traceback, no box
+    for word in words:
+        assert word in lines[0]

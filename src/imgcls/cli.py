@@ -509,7 +509,26 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 
 
 def main() -> None:
-    app(prog_name="imgcls")
+    """The `imgcls` command. Click's usage errors (a flag's value of the wrong type, an unknown option or
+    command) end like our own: one `error:` line, exit code 2."""
+    try:
+        code = app(prog_name="imgcls", standalone_mode=False)
+    except typer.Abort:  # end of input at a prompt
+        sys.exit(1)
+    except Exception as error:
+        if not _is_usage_error(error):
+            raise
+        where = f"{error.ctx.command_path} --help" if getattr(error, "ctx", None) else "imgcls --help"
+        message = " ".join(error.format_message().split())
+        if message:  # empty when the help was the answer (a group called with nothing)
+            err.print(Text.assemble(("error: ", "bold red"), f"{message} (see '{where}')"), soft_wrap=True)
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """A click exception, told by its shape: typer vendors its own copy of click, so the class's module varies."""
+    return isinstance(getattr(error, "exit_code", None), int) and callable(getattr(error, "format_message", None))
 
 
 if __name__ == "__main__":
