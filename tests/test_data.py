@@ -347,3 +347,15 @@ def test_batch_size_one_and_full_batch():
 def test_unshuffled_batches_keep_the_order():
     batches = Batches(numbered(10), IDENTITY, 4, torch.device("cpu"), shuffle=False)
     assert epoch_indices(batches, 0) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_evaluation_batches_hold_at_most_256_mb_of_pixels():
+    from imgcls.data.batches import EVAL_BATCH, eval_batch_size
+    from imgcls.data.prepare import Normalization
+
+    def size(shape):
+        return eval_batch_size(Normalization(torch.zeros(shape), torch.ones(shape)))
+
+    assert size((3, 32, 32)) == EVAL_BATCH == 4096
+    assert size((3, 512, 512)) == (1 << 28) // (4 * 3 * 512 * 512) == 85
+    assert size((3, 20000, 20000)) == 1

@@ -153,6 +153,17 @@ def test_images_in_every_format_image_folder_lists_are_read(cli, tmp_path, asser
     assert (metrics["val"]["count"], metrics["test"]["count"]) == (2, 6)
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_an_image_size_too_large_for_memory_is_refused_before_decoding(cli, dataset, data_root, cifar_jpeg, tmp_path,
+                                                                       assert_user_error):
+    """MNIST resizes torchvision's array in chunks, CIFAR-10 (an image folder) image by image: both are checked."""
+    data_dir = data_root if dataset == "mnist" else cifar_jpeg
+    text = assert_user_error(cli("train", "--dataset", dataset, "--data-dir", data_dir, "--image-size", 30000,
+                                 "--out", tmp_path / "run"), "--image-size 30000", "GB", "smaller --image-size")
+    assert "60000 images" in text or "50000 images" in text
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_data_dir_with_the_wrong_layout(cli, tmp_path, assert_user_error):
     root = write_image_folder(tmp_path / "flat", SMALL)
     for image in list((root / "train").rglob("*.png")):

@@ -10,7 +10,7 @@ import torch
 from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config, DataConfig
-from imgcls.data.batches import EVAL_BATCH, make_batches
+from imgcls.data.batches import make_eval_batches
 from imgcls.data.prepare import Normalization, prepare
 from imgcls.device import resolve_device
 from imgcls.errors import UserError
@@ -38,7 +38,7 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
                         f"{data.shape}; point --data-dir at the dataset it was trained on")
     images = {"train": data.train, "val": data.val, "test": data.test}[split]
     normalization = Normalization(checkpoint.mean, checkpoint.std)
-    batches = make_batches(images, normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
+    batches = make_eval_batches(images, normalization, device, shard)
     weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes))
     model = checkpoint.model().to(device)
     with torch.inference_mode():

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
-from imgcls.data.batches import EVAL_BATCH, make_batches
+from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.prepare import PreparedData, prepare
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision
 from imgcls.errors import UserError
@@ -105,7 +105,7 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
 
     batch_size = resolve_batch_size(config, data, device, reporter)
     train_batches = make_batches(data.train, data.normalization, batch_size, device, config.train.seed, shard=shard)
-    val_batches = make_batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
+    val_batches = make_eval_batches(data.val, data.normalization, device, shard)
     model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
     loss = Loss(config.loss.loss, class_weights(config.loss.class_weights, data.train.labels, len(data.classes)))
     optimizer = build_optimizer(model, config.optim, device)
@@ -214,9 +214,9 @@ def finish(run: RunDir, data: PreparedData, loss: Loss, device: torch.device, pr
            batch_size: int, shard: distributed.Shard) -> RunResult:
     """The test split, measured once, on the checkpoint chosen by validation."""
     best_model = ckpt.load(run.best).model().to(device)
-    test_batches = make_batches(data.test, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
+    test_batches = make_eval_batches(data.test, data.normalization, device, shard)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
-    val_batches = make_batches(data.val, data.normalization, EVAL_BATCH, device, shuffle=False, shard=shard)
+    val_batches = make_eval_batches(data.val, data.normalization, device, shard)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
     if shard.is_main:
             run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),

@@ -21,7 +21,8 @@ import torch
 from imgcls.data.prepare import LabelledImages, Normalization
 from imgcls.distributed import Shard
 
-EVAL_BATCH = 4096
+EVAL_BATCH = 4096  # images in one evaluation batch, at most ...
+EVAL_BYTES = 1 << 28  # ... and at most 256 MB of float32 pixels (large images: fewer at a time)
 GPU_MEMORY_SHARE = 0.6  # the most of the free GPU memory the images may take
 
 
@@ -110,6 +111,16 @@ class Batches:
             mine = self.shard.part(len(batch_labels))
             pixels = self.images.index_select(0, image_order[rows][mine])
             yield Batch(self.normalize(pixels), batch_labels[mine], batch_labels)
+
+
+def eval_batch_size(normalization: Normalization) -> int:
+    features = normalization.mean.numel()
+    return max(1, min(EVAL_BATCH, EVAL_BYTES // (4 * features)))
+
+
+def make_eval_batches(data, normalization: Normalization, device: torch.device, shard: Shard = Shard()):
+    """Every image of `data` once, in order (this process's part under torchrun)."""
+    return make_batches(data, normalization, eval_batch_size(normalization), device, shuffle=False, shard=shard)
 
 
 def make_batches(data, normalization: Normalization, batch_size: int, device: torch.device, seed: int = 0,

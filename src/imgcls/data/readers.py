@@ -124,7 +124,11 @@ def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool) -> tu
             raise UserError(f"cannot read image {listing.names[i]} ({_first_line(error)}); fix or remove it, or "
                             f"pass --skip-bad-images") from None
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    workers = min(8, os.cpu_count() or 1)
+    if image_size is not None:  # decoded as RGB; each worker resizes one image in float32 at a time
+        check_fits_memory(image_size, (len(listing.names) + 4 * workers) * 3 * image_size ** 2,
+                          f"{len(listing.names)} images")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         decoded = list(pool.map(decode, range(len(listing.names)), chunksize=256))
     keep = [i for i, image in enumerate(decoded) if image is not None]
     if not keep:
@@ -175,6 +179,18 @@ def _decode_with_pillow(data: bytes) -> torch.Tensor:
     except Exception as error:  # noqa: BLE001 -- Pillow's plugins fail in many ways on a damaged file
         raise ValueError(_first_line(error)) from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+def check_fits_memory(image_size: int, needed: int, what: str) -> None:
+    """Refuse at once an --image-size whose decoded images cannot fit in this machine's memory, rather than
+    fail deep inside a resize."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the allocation decide
+        return
+    if needed > total:
+        raise UserError(f"--image-size {image_size}: {what} would take {needed / 1e9:,.0f} GB decoded, more than "
+                        f"this machine's {total / 1e9:,.0f} GB of memory; use a smaller --image-size")
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -234,7 +250,9 @@ def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int
         return DecodedSplit(images, labels, listing.classes, skipped)
     images = _as_nchw(dataset.data)
     labels = torch.as_tensor(getattr(dataset, "targets", None) if hasattr(dataset, "targets") else dataset.labels)
-    if image_size is not None:
+    if image_size is not None:  # resized in chunks of 4096, each in float32
+        check_fits_memory(image_size, (len(images) + 4 * 4096) * images.shape[1] * image_size ** 2,
+                          f"{len(images)} images")
         images = torch.cat([resize(chunk, image_size) for chunk in images.split(4096)])
     return DecodedSplit(images.contiguous(), labels.to(torch.int64), list(spec.classes))
 
