@@ -359,3 +359,16 @@ def test_evaluation_batches_hold_at_most_256_mb_of_pixels():
     assert size((3, 32, 32)) == EVAL_BATCH == 4096
     assert size((3, 512, 512)) == (1 << 28) // (4 * 3 * 512 * 512) == 85
     assert size((3, 20000, 20000)) == 1
+
+
+def test_the_normalizer_leaves_its_input_alone_and_gives_pixel_times_scale_minus_shift():
+    from imgcls.data.batches import PixelNormalizer
+
+    normalization = Normalization(torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 0.25))
+    normalize = PixelNormalizer(normalization, torch.device("cpu"))
+    raw = torch.tensor([[0, 51, 204, 255]], dtype=torch.uint8)
+    expected = (raw.float() / 255 - 0.5) / 0.25
+    assert torch.allclose(normalize(raw), expected, atol=1e-6)
+    already_float = raw.float()
+    assert torch.allclose(normalize(already_float), expected, atol=1e-6)
+    assert torch.equal(already_float, raw.float())  # not normalized in place

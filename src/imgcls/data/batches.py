@@ -63,6 +63,8 @@ class PixelNormalizer:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         floats = pixels.to(self.device, non_blocking=True).float()
+        if floats is pixels:  # float32 already: never write into the caller's tensor
+            return torch.addcmul(self.negative_shift, floats, self.scale)
         return torch.addcmul(self.negative_shift, floats, self.scale, out=floats)
 
 
