@@ -109,3 +109,30 @@ def test_threads_sets_the_run_s_cpu_threads_and_restores_them(mnist_root, tmp_pa
     train(config, Reporter(quiet=True))
     assert seen == [config.train.threads] * 2
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
+    """On a GPU, reading a value back (item, float, bool, tolist...) makes the host wait for the device at every
+    step. The batches and the analytic step must do none: here any such read raises."""
+    from imgcls.data.batches import Batches
+    from imgcls.data.prepare import LabelledImages, Normalization
+
+    torch.manual_seed(4)
+    images = LabelledImages(torch.randint(0, 256, (70, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 3, (70,)))
+    batches = Batches(images, Normalization(torch.full((1, 4, 4), 0.5), torch.full((1, 4, 4), 0.3)), 16,
+                      torch.device("cpu"), seed=1)
+    model = LinearClassifier((1, 4, 4), 3)
+    step = AnalyticStep(model, Loss("ce", torch.tensor([1.0, 2.0, 0.5]) if weighted else None),
+                        build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.01), torch.device("cpu")))
+
+    def read_back(*args, **kwargs):
+        raise AssertionError("a value was read back from a tensor during a step")
+
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, read_back)
+    for epoch in range(2):
+        for pixels, labels, batch_labels in batches.epoch(epoch):
+            step(pixels, labels, batch_labels)
+    monkeypatch.undo()
+    assert not torch.equal(model.linear.weight, torch.zeros_like(model.linear.weight))
