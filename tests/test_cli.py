@@ -223,10 +223,24 @@ def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_se
     assert ckpt.load(out / "last.safetensors").meta["epoch"] == len(epochs)
 
 
+def test_a_run_diverging_in_its_first_epoch_says_no_checkpoint_was_kept(cli, tiny_cifar_session, tmp_path,
+                                                                          assert_user_error, assert_ok):
+    out = tmp_path / "run"
+    diverged = assert_user_error(train_tiny(cli, tiny_cifar_session, out, "--lr", 1e30), "diverged", "lower --lr",
+                                 "no checkpoint was kept", "--overwrite")
+    assert "last good checkpoints" not in diverged
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    refused = assert_user_error(train_tiny(cli, tiny_cifar_session, out), "already holds a run", "--overwrite")
+    assert "--resume" not in refused  # nothing to resume
+    assert_ok(train_tiny(cli, tiny_cifar_session, out, "--overwrite"))
+
+
 def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user_error, assert_ok):
     out = tmp_path / "run"
     assert_ok(train_tiny(cli, tiny_cifar_session, out))
-    assert_user_error(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1), "already holds a run", "--overwrite")
+    refused = assert_user_error(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1), "already holds a run",
+                                "--overwrite")
+    assert "--resume" not in refused  # a finished run cannot be resumed: no such advice
     assert len(read_run(out)[1]) == CIFAR_EPOCHS  # the refused run touched nothing
     assert_ok(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1, "--overwrite"))
     assert len(read_run(out)[1]) == 1

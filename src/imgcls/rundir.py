@@ -45,9 +45,12 @@ class RunDir:
             raise UserError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
         if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"--out {path}: {existing} is not writable; choose another --out")
-        if not overwrite and any((path / name).exists() for name in RUN_FILES):
-            raise UserError(f"{path} already holds a run; pass --overwrite to replace it, --resume {path} to "
-                            f"continue it, or choose another --out")
+        held = {name for name in RUN_FILES if (path / name).exists()}
+        if held and not overwrite:
+            resumable = "last.safetensors" in held and "metrics.json" not in held
+            resume = f", --resume {path} to continue it" if resumable else ""
+            raise UserError(f"{path} already holds a run; pass --overwrite to replace it{resume}, or choose another "
+                            f"--out")
         return cls(path)
 
     def start(self) -> None:

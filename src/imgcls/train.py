@@ -240,14 +240,21 @@ def resolve_batch_size(config: Config, data: PreparedData, device: torch.device,
 def check_finite(progress: Progress) -> None:
     if not math.isfinite(float(progress.loss_sum)):
         raise UserError(f"the loss became {float(progress.loss_sum)} at epoch {progress.epoch + 1}, step "
-                        f"{progress.step}: training diverged; lower --lr (the last good checkpoints are kept)")
+                        f"{progress.step}: training diverged; {_after_divergence(progress)}")
 
 
 def check_finite_val(progress: Progress, val_loss: float) -> None:
     """An epoch's last update can make the weights infinite after its loss was measured; validation sees it."""
     if not math.isfinite(val_loss):
         raise UserError(f"the validation loss became {val_loss} after epoch {progress.epoch + 1}, step "
-                        f"{progress.step}: training diverged; lower --lr (the last good checkpoints are kept)")
+                        f"{progress.step}: training diverged; {_after_divergence(progress)}")
+
+
+def _after_divergence(progress: Progress) -> str:
+    if progress.history:
+        return "lower --lr (the last good checkpoints are kept)"
+    return ("lower --lr and start again, with --overwrite to reuse --out (no epoch had finished, so no checkpoint "
+            "was kept)")
 
 
 def finished_early(progress: Progress, patience: int | None) -> bool:
