@@ -244,6 +244,10 @@ def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user
     assert len(read_run(out)[1]) == CIFAR_EPOCHS  # the refused run touched nothing
     assert_ok(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1, "--overwrite"))
     assert len(read_run(out)[1]) == 1
+    assert (out / "curves.png").is_file()
+    # A replacing run that fails in its first epoch leaves only its own config: no figure of the old run.
+    assert_user_error(train_tiny(cli, tiny_cifar_session, out, "--lr", 1e30, "--overwrite"), "diverged")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
 
 
 def test_skip_bad_images(cli, tiny_cifar, tmp_path, assert_user_error, assert_ok):

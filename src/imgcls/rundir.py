@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
+from imgcls.figures import FIGURE_FILES
 from imgcls.files import write_json_atomic, write_text_atomic
 
 RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
@@ -56,7 +57,7 @@ class RunDir:
     def start(self) -> None:
         """Create the folder, clearing a previous run's files (allowed by for_new_run's check)."""
         try:
-            for name in RUN_FILES:
+            for name in (*RUN_FILES, *FIGURE_FILES):  # a replaced run's pictures must not outlive it
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "templates", ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
