@@ -39,7 +39,8 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
     images = {"train": data.train, "val": data.val, "test": data.test}[split]
     normalization = Normalization(checkpoint.mean, checkpoint.std)
     batches = make_eval_batches(images, normalization, device, shard)
-    weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes))
+    weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes),
+                            device)
     model = checkpoint.model().to(device)
     with torch.inference_mode():
         return evaluate(model, batches, Loss(config.loss.loss, weights), len(data.classes),

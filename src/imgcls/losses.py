@@ -85,15 +85,19 @@ class Loss:
         return (losses * weights).sum(), weights.sum()
 
 
-def class_weights(setting: str | list[float] | None, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-    """'balanced' gives each class the weight N / (K * N_class), as scikit-learn does."""
+def class_weights(setting: str | list[float] | None, labels: torch.Tensor, num_classes: int,
+                  device: torch.device | None = None) -> torch.Tensor | None:
+    """'balanced' gives each class the weight N / (K * N_class), as scikit-learn does. On `device`, where the
+    loss will use them: moving them there at every step would make the host wait for a GPU each time."""
     from imgcls.errors import UserError
 
     if setting is None:
         return None
     if setting == "balanced":
         counts = torch.bincount(labels, minlength=num_classes).float()
-        return torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
-    if len(setting) != num_classes:
+        weights = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    elif len(setting) != num_classes:
         raise UserError(f"--class-weights has {len(setting)} numbers but the dataset has {num_classes} classes")
-    return torch.tensor(setting, dtype=torch.float32)
+    else:
+        weights = torch.tensor(setting, dtype=torch.float32)
+    return weights.to(device) if device is not None else weights
