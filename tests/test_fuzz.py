@@ -228,6 +228,8 @@ TRAIN_OPTIONS = {
     "--seed": st.sampled_from(["0", "1", "-1", str(2 ** 32), str(2 ** 70)]),
     "--device": st.sampled_from(["cpu", "auto", "cuda", "cuda:3", "tpu", "cuda:x"]),
     "--precision": st.sampled_from(["fp32", "tf32", "bf16", "fp16"]),
+    "--gradient": st.sampled_from(["analytic", "autograd", "numeric"]),
+    "--threads": st.sampled_from(["1", "2", "0", "-1", "100000", "x"]),
     "--dataset": st.sampled_from(["cifar10-sample"] * 6 + ["cifar-10", "mnist", "imagefolder"]),
     "--nesterov": st.just(None),
     "--no-nesterov": st.just(None),

@@ -66,7 +66,8 @@ def no_temporary_files(folder: Path) -> bool:
     (["--seed", str(2 ** 70)], ["--seed", "2^32"]),
     (["--batch-size", "\u00b2"], ["batch size"]),  # '²' passes str.isdigit() but int() refuses it
     (["--patience", "0"], ["--patience"]),
-    (["--threads", "0"], ["--threads", "at least 1"]),
+    (["--threads", "0"], ["--threads", "between 1 and 1024"]),
+    (["--threads", "100000"], ["--threads", "between 1 and 1024"]),  # it was a segfault
     (["--step-gamma", "0"], ["--step-gamma"]),
     (["--image-size", "0"], ["--image-size"]),
     (["--nesterov", "--momentum", "0"], ["--nesterov"]),

@@ -235,6 +235,9 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
     return config
 
 
+MAX_THREADS = 1024  # far above any CPU's cores; 100,000 OpenMP threads crashed the process
+
+
 def validate(config: Config) -> None:
     from imgcls.data.registry import DATASET_NAMES
 
@@ -262,7 +265,8 @@ def validate(config: Config) -> None:
     _require(not isinstance(o.batch_size, int) or o.batch_size >= 1,
              f"--batch-size must be at least 1 (or 'full' or 'auto'), not {o.batch_size}")
     _require(t.epochs >= 1, f"--epochs must be at least 1, not {t.epochs}")
-    _require(t.threads is None or t.threads >= 1, f"--threads must be at least 1, not {t.threads}")
+    _require(t.threads is None or 1 <= t.threads <= MAX_THREADS,
+             f"--threads must be between 1 and {MAX_THREADS}, not {t.threads}")
     _require(t.patience is None or t.patience >= 1, f"--patience must be at least 1 epoch, not {t.patience}")
     _require(config.model.init_std > 0, f"--init-std must be greater than 0, not {config.model.init_std}")
     _require(s.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {s.warmup_epochs}")
