@@ -79,6 +79,24 @@ def tiny_cifar_session(cifar_jpeg, tmp_path_factory) -> Path:
     return root
 
 
+TINY_CIFAR_EPOCHS = 3
+
+
+def train_tiny_cifar(cli, data_dir, out, *extra, epochs: int = TINY_CIFAR_EPOCHS):
+    """`imgcls train` on a tiny CIFAR-10 folder with the settings the tests share."""
+    return cli("train", "--dataset", "cifar10", "--data-dir", data_dir, "--epochs", epochs, "--batch-size", 32,
+               "--lr", 0.005, "--device", "cpu", "--out", out, *extra)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_run(cli, tiny_cifar_session, tmp_path_factory):
+    """One finished run on the tiny CIFAR folder, (run folder, CLI result), shared by the modules that only read it."""
+    out = tmp_path_factory.mktemp("runs") / "cifar"
+    result = train_tiny_cifar(cli, tiny_cifar_session, out)
+    assert result.exit_code == 0, plain(result.output)
+    return out, result
+
+
 @pytest.fixture
 def tiny_cifar(tiny_cifar_session, tmp_path) -> Path:
     """A private copy of the tiny CIFAR folder that a test may change."""

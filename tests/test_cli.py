@@ -13,14 +13,14 @@ import torch
 import yaml
 from torchvision.io import ImageReadMode, read_image
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, write_image_folder
+from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, train_tiny_cifar,
+                      write_image_folder)
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
 from imgcls.figures import FIGURE_FILES
 from imgcls.rundir import RUN_FILES
 
 MNIST_EPOCHS = 2
-CIFAR_EPOCHS = 3
 SMALL_FOLDER = {
     "train": {"circle": [(8, 8)] * 6, "square": [(8, 8)] * 6, "star": [(8, 8)] * 6},
     "test": {"circle": [(8, 8)] * 2, "square": [(8, 8)] * 2, "star": [(8, 8)] * 2},
@@ -39,20 +39,6 @@ def mnist_run(cli, mnist_root, tmp_path_factory):
                  "--momentum", 0.5, "--lr", 0.05, "--batch-size", 32, "--seed", 3, "--device", "cpu", "--out", out, "--quiet")
     assert result.exit_code == 0, plain(result.output)
     return out, result
-
-
-@pytest.fixture(scope="module")
-def cifar_run(cli, tiny_cifar_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "cifar"
-    result = cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", CIFAR_EPOCHS,
-                 "--batch-size", 32, "--lr", 0.005, "--device", "cpu", "--out", out)
-    assert result.exit_code == 0, plain(result.output)
-    return out, result
-
-
-def train_tiny(cli, data_dir, out, *extra):
-    return cli("train", "--dataset", "cifar10", "--data-dir", data_dir, "--epochs", CIFAR_EPOCHS, "--batch-size", 32,
-               "--lr", 0.005, "--device", "cpu", "--out", out, *extra)
 
 
 # --- train -> eval -> export-templates ----------------------------------------------------------
@@ -104,9 +90,9 @@ def test_quiet_prints_one_json_line_with_the_metrics(mnist_run):
     assert plain(result.stderr).strip() == ""
 
 
-def test_tiny_cifar_train_writes_a_run_folder(cifar_run):
-    out, result = cifar_run
-    config, epochs, _ = check_run_folder(out, CIFAR_EPOCHS, 10 * TINY_TRAIN_PER_CLASS // 10,
+def test_tiny_cifar_train_writes_a_run_folder(tiny_cifar_run):
+    out, result = tiny_cifar_run
+    config, epochs, _ = check_run_folder(out, TINY_CIFAR_EPOCHS, 10 * TINY_TRAIN_PER_CLASS // 10,
                                          10 * TINY_TEST_PER_CLASS, CIFAR10_CLASSES)
     assert config["data"]["dataset"] == "cifar10"
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
@@ -115,7 +101,7 @@ def test_tiny_cifar_train_writes_a_run_folder(cifar_run):
     assert "epoch   1" in output and "best epoch" in output and "top-1" in output
 
 
-@pytest.mark.parametrize("run", ["mnist_run", "cifar_run"])
+@pytest.mark.parametrize("run", ["mnist_run", "tiny_cifar_run"])
 def test_eval_reproduces_the_run_metrics(cli, run, request):
     out, _ = request.getfixturevalue(run)
     _, _, metrics = read_run(out)
@@ -128,8 +114,8 @@ def test_eval_reproduces_the_run_metrics(cli, run, request):
         assert got["count"] == metrics[split]["count"]
 
 
-def test_eval_without_json_shows_a_table(cli, cifar_run):
-    out, _ = cifar_run
+def test_eval_without_json_shows_a_table(cli, tiny_cifar_run):
+    out, _ = tiny_cifar_run
     result = cli("eval", out / "best.safetensors", "--device", "cpu", "--per-class")
     assert result.exit_code == 0, plain(result.output)
     _, _, metrics = read_run(out)
@@ -151,8 +137,8 @@ def test_export_templates_of_mnist(cli, mnist_run, tmp_path):
         assert int(image.min()) == 0 and int(image.max()) == 255
 
 
-def test_export_templates_of_cifar_from_the_run_folder(cli, cifar_run, tmp_path):
-    out, _ = cifar_run
+def test_export_templates_of_cifar_from_the_run_folder(cli, tiny_cifar_run, tmp_path):
+    out, _ = tiny_cifar_run
     result = cli("export-templates", out, "--out", tmp_path / "tpl", "--size", 64)
     assert result.exit_code == 0, plain(result.output)
     assert sorted(p.name for p in (tmp_path / "tpl").iterdir()) == sorted([f"{c}.png" for c in CIFAR10_CLASSES]
@@ -172,10 +158,10 @@ def without_timing(epochs):
     return [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in epochs]
 
 
-def test_the_same_seed_gives_the_same_run(cli, cifar_run, tiny_cifar_session, tmp_path, assert_ok):
-    first, _ = cifar_run
-    assert_ok(train_tiny(cli, tiny_cifar_session, tmp_path / "again"))
-    assert_ok(train_tiny(cli, tiny_cifar_session, tmp_path / "other", "--seed", 1))
+def test_the_same_seed_gives_the_same_run(cli, tiny_cifar_run, tiny_cifar_session, tmp_path, assert_ok):
+    first, _ = tiny_cifar_run
+    assert_ok(train_tiny_cifar(cli, tiny_cifar_session, tmp_path / "again"))
+    assert_ok(train_tiny_cifar(cli, tiny_cifar_session, tmp_path / "other", "--seed", 1))
     _, epochs_a, metrics_a = read_run(first)
     _, epochs_b, metrics_b = read_run(tmp_path / "again")
     _, epochs_c, metrics_c = read_run(tmp_path / "other")
@@ -226,35 +212,35 @@ def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_se
 def test_a_run_diverging_in_its_first_epoch_says_no_checkpoint_was_kept(cli, tiny_cifar_session, tmp_path,
                                                                           assert_user_error, assert_ok):
     out = tmp_path / "run"
-    diverged = assert_user_error(train_tiny(cli, tiny_cifar_session, out, "--lr", 1e30), "diverged", "lower --lr",
+    diverged = assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out, "--lr", 1e30), "diverged", "lower --lr",
                                  "no checkpoint was kept", "--overwrite")
     assert "last good checkpoints" not in diverged
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
-    refused = assert_user_error(train_tiny(cli, tiny_cifar_session, out), "already holds a run", "--overwrite")
+    refused = assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out), "already holds a run", "--overwrite")
     assert "--resume" not in refused  # nothing to resume
-    assert_ok(train_tiny(cli, tiny_cifar_session, out, "--overwrite"))
+    assert_ok(train_tiny_cifar(cli, tiny_cifar_session, out, "--overwrite"))
 
 
 def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user_error, assert_ok):
     out = tmp_path / "run"
-    assert_ok(train_tiny(cli, tiny_cifar_session, out))
-    refused = assert_user_error(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1), "already holds a run",
+    assert_ok(train_tiny_cifar(cli, tiny_cifar_session, out))
+    refused = assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out, "--epochs", 1), "already holds a run",
                                 "--overwrite")
     assert "--resume" not in refused  # a finished run cannot be resumed: no such advice
-    assert len(read_run(out)[1]) == CIFAR_EPOCHS  # the refused run touched nothing
-    assert_ok(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1, "--overwrite"))
+    assert len(read_run(out)[1]) == TINY_CIFAR_EPOCHS  # the refused run touched nothing
+    assert_ok(train_tiny_cifar(cli, tiny_cifar_session, out, "--epochs", 1, "--overwrite"))
     assert len(read_run(out)[1]) == 1
     assert (out / "curves.png").is_file()
     # A replacing run that fails in its first epoch leaves only its own config: no figure of the old run.
-    assert_user_error(train_tiny(cli, tiny_cifar_session, out, "--lr", 1e30, "--overwrite"), "diverged")
+    assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out, "--lr", 1e30, "--overwrite"), "diverged")
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
 
 
 def test_skip_bad_images(cli, tiny_cifar, tmp_path, assert_user_error, assert_ok):
     (tiny_cifar / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    assert_user_error(train_tiny(cli, tiny_cifar, tmp_path / "a"), "cannot read image", "broken.jpg",
+    assert_user_error(train_tiny_cifar(cli, tiny_cifar, tmp_path / "a"), "cannot read image", "broken.jpg",
                       "--skip-bad-images")
-    assert_ok(train_tiny(cli, tiny_cifar, tmp_path / "b", "--skip-bad-images", "--epochs", 1))
+    assert_ok(train_tiny_cifar(cli, tiny_cifar, tmp_path / "b", "--skip-bad-images", "--epochs", 1))
     _, _, metrics = read_run(tmp_path / "b")
     assert metrics["test"]["count"] == 10 * TINY_TEST_PER_CLASS
 
@@ -372,15 +358,15 @@ def test_named_dataset_folder_with_other_classes(cli, tmp_path, assert_user_erro
 
 
 def test_class_weights_of_the_wrong_length(cli, tiny_cifar_session, tmp_path, assert_user_error):
-    assert_user_error(train_tiny(cli, tiny_cifar_session, tmp_path / "run", "--class-weights", "1,2"),
+    assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, tmp_path / "run", "--class-weights", "1,2"),
                       "--class-weights has 2 numbers", "10 classes")
 
 
 def test_a_run_refused_for_bad_class_weights_can_be_repeated_in_the_same_folder(cli, tiny_cifar_session, tmp_path,
                                                                                assert_ok):
     out = tmp_path / "run"
-    assert train_tiny(cli, tiny_cifar_session, out, "--class-weights", "1,2").exit_code == 2
-    assert_ok(train_tiny(cli, tiny_cifar_session, out, "--epochs", 1))
+    assert train_tiny_cifar(cli, tiny_cifar_session, out, "--class-weights", "1,2").exit_code == 2
+    assert_ok(train_tiny_cifar(cli, tiny_cifar_session, out, "--epochs", 1))
 
 
 def test_a_limit_too_small_for_a_validation_split_is_a_user_error(cli, mnist_root, tmp_path, assert_user_error):
@@ -391,8 +377,8 @@ def test_a_limit_too_small_for_a_validation_split_is_a_user_error(cli, mnist_roo
 # --- checkpoint errors --------------------------------------------------------------------------
 
 @pytest.fixture
-def bad_checkpoints(tmp_path, cifar_run):
-    out, _ = cifar_run
+def bad_checkpoints(tmp_path, tiny_cifar_run):
+    out, _ = tiny_cifar_run
     real = (out / "best.safetensors").read_bytes()
     random_bytes = tmp_path / "random.safetensors"
     random_bytes.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8,
@@ -437,14 +423,14 @@ def test_eval_against_data_with_other_classes(cli, tmp_path, assert_user_error, 
     (["export-templates", "{ckpt}", "--out", "{tmp}", "--size", "0"], ["--size", "at least 1"]),
     (["export-templates", "{ckpt}", "--out", "{tmp}", "--scale", "global"], ["unknown scale 'global'"]),
 ])
-def test_bad_eval_and_export_options(cli, cifar_run, tmp_path, args, words, assert_user_error):
-    out, _ = cifar_run
+def test_bad_eval_and_export_options(cli, tiny_cifar_run, tmp_path, args, words, assert_user_error):
+    out, _ = tiny_cifar_run
     filled = [a.format(ckpt=out / "best.safetensors", tmp=tmp_path / "tpl") for a in args]
     assert_user_error(cli(*filled), *words)
 
 
-def test_eval_with_an_unknown_device(cli, cifar_run, assert_user_error):
-    out, _ = cifar_run
+def test_eval_with_an_unknown_device(cli, tiny_cifar_run, assert_user_error):
+    out, _ = tiny_cifar_run
     assert_user_error(cli("eval", out, "--device", "tpu"), "unknown device")
 
 

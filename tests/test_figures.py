@@ -7,14 +7,12 @@ import shutil
 import pytest
 from PIL import Image
 
-from conftest import TINY_TEST_PER_CLASS, plain
+from conftest import TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, plain
 from imgcls.data.registry import CIFAR10_CLASSES
 from imgcls.figures import (CONFUSION, CURVES, DPI, FIGURE_FILES, TEMPLATES, confusion_figsize, confusion_heatmap,
                             learning_curves, write_run_figures)
 from imgcls.runreport import confused_pairs
 from imgcls.templates import GRID_DPI, grid_figsize, save_grid
-
-EPOCHS = 3
 
 
 def pixels(figsize, dpi=DPI):
@@ -28,13 +26,10 @@ def png_size(path):
         return image.size
 
 
-@pytest.fixture(scope="module")
-def run(cli, tiny_cifar_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("figures") / "run"
-    result = cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", EPOCHS,
-                 "--batch-size", 32, "--lr", 0.005, "--device", "cpu", "--out", out)
-    assert result.exit_code == 0, plain(result.output)
-    return out, result
+@pytest.fixture
+def run(tiny_cifar_run):
+    """The shared tiny CIFAR-10 run (conftest): these tests read it and change only copies."""
+    return tiny_cifar_run
 
 
 def test_train_writes_the_three_figures_at_their_sizes(run):
@@ -144,7 +139,7 @@ def test_report_json_matches_metrics(cli, run):
     assert report["per_class"] == dict(zip(CIFAR10_CLASSES, metrics["test_detail"]["per_class"]))
     assert report["confused_pairs"] == confused_pairs(metrics["test_detail"]["confusion"], CIFAR10_CLASSES, 3)
     assert len(report["confused_pairs"]) == 3 and report["figures"] == []
-    assert report["epochs"] == EPOCHS and report["config"]["train"]["epochs"] == EPOCHS
+    assert report["epochs"] == TINY_CIFAR_EPOCHS and report["config"]["train"]["epochs"] == TINY_CIFAR_EPOCHS
     worst = report["confused_pairs"][0]
     assert worst["count"] == max(metrics["test_detail"]["confusion"][i][j] for i in range(10) for j in range(10)
                                  if i != j)

@@ -18,13 +18,10 @@ from imgcls.predict import list_images, prepare_image
 GREY_CLASSES = ("dark", "light", "striped")
 
 
-@pytest.fixture(scope="module")
-def cifar_run(cli, tiny_cifar_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict") / "run"
-    result = cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 3, "--batch-size", 32,
-                 "--lr", 0.005, "--device", "cpu", "--out", out, "--quiet")
-    assert result.exit_code == 0, plain(result.output)
-    return out
+@pytest.fixture
+def cifar_run(tiny_cifar_run):
+    """The shared tiny CIFAR-10 run folder (conftest); predict only reads it."""
+    return tiny_cifar_run[0]
 
 
 def grey_image(label: int, h: int, w: int, generator) -> torch.Tensor:

@@ -5,7 +5,6 @@ imgcls loads (checkpoint, config, cache) can run code."""
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import pickle
@@ -15,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, write_image_folder
+from conftest import TINY_TEST_PER_CLASS, plain, train_tiny_cifar, write_image_folder
 from imgcls import checkpoint as ckpt
 from imgcls.errors import UserError
 from imgcls.files import write_atomic, write_json_atomic, write_text_atomic
@@ -33,8 +31,7 @@ def train_folder(cli, root, out, *extra):
 
 
 def train_tiny(cli, root, out, *extra):
-    return cli("train", "--dataset", "cifar10", "--data-dir", root, "--epochs", 2, "--batch-size", 32, "--lr", 0.005,
-               "--device", "cpu", "--out", out, *extra)
+    return train_tiny_cifar(cli, root, out, *extra, epochs=2)
 
 
 def no_temporary_files(folder: Path) -> bool:
