@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.text import Text
 from imgcls import __version__
 from imgcls.config import Config, build_config, parse_batch_size, parse_class_weights
 from imgcls.errors import UserError
+
+if TYPE_CHECKING:  # imported for real inside the commands: --help must not wait for torch
+    from imgcls.report import Reporter
 
 app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
