@@ -86,13 +86,10 @@ def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bo
 
 def normalized(images: torch.Tensor, checkpoint: Checkpoint, device: torch.device) -> torch.Tensor:
     """uint8 (N, C, H, W) -> the float (N, C*H*W) rows training fed the model, through the same code."""
-    from imgcls.data.batches import Batches
-    from imgcls.data.prepare import LabelledImages, Normalization
+    from imgcls.data.batches import PixelNormalizer
+    from imgcls.data.prepare import Normalization
 
-    data = LabelledImages(images, torch.zeros(len(images), dtype=torch.int64))
-    batches = Batches(data, Normalization(checkpoint.mean, checkpoint.std), max(1, len(images)), device,
-                      shuffle=False)
-    return batches.normalize(images.flatten(1))
+    return PixelNormalizer(Normalization(checkpoint.mean, checkpoint.std), device)(images.flatten(1))
 
 
 @torch.inference_mode()
