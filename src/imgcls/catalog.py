@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from imgcls.data.registry import EMBEDDED_ZIP, SPECS, loose_names
+
 # (train, test) image counts of the named datasets as published; test is ImageNet's validation set.
 SIZES: dict[str, tuple[int, int]] = {
     "cifar10-sample": (3000, 1000),
@@ -22,8 +24,6 @@ SIZES: dict[str, tuple[int, int]] = {
     "imagenet": (1281167, 50000),
 }
 IMAGENET_CLASSES = 1000
-# data/readers.py's EMBEDDED_ZIP, spelled out here because importing readers imports torch
-EMBEDDED_ZIP = Path(__file__).parent / "data" / "embedded" / "cifar10-sample.zip"
 
 
 @dataclass
@@ -39,10 +39,6 @@ class DatasetInfo:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _normalized(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def _non_empty_dir(path: Path) -> bool:
@@ -64,8 +60,6 @@ def _torchvision_files(name: str, folder: str, root: Path) -> str | None:
 
 
 def presence(name: str, root: Path) -> str | None:
-    from imgcls.data.registry import SPECS
-
     spec = SPECS[name]
     if name == "cifar10-sample":
         return "embedded" if EMBEDDED_ZIP.is_file() else None
@@ -74,7 +68,7 @@ def presence(name: str, root: Path) -> str | None:
     if train.is_dir() and evaluation is not None:
         folders = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
         if spec.classes is not None:
-            matches = sorted(map(_normalized, folders)) == sorted(map(_normalized, spec.classes))
+            matches = sorted(loose_names(folders)) == sorted(loose_names(spec.classes))
         else:  # ImageNet's 1000 class folders, or any classes for imagefolder
             matches = len(folders) == IMAGENET_CLASSES if name == "imagenet" else bool(folders)
         if matches:
@@ -85,8 +79,6 @@ def presence(name: str, root: Path) -> str | None:
 
 
 def dataset_infos(root: Path) -> list[DatasetInfo]:
-    from imgcls.data.registry import SPECS
-
     infos = []
     for name, spec in SPECS.items():
         classes = list(spec.classes) if spec.classes is not None else None

@@ -19,10 +19,9 @@ from typing import Callable
 
 import torch
 
-from imgcls.data.registry import DatasetSpec
+from imgcls.data.registry import EMBEDDED_ZIP, DatasetSpec, loose_names
 from imgcls.errors import UserError
 
-EMBEDDED_ZIP = Path(__file__).parent / "embedded" / "cifar10-sample.zip"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 
@@ -317,16 +316,11 @@ def class_order(spec: DatasetSpec, classes: list[str], root: Path) -> torch.Tens
     """For a copy of a named dataset whose class folders sort differently: folder label -> dataset label."""
     if spec.classes is None or list(spec.classes) == list(classes):
         return None
-    wanted = _normalized(spec.classes)
-    if sorted(_normalized(classes)) != sorted(wanted):
+    wanted = loose_names(spec.classes)
+    if sorted(loose_names(classes)) != sorted(wanted):
         raise UserError(f"{root} does not hold {spec.name}: its classes are {', '.join(classes[:12])}, "
                         f"expected {', '.join(spec.classes[:12])}; use --dataset imagefolder for other data")
-    return torch.tensor([wanted.index(name) for name in _normalized(classes)])
-
-
-def _normalized(names) -> list[str]:
-    """Folder names cannot hold '/', and copies differ in case: compare names loosely."""
-    return ["".join(ch for ch in name.lower() if ch.isalnum()) for name in names]
+    return torch.tensor([wanted.index(name) for name in loose_names(classes)])
 
 
 def _first_line(error: Exception) -> str:

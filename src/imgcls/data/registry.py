@@ -9,7 +9,9 @@ and for the error message when they are missing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+EMBEDDED_ZIP = Path(__file__).parent / "embedded" / "cifar10-sample.zip"  # the cifar10-sample dataset's JPEGs
 DIGITS = tuple(str(i) for i in range(10))
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -85,3 +87,8 @@ SPECS = {
     )
 }
 DATASET_NAMES = tuple(SPECS)
+
+
+def loose_names(names) -> list[str]:
+    """Folder names cannot hold '/', and copies differ in case: class names compare loosely."""
+    return ["".join(ch for ch in name.lower() if ch.isalnum()) for name in names]
