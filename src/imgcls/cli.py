@@ -526,7 +526,20 @@ def main() -> None:
         if message:  # empty when the help was the answer (a group called with nothing)
             err.print(Text.assemble(("error: ", "bold red"), f"{message} (see '{where}')"), soft_wrap=True)
         sys.exit(error.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """Under torchrun, exit without finalizing the interpreter. Gloo's worker threads can still hold the
+    last collective's tensors after the process group is destroyed; when one releases them while Python
+    finalizes, the process aborts (pytorch/pytorch#179291 describes it), and torchrun then kills the other
+    processes, perhaps while the main one writes the run's files. Every command has finished its work
+    and closed its files here; only the streams need flushing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _is_usage_error(error: Exception) -> bool:

@@ -220,7 +220,7 @@ def finish(run: RunDir, data: PreparedData, loss: Loss, device: torch.device, pr
     val_batches = make_eval_batches(data.val, data.normalization, device, shard)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
     if shard.is_main:
-            run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
+        run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
                            "test_detail": {"per_class": test.per_class, "confusion": test.confusion},
                            "classes": data.classes})
     return RunResult(run, progress.best_epoch + 1, val, test, batch_size, progress.history)
