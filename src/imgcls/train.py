@@ -137,7 +137,7 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
 
     if finished_early(progress, config.train.patience):
         reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
-    return finish(run, data, loss, device, progress, train_batches.batch_size, shard)
+    return finish(run, data, loss, val_batches, progress, train_batches.batch_size, shard)
 
 
 def prepare_once(config: Config, shard: distributed.Shard) -> PreparedData:
@@ -211,13 +211,12 @@ def save_interrupted(run: RunDir, model, data: PreparedData, config: Config, pro
     distributed.barrier()
 
 
-def finish(run: RunDir, data: PreparedData, loss: Loss, device: torch.device, progress: Progress,
+def finish(run: RunDir, data: PreparedData, loss: Loss, val_batches, progress: Progress,
            batch_size: int, shard: distributed.Shard) -> RunResult:
-    """The test split, measured once, on the checkpoint chosen by validation."""
-    best_model = ckpt.load(run.best).model().to(device)
-    test_batches = make_eval_batches(data.test, data.normalization, device, shard)
+    """The test split, measured once, on the checkpoint chosen by validation (and validation again, on it)."""
+    best_model = ckpt.load(run.best).model().to(val_batches.device)
+    test_batches = make_eval_batches(data.test, data.normalization, val_batches.device, shard)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
-    val_batches = make_eval_batches(data.val, data.normalization, device, shard)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
     if shard.is_main:
         run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
