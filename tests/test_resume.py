@@ -146,6 +146,68 @@ def test_interrupted_at_any_step_and_resumed_ends_bit_identical(uninterrupted, m
     assert_same_run(uninterrupted(variant), out)
 
 
+class MisalignedSafetensors:
+    """safe_open whose tensors live at an offset of 4 bytes past a 64-byte boundary, as safetensors' own
+    memory can: BLAS rounds differently with a buffer's alignment on some CPUs, so a checkpoint's tensors
+    must never be used where they were read."""
+
+    def __init__(self, monkeypatch):
+        import safetensors
+
+        real_open = safetensors.safe_open
+
+        class Opened:
+            def __init__(self, *args, **kwargs):
+                self.inner = real_open(*args, **kwargs)
+
+            def __enter__(self):
+                self.file = self.inner.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return self.inner.__exit__(*exc)
+
+            def metadata(self):
+                return self.file.metadata()
+
+            def keys(self):
+                return self.file.keys()
+
+            def get_tensor(self, name):
+                return misaligned(self.file.get_tensor(name))
+
+        monkeypatch.setattr(safetensors, "safe_open", Opened)
+
+
+def misaligned(tensor: torch.Tensor) -> torch.Tensor:
+    """The same values at an address 4 bytes (8 for 8-byte numbers) past a multiple of 16."""
+    count, offset = tensor.numel() * tensor.element_size(), max(4, tensor.element_size())
+    storage = torch.empty(count + 64, dtype=torch.uint8)
+    start = (-storage.data_ptr()) % 64 + offset
+    view = storage[start:start + count].view(tensor.dtype).view(tensor.shape)
+    view.copy_(tensor)
+    assert view.data_ptr() % 16 == offset and torch.equal(view, tensor)
+    return view
+
+
+def test_a_checkpoint_read_from_misaligned_memory_resumes_bit_identical(uninterrupted, mnist_root, tmp_path,
+                                                                       monkeypatch):
+    """The momentum buffer is used in place by SGD: restored into memory of the alignment it had, the resumed
+    run ends bit for bit as the uninterrupted one, on any x86 CPU."""
+    variant = "momentum-warmup-cosine"
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted), InterruptAt(1, 8):
+        train(make_config(mnist_root, out, variant), Reporter(quiet=True))
+    MisalignedSafetensors(monkeypatch)
+    loaded = ckpt.load(out / "last.safetensors")
+    tensors = [loaded.weight, loaded.bias, loaded.mean, loaded.std, *loaded.state.values()]
+    assert any(name.startswith("optimizer.") for name in loaded.state), "the momentum buffer is in the checkpoint"
+    assert all(tensor.data_ptr() % 64 == 0 for tensor in tensors), "a checkpoint's tensors are in fresh memory"
+    resume(out)
+    monkeypatch.undo()
+    assert_same_run(uninterrupted(variant), out)
+
+
 def test_sigterm_and_a_second_interruption_resume_bit_identical(uninterrupted, mnist_root, tmp_path):
     variant = "momentum-warmup-cosine"
     out = tmp_path / "run"

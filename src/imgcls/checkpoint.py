@@ -70,7 +70,10 @@ def load(path: Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            # Fresh, aligned memory for every tensor: safetensors hands out tensors only 4-byte aligned,
+            # and BLAS rounds differently with the buffer's alignment, so a momentum buffer used in place
+            # would make a resumed run drift from an unbroken one (in the last bits, on some CPUs).
+            tensors = {name: f.get_tensor(name).clone() for name in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise UserError(f"{path} is not a readable imgcls checkpoint ({str(error).splitlines()[0][:120]}); it may be "
                         f"truncated or another kind of file") from None
