@@ -244,8 +244,9 @@ def test_shell_completion_completes_commands_and_flags():
     done = run_imgcls(env={"_IMGCLS_COMPLETE": "complete_bash", "COMP_WORDS": "imgcls predict --to",
                            "COMP_CWORD": "2"})
     assert done.stdout.split() == ["--top-k"], done.stderr
-    # The shell named outright: detecting it reads the parent processes, and a detached runner has no shell there
-    script = run_imgcls("--show-completion", "bash")
+    # The shell named outright (typer's own switch makes --show-completion take it): detecting it reads the parent
+    # processes, and a runner detached from any shell has none there
+    script = run_imgcls("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert script.returncode == 0 and "_IMGCLS_COMPLETE" in script.stdout
 
 
