@@ -5,6 +5,7 @@ checkpoints whole. The signals are real: os.kill in-process, and SIGTERM to a re
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -278,7 +279,7 @@ def test_a_folder_with_an_interrupted_run_is_refused_for_a_new_run(cli, interrup
     ("truncated-last", ["last.safetensors", "not a readable imgcls checkpoint"]),
     ("best-as-last", ["cannot resume", "no optimizer state"]),
     ("resume-state-gone", ["last.safetensors", "cannot resume this run"]),
-    ("other-data", ["cannot resume this run"]),
+    ("other-data", ["not the data this run was trained on", "--data-dir"]),
 ])
 def test_resume_errors(cli, interrupted_run, tmp_path, damage, words, assert_user_error):
     from safetensors import safe_open
@@ -374,3 +375,105 @@ def test_sigterm_to_a_real_process_then_resume(cli, mnist_root, tmp_path, assert
     whole = tmp_path / "whole"
     train(build_config(None, {**flags, "out": str(whole)}), Reporter(quiet=True))
     assert_same_run(whole, out)
+
+
+def rewrite_last(run: Path, meta_change=None, tensor_change=None) -> None:
+    """Write the run's last.safetensors again with its metadata and tensors changed, as a crafted file would be."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run / "last.safetensors"), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(metadata["meta"])
+    if meta_change:
+        meta_change(meta)
+    if tensor_change:
+        tensor_change(tensors)
+    save_file(tensors, str(run / "last.safetensors"), metadata={**metadata, "meta": json.dumps(meta)})
+
+
+def set_in(mapping: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        mapping = mapping[int(key)] if isinstance(mapping, list) else mapping[key]
+    mapping[last] = value
+
+
+@pytest.mark.parametrize("meta_path, value, tensor, words", [
+    (None, None, ("state.optimizer.0.momentum_buffer", torch.zeros(3)), ["momentum buffer"]),
+    (None, None, ("state.loss_sum", torch.zeros(3)), ["running loss"]),
+    ("resume.param_groups.0.lr", "0.1", None, ["learning rate"]),
+    ("resume.param_groups.0.momentum", 0.5, None, ["optimizer state", "momentum"]),
+    ("resume.scheduler", {"junk": 1}, None, ["scheduler state"]),
+    ("resume.scheduler.last_epoch", -1000, None, ["step count"]),
+    ("step", 10 ** 9, None, ["step count"]),
+    ("resume.lr_first", "fast", None, ["progress record"]),
+])
+def test_a_crafted_resume_state_is_refused_before_training(cli, interrupted_run, meta_path, value, tensor, words,
+                                                          assert_user_error):
+    rewrite_last(interrupted_run, meta_path and (lambda meta: set_in(meta, meta_path, value)),
+                 tensor and (lambda tensors: tensors.update([tensor])))
+    before = (interrupted_run / "last.safetensors").read_bytes()
+    assert_user_error(cli("train", "--resume", interrupted_run, "--device", "cpu"), "last.safetensors",
+                      "cannot resume this run", *words)
+    assert (interrupted_run / "last.safetensors").read_bytes() == before
+    assert not (interrupted_run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("epochs", 6, ["train.epochs is 6 in config.yaml but 3 in the checkpoint"]),
+    ("limit", 500, ["data.limit is 500"]),
+    ("lr", 0.5, ["optim.lr"]),
+])
+def test_an_edited_config_yaml_is_refused_on_resume(cli, interrupted_run, key, value, words, assert_user_error):
+    import yaml
+
+    config = yaml.safe_load((interrupted_run / "config.yaml").read_text())
+    section = next(name for name, values in config.items() if key in values)
+    config[section][key] = value
+    (interrupted_run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert_user_error(cli("train", "--resume", interrupted_run, "--device", "cpu"), "no longer matches", *words,
+                      "put config.yaml back")
+
+
+def test_resume_refuses_changed_data_and_follows_moved_data(cli, image_folder, tmp_path, assert_user_error,
+                                                           assert_ok):
+    """Added images are other data; the same files in another folder are the same data, found with --data-dir."""
+    import shutil
+
+    root = image_folder(tmp_path / "data", {split: {name: [(8, 8)] * count for name in ("a", "b", "c")}
+                                            for split, count in (("train", 12), ("test", 4))})
+    flags = {"dataset": "imagefolder", "data_dir": str(root), "epochs": 2, "batch_size": 4, "lr": 0.05,
+             "momentum": 0.9, "seed": 3, "device": "cpu"}
+    train(build_config(None, {**flags, "out": str(tmp_path / "whole")}), Reporter(quiet=True))
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted), InterruptAt(0, 3):
+        train(build_config(None, {**flags, "out": str(out)}), Reporter(quiet=True))
+
+    extra = root / "train" / "a" / "999.png"
+    shutil.copy(root / "train" / "b" / "000.png", extra)
+    assert_user_error(cli("train", "--resume", out, "--device", "cpu"), "not the data this run was trained on")
+    extra.unlink()
+    moved = shutil.move(root, tmp_path / "moved")
+    assert_ok(cli("train", "--resume", out, "--data-dir", moved, "--device", "cpu", "--quiet"))
+    assert_same_run(tmp_path / "whole", out)
+
+
+def test_each_epoch_records_the_rates_its_first_and_last_updates_used(uninterrupted):
+    """Warmup over the first epoch, then cosine to 0 over the other two (17 updates an epoch, 51 in all):
+    the rates by the schedule's formulas, not by the scheduler that made them."""
+    records = [json.loads(line) for line in (uninterrupted("momentum-warmup-cosine") / "epochs.jsonl").read_text()
+               .splitlines()]
+    warmup, cosine = STEPS, 2 * STEPS
+    ramp = lambda update: 0.02 * (1 / warmup + (1 - 1 / warmup) * update / warmup)  # noqa: E731
+    anneal = lambda update: 0.02 * (1 + math.cos(math.pi * (update - warmup) / cosine)) / 2  # noqa: E731
+    expected = [(ramp(0), ramp(STEPS - 1)), (anneal(STEPS), anneal(2 * STEPS - 1)),
+                (anneal(2 * STEPS), anneal(3 * STEPS - 1))]
+    got = [(record["lr"], record["lr_last"]) for record in records]
+    assert sum(got, ()) == pytest.approx(sum(expected, ()), rel=1e-6)
+    assert records[-1]["lr_last"] > 0, "the last epoch's updates do not run at a rate of 0"
+
+    step_records = [json.loads(line) for line in (uninterrupted("nesterov-step-balanced") / "epochs.jsonl")
+                    .read_text().splitlines()]
+    assert [rate for r in step_records for rate in (r["lr"], r["lr_last"])] == pytest.approx([0.02, 0.02, 0.01, 0.01,
+                                                                                             0.005, 0.005])

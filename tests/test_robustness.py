@@ -321,13 +321,22 @@ def test_a_checkpoint_from_a_newer_format_version(cli, small_run, tmp_path, asse
     ("weight-int", {"tensors": lambda t: t.update(weight=t["weight"].to(torch.int32))}, ["weight", "floating"]),
     ("weight-nan", {"tensors": lambda t: t.update(weight=t["weight"] * float("nan"))}, ["weight", "finite"]),
     ("std-zero", {"tensors": lambda t: t.update({"norm.std": torch.zeros_like(t["norm.std"])})}, ["norm.std"]),
+    ("weight-float8", {"tensors": lambda t: t.update(weight=t["weight"].to(torch.float8_e4m3fn))},
+     ["weight", "floating-point type"]),
+    ("format-5000-digits", {"metadata": lambda m: m.update(imgcls_format="1" * 5000)}, ["format version"]),
+    ("two-channels", {"meta": lambda m: m.update(input_shape=[2, 8, 8]),
+                      "tensors": lambda t: t.update(weight=t["weight"][:, :128].contiguous())}, ["2 channels"]),
+    ("four-channels", {"meta": lambda m: m.update(input_shape=[4, 8, 8]),
+                       "tensors": lambda t: t.update(weight=torch.cat([t["weight"], t["weight"][:, :64]], 1))},
+     ["4 channels"]),
 ])
-@pytest.mark.parametrize("command", ["eval", "export-templates"])
+@pytest.mark.parametrize("command", ["eval", "export-templates", "predict"])
 def test_damaged_checkpoint_metadata_and_tensors(cli, small_run, tmp_path, name, change, words, command,
                                                  assert_user_error):
     path = rewrite(small_run[1] / "best.safetensors", tmp_path / f"{name}.safetensors", change.get("meta"),
                    change.get("metadata"), change.get("tensors"))
-    extra = ["--device", "cpu"] if command == "eval" else ["--out", tmp_path / "tpl"]
+    extra = {"eval": ["--device", "cpu"], "export-templates": ["--out", tmp_path / "tpl"],
+             "predict": [small_run[0], "--device", "cpu"]}[command]
     assert_user_error(cli(command, path, *extra), path.name, "damaged imgcls checkpoint", *words)
     assert not (tmp_path / "tpl").exists()
 

@@ -19,6 +19,7 @@ from imgcls.files import write_atomic
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "imgcls_format"
+FLOAT_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # what the model can be loaded from
 
 
 @dataclass
@@ -48,14 +49,17 @@ class Checkpoint:
 
 
 def save(path: Path, checkpoint: Checkpoint) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as serialize
 
     tensors = {"weight": checkpoint.weight, "bias": checkpoint.bias, "norm.mean": checkpoint.mean,
                "norm.std": checkpoint.std}
     tensors.update({f"state.{name}": value for name, value in checkpoint.state.items()})
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     metadata = {FORMAT_KEY: str(FORMAT_VERSION), "meta": json.dumps(checkpoint.meta)}
-    write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    # Serialized in memory, written by Python: a full disk is then an OSError that write_atomic reports as
+    # such (safetensors' own file writer raises a SafetensorError that hides the errno).
+    content = serialize(tensors, metadata=metadata)
+    write_atomic(path, lambda temporary: temporary.write_bytes(content))
 
 
 def load(path: Path) -> Checkpoint:
@@ -99,7 +103,8 @@ def load(path: Path) -> Checkpoint:
 
 
 def _format_version(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() and int(text) >= 1 else None
+    digits = text.isascii() and text.isdigit() and len(text) <= 9  # int() of thousands of digits is refused
+    return int(text) if digits and int(text) >= 1 else None
 
 
 def _check_consistent(checkpoint: Checkpoint) -> None:
@@ -114,12 +119,14 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
     if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
         raise ValueError("'classes' is not a list of class names")
     if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(side) and side >= 1 for side in shape):
-        raise ValueError(f"'input_shape' {shape!r} is not three positive whole numbers (C, H, W)")
+        raise ValueError("'input_shape' is not three positive whole numbers (C, H, W)")
+    if shape[0] not in (1, 3):
+        raise ValueError(f"'input_shape' has {shape[0]} channels; imgcls models see grey (1) or colour (3) images")
     if meta["dataset"] not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {meta['dataset']!r}")
+        raise ValueError(f"unknown dataset {str(meta['dataset'])[:40]!r}")
     for key in ("epoch", "seed"):
         if not _is_int(meta[key]) or meta[key] < 0:
-            raise ValueError(f"'{key}' is {meta[key]!r}, not a whole number")
+            raise ValueError(f"'{key}' is not a whole number of 0 or more")
     superclass_of = meta.get("superclass_of")
     if superclass_of is not None and (not isinstance(superclass_of, list) or len(superclass_of) != len(classes)
                                       or not all(_is_int(index) and index >= 0 for index in superclass_of)):
@@ -132,8 +139,8 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
     for name, (tensor, wanted) in tensors.items():
         if tuple(tensor.shape) != wanted:
             raise ValueError(f"{name} {tuple(tensor.shape)} does not match {len(classes)} classes of {shape}")
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{name} is not all finite floating-point numbers")
+        if tensor.dtype not in FLOAT_TYPES or not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} is not all finite numbers of a floating-point type ({', '.join(map(str, FLOAT_TYPES))})")
     if not bool((checkpoint.std > 0).all()):
         raise ValueError("norm.std is not positive")
 

@@ -209,13 +209,17 @@ def _after_training(result, reporter) -> None:
         reporter.note(f"TensorBoard: tensorboard --logdir {reporter.log_dir}")
 
 
+RESUME_MAY_CHANGE = ("device", "data_dir")  # where a run runs and where its data is, never what it is
+
+
 def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path, dict]:
     """A resumed run uses its own saved config; only where it runs may change."""
-    given = sorted(name for name, value in flags.items() if value is not None and name != "device")
+    given = sorted(name for name, value in flags.items() if value is not None and name not in RESUME_MAY_CHANGE)
     if config is not None or given:
         named = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "--config"
-        raise UserError(f"--resume continues a run with its saved config; drop {named} (only --device may change)")
-    return resume / "config.yaml", {"device": flags["device"]}
+        raise UserError(f"--resume continues a run with its saved config; drop {named} (only --device and "
+                        f"--data-dir may change)")
+    return resume / "config.yaml", {name: flags[name] for name in RESUME_MAY_CHANGE}
 
 
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")

@@ -33,6 +33,7 @@ from imgcls.metrics import Metrics, evaluate
 from imgcls.model import LinearClassifier
 from imgcls.optim import build_optimizer, build_scheduler
 from imgcls.report import Reporter
+from imgcls.resume import check_same_run, data_fingerprint, restore
 from imgcls.rundir import RunDir
 from imgcls.step import StepStats, make_step
 
@@ -61,6 +62,8 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None  # from 0
     best_val: dict | None = None
+    lr_first: float | None = None  # the learning rates this epoch's first and latest updates used
+    lr_last: float | None = None
 
     def totals(self) -> tuple[float, float, int]:
         """This epoch's training loss, top-1 and images so far, summed over all processes."""
@@ -117,11 +120,7 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
         run.start()
         run.write_config(config.to_dict())
     if resume is not None:
-        try:
-            restore(ckpt.load(run.last), model, optimizer, scheduler, progress, device, shard)
-        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as error:
-            raise UserError(f"{run.last} cannot resume this run ({type(error).__name__}: {error}); it is damaged or "
-                            f"from other data: start a new run") from None
+        resume_from(run, config, data, model, optimizer, scheduler, progress, device, shard, len(train_batches))
         reporter.note(f"resuming {run.path} at epoch {progress.epoch + 1}, step {progress.step}")
     stepper = DistributedDataParallel(model) if shard.world > 1 else model
 
@@ -138,6 +137,19 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     if finished_early(progress, config.train.patience):
         reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
     return finish(run, data, loss, val_batches, progress, train_batches.batch_size, shard)
+
+
+def resume_from(run: RunDir, config: Config, data: PreparedData, model, optimizer, scheduler, progress: Progress,
+                device: torch.device, shard: distributed.Shard, steps_per_epoch: int) -> None:
+    saved = ckpt.load(run.last)
+    check_same_run(saved, config, data)
+    try:
+        restore(saved, model, optimizer, scheduler, progress, device, shard, steps_per_epoch)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as error:
+        raise UserError(f"{run.last} cannot resume this run ({type(error).__name__}: {str(error)[:200]}); it is "
+                        f"damaged: start a new run") from None
+    if shard.is_main and saved.meta["config"]["data"]["data_dir"] != config.data.data_dir:
+        run.write_config(config.to_dict())  # the data was moved: the next resume looks where it is now
 
 
 def prepare_once(config: Config, shard: distributed.Shard) -> PreparedData:
@@ -161,6 +173,9 @@ def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: 
     started = time.perf_counter() - progress.seconds
     shown = 0.0  # when the progress bar was last updated: ten times a second is plenty
     for pixels, labels, batch_labels in batches.epoch(progress.epoch, progress.step):
+        progress.lr_last = optimizer.param_groups[0]["lr"]  # the rate this update uses, before the schedule moves
+        if progress.step == 0:
+            progress.lr_first = progress.lr_last
         progress.add(step(pixels, labels, batch_labels), len(labels))
         scheduler.step()
         progress.seconds = time.perf_counter() - started
@@ -181,7 +196,7 @@ def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: 
     anywhere here resumes by redoing this epoch's bookkeeping from the previous `last`."""
     train_loss, train_top1, seen = progress.totals()
     record = {"epoch": progress.epoch + 1, "train_loss": train_loss, "train_top1": train_top1, "val_loss": val.loss,
-              "val_top1": val.top1, "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
+              "val_top1": val.top1, "val_top5": val.top5, "lr": progress.lr_first, "lr_last": progress.lr_last,
               "seconds": progress.seconds, "images_per_s": seen / max(progress.seconds, 1e-9)}
     improved = progress.best_val is None or (val.top1, -val.loss) > (progress.best_val["top1"],
                                                                       -progress.best_val["loss"])
@@ -268,60 +283,18 @@ def make_checkpoint(model: LinearClassifier, data: PreparedData, config: Config,
     """A checkpoint usable alone; with the optimizer and scheduler it can also resume the run."""
     meta = {"dataset": data.dataset, "classes": data.classes, "input_shape": list(data.shape),
             "superclass_of": data.superclass_of, "config": config.to_dict(), "seed": config.train.seed,
-            "epoch": progress.epoch, "step": progress.step, "val": progress.best_val}
+            "epoch": progress.epoch, "step": progress.step, "val": progress.best_val,
+            "data_fingerprint": data_fingerprint(data)}
     state = {}
     if optimizer is not None:
         optimizer_state = optimizer.state_dict()
         meta["resume"] = {"scheduler": scheduler.state_dict(), "param_groups": optimizer_state["param_groups"],
                           "seen": progress.seen, "seconds": progress.seconds, "history": progress.history,
-                          "best_epoch": progress.best_epoch, "best_val": progress.best_val}
+                          "best_epoch": progress.best_epoch, "best_val": progress.best_val,
+                          "lr_first": progress.lr_first}
         state = {"loss_sum": progress.loss_sum, "weight_sum": progress.weight_sum, "correct": progress.correct,
                  "torch_rng": torch.get_rng_state()}
         for index, buffers in optimizer_state["state"].items():
             state.update({f"optimizer.{index}.{name}": value for name, value in buffers.items()})
     return ckpt.Checkpoint(model.linear.weight.detach().clone(), model.linear.bias.detach().clone(),
                            data.normalization.mean, data.normalization.std, meta, state)
-
-
-def restore(saved: ckpt.Checkpoint, model: LinearClassifier, optimizer, scheduler, progress: Progress,
-            device: torch.device, shard: distributed.Shard) -> None:
-    if "resume" not in saved.meta:
-        raise UserError("the run's last.safetensors cannot resume training (no optimizer state); start a new run")
-    resume = saved.meta["resume"]
-    with torch.no_grad():
-        model.linear.weight.copy_(saved.weight)
-        model.linear.bias.copy_(saved.bias)
-    buffers: dict[int, dict] = {}
-    for key, value in saved.state.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            buffers.setdefault(int(index), {})[name] = value.to(device)
-    optimizer.load_state_dict({"state": buffers, "param_groups": resume["param_groups"]})
-    scheduler.load_state_dict(resume["scheduler"])
-    torch.set_rng_state(saved.state["torch_rng"])
-    progress.epoch, progress.step = saved.meta["epoch"], saved.meta["step"]
-    progress.seconds = resume["seconds"]
-    if shard.is_main:  # the saved running sums are the whole world's: one process carries them on
-        progress.seen = resume["seen"]
-        progress.loss_sum = saved.state["loss_sum"].to(device)
-        progress.weight_sum = saved.state["weight_sum"].to(device)
-        progress.correct = saved.state["correct"].to(device)
-    progress.history = resume["history"]
-    progress.best_epoch, progress.best_val = resume["best_epoch"], resume["best_val"]
-    _check_restored(progress, len(progress.history))
-
-
-def _check_restored(progress: Progress, epochs_done: int) -> None:
-    """A damaged checkpoint can hold any JSON where these numbers belong: refuse what a run never writes."""
-    def whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    fine = (whole(progress.epoch) and whole(progress.step) and whole(progress.seen)
-            and isinstance(progress.seconds, (int, float)) and epochs_done == progress.epoch
-            and all(isinstance(record, dict) for record in progress.history)
-            and (progress.best_epoch is None) == (progress.best_val is None)
-            and (progress.best_epoch is None or (whole(progress.best_epoch) and progress.best_epoch < epochs_done
-                                                 and isinstance(progress.best_val, dict)
-                                                 and {"top1", "loss"} <= progress.best_val.keys())))
-    if not fine:
-        raise ValueError("its progress record (epoch, step, history, best epoch) is inconsistent")
