@@ -8,7 +8,10 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -450,3 +453,26 @@ def test_a_full_disk_during_training_keeps_the_last_good_checkpoint_and_the_run_
     assert strip(whole) == strip(out)
     metrics = [json.loads((path / "metrics.json").read_text()) for path in (whole, out)]
     assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["val"] == metrics[1]["val"]
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_clear_error(small_run, tmp_path):
+    """A real write failure, not a simulated one: the file-size limit makes the kernel refuse the write (EFBIG),
+    as a full disk would (ENOSPC); the checkpoint that was there stays whole."""
+    target = tmp_path / "last.safetensors"
+    shutil.copy(small_run[1] / "last.safetensors", target)
+    before = target.read_bytes()
+    code = ("import resource, signal, sys\n"
+            "from pathlib import Path\n"
+            "from imgcls import checkpoint as ckpt\n"
+            "from imgcls.errors import UserError\n"
+            "saved = ckpt.load(Path(sys.argv[1]))\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (len(Path(sys.argv[1]).read_bytes()) // 2,) * 2)\n"
+            "try:\n"
+            "    ckpt.save(Path(sys.argv[1]), saved)\n"
+            "except UserError as error:\n"
+            "    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot write" in done.stdout and "last.safetensors" in done.stdout and "left as it was" in done.stdout
+    assert target.read_bytes() == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
