@@ -108,7 +108,7 @@ def test_eval_reproduces_the_run_metrics(cli, run, request):
     for target, split in ((out / "best.safetensors", "test"), (out, "val")):
         result = cli("eval", target, "--split", split, "--device", "cpu", "--json")
         assert result.exit_code == 0, plain(result.output)
-        got = json.loads(result.stdout)
+        got = json.loads(result.stdout)[split]
         for key in ("top1", "top5", "loss"):
             assert got[key] == pytest.approx(metrics[split][key], abs=1e-6), (split, key)
         assert got["count"] == metrics[split]["count"]
@@ -122,6 +122,33 @@ def test_eval_without_json_shows_a_table(cli, tiny_cifar_run):
     text = plain(result.stdout)
     assert f"{metrics['test']['top1']:.2%}" in text
     assert "per-class top-1" in text and "automobile" in text
+
+
+def test_eval_json_has_the_shape_of_metrics_json_and_keeps_per_class(cli, tiny_cifar_run):
+    out, _ = tiny_cifar_run
+    _, _, metrics = read_run(out)
+    got = json.loads(cli("eval", out, "--split", "test", "--device", "cpu", "--json", "--per-class").stdout)
+    assert got["classes"] == metrics["classes"] and got["test"] == metrics["test"]
+    assert got["test_detail"] == metrics["test_detail"]
+    assert "test_detail" not in json.loads(cli("eval", out, "--device", "cpu", "--json").stdout)
+
+
+def test_eval_json_is_strict_json_when_the_loss_is_not_finite(cli, tiny_cifar_run, tmp_path):
+    """Weights large enough that the scores overflow: the loss is NaN, which JSON cannot hold."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out, _ = tiny_cifar_run
+    with safe_open(str(out / "best.safetensors"), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["weight"] = tensors["weight"].sign() * 3e38
+    huge = tmp_path / "huge.safetensors"
+    save_file(tensors, str(huge), metadata=metadata)
+    result = cli("eval", huge, "--device", "cpu", "--json")
+    assert result.exit_code == 0, plain(result.output)
+    got = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert got["test"]["loss"] is None and "test.loss" in got["null_because"]
+    assert 0 <= got["test"]["top1"] <= 1
 
 
 def test_export_templates_of_mnist(cli, mnist_run, tmp_path):
@@ -202,9 +229,9 @@ def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_se
     assert all((e["val_top1"], -e["val_loss"]) <= (rule["val_top1"], -rule["val_loss"]) for e in epochs[best:])
     result = cli("eval", out / "best.safetensors", "--split", "val", "--device", "cpu", "--json")
     assert result.exit_code == 0, plain(result.output)
-    assert json.loads(result.stdout)["top1"] == pytest.approx(epochs[best - 1]["val_top1"], abs=1e-9)
+    assert json.loads(result.stdout)["val"]["top1"] == pytest.approx(epochs[best - 1]["val_top1"], abs=1e-9)
     last = cli("eval", out / "last.safetensors", "--split", "val", "--device", "cpu", "--json")
-    assert json.loads(last.stdout)["loss"] == pytest.approx(epochs[-1]["val_loss"], rel=1e-6)
+    assert json.loads(last.stdout)["val"]["loss"] == pytest.approx(epochs[-1]["val_loss"], rel=1e-6)
     assert ckpt.load(out / "best.safetensors").meta["epoch"] == best
     assert ckpt.load(out / "last.safetensors").meta["epoch"] == len(epochs)
 
@@ -468,7 +495,7 @@ def test_python_m_imgcls_eval_matches_the_run(mnist_run):
     out, _ = mnist_run
     done = run_python("-m", "imgcls", "eval", out / "best.safetensors", "--device", "cpu", "--json")
     assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout)
+    got = json.loads(done.stdout)["test"]
     expected = json.loads((out / "metrics.json").read_text())["test"]
     assert got["top1"] == pytest.approx(expected["top1"], abs=1e-6)
     assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)

@@ -78,7 +78,7 @@ def test_distributed_evaluation_counts_every_image_once(single_and_double):
     single = run_imgcls(["eval", one / "best.safetensors", "--device", "cpu", "--json"])
     triple = run_imgcls(["eval", one / "best.safetensors", "--device", "cpu", "--json"], processes=3)
     assert single.returncode == 0 and triple.returncode == 0, triple.stderr[-2000:]
-    first, second = json.loads(single.stdout), json.loads(triple.stdout)
+    first, second = json.loads(single.stdout)["test"], json.loads(triple.stdout)["test"]
     assert second["count"] == first["count"] == 10000
     assert second["top1"] == first["top1"] and second["top5"] == first["top5"]
     assert second["loss"] == pytest.approx(first["loss"], rel=1e-6)

@@ -80,7 +80,7 @@ def test_predict_agrees_with_eval_image_for_image(cli, which, cifar_run, grey_ru
     correct = sum(Path(p["image"]).parent.name == p["class"] for p in got["predictions"])
     evaluated = cli("eval", out, "--split", "test", "--device", "cpu", "--json")
     assert evaluated.exit_code == 0, plain(evaluated.output)
-    assert correct / len(got["predictions"]) == json.loads(evaluated.stdout)["top1"]
+    assert correct / len(got["predictions"]) == json.loads(evaluated.stdout)["test"]["top1"]
 
 
 @pytest.mark.parametrize("which", ["cifar", "grey"])

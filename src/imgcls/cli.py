@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from imgcls import __version__
+from imgcls import __version__, jsontext
 from imgcls.config import Config, build_config, parse_batch_size, parse_class_weights
 from imgcls.errors import UserError
 
@@ -173,8 +173,8 @@ def train(
                                          {"val": result.val, "test": result.test}))
     reporter.note(f"run folder: {result.run_dir.path}")
     if quiet:
-        print(json.dumps({"val": result.val.summary(), "test": result.test.summary(),
-                          "run_dir": str(result.run_dir.path)}))
+        print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(),
+                              "run_dir": str(result.run_dir.path)}))
 
 
 def _tensorboard_reporter(resolved: Config, quiet: bool, resumed) -> Reporter:
@@ -231,7 +231,8 @@ def eval_command(
     = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-    per_class: Annotated[bool, typer.Option(help="Also show per-class top-1.")] = False,
+    per_class: Annotated[bool, typer.Option(help="Also show per-class top-1 (with --json: and the confusion "
+                                                 "matrix).")] = False,
 ) -> None:
     """Recompute a checkpoint's metrics on a split of its dataset."""
     from imgcls.errors import check_choice
@@ -251,12 +252,21 @@ def eval_command(
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only the main process prints
     if as_json:
-        print(json.dumps(metrics.summary()))
+        print(jsontext.dumps(eval_json(loaded, split, metrics, per_class)))
         return
     reporter = Reporter()
     reporter.show(reporter.metrics_table(f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}", {split: metrics}))
     if per_class:
         reporter.show(reporter.per_class_table(loaded.classes, metrics))
+
+
+def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
+    """metrics.json's shape for the one split evaluated: {split: summary, "classes"}, and with --per-class
+    "<split>_detail" (per-class top-1 and the confusion matrix)."""
+    shown = {"checkpoint_epoch": loaded.meta["epoch"], split: metrics.summary(), "classes": loaded.classes}
+    if per_class:
+        shown[f"{split}_detail"] = {"per_class": metrics.per_class, "confusion": metrics.confusion}
+    return shown
 
 
 @app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl")
@@ -303,7 +313,7 @@ def report_command(
 
         written = write_run_figures(run_dir)
     if as_json:
-        print(json.dumps({**summary.as_dict(), "figures": [str(p) for p in written]}))
+        print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written]}))
         return
     console = Console()
     console.print(render(summary))
@@ -356,7 +366,7 @@ def predict_command(
 
         write_text_atomic(csv_file, to_csv(result.items))
     if as_json:
-        print(json.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
+        print(jsontext.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
                           "predictions": [p.as_dict() for p in result.items],
                           "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
         return
@@ -441,7 +451,7 @@ def gradcheck_command(
     if as_json:
         from dataclasses import asdict
 
-        print(json.dumps({**asdict(result), "passed": result.passed}))
+        print(jsontext.dumps({**asdict(result), "passed": result.passed}))
     else:
         from rich.table import Table
 

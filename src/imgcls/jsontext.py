@@ -1,0 +1,31 @@
+"""JSON for other programs to read: strict JSON, where Python's json would write NaN and Infinity.
+
+A number that is not finite becomes null, and the object says why under "null_because"
+(its path, such as "test.loss", and the value it had), so a reader can tell a missing value
+from one that could not be written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def dumps(value: dict) -> str:
+    """`value` (a JSON object) as one line of strict JSON."""
+    reasons: dict[str, str] = {}
+    cleaned = _finite(value, "", reasons)
+    if reasons:
+        cleaned["null_because"] = {path: f"{why}: not a finite number" for path, why in reasons.items()}
+    return json.dumps(cleaned, allow_nan=False)
+
+
+def _finite(value, path: str, reasons: dict[str, str]):
+    if isinstance(value, float) and not math.isfinite(value):
+        reasons[path] = str(value)
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item, f"{path}.{key}".lstrip("."), reasons) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item, f"{path}[{index}]", reasons) for index, item in enumerate(value)]
+    return value
