@@ -125,3 +125,24 @@ def test_under_torchrun_the_process_ends_without_finalizing_python(world, tmp_pa
     assert version.returncode == 0 and version.stdout.startswith("imgcls")
     assert missing.returncode == 2 and missing.stderr.startswith("error:")
     assert ("finalized" in version.stdout + missing.stdout) == (world == "1")
+
+
+@pytest.mark.parametrize("environment, words", [
+    ({"WORLD_SIZE": "2"}, ["WORLD_SIZE=2", "not started by torchrun", "unset WORLD_SIZE"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"},
+     ["not started by torchrun"]),  # would wait for a second process forever
+    ({"RANK": "1"}, ["RANK=1", "without WORLD_SIZE", "unset RANK"]),  # would train in silence
+    ({"WORLD_SIZE": "two"}, ["whole numbers"]),
+])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_leftover_distributed_environment_is_one_clear_error(cli, tiny_cifar_run, tmp_path, monkeypatch,
+                                                              environment, words, command, assert_user_error):
+    for name in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    out, _ = tiny_cifar_run
+    args = (["train", "--dataset", "cifar10-sample", "--epochs", 1, "--out", tmp_path / "run", "--device", "cpu"]
+            if command == "train" else ["eval", out, "--device", "cpu"])
+    assert_user_error(cli(*args), *words)
+    assert not (tmp_path / "run").exists()

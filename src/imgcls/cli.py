@@ -151,7 +151,7 @@ def train(
 
     from imgcls import distributed
 
-    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only the main process speaks
+    is_main = distributed.is_main_process()  # under torchrun only the main process speaks
     reporter = Reporter(quiet or not is_main)
     if resolved.output.tensorboard and is_main:
         reporter = _tensorboard_reporter(resolved, quiet, run_dir)
@@ -249,7 +249,7 @@ def eval_command(
         metrics = evaluate_checkpoint(loaded, split, data_dir, device)
     finally:
         distributed.teardown()
-    if os.environ.get("RANK", "0") != "0":
+    if not distributed.is_main_process():
         return  # under torchrun only the main process prints
     if as_json:
         print(jsontext.dumps(eval_json(loaded, split, metrics, per_class)))

@@ -31,7 +31,27 @@ class Shard:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True in a process torchrun started for a world of several; a UserError for a half-set environment
+    (WORLD_SIZE or RANK left over from another job), which would otherwise wait for processes that never
+    come, or make this one keep silent as if it were not the main one."""
+    from imgcls.errors import UserError
+
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    if not (world.isdigit() and rank.isdigit()):
+        raise UserError(f"WORLD_SIZE={world[:20]!r} and RANK={rank[:20]!r} must be whole numbers; unset them, or "
+                        f"launch with torchrun")
+    if int(world) > 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+        raise UserError(f"WORLD_SIZE={world} is set but this process was not started by torchrun; unset WORLD_SIZE "
+                        f"(and RANK, MASTER_ADDR) to run as one process, or launch with torchrun --nproc-per-node N")
+    if int(world) <= 1 and int(rank) != 0:
+        raise UserError(f"RANK={rank} is set without WORLD_SIZE above 1 (a leftover from another job?); unset RANK "
+                        f"to run as one process, or launch with torchrun")
+    return int(world) > 1
+
+
+def is_main_process() -> bool:
+    """Whether this process speaks for the run: the only one, or torchrun's rank 0."""
+    return not launched_by_torchrun() or os.environ["RANK"] == "0"
 
 
 def setup(device: torch.device) -> tuple[Shard, torch.device]:
