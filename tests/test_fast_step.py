@@ -136,3 +136,27 @@ def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
             step(pixels, labels, batch_labels)
     monkeypatch.undo()
     assert not torch.equal(model.linear.weight, torch.zeros_like(model.linear.weight))
+
+
+@pytest.mark.parametrize("gradient", ["analytic", "autograd"])
+def test_a_batch_of_only_zero_weight_classes_leaves_the_model_as_it_was(gradient):
+    """Class weight 0 means 'ignore this class': a batch holding only such images (always so with batch size 1)
+    has nothing to learn from. Its weighted mean is 0/0; taken as such it would turn W and b into NaN."""
+    from imgcls.losses import Loss
+    from imgcls.model import LinearClassifier
+    from imgcls.step import make_step
+
+    torch.manual_seed(0)
+    model = LinearClassifier((1, 2, 2), 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.0)
+    step = make_step(model, Loss("ce", torch.tensor([0.0, 1.0, 1.0])), optimizer, None, gradient)
+    labels = torch.zeros(4, dtype=torch.int64)
+    stats = step(torch.randn(4, 4), labels, labels)
+    assert float(stats.loss_sum) == 0 and float(stats.weight) == 0
+    for old, new in zip(before, model.parameters()):
+        assert torch.equal(old, new.detach())
+    labels[0] = 1  # one image that counts: now the model does learn
+    step(torch.randn(4, 4), labels, labels)
+    assert not torch.equal(before[0], model.linear.weight.detach())
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

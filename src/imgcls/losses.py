@@ -41,7 +41,7 @@ class Loss:
 
     def __call__(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         total, weight = self.sum_and_weight(scores, targets)
-        return total / weight
+        return total / mean_denominator(weight)
 
     def weight_of(self, targets: torch.Tensor) -> torch.Tensor | float:
         """The sum of the weights of these targets: the denominator of the weighted mean
@@ -83,6 +83,12 @@ class Loss:
             return losses.sum(), self.weight_of(targets)
         weights = self.class_weights.to(scores.device)[targets]
         return (losses * weights).sum(), weights.sum()
+
+
+def mean_denominator(weight: torch.Tensor | float) -> torch.Tensor | float:
+    """The sum of weights to divide by. A batch whose every image has class weight 0 has a loss sum of 0 and
+    must count for nothing (a zero gradient), not 0/0: its NaN would spread into the weights."""
+    return weight.clamp_min(torch.finfo(weight.dtype).tiny) if torch.is_tensor(weight) else weight
 
 
 def class_weights(setting: str | list[float] | None, labels: torch.Tensor, num_classes: int,

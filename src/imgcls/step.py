@@ -22,7 +22,7 @@ import torch
 from torch.optim import SGD
 from torch.optim.sgd import sgd
 
-from imgcls.losses import Loss
+from imgcls.losses import Loss, mean_denominator
 from imgcls.model import LinearClassifier
 
 
@@ -52,7 +52,7 @@ class AnalyticStep:
         # dL/dW = G X / sum(w) and dL/db = G 1 / sum(w): the same product with another right-hand side.
         inputs = {self.weight: pixels, self.bias: self.ones[:len(labels)]}
         if torch.is_tensor(weight):  # class weights: divide on the device rather than read the sum back
-            gradient.div_(weight)
+            gradient.div_(mean_denominator(weight))
         self.update(gradient, inputs, 1.0 if torch.is_tensor(weight) else 1.0 / weight)
         return StepStats(loss_sum, weight, (scores.max(0).indices == labels).sum())
 
@@ -105,7 +105,7 @@ class AutogradStep:
             scores = self.model(pixels)
         loss_sum, weight = self.loss.sum_and_weight(scores, labels)
         # The mean over the whole global batch; DDP divides the summed gradients by the world size.
-        batch_loss = loss_sum * self.world / self.loss.weight_of(batch_labels)
+        batch_loss = loss_sum * self.world / mean_denominator(self.loss.weight_of(batch_labels))
         self.optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()
         self.optimizer.step()
