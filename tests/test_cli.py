@@ -124,6 +124,15 @@ def test_eval_without_json_shows_a_table(cli, tiny_cifar_run):
     assert "per-class top-1" in text and "automobile" in text
 
 
+def test_eval_on_a_colour_folder_of_a_grey_run_gives_advice_eval_can_follow(cli, mnist_run, tiny_cifar_session,
+                                                                            assert_user_error):
+    """The readers' advice is for train (--image-size, --dataset imagefolder): eval has neither option."""
+    out, _ = mnist_run
+    error = assert_user_error(cli("eval", out, "--data-dir", tiny_cifar_session, "--device", "cpu"),
+                              "does not hold mnist", "--data-dir", "trained on")
+    assert "--image-size" not in error and "--dataset" not in error
+
+
 def test_eval_json_has_the_shape_of_metrics_json_and_keeps_per_class(cli, tiny_cifar_run):
     out, _ = tiny_cifar_run
     _, _, metrics = read_run(out)

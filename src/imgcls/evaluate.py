@@ -31,7 +31,12 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
     shard, device = distributed.setup(resolve_device(device_name))
     config = Config(data=data_config_of(checkpoint, data_dir))
     config.loss.loss = checkpoint.meta["config"]["loss"]["loss"]
-    data = prepare(config.data, checkpoint.meta["seed"])
+    try:
+        data = prepare(config.data, checkpoint.meta["seed"])
+    except UserError as error:  # the readers' advice is train's (--image-size, --dataset): eval has neither
+        what = str(error).split("; ")[0]
+        raise UserError(f"{what}; point --data-dir at the {checkpoint.meta['dataset']} data this checkpoint was "
+                        f"trained on") from None
     if data.classes != checkpoint.classes or tuple(data.shape) != checkpoint.input_shape:
         raise UserError(f"the checkpoint was trained on {checkpoint.meta['dataset']} ({len(checkpoint.classes)} classes, "
                         f"{checkpoint.input_shape}) but the data found has {len(data.classes)} classes of "
