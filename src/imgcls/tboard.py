@@ -22,7 +22,7 @@ MISSING = "--tensorboard needs the tensorboard package: pip install 'imgcls[tens
 
 # epochs.jsonl key -> TensorBoard tag
 SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_top1": "top1/train", "val_top1": "top1/val",
-           "val_top5": "topk/val", "lr": "lr", "images_per_s": "speed/images_per_s"}
+           "val_top5": "topk/val", "lr": "lr", "lr_last": "lr_last", "images_per_s": "speed/images_per_s"}
 
 
 def summary_writer_class():
