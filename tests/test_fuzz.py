@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -473,5 +474,62 @@ def test_fuzz_resume_from_a_damaged_last_checkpoint(cli, trained, tmp_path_facto
             result = cli("train", "--resume", run, "--quiet")
         check_outcome(result, run)
         WORKED["damaged resume"] += result.exit_code == 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+resume_state_damages = st.one_of(
+    st.tuples(st.just("meta"), st.sampled_from(["resume", "step", "epoch", "config", "data_fingerprint"]),
+              st.lists(st.integers(0, 50), max_size=4), st.sampled_from(["delete", "replace"]), json_values),
+    st.tuples(st.just("tensor"), st.sampled_from(["state.optimizer.0.momentum_buffer", "state.optimizer.1.momentum_buffer",
+                                                  "state.optimizer.7.momentum_buffer", "state.optimizer.0.other",
+                                                  "state.loss_sum", "state.weight_sum", "state.correct",
+                                                  "state.torch_rng"]),
+              st.lists(st.integers(0, 5), max_size=3),
+              st.sampled_from([torch.float32, torch.float64, torch.int64, torch.uint8, torch.bool])),
+)
+
+
+def craft_resume_state(source: Path, target: Path, damage) -> None:
+    """A last.safetensors whose resume state (not its model) is crafted: a JSON entry under one of its resume
+    keys replaced or deleted, or one of its state tensors of another shape or type."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), "pt") as f:
+        metadata, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(metadata["meta"])
+    if damage[0] == "meta":
+        _, key, path, action, value = damage
+        if path and isinstance(meta.get(key), (dict, list)):
+            edit_meta(meta[key], path, action, value)
+        elif action == "delete":
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    else:
+        _, name, shape, dtype = damage
+        tensors[name] = torch.zeros(shape, dtype=dtype)
+    metadata["meta"] = json.dumps(meta)
+    save_file(tensors, str(target), metadata=metadata)
+
+
+@fuzz_settings(40)
+@given(damage=resume_state_damages)
+def test_fuzz_resume_from_a_crafted_resume_state(cli, trained, tmp_path_factory, no_figures, damage):
+    """Crafted optimizer, scheduler and progress state: resume refuses it in one line, or (where the change
+    means nothing to a run) resumes; never a traceback or a hang."""
+    CASES["crafted resume state"] += 1
+    work = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    try:
+        run = work / "run"
+        run.mkdir()
+        for name in ("config.yaml", "epochs.jsonl", "best.safetensors"):
+            shutil.copy(trained / name, run / name)
+        craft_resume_state(trained / "last.safetensors", run / "last.safetensors", damage)
+        with watchdog():
+            result = cli("train", "--resume", run, "--quiet")
+        check_outcome(result, run)
+        WORKED["crafted resume state"] += result.exit_code == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
