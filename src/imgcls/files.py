@@ -42,7 +42,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.close(fd)
         mode = _mode_for(path)
         write(Path(temporary))
-        os.chmod(temporary, mode)  # mkstemp made it 0600 (and safetensors' writer does), which the rename would keep
+        _set_mode(temporary, mode)
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -65,6 +65,14 @@ def _mode_for(path: Path) -> int:
         return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         return 0o666 & ~current_umask()
+
+
+def _set_mode(temporary: str, mode: int) -> None:
+    """mkstemp made the file 0600 (and safetensors' writer does), which the rename would keep."""
+    try:
+        os.chmod(temporary, mode)
+    except PermissionError:
+        pass  # a file system without modes (some network mounts): the private 0600 is the safe side
 
 
 def current_umask() -> int:

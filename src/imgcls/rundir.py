@@ -13,6 +13,7 @@ folder, so that a second run cannot mix its files into it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -286,6 +287,10 @@ def _lock(lock_path: Path) -> int:
             os.close(fd)
             raise UserError(f"{printable(lock_path.parent)} is in use by another imgcls process (pid {holder}); wait "
                             f"for it to end, or choose another --out") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            return fd  # a file system that cannot lock (some network mounts): the run goes on unguarded
         if _same_file(lock_path, fd):
             break
         os.close(fd)  # the holder removed the file between our open and our lock: lock the one there now
