@@ -217,8 +217,7 @@ def _ragged_confusion(m):
     (_top1_as_list, ["metrics.json", "'test': 'top1' is a list"]),
     (_ragged_confusion, ["metrics.json", "10x10"]),
 ])
-@pytest.mark.parametrize("figures", ["--figures", "--no-figures"])
-def test_report_names_what_is_wrong_in_a_metrics_file_of_the_wrong_shape(cli, run, tmp_path, damage, words, figures,
+def test_report_names_what_is_wrong_in_a_metrics_file_of_the_wrong_shape(cli, run, tmp_path, damage, words,
                                                                          assert_user_error):
     out, _ = run
     damaged = tmp_path / "damaged"
@@ -226,7 +225,7 @@ def test_report_names_what_is_wrong_in_a_metrics_file_of_the_wrong_shape(cli, ru
     metrics = json.loads((damaged / "metrics.json").read_text())
     damage(metrics)
     (damaged / "metrics.json").write_text(json.dumps(metrics))
-    assert_user_error(cli("report", damaged, figures), *words, "damaged")
+    assert_user_error(cli("report", damaged), *words, "damaged")
 
 
 @pytest.mark.parametrize("line, words", [

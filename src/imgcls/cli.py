@@ -51,6 +51,7 @@ def _default(section: str, key: str) -> str:
 
 
 DATA, MODEL, OPT, RUN = "Data", "Model and loss", "Optimization", "Run"
+DIVERGED_WORDS = "training diverged"  # in train.py's messages when the loss became NaN or infinite
 
 
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
@@ -187,13 +188,9 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
             err.print(target.interrupted_state(resumed is not None), soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
     except UserError as error:
-        if is_main and DIVERGED_WORDS in str(error) and "last.safetensors" in target.written_here():
-            target.mark_diverged(str(error))  # so that no later message suggests --resume
+        if is_main and DIVERGED_WORDS in str(error) and target.last.is_file():
+            target.mark_diverged(str(error))  # its checkpoints would diverge again: no later message offers --resume
         raise
-
-
-# train.py's divergence messages say this; a diverged run's checkpoints cannot be resumed into anything new
-DIVERGED_WORDS = "training diverged"
 
 
 def _tensorboard_reporter(quiet: bool, target, fresh: bool) -> Reporter:
