@@ -47,7 +47,7 @@ def check_run_folder(out, epochs_wanted, val_count, test_count, classes):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES)
     config, epochs, metrics = read_run(out)
     assert [e["epoch"] for e in epochs] == list(range(1, epochs_wanted + 1))
-    assert config["train"]["epochs"] == epochs_wanted and config["output"]["out"] == str(out)
+    assert config["train"]["epochs"] == epochs_wanted and config["output"]["out"] is None  # repeats go elsewhere
     for split, count in (("val", val_count), ("test", test_count)):
         m = metrics[split]
         assert m["count"] == count
@@ -216,11 +216,28 @@ def test_saved_config_then_flags(cli, mnist_run, tmp_path, assert_ok):
     old, _, _ = read_run(previous)
     new, epochs, _ = read_run(out)
     assert new["optim"]["lr"] == 0.5 and new["train"]["epochs"] == 1 and len(epochs) == 1  # the flags
-    assert new["output"]["out"] == str(out)
+    assert new["output"]["out"] is None  # the folder is not part of the config: a repeat goes to a new one
     assert new["optim"]["momentum"] == 0.5 and new["train"]["seed"] == 3  # the file's, not the defaults
     assert new["data"] == old["data"] and new["data"]["limit"] == 600 and new["data"]["dataset"] == "mnist"
     changed = {(s, k) for s in old for k in old[s] if old[s][k] != new[s][k]}
-    assert changed == {("optim", "lr"), ("train", "epochs"), ("output", "out")}
+    assert changed == {("optim", "lr"), ("train", "epochs")}
+
+
+def test_train_config_of_a_run_repeats_it_in_a_new_folder(cli, tiny_cifar_session, tmp_path, monkeypatch, assert_ok):
+    """The README: `imgcls train --config RUN/config.yaml` repeats the run; the run itself stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    original = tmp_path / "original"
+    assert_ok(train_tiny_cifar(cli, tiny_cifar_session, original, epochs=1))
+    before = {p.name: p.read_bytes() for p in original.iterdir()}
+    repeat = cli("train", "--config", original / "config.yaml", "--quiet")
+    assert_ok(repeat)
+    again = Path(json.loads(repeat.stdout)["run_dir"])
+    assert again.parent == Path("runs") and again.name.startswith("cifar10-")
+    assert {p.name: p.read_bytes() for p in original.iterdir()} == before  # untouched
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = ckpt.load(original / name), ckpt.load(again / name)
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert (again / "config.yaml").read_bytes() == before["config.yaml"]
 
 
 def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_session, tmp_path, assert_ok):
@@ -270,6 +287,95 @@ def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user
     # A replacing run that fails in its first epoch leaves only its own config: no figure of the old run.
     assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out, "--lr", 1e30, "--overwrite"), "diverged")
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.parametrize("where, words, then", [
+    ("imgcls.train.prepare_once", ["interrupted while loading the data", "nothing was written",
+                                   "run the same command again"], None),
+    ("imgcls.train.finish", ["training finished and checkpoints are whole", "final test evaluation",
+                             "imgcls train --resume"], "resume"),
+    ("imgcls.figures.write_run_figures", ["the run is finished", "interrupted while drawing figures",
+                                          "imgcls report"], "report"),
+])
+def test_ctrl_c_outside_the_training_loop_says_where_the_run_stands(cli, tiny_cifar_session, tmp_path, monkeypatch,
+                                                                    where, words, then, assert_ok):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(where, ctrl_c)
+    result = train_tiny_cifar(cli, tiny_cifar_session, out, epochs=1)
+    monkeypatch.undo()
+    stderr = " ".join(plain(result.stderr).split())
+    assert result.exit_code == 130 and "Traceback" not in plain(result.output), plain(result.output)
+    for word in words:
+        assert word in stderr, stderr
+    assert str(out) in stderr or then is None
+    if then is None:
+        assert not out.exists()
+        assert_ok(train_tiny_cifar(cli, tiny_cifar_session, out, epochs=1))  # "the same command again" works
+    elif then == "resume":
+        assert not (out / "metrics.json").exists()
+        assert_ok(cli("train", "--resume", out, "--quiet"))
+        assert (out / "metrics.json").is_file() and (out / "curves.png").is_file()
+    else:
+        assert (out / "metrics.json").is_file() and not (out / "curves.png").exists()
+        assert_ok(cli("report", out))
+        assert all((out / name).is_file() for name in FIGURE_FILES)
+    assert not (out / ".imgcls.lock").exists()
+
+
+def test_a_diverged_run_is_never_offered_resume_but_a_lower_lr(cli, tiny_cifar_session, tmp_path, monkeypatch,
+                                                                  assert_user_error):
+    """The validation loss becomes NaN after epoch 2 (as a too-high --lr makes it): epoch 1's checkpoints stay,
+    and every later message says how to go on: a new run with a lower --lr, since resuming repeats the NaN."""
+    import imgcls.train
+
+    real_evaluate, calls = imgcls.train.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        metrics = real_evaluate(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            metrics.loss = math.nan
+        return metrics
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(imgcls.train, "evaluate", evaluate)
+    assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out, epochs=3), "diverged", "lower --lr")
+    monkeypatch.undo()
+    assert (out / "last.safetensors").is_file() and "diverged" in (out / "diverged.txt").read_text()
+    report = " ".join(plain(cli("report", out, "--no-figures").stdout).split())
+    assert "diverged" in report and "lower --lr" in report and "--resume" not in report
+    assert f"--config {out / 'config.yaml'} --lr 0.0005" in report  # a tenth of the run's 0.005
+    refused = assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out), "already holds a run that diverged",
+                                "lower --lr", "--overwrite")
+    assert "--resume" not in refused
+    assert_user_error(cli("train", "--resume", out), "diverged", "lower --lr")
+    as_json = json.loads(cli("report", out, "--json", "--no-figures").stdout)
+    assert "diverged" in as_json["diverged"] and "--lr 0.0005" in as_json["retry"]
+
+
+def test_report_and_predict_with_file_names_that_are_not_utf8(cli, tiny_cifar_run, cifar_jpeg, tmp_path, assert_ok):
+    import shutil
+
+    run = tmp_path / os.fsdecode(b"caf\xe9-run")  # Latin-1 bytes: not UTF-8
+    shutil.copytree(tiny_cifar_run[0], run)
+    report = cli("report", run, "--no-figures")  # (the figures need checkpoint.load to read such a path)
+    assert_ok(report)
+    assert "caf\ufffd-run" in plain(report.stdout) and "per-class test top-1" in plain(report.stdout)
+    assert json.loads(cli("report", run, "--json", "--no-figures").stdout)["run_dir"] == str(run)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    source = sorted((cifar_jpeg / "test" / "cat").glob("*.jpg"))[0]
+    shutil.copy(source, photos / os.fsdecode(b"caf\xe9.jpg"))
+    csv_file = tmp_path / os.fsdecode(b"pr\xe9dictions.csv")
+    result = cli("predict", tiny_cifar_run[0], photos, "--csv", csv_file, "--top-k", 2)
+    assert_ok(result)
+    assert "caf\ufffd.jpg" in plain(result.stdout)
+    rows = open(csv_file, "rb").read().splitlines()  # the file's name as the file system has it, byte for byte
+    assert rows[0] == b"image,class_1,probability_1,class_2,probability_2" and len(rows) == 2
+    assert rows[1].startswith(bytes(photos) + b"/caf\xe9.jpg,")
 
 
 def test_skip_bad_images(cli, tiny_cifar, tmp_path, assert_user_error, assert_ok):

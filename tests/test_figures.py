@@ -168,3 +168,78 @@ def test_report_user_errors(cli, run, tmp_path, assert_user_error):
     shutil.copytree(out, damaged)
     (damaged / "metrics.json").write_text("{not json")
     assert_user_error(cli("report", damaged), "metrics.json", "not valid JSON")
+
+
+def _drop_val(m):
+    m["val"] = {}
+
+
+def _strings_in_confusion(m):
+    m["test_detail"]["confusion"] = [[str(v) for v in row] for row in m["test_detail"]["confusion"]]
+
+
+def _detail_as_list(m):
+    m["test_detail"] = [1, 2]
+
+
+def _short_per_class(m):
+    m["test_detail"]["per_class"] = m["test_detail"]["per_class"][:3]
+
+
+def _null_per_class(m):
+    m["test_detail"]["per_class"][0] = None
+
+
+def _classes_as_text(m):
+    m["classes"] = "airplane"
+
+
+def _best_epoch_as_text(m):
+    m["best_epoch"] = "2"
+
+
+def _top1_as_list(m):
+    m["test"]["top1"] = [0.5]
+
+
+def _ragged_confusion(m):
+    m["test_detail"]["confusion"][2] = [1]
+
+
+@pytest.mark.parametrize("damage, words", [
+    (_drop_val, ["metrics.json", "'val' lacks 'loss'"]),
+    (_strings_in_confusion, ["metrics.json", "'confusion'", "matrix of counts"]),
+    (_detail_as_list, ["metrics.json", "'test_detail' is a list"]),
+    (_short_per_class, ["metrics.json", "'per_class'", "10 numbers"]),
+    (_null_per_class, ["metrics.json", "'per_class'"]),
+    (_classes_as_text, ["metrics.json", "'classes' is text"]),
+    (_best_epoch_as_text, ["metrics.json", "'best_epoch' is text"]),
+    (_top1_as_list, ["metrics.json", "'test': 'top1' is a list"]),
+    (_ragged_confusion, ["metrics.json", "10x10"]),
+])
+def test_report_names_what_is_wrong_in_a_metrics_file_of_the_wrong_shape(cli, run, tmp_path, damage, words,
+                                                                         assert_user_error):
+    out, _ = run
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    metrics = json.loads((damaged / "metrics.json").read_text())
+    damage(metrics)
+    (damaged / "metrics.json").write_text(json.dumps(metrics))
+    assert_user_error(cli("report", damaged), *words, "damaged")
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"epoch": 1}', ["epochs.jsonl", "line 1 lacks 'train_loss'"]),
+    ("[1, 2]", ["epochs.jsonl", "line 1 is a list"]),
+    ('{"epoch": "one", "train_loss": 1, "train_top1": 0, "val_loss": 1, "val_top1": 0, "val_top5": 0, "lr": 0.1, '
+     '"seconds": 1}', ["epochs.jsonl", "'epoch' is text"]),
+    ('{"epoch": 1, "train_loss": null, "train_top1": 0, "val_loss": 1, "val_top1": 0, "val_top5": 0, "lr": 0.1, '
+     '"seconds": 1}', ["epochs.jsonl", "'train_loss' is null"]),
+])
+def test_report_names_what_is_wrong_in_an_epochs_file_of_the_wrong_shape(cli, run, tmp_path, line, words,
+                                                                         assert_user_error):
+    out, _ = run
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "epochs.jsonl").write_text(line + "\n")
+    assert_user_error(cli("report", damaged), *words, "damaged")

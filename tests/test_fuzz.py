@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from conftest import plain, write_image_folder
 from imgcls.config import Config, build_config, sections
 from imgcls.errors import UserError
+from imgcls.figures import write_run_figures as REAL_WRITE_RUN_FIGURES  # no_figures replaces the module's
 from imgcls.rundir import RUN_FILES
 
 CASES: Counter = Counter()
@@ -454,6 +455,52 @@ def test_fuzz_damaged_checkpoints(cli, trained, tmp_path_factory, damage, comman
             strict_json(result.stdout)
         if result.exit_code == 2:
             assert not (work / "tpl").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+run_file_damages = st.tuples(st.sampled_from(["metrics.json", "epochs.jsonl"]), st.lists(st.integers(0, 50), max_size=4),
+                             st.tuples(st.sampled_from(["delete", "replace"]), json_values))
+
+
+def damage_run_file(run: Path, damage) -> None:
+    """Valid JSON of the wrong shape: an entry deleted or replaced (no path: the whole file is another value)."""
+    name, path, how = damage
+    text = (run / name).read_text()
+    document = json.loads(text) if name == "metrics.json" else [json.loads(line) for line in text.splitlines()]
+    if path:
+        edit_meta(document, path, *how)
+    else:
+        document = how[1]
+    if name == "epochs.jsonl" and isinstance(document, list):
+        (run / name).write_text("".join(json.dumps(record) + "\n" for record in document))
+    else:
+        (run / name).write_text(json.dumps(document) + "\n")
+
+
+@fuzz_settings(40)
+@given(damage=run_file_damages, as_json=st.booleans(), figures=st.booleans())
+def test_fuzz_report_on_run_files_of_the_wrong_shape(cli, trained, tmp_path_factory, damage, as_json, figures):
+    """`report` on a run folder whose metrics.json or epochs.jsonl holds valid JSON of the wrong shape: it reports,
+    or says in one line which file is wrong; never a traceback. The figures read the same files."""
+    CASES["wrong-shape run files"] += 1
+    work = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    try:
+        run = work / "run"
+        run.mkdir()
+        for name in ("config.yaml", "epochs.jsonl", "metrics.json"):  # no checkpoint: no templates.png to draw
+            shutil.copy(trained / name, run / name)
+        damage_run_file(run, damage)
+        with watchdog():
+            result = cli("report", run, "--no-figures", *(["--json"] if as_json else []))
+        error = check_outcome(result, run)
+        WORKED["wrong-shape run files"] += result.exit_code == 0
+        if error:
+            assert damage[0] in error, error
+        elif figures:
+            with watchdog():
+                drawn = REAL_WRITE_RUN_FIGURES(run)
+            assert {path.name for path in drawn} <= {"curves.png", "confusion.png"}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

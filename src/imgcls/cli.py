@@ -39,7 +39,9 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            err.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+            from imgcls.files import printable  # a file name that is not UTF-8 is shown, not a crash
+
+            err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -49,6 +51,7 @@ def _default(section: str, key: str) -> str:
 
 
 DATA, MODEL, OPT, RUN = "Data", "Model and loss", "Optimization", "Run"
+DIVERGED_WORDS = "training diverged"  # in train.py's messages when the loss became NaN or infinite
 
 
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
@@ -138,61 +141,69 @@ def train(
     if class_weights is not None:
         flags["class_weights"] = parse_class_weights(class_weights)
     run_dir = None
+    from imgcls.rundir import RunDir
+
     if resume is not None:
         config, flags = _resume_config(resume, config, flags)
-        from imgcls.rundir import RunDir
-
         run_dir = RunDir.open_for_resume(resume)
     resolved = build_config(config, flags)
+    from imgcls import distributed
 
+    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
+    target = run_dir
+    if target is None and is_main:  # the folder is checked and named now, so that it can be locked
+        target = RunDir.for_new_run(resolved.output.out, resolved.data.dataset, overwrite)
+        resolved.output.out = str(target.path)
+    if not is_main:
+        _train_and_report(resolved, run_dir, None, quiet, overwrite, is_main)
+        return
+    with target.locked():
+        _train_and_report(resolved, run_dir, target, quiet, overwrite, is_main)
+
+
+def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool) -> None:
+    """Train, then draw the figures; a Ctrl-C at any point says what the run folder holds and how to go on."""
     from imgcls.report import Reporter
     from imgcls.train import Interrupted
     from imgcls.train import train as run_training
 
     from imgcls import distributed
 
-    is_main = distributed.is_main_process()  # under torchrun only the main process speaks
     reporter = Reporter(quiet or not is_main)
-    if resolved.output.tensorboard and is_main:
-        reporter = _tensorboard_reporter(resolved, quiet, run_dir)
     try:
-        result = run_training(resolved, reporter, overwrite=overwrite, resume=run_dir)
+        if resolved.output.tensorboard and is_main:
+            reporter = _tensorboard_reporter(quiet, target, fresh=resumed is None and target.is_run())
+        try:
+            result = run_training(resolved, reporter, overwrite=overwrite, resume=resumed)
+        finally:
+            reporter.close()
+            distributed.teardown()
+        if is_main:
+            _after_training(result, reporter, resolved.data.dataset, quiet)
     except Interrupted as stopped:
-        reporter.close()
         if is_main:
             err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
                       f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
-    finally:
-        reporter.close()
-        distributed.teardown()
-    if not is_main:
-        return
-    _after_training(result, reporter)
-    reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch}",
-                                         {"val": result.val, "test": result.test}))
-    reporter.note(f"run folder: {result.run_dir.path}")
-    if quiet:
-        print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(),
-                              "run_dir": str(result.run_dir.path)}))
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        if is_main:
+            err.print(target.interrupted_state(resumed is not None), soft_wrap=True, highlight=False)
+        raise typer.Exit(130) from None
+    except UserError as error:
+        if is_main and DIVERGED_WORDS in str(error) and target.last.is_file():
+            target.mark_diverged(str(error))  # its checkpoints would diverge again: no later message offers --resume
+        raise
 
 
-def _tensorboard_reporter(resolved: Config, quiet: bool, resumed) -> Reporter:
-    """The TensorBoard reporter needs the run folder before training names it: a new run without --out gets
-    its default folder now (and config.yaml says so)."""
-    import time
-
+def _tensorboard_reporter(quiet: bool, target, fresh: bool) -> Reporter:
+    """A fresh run replaces the event files of the run it replaces; anything else is added to."""
     from imgcls.tboard import TensorBoardReporter
 
-    if resumed is not None:
-        return TensorBoardReporter(resumed.path, fresh=False, quiet=quiet)
-    if resolved.output.out is None:
-        resolved.output.out = str(Path("runs") / f"{resolved.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return TensorBoardReporter(Path(resolved.output.out), fresh=True, quiet=quiet)
+    return TensorBoardReporter(target.path, fresh=fresh, quiet=quiet)
 
 
-def _after_training(result, reporter) -> None:
-    """The run's figures beside its metrics, and the end of its TensorBoard log."""
+def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
+    """The run's figures beside its metrics, the end of its TensorBoard log, and the summary."""
     from imgcls.figures import write_run_figures
     from imgcls.tboard import TensorBoardReporter
 
@@ -207,6 +218,11 @@ def _after_training(result, reporter) -> None:
     if isinstance(reporter, TensorBoardReporter):
         reporter.run_finished(path, result.best_epoch, result.test.summary())
         reporter.note(f"TensorBoard: tensorboard --logdir {reporter.log_dir}")
+    reporter.show(reporter.metrics_table(f"{dataset}: best epoch {result.best_epoch}",
+                                         {"val": result.val, "test": result.test}))
+    reporter.note(f"run folder: {path}")
+    if quiet:
+        print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(), "run_dir": str(path)}))
 
 
 RESUME_MAY_CHANGE = ("device", "data_dir")  # where a run runs and where its data is, never what it is
@@ -304,6 +320,7 @@ def report_command(
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
         raise UserError(f"--pairs must be 0 or more, not {pairs}")
+    from imgcls.files import printable, remove_stale_temporaries
     from imgcls.runreport import load_run, render
 
     summary = load_run(run_dir, pairs)
@@ -311,6 +328,7 @@ def report_command(
     if figures:
         from imgcls.figures import write_run_figures
 
+        remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
         written = write_run_figures(run_dir)
     if as_json:
         print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written]}))
@@ -318,7 +336,8 @@ def report_command(
     console = Console()
     console.print(render(summary))
     if written:
-        console.print("figures: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+        console.print("figures: " + ", ".join(printable(p) for p in written), highlight=False, soft_wrap=True,
+                      markup=False)
 
 
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
@@ -348,13 +367,14 @@ def predict_command(
 
     check_device_name(device)
     from imgcls import checkpoint as ckpt
+    from imgcls.files import printable
     from imgcls.predict import list_images, predict, to_csv
 
     loaded = ckpt.load(checkpoint)
     paths = list_images(images)
     result = predict(loaded, paths, top_k, device, skip_bad_images)
     for name, why in result.skipped:
-        err.print(f"skipped {name}: cannot read it ({why})", soft_wrap=True, highlight=False)
+        err.print(f"skipped {printable(name)}: cannot read it ({why})", soft_wrap=True, highlight=False, markup=False)
     if not result.items:
         raise UserError(f"no readable image among the {len(paths)} given")
     if result.resized:
@@ -364,7 +384,8 @@ def predict_command(
     if csv_file is not None:
         from imgcls.files import write_text_atomic
 
-        write_text_atomic(csv_file, to_csv(result.items))
+        # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
+        write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
     if as_json:
         print(jsontext.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
                           "predictions": [p.as_dict() for p in result.items],
@@ -379,10 +400,12 @@ def predict_command(
     for rank in range(1, k + 1):
         table.add_column(f"#{rank}", no_wrap=True)
     for item in result.items:
-        table.add_row(item.image, *(f"{name} {p:.1%}" for name, p in zip(item.classes, item.probabilities)))
+        table.add_row(Text(printable(item.image)),
+                      *(f"{name} {p:.1%}" for name, p in zip(item.classes, item.probabilities)))
     Console().print(table)
     if csv_file is not None:
-        err.print(f"wrote {len(result.items)} rows to {csv_file}", highlight=False, soft_wrap=True)
+        err.print(f"wrote {len(result.items)} rows to {printable(csv_file)}", highlight=False, soft_wrap=True,
+                  markup=False)
 
 
 @app.command("datasets", epilog="Example: imgcls datasets --data-dir ~/data")

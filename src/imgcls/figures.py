@@ -10,11 +10,10 @@ fixed size in pixels (figsize x DPI, no tight bounding box), and written atomica
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.files import write_atomic
+from imgcls.files import printable, write_atomic
 
 DPI = 100
 CURVES_FIGSIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
@@ -134,15 +133,15 @@ def write_run_figures(run_dir: Path) -> list[Path]:
 
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
-        raise UserError(f"run folder {run.path} does not exist; pass the --out folder of a training run")
-    metrics = read_metrics(run.metrics)
-    epochs = _read_epochs(run)
+        raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")
+    metrics = run.read_metrics()
+    epochs = run.read_epochs()
     if not epochs and metrics is None and not run.best.is_file():
-        raise UserError(f"{run.path} is not a run folder (no epochs.jsonl, metrics.json or best.safetensors); "
-                        f"pass the --out folder of a training run")
+        raise UserError(f"{printable(run.path)} is not a run folder (no epochs.jsonl, metrics.json or "
+                        f"best.safetensors); pass the --out folder of a training run")
     written = []
     best_epoch = metrics.get("best_epoch") if metrics else None
-    name = run.path.resolve().name
+    name = printable(run.path.resolve().name)
     if epochs:
         written.append(learning_curves(epochs, run.path / CURVES, best_epoch, f"learning curves: {name}"))
     if metrics and metrics.get("test_detail", {}).get("confusion"):
@@ -156,22 +155,3 @@ def write_run_figures(run_dir: Path) -> list[Path]:
 
         written.append(templates_grid(ckpt.load(run.best), run.path / TEMPLATES))
     return written
-
-
-def read_metrics(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}); the run folder is damaged") from None
-    if not isinstance(metrics, dict):
-        raise UserError(f"{path} is not a JSON object; the run folder is damaged")
-    return metrics
-
-
-def _read_epochs(run) -> list[dict]:
-    try:
-        return run.read_epochs()
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{run.epochs} is not one JSON object a line ({error}); the run folder is damaged") from None

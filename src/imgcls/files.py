@@ -1,6 +1,9 @@
 """Atomic file writes: a temporary file beside the target, flushed and fsynced, then renamed.
 
-A crash, Ctrl-C or a full disk at any moment leaves either the old file or the new one, whole.
+A crash, Ctrl-C or a full disk at any moment leaves either the old file or the new one, whole. The
+temporary file's name holds the host and process id of its writer, so that the next run can remove the
+ones a killed process left (and only those). A written file gets the mode open() would give it: a new
+file 0666 less the umask, a replaced file keeps its own.
 """
 
 from __future__ import annotations
@@ -8,6 +11,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +23,13 @@ from imgcls.errors import UserError
 
 # Failures the user can fix (free space, choose a writable folder): a clear message, not a traceback.
 ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# .<target name>.<host>.<pid>.<mkstemp's random part>.tmp
+TEMPORARY_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _host() -> str:
+    """This machine's short name, as one dot-free word (a run folder may be shared between machines)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -24,9 +37,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp",
+                                         dir=path.parent)
         os.close(fd)
+        mode = _mode_for(path)
         write(Path(temporary))
+        _set_mode(temporary, mode)
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -35,11 +51,70 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRORS:
             raise
-        raise UserError(f"cannot write {path} ({os.strerror(error.errno)}); any earlier {path.name} is left as it "
-                        f"was: free some space or choose a writable folder, then try again") from None
+        raise UserError(f"cannot write {printable(path)} ({os.strerror(error.errno)}); any earlier "
+                        f"{printable(path.name)} is left as it was: free some space or choose a writable folder, "
+                        f"then try again") from None
     finally:
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
+
+
+def _mode_for(path: Path) -> int:
+    """What open(path, "w") would leave: an existing file's mode, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def _set_mode(temporary: str, mode: int) -> None:
+    """mkstemp made the file 0600 (and safetensors' writer does), which the rename would keep."""
+    try:
+        os.chmod(temporary, mode)
+    except PermissionError:
+        pass  # a file system without modes (some network mounts): the private 0600 is the safe side
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files in `folder` whose writer, a process on this machine, is dead (killed
+    part-way through a write); a live writer's, another machine's and anyone else's files stay."""
+    removed = []
+    try:
+        candidates = [entry for entry in os.scandir(folder) if entry.name.endswith(".tmp") and entry.is_file()]
+    except OSError:
+        return removed
+    for entry in candidates:
+        match = TEMPORARY_NAME.match(entry.name)
+        if match and match["host"] == _host() and not _alive(int(match["pid"])):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process: alive, or not ours to judge
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -55,8 +130,20 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda temporary: temporary.write_text(text))
+def printable(value) -> str:
+    """A path, name or text as any terminal can show it: bytes that are not UTF-8 (which os.fsdecode keeps as
+    surrogates, and an encoder refuses) become U+FFFD."""
+    text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that stand for no byte (JSON can hold them)
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def write_text_atomic(path: Path, text: str, errors: str = "strict") -> None:
+    """errors="surrogateescape" writes file names that are not UTF-8 as their own bytes."""
+    write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8", errors=errors))
 
 
 def write_json_atomic(path: Path, value) -> None:

@@ -1,44 +1,70 @@
 """The run folder: what a run leaves behind, where, and written so that none of it is ever half a file.
 
-    config.yaml        the resolved config; `imgcls train --config RUN/config.yaml` repeats the run
+    config.yaml        the resolved config; `imgcls train --config RUN/config.yaml` repeats the run (in a new folder)
     epochs.jsonl       one JSON object per epoch (train loss and top-1, validation metrics, rate, time)
     metrics.json       {"val": {...}, "test": {...}} for the best epoch, fractions in [0, 1]
     best.safetensors   the checkpoint with the best validation top-1
     last.safetensors   the checkpoint after the last epoch
+    diverged.txt       only after training diverged: why (resuming would diverge again)
+
+While a run (or its resumption) is under way, its process holds an advisory lock on .imgcls.lock in the
+folder, so that a second run cannot mix its files into it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from imgcls.errors import UserError
 from imgcls.figures import FIGURE_FILES
-from imgcls.files import write_json_atomic, write_text_atomic
+from imgcls.files import printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
+DIVERGED = "diverged.txt"
+LOCK = ".imgcls.lock"
+# What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
+OWN_FILES = (*RUN_FILES, *FIGURE_FILES, DIVERGED)
+OWN_FOLDERS = ("templates", "tensorboard")  # export-templates' output (the README's example) and --tensorboard's
 
 
 @dataclass
 class RunDir:
     path: Path
+    # (inode, mtime) of each run file when this process locked the folder: what changed since, it wrote
+    _before: dict = field(default_factory=dict, repr=False, compare=False)
 
     config = property(lambda self: self.path / "config.yaml")
     epochs = property(lambda self: self.path / "epochs.jsonl")
     metrics = property(lambda self: self.path / "metrics.json")
     best = property(lambda self: self.path / "best.safetensors")
     last = property(lambda self: self.path / "last.safetensors")
+    diverged = property(lambda self: self.path / DIVERGED)
+
+    def is_run(self) -> bool:
+        return any((self.path / name).exists() for name in (*RUN_FILES, DIVERGED))
+
+    def foreign_entries(self) -> list[str]:
+        """What the folder holds that imgcls did not write (everything, in a folder that holds no run)."""
+        own = {*OWN_FILES, *OWN_FOLDERS} if self.is_run() else set()
+        return sorted(entry.name for entry in os.scandir(self.path) if entry.name not in own and entry.name != LOCK
+                      and not entry.name.endswith(".tmp"))
 
     @classmethod
     def for_new_run(cls, out: str | None, dataset: str, overwrite: bool) -> RunDir:
-        """Where a new run will go; refuses a folder that holds a run. Nothing is written yet."""
-        path = Path(out) if out else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        """Where a new run will go; refuses a folder that holds a run, or files of someone else's. Nothing is
+        written yet."""
+        path = Path(out) if out else _default_folder(dataset)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} is a file, not a folder; choose another --out")
         existing = next((folder for folder in (path, *path.absolute().parents) if folder.exists()), None)
@@ -46,26 +72,48 @@ class RunDir:
             raise UserError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
         if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"--out {path}: {existing} is not writable; choose another --out")
-        held = {name for name in RUN_FILES if (path / name).exists()}
-        if held and not overwrite:
-            resumable = "last.safetensors" in held and "metrics.json" not in held
-            resume = f", --resume {path} to continue it" if resumable else ""
-            raise UserError(f"{path} already holds a run; pass --overwrite to replace it{resume}, or choose another "
-                            f"--out")
-        return cls(path)
+        run = cls(path)
+        if path.is_dir() and not overwrite:
+            run._refuse_to_replace()
+        return run
+
+    def _refuse_to_replace(self) -> None:
+        if self.is_run():
+            raise UserError(f"{printable(self.path)} already holds a run{self._how_to_go_on()}")
+        foreign = self.foreign_entries()
+        if foreign:
+            shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UserError(f"--out {printable(self.path)} is not empty and not a run folder (it holds {shown}); "
+                            f"choose a new or empty folder, or pass --overwrite (only imgcls's own files are "
+                            f"then replaced)")
+
+    def _how_to_go_on(self) -> str:
+        if self.diverged.is_file():
+            return (f" that diverged; resuming it would diverge again: start a new run with a lower --lr in another "
+                    f"--out, or pass --overwrite to replace it")
+        resume = f", --resume {printable(self.path)} to continue it" if self.resumable() else ""
+        return f"; pass --overwrite to replace it{resume}, or choose another --out"
+
+    def resumable(self) -> bool:
+        return self.last.is_file() and not self.metrics.is_file() and not self.diverged.is_file()
 
     def start(self) -> None:
-        """Create the folder, clearing a previous run's files (allowed by for_new_run's check)."""
+        """Create the folder, clearing a previous run's files (allowed by for_new_run's check); anything else
+        in the folder stays."""
         try:
-            for name in (*RUN_FILES, *FIGURE_FILES):  # a replaced run's pictures must not outlive it
-                (self.path / name).unlink(missing_ok=True)
-            shutil.rmtree(self.path / "templates", ignore_errors=True)
+            if self.path.is_dir() and self.is_run():  # a replaced run's pictures and logs must not outlive it
+                for name in OWN_FILES:
+                    (self.path / name).unlink(missing_ok=True)
+                for name in OWN_FOLDERS:
+                    shutil.rmtree(self.path / name, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UserError(f"cannot create the run folder {self.path} ({error.strerror or error}); choose another "
-                            f"--out") from None
+            raise UserError(f"cannot create the run folder {printable(self.path)} ({error.strerror or error}); "
+                            f"choose another --out") from None
 
     def write_config(self, config: dict) -> None:
+        """Without the run's own folder (output.out): repeating the run with --config goes to a new folder."""
+        config = {**config, "output": {**config.get("output", {}), "out": None}}
         write_text_atomic(self.config, yaml.safe_dump(config, sort_keys=False))
 
     @classmethod
@@ -76,7 +124,23 @@ class RunDir:
                             f"folder of an interrupted run")
         if run.metrics.is_file():
             raise UserError(f"--resume {path}: that run has already finished (metrics.json exists); start a new run")
+        if run.diverged.is_file():
+            raise UserError(f"--resume {path}: that run diverged, and resuming it would diverge again the same way; "
+                            f"start a new run with a lower --lr: {run.retry_command()}")
         return run
+
+    def retry_command(self) -> str:
+        """The command that repeats this run (in a new folder) with a tenth of its learning rate."""
+        lr = None
+        try:
+            lr = (yaml.safe_load(self.config.read_text()) or {}).get("optim", {}).get("lr")
+        except (OSError, yaml.YAMLError, AttributeError):
+            pass
+        lower = f"{lr / 10:g}" if isinstance(lr, (int, float)) and not isinstance(lr, bool) else "LOWER"
+        return f"imgcls train --config {printable(self.config)} --lr {lower}"
+
+    def mark_diverged(self, why: str) -> None:
+        write_text_atomic(self.diverged, why.rstrip() + "\n")
 
     def write_epochs(self, history: list[dict]) -> None:
         """The whole history each time: a resumed run rewrites the file, never duplicates a line."""
@@ -86,6 +150,218 @@ class RunDir:
         write_json_atomic(self.metrics, metrics)
 
     def read_epochs(self) -> list[dict]:
+        """epochs.jsonl's records, each checked for the keys and types a report reads."""
         if not self.epochs.exists():
             return []
-        return [json.loads(line) for line in self.epochs.read_text().splitlines() if line.strip()]
+        try:
+            records = [json.loads(line) for line in self.epochs.read_text().splitlines() if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
+                            f"damaged") from None
+        for line, record in enumerate(records, 1):
+            _check_fields(record, EPOCH_FIELDS, f"line {line}", self.epochs)
+        return records
+
+    def read_metrics(self) -> dict | None:
+        """metrics.json, checked for the shape train writes (None: the run did not finish)."""
+        if not self.metrics.is_file():
+            return None
+        try:
+            metrics = json.loads(self.metrics.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"{printable(self.metrics)} is not valid JSON ({error}); the run folder is damaged") \
+                from None
+        _check_metrics(metrics, self.metrics)
+        return metrics
+
+    @contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold the folder for this process (creating it) while a run writes it; a second run on it is refused,
+        naming this process. Temporary files of killed writers are removed. Folders made here that the run
+        left empty are removed again: a refused or interrupted run leaves nothing."""
+        created = _create_folders(self.path)
+        try:
+            fd = _lock(self.path / LOCK)
+        except BaseException:
+            _remove_empty(created)
+            raise
+        self._before = {name: _identity(self.path / name) for name in RUN_FILES}
+        try:
+            remove_stale_temporaries(self.path)
+            yield self
+        finally:
+            try:
+                (self.path / LOCK).unlink(missing_ok=True)  # while still held: a waiting run locks a new file
+            except OSError:
+                pass
+            os.close(fd)
+            _remove_empty(created)
+
+    def written_here(self) -> set[str]:
+        """The run files this process wrote (or replaced) since it locked the folder."""
+        return {name for name, before in self._before.items() if _identity(self.path / name) not in (None, before)}
+
+    def interrupted_state(self, resumed: bool) -> str:
+        """After a Ctrl-C: what the folder now holds, and the command that goes on from there."""
+        written, path = self.written_here(), printable(self.path)
+        if "metrics.json" in written:
+            return f"the run is finished; interrupted while drawing figures: `imgcls report {path}` draws them"
+        if self.resumable() and (resumed or "last.safetensors" in written):
+            done, planned = self._epochs_done(), self._epochs_planned()
+            if planned is not None and done >= planned:
+                return (f"training finished and checkpoints are whole; interrupted during the final test evaluation: "
+                        f"`imgcls train --resume {path}` finishes it")
+            return (f"interrupted after {done} finished epoch(s), whose checkpoints are whole: "
+                    f"`imgcls train --resume {path}` continues")
+        if "config.yaml" in written:
+            return ("interrupted in the first epoch, before any checkpoint: only config.yaml was written; run the "
+                    "same command again with --overwrite")
+        return "interrupted while loading the data: nothing was written; run the same command again"
+
+    def _epochs_done(self) -> int:
+        try:
+            return len(self.read_epochs())
+        except UserError:
+            return 0
+
+    def _epochs_planned(self) -> int | None:
+        try:
+            epochs = (yaml.safe_load(self.config.read_text()) or {}).get("train", {}).get("epochs")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
+        return epochs if isinstance(epochs, int) else None
+
+
+def _default_folder(dataset: str) -> Path:
+    """runs/<dataset>-<date>-<time>, with -2, -3, ... when that folder exists (two runs in one second)."""
+    base = Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, number = base, 1
+    while path.exists():
+        number += 1
+        path = base.with_name(f"{base.name}-{number}")
+    return path
+
+
+def _identity(path: Path):
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
+def _create_folders(path: Path) -> list[Path]:
+    """mkdir -p, returning the folders it made, deepest first."""
+    missing, folder = [], path.absolute()
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the run folder {printable(path)} ({error.strerror or error}); choose another "
+                        f"--out") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty: the run wrote something, and the folders above hold it
+
+
+def _lock(lock_path: Path) -> int:
+    """An exclusive flock on lock_path, holding this process's id; a UserError naming the holder if taken."""
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise UserError(f"cannot lock the run folder {printable(lock_path.parent)} ({error.strerror or error}); "
+                            f"choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{printable(lock_path.parent)} is in use by another imgcls process (pid {holder}); wait "
+                            f"for it to end, or choose another --out") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            return fd  # a file system that cannot lock (some network mounts): the run goes on unguarded
+        if _same_file(lock_path, fd):
+            break
+        os.close(fd)  # the holder removed the file between our open and our lock: lock the one there now
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except OSError:
+        return False
+
+
+# --- the shapes of the JSON files a report reads ---------------------------------------------------------
+
+NUMBER, COUNT, TEXT, MAPPING = "a number", "a whole number >= 0", "text", "a JSON object"
+EPOCH_FIELDS = {"epoch": COUNT, "train_loss": NUMBER, "train_top1": NUMBER, "val_loss": NUMBER, "val_top1": NUMBER,
+                "val_top5": NUMBER, "lr": NUMBER, "seconds": NUMBER}
+SPLIT_FIELDS = {"loss": NUMBER, "top1": NUMBER, "top5": NUMBER, "k": COUNT, "count": COUNT}
+METRICS_FIELDS = {"best_epoch": COUNT, "val": MAPPING, "test": MAPPING, "classes": "a list of class names"}
+
+
+def _is(value, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == NUMBER:
+        return isinstance(value, (int, float))
+    if kind == COUNT:
+        return isinstance(value, int) and value >= 0
+    if kind == TEXT:
+        return isinstance(value, str)
+    if kind == MAPPING:
+        return isinstance(value, dict)
+    return isinstance(value, list) and bool(value) and all(isinstance(name, str) for name in value)
+
+
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(f"{printable(path)} is damaged: {what}; train the run again or restore the file")
+
+
+def _described(value) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
+        type(value), f"{value!r}")
+
+
+def _check_fields(record, fields: dict, where: str, path: Path) -> None:
+    if not isinstance(record, dict):
+        raise _damaged(path, f"{where} is {_described(record)}, not {MAPPING}")
+    for key, kind in fields.items():
+        if key not in record:
+            raise _damaged(path, f"{where} lacks '{key}'")
+        if not _is(record[key], kind):
+            raise _damaged(path, f"{where}: '{key}' is {_described(record[key])}, not {kind}")
+
+
+def _check_metrics(metrics, path: Path) -> None:
+    _check_fields(metrics, METRICS_FIELDS, "the file", path)
+    for split in ("val", "test"):
+        _check_fields(metrics[split], SPLIT_FIELDS, f"'{split}'", path)
+        extra = metrics[split].get("superclass_top1")
+        if extra is not None and not _is(extra, NUMBER):
+            raise _damaged(path, f"'{split}': 'superclass_top1' is {_described(extra)}, not {NUMBER}")
+    detail = metrics.get("test_detail", {})
+    if not isinstance(detail, dict):
+        raise _damaged(path, f"'test_detail' is {_described(detail)}, not {MAPPING}")
+    k = len(metrics["classes"])
+    per_class, confusion = detail.get("per_class", []), detail.get("confusion", [])
+    if not (isinstance(per_class, list) and all(_is(v, NUMBER) for v in per_class) and len(per_class) in (0, k)):
+        raise _damaged(path, f"'test_detail': 'per_class' is not a list of {k} numbers (one per class)")
+    if not (isinstance(confusion, list) and len(confusion) in (0, k)
+            and all(isinstance(row, list) and len(row) == k and all(_is(v, COUNT) for v in row) for row in confusion)):
+        raise _damaged(path, f"'test_detail': 'confusion' is not a {k}x{k} matrix of counts")

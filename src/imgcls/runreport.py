@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from imgcls.errors import UserError
+from imgcls.files import printable
 
 
 @dataclass
@@ -23,6 +26,8 @@ class RunSummary:
     epochs: list[dict]
     metrics: dict | None  # None: the run did not finish (no metrics.json)
     pairs: list[dict] = field(default_factory=list)
+    diverged: str | None = None  # diverged.txt: why training stopped
+    retry: str = ""  # the command that tries again with a lower learning rate
 
     @property
     def classes(self) -> list[str]:
@@ -30,6 +35,8 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         out = {"run_dir": str(self.path), "config": self.config, "epochs": len(self.epochs)}
+        if self.diverged:
+            out.update({"diverged": self.diverged, "retry": self.retry})
         if self.metrics:
             detail = self.metrics.get("test_detail", {})
             out.update({"best_epoch": self.metrics["best_epoch"], "val": self.metrics["val"],
@@ -56,27 +63,24 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 
 def load_run(path: Path, pairs: int = 5) -> RunSummary:
     import yaml
 
-    from imgcls.figures import _read_epochs, read_metrics
     from imgcls.rundir import RunDir
 
     run = RunDir(Path(path))
     if not run.path.is_dir():
-        raise UserError(f"run folder {run.path} does not exist; pass the --out folder of a training run")
+        raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")
     if not run.config.is_file():
-        raise UserError(f"{run.path} is not a run folder (no config.yaml); pass the --out folder of a training run")
+        raise UserError(f"{printable(run.path)} is not a run folder (no config.yaml); pass the --out folder of a "
+                        f"training run")
     try:
         config = yaml.safe_load(run.config.read_text()) or {}
-    except yaml.YAMLError:
-        raise UserError(f"{run.config} is not valid YAML; the run folder is damaged") from None
-    metrics = read_metrics(run.metrics)
-    summary = RunSummary(run.path, config if isinstance(config, dict) else {}, _read_epochs(run), metrics)
-    if metrics:
-        for key in ("best_epoch", "val", "test", "classes"):
-            if key not in metrics:
-                raise UserError(f"{run.metrics} lacks '{key}'; the run folder is damaged")
-        confusion = metrics.get("test_detail", {}).get("confusion")
-        if confusion:
-            summary.pairs = confused_pairs(confusion, metrics["classes"], pairs)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"{printable(run.config)} is not valid YAML; the run folder is damaged") from None
+    metrics = run.read_metrics()
+    diverged = run.diverged.read_text(errors="replace").strip() if run.diverged.is_file() else None
+    summary = RunSummary(run.path, config if isinstance(config, dict) else {}, run.read_epochs(), metrics,
+                         diverged=diverged, retry=run.retry_command() if diverged else "")
+    if metrics and metrics.get("test_detail", {}).get("confusion"):
+        summary.pairs = confused_pairs(metrics["test_detail"]["confusion"], metrics["classes"], pairs)
     return summary
 
 
@@ -93,7 +97,8 @@ def config_table(config: dict) -> Table:
         for key, value in values.items():
             changed = defaults.get(section, {}).get(key, object()) != value
             style = "bold" if changed else "dim"
-            table.add_row(f"{section}.{key}", "null" if value is None else str(value), style=style)
+            table.add_row(Text(printable(f"{section}.{key}")), Text(printable("null" if value is None else str(value))),
+                          style=style)
     return table
 
 
@@ -123,7 +128,7 @@ def per_class_table(summary: RunSummary) -> Table:
         if others:
             count, j = max(others, key=lambda pair: (pair[0], -pair[1]))
             mistaken = f"{summary.classes[j]} ({count})"
-        table.add_row(name, str(sum(row)) if row else "", f"{accuracy:.2%}", mistaken)
+        table.add_row(Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}", Text(printable(mistaken)))
     return table
 
 
@@ -133,7 +138,8 @@ def pairs_table(pairs: list[dict]) -> Table:
                             ("share of the true class", "right")):
         table.add_column(column, justify=justify)
     for pair in pairs:
-        table.add_row(pair["true"], pair["predicted"], str(pair["count"]), f"{pair['share']:.1%}")
+        table.add_row(Text(printable(pair["true"])), Text(printable(pair["predicted"])), str(pair["count"]),
+                      f"{pair['share']:.1%}")
     return table
 
 
@@ -141,19 +147,25 @@ def render(summary: RunSummary) -> Group:
     from imgcls.metrics import Metrics
     from imgcls.report import Reporter
 
-    parts: list = [f"[bold]run[/] {summary.path}", config_table(summary.config)]
+    path = escape(printable(summary.path))
+    parts: list = [f"[bold]run[/] {path}", config_table(summary.config)]
     best = summary.metrics["best_epoch"] if summary.metrics else None
     if summary.epochs:
         parts.append(epochs_table(summary.epochs, best))
+    if summary.metrics is None and summary.diverged:
+        parts.append(f"[red]the run diverged:[/] {escape(summary.diverged)}\nResuming it would diverge again the "
+                     f"same way; start a new run with a lower --lr: {escape(summary.retry)}")
     if summary.metrics is None:
-        parts.append("[yellow]no metrics.json: the run did not finish[/] (resume it with imgcls train --resume "
-                     f"{summary.path})")
+        if not summary.diverged:
+            parts.append(f"[yellow]no metrics.json: the run did not finish[/] (resume it with imgcls train --resume "
+                         f"{path})")
         return Group(*parts)
-    dataset = summary.config.get("data", {}).get("dataset", "?")
+    data = summary.config.get("data")
+    dataset = data.get("dataset", "?") if isinstance(data, dict) else "?"
     rows = {split: Metrics(**{k: v for k, v in summary.metrics[split].items()
                               if k in ("loss", "top1", "top5", "k", "count", "superclass_top1")})
             for split in ("val", "test")}
-    parts.append(Reporter().metrics_table(f"{dataset}: best epoch {best}", rows))
+    parts.append(Reporter().metrics_table(f"{escape(printable(str(dataset)))}: best epoch {best}", rows))
     if summary.metrics.get("test_detail", {}).get("per_class"):
         parts.append(per_class_table(summary))
     if summary.pairs:
