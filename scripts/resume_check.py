@@ -63,6 +63,8 @@ def interrupted_then_resumed(data: Path, out: Path, delay: float, args) -> tuple
     where = next((line.split(";")[0] for line in stderr.splitlines() if "interrupted" in line),
                  "finished before the signal" if process.returncode == 0 else stderr.strip()[-200:])
     resumes = 0
+    if not where.startswith("interrupted at epoch"):
+        return where, resumes  # before training's first step, or after its last: nothing to resume
     while not (out / "metrics.json").exists():
         resumes += 1
         done = subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(out), "--quiet"],
@@ -95,7 +97,8 @@ def main() -> None:
             out = work / f"stopped-{attempts}"
             where, resumes = interrupted_then_resumed(data, out, delay, args)
             if not where.startswith("interrupted at epoch"):
-                print(f"SIGINT after {delay:.2f} s of {length:.2f} s landed after training ({where or 'no message'})")
+                print(f"SIGINT after {delay:.2f} s of {length:.2f} s landed outside the training loop "
+                      f"({where.splitlines()[0] if where else 'no message'})", flush=True)
                 continue
             stopped += 1
             same = same_run(work / "whole", out)

@@ -148,36 +148,16 @@ def test_interrupted_at_any_step_and_resumed_ends_bit_identical(uninterrupted, m
 
 
 class MisalignedSafetensors:
-    """safe_open whose tensors live at an offset of 4 bytes past a 64-byte boundary, as safetensors' own
-    memory can: BLAS rounds differently with a buffer's alignment on some CPUs, so a checkpoint's tensors
-    must never be used where they were read."""
+    """Deserialized checkpoint tensors that live at an offset of 4 bytes past a 64-byte boundary, as
+    safetensors' own memory can: BLAS rounds differently with a buffer's alignment on some CPUs, so a
+    checkpoint's tensors must never be used where they were read."""
 
     def __init__(self, monkeypatch):
-        import safetensors
+        import safetensors.torch
 
-        real_open = safetensors.safe_open
-
-        class Opened:
-            def __init__(self, *args, **kwargs):
-                self.inner = real_open(*args, **kwargs)
-
-            def __enter__(self):
-                self.file = self.inner.__enter__()
-                return self
-
-            def __exit__(self, *exc):
-                return self.inner.__exit__(*exc)
-
-            def metadata(self):
-                return self.file.metadata()
-
-            def keys(self):
-                return self.file.keys()
-
-            def get_tensor(self, name):
-                return misaligned(self.file.get_tensor(name))
-
-        monkeypatch.setattr(safetensors, "safe_open", Opened)
+        real_load = safetensors.torch.load
+        monkeypatch.setattr(safetensors.torch, "load",
+                            lambda data: {name: misaligned(t) for name, t in real_load(data).items()})
 
 
 def misaligned(tensor: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
 
 
 def load(path: Path) -> Checkpoint:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     path = Path(path)
     if path.is_dir():
@@ -72,12 +72,7 @@ def load(path: Path) -> Checkpoint:
         raise UserError(f"checkpoint {path} does not exist; pass a .safetensors file from a run folder "
                         f"(runs/<run>/best.safetensors) or the run folder itself")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            # Fresh, aligned memory for every tensor: safetensors hands out tensors only 4-byte aligned,
-            # and BLAS rounds differently with the buffer's alignment, so a momentum buffer used in place
-            # would make a resumed run drift from an unbroken one (in the last bits, on some CPUs).
-            tensors = {name: f.get_tensor(name).clone() for name in f.keys()}
+        metadata, tensors = _read(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise UserError(f"{path} is not a readable imgcls checkpoint ({str(error).splitlines()[0][:120]}); it may be "
                         f"truncated or another kind of file") from None
@@ -100,6 +95,22 @@ def load(path: Path) -> Checkpoint:
         reason = f"no {error} in it" if isinstance(error, KeyError) else str(error)
         raise UserError(f"{path} is a damaged imgcls checkpoint ({reason}); use another checkpoint") from None
     return checkpoint
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The file's metadata and tensors. Read whole, by Python: safetensors' own file reader takes only paths
+    that are valid UTF-8, and checkpoints are small."""
+    from safetensors.torch import load as deserialize
+
+    content = path.read_bytes()
+    tensors = deserialize(content)  # checks the header and every tensor's place in the file
+    header = json.loads(content[8:8 + int.from_bytes(content[:8], "little")])
+    metadata = header.get("__metadata__") or {}
+    # Fresh, aligned memory for every tensor: deserialized tensors may be only 4-byte aligned, and BLAS rounds
+    # differently with a buffer's alignment, so a momentum buffer used in place would make a resumed run drift
+    # from an unbroken one (in the last bits, on some CPUs).
+    tensors = {name: tensor.clone() for name, tensor in tensors.items()}
+    return {key: value for key, value in metadata.items() if isinstance(value, str)}, tensors
 
 
 def _format_version(text: str) -> int | None:

@@ -51,8 +51,6 @@ def _default(section: str, key: str) -> str:
 
 
 DATA, MODEL, OPT, RUN = "Data", "Model and loss", "Optimization", "Run"
-DIVERGED_WORDS = "training diverged"  # in train.py's messages when the loss became NaN or infinite
-
 
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
 @user_errors
@@ -164,7 +162,7 @@ def train(
 def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool) -> None:
     """Train, then draw the figures; a Ctrl-C at any point says what the run folder holds and how to go on."""
     from imgcls.report import Reporter
-    from imgcls.train import Interrupted
+    from imgcls.train import Diverged, Interrupted
     from imgcls.train import train as run_training
 
     from imgcls import distributed
@@ -189,8 +187,8 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
         if is_main:
             err.print(target.interrupted_state(resumed is not None), soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
-    except UserError as error:
-        if is_main and DIVERGED_WORDS in str(error) and target.last.is_file():
+    except Diverged as error:
+        if is_main and target.last.is_file():
             target.mark_diverged(str(error))  # its checkpoints would diverge again: no later message offers --resume
         raise
 

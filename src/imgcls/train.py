@@ -87,6 +87,10 @@ class Progress:
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
 
 
+class Diverged(UserError):
+    """The loss or the weights stopped being finite numbers: the run's checkpoints would diverge again."""
+
+
 class Interrupted(Exception):
     def __init__(self, run_dir: RunDir, progress: Progress, steps: int):
         super().__init__(f"interrupted at epoch {progress.epoch + 1}, step {progress.step} of {steps}")
@@ -254,14 +258,14 @@ def resolve_batch_size(config: Config, data: PreparedData, device: torch.device,
 
 def check_finite(progress: Progress) -> None:
     if not math.isfinite(float(progress.loss_sum)):
-        raise UserError(f"the loss became {float(progress.loss_sum)} at epoch {progress.epoch + 1}, step "
+        raise Diverged(f"the loss became {float(progress.loss_sum)} at epoch {progress.epoch + 1}, step "
                         f"{progress.step}: training diverged; {_after_divergence(progress)}")
 
 
 def check_finite_val(progress: Progress, val_loss: float) -> None:
     """An epoch's last update can make the weights infinite after its loss was measured; validation sees it."""
     if not math.isfinite(val_loss):
-        raise UserError(f"the validation loss became {val_loss} after epoch {progress.epoch + 1}, step "
+        raise Diverged(f"the validation loss became {val_loss} after epoch {progress.epoch + 1}, step "
                         f"{progress.step}: training diverged; {_after_divergence(progress)}")
 
 
