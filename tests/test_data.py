@@ -1,17 +1,24 @@
 """Data: the stratified split, normalization, reading an image folder as a named dataset, the decoded
 cache (reuse, invalidation, damaged entries) and minibatch order."""
 
+import errno
 import hashlib
 import math
 import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torchvision.io import decode_image, ImageReadMode
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain
 from imgcls.config import DataConfig
 from imgcls.data.batches import Batches, epoch_permutation
 from imgcls.data.prepare import LabelledImages, Normalization, fit_normalization, load_decoded, prepare, \
@@ -290,6 +297,141 @@ def test_mnist_through_the_cache(mnist_root, fresh_cache):
     assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     again, cached = load_decoded(config, "test")
     assert cached and torch.equal(again.images, test.images)
+
+
+SMALL = {"train": {"ant": [(8, 8)] * 4, "bee": [(8, 8)] * 4}, "test": {"ant": [(8, 8)] * 2, "bee": [(8, 8)] * 2}}
+
+
+def small_config(root, **extra) -> DataConfig:
+    return DataConfig(dataset="imagefolder", data_dir=str(root), **extra)
+
+
+def write_bmp_folder(root, seed=0):
+    """BMP files (uncompressed: every 8x8 image has the same file size), two classes."""
+    from PIL import Image
+
+    generator = np.random.default_rng(seed)
+    for split, count in (("train", 4), ("test", 2)):
+        for name in ("ant", "bee"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = generator.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.bmp")
+    return root
+
+
+def test_an_edit_that_keeps_size_and_modification_time_is_decoded_again(tmp_path, fresh_cache):
+    root = write_bmp_folder(tmp_path / "data")
+    config = small_config(root)
+    before, _ = load_decoded(config, "test")
+    target, other = root / "test" / "ant" / "0.bmp", root / "test" / "bee" / "1.bmp"
+    assert target.stat().st_size == other.stat().st_size
+    stat = target.stat()
+    time.sleep(0.05)  # the change time's clock ticks coarsely
+    target.write_bytes(other.read_bytes())
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what `touch -r` does
+    after, cached = load_decoded(config, "test")
+    assert not cached and not torch.equal(before.images, after.images)
+    assert torch.equal(after.images[0], after.images[3])  # the new bytes: a copy of bee/1.bmp
+
+
+def test_cache_clear_and_info_touch_only_what_imgcls_made(cli, tmp_path, fresh_cache, image_folder, assert_ok):
+    root = image_folder(tmp_path / "data", SMALL)
+    load_decoded(small_config(root), "test")
+    entry, = cache_entries(fresh_cache)
+    mine = {".git": "hidden.txt", "projects": "notes.txt", "0123456789abcdef01234567": "data.bin"}
+    for folder, name in mine.items():
+        (fresh_cache / folder).mkdir()
+        (fresh_cache / folder / name).write_text("keep me")
+    (fresh_cache / "0123456789abcdef01234567" / "meta.json").write_text('{"someone": "else"}')
+    info = cli("cache", "info")
+    assert_ok(info)
+    assert entry.name in info.stdout and "projects" not in info.stdout and "0123456789abcdef01234567" not in info.stdout
+    cleared = cli("cache", "clear")
+    assert_ok(cleared)
+    assert "removed 1 cache entries" in plain(cleared.stdout)
+    assert not entry.exists()
+    assert all((fresh_cache / folder / name).read_text() == "keep me" for folder, name in mine.items())
+
+
+def test_the_loser_of_a_race_to_build_an_entry_uses_the_winners(tmp_path, fresh_cache, image_folder, monkeypatch):
+    root = image_folder(tmp_path / "data", SMALL)
+    config = small_config(root)
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "other-cache"))
+    winner, _ = load_decoded(config, "test")  # the same entry, built by "another process" elsewhere
+    built, = cache_entries(tmp_path / "other-cache")
+    monkeypatch.setenv("IMGCLS_CACHE", str(fresh_cache))
+    real_rename = os.rename
+
+    def other_process_renames_first(source, target):
+        shutil.copytree(built, target)
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", other_process_renames_first)
+    split, cached = load_decoded(config, "test")
+    assert not cached and torch.equal(split.images, winner.images)
+    assert [p.name for p in fresh_cache.iterdir()] == [built.name]  # no staging folder left behind
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_staging_folders_of_killed_builds_are_shown_and_removed(cli, tmp_path, fresh_cache, image_folder):
+    from imgcls.data.cache import _host
+
+    root = image_folder(tmp_path / "data", SMALL)
+    fresh_cache.mkdir()
+    key = "ab" * 12
+    dead = fresh_cache / f".{key}.{_host()}.{dead_pid()}.0123abcd.building"
+    alive = fresh_cache / f".{key}.{_host()}.{os.getpid()}.0123abcd.building"
+    elsewhere = fresh_cache / f".{key}.otherhost.{dead_pid()}.0123abcd.building"
+    for folder in (dead, alive, elsewhere):
+        folder.mkdir()
+        (folder / "images.npy").write_bytes(b"\0" * 1000)
+    info = plain(cli("cache", "info").stdout)
+    assert info.count("(building)") == 2 and info.count("killed build") == 1
+    load_decoded(small_config(root), "test")
+    assert not dead.exists() and alive.exists() and elsewhere.exists()
+
+
+def test_cache_folders_follow_the_umask(tmp_path, fresh_cache, image_folder):
+    root = image_folder(tmp_path / "data", SMALL)
+    previous = os.umask(0o022)
+    try:
+        load_decoded(small_config(root), "test")
+    finally:
+        os.umask(previous)
+    entry, = cache_entries(fresh_cache)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+
+
+def fail_with(number):
+    def fail(*args, **kwargs):
+        raise OSError(number, os.strerror(number))
+    return fail
+
+
+@pytest.mark.parametrize("case, words", [("file", ["is a file, not a folder", "IMGCLS_CACHE"]),
+                                         ("full", ["disk is full", "free some space", "IMGCLS_CACHE"]),
+                                         ("read-only", ["read-only file system", "IMGCLS_CACHE"])])
+def test_a_cache_that_cannot_be_written_is_one_clear_error(cli, tmp_path, fresh_cache, image_folder, monkeypatch,
+                                                           assert_user_error, case, words):
+    root = image_folder(tmp_path / "data", SMALL)
+    if case == "file":
+        fresh_cache.write_text("not a folder")
+    elif case == "full":
+        monkeypatch.setattr(np, "save", fail_with(errno.ENOSPC))
+    else:
+        real_mkdir = Path.mkdir
+        monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: fail_with(errno.EROFS)() if fresh_cache in
+                            (self, *self.parents) else real_mkdir(self, *a, **k))
+    result = cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--device", "cpu",
+                 "--out", tmp_path / "run", "--quiet")
+    assert_user_error(result, *words)
+    assert not (fresh_cache.is_dir() and [p for p in fresh_cache.iterdir() if p.name.startswith(".")])
 
 
 # --- minibatches --------------------------------------------------------------------------------

@@ -474,20 +474,21 @@ def cache_info() -> None:
     from rich.table import Table
 
     from imgcls.config import default_cache_dir
-    from imgcls.data.cache import list_entries, staging_folders
+    from imgcls.data.cache import builder_alive, list_entries, staging_folders
 
     directory = default_cache_dir()
     table = Table(title=f"decoded-dataset cache: {directory}")
     for column in ("entry", "dataset", "split", "images", "MB"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for entry in list_entries(directory):
         identity = entry.meta.get("identity", {})
         shape = entry.meta.get("shape", ["?"])
         table.add_row(entry.path.name, str(identity.get("dataset", "?")), str(identity.get("split", "?")),
                       str(shape[0]), f"{entry.size_bytes / 1e6:.1f}")
-    for staging in staging_folders(directory):  # a build in progress, or one whose process was killed
+    for staging in staging_folders(directory):
         size = sum(f.stat().st_size for f in staging.iterdir() if f.is_file())
-        table.add_row(staging.name, "(unfinished build)", "", "", f"{size / 1e6:.1f}")
+        state = "(building)" if builder_alive(staging) else "(left by a killed build; removed by the next build)"
+        table.add_row(staging.name, state, "", "", f"{size / 1e6:.1f}")
     Console().print(table)
 
 

@@ -200,7 +200,7 @@ def staging_folders(cache_dir: Path) -> list[Path]:
                   if STAGING_NAME.fullmatch(path.name) and path.is_dir() and not path.is_symlink())
 
 
-def _builder_alive(staging: Path) -> bool:
+def builder_alive(staging: Path) -> bool:
     """Whether the process that made this staging folder may still be building it. One on another host
     (a shared cache folder) cannot be asked, so it counts as alive."""
     match = STAGING_NAME.fullmatch(staging.name)
@@ -217,7 +217,7 @@ def _builder_alive(staging: Path) -> bool:
 
 def remove_stale_staging(cache_dir: Path) -> list[Path]:
     """Remove the staging folders of processes that are gone; returns them."""
-    stale = [path for path in staging_folders(cache_dir) if not _builder_alive(path)]
+    stale = [path for path in staging_folders(cache_dir) if not builder_alive(path)]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
