@@ -434,6 +434,115 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error(cli, tmp_path, fresh_
     assert not (fresh_cache.is_dir() and [p for p in fresh_cache.iterdir() if p.name.startswith(".")])
 
 
+# --- image folders: odd files, pixel limits, messages -------------------------------------------
+
+def train_small(cli, root, out, *extra):
+    return cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--batch-size", 4,
+               "--device", "cpu", "--out", out, *extra)
+
+
+def test_a_fifo_named_like_an_image_is_refused_by_name_not_read(cli, tmp_path, fresh_cache, image_folder,
+                                                                assert_user_error, assert_ok):
+    root = image_folder(tmp_path / "data", SMALL)
+    os.mkfifo(root / "train" / "ant" / "pipe.png")  # reading it would wait for a writer forever
+    assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "pipe.png", "not a regular file", "FIFO")
+    skipped = train_small(cli, root, tmp_path / "skip", "--skip-bad-images")
+    assert_ok(skipped)
+    assert "1 unreadable images skipped" in plain(skipped.stderr)
+
+
+def test_dangling_symlinks_and_symlink_loops_are_named_or_skipped(cli, tmp_path, fresh_cache, image_folder,
+                                                                  assert_user_error):
+    root = image_folder(tmp_path / "data", SMALL)
+    ant = root / "train" / "ant"
+    (ant / "gone.png").symlink_to("annexed-object-not-fetched.png")
+    (ant / "loop.png").symlink_to("loop.png")
+    (ant / "here").symlink_to(".")  # folder loops: walked once, not forty times
+    (ant / "up").symlink_to("..")
+    assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "gone.png", "symbolic link",
+                      "does not exist")
+    data = prepare(small_config(root, skip_bad_images=True), seed=0)
+    assert data.skipped == 2 and len(data.train) + len(data.val) == 8
+    assert Counter(data.train.labels.tolist() + data.val.labels.tolist()) == {0: 4, 1: 4}
+
+
+def test_a_gif_is_an_image_everywhere_and_other_files_are_counted(tmp_path, fresh_cache, image_folder):
+    from PIL import Image
+
+    from imgcls.predict import list_images
+
+    root = image_folder(tmp_path / "data", SMALL)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "train" / "ant" / "zero.gif")
+    (root / "train" / "bee" / "notes.txt").write_text("not an image")
+    data = prepare(small_config(root), seed=0)
+    assert len(data.train) + len(data.val) == 9 and data.passed_over == 1
+    assert len(list_images([root / "train"])) == 9
+
+
+def test_image_size_one_works_on_colour_images(tmp_path, fresh_cache, image_folder):
+    root = image_folder(tmp_path / "data", SMALL)
+    data = prepare(small_config(root, image_size=1), seed=0)
+    assert data.shape == (3, 1, 1)
+    first = decode_image(str(root / "test" / "ant" / "000.png"), mode=ImageReadMode.RGB)
+    from torchvision.transforms.v2.functional import resize as tv_resize
+
+    in_float = tv_resize(first.float(), [1, 1], antialias=True)  # the float path has no such failure
+    assert (data.test.images[0].float() - in_float).abs().max() <= 1
+
+
+def huge_header(kind: str) -> bytes:
+    """A real 8x8 JPEG or PNG whose header says 14000 x 14000 (196 megapixels)."""
+    import struct
+    import zlib
+
+    from torchvision.io import encode_jpeg, encode_png
+
+    image = torch.zeros((3, 8, 8), dtype=torch.uint8)
+    if kind == "jpeg":
+        data = bytearray(encode_jpeg(image).numpy().tobytes())
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", 14000, 14000)
+        return bytes(data)
+    data = bytearray(encode_png(image).numpy().tobytes())
+    header = b"IHDR" + struct.pack(">II", 14000, 14000) + bytes(data[24:29])
+    data[12:33] = header + struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_one_pixel_limit_for_every_format_from_the_header(kind):
+    from imgcls.data.readers import decode_image_bytes
+
+    with pytest.raises(ValueError, match="more than 178,956,970 pixels.*decompression bombs"):
+        decode_image_bytes(huge_header(kind), None)
+
+
+def test_grey_train_and_colour_test_images_say_what_differs(cli, tmp_path, fresh_cache, image_folder,
+                                                            assert_user_error):
+    from torchvision.io import write_png
+
+    root = image_folder(tmp_path / "data", SMALL)
+    for path in (root / "train").rglob("*.png"):
+        write_png(decode_image(str(path))[:1], str(path))
+    error = assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "grey (1 channel)",
+                              "colour (3 channels)", "convert")
+    assert "pass --image-size" not in error
+
+
+def test_sizes_are_written_width_first(cli, tmp_path, fresh_cache, image_folder, assert_user_error):
+    root = image_folder(tmp_path / "data", {**SMALL, "test": {"ant": [(8, 8), (8, 9)], "bee": [(8, 8)] * 2}})
+    assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "8 wide, 8 high", "9 wide, 8 high")
+
+
+def test_a_data_dir_that_is_a_file_says_so(cli, tmp_path, monkeypatch, assert_user_error):
+    data_file = tmp_path / "data.tar"
+    data_file.write_text("an archive, say")
+    monkeypatch.setenv("IMGCLS_DATA", str(data_file))
+    for dataset in ("imagefolder", "mnist"):
+        result = cli("train", "--dataset", dataset, "--epochs", 1, "--out", tmp_path / "run", "--quiet")
+        assert_user_error(result, str(data_file), "is a file, not a folder")
+
+
 # --- minibatches --------------------------------------------------------------------------------
 
 def numbered(n):

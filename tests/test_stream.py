@@ -83,3 +83,36 @@ def test_a_damaged_image_met_while_streaming_is_named(cli, tiny_cifar, tmp_path,
     # met first by the sample that fits the normalization (the tiny folder is all sample): named either way
     result = cli(*train_args(tiny_cifar, tmp_path / "r", "--stream"))
     assert_user_error(result, victim.name)
+
+
+def small_folder(image_folder, root, test_size=(8, 8)):
+    return image_folder(root, {"train": {"ant": [(8, 8)] * 6, "bee": [(8, 8)] * 6},
+                               "test": {"ant": [test_size] * 2, "bee": [test_size] * 2}})
+
+
+def small_args(root, out, *extra):
+    return ("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 2, "--batch-size", 4, "--device",
+            "cpu", "--out", out, "--quiet", "--stream", *extra)
+
+
+def test_test_images_of_another_size_are_refused_before_training(cli, image_folder, tmp_path, assert_user_error):
+    root = small_folder(image_folder, tmp_path / "data", test_size=(10, 12))
+    assert_user_error(cli(*small_args(root, tmp_path / "run")), "8 wide, 8 high", "12 wide, 10 high", "--image-size")
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_skip_bad_images_survives_a_batch_with_nothing_readable(cli, image_folder, tmp_path, assert_ok):
+    root = small_folder(image_folder, tmp_path / "data")
+    for name in ("000.png", "001.png"):  # one of them at least in the training part, alone in its batch
+        (root / "train" / "ant" / name).write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    assert_ok(cli(*small_args(root, tmp_path / "run", "--skip-bad-images", "--batch-size", 1)))
+    assert ckpt.load(tmp_path / "run" / "last.safetensors").meta["epoch"] == 2
+
+
+def test_a_damaged_test_image_gets_a_short_clean_reason_before_training(cli, tiny_cifar, tmp_path,
+                                                                        assert_user_error):
+    victim = sorted((tiny_cifar / "test" / "cat").glob("*.jpg"))[2]
+    victim.write_bytes(victim.read_bytes()[:300])
+    error = assert_user_error(cli(*train_args(tiny_cifar, tmp_path / "r", "--stream")), victim.name, "truncated")
+    assert ".cpp" not in error and "/__w/" not in error
+    assert not (tmp_path / "r").exists()
