@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import torch
 
 from imgcls import checkpoint as ckpt
@@ -116,3 +122,29 @@ def test_a_damaged_test_image_gets_a_short_clean_reason_before_training(cli, tin
     error = assert_user_error(cli(*train_args(tiny_cifar, tmp_path / "r", "--stream")), victim.name, "truncated")
     assert ".cpp" not in error and "/__w/" not in error
     assert not (tmp_path / "r").exists()
+
+
+def test_sigterm_to_the_whole_process_group_checkpoints_a_streaming_run(tiny_cifar_session, tmp_path):
+    """What a scheduler or systemd does: SIGTERM to every process of the job, the DataLoader workers too."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgcls", "train", *map(str, train_args(tiny_cifar_session, out, "--stream")[1:]),
+         "--epochs", "1000", "--batch-size", "1", "--limit", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "last.safetensors").exists():  # an epoch done: the next one's workers are running
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if \
+                process.poll() is not None else "no epoch finished in 180 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "exited unexpectedly" not in stderr and "Traceback" not in stderr
+    assert "interrupted at epoch" in stderr
+    saved = ckpt.load(out / "last.safetensors")
+    assert saved.meta["epoch"] >= 1 and saved.meta["step"] > 0  # the interrupted epoch's own checkpoint
