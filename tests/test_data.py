@@ -1,17 +1,24 @@
 """Data: the stratified split, normalization, reading an image folder as a named dataset, the decoded
 cache (reuse, invalidation, damaged entries) and minibatch order."""
 
+import errno
 import hashlib
 import math
 import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torchvision.io import decode_image, ImageReadMode
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain
 from imgcls.config import DataConfig
 from imgcls.data.batches import Batches, epoch_permutation
 from imgcls.data.prepare import LabelledImages, Normalization, fit_normalization, load_decoded, prepare, \
@@ -290,6 +297,250 @@ def test_mnist_through_the_cache(mnist_root, fresh_cache):
     assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     again, cached = load_decoded(config, "test")
     assert cached and torch.equal(again.images, test.images)
+
+
+SMALL = {"train": {"ant": [(8, 8)] * 4, "bee": [(8, 8)] * 4}, "test": {"ant": [(8, 8)] * 2, "bee": [(8, 8)] * 2}}
+
+
+def small_config(root, **extra) -> DataConfig:
+    return DataConfig(dataset="imagefolder", data_dir=str(root), **extra)
+
+
+def write_bmp_folder(root, seed=0):
+    """BMP files (uncompressed: every 8x8 image has the same file size), two classes."""
+    from PIL import Image
+
+    generator = np.random.default_rng(seed)
+    for split, count in (("train", 4), ("test", 2)):
+        for name in ("ant", "bee"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = generator.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.bmp")
+    return root
+
+
+def test_an_edit_that_keeps_size_and_modification_time_is_decoded_again(tmp_path, fresh_cache):
+    root = write_bmp_folder(tmp_path / "data")
+    config = small_config(root)
+    before, _ = load_decoded(config, "test")
+    target, other = root / "test" / "ant" / "0.bmp", root / "test" / "bee" / "1.bmp"
+    assert target.stat().st_size == other.stat().st_size
+    stat = target.stat()
+    time.sleep(0.05)  # the change time's clock ticks coarsely
+    target.write_bytes(other.read_bytes())
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what `touch -r` does
+    after, cached = load_decoded(config, "test")
+    assert not cached and not torch.equal(before.images, after.images)
+    assert torch.equal(after.images[0], after.images[3])  # the new bytes: a copy of bee/1.bmp
+
+
+def test_cache_clear_and_info_touch_only_what_imgcls_made(cli, tmp_path, fresh_cache, image_folder, assert_ok):
+    root = image_folder(tmp_path / "data", SMALL)
+    load_decoded(small_config(root), "test")
+    entry, = cache_entries(fresh_cache)
+    mine = {".git": "hidden.txt", "projects": "notes.txt", "0123456789abcdef01234567": "data.bin"}
+    for folder, name in mine.items():
+        (fresh_cache / folder).mkdir()
+        (fresh_cache / folder / name).write_text("keep me")
+    (fresh_cache / "0123456789abcdef01234567" / "meta.json").write_text('{"someone": "else"}')
+    info = cli("cache", "info")
+    assert_ok(info)
+    assert entry.name in info.stdout and "projects" not in info.stdout and "0123456789abcdef01234567" not in info.stdout
+    cleared = cli("cache", "clear")
+    assert_ok(cleared)
+    assert "removed 1 cache entries" in plain(cleared.stdout)
+    assert not entry.exists()
+    assert all((fresh_cache / folder / name).read_text() == "keep me" for folder, name in mine.items())
+
+
+def test_the_loser_of_a_race_to_build_an_entry_uses_the_winners(tmp_path, fresh_cache, image_folder, monkeypatch):
+    root = image_folder(tmp_path / "data", SMALL)
+    config = small_config(root)
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "other-cache"))
+    winner, _ = load_decoded(config, "test")  # the same entry, built by "another process" elsewhere
+    built, = cache_entries(tmp_path / "other-cache")
+    monkeypatch.setenv("IMGCLS_CACHE", str(fresh_cache))
+    real_rename = os.rename
+
+    def other_process_renames_first(source, target):
+        shutil.copytree(built, target)
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", other_process_renames_first)
+    split, cached = load_decoded(config, "test")
+    assert not cached and torch.equal(split.images, winner.images)
+    assert [p.name for p in fresh_cache.iterdir()] == [built.name]  # no staging folder left behind
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_staging_folders_of_killed_builds_are_shown_and_removed(cli, tmp_path, fresh_cache, image_folder):
+    from imgcls.data.cache import _host
+
+    root = image_folder(tmp_path / "data", SMALL)
+    fresh_cache.mkdir()
+    key = "ab" * 12
+    dead = fresh_cache / f".{key}.{_host()}.{dead_pid()}.0123abcd.building"
+    alive = fresh_cache / f".{key}.{_host()}.{os.getpid()}.0123abcd.building"
+    elsewhere = fresh_cache / f".{key}.otherhost.{dead_pid()}.0123abcd.building"
+    for folder in (dead, alive, elsewhere):
+        folder.mkdir()
+        (folder / "images.npy").write_bytes(b"\0" * 1000)
+    info = plain(cli("cache", "info").stdout)
+    assert info.count("(building)") == 2 and info.count("killed build") == 1
+    load_decoded(small_config(root), "test")
+    assert not dead.exists() and alive.exists() and elsewhere.exists()
+
+
+def test_cache_folders_follow_the_umask(tmp_path, fresh_cache, image_folder):
+    root = image_folder(tmp_path / "data", SMALL)
+    previous = os.umask(0o022)
+    try:
+        load_decoded(small_config(root), "test")
+    finally:
+        os.umask(previous)
+    entry, = cache_entries(fresh_cache)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+
+
+def fail_with(number):
+    def fail(*args, **kwargs):
+        raise OSError(number, os.strerror(number))
+    return fail
+
+
+@pytest.mark.parametrize("case, words", [("file", ["is a file, not a folder", "IMGCLS_CACHE"]),
+                                         ("full", ["disk is full", "free some space", "IMGCLS_CACHE"]),
+                                         ("read-only", ["read-only file system", "IMGCLS_CACHE"])])
+def test_a_cache_that_cannot_be_written_is_one_clear_error(cli, tmp_path, fresh_cache, image_folder, monkeypatch,
+                                                           assert_user_error, case, words):
+    root = image_folder(tmp_path / "data", SMALL)
+    if case == "file":
+        fresh_cache.write_text("not a folder")
+    elif case == "full":
+        monkeypatch.setattr(np, "save", fail_with(errno.ENOSPC))
+    else:
+        real_mkdir = Path.mkdir
+        monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: fail_with(errno.EROFS)() if fresh_cache in
+                            (self, *self.parents) else real_mkdir(self, *a, **k))
+    result = cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--device", "cpu",
+                 "--out", tmp_path / "run", "--quiet")
+    assert_user_error(result, *words)
+    assert not (fresh_cache.is_dir() and [p for p in fresh_cache.iterdir() if p.name.startswith(".")])
+
+
+# --- image folders: odd files, pixel limits, messages -------------------------------------------
+
+def train_small(cli, root, out, *extra):
+    return cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--batch-size", 4,
+               "--device", "cpu", "--out", out, *extra)
+
+
+def test_a_fifo_named_like_an_image_is_refused_by_name_not_read(cli, tmp_path, fresh_cache, image_folder,
+                                                                assert_user_error, assert_ok):
+    root = image_folder(tmp_path / "data", SMALL)
+    os.mkfifo(root / "train" / "ant" / "pipe.png")  # reading it would wait for a writer forever
+    assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "pipe.png", "not a regular file", "FIFO")
+    skipped = train_small(cli, root, tmp_path / "skip", "--skip-bad-images")
+    assert_ok(skipped)
+    assert "1 unreadable images skipped" in plain(skipped.stderr)
+
+
+def test_dangling_symlinks_and_symlink_loops_are_named_or_skipped(cli, tmp_path, fresh_cache, image_folder,
+                                                                  assert_user_error):
+    root = image_folder(tmp_path / "data", SMALL)
+    ant = root / "train" / "ant"
+    (ant / "gone.png").symlink_to("annexed-object-not-fetched.png")
+    (ant / "loop.png").symlink_to("loop.png")
+    (ant / "here").symlink_to(".")  # folder loops: walked once, not forty times
+    (ant / "up").symlink_to("..")
+    assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "gone.png", "symbolic link",
+                      "does not exist")
+    data = prepare(small_config(root, skip_bad_images=True), seed=0)
+    assert data.skipped == 2 and len(data.train) + len(data.val) == 8
+    assert Counter(data.train.labels.tolist() + data.val.labels.tolist()) == {0: 4, 1: 4}
+
+
+def test_a_gif_is_an_image_everywhere_and_other_files_are_counted(tmp_path, fresh_cache, image_folder):
+    from PIL import Image
+
+    from imgcls.predict import list_images
+
+    root = image_folder(tmp_path / "data", SMALL)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "train" / "ant" / "zero.gif")
+    (root / "train" / "bee" / "notes.txt").write_text("not an image")
+    data = prepare(small_config(root), seed=0)
+    assert len(data.train) + len(data.val) == 9 and data.passed_over == 1
+    assert len(list_images([root / "train"])) == 9
+
+
+def test_image_size_one_works_on_colour_images(tmp_path, fresh_cache, image_folder):
+    root = image_folder(tmp_path / "data", SMALL)
+    data = prepare(small_config(root, image_size=1), seed=0)
+    assert data.shape == (3, 1, 1)
+    first = decode_image(str(root / "test" / "ant" / "000.png"), mode=ImageReadMode.RGB)
+    from torchvision.transforms.v2.functional import resize as tv_resize
+
+    in_float = tv_resize(first.float(), [1, 1], antialias=True)  # the float path has no such failure
+    assert (data.test.images[0].float() - in_float).abs().max() <= 1
+
+
+def huge_header(kind: str) -> bytes:
+    """A real 8x8 JPEG or PNG whose header says 14000 x 14000 (196 megapixels)."""
+    import struct
+    import zlib
+
+    from torchvision.io import encode_jpeg, encode_png
+
+    image = torch.zeros((3, 8, 8), dtype=torch.uint8)
+    if kind == "jpeg":
+        data = bytearray(encode_jpeg(image).numpy().tobytes())
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", 14000, 14000)
+        return bytes(data)
+    data = bytearray(encode_png(image).numpy().tobytes())
+    header = b"IHDR" + struct.pack(">II", 14000, 14000) + bytes(data[24:29])
+    data[12:33] = header + struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_one_pixel_limit_for_every_format_from_the_header(kind):
+    from imgcls.data.readers import decode_image_bytes
+
+    with pytest.raises(ValueError, match="more than 178,956,970 pixels.*decompression bombs"):
+        decode_image_bytes(huge_header(kind), None)
+
+
+def test_grey_train_and_colour_test_images_say_what_differs(cli, tmp_path, fresh_cache, image_folder,
+                                                            assert_user_error):
+    from torchvision.io import write_png
+
+    root = image_folder(tmp_path / "data", SMALL)
+    for path in (root / "train").rglob("*.png"):
+        write_png(decode_image(str(path))[:1], str(path))
+    error = assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "grey (1 channel)",
+                              "colour (3 channels)", "convert")
+    assert "pass --image-size" not in error
+
+
+def test_sizes_are_written_width_first(cli, tmp_path, fresh_cache, image_folder, assert_user_error):
+    root = image_folder(tmp_path / "data", {**SMALL, "test": {"ant": [(8, 8), (8, 9)], "bee": [(8, 8)] * 2}})
+    assert_user_error(train_small(cli, root, tmp_path / "run", "--quiet"), "8 wide, 8 high", "9 wide, 8 high")
+
+
+def test_a_data_dir_that_is_a_file_says_so(cli, tmp_path, monkeypatch, assert_user_error):
+    data_file = tmp_path / "data.tar"
+    data_file.write_text("an archive, say")
+    monkeypatch.setenv("IMGCLS_DATA", str(data_file))
+    for dataset in ("imagefolder", "mnist"):
+        result = cli("train", "--dataset", dataset, "--epochs", 1, "--out", tmp_path / "run", "--quiet")
+        assert_user_error(result, str(data_file), "is a file, not a folder")
 
 
 # --- minibatches --------------------------------------------------------------------------------

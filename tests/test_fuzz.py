@@ -289,6 +289,10 @@ damages = st.one_of(
     st.tuples(st.just("zero-bytes"), st.integers(0, 10_000), st.none()),
     st.tuples(st.just("junk-file"), st.integers(0, 10_000), st.sampled_from(["notes.txt", "x.jpg", "y.png", ".z.png",
                                                                             "w.bmp", "t.tiff", "Thumbs.db"])),
+    # what git-annex or DVC leave before a fetch (a link to nothing), links round in a loop, and FIFOs
+    st.tuples(st.just("dangling-symlink"), st.integers(0, 10_000), st.sampled_from(["gone.png", "gone.jpg", "gone"])),
+    st.tuples(st.just("symlink-loop"), st.integers(0, 10_000), st.sampled_from(["file", "folder", "parent"])),
+    st.tuples(st.just("fifo"), st.integers(0, 10_000), st.sampled_from(["pipe.png", "pipe.jpg", "pipe"])),
     st.tuples(st.just("empty-class"), st.integers(0, 10_000), st.none()),
     st.tuples(st.just("new-empty-class"), st.integers(0, 10_000), st.sampled_from(["train", "test"])),
     st.tuples(st.just("drop-class"), st.integers(0, 10_000), st.sampled_from(["train", "test"])),
@@ -317,9 +321,11 @@ def damage_folder(root: Path, damage) -> None:
         target.write_bytes(b"")
     elif kind == "junk-file" and folders:
         (folders[pick % len(folders)] / how).write_bytes(b"this is not an image\x00\xff")
+    elif kind in ("dangling-symlink", "symlink-loop", "fifo") and folders:
+        add_odd_entry(folders[pick % len(folders)], kind, how)
     elif kind == "empty-class" and folders:
         for entry in folders[pick % len(folders)].iterdir():
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     elif kind == "new-empty-class":
         (root / how / f"extra{pick % 3}").mkdir(parents=True, exist_ok=True)
     elif kind == "drop-class" and (root / how).is_dir():
@@ -337,6 +343,20 @@ def damage_folder(root: Path, damage) -> None:
         target.rename(target.with_suffix(how))
     elif kind == "drop-split":
         shutil.rmtree(root / how, ignore_errors=True)
+
+
+def add_odd_entry(folder: Path, kind: str, how: str) -> None:
+    """A symlink to nothing, a symlink loop (a file linked to itself, a folder to itself or its parent) or a FIFO."""
+    name = how if kind in ("dangling-symlink", "fifo") else "loop.png" if how == "file" else f"loop-{how}"
+    path = folder / name
+    if os.path.lexists(path):
+        return
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dangling-symlink":
+        path.symlink_to(f"missing-{how}")
+    else:
+        path.symlink_to({"file": name, "folder": ".", "parent": ".."}[how])
 
 
 @fuzz_settings(40)

@@ -4,6 +4,7 @@ reproduce the confusion matrix of its metrics.json and the top-1 of `imgcls eval
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,35 @@ def test_unreadable_images(cli, cifar_run, tiny_cifar_session, tmp_path, assert_
     assert [s["image"] for s in got["skipped"]] == [str(bad)]
     assert_user_error(cli("predict", cifar_run, bad, "--skip-bad-images"), "no readable image")
 
+
+
+def test_unreadable_images_get_short_clean_reasons(cli, cifar_run, tiny_cifar_session, tmp_path, assert_user_error):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list")
+    error = assert_user_error(cli("predict", cifar_run, notes), "notes.txt", "not an image file")
+    assert "decode_avif" not in error
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(sorted((tiny_cifar_session / "test" / "dog").glob("*.jpg"))[0].read_bytes()[:300])
+    error = assert_user_error(cli("predict", cifar_run, truncated), "cut.jpg", "truncated")
+    assert ".cpp" not in error and "/__w/" not in error
+
+
+def test_symlinks_to_nothing_loops_and_fifos_in_a_folder(cli, cifar_run, tiny_cifar_session, tmp_path,
+                                                         assert_user_error):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = sorted((tiny_cifar_session / "test" / "dog").glob("*.jpg"))[0]
+    (folder / "good.jpg").write_bytes(good.read_bytes())
+    (folder / "gone.jpg").symlink_to("not-fetched.jpg")
+    (folder / "again").symlink_to(".")
+    os.mkfifo(folder / "pipe.png")
+    assert_user_error(cli("predict", cifar_run, folder), "gone.jpg", "symbolic link", "does not exist")
+    assert_user_error(cli("predict", cifar_run, folder / "pipe.png"), "pipe.png", "FIFO")
+    result = cli("predict", cifar_run, folder, "--skip-bad-images", "--json")
+    assert result.exit_code == 0, plain(result.output)
+    got = json.loads(result.stdout)
+    assert [p["image"] for p in got["predictions"]] == [str(folder / "good.jpg")]
+    assert sorted(Path(s["image"]).name for s in got["skipped"]) == ["gone.jpg", "pipe.png"]
 
 @pytest.mark.parametrize("case, words", [
     ("missing checkpoint", ["does not exist"]),

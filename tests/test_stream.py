@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import torch
 
 from imgcls import checkpoint as ckpt
@@ -83,3 +89,62 @@ def test_a_damaged_image_met_while_streaming_is_named(cli, tiny_cifar, tmp_path,
     # met first by the sample that fits the normalization (the tiny folder is all sample): named either way
     result = cli(*train_args(tiny_cifar, tmp_path / "r", "--stream"))
     assert_user_error(result, victim.name)
+
+
+def small_folder(image_folder, root, test_size=(8, 8)):
+    return image_folder(root, {"train": {"ant": [(8, 8)] * 6, "bee": [(8, 8)] * 6},
+                               "test": {"ant": [test_size] * 2, "bee": [test_size] * 2}})
+
+
+def small_args(root, out, *extra):
+    return ("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 2, "--batch-size", 4, "--device",
+            "cpu", "--out", out, "--quiet", "--stream", *extra)
+
+
+def test_test_images_of_another_size_are_refused_before_training(cli, image_folder, tmp_path, assert_user_error):
+    root = small_folder(image_folder, tmp_path / "data", test_size=(10, 12))
+    assert_user_error(cli(*small_args(root, tmp_path / "run")), "8 wide, 8 high", "12 wide, 10 high", "--image-size")
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_skip_bad_images_survives_a_batch_with_nothing_readable(cli, image_folder, tmp_path, assert_ok):
+    root = small_folder(image_folder, tmp_path / "data")
+    for name in ("000.png", "001.png"):  # one of them at least in the training part, alone in its batch
+        (root / "train" / "ant" / name).write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    assert_ok(cli(*small_args(root, tmp_path / "run", "--skip-bad-images", "--batch-size", 1, "--epochs", 1)))
+    assert ckpt.load(tmp_path / "run" / "last.safetensors").meta["epoch"] == 1
+
+
+def test_a_damaged_test_image_gets_a_short_clean_reason_before_training(cli, tiny_cifar, tmp_path,
+                                                                        assert_user_error):
+    victim = sorted((tiny_cifar / "test" / "cat").glob("*.jpg"))[2]
+    victim.write_bytes(victim.read_bytes()[:300])
+    error = assert_user_error(cli(*train_args(tiny_cifar, tmp_path / "r", "--stream")), victim.name, "truncated")
+    assert ".cpp" not in error and "/__w/" not in error
+    assert not (tmp_path / "r").exists()
+
+
+def test_sigterm_to_the_whole_process_group_checkpoints_a_streaming_run(tiny_cifar_session, tmp_path):
+    """What a scheduler or systemd does: SIGTERM to every process of the job, the DataLoader workers too."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgcls", "train", *map(str, train_args(tiny_cifar_session, out, "--stream")[1:]),
+         "--epochs", "1000", "--batch-size", "1", "--limit", "24"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "last.safetensors").exists():  # an epoch done: the next one's workers are running
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if \
+                process.poll() is not None else "no epoch finished in 180 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "exited unexpectedly" not in stderr and "Traceback" not in stderr
+    assert "interrupted at epoch" in stderr
+    saved = ckpt.load(out / "last.safetensors")
+    assert saved.meta["epoch"] >= 1 and saved.meta["step"] > 0  # the interrupted epoch's own checkpoint

@@ -505,33 +505,39 @@ def gradcheck_command(
 @cache_app.command("info", epilog="Example: imgcls cache info")
 @user_errors
 def cache_info() -> None:
-    """List the decoded datasets in the cache and their sizes."""
+    """List the decoded datasets in the cache and their sizes (only what imgcls made is listed)."""
     from rich.table import Table
 
     from imgcls.config import default_cache_dir
-    from imgcls.data.cache import list_entries
+    from imgcls.data.cache import builder_alive, list_entries, staging_folders
 
     directory = default_cache_dir()
-    entries = list_entries(directory)
     table = Table(title=f"decoded-dataset cache: {directory}")
     for column in ("entry", "dataset", "split", "images", "MB"):
-        table.add_column(column)
-    for entry in entries:
+        table.add_column(column, overflow="fold")
+    for entry in list_entries(directory):
         identity = entry.meta.get("identity", {})
         shape = entry.meta.get("shape", ["?"])
         table.add_row(entry.path.name, str(identity.get("dataset", "?")), str(identity.get("split", "?")),
                       str(shape[0]), f"{entry.size_bytes / 1e6:.1f}")
+    for staging in staging_folders(directory):
+        size = sum(f.stat().st_size for f in staging.iterdir() if f.is_file())
+        state = "(building)" if builder_alive(staging) else "(left by a killed build; removed by the next build)"
+        table.add_row(staging.name, state, "", "", f"{size / 1e6:.1f}")
     Console().print(table)
 
 
 @cache_app.command("clear", epilog="Example: imgcls cache clear")
 @user_errors
 def cache_clear() -> None:
-    """Delete every decoded dataset in the cache (they are rebuilt on next use)."""
+    """Delete the decoded datasets in the cache (they are rebuilt on next use), and what killed builds left;
+    nothing else in the folder is touched."""
     from imgcls.config import default_cache_dir
     from imgcls.data.cache import clear
 
-    Console().print(f"removed {clear(default_cache_dir())} cache entries from {default_cache_dir()}")
+    entries, staging = clear(default_cache_dir())
+    leftovers = f" and {staging} unfinished builds" if staging else ""
+    Console().print(f"removed {entries} cache entries{leftovers} from {default_cache_dir()}")
 
 
 def version_callback(value: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,18 +41,20 @@ class Predictions:
 
 
 def list_images(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder gives its image files, recursively, sorted."""
-    from imgcls.data.readers import IMAGE_EXTENSIONS
+    """Files as given; a folder gives its image files (training's IMAGE_EXTENSIONS), recursively, sorted, as
+    training lists a class folder (symlinks followed, a loop walked once), less hidden files and folders.
+    A symlink to nothing or a FIFO is listed: reading it says what it is."""
+    from imgcls.data.readers import IMAGE_EXTENSIONS, is_image_name, walk_files
 
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            inside = [Path(p) for p in walk_files(path) if is_image_name(p)]
+            inside = [p for p in inside if not any(part.startswith(".") for part in p.relative_to(path).parts)]
             if not inside:
                 raise UserError(f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
             found.extend(inside)
-        elif path.is_file():
+        elif os.path.lexists(path):
             found.append(path)
         else:
             raise UserError(f"image {path} does not exist; pass image files or a folder of them")
@@ -95,6 +98,7 @@ def normalized(images: torch.Tensor, checkpoint: Checkpoint, device: torch.devic
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: str = "cpu",
             skip_bad: bool = False, chunk: int = 1024) -> Predictions:
+    from imgcls.data.readers import error_reason, read_image_file
     from imgcls.device import resolve_device
 
     device = resolve_device(device_name)
@@ -104,9 +108,9 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
     images, names = [], []
     for path in paths:
         try:
-            image, resized = prepare_image(path.read_bytes(), checkpoint)
+            image, resized = prepare_image(read_image_file(path), checkpoint)
         except (RuntimeError, ValueError, OSError) as error:
-            why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            why = error_reason(error)
             if skip_bad:
                 result.skipped.append((str(path), why))
                 continue

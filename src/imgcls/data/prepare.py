@@ -13,7 +13,7 @@ import torch
 
 from imgcls.config import DataConfig, default_cache_dir, default_data_dir
 from imgcls.data import cache
-from imgcls.data.readers import DecodedSplit, read_split, source_kind, source_paths
+from imgcls.data.readers import DecodedSplit, read_split, size_text, source_kind, source_paths
 from imgcls.data.registry import SPECS, DatasetSpec
 from imgcls.errors import UserError
 
@@ -51,6 +51,7 @@ class PreparedData:
     superclass_of: list[int] | None
     skipped: int  # unreadable images passed over, both splits
     from_cache: bool
+    passed_over: int = 0  # files in the class folders that are not images (by extension), both splits
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -84,7 +85,8 @@ def prepare(config: DataConfig, seed: int) -> PreparedData:
     labels = train_full.labels
     if config.limit is not None and config.limit < len(labels):
         keep = stratified_sample(labels, config.limit / len(labels), seed)
-        train_full = DecodedSplit(train_full.images[keep], labels[keep], train_full.classes, train_full.skipped)
+        train_full = DecodedSplit(train_full.images[keep], labels[keep], train_full.classes, train_full.skipped,
+                                  train_full.passed_over)
     _check_enough(spec, train_full, config.limit)
     val_index = stratified_sample(train_full.labels, config.val_split, seed)
     train_mask = torch.ones(len(train_full.labels), dtype=torch.bool)
@@ -96,7 +98,8 @@ def prepare(config: DataConfig, seed: int) -> PreparedData:
         dataset=spec.name, classes=train_full.classes, shape=tuple(train.images.shape[1:]), train=train, val=val,
         test=LabelledImages(test.images, test.labels),
         normalization=fit_normalization(train.images, config.normalize), superclass_of=spec.superclass_of(),
-        skipped=train_full.skipped + test.skipped, from_cache=train_cached and test_cached)
+        skipped=train_full.skipped + test.skipped, from_cache=train_cached and test_cached,
+        passed_over=train_full.passed_over + test.passed_over)
 
 
 def stratified_sample(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -142,9 +145,19 @@ def _check_compatible(spec: DatasetSpec, train: DecodedSplit, test: DecodedSplit
         only_test = sorted(set(test.classes) - set(train.classes))
         raise UserError(f"{spec.name}: train and test classes differ (only in train: {only_train or '-'}; only in "
                         f"test: {only_test or '-'}); give both splits the same class folders")
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise UserError(f"{spec.name}: train images are {tuple(train.images.shape[1:])} but test images are "
-                        f"{tuple(test.images.shape[1:])}; pass --image-size to give them one size")
+    check_same_shape(spec.name, tuple(train.images.shape[1:]), tuple(test.images.shape[1:]))
+
+
+def check_same_shape(name: str, train: tuple[int, ...], test: tuple[int, ...]) -> None:
+    """Train and test images must have one (C, H, W); the message says what differs and what helps."""
+    if train[0] != test[0]:
+        kinds = {1: "grey (1 channel)", 3: "colour (3 channels)"}
+        raise UserError(f"{name}: train images are {kinds.get(train[0], f'{train[0]} channels')} but test images "
+                        f"are {kinds.get(test[0], f'{test[0]} channels')}; convert one split's images so that "
+                        f"both are grey or both colour (--image-size changes only the size)")
+    if train != test:
+        raise UserError(f"{name}: train images are {size_text(train)} but test images are {size_text(test)}; "
+                        f"pass --image-size N to resize both to NxN")
 
 
 def _check_enough(spec: DatasetSpec, train: DecodedSplit, limit: int | None) -> None:

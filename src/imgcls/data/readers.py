@@ -3,14 +3,20 @@
 Three kinds of source, tried in this order for a named dataset:
 the copy embedded in the package (cifar10-sample), an image-folder copy at the data dir
 (ROOT/train/<class>/*, ROOT/test|val/<class>/*), and torchvision's own dataset class.
-Image files are listed by torchvision's ImageFolder and decoded in bulk by torchvision.io,
-on a thread pool, not one PIL image at a time.
+Image files are listed with torchvision's find_classes and a walk that follows symlinks but
+enters each folder once (a symlink loop is walked once), and decoded in bulk by torchvision.io,
+on a thread pool, not one PIL image at a time. Which files are images is IMAGE_EXTENSIONS, the
+one list that training, --stream and predict share.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
+import stat
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +29,13 @@ from imgcls.data.registry import EMBEDDED_ZIP, DatasetSpec, loose_names
 from imgcls.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The files taken for images, everywhere (lower case; a file's name is compared in lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+# Pillow's own decompression-bomb limit (twice its MAX_IMAGE_PIXELS), applied to every format: Pillow
+# checks the files it decodes, and the header of every file torchvision decodes is checked the same way.
+MAX_IMAGE_PIXELS = 178_956_970
+PILLOW_FORMATS = ("PNG", "BMP", "TIFF", "PNM")
+KNOWN_FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF, PPM or PGM"
 
 
 @dataclass
@@ -32,6 +44,7 @@ class DecodedSplit:
     labels: torch.Tensor  # int64, (N,)
     classes: list[str]
     skipped: int = 0  # unreadable images passed over with --skip-bad-images
+    passed_over: int = 0  # files in the class folders that are not images (by extension)
 
 
 @dataclass
@@ -42,6 +55,7 @@ class ImageList:
     read: Callable[[int], bytes]
     labels: list[int]
     classes: list[str]
+    passed_over: int = 0  # files in the class folders that are not images (by extension)
 
 
 def source_kind(spec: DatasetSpec, root: Path) -> str:
@@ -70,13 +84,20 @@ def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
 def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
                download: bool) -> DecodedSplit:
     kind = source_kind(spec, root)
+    _check_not_a_file(root, kind)
     if kind == "torchvision":
         decoded = _read_torchvision(spec, root, split, image_size, skip_bad, download)
     else:
         listing = _list_zip(split) if kind == "embedded" else _list_folder(root, split, spec)
         images, labels, skipped = decode_all(listing, image_size, skip_bad)
-        decoded = DecodedSplit(images, labels, listing.classes, skipped)
+        decoded = DecodedSplit(images, labels, listing.classes, skipped, listing.passed_over)
     return _match_spec(spec, decoded, root, image_size)
+
+
+def _check_not_a_file(root: Path, kind: str) -> None:
+    if kind != "embedded" and root.exists() and not root.is_dir():
+        raise UserError(f"data dir {root} is a file, not a folder; pass --data-dir (or set IMGCLS_DATA to) the "
+                        f"folder that holds the dataset")
 
 
 def folder_split_dir(root: Path, split: str) -> Path:
@@ -86,7 +107,7 @@ def folder_split_dir(root: Path, split: str) -> Path:
 
 
 def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import find_classes
 
     if not root.is_dir():
         raise UserError(f"data dir {root} does not exist; pass --data-dir with the folder that holds the dataset")
@@ -96,12 +117,62 @@ def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
         raise UserError(f"{spec.name}: no {wanted} folder in {root}; an image folder needs "
                         f"ROOT/train/<class>/* and ROOT/test/<class>/* (or ROOT/val/<class>/*)")
     try:
-        folder = ImageFolder(str(directory), loader=lambda path: path, allow_empty=False)
+        classes, _ = find_classes(str(directory))
     except FileNotFoundError as error:
-        raise UserError(f"{spec.name}: {directory}: {_first_line(error)}; every class folder needs at least one "
+        raise UserError(f"{spec.name}: {directory}: {error_reason(error)}; every class folder needs at least one "
                         f"image") from None
-    paths = [path for path, _ in folder.samples]
-    return ImageList(paths, lambda i: Path(paths[i]).read_bytes(), folder.targets, list(folder.classes))
+    paths, labels, passed_over, empty = [], [], 0, []
+    for label, name in enumerate(classes):
+        files = walk_files(os.path.join(directory, name))
+        images = [path for path in files if is_image_name(path)]
+        passed_over += len(files) - len(images)
+        empty += [] if images else [name]
+        paths += images
+        labels += [label] * len(images)
+    if empty:
+        raise UserError(f"{spec.name}: {directory}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class "
+                        f"folder(s) {', '.join(empty[:5])}; every class folder needs at least one image")
+    return ImageList(paths, lambda i: read_image_file(paths[i]), labels, classes, passed_over)
+
+
+def is_image_name(path: str | Path) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def walk_files(folder: str | Path) -> list[str]:
+    """Every non-folder entry under `folder` (dangling symlinks and FIFOs too), sorted. Symlinks are followed,
+    as ImageFolder follows them, but a folder already walked, or one that leads back above `folder` (a symlink
+    loop), is not entered again: os.walk alone would go round a loop until the path grew too long."""
+    start = os.path.realpath(folder)
+    seen: set[str] = set()
+    found = []
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen or (real != start and os.path.commonpath([real, start]) == real):
+            folders[:] = []
+            continue
+        seen.add(real)
+        found += [os.path.join(top, name) for name in files]
+    return sorted(found)
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """A file's bytes. What is not a regular file is refused, not read: reading a FIFO would wait forever
+    (hence O_NONBLOCK for the open); a symlink to nothing, or a loop of them, says so."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        if os.path.islink(path) and error.errno in (errno.ENOENT, errno.ELOOP):
+            what = "a loop of symbolic links" if error.errno == errno.ELOOP else "a file that does not exist"
+            raise OSError(error.errno, f"a symbolic link to {os.readlink(path)}, {what}") from None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "FIFO" if stat.S_ISFIFO(mode) else "folder" if stat.S_ISDIR(mode) else \
+                "socket" if stat.S_ISSOCK(mode) else "device"
+            raise OSError(errno.EINVAL, f"not a regular file but a {kind}")
+        return file.read()
 
 
 def _list_zip(split: str) -> ImageList:
@@ -120,7 +191,7 @@ def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool) -> tu
         except (RuntimeError, ValueError, OSError) as error:
             if skip_bad:
                 return None
-            raise UserError(f"cannot read image {listing.names[i]} ({_first_line(error)}); fix or remove it, or "
+            raise UserError(f"cannot read image {listing.names[i]} ({error_reason(error)}); fix or remove it, or "
                             f"pass --skip-bad-images") from None
 
     workers = min(8, os.cpu_count() or 1)
@@ -142,16 +213,20 @@ def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
     """One encoded image -> uint8 (3, H, W). torchvision.io decodes JPEG, WebP and GIF. PNG goes through Pillow:
     torchvision 0.29's PNG decoder crashes the whole process (SIGSEGV) on some damaged files, which the fuzz tests
     found. So do the formats torchvision.io cannot read that ImageFolder lists (BMP, TIFF, PPM, PGM). 16-bit
-    images are scaled to 8 bits and an animated image gives its first frame."""
+    images are scaled to 8 bits and an animated image gives its first frame. The format is told from the
+    first bytes, whatever the file's name."""
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2.functional import to_dtype
 
     if not data:
         raise ValueError("the file is empty")
-    if data[:8] == PNG_SIGNATURE or data[:2] == b"BM" or data[:4] in (b"II*\0", b"MM\0*") or \
-            data[:2] in (b"P2", b"P3", b"P5", b"P6"):
+    kind = image_format(data)
+    if kind is None:
+        raise ValueError(f"not an image file: it does not start like a {KNOWN_FORMATS} file")
+    if kind in PILLOW_FORMATS:
         image = _decode_with_pillow(data)
     else:
+        _check_pixel_limit(data)  # torchvision's decoders have no limit of their own
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     if image.ndim == 4:
         image = image[0]
@@ -160,14 +235,58 @@ def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
     return resize(image, image_size) if image_size is not None else image
 
 
-def _decode_with_pillow(data: bytes) -> torch.Tensor:
-    import io
+def image_format(data: bytes) -> str | None:
+    """The image format of encoded bytes, by their signature; None for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == PNG_SIGNATURE:
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return "TIFF"
+    if data[:2] in (b"P2", b"P3", b"P5", b"P6"):
+        return "PNM"
+    return None
 
-    import numpy as np
+
+def _pillow():
     from PIL import Image
 
+    # Images between Pillow's warning and its limit are fine here: no warning line per image.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
+
+
+def _too_many_pixels() -> ValueError:
+    return ValueError(f"more than {MAX_IMAGE_PIXELS:,} pixels, the limit that guards against decompression bombs; "
+                      f"scale the image down")
+
+
+def _check_pixel_limit(data: bytes) -> None:
+    """Refuse an image with too many pixels from its header alone (Pillow reads only the header here)."""
+    image_module = _pillow()
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with image_module.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+    except image_module.DecompressionBombError:
+        raise _too_many_pixels() from None
+    except Exception:  # noqa: BLE001 -- a header Pillow cannot parse: the decoder will say what is wrong
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_many_pixels()
+
+
+def _decode_with_pillow(data: bytes) -> torch.Tensor:
+    import numpy as np
+
+    image_module = _pillow()
+    try:
+        with image_module.open(io.BytesIO(data)) as opened:
             if opened.mode.startswith("I"):  # 16- or 32-bit grey: scale to 8 bits, as for the other decoders
                 grey = np.asarray(opened).astype(np.float64)
                 top = 65535.0 if opened.mode.startswith("I;16") or opened.format == "PNG" or grey.max(initial=0) > 255 \
@@ -175,8 +294,10 @@ def _decode_with_pillow(data: bytes) -> torch.Tensor:
                 pixels = np.repeat((grey * (255.0 / top)).round().clip(0, 255).astype(np.uint8)[..., None], 3, 2)
             else:
                 pixels = np.asarray(opened.convert("RGB"))
+    except image_module.DecompressionBombError:
+        raise _too_many_pixels() from None
     except Exception as error:  # noqa: BLE001 -- Pillow's plugins fail in many ways on a damaged file
-        raise ValueError(_first_line(error)) from None
+        raise ValueError(error_reason(error)) from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -197,6 +318,11 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
     if images.shape[-2:] == (size, size):
         return images
+    if size == 1 and images.shape[-3] > 1:
+        # torch's antialiased uint8 resize of a multi-channel image to 1x1 fails an internal assert:
+        # resize each channel on its own (the same numbers)
+        return tv_resize(images.reshape(-1, 1, *images.shape[-2:]), [1, 1], antialias=True).reshape(
+            *images.shape[:-2], 1, 1)
     return tv_resize(images, [size, size], antialias=True)
 
 
@@ -211,8 +337,13 @@ def _check_same_size(images: list[torch.Tensor], names: list[str]) -> None:
     first = images[0].shape[-2:]
     for image, name in zip(images, names):
         if image.shape[-2:] != first:
-            raise UserError(f"images differ in size ({names[0]} is {first[0]}x{first[1]}, {name} is "
-                            f"{image.shape[-2]}x{image.shape[-1]}); pass --image-size N to resize them all to NxN")
+            raise UserError(f"images differ in size ({names[0]} is {size_text(first)}, {name} is "
+                            f"{size_text(image.shape)}); pass --image-size N to resize them all to NxN")
+
+
+def size_text(shape) -> str:
+    """An image's size as users read it: width first, from a (..., H, W) shape."""
+    return f"{shape[-1]} wide, {shape[-2]} high"
 
 
 def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = False) -> ImageList:
@@ -220,6 +351,7 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
     kind = source_kind(spec, root)
     if kind == "embedded":
         return _list_zip(split)
+    _check_not_a_file(root, kind)
     if kind == "folder":
         listing = _list_folder(root, split, spec)
     elif spec.name == "imagenet":
@@ -231,12 +363,12 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
     if order is None:
         return listing
     labels = order[torch.as_tensor(listing.labels)].tolist()
-    return ImageList(listing.names, listing.read, labels, list(spec.classes))
+    return ImageList(listing.names, listing.read, labels, list(spec.classes), listing.passed_over)
 
 
 def _imagenet_listing(dataset) -> ImageList:
     paths = [path for path, _ in dataset.samples]
-    return ImageList(paths, lambda i: Path(paths[i]).read_bytes(), list(dataset.targets),
+    return ImageList(paths, lambda i: read_image_file(paths[i]), list(dataset.targets),
                      [names[0] for names in dataset.classes])
 
 
@@ -270,15 +402,15 @@ def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool)
         dataset = getattr(tvd, spec.torchvision_class)(str(root), **kwargs)
     except (RuntimeError, FileNotFoundError, ValueError, AssertionError, EOFError, KeyError, IndexError,
             TypeError) as error:
-        if download and _first_line(error).startswith("Error downloading"):  # MNIST's mirrors all failed
-            raise UserError(f"could not download {spec.name} ({_first_line(error)}); copy it to {root} and pass "
+        if download and error_reason(error).startswith("Error downloading"):  # MNIST's mirrors all failed
+            raise UserError(f"could not download {spec.name} ({error_reason(error)}); copy it to {root} and pass "
                             f"--data-dir, or --no-download") from None
         if present and not isinstance(error, FileNotFoundError):  # the files are there but cannot be read
-            raise UserError(f"{spec.name} at {root} cannot be read ({_first_line(error)}); its files may be damaged "
+            raise UserError(f"{spec.name} at {root} cannot be read ({error_reason(error)}); its files may be damaged "
                             f"or incomplete: fetch them again, or delete them and pass --download") from None
         raise UserError(missing_message(spec, root, download, error)) from None
     except OSError as error:  # a download that could not reach the host
-        raise UserError(f"could not download {spec.name} ({_first_line(error)}); copy it to {root} and pass "
+        raise UserError(f"could not download {spec.name} ({error_reason(error)}); copy it to {root} and pass "
                         f"--data-dir, or --no-download") from None
     return dataset
 
@@ -309,7 +441,7 @@ def _match_spec(spec: DatasetSpec, split: DecodedSplit, root: Path, image_size: 
     order = class_order(spec, split.classes, root)
     if order is None:
         return split
-    return DecodedSplit(split.images, order[split.labels], list(spec.classes), split.skipped)
+    return DecodedSplit(split.images, order[split.labels], list(spec.classes), split.skipped, split.passed_over)
 
 
 def class_order(spec: DatasetSpec, classes: list[str], root: Path) -> torch.Tensor | None:
@@ -323,7 +455,12 @@ def class_order(spec: DatasetSpec, classes: list[str], root: Path) -> torch.Tens
     return torch.tensor([wanted.index(name) for name in loose_names(classes)])
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    # torchvision's C++ errors start with where they were raised: "decode_jpeg, /path/decode_jpeg.cpp:171, ..."
-    return re.sub(r"^\w+, \S+\.cpp:\d+, ", "", text.splitlines()[0])
+def error_reason(error: BaseException) -> str:
+    """A short, clean reason for a message: an OSError's own words without the file name (the message names the
+    file), else the first line of the text, without the C++ source locations of torch's and torchvision's
+    errors ("decode_jpeg, /__w/vision/.../decode_jpeg.cpp:171, ...", "... at "/__w/pytorch/...cpp":123")."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    text = re.sub(r"^\w+, \S+\.(?:cpp|cu|h):\d+, ", "", text)
+    return re.sub(r"\s*(?:at )?\"?\S+\.(?:cpp|cu|h)\"?:\d+,?", "", text).strip() or type(error).__name__

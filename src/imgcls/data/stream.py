@@ -4,13 +4,18 @@ The plan of an epoch is the in-memory path's: the same seeded permutation, the s
 batches, each process its own contiguous part of each. What changes is where pixels come
 from: DataLoader worker processes read and decode each part from its files (torchvision.io,
 resized to --image-size), so files are sharded across processes and, batch by batch, across
-workers. Normalization is fitted on a seeded sample of the training images.
+workers. Normalization is fitted on a seeded sample of the training images, and a seeded sample
+of the test images is decoded before training too, so test images of another shape are refused
+then, not after the last epoch. Workers ignore SIGINT and SIGTERM: a scheduler's SIGTERM to the
+whole process group reaches the main process, which stops after the step in flight and
+checkpoints (interrupt.py), while the workers it still needs keep running.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,11 +23,12 @@ import torch
 
 from imgcls.data.batches import Batch, PixelNormalizer, epoch_permutation
 from imgcls.data.prepare import Normalization
-from imgcls.data.readers import ImageList, decode_image_bytes
+from imgcls.data.readers import ImageList, decode_image_bytes, error_reason, size_text
 from imgcls.distributed import Shard
 from imgcls.errors import UserError
 
 STATS_SAMPLE = 10_000  # training images decoded to fit the normalization
+TEST_SAMPLE = 1_000  # test images decoded before training to check their shape
 
 
 @dataclass
@@ -34,6 +40,7 @@ class StreamedImages:
     image_size: int | None
     channels: int
     skip_bad: bool = False
+    shape: tuple[int, int, int] | None = None  # (C, H, W) every image must have, when known
 
     @property
     def labels(self) -> torch.Tensor:
@@ -43,7 +50,8 @@ class StreamedImages:
         return len(self.index)
 
     def subset(self, rows: torch.Tensor | slice) -> StreamedImages:
-        return StreamedImages(self.listing, self.index[rows], self.image_size, self.channels, self.skip_bad)
+        return StreamedImages(self.listing, self.index[rows], self.image_size, self.channels, self.skip_bad,
+                              self.shape)
 
     def decode(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None]:
         """The images at these rows as uint8 (b, C, H, W) with their labels; an error message instead of
@@ -51,20 +59,32 @@ class StreamedImages:
         images, labels = [], []
         for row in rows:
             position = int(self.index[row])
+            name = self.listing.names[position]
             try:
-                image = decode_image_bytes(self.listing.read(position), self.image_size)
+                image = decode_image_bytes(self.listing.read(position), self.image_size)[:self.channels]
             except (RuntimeError, ValueError, OSError) as error:
                 if self.skip_bad:
                     continue
-                return torch.empty(0), torch.empty(0), (f"cannot read image {self.listing.names[position]} ({error}); "
+                return torch.empty(0), torch.empty(0), (f"cannot read image {name} ({error_reason(error)}); "
                                                         f"fix or remove it, or pass --skip-bad-images")
-            images.append(image[:self.channels])
+            wanted = self.shape or (images[0].shape if images else None)
+            if wanted is not None and image.shape[-2:] != wanted[-2:]:
+                return torch.empty(0), torch.empty(0), (f"image {name} is {size_text(image.shape)}, the others "
+                                                        f"{size_text(wanted)}; pass --image-size N to resize them "
+                                                        f"all to NxN")
+            images.append(image)
             labels.append(self.listing.labels[position])
-        if not images:
-            return torch.empty((0, self.channels, 1, 1), dtype=torch.uint8), torch.empty(0, dtype=torch.int64), None
-        if len({tuple(image.shape) for image in images}) > 1:
-            return torch.empty(0), torch.empty(0), "images differ in size; pass --image-size N to resize them all"
+        if not images:  # every image of the batch unreadable (--skip-bad-images): an empty batch
+            height, width = self.shape[1:] if self.shape else (1, 1)
+            return (torch.empty((0, self.channels, height, width), dtype=torch.uint8),
+                    torch.empty(0, dtype=torch.int64), None)
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: SIGINT and SIGTERM are the main process's to act on (see the docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _RowsDataset(torch.utils.data.Dataset):
@@ -103,17 +123,21 @@ class StreamingBatches:
         mine = [rows[self.shard.part(len(rows))].tolist() if self.shuffle else rows.tolist() for rows in plan]
         loader = torch.utils.data.DataLoader(
             _RowsDataset(self.data), batch_size=None, sampler=mine, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", multiprocessing_context="fork" if self.workers else None)
+            pin_memory=self.device.type == "cuda", multiprocessing_context="fork" if self.workers else None,
+            worker_init_fn=ignore_stop_signals)
         for (pixels, labels, error), rows in zip(loader, plan):
             if error is not None:
                 raise UserError(error)
+            if not len(labels) and self.shard.world == 1:
+                continue  # nothing readable in it; under torchrun the others still need this step's collective
             yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows.to(self.device)])
 
 
 def prepare_streamed(config, seed: int):
     """prepare()'s counterpart: the same splits and normalization, with the pixels left in their files."""
-    from imgcls.data.prepare import PreparedData, fit_normalization, resolve_data_dir, stratified_sample
-    from imgcls.data.readers import decode_all, list_images, to_grey_if_grey
+    from imgcls.data.prepare import PreparedData, check_same_shape, fit_normalization, resolve_data_dir, \
+        stratified_sample
+    from imgcls.data.readers import list_images
     from imgcls.data.registry import SPECS
 
     spec, root = SPECS[config.dataset], resolve_data_dir(config)
@@ -127,20 +151,29 @@ def prepare_streamed(config, seed: int):
     val_rows = rows[stratified_sample(labels[rows], config.val_split, seed)]
     train_rows = rows[~torch.isin(rows, val_rows)]
 
-    generator = torch.Generator().manual_seed(seed)
-    sample_rows = train_rows[torch.randperm(len(train_rows), generator=generator)[:STATS_SAMPLE]].tolist()
-    sample = ImageList([train_list.names[i] for i in sample_rows], lambda k: train_list.read(sample_rows[k]),
-                       [train_list.labels[i] for i in sample_rows], train_list.classes)
-    pixels, _, _ = decode_all(sample, config.image_size, config.skip_bad_images)
-    pixels = to_grey_if_grey(pixels)
-    channels = pixels.shape[1]
+    pixels = _decode_sample(train_list, train_rows, STATS_SAMPLE, config, seed)
+    shape = tuple(pixels.shape[1:])
+    check_same_shape(spec.name, shape, tuple(_decode_sample(test_list, torch.arange(len(test_list.labels)),
+                                                            TEST_SAMPLE, config, seed).shape[1:]))
 
     def images(listing: ImageList, index: torch.Tensor) -> StreamedImages:
-        return StreamedImages(listing, index, config.image_size, channels, config.skip_bad_images)
+        return StreamedImages(listing, index, config.image_size, shape[0], config.skip_bad_images, shape)
 
     return PreparedData(
-        dataset=spec.name, classes=train_list.classes, shape=tuple(pixels.shape[1:]),
+        dataset=spec.name, classes=train_list.classes, shape=shape,
         train=images(train_list, train_rows), val=images(train_list, val_rows),
         test=images(test_list, torch.arange(len(test_list.labels))),
         normalization=fit_normalization(pixels, config.normalize), superclass_of=spec.superclass_of(),
-        skipped=0, from_cache=False)
+        skipped=0, from_cache=False, passed_over=train_list.passed_over + test_list.passed_over)
+
+
+def _decode_sample(listing: ImageList, rows: torch.Tensor, count: int, config, seed: int) -> torch.Tensor:
+    """A seeded sample of up to `count` of these rows, decoded (grey when grey) as the in-memory path would."""
+    from imgcls.data.readers import decode_all, to_grey_if_grey
+
+    generator = torch.Generator().manual_seed(seed)
+    picked = rows[torch.randperm(len(rows), generator=generator)[:count]].tolist()
+    sample = ImageList([listing.names[i] for i in picked], lambda k: listing.read(picked[k]),
+                       [listing.labels[i] for i in picked], listing.classes)
+    pixels, _, _ = decode_all(sample, config.image_size, config.skip_bad_images)
+    return to_grey_if_grey(pixels)
