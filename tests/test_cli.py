@@ -484,7 +484,7 @@ def test_train_and_test_classes_differ(cli, tmp_path, assert_user_error):
 
 def test_images_of_different_sizes(cli, tmp_path, assert_user_error):
     layout = {"train": {"a": [(8, 8)] * 3 + [(10, 12)], "b": [(8, 8)] * 4}, "test": {"a": [(8, 8)], "b": [(8, 8)]}}
-    assert_user_error(folder_error(cli, tmp_path, layout), "differ in size", "10x12", "--image-size")
+    assert_user_error(folder_error(cli, tmp_path, layout), "differ in size", "12 wide, 10 high", "--image-size")
 
 
 def test_too_few_training_images(cli, tmp_path, assert_user_error):
