@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import TYPE_CHECKING
-
 import torch
 
 from imgcls import checkpoint as ckpt
@@ -18,9 +16,7 @@ from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.prepare import PreparedData
 from imgcls.errors import UserError
-
-if TYPE_CHECKING:
-    from imgcls.train import Progress
+from imgcls.progress import Progress
 
 # Where a run's inputs live, not what they are: a resumed run may find them elsewhere.
 LOCATION_KEYS = {("train", "device"), ("data", "data_dir"), ("output", "out")}

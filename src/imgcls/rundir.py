@@ -89,8 +89,8 @@ class RunDir:
 
     def _how_to_go_on(self) -> str:
         if self.diverged.is_file():
-            return (f" that diverged; resuming it would diverge again: start a new run with a lower --lr in another "
-                    f"--out, or pass --overwrite to replace it")
+            return (" that diverged; resuming it would diverge again: start a new run with a lower --lr in another "
+                    "--out, or pass --overwrite to replace it")
         resume = f", --resume {printable(self.path)} to continue it" if self.resumable() else ""
         return f"; pass --overwrite to replace it{resume}, or choose another --out"
 
