@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stream", action="store_true")
     args = parser.parse_args()
+    # A shell starts background jobs with SIGINT ignored, and the runs would inherit that: give them Ctrl-C back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="imgcls-resume-check-"))
     try:
         data = small_folder(args.data_dir, work / "data", args.per_class)
