@@ -213,6 +213,7 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
                   f"tries again", soft_wrap=True, highlight=False)
     else:
         reporter.note("figures: " + ", ".join(p.name for p in written))
+    _write_page_or_warn(path, reporter)
     if isinstance(reporter, TensorBoardReporter):
         reporter.run_finished(path, result.best_epoch, result.test.summary())
         reporter.note(f"TensorBoard: tensorboard --logdir {reporter.log_dir}")
@@ -221,6 +222,19 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
     reporter.note(f"run folder: {path}")
     if quiet:
         print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(), "run_dir": str(path)}))
+
+
+def _write_page_or_warn(path: Path, reporter) -> None:
+    """report.html beside the figures; like them, a failure is a warning: the run itself is saved and whole."""
+    from imgcls.htmlreport import write_run_page
+
+    try:
+        page = write_run_page(path)
+    except Exception as error:
+        err.print(f"warning: could not write report.html ({type(error).__name__}: {error}); `imgcls report {path} "
+                  f"--html` tries again", soft_wrap=True, highlight=False)
+    else:
+        reporter.note(f"web page: {page}")
 
 
 RESUME_MAY_CHANGE = ("device", "data_dir")  # where a run runs and where its data is, never what it is
@@ -306,7 +320,8 @@ def export_templates_command(
     Console().print(f"wrote {len(written)} PNGs to {out}")
 
 
-@app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10")
+@app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
+                               "runs/cifar10-20261127-101500 --html (then open its report.html)")
 @user_errors
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (train's --out).")],
@@ -314,6 +329,9 @@ def report_command(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Redraw curves.png, confusion.png and "
                                                                          "templates.png in the run folder.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Also write RUN_DIR/report.html, the run as one self-contained "
+                                                      "web page (with a gallery of test images, when the data "
+                                                      "is where training found it).")] = False,
 ) -> None:
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
@@ -328,14 +346,22 @@ def report_command(
 
         remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
         written = write_run_figures(run_dir)
+    page = None
+    if html:
+        from imgcls.htmlreport import write_run_page
+
+        page = write_run_page(run_dir)
     if as_json:
-        print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written]}))
+        print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written],
+                              **({"html": str(page)} if page else {})}))
         return
     console = Console()
     console.print(render(summary))
     if written:
         console.print("figures: " + ", ".join(printable(p) for p in written), highlight=False, soft_wrap=True,
                       markup=False)
+    if page:
+        console.print(f"web page: {printable(page)}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "

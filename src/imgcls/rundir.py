@@ -32,9 +32,10 @@ from imgcls.files import printable, remove_stale_temporaries, write_json_atomic,
 
 RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
 DIVERGED = "diverged.txt"
+REPORT_PAGE = "report.html"  # htmlreport.py's page of the run
 LOCK = ".imgcls.lock"
 # What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
-OWN_FILES = (*RUN_FILES, *FIGURE_FILES, DIVERGED)
+OWN_FILES = (*RUN_FILES, *FIGURE_FILES, REPORT_PAGE, DIVERGED)
 OWN_FOLDERS = ("templates", "tensorboard")  # export-templates' output (the README's example) and --tensorboard's
 
 
