@@ -364,6 +364,54 @@ def report_command(
         console.print(f"web page: {printable(page)}", highlight=False, soft_wrap=True, markup=False)
 
 
+def _check_output_file(option: str, path: Path, example: str) -> None:
+    """A file a command will write: not a folder, in a folder that exists."""
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+
+
+@app.command("compare", epilog="Example: imgcls compare runs/cifar10-lr01 runs/cifar10-lr001 --figure compare.png "
+                                "--csv runs.csv")
+@user_errors
+def compare_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders (train's --out).",
+                                                        metavar="RUN_DIR...")],
+    figure: Annotated[Path, typer.Option(help="Where to draw the runs' validation curves, overlaid (a .png).")]
+    = Path("compare.png"),
+    no_figure: Annotated[bool, typer.Option("--no-figure", help="Draw no figure.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table to this CSV file, one row "
+                                                                   "per run.")] = None,
+) -> None:
+    """Runs side by side: dataset, the options that differ, best epoch, val and test top-1/top-k, time; and one
+    figure of their validation curves."""
+    if not no_figure:
+        if figure.suffix.lower() != ".png":
+            raise UserError(f"--figure {figure}: the figure is a PNG; give a name ending in .png, such as "
+                            f"{figure.with_suffix('.png')}")
+        _check_output_file("--figure", figure, "compare.png")
+    if csv_file is not None:
+        _check_output_file("--csv", csv_file, "runs.csv")
+    from imgcls.compare import compare_table, comparison_rows, draw_figure, load_runs, to_csv
+    from imgcls.files import printable, write_text_atomic
+
+    summaries = load_runs(run_dirs)
+    rows, keys = comparison_rows(summaries)
+    drawn = None if no_figure else draw_figure(summaries, rows, figure)
+    if csv_file is not None:
+        write_text_atomic(csv_file, to_csv(rows, keys), errors="surrogateescape")
+    if as_json:
+        print(jsontext.dumps({"runs": rows, "differing": keys, "figure": str(drawn) if drawn else None}))
+        return
+    console = Console()
+    console.print(compare_table(rows, keys))
+    for what, path in (("figure", drawn), ("table", csv_file)):
+        if path is not None:
+            console.print(f"{what}: {printable(path)}", highlight=False, soft_wrap=True, markup=False)
+
+
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
                                 "predictions.csv")
 @user_errors
@@ -383,10 +431,7 @@ def predict_command(
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {top_k}")
     if csv_file is not None:
-        if csv_file.is_dir():
-            raise UserError(f"--csv {csv_file} is a folder; give a file name such as {csv_file / 'predictions.csv'}")
-        if not csv_file.parent.is_dir():
-            raise UserError(f"--csv {csv_file}: the folder {csv_file.parent} does not exist; create it first")
+        _check_output_file("--csv", csv_file, "predictions.csv")
     from imgcls.config import check_device_name
 
     check_device_name(device)
