@@ -206,7 +206,8 @@ class RunDir:
         """After a Ctrl-C: what the folder now holds, and the command that goes on from there."""
         written, path = self.written_here(), printable(self.path)
         if "metrics.json" in written:
-            return f"the run is finished; interrupted while drawing figures: `imgcls report {path}` draws them"
+            return (f"the run is finished; interrupted while drawing figures or writing report.html: `imgcls report "
+                    f"{path} --html` draws them and writes it")
         if self.resumable() and (resumed or "last.safetensors" in written):
             done, planned = self._epochs_done(), self._epochs_planned()
             if planned is not None and done >= planned:
