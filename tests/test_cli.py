@@ -18,7 +18,7 @@ from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLA
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
 from imgcls.figures import FIGURE_FILES
-from imgcls.rundir import RUN_FILES
+from imgcls.rundir import REPORT_PAGE, RUN_FILES
 
 MNIST_EPOCHS = 2
 SMALL_FOLDER = {
@@ -44,7 +44,8 @@ def mnist_run(cli, mnist_root, tmp_path_factory):
 # --- train -> eval -> export-templates ----------------------------------------------------------
 
 def check_run_folder(out, epochs_wanted, val_count, test_count, classes):
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES
+                                                                                          + (REPORT_PAGE,))
     config, epochs, metrics = read_run(out)
     assert [e["epoch"] for e in epochs] == list(range(1, epochs_wanted + 1))
     assert config["train"]["epochs"] == epochs_wanted and config["output"]["out"] is None  # repeats go elsewhere

@@ -213,6 +213,7 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
                   f"tries again", soft_wrap=True, highlight=False)
     else:
         reporter.note("figures: " + ", ".join(p.name for p in written))
+    _write_page_or_warn(path, reporter)
     if isinstance(reporter, TensorBoardReporter):
         reporter.run_finished(path, result.best_epoch, result.test.summary())
         reporter.note(f"TensorBoard: tensorboard --logdir {reporter.log_dir}")
@@ -221,6 +222,19 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
     reporter.note(f"run folder: {path}")
     if quiet:
         print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(), "run_dir": str(path)}))
+
+
+def _write_page_or_warn(path: Path, reporter) -> None:
+    """report.html beside the figures; like them, a failure is a warning: the run itself is saved and whole."""
+    from imgcls.htmlreport import write_run_page
+
+    try:
+        page = write_run_page(path)
+    except Exception as error:
+        err.print(f"warning: could not write report.html ({type(error).__name__}: {error}); `imgcls report {path} "
+                  f"--html` tries again", soft_wrap=True, highlight=False)
+    else:
+        reporter.note(f"web page: {page}")
 
 
 RESUME_MAY_CHANGE = ("device", "data_dir")  # where a run runs and where its data is, never what it is
@@ -306,7 +320,8 @@ def export_templates_command(
     Console().print(f"wrote {len(written)} PNGs to {out}")
 
 
-@app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10")
+@app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
+                               "runs/cifar10-20261127-101500 --html (then open its report.html)")
 @user_errors
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (train's --out).")],
@@ -314,6 +329,9 @@ def report_command(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Redraw curves.png, confusion.png and "
                                                                          "templates.png in the run folder.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Also write RUN_DIR/report.html, the run as one self-contained "
+                                                      "web page (with a gallery of test images, when the data "
+                                                      "is where training found it).")] = False,
 ) -> None:
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
@@ -328,14 +346,70 @@ def report_command(
 
         remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
         written = write_run_figures(run_dir)
+    page = None
+    if html:
+        from imgcls.htmlreport import write_run_page
+
+        page = write_run_page(run_dir)
     if as_json:
-        print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written]}))
+        print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written],
+                              **({"html": str(page)} if page else {})}))
         return
     console = Console()
     console.print(render(summary))
     if written:
         console.print("figures: " + ", ".join(printable(p) for p in written), highlight=False, soft_wrap=True,
                       markup=False)
+    if page:
+        console.print(f"web page: {printable(page)}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _check_output_file(option: str, path: Path, example: str) -> None:
+    """A file a command will write: not a folder, in a folder that exists."""
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+
+
+@app.command("compare", epilog="Example: imgcls compare runs/cifar10-lr01 runs/cifar10-lr001 --figure compare.png "
+                                "--csv runs.csv")
+@user_errors
+def compare_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders (train's --out).",
+                                                        metavar="RUN_DIR...")],
+    figure: Annotated[Path, typer.Option(help="Where to draw the runs' validation curves, overlaid (a .png).")]
+    = Path("compare.png"),
+    no_figure: Annotated[bool, typer.Option("--no-figure", help="Draw no figure.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table to this CSV file, one row "
+                                                                   "per run.")] = None,
+) -> None:
+    """Runs side by side: dataset, the options that differ, best epoch, val and test top-1/top-k, time; and one
+    figure of their validation curves."""
+    if not no_figure:
+        if figure.suffix.lower() != ".png":
+            raise UserError(f"--figure {figure}: the figure is a PNG; give a name ending in .png, such as "
+                            f"{figure.with_suffix('.png')}")
+        _check_output_file("--figure", figure, "compare.png")
+    if csv_file is not None:
+        _check_output_file("--csv", csv_file, "runs.csv")
+    from imgcls.compare import compare_table, comparison_rows, draw_figure, load_runs, to_csv
+    from imgcls.files import printable, write_text_atomic
+
+    summaries = load_runs(run_dirs)
+    rows, keys = comparison_rows(summaries)
+    drawn = None if no_figure else draw_figure(summaries, rows, figure)
+    if csv_file is not None:
+        write_text_atomic(csv_file, to_csv(rows, keys), errors="surrogateescape")
+    if as_json:
+        print(jsontext.dumps({"runs": rows, "differing": keys, "figure": str(drawn) if drawn else None}))
+        return
+    console = Console()
+    console.print(compare_table(rows, keys))
+    for what, path in (("figure", drawn), ("table", csv_file)):
+        if path is not None:
+            console.print(f"{what}: {printable(path)}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
@@ -357,10 +431,7 @@ def predict_command(
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {top_k}")
     if csv_file is not None:
-        if csv_file.is_dir():
-            raise UserError(f"--csv {csv_file} is a folder; give a file name such as {csv_file / 'predictions.csv'}")
-        if not csv_file.parent.is_dir():
-            raise UserError(f"--csv {csv_file}: the folder {csv_file.parent} does not exist; create it first")
+        _check_output_file("--csv", csv_file, "predictions.csv")
     from imgcls.config import check_device_name
 
     check_device_name(device)

@@ -155,3 +155,30 @@ def write_run_figures(run_dir: Path) -> list[Path]:
 
         written.append(templates_grid(ckpt.load(run.best), run.path / TEMPLATES))
     return written
+
+
+def validation_curves(runs: list[tuple[str, list[dict], int | None]], path: Path) -> Path:
+    """Several runs' validation loss and top-1 per epoch overlaid, each run's best epoch ringed;
+    runs: (label, epochs.jsonl's records, best epoch or None)."""
+    figure = _figure(CURVES_FIGSIZE)
+    loss_axis, top1_axis = figure.subplots(1, 2)
+    for label, epochs, best_epoch in runs:
+        x = [record["epoch"] for record in epochs]
+        for axis, key, scale in ((loss_axis, "val_loss", 1.0), (top1_axis, "val_top1", 100)):
+            values = [record[key] * scale for record in epochs]
+            line, = axis.plot(x, values, marker="o" if len(x) <= 30 else None, markersize=3, label=label)
+            if best_epoch in x:
+                axis.plot([best_epoch], [values[x.index(best_epoch)]], "o", markersize=9, fillstyle="none",
+                          color=line.get_color())
+    from matplotlib.ticker import MaxNLocator
+
+    for axis, label in ((loss_axis, "validation loss"), (top1_axis, "validation top-1 accuracy (%)")):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.set_title(label.split(" (")[0])
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"validation curves of {len(runs)} runs (rings: each run's best epoch)")
+    _save(figure, path)
+    return path

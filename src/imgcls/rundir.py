@@ -32,9 +32,10 @@ from imgcls.files import printable, remove_stale_temporaries, write_json_atomic,
 
 RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
 DIVERGED = "diverged.txt"
+REPORT_PAGE = "report.html"  # htmlreport.py's page of the run
 LOCK = ".imgcls.lock"
 # What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
-OWN_FILES = (*RUN_FILES, *FIGURE_FILES, DIVERGED)
+OWN_FILES = (*RUN_FILES, *FIGURE_FILES, REPORT_PAGE, DIVERGED)
 OWN_FOLDERS = ("templates", "tensorboard")  # export-templates' output (the README's example) and --tensorboard's
 
 
@@ -205,7 +206,8 @@ class RunDir:
         """After a Ctrl-C: what the folder now holds, and the command that goes on from there."""
         written, path = self.written_here(), printable(self.path)
         if "metrics.json" in written:
-            return f"the run is finished; interrupted while drawing figures: `imgcls report {path}` draws them"
+            return (f"the run is finished; interrupted while drawing figures or writing report.html: `imgcls report "
+                    f"{path} --html` draws them and writes it")
         if self.resumable() and (resumed or "last.safetensors" in written):
             done, planned = self._epochs_done(), self._epochs_planned()
             if planned is not None and done >= planned:

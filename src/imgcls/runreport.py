@@ -84,21 +84,27 @@ def load_run(path: Path, pairs: int = 5) -> RunSummary:
     return summary
 
 
-def config_table(config: dict) -> Table:
+def config_rows(config: dict) -> list[tuple[str, str, bool]]:
+    """(section.key, value as text, whether it differs from the default) for every key of a saved config."""
     from imgcls.config import Config
 
     defaults = Config().to_dict()
-    table = Table(title="config (bold: not the default)")
-    table.add_column("key")
-    table.add_column("value")
+    rows = []
     for section, values in config.items():
         if not isinstance(values, dict):
             continue
         for key, value in values.items():
             changed = defaults.get(section, {}).get(key, object()) != value
-            style = "bold" if changed else "dim"
-            table.add_row(Text(printable(f"{section}.{key}")), Text(printable("null" if value is None else str(value))),
-                          style=style)
+            rows.append((f"{section}.{key}", "null" if value is None else str(value), changed))
+    return rows
+
+
+def config_table(config: dict) -> Table:
+    table = Table(title="config (bold: not the default)")
+    table.add_column("key")
+    table.add_column("value")
+    for key, value, changed in config_rows(config):
+        table.add_row(Text(printable(key)), Text(printable(value)), style="bold" if changed else "dim")
     return table
 
 

@@ -1,0 +1,134 @@
+"""`imgcls compare RUN RUN ...`: runs side by side.
+
+One row per run: its dataset, the config options whose values differ between the runs, the best epoch,
+validation and test top-1 and top-k of that epoch, and the training time; and one figure with their
+validation curves overlaid. Only the run folders' own files are read, as `report` reads them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from imgcls.errors import UserError
+from imgcls.files import printable
+
+NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
+
+
+def load_runs(paths: list[Path]):
+    """load_run of every folder; fewer than two, or one folder twice, is a mistake."""
+    from imgcls.runreport import load_run
+
+    if len(paths) < 2:
+        raise UserError(f"compare needs at least two run folders, got {len(paths)}; e.g. imgcls compare runs/a runs/b")
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            also = f" (also as {printable(seen[resolved])})" if str(seen[resolved]) != str(path) else ""
+            raise UserError(f"{printable(path)} is given twice{also}; give each run folder once")
+        seen[resolved] = path
+    return [load_run(Path(path), pairs=0) for path in paths]
+
+
+def flat_config(config: dict) -> dict[str, object]:
+    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
+            for key, value in values.items() if f"{section}.{key}" not in NOT_COMPARED}
+
+
+def differing_keys(configs: list[dict]) -> list[str]:
+    """The config keys whose values are not the same in every run (a key some runs lack counts as differing)."""
+    flats = [flat_config(config) for config in configs]
+    keys = list(dict.fromkeys(key for flat in flats for key in flat))
+    missing = object()
+    return [key for key in keys if len({repr(flat.get(key, missing)) for flat in flats}) > 1]
+
+
+def labels(paths: list[Path]) -> list[str]:
+    """Each run's folder name, or the path as given where two runs share a name."""
+    names = [Path(path).resolve().name for path in paths]
+    return [printable(name if names.count(name) == 1 else str(path)) for name, path in zip(names, paths)]
+
+
+def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
+    """One dict per run (accuracies as fractions, None where the run did not finish), and the differing keys."""
+    keys = differing_keys([summary.config for summary in summaries])
+    rows = []
+    for label, summary in zip(labels([s.path for s in summaries]), summaries):
+        flat, metrics = flat_config(summary.config), summary.metrics
+        data = summary.config.get("data")
+        row = {"run": label, "path": str(summary.path),
+               "dataset": data.get("dataset") if isinstance(data, dict) else None,
+               "options": {key: flat.get(key) for key in keys}, "finished": metrics is not None,
+               "epochs": len(summary.epochs), "best_epoch": metrics["best_epoch"] if metrics else None,
+               "seconds": sum(record["seconds"] for record in summary.epochs)}
+        for split in ("val", "test"):
+            row[f"{split}_top1"] = metrics[split]["top1"] if metrics else None
+            row[f"{split}_topk"] = metrics[split]["top5"] if metrics else None
+        row["k"] = metrics["test"]["k"] if metrics else None
+        rows.append(row)
+    return rows, keys
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _option(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def compare_table(rows: list[dict], keys: list[str]):
+    from rich.table import Table
+    from rich.text import Text
+
+    ks = sorted({row["k"] for row in rows if row["k"] is not None})
+    topk = f"top-{ks[0]}" if len(ks) == 1 else "top-k"
+    datasets = list(dict.fromkeys(str(row["dataset"]) for row in rows))
+    same = f" on {datasets[0]}" if len(datasets) == 1 else ""  # one dataset: said once, in the title
+    table = Table(title=printable(f"{len(rows)} runs{same}" + ("" if keys else " (their configs are the same)")))
+    # headers on two lines and numbers on one: the run names and options get the width that is left
+    columns = ("run", *(() if same else ("dataset",)), "options\nthat differ", "best\nepoch", "val\ntop-1",
+               f"val\n{topk}", "test\ntop-1", f"test\n{topk}", "time")
+    for column in columns:
+        flexible = column in ("run", "options\nthat differ")
+        table.add_column(column, justify="left" if flexible or column == "dataset" else "right", overflow="fold",
+                         no_wrap=not flexible)
+    names = short_names(keys)
+    for row in rows:
+        options = "\n".join(f"{names[key]}={_option(row['options'][key])}" for key in keys)
+        best = f"{row['best_epoch']} of {row['epochs']}" if row["finished"] else f"unfinished ({row['epochs']})"
+        cells = [Text(row["run"]), *(() if same else (Text(printable(str(row["dataset"]))),)), Text(printable(options)),
+                 best, *(_percent(row[name]) for name in ("val_top1", "val_topk", "test_top1", "test_topk")),
+                 f"{row['seconds']:.1f} s"]
+        table.add_row(*cells)
+    return table
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """'optim.lr' -> 'lr' where no other key ends the same way: narrower table cells."""
+    ends = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: end if ends.count(end) == 1 else key for key, end in zip(keys, ends)}
+
+
+def to_csv(rows: list[dict], keys: list[str]) -> str:
+    """One line per run; accuracies as fractions, empty where the run did not finish."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    fixed = ("best_epoch", "epochs", "val_top1", "val_topk", "test_top1", "test_topk", "k", "seconds")
+    writer.writerow(["run", "path", "dataset", *keys, *fixed])
+    for row in rows:
+        writer.writerow([row["run"], row["path"], row["dataset"], *(_option(row["options"][key]) for key in keys),
+                         *("" if row[name] is None else row[name] for name in fixed)])
+    return buffer.getvalue()
+
+
+def draw_figure(summaries, rows: list[dict], path: Path) -> Path | None:
+    """The overlaid validation curves; None when no run has finished an epoch (nothing to draw)."""
+    from imgcls.figures import validation_curves
+
+    curves = [(row["run"], summary.epochs, row["best_epoch"]) for row, summary in zip(rows, summaries)
+              if summary.epochs]
+    return validation_curves(curves, path) if curves else None
