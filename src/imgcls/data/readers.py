@@ -398,8 +398,9 @@ def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool)
     check = check_files(spec, root)
     if not (download and spec.downloadable):  # (a download replaces what is missing or damaged)
         if check.damaged is not None:
-            fix = "delete it and pass --download" if spec.downloadable else "fetch it again"
-            raise UserError(f"{spec.name} at {root} is damaged or incomplete: {check.damaged}; {fix}")
+            fix = "fetch it again, or delete it and pass --download" if spec.downloadable else "fetch it again"
+            raise UserError(f"{spec.name} at {root} cannot be read, a file is damaged or incomplete: {check.damaged}; "
+                            f"{fix}")
         if not check.found:
             raise UserError(missing_message(spec, root, download))
     present = bool(check.found)
