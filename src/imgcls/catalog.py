@@ -72,10 +72,9 @@ class FileCheck:
 def check_files(spec: DatasetSpec, root: Path) -> FileCheck:
     """Whether torchvision's class can open the dataset's files, by a cheap look at each (headers, sizes,
     archive listings), not a full decode. Files are in the layout spec.files gives."""
-    found, missing = [], []
-    for name in spec.files:
-        path = resolved_path(spec, root, name)
-        (found.append(path) if path is not None else missing.append(name))
+    paths = {name: resolved_path(spec, root, name) for name in spec.files}
+    found = [path for path in paths.values() if path is not None]
+    missing = [name for name, path in paths.items() if path is None]
     damaged = None
     if found and missing:
         damaged = f"{root / missing[0]} (missing; {len(found)} of the {len(spec.files)} files are there)"
@@ -126,13 +125,13 @@ def _check_idx(paths: list[Path]) -> None:
 def _check_pickle(paths: list[Path]) -> None:
     # CIFAR's files are pickles of protocol 2: PROTO (0x80) first, STOP (".") last; a cut-off copy lacks the STOP
     for path in paths:
-        first, size = _read_header(path, 2), path.stat().st_size
-        with open(path, "rb") as file:
-            file.seek(max(size - 1, 0))
-            last = file.read(1)
-        if not size:
+        first = _read_header(path, 2)
+        if not first:
             raise Damaged(path, "empty")
-        if len(first) < 2 or first[0] != 0x80 or last != b".":
+        with open(path, "rb") as file:
+            file.seek(-1, 2)
+            last = file.read(1)
+        if first[0] != 0x80 or last != b".":
             raise Damaged(path, "not a whole pickle file: it does not start with a protocol mark and end with a STOP")
 
 
@@ -154,7 +153,7 @@ def _check_mat(paths: list[Path]) -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
+    return (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(":")
 
 
 STL_IMAGE_BYTES = 3 * 96 * 96
@@ -163,15 +162,15 @@ STL_IMAGE_BYTES = 3 * 96 * 96
 def _check_stl(paths: list[Path]) -> None:
     """STL-10's binaries: X is N images of 3x96x96 bytes, y one byte per image, each 1..10."""
     named = {path.name: path for path in paths}
-    for images in paths:
-        size = images.stat().st_size if images.name.endswith("_X.bin") else 0
-        if images.name.endswith("_X.bin") and (size == 0 or size % STL_IMAGE_BYTES):
+    for images in (path for path in paths if path.name.endswith("_X.bin")):
+        size = images.stat().st_size
+        if size == 0 or size % STL_IMAGE_BYTES:
             raise Damaged(images, f"{size:,} bytes, not a whole number of 96x96x3 images")
-        labels = named.get(images.name.replace("_X.bin", "_y.bin"))
-        if labels is not None and labels != images:
-            values = labels.read_bytes()
-            if len(values) != size // STL_IMAGE_BYTES or (values and not 1 <= min(values) <= max(values) <= 10):
-                raise Damaged(labels, f"{len(values):,} labels in 1..10 expected for the {size // STL_IMAGE_BYTES:,} "
+        labels = named.get(images.name.replace("_X.bin", "_y.bin"))  # unlabeled_X.bin has none
+        if labels is not None:
+            values, count = labels.read_bytes(), size // STL_IMAGE_BYTES  # a few kB
+            if len(values) != count or not 1 <= min(values, default=1) <= max(values, default=1) <= 10:
+                raise Damaged(labels, f"{len(values):,} bytes where {count:,} labels in 1..10 are expected for the "
                                       f"images of {images.name}")
 
 
