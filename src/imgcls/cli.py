@@ -503,13 +503,26 @@ def datasets_command(
     for info in infos:
         if info.classes:
             classes = f"{info.num_classes}: {', '.join(info.classes[:3])}{', ...' if len(info.classes) > 3 else ''}"
+            if info.superclasses:
+                classes += f" in {len(info.superclasses)} superclasses"
         else:
             classes = f"{info.num_classes}, from the data" if info.num_classes else "from the data"
         shape = "×".join(map(str, info.shape)) if info.shape else "any"
         table.add_row(info.name, classes, shape, f"{info.train:,}" if info.train else "-",
-                      f"{info.test:,}" if info.test else "-",
-                      f"[green]yes[/]: {info.present}" if info.present else "[dim]no[/]")
-    Console().print(table)
+                      f"{info.test:,}" if info.test else "-", _presence_text(info))
+    console = Console()
+    console.print(table)
+    for info in infos:  # too long for a table cell
+        if info.superclasses:
+            console.print(f"{info.name}'s {len(info.superclasses)} superclasses: {', '.join(info.superclasses)}",
+                          soft_wrap=True, highlight=False, markup=False)
+
+
+def _presence_text(info) -> Text:
+    """yes, no, or which file is damaged (file names may hold [brackets]: no markup from them)."""
+    if info.damaged:
+        return Text.assemble(("damaged or incomplete", "red"), f": {info.damaged}")
+    return Text.assemble(("yes", "green"), f": {info.present}") if info.present else Text("no", style="dim")
 
 
 @app.command("gradcheck", epilog="Example: imgcls gradcheck --loss ce --batch-size 8 --classes 10 --features 192")

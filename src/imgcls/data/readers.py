@@ -1,8 +1,9 @@
 """Read one split of a dataset into memory as uint8 images (N, C, H, W) and int64 labels.
 
-Three kinds of source, tried in this order for a named dataset:
-the copy embedded in the package (cifar10-sample), an image-folder copy at the data dir
-(ROOT/train/<class>/*, ROOT/test|val/<class>/*), and torchvision's own dataset class.
+Three kinds of source for a named dataset: the copy embedded in the package (cifar10-sample),
+torchvision's own dataset class on the dataset's published files (when any of them is in the data dir:
+registry.py's `files`, which catalog.check_files looks over first), else an image-folder copy at the
+data dir (ROOT/train/<class>/*, ROOT/test|val/<class>/*).
 Image files are listed with torchvision's find_classes and a walk that follows symlinks but
 enters each folder once (a symlink loop is walked once), and decoded in bulk by torchvision.io,
 on a thread pool, not one PIL image at a time. Which files are images is IMAGE_EXTENSIONS, the
@@ -25,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from imgcls.catalog import check_files, has_own_files, resolved_path
 from imgcls.data.registry import EMBEDDED_ZIP, DatasetSpec, loose_names
 from imgcls.errors import UserError
 
@@ -62,7 +64,7 @@ def source_kind(spec: DatasetSpec, root: Path) -> str:
     """Which source a split will be read from: 'embedded', 'folder' or 'torchvision'."""
     if spec.name == "cifar10-sample":
         return "embedded"
-    if spec.torchvision_class is None or (root / "train").is_dir():
+    if spec.torchvision_class is None or ((root / "train").is_dir() and not has_own_files(spec, root)):
         return "folder"
     return "torchvision"
 
@@ -74,11 +76,7 @@ def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
         return [EMBEDDED_ZIP]
     if kind == "folder":
         return [folder_split_dir(root, split)]
-    if spec.name == "svhn":
-        return [root / f"{'train' if split == 'train' else 'test'}_32x32.mat"]
-    if spec.name == "imagenet":
-        return [root / "meta.bin", root / ("train" if split == "train" else "val")]
-    return [root / spec.folder]
+    return [resolved_path(spec, root, name) or root / name for name in spec.files]
 
 
 def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
@@ -354,7 +352,7 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
     _check_not_a_file(root, kind)
     if kind == "folder":
         listing = _list_folder(root, split, spec)
-    elif spec.name == "imagenet":
+    elif spec.lists_files:
         listing = _imagenet_listing(_open_torchvision(spec, root, split, download))
     else:
         raise UserError(f"--stream decodes image files, but {spec.name} is stored as arrays that fit in memory; "
@@ -375,7 +373,8 @@ def _imagenet_listing(dataset) -> ImageList:
 def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
                       download: bool) -> DecodedSplit:
     dataset = _open_torchvision(spec, root, split, download)
-    if spec.name == "imagenet":
+    _check_class_names(spec, dataset, root)
+    if spec.lists_files:
         listing = _imagenet_listing(dataset)
         images, labels, skipped = decode_all(listing, image_size, skip_bad)
         return DecodedSplit(images, labels, listing.classes, skipped)
@@ -394,12 +393,22 @@ def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool)
 
     split_value = spec.train_split if split == "train" else spec.test_split
     kwargs = {spec.split_keyword: split_value}
-    if spec.name != "imagenet":
+    if spec.downloadable:
         kwargs["download"] = download
-    present = any(path.is_file() or (path.is_dir() and any(inner.is_file() for inner in path.rglob("*")))
-                  for path in source_paths(spec, root, split))
+    check = check_files(spec, root)
+    if not (download and spec.downloadable):  # (a download replaces what is missing or damaged)
+        if check.damaged is not None:
+            fix = "fetch it again, or delete it and pass --download" if spec.downloadable else "fetch it again"
+            raise UserError(f"{spec.name} at {root} cannot be read, a file is damaged or incomplete: {check.damaged}; "
+                            f"{fix}")
+        if not check.found:
+            raise UserError(missing_message(spec, root, download))
+    present = bool(check.found)
     try:
         dataset = getattr(tvd, spec.torchvision_class)(str(root), **kwargs)
+    except ImportError as error:  # SVHN's .mat files and ImageNet's devkit need scipy, which torchvision lacks
+        raise UserError(f"reading {spec.name} needs the Python package {spec.needs_module or error.name}, which is "
+                        f"not installed: pip install {spec.needs_module or error.name}") from None
     except (RuntimeError, FileNotFoundError, ValueError, AssertionError, EOFError, KeyError, IndexError,
             TypeError) as error:
         if download and error_reason(error).startswith("Error downloading"):  # MNIST's mirrors all failed
@@ -425,12 +434,29 @@ def _as_nchw(data) -> torch.Tensor:
 
 
 def missing_message(spec: DatasetSpec, root: Path, download: bool, error: Exception | None = None) -> str:
-    if spec.name == "imagenet":
-        layout = f"{root}/ILSVRC2012_devkit_t12.tar.gz and ILSVRC2012_img_train.tar (torchvision's ImageNet)"
+    """Names every file looked for: the published ones under the data dir, then an image folder."""
+    names = ", ".join(f"{name} (or {_unpacked_name(spec.unpacked_as[name])}, torchvision's unpacked copy)"
+                      if name in spec.unpacked_as else name for name in spec.files)
+    if download or not spec.downloadable:
+        hint = "pass --data-dir with the folder that holds it"
     else:
-        layout = f"{root}/{spec.folder or '<files>'} (torchvision's layout)"
-    hint = "pass --data-dir with the folder that holds it" if download else "pass --download to fetch it, or --data-dir"
-    return f"{spec.name} not found: looked for {layout} and for an image folder {root}/train/<class>/*; {hint}"
+        hint = "pass --download to fetch it, or --data-dir"
+    return (f"{spec.name} not found: looked in {root} for {names} (torchvision's layout) and for an image folder "
+            f"{root}/train/<class>/*; {hint}")
+
+
+def _unpacked_name(name: str) -> str:
+    return name if "." in name else f"{name}/"  # a folder
+
+
+def _check_class_names(spec: DatasetSpec, dataset, root: Path) -> None:
+    """Where torchvision reads the class names from the dataset's own files (CIFAR's meta, STL-10's
+    class_names.txt), they must be ours, in our order: labels are indices into them."""
+    found = getattr(dataset, "classes", None) if spec.names_in_files else None
+    if found and loose_names(found) != loose_names(spec.classes):
+        raise UserError(f"{root} does not hold {spec.name}: its files name the classes {', '.join(found[:6])}, ... "
+                        f"where {spec.name} has {', '.join(spec.classes[:6])}, ...; use --dataset imagefolder for "
+                        f"other data")
 
 
 def _match_spec(spec: DatasetSpec, split: DecodedSplit, root: Path, image_size: int | None) -> DecodedSplit:

@@ -2,8 +2,9 @@
 
 `torchvision_class` is the name of torchvision's own dataset class; readers.py uses it.
 `train_split`/`test_split` are the split names the class takes (torchvision is not uniform).
-`folder` is where the class keeps its files under the data dir, for the cache's fingerprint
-and for the error message when they are missing.
+`files` are the files that class reads under the data dir (both splits: most classes check them all
+before reading either), in the dataset's published layout; `file_format` names the cheap check
+(headers and sizes) that catalog.py runs on them, for `imgcls datasets` and for the readers' messages.
 """
 
 from __future__ import annotations
@@ -51,11 +52,18 @@ class DatasetSpec:
     classes: tuple[str, ...] | None  # None: read from the data (ImageNet, image folders)
     shape: tuple[int, int, int] | None  # (C, H, W); None: depends on the data / --image-size
     torchvision_class: str | None
-    folder: str  # under the data dir, where torchvision keeps this dataset's files
+    files: tuple[str, ...] = ()  # under the data dir, what torchvision's class reads (both splits)
+    file_format: str = ""  # the cheap check for `files` in catalog.py: idx, pickle, mat, stl, imagenet
     train_split: str | bool = True
     test_split: str | bool = False
     split_keyword: str = "train"  # torchvision's keyword: train=True/False, or split="..."
     superclasses: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # An archive torchvision unpacks on first use -> what it leaves (either will do from then on).
+    unpacked_as: dict[str, str] = field(default_factory=dict)
+    downloadable: bool = True  # torchvision's class takes download=...
+    lists_files: bool = False  # torchvision's class lists image files (an ImageFolder) instead of arrays
+    names_in_files: bool = False  # the class reads `classes` from the dataset's own files: checked against ours
+    needs_module: str = ""  # a module torchvision's class imports that torchvision does not depend on
 
     def superclass_of(self) -> list[int] | None:
         """Fine class index -> superclass index, when the dataset has superclasses."""
@@ -65,25 +73,41 @@ class DatasetSpec:
         return [coarse[name] for name in self.classes]
 
 
+def _mnist_files(folder: str) -> tuple[str, ...]:
+    # torchvision checks the four unpacked idx files under FOLDER/raw (the .gz it downloads are unpacked there)
+    return tuple(f"{folder}/raw/{split}-{kind}" for split in ("train", "t10k")
+                 for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+
+
+IMAGENET_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
 SPECS = {
     spec.name: spec
     for spec in (
         DatasetSpec("cifar10-sample", "CIFAR-10 sample shipped inside imgcls (3,000 train, 1,000 test)",
-                    CIFAR10_CLASSES, (3, 32, 32), None, ""),
-        DatasetSpec("mnist", "handwritten digits", DIGITS, (1, 28, 28), "MNIST", "MNIST"),
+                    CIFAR10_CLASSES, (3, 32, 32), None),
+        DatasetSpec("mnist", "handwritten digits", DIGITS, (1, 28, 28), "MNIST", _mnist_files("MNIST"), "idx"),
         DatasetSpec("fashion-mnist", "Zalando's clothing images", FASHION_CLASSES, (1, 28, 28), "FashionMNIST",
-                    "FashionMNIST"),
+                    _mnist_files("FashionMNIST"), "idx"),
         DatasetSpec("cifar10", "tiny colour images, 10 classes", CIFAR10_CLASSES, (3, 32, 32), "CIFAR10",
-                    "cifar-10-batches-py"),
+                    tuple(f"cifar-10-batches-py/{name}" for name in (*(f"data_batch_{i}" for i in range(1, 6)),
+                                                                     "test_batch", "batches.meta")),
+                    "pickle", names_in_files=True),
         DatasetSpec("cifar100", "tiny colour images, 100 classes in 20 superclasses", CIFAR100_CLASSES, (3, 32, 32),
-                    "CIFAR100", "cifar-100-python", superclasses=CIFAR100_SUPERCLASSES),
-        DatasetSpec("svhn", "street view house numbers", DIGITS, (3, 32, 32), "SVHN", "", "train", "test", "split"),
-        DatasetSpec("stl10", "STL-10 labelled images, 96x96", STL10_CLASSES, (3, 96, 96), "STL10", "stl10_binary",
-                    "train", "test", "split"),
+                    "CIFAR100", ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+                    "pickle", superclasses=CIFAR100_SUPERCLASSES, names_in_files=True),
+        DatasetSpec("svhn", "street view house numbers", DIGITS, (3, 32, 32), "SVHN",
+                    ("train_32x32.mat", "test_32x32.mat"), "mat", "train", "test", "split", needs_module="scipy"),
+        DatasetSpec("stl10", "STL-10 labelled images, 96x96", STL10_CLASSES, (3, 96, 96), "STL10",
+                    tuple(f"stl10_binary/{name}" for name in ("train_X.bin", "train_y.bin", "test_X.bin",
+                                                              "test_y.bin", "unlabeled_X.bin")),
+                    "stl", "train", "test", "split", names_in_files=True),
         DatasetSpec("imagenet", "ILSVRC-2012 from the official archives (needs --image-size)", None, None,
-                    "ImageNet", "", "train", "val", "split"),
+                    "ImageNet", IMAGENET_ARCHIVES, "imagenet", "train", "val", "split",
+                    unpacked_as=dict(zip(IMAGENET_ARCHIVES, ("meta.bin", "train", "val"))), downloadable=False,
+                    lists_files=True, needs_module="scipy"),
         DatasetSpec("imagefolder", "any ROOT/train/<class>/* with ROOT/test/<class>/* or ROOT/val/<class>/*", None,
-                    None, None, ""),
+                    None, None),
     )
 }
 DATASET_NAMES = tuple(SPECS)
