@@ -306,6 +306,31 @@ def export_templates_command(
     Console().print(f"wrote {len(written)} PNGs to {out}")
 
 
+@app.command("export", epilog="Example: imgcls export runs/cifar10/best.safetensors --format onnx --out cifar10.onnx")
+@user_errors
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript (raw uint8 pixels (N, C, H, W) in, "
+                                                      "normalization inside, scores out), or npz (W, b, mean, std, "
+                                                      "classes for numpy).")],
+    out: Annotated[Path, typer.Option(help="The file to write.")],
+) -> None:
+    """Write a trained model for use without imgcls: ONNX, TorchScript or numpy arrays."""
+    from imgcls.errors import check_choice
+    from imgcls.export import FORMATS
+
+    check_choice("format", fmt, FORMATS)
+    from imgcls import checkpoint as ckpt
+    from imgcls.export import export, is_features_model
+
+    loaded = ckpt.load(checkpoint)
+    export(loaded, fmt, out)
+    takes = "float32 features (N, D)" if is_features_model(loaded) else \
+        "uint8 pixels (N, {}, {}, {})".format(*loaded.input_shape)
+    Console().print(f"wrote {out} ({fmt}, {len(loaded.classes)} classes; input: {takes})", highlight=False,
+                    soft_wrap=True, markup=False)
+
+
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10")
 @user_errors
 def report_command(
