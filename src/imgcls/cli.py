@@ -300,9 +300,12 @@ def export_templates_command(
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
+    from imgcls.data.features import require_image_model
     from imgcls.templates import export_templates
 
-    written = export_templates(ckpt.load(checkpoint), out, size=size, scale=scale, grid_only=grid_only)
+    loaded = ckpt.load(checkpoint)
+    require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
+    written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only)
     Console().print(f"wrote {len(written)} PNGs to {out}")
 
 
@@ -391,9 +394,12 @@ def predict_command(
     check_device_name(device)
     from imgcls import checkpoint as ckpt
     from imgcls.files import printable
+    from imgcls.data.features import require_image_model
     from imgcls.predict import list_images, predict, to_csv
 
     loaded = ckpt.load(checkpoint)
+    require_image_model(loaded, "it cannot classify image files; `imgcls eval` scores its features file, and "
+                                "`imgcls export` gives a model that takes feature rows")
     paths = list_images(images)
     result = predict(loaded, paths, top_k, device, skip_bad_images)
     for name, why in result.skipped:

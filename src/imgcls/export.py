@@ -24,16 +24,13 @@ from torch import nn
 
 from imgcls import __version__
 from imgcls.checkpoint import Checkpoint
+from imgcls.data.features import is_features_model
 from imgcls.data.prepare import Normalization
 from imgcls.errors import UserError
 from imgcls.files import write_atomic
 
 FORMATS = ("onnx", "torchscript", "npz")
 ONNX_OPSET = 17
-
-
-def is_features_model(checkpoint: Checkpoint) -> bool:
-    return checkpoint.meta["dataset"] == "features"
 
 
 class RawInputClassifier(nn.Module):

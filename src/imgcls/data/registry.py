@@ -84,6 +84,8 @@ SPECS = {
                     "ImageNet", "", "train", "val", "split"),
         DatasetSpec("imagefolder", "any ROOT/train/<class>/* with ROOT/test/<class>/* or ROOT/val/<class>/*", None,
                     None, None, ""),
+        DatasetSpec("features", "precomputed features (embeddings): --data-dir FILE.npz or .safetensors with "
+                    "x_train, y_train, x_test, y_test", None, None, None, ""),
     )
 }
 DATASET_NAMES = tuple(SPECS)
