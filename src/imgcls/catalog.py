@@ -63,6 +63,9 @@ def presence(name: str, root: Path) -> str | None:
     spec = SPECS[name]
     if name == "cifar10-sample":
         return "embedded" if EMBEDDED_ZIP.is_file() else None
+    if name == "features":  # one file, never a folder of images
+        return f"features file {root.name}" if root.is_file() and root.suffix.lower() in (".npz", ".safetensors") \
+            else None
     train = root / "train"
     evaluation = next((root / split for split in ("test", "val") if (root / split).is_dir()), None)
     if train.is_dir() and evaluation is not None:

@@ -59,7 +59,9 @@ def train(
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name." + _default("data", "dataset"),
                                                    rich_help_panel=DATA)] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset \\[default: $IMGCLS_DATA, else "
-                                                         "~/.cache/imgcls/data].", rich_help_panel=DATA)] = None,
+                                                         "~/.cache/imgcls/data]; for --dataset features a FILE.npz "
+                                                         "(e.g. --dataset features --data-dir emb.npz).",
+                                                    rich_help_panel=DATA)] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Fetch a missing dataset."
                                                      + _default("data", "download"), rich_help_panel=DATA)] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Share of train held out for validation."

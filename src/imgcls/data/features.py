@@ -30,7 +30,12 @@ from imgcls.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 SUFFIXES = (".npz", ".safetensors")
-CHUNK = 65536  # rows handled at a time where a whole-array temporary would double the memory
+CHUNK_VALUES = 1 << 22  # numbers handled at a time (32 MB in float64) where a whole-array temporary would
+#                        double the memory or more
+
+
+def chunk_rows(width: int) -> int:
+    return max(1, CHUNK_VALUES // width)
 
 
 def read_arrays(path: Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str] | None]:
@@ -111,8 +116,9 @@ def _features(path: Path, split: str, x: np.ndarray) -> torch.Tensor:
     if not x.flags.writeable:  # rows are moved in place for the validation split
         x = x.copy()
     features = torch.from_numpy(x)
-    for start in range(0, len(features), CHUNK):  # in chunks: a mask of the whole array would be a quarter more
-        rows = features[start:start + CHUNK]
+    step = chunk_rows(features.shape[1])
+    for start in range(0, len(features), step):  # in chunks: a mask of the whole array would be a quarter more
+        rows = features[start:start + step]
         bad = (~torch.isfinite(rows)).any(1).nonzero()
         if len(bad):
             raise UserError(f"features file {path}: {name} row {start + int(bad[0])} is not all finite numbers (NaN "
@@ -151,8 +157,9 @@ def fit_feature_normalization(features: torch.Tensor, kind: str):
         return Normalization(torch.zeros(1, 1, width), torch.full((1, 1, width), 1 / 255))
     axes = (0,) if kind == "pixel" else (0, 1)
     count = len(features) * (1 if kind == "pixel" else width)
-    mean = sum(chunk.double().sum(axes) for chunk in features.split(CHUNK)) / count
-    var = sum(((chunk.double() - mean) ** 2).sum(axes) for chunk in features.split(CHUNK)) / count
+    chunks = lambda: features.split(chunk_rows(width))  # noqa: E731
+    mean = sum(chunk.double().sum(axes) for chunk in chunks()) / count
+    var = sum(((chunk.double() - mean) ** 2).sum(axes) for chunk in chunks()) / count
     std = var.sqrt()
     # A constant feature (std 0, or float noise around its mean) carries no information: leave it unscaled.
     std = torch.where(std <= 1e-6 * mean.abs(), torch.ones_like(std), std).where(std > 0, torch.ones_like(std))
@@ -163,8 +170,9 @@ def fit_feature_normalization(features: torch.Tensor, kind: str):
 def keep_rows_in_place(features: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
     """The rows `index` (ascending) moved to the front, in place, as views: no second copy of the features.
     Safe front to back: row index[i] >= i, so no row still to be read is overwritten."""
-    for start in range(0, len(index), CHUNK):
-        part = index[start:start + CHUNK]
+    step = chunk_rows(features.shape[1])
+    for start in range(0, len(index), step):
+        part = index[start:start + step]
         features[start:start + len(part)] = features[part]
         labels[start:start + len(part)] = labels[part]
     return features[:len(index)], labels[:len(index)]
