@@ -236,6 +236,9 @@ def presence(name: str, root: Path) -> tuple[str | None, str | None]:
     spec = SPECS[name]
     if name == "cifar10-sample":
         return ("embedded" if EMBEDDED_ZIP.is_file() else None), None
+    if name == "features":  # one file, never a folder of images
+        is_features = root.is_file() and root.suffix.lower() in (".npz", ".safetensors")
+        return (f"features file {root.name}" if is_features else None), None
     if spec.torchvision_class is None or not has_own_files(spec, root):
         return _image_folder(spec, root), None
     check = check_files(spec, root)

@@ -59,7 +59,9 @@ def train(
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name." + _default("data", "dataset"),
                                                    rich_help_panel=DATA)] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset \\[default: $IMGCLS_DATA, else "
-                                                         "~/.cache/imgcls/data].", rich_help_panel=DATA)] = None,
+                                                         "~/.cache/imgcls/data]; for --dataset features a FILE.npz "
+                                                         "(e.g. --dataset features --data-dir emb.npz).",
+                                                    rich_help_panel=DATA)] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Fetch a missing dataset."
                                                      + _default("data", "download"), rich_help_panel=DATA)] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Share of train held out for validation."
@@ -314,10 +316,38 @@ def export_templates_command(
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
+    from imgcls.data.features import require_image_model
     from imgcls.templates import export_templates
 
-    written = export_templates(ckpt.load(checkpoint), out, size=size, scale=scale, grid_only=grid_only)
+    loaded = ckpt.load(checkpoint)
+    require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
+    written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only)
     Console().print(f"wrote {len(written)} PNGs to {out}")
+
+
+@app.command("export", epilog="Example: imgcls export runs/cifar10/best.safetensors --format onnx --out cifar10.onnx")
+@user_errors
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript (raw uint8 pixels (N, C, H, W) in, "
+                                                      "normalization inside, scores out), or npz (W, b, mean, std, "
+                                                      "classes for numpy).")],
+    out: Annotated[Path, typer.Option(help="The file to write.")],
+) -> None:
+    """Write a trained model for use without imgcls: ONNX, TorchScript or numpy arrays."""
+    from imgcls.errors import check_choice
+    from imgcls.export import FORMATS
+
+    check_choice("format", fmt, FORMATS)
+    from imgcls import checkpoint as ckpt
+    from imgcls.export import export, is_features_model
+
+    loaded = ckpt.load(checkpoint)
+    export(loaded, fmt, out)
+    takes = "float32 features (N, D)" if is_features_model(loaded) else \
+        "uint8 pixels (N, {}, {}, {})".format(*loaded.input_shape)
+    Console().print(f"wrote {out} ({fmt}, {len(loaded.classes)} classes; input: {takes})", highlight=False,
+                    soft_wrap=True, markup=False)
 
 
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
@@ -437,9 +467,12 @@ def predict_command(
     check_device_name(device)
     from imgcls import checkpoint as ckpt
     from imgcls.files import printable
+    from imgcls.data.features import require_image_model
     from imgcls.predict import list_images, predict, to_csv
 
     loaded = ckpt.load(checkpoint)
+    require_image_model(loaded, "it cannot classify image files; `imgcls eval` scores its features file, and "
+                                "`imgcls export` gives a model that takes feature rows")
     paths = list_images(images)
     result = predict(loaded, paths, top_k, device, skip_bad_images)
     for name, why in result.skipped:

@@ -153,7 +153,9 @@ def write_run_figures(run_dir: Path) -> list[Path]:
     if run.best.is_file():
         from imgcls import checkpoint as ckpt
 
-        written.append(templates_grid(ckpt.load(run.best), run.path / TEMPLATES))
+        best = ckpt.load(run.best)
+        if best.meta["dataset"] != "features":  # a features model's rows of W are not pictures
+            written.append(templates_grid(best, run.path / TEMPLATES))
     return written
 
 

@@ -74,6 +74,10 @@ def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
 
 
 def prepare(config: DataConfig, seed: int) -> PreparedData:
+    if config.dataset == "features":  # arrays already: no decoding, no cache
+        from imgcls.data.features import prepare_features
+
+        return prepare_features(config, seed)
     if config.stream:
         from imgcls.data.stream import prepare_streamed
 

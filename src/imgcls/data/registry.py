@@ -108,6 +108,8 @@ SPECS = {
                     lists_files=True, needs_module="scipy"),
         DatasetSpec("imagefolder", "any ROOT/train/<class>/* with ROOT/test/<class>/* or ROOT/val/<class>/*", None,
                     None, None),
+        DatasetSpec("features", "precomputed features (embeddings): --data-dir FILE.npz or .safetensors with "
+                    "x_train, y_train, x_test, y_test", None, None, None, downloadable=False),
     )
 }
 DATASET_NAMES = tuple(SPECS)

@@ -1,0 +1,235 @@
+"""Features in: `--dataset features --data-dir FILE`, precomputed embeddings for a linear probe.
+
+FILE is an .npz (numpy) or .safetensors file with x_train, y_train, x_test, y_test (optionally x_val,
+y_val and classes): x arrays (N, D) of floats or integers, y arrays of whole class indices. In .npz
+`classes` is an array of strings; a .safetensors file cannot hold strings, so its classes are a JSON
+list in the file's metadata under "classes".
+
+A features dataset is an "image" of shape (1, 1, D) to the rest of imgcls, so batches, training,
+metrics, checkpoints and eval are the image code unchanged. Two things differ:
+
+- Memory: the features are held once, as float32. A float32 array is used as numpy read it (no copy);
+  other types are converted once. Nothing is cached (the file is read as it is) and no validation
+  copy is made: rows are moved within the one array so that train and val are two views of it. An
+  .npz member cannot be memory-mapped when compressed, so every array is read into memory.
+- Normalization: statistics are fitted in the features' own units, then stored on the 0..1 scale the
+  checkpoints use for pixels (divided by 255), so x = (feature / 255 - mean) / std is
+  (feature - mean_f) / std_f, and data.batches.PixelNormalizer, eval, predict and export apply it.
+  `--normalize none` feeds the features as they are (std 1/255).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls.errors import UserError
+
+REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+SUFFIXES = (".npz", ".safetensors")
+CHUNK_VALUES = 1 << 22  # numbers handled at a time (32 MB in float64) where a whole-array temporary would
+#                        double the memory or more
+
+
+def chunk_rows(width: int) -> int:
+    return max(1, CHUNK_VALUES // width)
+
+
+def read_arrays(path: Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """The named arrays that are in the file (each read once), and its class names if it has them."""
+    if path.is_dir() or not path.exists():
+        state = "a folder" if path.is_dir() else "not there"
+        raise UserError(f"--dataset features reads one file, and {path} is {state}; pass --data-dir FILE.npz (or "
+                        f".safetensors) holding {', '.join(REQUIRED)}")
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"{path} is not an .npz or .safetensors file; save the features with numpy.savez(FILE.npz, "
+                        f"x_train=..., y_train=..., x_test=..., y_test=...)")
+    try:
+        if path.suffix.lower() == ".npz":
+            return _read_npz(path, names)
+        return _read_safetensors(path, names)
+    except (OSError, ValueError, EOFError, KeyError) as error:  # zipfile.BadZipFile is an OSError's sibling
+        raise UserError(f"cannot read features file {path} ({str(error).splitlines()[0][:120]})") from None
+    except Exception as error:
+        if type(error).__name__ in ("BadZipFile", "SafetensorError"):
+            raise UserError(f"cannot read features file {path} ({str(error)[:120]}); it may be truncated or "
+                            f"another kind of file") from None
+        raise
+
+
+def _read_npz(path: Path, names):
+    with np.load(path, allow_pickle=False) as npz:  # never unpickle: a features file cannot run code
+        arrays = {name: npz[name] for name in names if name in npz.files}
+        classes = npz["classes"].tolist() if "classes" in npz.files else None
+    return arrays, classes
+
+
+def _read_safetensors(path: Path, names):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as file:
+        arrays = {name: file.get_tensor(name) for name in names if name in file.keys()}
+        metadata = file.metadata() or {}
+    classes = json.loads(metadata["classes"]) if "classes" in metadata else None
+    return arrays, classes
+
+
+def load_features(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]:
+    """{split: (float32 features (N, D), int64 labels (N,))} for train, test and val when the file has it,
+    and the class names; every mistake in the file is a UserError that names the array."""
+    arrays, classes = read_arrays(path, REQUIRED + ("x_val", "y_val"))
+    missing = [name for name in REQUIRED if name not in arrays]
+    if missing or (("x_val" in arrays) != ("y_val" in arrays)):
+        missing = missing or [name for name in ("x_val", "y_val") if name not in arrays]
+        found = ", ".join(sorted(arrays)) or "none of them"
+        raise UserError(f"features file {path} has no {', '.join(missing)} (it has: {found}); it needs "
+                        f"{', '.join(REQUIRED)}, and x_val with y_val")
+    splits = {}
+    for split in ("train", "val", "test"):
+        if f"x_{split}" in arrays:
+            splits[split] = (_features(path, split, arrays.pop(f"x_{split}")),
+                             _labels(path, split, arrays.pop(f"y_{split}")))
+    widths = {split: x.shape[1] for split, (x, _) in splits.items()}
+    if len(set(widths.values())) > 1:
+        shown = ", ".join(f"x_{split} {width}" for split, width in widths.items())
+        raise UserError(f"features file {path}: the splits have different widths ({shown}); every x array needs "
+                        f"the same number of features per row")
+    for split, (x, y) in splits.items():
+        if len(x) != len(y):
+            raise UserError(f"features file {path}: x_{split} has {len(x)} rows but y_{split} {len(y)} labels; "
+                            f"give one label per row")
+    return splits, _class_names(path, classes, splits)
+
+
+def _features(path: Path, split: str, x: np.ndarray) -> torch.Tensor:
+    name = f"x_{split}"
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise UserError(f"features file {path}: {name} has shape {x.shape}; it must be (N, D), one non-empty row of "
+                        f"features per example")
+    if x.dtype.kind not in "fiu":
+        raise UserError(f"features file {path}: {name} holds {x.dtype} values; features must be floats or integers")
+    # One float32 copy: none when it is float32 already (integers above 2**24 lose their last digits)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not x.flags.writeable:  # rows are moved in place for the validation split
+        x = x.copy()
+    features = torch.from_numpy(x)
+    step = chunk_rows(features.shape[1])
+    for start in range(0, len(features), step):  # in chunks: a mask of the whole array would be a quarter more
+        rows = features[start:start + step]
+        bad = (~torch.isfinite(rows)).any(1).nonzero()
+        if len(bad):
+            raise UserError(f"features file {path}: {name} row {start + int(bad[0])} is not all finite numbers (NaN "
+                            f"or infinity, or beyond float32's range); drop or fix such rows")
+    return features
+
+
+def _labels(path: Path, split: str, y: np.ndarray) -> torch.Tensor:
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise UserError(f"features file {path}: y_{split} is {y.dtype} of shape {y.shape}; labels must be one whole "
+                        f"class index per row, (N,) of integers")
+    if len(y) and y.min() < 0:
+        raise UserError(f"features file {path}: y_{split} has the label {y.min()}; class indices start at 0")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _class_names(path: Path, classes, splits) -> list[str]:
+    largest = max(int(y.max()) for _, y in splits.values())
+    if classes is None:
+        return [str(i) for i in range(largest + 1)]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise UserError(f"features file {path}: 'classes' is not a list of distinct class names")
+    if largest >= len(classes):
+        raise UserError(f"features file {path}: a label is {largest} but there are {len(classes)} class names; "
+                        f"labels index 'classes', 0 to {len(classes) - 1}")
+    return classes
+
+
+def fit_feature_normalization(features: torch.Tensor, kind: str):
+    """Per-feature ("pixel"), one for all features ("channel") or none, fitted in the features' units (two
+    passes in float64, chunked: features need not be small numbers the way pixels are), stored on the 0..1 scale."""
+    from imgcls.data.prepare import Normalization
+
+    width = features.shape[1]
+    if kind == "none":
+        return Normalization(torch.zeros(1, 1, width), torch.full((1, 1, width), 1 / 255))
+    axes = (0,) if kind == "pixel" else (0, 1)
+    count = len(features) * (1 if kind == "pixel" else width)
+    chunks = lambda: features.split(chunk_rows(width))  # noqa: E731
+    mean = sum(chunk.double().sum(axes) for chunk in chunks()) / count
+    var = sum(((chunk.double() - mean) ** 2).sum(axes) for chunk in chunks()) / count
+    std = var.sqrt()
+    # A constant feature (std 0, or float noise around its mean) carries no information: leave it unscaled.
+    std = torch.where(std <= 1e-6 * mean.abs(), torch.ones_like(std), std).where(std > 0, torch.ones_like(std))
+    shape = (1, 1, width)
+    return Normalization((mean / 255).expand(shape).float().contiguous(), (std / 255).expand(shape).float().contiguous())
+
+
+def keep_rows_in_place(features: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
+    """The rows `index` (ascending) moved to the front, in place, as views: no second copy of the features.
+    Safe front to back: row index[i] >= i, so no row still to be read is overwritten."""
+    step = chunk_rows(features.shape[1])
+    for start in range(0, len(index), step):
+        part = index[start:start + step]
+        features[start:start + len(part)] = features[part]
+        labels[start:start + len(part)] = labels[part]
+    return features[:len(index)], labels[:len(index)]
+
+
+def split_in_place(features: torch.Tensor, labels: torch.Tensor, val_index: torch.Tensor):
+    """(train, val) as two views of the one array: val's rows copied aside (the smaller part), train's moved
+    to the front, val's put after them."""
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val_index] = False
+    val_x, val_y = features[val_index], labels[val_index]
+    train_x, train_y = keep_rows_in_place(features, labels, keep.nonzero().squeeze(1))
+    n = len(train_y)
+    features[n:n + len(val_y)], labels[n:n + len(val_y)] = val_x, val_y
+    return (train_x, train_y), (features[n:n + len(val_y)], labels[n:n + len(val_y)])
+
+
+def check_options(config) -> None:
+    """Options about decoding images do not apply to features."""
+    if config.image_size is not None:
+        raise UserError("--image-size does not apply to --dataset features (they are not images); drop it")
+    if config.stream:
+        raise UserError("--stream does not apply to --dataset features: the features file is read into memory "
+                        "once; drop --stream")
+
+
+def prepare_features(config, seed: int):
+    """prepare.prepare for a features file: the same PreparedData, each feature row an "image" (1, 1, D)."""
+    from imgcls.data.prepare import LabelledImages, PreparedData, resolve_data_dir, stratified_sample
+
+    check_options(config)
+    path = resolve_data_dir(config)
+    splits, classes = load_features(path)
+    x, y = splits.pop("train")
+    if config.limit is not None and config.limit < len(y):
+        x, y = keep_rows_in_place(x, y, stratified_sample(y, config.limit / len(y), seed))
+    if "val" in splits:
+        val = splits.pop("val")
+    else:
+        if len(y) < 2 * len(classes):
+            raise UserError(f"features: {len(y)} training rows for {len(classes)} classes are too few to hold out a "
+                            f"validation split; add rows, or give x_val and y_val")
+        (x, y), val = split_in_place(x, y, stratified_sample(y, config.val_split, seed))
+    as_images = lambda data: LabelledImages(data[0].view(len(data[0]), 1, 1, -1), data[1])  # noqa: E731
+    return PreparedData(dataset="features", classes=classes, shape=(1, 1, x.shape[1]), train=as_images((x, y)),
+                        val=as_images(val), test=as_images(splits["test"]),
+                        normalization=fit_feature_normalization(x, config.normalize), superclass_of=None, skipped=0,
+                        from_cache=False)
+
+
+def is_features_model(checkpoint) -> bool:
+    return checkpoint.meta["dataset"] == "features"
+
+
+def require_image_model(checkpoint, what: str) -> None:
+    """Commands about images (templates, predicting on image files) say plainly why a features model has none."""
+    if is_features_model(checkpoint):
+        width = checkpoint.weight.shape[1]
+        raise UserError(f"this checkpoint is not an image model: it is a linear probe on {width} precomputed "
+                        f"features (--dataset features), so {what}")

@@ -1,0 +1,120 @@
+"""Models out: a checkpoint as a file other programs run without imgcls.
+
+onnx and torchscript: one graph from the raw input to the scores. An image model takes uint8 pixels
+(N, C, H, W) and a features model float32 features (N, D); the normalization is inside, as the same
+multiply-add training used (pixel * scale - shift, data.batches.PixelNormalizer), so a caller feeds its
+images as they are and gets imgcls's scores. The class names travel in the file's metadata.
+
+npz: the arrays of the lecture for numpy, W (K, D), b (K,), mean and std (C, H, W), classes, and
+input_scale, with x = (input / input_scale - mean) / std and scores = x @ W.T + b.
+
+ONNX is written by torch's TorchScript-based exporter (dynamo=False): it needs only the `onnx` package
+and works offline, where the default torch.export-based exporter of torch >= 2.9 also needs `onnxscript`
+(and a graph of one multiply-add and one matrix product gains nothing from it).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imgcls import __version__
+from imgcls.checkpoint import Checkpoint
+from imgcls.data.features import is_features_model
+from imgcls.data.prepare import Normalization
+from imgcls.errors import UserError
+from imgcls.files import write_atomic
+
+FORMATS = ("onnx", "torchscript", "npz")
+ONNX_OPSET = 17
+
+
+class RawInputClassifier(nn.Module):
+    """Raw input -> scores: the checkpoint's normalization, then its f(x) = Wx + b."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        super().__init__()
+        scale, shift = Normalization(checkpoint.mean.float(), checkpoint.std.float()).scale_and_shift()
+        self.register_buffer("scale", scale.flatten().contiguous())
+        self.register_buffer("negative_shift", (-shift).flatten().contiguous())
+        self.classifier = checkpoint.model().float().eval()
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.addcmul(self.negative_shift, raw.flatten(1).float(), self.scale))
+
+
+def example_input(checkpoint: Checkpoint, count: int = 2) -> torch.Tensor:
+    """A batch of the input the exported model takes: uint8 images, or float32 feature rows."""
+    if is_features_model(checkpoint):
+        return torch.zeros(count, checkpoint.weight.shape[1])
+    return torch.zeros(count, *checkpoint.input_shape, dtype=torch.uint8)
+
+
+def export(checkpoint: Checkpoint, fmt: str, out: Path) -> None:
+    writers = {"onnx": _write_onnx, "torchscript": _write_torchscript, "npz": _write_npz}
+    _check_out(out)
+    write_atomic(out, lambda temporary: writers[fmt](checkpoint, temporary))
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+
+
+def _metadata(checkpoint: Checkpoint) -> dict[str, str]:
+    kind = "float32 features (N, D)" if is_features_model(checkpoint) else "uint8 pixels (N, C, H, W), 0..255"
+    return {"classes": json.dumps(checkpoint.classes), "input": kind,
+            "input_shape": json.dumps(list(checkpoint.input_shape)), "dataset": checkpoint.meta["dataset"],
+            "producer": f"imgcls {__version__}"}
+
+
+def _quietly(action):
+    """torch marks both the TorchScript-based ONNX exporter and torch.jit deprecated; the files they
+    write are what this command promises, so the user is not shown those warnings."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        return action()
+
+
+def _write_onnx(checkpoint: Checkpoint, path: Path) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("--format onnx needs the onnx package: pip install 'imgcls[export]'") from None
+    model = RawInputClassifier(checkpoint).eval()
+    axes = {"input": {0: "batch"}, "scores": {0: "batch"}}
+    _quietly(lambda: torch.onnx.export(model, (example_input(checkpoint),), str(path), dynamo=False,
+                                       input_names=["input"], output_names=["scores"], dynamic_axes=axes,
+                                       opset_version=ONNX_OPSET))
+    graph = onnx.load(str(path))
+    for key, value in _metadata(checkpoint).items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def _write_torchscript(checkpoint: Checkpoint, path: Path) -> None:
+    scripted = _quietly(lambda: torch.jit.script(RawInputClassifier(checkpoint).eval()))
+    extra = {f"{key}.txt": value for key, value in _metadata(checkpoint).items()}
+    _quietly(lambda: torch.jit.save(scripted, str(path), _extra_files=extra))
+
+
+def _write_npz(checkpoint: Checkpoint, path: Path) -> None:
+    import numpy as np
+
+    # A features model keeps its statistics on the 0..1 scale of images (data.features): here they are in the
+    # features' own units, with input_scale 1, so that the formula reads the same for both.
+    scale = 255.0 if is_features_model(checkpoint) else 1.0
+    arrays = {"W": checkpoint.weight.float().numpy(), "b": checkpoint.bias.float().numpy(),
+              "mean": (checkpoint.mean.float() * scale).numpy(), "std": (checkpoint.std.float() * scale).numpy(),
+              "classes": np.array(checkpoint.classes), "input_scale": np.float32(255.0 / scale)}
+    with open(path, "wb") as file:  # a file object: np.savez would add .npz to a temporary's name
+        np.savez(file, **arrays)

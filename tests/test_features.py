@@ -1,0 +1,154 @@
+"""`--dataset features`: a linear probe on precomputed features. The run's checkpoint, read back in numpy, must
+give the test top-1 that train and eval report (so the features were standardized as the checkpoint says), the
+normalization must be the training rows' own statistics, and a file's mistakes are one error line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import plain
+from imgcls import checkpoint as ckpt
+from imgcls.data.features import keep_rows_in_place, split_in_place
+
+CLASSES = ["cat", "dog", "eel"]
+
+
+def blobs(n: int, width: int, seed: int, dtype=np.float64, offset=500.0, spread=40.0):
+    """Three classes of rows around far-off centres, on a scale far from pixels' (offset 500, spread 40)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(3, width)) * spread
+    y = rng.integers(0, 3, n)
+    x = offset + centres[y] + rng.normal(size=(n, width)) * spread * 1.5
+    return x.astype(dtype), y
+
+
+def train(cli, data, out, *extra):
+    result = cli("train", "--dataset", "features", "--data-dir", data, "--epochs", 4, "--batch-size", 32,
+                 "--lr", 0.05, "--device", "cpu", "--out", out, "--quiet", *extra)
+    assert result.exit_code == 0, plain(result.output)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def probe(cli, tmp_path_factory):
+    """One run on float64 features with an x_val given: (run folder, the arrays, train's summary)."""
+    root = tmp_path_factory.mktemp("features")
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = blobs(600, 24, 0), blobs(150, 24, 1), blobs(300, 24, 2)
+    arrays = dict(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test)
+    np.savez_compressed(root / "emb.npz", **arrays, classes=np.array(CLASSES))
+    return root / "run", arrays, train(cli, root / "emb.npz", root / "run")
+
+
+def numpy_top1(loaded, x, y) -> float:
+    mean, std = loaded.mean.double().numpy().ravel() * 255, loaded.std.double().numpy().ravel() * 255
+    scores = ((x - mean) / std) @ loaded.weight.double().numpy().T + loaded.bias.double().numpy()
+    return float((scores.argmax(1) == y).mean())
+
+
+def test_a_probe_on_features_learns_and_its_checkpoint_scores_in_numpy_as_reported(cli, probe):
+    run, arrays, summary = probe
+    loaded = ckpt.load(run)
+    assert loaded.classes == CLASSES and loaded.input_shape == (1, 1, 24)
+    assert summary["val"]["count"] == 150 and summary["test"]["count"] == 300  # x_val used as given
+    # the normalization is the training rows' own per-feature statistics, in their units
+    np.testing.assert_allclose(loaded.mean.double().numpy().ravel() * 255, arrays["x_train"].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(loaded.std.double().numpy().ravel() * 255, arrays["x_train"].std(0), rtol=1e-4)
+    top1 = numpy_top1(loaded, arrays["x_test"], arrays["y_test"])
+    assert summary["test"]["top1"] == pytest.approx(top1, abs=1e-9)
+    # nearest class mean on the same arrays, as a baseline the probe must come close to
+    means = np.stack([arrays["x_train"][arrays["y_train"] == k].mean(0) for k in range(3)])
+    distances = ((arrays["x_test"][:, None, :] - means[None]) ** 2).sum(2)
+    assert top1 >= (distances.argmin(1) == arrays["y_test"]).mean() - 0.03 and top1 > 0.8
+    evaluated = cli("eval", run, "--device", "cpu", "--json")
+    assert evaluated.exit_code == 0, plain(evaluated.output)
+    assert json.loads(evaluated.stdout)["test"]["top1"] == pytest.approx(top1, abs=1e-9)
+    assert not (run / "templates.png").exists()
+
+
+def test_integer_features_in_safetensors_without_val_are_split_and_standardized(cli, tmp_path):
+    from safetensors.numpy import save_file
+
+    x, y = blobs(400, 10, 3, offset=3000)
+    x_test, y_test = blobs(200, 10, 4, offset=3000)
+    arrays = {"x_train": x.round().astype(np.uint16), "y_train": y.astype(np.int32),
+              "x_test": x_test.round().astype(np.int64), "y_test": y_test}
+    save_file(arrays, str(tmp_path / "emb.safetensors"), metadata={"classes": json.dumps(CLASSES)})
+    summary = train(cli, tmp_path / "emb.safetensors", tmp_path / "run", "--val-split", 0.25)
+    loaded = ckpt.load(tmp_path / "run")
+    assert loaded.classes == CLASSES and summary["val"]["count"] == 100
+    std = loaded.std.double().numpy().ravel() * 255  # fitted on the 300 training rows: near the whole array's
+    np.testing.assert_allclose(std, arrays["x_train"].std(0), rtol=0.15)
+    assert summary["test"]["top1"] == pytest.approx(numpy_top1(loaded, x_test.round(), y_test), abs=1e-9)
+    assert summary["test"]["top1"] > 0.8
+
+
+def test_rows_move_in_place_so_train_and_val_are_views_of_one_array():
+    x = torch.arange(40.0).reshape(10, 4)
+    y = torch.arange(10)
+    original_x, original_y = x.clone(), y.clone()
+    val_index = torch.tensor([1, 4, 5, 9])
+    (train_x, train_y), (val_x, val_y) = split_in_place(x, y, val_index)
+    kept = torch.tensor([0, 2, 3, 6, 7, 8])
+    assert torch.equal(train_x, original_x[kept]) and torch.equal(train_y, original_y[kept])
+    assert torch.equal(val_x, original_x[val_index]) and torch.equal(val_y, original_y[val_index])
+    assert train_x.data_ptr() == x.data_ptr() and val_x.untyped_storage().data_ptr() == x.data_ptr()
+    kept_x, kept_y = keep_rows_in_place(x, y, torch.tensor([3, 7]))
+    now = torch.cat([kept, val_index])  # x's rows after the split, as rows of the original
+    assert torch.equal(kept_x, original_x[now[[3, 7]]]) and torch.equal(kept_y, original_y[now[[3, 7]]])
+    assert kept_x.data_ptr() == x.data_ptr()
+
+
+def write(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_features_file_mistakes_are_one_error_line(cli, assert_user_error, tmp_path):
+    x, y = blobs(60, 5, 0)
+    good = dict(x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+
+    def check(path, *words, extra=()):
+        assert_user_error(cli("train", "--dataset", "features", "--data-dir", path, "--epochs", 1, "--device", "cpu",
+                              "--out", tmp_path / "run", *extra), *words)
+
+    check(write(tmp_path / "a.npz", x_train=x, y_train=y, x_test=x), "y_test")
+    check(write(tmp_path / "b.npz", **{**good, "y_train": y[:-1]}), "60 rows", "59 labels")
+    nan = x.copy()
+    nan[7, 2] = np.nan
+    check(write(tmp_path / "c.npz", **{**good, "x_train": nan}), "row 7", "NaN")
+    check(write(tmp_path / "d.npz", **{**good, "x_test": x[:20, :3]}), "different widths")
+    check(write(tmp_path / "e.npz", **good, classes=np.array(["a", "b"])), "label is 2", "2 class names")
+    check(write(tmp_path / "f.npz", **{**good, "y_train": y.astype(float)}), "y_train", "integers")
+    check(tmp_path, "folder")
+    (tmp_path / "g.csv").write_text("1,2\n")
+    check(tmp_path / "g.csv", ".npz")
+    (tmp_path / "h.npz").write_bytes(b"not a zip")
+    check(tmp_path / "h.npz", "cannot read")
+    check(write(tmp_path / "i.npz", **good), "--image-size", "not images", extra=("--image-size", 8))
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_commands_say_a_features_checkpoint_is_not_an_image_model(cli, assert_user_error, probe, tmp_path,
+                                                                        image_folder):
+    run = probe[0]
+    assert_user_error(cli("export-templates", run, "--out", tmp_path / "tpl"), "not an image model")
+    image_folder(tmp_path / "pics", {"x": {"a": [(8, 8)]}})
+    assert_user_error(cli("predict", run, tmp_path / "pics", "--device", "cpu"), "not an image model")
+
+
+def test_an_exported_features_model_takes_feature_rows(cli, probe, tmp_path):
+    import onnxruntime
+
+    run, arrays, _ = probe
+    result = cli("export", run, "--format", "onnx", "--out", tmp_path / "probe.onnx")
+    assert result.exit_code == 0, plain(result.output)
+    session = onnxruntime.InferenceSession(str(tmp_path / "probe.onnx"), providers=["CPUExecutionProvider"])
+    scores = session.run(["scores"], {"input": arrays["x_test"].astype(np.float32)})[0]
+    assert (scores.argmax(1) == arrays["y_test"]).mean() == pytest.approx(numpy_top1(ckpt.load(run), arrays["x_test"],
+                                                                                    arrays["y_test"]), abs=0.01)
+    assert cli("export", run, "--format", "npz", "--out", tmp_path / "probe.npz").exit_code == 0
+    with np.load(tmp_path / "probe.npz") as saved:
+        assert float(saved["input_scale"]) == 1.0
+        np.testing.assert_allclose(saved["mean"].ravel(), arrays["x_train"].mean(0), rtol=1e-5)
