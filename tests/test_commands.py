@@ -198,8 +198,8 @@ def command_paths(command=None, prefix=()):
 
 def test_every_command_is_listed():
     assert {" ".join(p) for p in command_paths()} == {
-        "train", "eval", "export-templates", "report", "predict", "datasets", "gradcheck", "cache", "cache info",
-        "cache clear"}
+        "train", "eval", "export-templates", "export", "report", "compare", "predict", "datasets", "gradcheck", "cache",
+        "cache info", "cache clear"}
 
 
 @pytest.mark.parametrize("path", [" ".join(p) for p in command_paths()])
