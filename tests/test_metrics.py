@@ -98,3 +98,20 @@ def test_cifar100_superclass_mapping_is_the_datasets():
     assert supers[mapping[spec.classes.index("dolphin")]] == "aquatic_mammals"
     assert supers[mapping[spec.classes.index("tractor")]] == "vehicles_2"
     assert SPECS["cifar10"].superclass_of() is None
+
+
+def test_per_superclass_top1_counts_any_class_of_the_true_superclass_as_right():
+    """Classes 0, 1 form superclass 0 and classes 2, 3 superclass 1. By hand: superclass 0's four images are
+    predicted 0, 1, 2, 1 (three within it: 3/4); superclass 1's two are predicted 3 and 0 (1/2)."""
+    from imgcls.metrics import MetricsAccumulator
+
+    accumulator = MetricsAccumulator(4, torch.device("cpu"), [0, 0, 1, 1])
+    targets = torch.tensor([0, 0, 1, 1, 2, 3])
+    predicted = torch.tensor([0, 1, 2, 1, 3, 0])
+    scores = torch.nn.functional.one_hot(predicted, 4).float()
+    accumulator.add(scores, targets, torch.tensor(0.0), torch.tensor(6.0))
+    metrics = accumulator.result()
+    assert metrics.per_superclass == [0.75, 0.5]
+    assert metrics.superclass_top1 == 4 / 6
+    assert metrics.detail()["per_superclass"] == [0.75, 0.5]
+    assert "per_superclass" not in MetricsAccumulator(4, torch.device("cpu")).result().detail()

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from imgcls import __version__, jsontext
 from imgcls.config import Config, build_config, parse_batch_size, parse_class_weights
+from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
 
 if TYPE_CHECKING:  # imported for real inside the commands: --help must not wait for torch
@@ -295,7 +296,10 @@ def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
     "<split>_detail" (per-class top-1 and the confusion matrix)."""
     shown = {"checkpoint_epoch": loaded.meta["epoch"], split: metrics.summary(), "classes": loaded.classes}
     if per_class:
-        shown[f"{split}_detail"] = {"per_class": metrics.per_class, "confusion": metrics.confusion}
+        shown[f"{split}_detail"] = metrics.detail()
+    superclasses = SPECS[loaded.meta["dataset"]].superclass_names()
+    if superclasses:
+        shown["superclasses"] = superclasses
     return shown
 
 

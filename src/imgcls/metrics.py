@@ -32,14 +32,20 @@ class Metrics:
     per_class: list[float] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)  # rows: true class, columns: predicted
     superclass_top1: float | None = None
+    per_superclass: list[float] = field(default_factory=list)  # superclass top-1 of each superclass's images
 
     def summary(self) -> dict:
         """The headline numbers, as metrics.json and `eval --json` write them."""
         keys = ("loss", "top1", "top5", "k", "count", "superclass_top1")
         return {k: v for k, v in asdict(self).items() if k in keys and v is not None}
 
-    def full(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+    def detail(self) -> dict:
+        """Per class (and per superclass, when the dataset has them) and the confusion matrix: metrics.json's
+        test_detail."""
+        detail = {"per_class": self.per_class, "confusion": self.confusion}
+        if self.per_superclass:
+            detail["per_superclass"] = self.per_superclass
+        return detail
 
 
 class MetricsAccumulator:
@@ -67,11 +73,11 @@ class MetricsAccumulator:
         confusion = confusion.view(self.num_classes, self.num_classes).cpu()
         count = int(confusion.sum())
         per_class_total = confusion.sum(1).clamp_min(1)
-        superclass = None
+        superclass, per_superclass = None, []
         if self.superclass_of is not None:
-            mapping = self.superclass_of.cpu()
-            true_super, pred_super = torch.meshgrid(mapping, mapping, indexing="ij")
-            superclass = float(confusion[true_super == pred_super].sum()) / max(count, 1)
+            by_superclass = superclass_confusion(confusion, self.superclass_of.cpu())
+            superclass = float(by_superclass.diag().sum()) / max(count, 1)
+            per_superclass = (by_superclass.diag().double() / by_superclass.sum(1).clamp_min(1)).tolist()
         return Metrics(
             loss=float(loss_sum) / max(float(weight_sum), 1e-12),
             top1=float(confusion.diag().sum()) / max(count, 1),
@@ -81,7 +87,16 @@ class MetricsAccumulator:
             per_class=(confusion.diag().double() / per_class_total).tolist(),
             confusion=confusion.tolist(),
             superclass_top1=superclass,
+            per_superclass=per_superclass,
         )
+
+
+def superclass_confusion(confusion: torch.Tensor, superclass_of: torch.Tensor) -> torch.Tensor:
+    """The confusion matrix of superclasses: fine classes' rows and columns summed by their superclass
+    (a prediction is right at this level when it names any class of the true class's superclass)."""
+    groups = int(superclass_of.max()) + 1
+    members = torch.nn.functional.one_hot(superclass_of, groups).to(confusion.dtype)  # (K, S)
+    return members.t() @ confusion @ members
 
 
 @torch.inference_mode()

@@ -25,6 +25,7 @@ from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.prepare import PreparedData, prepare
+from imgcls.data.registry import SPECS
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest, stop_on_signals
@@ -200,9 +201,12 @@ def finish(run: RunDir, data: PreparedData, loss: Loss, val_batches, progress: P
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
     if shard.is_main:
-        run.write_metrics({"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
-                           "test_detail": {"per_class": test.per_class, "confusion": test.confusion},
-                           "classes": data.classes})
+        metrics = {"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
+                   "test_detail": test.detail(), "classes": data.classes}
+        superclasses = SPECS[data.dataset].superclass_names()
+        if superclasses:
+            metrics["superclasses"] = superclasses
+        run.write_metrics(metrics)
     return RunResult(run, progress.best_epoch + 1, val, test, batch_size, progress.history)
 
 

@@ -65,6 +65,10 @@ class DatasetSpec:
     names_in_files: bool = False  # the class reads `classes` from the dataset's own files: checked against ours
     needs_module: str = ""  # a module torchvision's class imports that torchvision does not depend on
 
+    def superclass_names(self) -> list[str] | None:
+        """The superclasses in the order of superclass_of's indices."""
+        return list(self.superclasses) or None
+
     def superclass_of(self) -> list[int] | None:
         """Fine class index -> superclass index, when the dataset has superclasses."""
         if not self.superclasses or self.classes is None:
