@@ -98,6 +98,13 @@ def recorded_run(monkeypatch, data_dir: Path, out: Path, **flags) -> Recording:
     return Recording(start["weight"], start["bias"], updates, ckpt.load(out / "last.safetensors"), epochs)
 
 
+def run_files(out: Path) -> tuple:
+    epochs = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+              for line in (out / "epochs.jsonl").read_text().splitlines()]
+    checkpoints = [ckpt.load(out / name) for name in ("best.safetensors", "last.safetensors")]
+    return epochs, json.loads((out / "metrics.json").read_text()), [(c.weight, c.bias) for c in checkpoints]
+
+
 # --- SGD by hand ------------------------------------------------------------------------------------
 
 def hand_gradient(weight, bias, pixels, labels, loss: str, class_weights=None):
@@ -120,16 +127,23 @@ def sgd_rule(param, grad, velocity, lr, momentum, nesterov, decay):
     return param - lr * d, velocity
 
 
-def hand_sgd(run: Recording, lr, momentum=0.0, nesterov=False, weight_decay=0.0, loss="ce", class_weights=None,
-             bias_decay=0.0):
-    """The weights after every recorded update, by hand; weight decay on W only unless bias_decay says otherwise."""
+def hand_sgd_path(run: Recording, lr, momentum=0.0, nesterov=False, weight_decay=0.0, loss="ce", class_weights=None,
+                  bias_decay=0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """W and b before every recorded update and after the last, by hand; weight decay on W only unless
+    bias_decay says otherwise."""
     weight, bias = run.weight.double(), run.bias.double()
     velocity_w = velocity_b = None
+    path = [(weight, bias)]
     for update in run.updates:
         grad_w, grad_b = hand_gradient(weight, bias, update.pixels.double(), update.labels, loss, class_weights)
         weight, velocity_w = sgd_rule(weight, grad_w, velocity_w, lr, momentum, nesterov, weight_decay)
         bias, velocity_b = sgd_rule(bias, grad_b, velocity_b, lr, momentum, nesterov, bias_decay)
-    return weight, bias
+        path.append((weight, bias))
+    return path
+
+
+def hand_sgd(run: Recording, **rule) -> tuple[torch.Tensor, torch.Tensor]:
+    return hand_sgd_path(run, **rule)[-1]
 
 
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
@@ -182,6 +196,50 @@ def test_nll_trains_to_the_numbers_of_ce(tiny_folder, tmp_path, monkeypatch):
     torch.testing.assert_close(runs[0].last.weight, runs[1].last.weight, atol=1e-6, rtol=1e-5)
     assert [e["train_loss"] for e in runs[0].epochs] == pytest.approx([e["train_loss"] for e in runs[1].epochs],
                                                                       rel=1e-6)
+
+
+@pytest.mark.parametrize("batch_size, sizes", [
+    (1, [1] * TRAIN_IMAGES), (5, [5, 5, 3]), ("full", [TRAIN_IMAGES]),
+    ("auto", [8, 5]),  # the largest power of two that fits memory, at most the 13 training images
+])
+def test_batch_size_makes_ceil_n_over_b_updates_an_epoch(batch_size, sizes, tiny_folder, tmp_path, monkeypatch):
+    run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", batch_size=batch_size, epochs=2)
+    assert [len(update.labels) for update in run.updates] == sizes * 2
+    for epoch in (0, 1):  # every training image once an epoch, in a reshuffled order
+        labels = torch.cat([u.labels for u in run.updates[epoch * len(sizes):(epoch + 1) * len(sizes)]])
+        assert labels.bincount().tolist() == [count - 1 for count in TRAIN_COUNTS.values()]
+
+
+def test_epochs_jsonl_records_each_epochs_training_loss_and_rate(tiny_folder, tmp_path, monkeypatch):
+    """With one full batch an epoch, the epoch's training loss and top-1 are those of the weights before its
+    update, computed by hand; the keys are the README's."""
+    run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", weight_decay=0.1, momentum=0.9)
+    assert [set(e) for e in run.epochs] == [{"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+                                             "lr", "seconds", "images_per_s"}] * TINY_RUN["epochs"]
+    path = hand_sgd_path(run, lr=TINY_RUN["lr"], momentum=0.9, weight_decay=0.1)
+    for record, update, (weight, bias) in zip(run.epochs, run.updates, path):
+        scores = update.pixels.double() @ weight.T + bias
+        assert record["train_loss"] == pytest.approx(float(F.cross_entropy(scores, update.labels)), rel=1e-5)
+        assert record["train_top1"] == pytest.approx(float((scores.argmax(1) == update.labels).double().mean()))
+        assert record["lr"] == TINY_RUN["lr"] and 0 <= record["val_top1"] <= record["val_top5"] <= 1
+
+
+def test_the_run_folders_config_yaml_repeats_the_run(tiny_folder, tmp_path):
+    first, again = tmp_path / "first", tmp_path / "again"
+    train(build_config(None, {**TINY_RUN, "data_dir": str(tiny_folder), "out": str(first), "momentum": 0.9,
+                              "weight_decay": 0.05, "schedule": "step", "step_epochs": 1, "batch_size": 4}),
+          Reporter(quiet=True))
+    train(build_config(first / "config.yaml", {"out": str(again)}), Reporter(quiet=True))
+    (epochs_a, metrics_a, tensors_a), (epochs_b, metrics_b, tensors_b) = run_files(first), run_files(again)
+    assert epochs_a == epochs_b and metrics_a == metrics_b
+    assert all(torch.equal(a, b) for pair_a, pair_b in zip(tensors_a, tensors_b) for a, b in zip(pair_a, pair_b))
+
+
+def test_a_yaml_number_without_a_dot_is_a_number(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    config = build_config(path, {})
+    assert config.optim.lr == 0.001 and config.optim.weight_decay == 0.0005
 
 
 # --- the learning rate of every update ---------------------------------------------------------------
@@ -265,13 +323,6 @@ def interrupt_after(monkeypatch, updates: int) -> None:
             os.kill(os.getpid(), signal.SIGINT)
 
     spy_on_steps(monkeypatch, after_step=after_step)
-
-
-def run_files(out: Path) -> tuple:
-    epochs = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
-              for line in (out / "epochs.jsonl").read_text().splitlines()]
-    checkpoints = [ckpt.load(out / name) for name in ("best.safetensors", "last.safetensors")]
-    return epochs, json.loads((out / "metrics.json").read_text()), [(c.weight, c.bias) for c in checkpoints]
 
 
 @pytest.mark.parametrize("stream", [False, True])
