@@ -50,6 +50,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 @dataclass
 class Update:
     lrs: list[float]  # each parameter group's rate (W's, b's) when this update ran
+    momenta: list[float]  # and its momentum
     pixels: torch.Tensor  # the batch as the step received it
     labels: torch.Tensor
 
@@ -88,7 +89,9 @@ def recorded_run(monkeypatch, data_dir: Path, out: Path, **flags) -> Recording:
     def record(model, optimizer, batch):
         start.setdefault("weight", model.linear.weight.detach().clone())
         start.setdefault("bias", model.linear.bias.detach().clone())
-        updates.append(Update([group["lr"] for group in optimizer.param_groups], batch[0].clone(), batch[1].clone()))
+        groups = optimizer.param_groups
+        updates.append(Update([g["lr"] for g in groups], [g["momentum"] for g in groups], batch[0].clone(),
+                              batch[1].clone()))
 
     with monkeypatch.context() as patch:
         spy_on_steps(patch, before_step=record)
@@ -277,13 +280,19 @@ SCHEDULES = {
     "onecycle": ({"schedule": "onecycle"}, lambda u, total: one_cycle(u, total, 0.3)),
     "warmup-onecycle": ({"schedule": "onecycle", "warmup_epochs": 2.0},
                         lambda u, total: one_cycle(u, total, 2 * STEPS / total)),
+    # a warmup as long as the run ramps over all updates but the last
+    "warmup-past-the-end": ({"schedule": "cosine", "warmup_epochs": float(EPOCHS)},
+                            lambda u, total: warmup_then_cosine(u, total, total - 1)),
+    # one-cycle's rise needs two updates at least (torch divides by the rise's length less one)
+    "one-update-warmup-onecycle": ({"schedule": "onecycle", "warmup_epochs": 1 / STEPS},
+                                   lambda u, total: one_cycle(u, total, 2 / total)),
 }
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_every_update_uses_the_schedules_learning_rate(name, tiny_folder, tmp_path, monkeypatch):
-    """ceil(N/B) updates an epoch, each at the rate the schedule gives it (W's and b's alike), and epochs.jsonl's
-    `lr` is the rate the next epoch starts with."""
+    """ceil(N/B) updates an epoch, each at the rate the schedule gives it (W's and b's alike) and at the momentum
+    asked for (one-cycle does not cycle it), and epochs.jsonl's `lr` is the rate the next epoch starts with."""
     flags, rate = SCHEDULES[name]
     run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", lr=LR0, epochs=EPOCHS, batch_size=BATCH,
                        momentum=0.9, **flags)
@@ -292,7 +301,23 @@ def test_every_update_uses_the_schedules_learning_rate(name, tiny_folder, tmp_pa
     expected = [rate(u, total) for u in range(total)]
     assert [update.lrs[0] for update in run.updates] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert all(update.lrs[1] == update.lrs[0] for update in run.updates)
+    assert all(update.momenta == [0.9, 0.9] for update in run.updates)
     assert [e["lr"] for e in run.epochs[:-1]] == pytest.approx(expected[STEPS::STEPS], rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("gradient", ["analytic", "autograd"])
+def test_gradient_chooses_the_lectures_formula_or_autograds_backward_pass(gradient, tiny_folder, tmp_path,
+                                                                          monkeypatch):
+    backward = torch.Tensor.backward
+    calls = []
+
+    def counted(tensor, *args, **kwargs):
+        calls.append(tensor)
+        return backward(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", counted)
+    run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", gradient=gradient)
+    assert len(calls) == (len(run.updates) if gradient == "autograd" else 0)
 
 
 @pytest.mark.parametrize("init", ["default", "zeros", "normal"])
