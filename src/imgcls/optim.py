@@ -28,8 +28,9 @@ def build_scheduler(optimizer: SGD, config: ScheduleConfig, steps_per_epoch: int
     total = steps_per_epoch * epochs
     warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
     if config.schedule == "onecycle":
-        # torch's one-cycle rises for its own warmup share (warmup_epochs, else 30%) and anneals to ~0.
-        share = warmup / total if warmup > 0 else 0.3
+        # torch's one-cycle rises for its own warmup share (warmup_epochs, else 30%) and anneals to ~0. Its rise
+        # must end strictly inside the run (torch divides by the rise's length less one): two updates at least.
+        share = max(warmup, 2) / total if warmup > 0 and total > 2 else 0.3
         max_lrs = [group["lr"] for group in optimizer.param_groups]
         return sched.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total, pct_start=share,
                                 cycle_momentum=False)
