@@ -218,13 +218,13 @@ def test_epochs_jsonl_records_each_epochs_training_loss_and_rate(tiny_folder, tm
     update, computed by hand; the keys are the README's."""
     run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", weight_decay=0.1, momentum=0.9)
     assert [set(e) for e in run.epochs] == [{"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-                                             "lr", "seconds", "images_per_s"}] * TINY_RUN["epochs"]
+                                             "lr", "lr_last", "seconds", "images_per_s"}] * TINY_RUN["epochs"]
     path = hand_sgd_path(run, lr=TINY_RUN["lr"], momentum=0.9, weight_decay=0.1)
     for record, update, (weight, bias) in zip(run.epochs, run.updates, path):
         scores = update.pixels.double() @ weight.T + bias
         assert record["train_loss"] == pytest.approx(float(F.cross_entropy(scores, update.labels)), rel=1e-5)
         assert record["train_top1"] == pytest.approx(float((scores.argmax(1) == update.labels).double().mean()))
-        assert record["lr"] == TINY_RUN["lr"] and 0 <= record["val_top1"] <= record["val_top5"] <= 1
+        assert record["lr"] == record["lr_last"] == TINY_RUN["lr"] and 0 <= record["val_top1"] <= record["val_top5"] <= 1
 
 
 def test_the_run_folders_config_yaml_repeats_the_run(tiny_folder, tmp_path):
@@ -292,7 +292,8 @@ SCHEDULES = {
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_every_update_uses_the_schedules_learning_rate(name, tiny_folder, tmp_path, monkeypatch):
     """ceil(N/B) updates an epoch, each at the rate the schedule gives it (W's and b's alike) and at the momentum
-    asked for (one-cycle does not cycle it), and epochs.jsonl's `lr` is the rate the next epoch starts with."""
+    asked for (one-cycle does not cycle it), and epochs.jsonl's `lr` and `lr_last` are the rates of the epoch's
+    first and last updates."""
     flags, rate = SCHEDULES[name]
     run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", lr=LR0, epochs=EPOCHS, batch_size=BATCH,
                        momentum=0.9, **flags)
@@ -302,7 +303,8 @@ def test_every_update_uses_the_schedules_learning_rate(name, tiny_folder, tmp_pa
     assert [update.lrs[0] for update in run.updates] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert all(update.lrs[1] == update.lrs[0] for update in run.updates)
     assert all(update.momenta == [0.9, 0.9] for update in run.updates)
-    assert [e["lr"] for e in run.epochs[:-1]] == pytest.approx(expected[STEPS::STEPS], rel=1e-6, abs=1e-12)
+    assert [e["lr"] for e in run.epochs] == pytest.approx(expected[::STEPS], rel=1e-6, abs=1e-12)
+    assert [e["lr_last"] for e in run.epochs] == pytest.approx(expected[STEPS - 1::STEPS], rel=1e-6, abs=1e-12)
 
 
 @pytest.mark.parametrize("gradient", ["analytic", "autograd"])
@@ -430,7 +432,7 @@ def test_fashion_mnist_keeps_its_class_order_through_eval_and_predict(data_root,
 
     evaluated = cli("eval", out, "--split", "test", "--device", "cpu", "--json")
     assert evaluated.exit_code == 0, plain(evaluated.output)
-    assert json.loads(evaluated.stdout)["top1"] == metrics["test"]["top1"]
+    assert json.loads(evaluated.stdout)["test"]["top1"] == metrics["test"]["top1"]
 
     test_set = FashionMNIST(str(data_root), train=False)
     images = test_set.data[:20]

@@ -1,7 +1,7 @@
 """Checkpoints: one safetensors file that carries everything needed to use the model alone.
 
 Tensors: the weights and the normalization statistics (and, in a resumable checkpoint, the
-optimizer's momentum buffers and the random-number states). Metadata: one JSON string with
+optimizer's momentum buffers and the epoch's running sums). Metadata: one JSON string with
 the dataset, class names, input shape, resolved config, seed, epoch and format version.
 Loading never unpickles anything, so a checkpoint cannot run code.
 """
@@ -29,7 +29,7 @@ class Checkpoint:
     mean: torch.Tensor  # (C, H, W), 0..1 scale
     std: torch.Tensor
     meta: dict  # dataset, classes, input_shape, config, seed, epoch, ...
-    state: dict[str, torch.Tensor] = field(default_factory=dict)  # optimizer and RNG tensors, for resuming
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # optimizer buffers and running sums, for resuming
 
     @property
     def classes(self) -> list[str]:

@@ -81,7 +81,6 @@ def restore(saved: ckpt.Checkpoint, model, optimizer, scheduler, progress: Progr
         model.linear.bias.copy_(saved.bias)
     optimizer.load_state_dict({"state": buffers, "param_groups": resume["param_groups"]})
     scheduler.load_state_dict(resume["scheduler"])
-    torch.set_rng_state(saved.state["torch_rng"])
     _restore_progress(saved, progress, device, shard)
 
 
