@@ -429,10 +429,11 @@ def gradcheck_command(
         if value < low:
             raise UserError(f"{name} must be at least {low}, not {value}")
     for name, value in (("--eps", eps), ("--tolerance", tolerance)):
-        if not value > 0:
-            raise UserError(f"{name} must be greater than 0, not {value}")
+        if not 0 < value < float("inf"):
+            raise UserError(f"{name} must be a finite number greater than 0, not {value}")
     from imgcls import gradcheck
 
+    gradcheck.check_size(batch_size, classes, features, coordinates)
     result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     if as_json:
         from dataclasses import asdict
