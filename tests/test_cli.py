@@ -272,6 +272,7 @@ def test_mixed_sizes_train_with_image_size(cli, tmp_path, assert_ok):
     (["--class-weights", "1,two"], ["--class-weights"]),
     (["--device", "tpu"], ["unknown device 'tpu'"]),
     (["--loss", "hinge"], ["unknown loss 'hinge'"]),
+    (["--warmup-epochs", "1e308"], ["--warmup-epochs", "between 0 and 1,000,000"]),
 ])
 def test_bad_flags_are_user_errors(cli, args, words, assert_user_error, tmp_path):
     result = cli("train", *args, "--out", tmp_path / "run")
@@ -289,6 +290,20 @@ def test_bad_config_files_are_user_errors(cli, tmp_path, content, words, assert_
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(content))
     assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), *words)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("optim:\n  lr: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  momentum: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+     + "".join(f"  k{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("bcdefgh", "cdefghi")),
+     ["aliases", "expand to more than"]),
+    ("optim:\n  lr: " + "1" * 5000 + "\n", ["number of 5000 digits"]),
+    ("optim:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n", ["nests deeper than"]),
+])
+def test_hostile_config_files_are_one_error_line(cli, tmp_path, text, words, assert_user_error):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), "config file", *words)
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file(cli, tmp_path, assert_user_error):
@@ -421,6 +436,8 @@ def test_eval_against_data_with_other_classes(cli, tmp_path, assert_user_error, 
 @pytest.mark.parametrize("args, words", [
     (["eval", "{ckpt}", "--split", "training"], ["unknown split 'training'", "did you mean 'train'"]),
     (["export-templates", "{ckpt}", "--out", "{tmp}", "--size", "0"], ["--size", "at least 1"]),
+    (["export-templates", "{ckpt}", "--out", "{tmp}", "--size", "1000000"], ["--size 1000000", "memory",
+                                                                             "smaller --size"]),
     (["export-templates", "{ckpt}", "--out", "{tmp}", "--scale", "global"], ["unknown scale 'global'"]),
 ])
 def test_bad_eval_and_export_options(cli, tiny_cifar_run, tmp_path, args, words, assert_user_error):
