@@ -124,6 +124,74 @@ def test_eval_without_json_shows_a_table(cli, tiny_cifar_run):
     assert "per-class top-1" in text and "automobile" in text
 
 
+# --- names and paths holding brackets are shown as written, never read as rich markup ----------------
+
+BRACKETED = "cat [domestic]"  # as markup, "[domestic]" is a style tag and vanishes
+
+
+@pytest.fixture(scope="module")
+def bracketed_run(cli, tmp_path_factory):
+    """A run on an image folder with a class named BRACKETED, data and run folder under paths holding '[/x]'
+    (as markup, a closing tag that matches nothing: a MarkupError)."""
+    base = tmp_path_factory.mktemp("brackets")
+    layout = {split: {BRACKETED if name == "circle" else name: sizes for name, sizes in classes.items()}
+              for split, classes in SMALL_FOLDER.items()}
+    data = write_image_folder(base / "data [/x]", layout)
+    out = base / "run [/x]"
+    result = cli("train", "--dataset", "imagefolder", "--data-dir", data, "--epochs", 1, "--device", "cpu",
+                 "--out", out)
+    return data, out, result
+
+
+def test_train_shows_a_run_folder_with_brackets_as_written(bracketed_run, assert_ok):
+    _, out, result = bracketed_run
+    assert_ok(result)
+    assert f"run folder: {out}" in " ".join(plain(result.stderr).split())
+
+
+def test_eval_per_class_shows_a_bracketed_class_name(cli, bracketed_run, assert_ok):
+    _, out, _ = bracketed_run
+    result = cli("eval", out, "--device", "cpu", "--per-class")
+    assert_ok(result)
+    rows = [line for line in plain(result.stdout).splitlines() if "cat" in line]
+    assert len(rows) == 1 and BRACKETED in rows[0]
+
+
+def test_predict_table_shows_bracketed_classes_and_paths(cli, bracketed_run, assert_ok):
+    data, out, _ = bracketed_run
+    (data / "test" / "bad.png").write_bytes(b"not an image")
+    result = cli("predict", out, data / "test", "--top-k", 3, "--device", "cpu", "--skip-bad-images")
+    assert_ok(result)
+    table = plain(result.stdout)
+    assert table.count(BRACKETED) == 6  # each of the 6 images lists all 3 classes
+    assert f"skipped {data / 'test' / 'bad.png'}: cannot read it" in " ".join(plain(result.stderr).split())
+
+
+def test_export_templates_and_datasets_show_paths_with_brackets(cli, bracketed_run, tmp_path, assert_ok):
+    _, out, _ = bracketed_run
+    templates = tmp_path / "tpl [/x]"
+    result = cli("export-templates", out, "--out", templates)
+    assert_ok(result)
+    assert f"wrote 4 PNGs to {templates}" in " ".join(plain(result.stdout).split())
+    result = cli("datasets", "--data-dir", tmp_path / "data [/x]")
+    assert_ok(result)
+    assert "[/x]" in plain(result.stdout)
+
+
+def test_an_error_about_a_path_with_brackets_shows_the_path(cli, tmp_path, assert_user_error):
+    missing = tmp_path / "a [/x] b" / "best.safetensors"
+    assert_user_error(cli("eval", missing), str(missing), "does not exist")
+
+
+@pytest.mark.xfail(strict=True, reason="runreport.py (another engineer's file) must hand class names and the run "
+                                       "path to rich as Text, as report.py now does; remove this mark when it does")
+def test_report_shows_bracketed_names_and_paths(cli, bracketed_run, assert_ok):
+    _, out, _ = bracketed_run
+    result = cli("report", out, "--no-figures")
+    assert_ok(result)
+    assert str(out) in plain(result.stdout) and BRACKETED in plain(result.stdout)
+
+
 def test_export_templates_of_mnist(cli, mnist_run, tmp_path):
     out, _ = mnist_run
     result = cli("export-templates", out / "best.safetensors", "--out", tmp_path / "tpl")

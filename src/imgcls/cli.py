@@ -161,7 +161,7 @@ def train(
         reporter.close()
         if is_main:
             err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
-                      f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False)
+                      f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(130) from None
     finally:
         reporter.close()
@@ -201,7 +201,7 @@ def _after_training(result, reporter) -> None:
         written = write_run_figures(path)
     except Exception as error:  # the run is saved and whole: a figure that fails must not make it look failed
         err.print(f"warning: could not draw the figures ({type(error).__name__}: {error}); `imgcls report {path}` "
-                  f"tries again", soft_wrap=True, highlight=False)
+                  f"tries again", soft_wrap=True, highlight=False, markup=False)
     else:
         reporter.note("figures: " + ", ".join(p.name for p in written))
     if isinstance(reporter, TensorBoardReporter):
@@ -275,7 +275,7 @@ def export_templates_command(
     from imgcls.templates import export_templates
 
     written = export_templates(ckpt.load(checkpoint), out, size=size, scale=scale, grid_only=grid_only)
-    Console().print(f"wrote {len(written)} PNGs to {out}")
+    Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
 
 
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10")
@@ -304,7 +304,8 @@ def report_command(
     console = Console()
     console.print(render(summary))
     if written:
-        console.print("figures: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+        console.print("figures: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True,
+                      markup=False)
 
 
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
@@ -340,7 +341,7 @@ def predict_command(
     paths = list_images(images)
     result = predict(loaded, paths, top_k, device, skip_bad_images)
     for name, why in result.skipped:
-        err.print(f"skipped {name}: cannot read it ({why})", soft_wrap=True, highlight=False)
+        err.print(f"skipped {name}: cannot read it ({why})", soft_wrap=True, highlight=False, markup=False)
     if not result.items:
         raise UserError(f"no readable image among the {len(paths)} given")
     if result.resized:
@@ -359,16 +360,16 @@ def predict_command(
     from rich.table import Table
 
     k = len(result.items[0].classes)
-    table = Table(title=f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of {len(loaded.classes)} "
-                        f"classes")
+    table = Table(title=Text(f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of "
+                             f"{len(loaded.classes)} classes"))
     table.add_column("image", overflow="fold")
     for rank in range(1, k + 1):
         table.add_column(f"#{rank}", no_wrap=True)
     for item in result.items:
-        table.add_row(item.image, *(f"{name} {p:.1%}" for name, p in zip(item.classes, item.probabilities)))
+        table.add_row(Text(item.image), *(Text(f"{name} {p:.1%}") for name, p in zip(item.classes, item.probabilities)))
     Console().print(table)
     if csv_file is not None:
-        err.print(f"wrote {len(result.items)} rows to {csv_file}", highlight=False, soft_wrap=True)
+        err.print(f"wrote {len(result.items)} rows to {csv_file}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("datasets", epilog="Example: imgcls datasets --data-dir ~/data")
@@ -389,7 +390,7 @@ def datasets_command(
         return
     from rich.table import Table
 
-    table = Table(title=f"datasets (--dataset NAME); data dir: {root}")
+    table = Table(title=Text(f"datasets (--dataset NAME); data dir: {root}"))
     for column, justify in (("dataset", "left"), ("classes", "left"), ("C×H×W", "right"), ("train", "right"),
                             ("test", "right"), ("present", "left")):
         flexible = column in ("classes", "present")
@@ -400,9 +401,9 @@ def datasets_command(
         else:
             classes = f"{info.num_classes}, from the data" if info.num_classes else "from the data"
         shape = "×".join(map(str, info.shape)) if info.shape else "any"
-        table.add_row(info.name, classes, shape, f"{info.train:,}" if info.train else "-",
-                      f"{info.test:,}" if info.test else "-",
-                      f"[green]yes[/]: {info.present}" if info.present else "[dim]no[/]")
+        present = Text.assemble(("yes", "green"), f": {info.present}") if info.present else Text("no", "dim")
+        table.add_row(info.name, Text(classes), shape, f"{info.train:,}" if info.train else "-",
+                      f"{info.test:,}" if info.test else "-", present)
     Console().print(table)
 
 
@@ -479,7 +480,7 @@ def cache_info() -> None:
 
     directory = default_cache_dir()
     entries = list_entries(directory)
-    table = Table(title=f"decoded-dataset cache: {directory}")
+    table = Table(title=Text(f"decoded-dataset cache: {directory}"))
     for column in ("entry", "dataset", "split", "images", "MB"):
         table.add_column(column)
     for entry in entries:
@@ -497,7 +498,7 @@ def cache_clear() -> None:
     from imgcls.config import default_cache_dir
     from imgcls.data.cache import clear
 
-    Console().print(f"removed {clear(default_cache_dir())} cache entries from {default_cache_dir()}")
+    Console().print(f"removed {clear(default_cache_dir())} cache entries from {default_cache_dir()}", markup=False)
 
 
 def version_callback(value: bool) -> None:

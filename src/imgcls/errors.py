@@ -37,5 +37,6 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise UserError(f"unknown {what} {shown(value)}{did_you_mean(value, choices)}; choose one of: {', '.join(choices)}")
+        raise UserError(f"unknown {what} {shown(value)}{did_you_mean(value, choices)}; "
+                        f"choose one of: {', '.join(choices)}")
     return value
