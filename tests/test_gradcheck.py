@@ -143,6 +143,7 @@ def test_gradcheck_command_fails_loudly_on_a_planted_bug(cli, monkeypatch, plant
     (["--tolerance", "-1"], ["--tolerance"]),
     (["--coordinates", "0"], ["--coordinates"]),
     (["--eps", "inf"], ["--eps", "finite"]),
+    (["--seed", str(2 ** 64)], ["--seed", "[0, 2^32)"]),
     (["--features", "2000000000"], ["--features 2000000000", "memory", "more than", "available"]),
     (["--classes", str(10 ** 30)], ["--classes", "over a million GB"]),
     (["--classes", "100000", "--features", "1"], ["--classes 100000", "multiply-adds", "fewer --coordinates"]),

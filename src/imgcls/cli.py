@@ -425,6 +425,9 @@ def gradcheck_command(
     from imgcls.errors import check_choice
 
     check_choice("loss", loss, ("ce", "nll", "mse"))
+    from imgcls.config import check_seed
+
+    check_seed(seed)
     for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
                              ("--coordinates", coordinates, 1)):
         if value < low:

@@ -356,7 +356,7 @@ def validate(config: Config) -> None:
     for flag, value in (("--lr", o.lr), ("--weight-decay", o.weight_decay), ("--init-std", config.model.init_std),
                         ("--warmup-epochs", s.warmup_epochs)):
         _require(math.isfinite(value), f"{flag} must be a finite number, not {value}")
-    _require(0 <= t.seed < 2 ** 32, f"--seed must be in [0, 2^32), not {t.seed}")
+    check_seed(t.seed)
     _require(o.lr > 0, f"--lr must be greater than 0, not {o.lr}")
     _require(0 <= o.momentum < 1, f"--momentum must be in [0, 1), not {o.momentum}")
     _require(o.weight_decay >= 0, f"--weight-decay must be 0 or more, not {o.weight_decay}")
@@ -381,6 +381,11 @@ def validate(config: Config) -> None:
         _require(all(0 <= w < math.inf for w in weights) and any(w > 0 for w in weights),
                  "--class-weights must be finite non-negative numbers, at least one above 0")
     check_device_name(t.device)
+
+
+def check_seed(seed: int) -> None:
+    """Seeds are kept to [0, 2^32); torch refuses seeds past 2^64 with a traceback."""
+    _require(0 <= seed < 2 ** 32, f"--seed must be in [0, 2^32), not {shown(seed)}")
 
 
 def check_device_name(device: str) -> None:
