@@ -161,6 +161,84 @@ def test_eval_json_is_strict_json_when_the_loss_is_not_finite(cli, tiny_cifar_ru
     assert 0 <= got["test"]["top1"] <= 1
 
 
+# --- names and paths holding brackets are shown as written, never read as rich markup ----------------
+
+BRACKETED = "cat [domestic]"  # as markup, "[domestic]" is a style tag and vanishes
+
+
+@pytest.fixture(scope="module")
+def bracketed_run(cli, tmp_path_factory):
+    """A run on an image folder with a class named BRACKETED, data and run folder under paths holding '[/x]'
+    (as markup, a closing tag that matches nothing: a MarkupError)."""
+    base = tmp_path_factory.mktemp("brackets")
+    layout = {split: {BRACKETED if name == "circle" else name: sizes for name, sizes in classes.items()}
+              for split, classes in SMALL_FOLDER.items()}
+    data = write_image_folder(base / "data [/x]", layout)
+    out = base / "run [/x]"
+    result = cli("train", "--dataset", "imagefolder", "--data-dir", data, "--epochs", 1, "--device", "cpu",
+                 "--out", out)
+    return data, out, result
+
+
+def test_train_shows_a_run_folder_with_brackets_as_written(bracketed_run, assert_ok):
+    _, out, result = bracketed_run
+    assert_ok(result)
+    assert f"run folder: {out}" in " ".join(plain(result.stderr).split())
+
+
+def test_eval_per_class_shows_a_bracketed_class_name(cli, bracketed_run, assert_ok):
+    _, out, _ = bracketed_run
+    result = cli("eval", out, "--device", "cpu", "--per-class")
+    assert_ok(result)
+    rows = [line for line in plain(result.stdout).splitlines() if "cat" in line]
+    assert len(rows) == 1 and BRACKETED in rows[0]
+
+
+def test_predict_table_shows_bracketed_classes_and_paths(cli, bracketed_run, assert_ok):
+    data, out, _ = bracketed_run
+    (data / "test" / "bad.png").write_bytes(b"not an image")
+    result = cli("predict", out, data / "test", "--top-k", 3, "--device", "cpu", "--skip-bad-images")
+    assert_ok(result)
+    table = plain(result.stdout)
+    assert table.count(BRACKETED) == 6  # each of the 6 images lists all 3 classes
+    assert f"skipped {data / 'test' / 'bad.png'}: cannot read it" in " ".join(plain(result.stderr).split())
+
+
+def test_export_templates_and_datasets_show_paths_with_brackets(cli, bracketed_run, tmp_path, assert_ok):
+    _, out, _ = bracketed_run
+    templates = tmp_path / "tpl [/x]"
+    result = cli("export-templates", out, "--out", templates)
+    assert_ok(result)
+    assert f"wrote 4 PNGs to {templates}" in " ".join(plain(result.stdout).split())
+    result = cli("datasets", "--data-dir", tmp_path / "data [/x]")
+    assert_ok(result)
+    assert "[/x]" in plain(result.stdout)
+
+
+def test_report_on_a_config_yaml_alias_bomb_is_one_error_line(cli, tiny_cifar_run, tmp_path, assert_user_error):
+    """A run folder's config.yaml is read by the same bounded loader as --config: no hang, no gigabytes."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_cifar_run[0], run)
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]"
+                                                     for i in range(8)]
+    (run / "config.yaml").write_text("\n".join(levels) + "\n")
+    assert_user_error(cli("report", run, "--no-figures"), "config.yaml", "the run folder is damaged")
+
+
+def test_an_error_about_a_path_with_brackets_shows_the_path(cli, tmp_path, assert_user_error):
+    missing = tmp_path / "a [/x] b" / "best.safetensors"
+    assert_user_error(cli("eval", missing), str(missing), "does not exist")
+
+
+def test_report_shows_bracketed_names_and_paths(cli, bracketed_run, assert_ok):
+    _, out, _ = bracketed_run
+    result = cli("report", out, "--no-figures")
+    assert_ok(result)
+    assert str(out) in plain(result.stdout) and BRACKETED in plain(result.stdout)
+
+
 def test_export_templates_of_mnist(cli, mnist_run, tmp_path):
     out, _ = mnist_run
     result = cli("export-templates", out / "best.safetensors", "--out", tmp_path / "tpl")
@@ -415,6 +493,7 @@ def test_mixed_sizes_train_with_image_size(cli, tmp_path, assert_ok):
     (["--class-weights", "1,two"], ["--class-weights"]),
     (["--device", "tpu"], ["unknown device 'tpu'"]),
     (["--loss", "hinge"], ["unknown loss 'hinge'"]),
+    (["--warmup-epochs", "1e308"], ["--warmup-epochs", "between 0 and 1,000,000"]),
 ])
 def test_bad_flags_are_user_errors(cli, args, words, assert_user_error, tmp_path):
     result = cli("train", *args, "--out", tmp_path / "run")
@@ -432,6 +511,20 @@ def test_bad_config_files_are_user_errors(cli, tmp_path, content, words, assert_
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(content))
     assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), *words)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("optim:\n  lr: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  momentum: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+     + "".join(f"  k{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("bcdefgh", "cdefghi")),
+     ["aliases", "expand to more than"]),
+    ("optim:\n  lr: " + "1" * 5000 + "\n", ["number of 5000 digits"]),
+    ("optim:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n", ["nests deeper than"]),
+])
+def test_hostile_config_files_are_one_error_line(cli, tmp_path, text, words, assert_user_error):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), "config file", *words)
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file(cli, tmp_path, assert_user_error):
@@ -564,6 +657,8 @@ def test_eval_against_data_with_other_classes(cli, tmp_path, assert_user_error, 
 @pytest.mark.parametrize("args, words", [
     (["eval", "{ckpt}", "--split", "training"], ["unknown split 'training'", "did you mean 'train'"]),
     (["export-templates", "{ckpt}", "--out", "{tmp}", "--size", "0"], ["--size", "at least 1"]),
+    (["export-templates", "{ckpt}", "--out", "{tmp}", "--size", "1000000"], ["--size 1000000", "memory",
+                                                                             "smaller --size"]),
     (["export-templates", "{ckpt}", "--out", "{tmp}", "--scale", "global"], ["unknown scale 'global'"]),
 ])
 def test_bad_eval_and_export_options(cli, tiny_cifar_run, tmp_path, args, words, assert_user_error):

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgcls.config import Config, build_config, key_index, parse_batch_size, parse_class_weights, sections
-from imgcls.errors import UserError
+from imgcls.config import (Config, apply_mapping, build_config, key_index, parse_batch_size, parse_class_weights,
+                           sections)
+from imgcls.errors import UserError, shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml")) + sorted((REPO_ROOT / "configs").glob("*.yml"))
@@ -107,6 +108,63 @@ def test_malformed_file_is_a_user_error(tmp_path, text, words):
         assert word in str(caught.value)
 
 
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs" YAML value: each level a list of nine aliases to the level below (9^levels strings)."""
+    lines = ['    - &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"    - &a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, levels + 1)]
+    return "optim:\n  lr:\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    (alias_bomb(9), ["aliases", "expand to more than 10,000 values"]),  # under 600 bytes, 9^10 strings
+    (alias_bomb(5), ["aliases", "expand to more than"]),  # small enough that its repr would fit in memory
+    ("optim:\n  class_weights: &w [1.0, *w]\n", ["alias inside the very collection it names"]),
+    ("optim:\n  lr: " + "9" * 400 + "\n", ["number of 400 digits", "line 2"]),
+    ("optim:\n  lr: " + "9" * 5000 + "\n", ["number of 5000 digits"]),  # past Python's int-from-text limit
+    ("optim:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n", ["nests deeper than 50 levels", "line 2"]),
+    ("optim:\n  lr: 2024-13-45\n", ["cannot be read", "month must be in 1..12"]),
+])
+def test_hostile_yaml_is_one_short_user_error(tmp_path, text, words):
+    with pytest.raises(UserError) as caught:
+        build_config(write_yaml(tmp_path, text), {})
+    message = str(caught.value)
+    for word in words:
+        assert word in message
+    assert len(message) < 300 and "\n" not in message
+
+
+def test_aliases_of_a_sensible_size_still_work(tmp_path):
+    text = "optim: &shared\n  lr: 0.2\nschedule:\n  warmup_epochs: 1\nloss:\n  class_weights: &w [1, 2]\n"
+    text += "data:\n  dataset: mnist\n"
+    assert build_config(write_yaml(tmp_path, text), {}).optim.lr == 0.2
+
+
+def test_a_yaml_file_of_megabytes_is_refused_unread(tmp_path):
+    with pytest.raises(UserError, match="larger than 1000 kB"):
+        build_config(write_yaml(tmp_path, "# padding\n" * 200_000), {})
+
+
+def test_a_huge_value_is_shown_cut_short(tmp_path):
+    with pytest.raises(UserError) as caught:
+        build_config(write_yaml(tmp_path, {"optim": {"lr": "x" * 100_000}, "data": {}}), {})
+    assert "optim.lr" in str(caught.value) and len(str(caught.value)) < 200
+
+
+def test_shown_never_builds_the_whole_repr_of_a_shared_structure():
+    laughs = ["lol"] * 9
+    for _ in range(12):  # 9^13 strings: its repr would never finish
+        laughs = [laughs] * 9
+    assert len(shown(laughs)) <= 80
+    assert shown(10 ** 400).startswith("1000") and len(shown(10 ** 400)) <= 80
+    assert shown("cifar10") == "'cifar10'"
+
+
+def test_an_int_beyond_float_range_from_a_mapping_is_a_user_error():
+    config = Config()
+    with pytest.raises(UserError, match="'optim.lr' is too large a number"):
+        apply_mapping(config, {"optim": {"lr": 10 ** 400}}, "a checkpoint")
+
+
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_config(tmp_path / "nope.yaml", {})
@@ -131,6 +189,7 @@ def test_missing_file_is_a_user_error(tmp_path):
     ({"patience": 0}, ["--patience"]),
     ({"init_std": 0.0}, ["--init-std"]),
     ({"warmup_epochs": -1.0}, ["--warmup-epochs"]),
+    ({"warmup_epochs": 1e308}, ["--warmup-epochs", "between 0 and 1,000,000"]),
     ({"step_epochs": 0}, ["--step-epochs"]),
     ({"step_gamma": 0.0}, ["--step-gamma"]),
     ({"step_gamma": 1.5}, ["--step-gamma"]),

@@ -191,6 +191,49 @@ def test_fuzz_config_text(tmp_path, text, raw):
     build_or_user_error(path, {})
 
 
+# integers as YAML text, up to past Python's 4300-digit limit on reading ints (str() of such an int fails too)
+huge_numbers = st.builds(lambda sign, digit, count, tail: f"{sign}{digit}{'0' * count}{tail}",
+                         st.sampled_from(["", "-", "+"]), st.sampled_from("19"), st.integers(0, 6000),
+                         st.sampled_from(["", ".5", "e3", "_000"]))
+yaml_leaves = huge_numbers | st.sampled_from(["lol", "0.1", "1", "null", "true", "[]", "{}"])
+
+
+@st.composite
+def aliased_yaml(draw):
+    """A config whose real keys take values made of anchors and aliases: a chain of lists, each holding
+    `width` aliases to the one before (at 9 x 9 levels, a "billion laughs" bomb), sometimes an alias
+    inside its own anchor, and huge numbers as leaves."""
+    levels, width = draw(st.integers(0, 9)), draw(st.integers(1, 9))
+    leaf = draw(yaml_leaves)
+    chain = [f"&a0 [{', '.join([leaf] * width)}]"]
+    chain += [f"&a{n} [{', '.join([f'*a{n - 1}'] * width)}]" for n in range(1, levels + 1)]
+    if draw(st.booleans()):
+        chain.append("&loop [1, *loop]")  # a list that holds itself
+    first, second = draw(st.lists(st.sampled_from(ALL_KEYS), min_size=2, max_size=2, unique=True))
+    index = {key: section for section, keys in REAL_SECTIONS.items() for key in keys}
+    value = draw(st.sampled_from([f"*a{levels}", "*a0", leaf]))
+    body = {index[first]: [f"  {first}: [{', '.join(chain)}]"], index[second]: [f"  {second}: {value}"]}
+    if index[first] == index[second]:
+        return f"{index[first]}:\n" + "\n".join(body[index[first]]) + "\n"
+    return "".join(f"{section}:\n" + "\n".join(lines) + "\n" for section, lines in body.items())
+
+
+@fuzz_settings(150)
+@given(text=aliased_yaml() | huge_numbers.map(lambda number: f"optim:\n  lr: {number}\ntrain:\n  epochs: {number}\n"))
+def test_fuzz_config_aliases_and_huge_numbers(tmp_path, text):
+    """Aliases and huge numbers load in bounded time and memory: a config, or one short error line."""
+    CASES["config aliases and huge numbers"] += 1
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with watchdog(20):
+        try:
+            build_config(path, {})
+        except UserError as error:
+            assert "\n" not in str(error) and len(str(error)) < 400, repr(error)[:1000]
+        else:
+            WORKED["config aliases and huge numbers"] += 1
+
+
 @fuzz_settings(300)
 @given(flags=st.dictionaries(st.sampled_from(ALL_KEYS), values, max_size=6))
 def test_fuzz_flag_values(tmp_path, flags):

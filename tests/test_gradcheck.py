@@ -142,6 +142,26 @@ def test_gradcheck_command_fails_loudly_on_a_planted_bug(cli, monkeypatch, plant
     (["--eps", "0"], ["--eps", "greater than 0"]),
     (["--tolerance", "-1"], ["--tolerance"]),
     (["--coordinates", "0"], ["--coordinates"]),
+    (["--eps", "inf"], ["--eps", "finite"]),
+    (["--seed", str(2 ** 64)], ["--seed", "[0, 2^32)"]),
+    (["--features", "2000000000"], ["--features 2000000000", "memory", "more than", "available"]),
+    (["--classes", str(10 ** 30)], ["--classes", "over a million GB"]),
+    (["--classes", "100000", "--features", "1"], ["--classes 100000", "multiply-adds", "fewer --coordinates"]),
 ])
 def test_gradcheck_user_errors(cli, args, words, assert_user_error):
     assert_user_error(cli("gradcheck", *args), *words)
+
+
+def test_a_gradcheck_larger_than_memory_is_refused_before_allocating(cli, monkeypatch, assert_user_error):
+    import imgcls.memory
+
+    monkeypatch.setattr(imgcls.memory, "available_memory", lambda: 10 ** 6)  # 1 MB
+    assert_user_error(cli("gradcheck", "--features", 20000), "--features 20000", "more than the 0.0 GB available")
+
+
+def test_a_large_gradcheck_names_its_worst_coordinates_without_naming_all():
+    result = gradient_check("ce", batch_size=2, classes=3, features=5000, coordinates=4, show=2)
+    full = result.comparisons[2]
+    assert full.coordinates == 3 * 5000 + 3 and len(full.worst) == 2
+    for coordinate in full.worst:
+        assert coordinate.name.startswith(("W[", "b["))

@@ -8,6 +8,7 @@ from torchvision.io import ImageReadMode, read_image
 
 from imgcls.checkpoint import Checkpoint
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS, FASHION_CLASSES
+from imgcls.errors import UserError
 from imgcls.templates import display_images, enlarge, export_templates, file_stem
 
 
@@ -104,6 +105,19 @@ def test_grid_only_writes_just_the_grid(tmp_path):
     written = export_templates(make_checkpoint(DIGITS, (1, 28, 28)), tmp_path, grid_only=True)
     assert [p.name for p in written] == ["templates.png"]
     assert [p.name for p in tmp_path.glob("*.png")] == ["templates.png"]
+
+
+def test_a_size_beyond_memory_is_refused_before_writing(tmp_path, monkeypatch):
+    import imgcls.memory
+
+    monkeypatch.setattr(imgcls.memory, "available_memory", lambda: 2 * 10 ** 9)  # 2 GB
+    checkpoint = make_checkpoint(CIFAR10_CLASSES, (3, 32, 32))
+    with pytest.raises(UserError, match=r"--size 20000 \(templates of 20000x20000 pixels\) would need about 17 GB "
+                                        r"of memory, more than the 2.0 GB available; use a smaller --size"):
+        export_templates(checkpoint, tmp_path / "tpl", size=20000)
+    assert not (tmp_path / "tpl").exists()
+    export_templates(checkpoint, tmp_path / "grid", size=20000, grid_only=True)  # the grid is not enlarged
+    assert [p.name for p in (tmp_path / "grid").iterdir()] == ["templates.png"]
 
 
 def test_display_images_and_enlarge():

@@ -184,7 +184,7 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
     except Interrupted as stopped:
         if is_main:
             err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
-                      f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False)
+                      f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(130) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         if is_main:
@@ -213,7 +213,7 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
         written = write_run_figures(path)
     except Exception as error:  # the run is saved and whole: a figure that fails must not make it look failed
         err.print(f"warning: could not draw the figures ({type(error).__name__}: {error}); `imgcls report {path}` "
-                  f"tries again", soft_wrap=True, highlight=False)
+                  f"tries again", soft_wrap=True, highlight=False, markup=False)
     else:
         reporter.note("figures: " + ", ".join(p.name for p in written))
     _write_page_or_warn(path, reporter)
@@ -326,7 +326,7 @@ def export_templates_command(
     loaded = ckpt.load(checkpoint)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only)
-    Console().print(f"wrote {len(written)} PNGs to {out}")
+    Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
 
 
 @app.command("export", epilog="Example: imgcls export runs/cifar10/best.safetensors --format onnx --out cifar10.onnx")
@@ -500,14 +500,14 @@ def predict_command(
     from rich.table import Table
 
     k = len(result.items[0].classes)
-    table = Table(title=f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of {len(loaded.classes)} "
-                        f"classes")
+    table = Table(title=Text(f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of "
+                             f"{len(loaded.classes)} classes"))
     table.add_column("image", overflow="fold")
     for rank in range(1, k + 1):
         table.add_column(f"#{rank}", no_wrap=True)
     for item in result.items:
         table.add_row(Text(printable(item.image)),
-                      *(f"{name} {p:.1%}" for name, p in zip(item.classes, item.probabilities)))
+                      *(Text(f"{name} {p:.1%}") for name, p in zip(item.classes, item.probabilities)))
     Console().print(table)
     if csv_file is not None:
         err.print(f"wrote {len(result.items)} rows to {printable(csv_file)}", highlight=False, soft_wrap=True,
@@ -532,7 +532,7 @@ def datasets_command(
         return
     from rich.table import Table
 
-    table = Table(title=f"datasets (--dataset NAME); data dir: {root}")
+    table = Table(title=Text(f"datasets (--dataset NAME); data dir: {root}"))
     for column, justify in (("dataset", "left"), ("classes", "left"), ("C×H×W", "right"), ("train", "right"),
                             ("test", "right"), ("present", "left")):
         flexible = column in ("classes", "present")
@@ -545,7 +545,7 @@ def datasets_command(
         else:
             classes = f"{info.num_classes}, from the data" if info.num_classes else "from the data"
         shape = "×".join(map(str, info.shape)) if info.shape else "any"
-        table.add_row(info.name, classes, shape, f"{info.train:,}" if info.train else "-",
+        table.add_row(info.name, Text(classes), shape, f"{info.train:,}" if info.train else "-",
                       f"{info.test:,}" if info.test else "-", _presence_text(info))
     console = Console()
     console.print(table)
@@ -580,15 +580,19 @@ def gradcheck_command(
     from imgcls.errors import check_choice
 
     check_choice("loss", loss, ("ce", "nll", "mse"))
+    from imgcls.config import check_seed
+
+    check_seed(seed)
     for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
                              ("--coordinates", coordinates, 1)):
         if value < low:
             raise UserError(f"{name} must be at least {low}, not {value}")
     for name, value in (("--eps", eps), ("--tolerance", tolerance)):
-        if not value > 0:
-            raise UserError(f"{name} must be greater than 0, not {value}")
+        if not 0 < value < float("inf"):
+            raise UserError(f"{name} must be a finite number greater than 0, not {value}")
     from imgcls import gradcheck
 
+    gradcheck.check_size(batch_size, classes, features, coordinates)
     result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     if as_json:
         from dataclasses import asdict
@@ -633,7 +637,7 @@ def cache_info() -> None:
     from imgcls.data.cache import builder_alive, list_entries, staging_folders
 
     directory = default_cache_dir()
-    table = Table(title=f"decoded-dataset cache: {directory}")
+    table = Table(title=Text(f"decoded-dataset cache: {directory}"))
     for column in ("entry", "dataset", "split", "images", "MB"):
         table.add_column(column, overflow="fold")
     for entry in list_entries(directory):
@@ -658,7 +662,7 @@ def cache_clear() -> None:
 
     entries, staging = clear(default_cache_dir())
     leftovers = f" and {staging} unfinished builds" if staging else ""
-    Console().print(f"removed {entries} cache entries{leftovers} from {default_cache_dir()}")
+    Console().print(f"removed {entries} cache entries{leftovers} from {default_cache_dir()}", markup=False)
 
 
 def version_callback(value: bool) -> None:

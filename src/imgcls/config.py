@@ -9,6 +9,7 @@ The result is validated once, then passed around whole; nothing reads flags afte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import types
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.errors import UserError, check_choice, did_you_mean
+from imgcls.errors import SHOWN_LENGTH, UserError, check_choice, did_you_mean, shown
 
 LOSSES = ("ce", "nll", "mse")
 INITS = ("default", "zeros", "normal")
@@ -126,7 +127,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _as_float(value, key)
         if option is float and isinstance(value, str) and _is_number(value):
             return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if option is str and isinstance(value, str):
@@ -134,7 +135,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if typing.get_origin(option) is list and isinstance(value, list):
             return [_coerce(item, typing.get_args(option)[0], key) for item in value]
     wanted = " or ".join(_type_name(o) for o in options)
-    raise UserError(f"config key '{key}' must be {wanted}, not {type(value).__name__} {value!r}")
+    raise UserError(f"config key '{key}' must be {wanted}, not {type(value).__name__} {shown(value)}")
+
+
+def _as_float(value: int | float, key: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range (about 10^308)
+        raise UserError(f"config key '{key}' is too large a number ({shown(value)}); use a number below 1e308") \
+            from None
 
 
 def _is_number(text: str) -> bool:
@@ -164,22 +173,111 @@ def _apply(config: Config, section: str, key: str, value: Any) -> None:
 
 
 def apply_file(config: Config, path: Path) -> None:
-    import yaml
-
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass the path of a YAML file such as configs/cifar10.yaml")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not a text file; pass a YAML file such as configs/cifar10.yaml") \
-            from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{where}; fix the file or start from configs/") from None
+    loaded = read_yaml(path, f"config file {path}", "fix the file or start from configs/") or {}
     if not isinstance(loaded, dict):
         raise UserError(f"config file {path} must be a mapping of sections (data:, optim:, ...)")
     apply_mapping(config, loaded, str(path))
+
+
+MAX_YAML_BYTES = 1_000_000  # a config is about a kilobyte
+MAX_YAML_NODES = 10_000  # values once every alias is copied out; a config holds about 40
+MAX_YAML_DEPTH = 50  # a config nests 2 or 3 levels
+MAX_YAML_INT_DIGITS = 100  # far beyond any setting; Python refuses to read ints of more than 4300 digits
+
+
+class YamlRefused(Exception):
+    """A YAML document too large to read safely; the message says what is too large."""
+
+
+def read_yaml(path: Path, name: str, fix: str) -> Any:
+    """The one document of a YAML file, read safely: no Python tags (yaml's safe loader), and bounded, so a
+    small hostile file cannot take the memory or time that an alias bomb ("billion laughs") or deep nesting
+    would. Every problem is a UserError '<name> ...; <fix>' (name: "config file x.yaml", say)."""
+    import yaml
+
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise YamlRefused(f"is larger than {MAX_YAML_BYTES // 1000} kB")
+        return yaml.load(path.read_text(), Loader=_bounded_loader())
+    except UnicodeDecodeError:
+        raise UserError(f"{name} is not a text file; {fix}") from None
+    except OSError as error:
+        raise UserError(f"cannot read {name} ({error.strerror or error}); {fix}") from None
+    except YamlRefused as error:
+        raise UserError(f"{name} {error}; {fix}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{name} is not valid YAML{where}; {fix}") from None
+    except ValueError as error:  # a value yaml cannot build, such as the date 2024-13-45
+        raise UserError(f"{name} holds a value that cannot be read ({str(error)[:SHOWN_LENGTH]}); {fix}") from None
+
+
+@functools.cache
+def _bounded_loader() -> type:
+    """yaml's safe loader, refusing documents past the MAX_YAML_* bounds (made on first use: yaml is
+    imported only by the commands that read it)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            # composing is recursive: without a bound, deep nesting ends in a RecursionError
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    line = self.peek_event().start_mark.line + 1
+                    raise YamlRefused(f"nests deeper than {MAX_YAML_DEPTH} levels (line {line})")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_document(self, node):
+            size = _expanded_size(node)
+            if size == math.inf:
+                raise YamlRefused("has an alias inside the very collection it names (a value that holds itself)")
+            if size > MAX_YAML_NODES:
+                raise YamlRefused(f"has aliases that expand to more than {MAX_YAML_NODES:,} values")
+            return super().construct_document(node)
+
+        def construct_yaml_int(self, node):
+            if len(node.value) > MAX_YAML_INT_DIGITS:
+                raise YamlRefused(f"holds a number of {len(node.value)} digits at line {node.start_mark.line + 1}")
+            return super().construct_yaml_int(node)
+
+    BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
+    return BoundedLoader
+
+
+def _expanded_size(root) -> float:
+    """How many nodes a composed YAML document has once every alias is copied out (aliases share one node:
+    nine aliases to a list of nine aliases... are 9^n values); infinite when a collection holds itself.
+    Counted without recursion, each shared node once."""
+    import yaml
+
+    def children(node) -> list:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the path from the root: meeting one again is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children(node))
+        elif id(node) in open_nodes:
+            return math.inf
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children(node))
+    return sizes[id(root)]
 
 
 def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True) -> None:
@@ -190,7 +288,8 @@ def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True
         if section not in known:
             if not strict:
                 continue
-            raise UserError(f"unknown config section {str(section)!r} in {source}{did_you_mean(str(section), known)}")
+            raise UserError(f"unknown config section {shown(str(section))} in {source}"
+                            f"{did_you_mean(str(section), known)}")
         if not isinstance(values, dict):
             raise UserError(f"config section '{section}' in {source} must be a mapping of keys")
         names = [f.name for f in dataclasses.fields(known[section])]
@@ -198,7 +297,8 @@ def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True
             if key not in names:
                 if not strict:
                     continue
-                raise UserError(f"unknown config key {f'{section}.{key}'!r} in {source}{did_you_mean(str(key), names)}")
+                raise UserError(f"unknown config key {shown(f'{section}.{key}')} in {source}"
+                                f"{did_you_mean(str(key), names)}")
             _apply(config, section, key, value)
 
 
@@ -236,6 +336,7 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
 
 
 MAX_THREADS = 1024  # far above any CPU's cores; 100,000 OpenMP threads crashed the process
+MAX_EPOCHS = 1_000_000  # bounds the warmup: 1e308 epochs overflowed counting its steps
 
 
 def validate(config: Config) -> None:
@@ -255,7 +356,7 @@ def validate(config: Config) -> None:
     for flag, value in (("--lr", o.lr), ("--weight-decay", o.weight_decay), ("--init-std", config.model.init_std),
                         ("--warmup-epochs", s.warmup_epochs)):
         _require(math.isfinite(value), f"{flag} must be a finite number, not {value}")
-    _require(0 <= t.seed < 2 ** 32, f"--seed must be in [0, 2^32), not {t.seed}")
+    check_seed(t.seed)
     _require(o.lr > 0, f"--lr must be greater than 0, not {o.lr}")
     _require(0 <= o.momentum < 1, f"--momentum must be in [0, 1), not {o.momentum}")
     _require(o.weight_decay >= 0, f"--weight-decay must be 0 or more, not {o.weight_decay}")
@@ -269,7 +370,8 @@ def validate(config: Config) -> None:
              f"--threads must be between 1 and {MAX_THREADS}, not {t.threads}")
     _require(t.patience is None or t.patience >= 1, f"--patience must be at least 1 epoch, not {t.patience}")
     _require(config.model.init_std > 0, f"--init-std must be greater than 0, not {config.model.init_std}")
-    _require(s.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {s.warmup_epochs}")
+    _require(0 <= s.warmup_epochs <= MAX_EPOCHS,
+             f"--warmup-epochs must be between 0 and {MAX_EPOCHS:,}, not {s.warmup_epochs}")
     _require(s.step_epochs >= 1, f"--step-epochs must be at least 1, not {s.step_epochs}")
     _require(0 < s.step_gamma <= 1, f"--step-gamma must be in (0, 1], not {s.step_gamma}")
     weights = config.loss.class_weights
@@ -281,10 +383,15 @@ def validate(config: Config) -> None:
     check_device_name(t.device)
 
 
+def check_seed(seed: int) -> None:
+    """Seeds are kept to [0, 2^32); torch refuses seeds past 2^64 with a traceback."""
+    _require(0 <= seed < 2 ** 32, f"--seed must be in [0, 2^32), not {shown(seed)}")
+
+
 def check_device_name(device: str) -> None:
     if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
         return
-    raise UserError(f"unknown device '{device}'; choose auto, cpu, cuda or cuda:N")
+    raise UserError(f"unknown device {shown(device)}; choose auto, cpu, cuda or cuda:N")
 
 
 def _require(condition: bool, message: str) -> None:

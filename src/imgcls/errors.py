@@ -5,11 +5,27 @@ everything else is our bug and keeps its traceback.
 """
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 
 class UserError(Exception):
     """A mistake the user can fix; the message says what is wrong and how to fix it."""
+
+
+SHOWN_LENGTH = 80
+
+# reprlib stops after a few items at each of a few levels: a value read from a user's file may be a structure of
+# billions of items sharing a few objects (YAML aliases), whose full repr would take minutes and gigabytes.
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple, _SHORT_REPR.maxdict = 3, 4, 4, 4
+_SHORT_REPR.maxstring, _SHORT_REPR.maxlong, _SHORT_REPR.maxother = SHOWN_LENGTH, 40, SHOWN_LENGTH
+
+
+def shown(value: object) -> str:
+    """A value as a message shows it: its repr, cut to about SHOWN_LENGTH characters."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_LENGTH else text[:SHOWN_LENGTH - 3] + "..."
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
@@ -21,5 +37,6 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise UserError(f"unknown {what} {value!r}{did_you_mean(value, choices)}; choose one of: {', '.join(choices)}")
+        raise UserError(f"unknown {what} {shown(value)}{did_you_mean(value, choices)}; "
+                        f"choose one of: {', '.join(choices)}")
     return value

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from imgcls.errors import UserError
+
 FLOOR_SHARE = 1e-3
 DEFAULT_TOLERANCE = 1e-5
 DEFAULT_EPS = 1e-5
@@ -145,12 +147,14 @@ class GradcheckResult:
         return [c for c in self.comparisons if not c.max_relative <= self.tolerance]  # NaN fails too
 
 
-def _compare(first: str, second: str, names: list[str], a: torch.Tensor, b: torch.Tensor, show: int) -> Comparison:
+def _compare(first: str, second: str, name_of: Callable[[int], str], a: torch.Tensor, b: torch.Tensor,
+             show: int) -> Comparison:
+    """`name_of(i)` names coordinate i: only the worst few are named (all K x D names would fill memory)."""
     relative = relative_difference(a, b)
     relative = torch.where(torch.isnan(relative), torch.full_like(relative, float("inf")), relative)
     order = relative.argsort(descending=True)[:show].tolist()
-    worst = [Coordinate(names[i], float(a[i]), float(b[i]), float(relative[i])) for i in order]
-    return Comparison(first, second, len(names), float(relative.max()) if len(names) else 0.0, worst)
+    worst = [Coordinate(name_of(i), float(a[i]), float(b[i]), float(relative[i])) for i in order]
+    return Comparison(first, second, len(a), float(relative.max()) if len(a) else 0.0, worst)
 
 
 def make_batch(batch_size: int, classes: int, features: int, seed: int,
@@ -162,6 +166,29 @@ def make_batch(batch_size: int, classes: int, features: int, seed: int,
     weight = 0.05 * torch.randn(classes, features, generator=generator, dtype=torch.float64)
     bias = 0.05 * torch.randn(classes, generator=generator, dtype=torch.float64)
     return weight, bias, x, y
+
+
+# multiply-adds of the finite differences: two losses per checked coordinate, each N x D x K; about a
+# minute on one core, where the defaults take a thousandth of a second
+MAX_FINITE_DIFFERENCE_WORK = 10 ** 11
+
+
+def check_size(batch_size: int, classes: int, features: int, coordinates: int) -> None:
+    """Refuse at once, as a UserError, a problem too large for this machine's memory or for a check that
+    ends within minutes."""
+    from imgcls.memory import check_fits_memory
+
+    sizes = f"--batch-size {batch_size}, --classes {classes} and --features {features}"
+    checked = min(coordinates, classes * features)
+    # float64: the batch, and W with about 16 copies and temporaries of its size (gradients, their
+    # differences, the ranking); about 200 bytes of Python objects per checked coordinate
+    needed = 8 * (batch_size * features + batch_size * classes + 16 * (classes * features + classes)) + 200 * checked
+    check_fits_memory(needed, f"a gradient check with {sizes}", "use smaller sizes")
+    work = 2 * (checked + classes) * batch_size * features * classes
+    if work > MAX_FINITE_DIFFERENCE_WORK:
+        raise UserError(f"a gradient check with {sizes} and --coordinates {coordinates} would take more than "
+                        f"{MAX_FINITE_DIFFERENCE_WORK:.0e} multiply-adds of finite differences (many minutes); "
+                        f"use smaller sizes or fewer --coordinates")
 
 
 def gradient_check(loss: str = "ce", batch_size: int = 16, classes: int = 10, features: int = 3 * 8 * 8,
@@ -191,12 +218,14 @@ def gradient_check(loss: str = "ce", batch_size: int = 16, classes: int = 10, fe
     def at_coordinates(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat([w.to(torch.float64)[rows, columns], b.to(torch.float64)])
 
-    all_names = [f"W[{i}, {j}]" for i in range(classes) for j in range(features)] + [f"b[{i}]" for i in range(classes)]
+    def name_in_all(index: int) -> str:  # W flattened row by row, then b
+        return f"W[{index // features}, {index % features}]" if index < total else f"b[{index - total}]"
+
     result = GradcheckResult(loss, batch_size, classes, features, eps, tolerance)
     result.comparisons = [
-        _compare("numerical", "analytic", names, numerical, at_coordinates(analytic_w, analytic_b), show),
-        _compare("numerical", "autograd", names, numerical, at_coordinates(autograd_w, autograd_b), show),
-        _compare("analytic", "autograd", all_names,
+        _compare("numerical", "analytic", names.__getitem__, numerical, at_coordinates(analytic_w, analytic_b), show),
+        _compare("numerical", "autograd", names.__getitem__, numerical, at_coordinates(autograd_w, autograd_b), show),
+        _compare("analytic", "autograd", name_in_all,
                  torch.cat([analytic_w.flatten(), analytic_b]).to(torch.float64),
                  torch.cat([autograd_w.flatten(), autograd_b]).to(torch.float64), show),
     ]

@@ -1,6 +1,8 @@
 """What the terminal shows: a progress bar per epoch, a line per epoch, summary tables.
 
-`Reporter(quiet=True)` shows nothing but errors, for scripts.
+`Reporter(quiet=True)` shows nothing but errors, for scripts. Text that comes from the user (class names,
+paths, names in checkpoints) reaches rich as Text, never as markup: "cat [domestic]" would lose its
+"[domestic]" as a style tag, and a path holding "[/x]" would stop the program with a MarkupError.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from imgcls.data.prepare import PreparedData
@@ -23,16 +26,18 @@ class Reporter:
         self.progress: Progress | None = None
         self.task = None
 
-    def note(self, text: str) -> None:
+    def note(self, text: str | Text) -> None:
+        """A line as it is written (a str is not read as markup)."""
         if not self.quiet:
-            self.console.print(text, highlight=False, soft_wrap=True)
+            self.console.print(Text(text) if isinstance(text, str) else text, highlight=False, soft_wrap=True)
 
     def data_ready(self, data: PreparedData) -> None:
         c, h, w = data.shape
         cached = ", from the decoded cache" if data.from_cache else ""
         skipped = f", {data.skipped} unreadable images skipped" if data.skipped else ""
-        self.note(f"[bold]{data.dataset}[/]: {len(data.classes)} classes, {c}x{h}x{w} images; "
-                  f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test{cached}{skipped}")
+        self.note(Text.assemble((data.dataset, "bold"), f": {len(data.classes)} classes, {c}x{h}x{w} images; "
+                                f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test{cached}"
+                                f"{skipped}"))
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         if self.quiet:
@@ -63,7 +68,7 @@ class Reporter:
             self.progress = None
 
     def metrics_table(self, title: str, rows: dict[str, Metrics]) -> Table:
-        table = Table(title=title)
+        table = Table(title=Text(title))
         for column in ("split", "images", "loss", "top-1", "top-k"):
             table.add_column(column, justify="right" if column != "split" else "left")
         for name, m in rows.items():
@@ -77,7 +82,7 @@ class Reporter:
         table.add_column("class")
         table.add_column("top-1", justify="right")
         for name, accuracy in zip(classes, metrics.per_class):
-            table.add_row(name, f"{accuracy:.2%}")
+            table.add_row(Text(name), f"{accuracy:.2%}")
         return table
 
     def show(self, renderable, force: bool = False) -> None:

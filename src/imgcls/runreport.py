@@ -61,8 +61,7 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 
 
 
 def load_run(path: Path, pairs: int = 5) -> RunSummary:
-    import yaml
-
+    from imgcls.config import read_yaml
     from imgcls.rundir import RunDir
 
     run = RunDir(Path(path))
@@ -71,10 +70,7 @@ def load_run(path: Path, pairs: int = 5) -> RunSummary:
     if not run.config.is_file():
         raise UserError(f"{printable(run.path)} is not a run folder (no config.yaml); pass the --out folder of a "
                         f"training run")
-    try:
-        config = yaml.safe_load(run.config.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"{printable(run.config)} is not valid YAML; the run folder is damaged") from None
+    config = read_yaml(run.config, printable(run.config), "the run folder is damaged") or {}
     metrics = run.read_metrics()
     diverged = run.diverged.read_text(errors="replace").strip() if run.diverged.is_file() else None
     summary = RunSummary(run.path, config if isinstance(config, dict) else {}, run.read_epochs(), metrics,
@@ -171,7 +167,7 @@ def render(summary: RunSummary) -> Group:
     rows = {split: Metrics(**{k: v for k, v in summary.metrics[split].items()
                               if k in ("loss", "top1", "top5", "k", "count", "superclass_top1")})
             for split in ("val", "test")}
-    parts.append(Reporter().metrics_table(f"{escape(printable(str(dataset)))}: best epoch {best}", rows))
+    parts.append(Reporter().metrics_table(f"{printable(str(dataset))}: best epoch {best}", rows))
     if summary.metrics.get("test_detail", {}).get("per_class"):
         parts.append(per_class_table(summary))
     if summary.pairs:

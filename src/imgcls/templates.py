@@ -31,12 +31,29 @@ def display_images(weights: torch.Tensor, scale: str = "each") -> torch.Tensor:
 
 
 def enlarge(images: torch.Tensor, size: int) -> torch.Tensor:
-    factor = max(1, size // max(images.shape[-2:]))
+    factor = enlargement(images.shape, size)
     return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def enlargement(shape: tuple[int, ...], size: int) -> int:
+    """The whole factor that brings an image's longer side to about `size` pixels (never below 1)."""
+    return max(1, size // max(shape[-2:]))
 
 
 def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+
+
+def check_size_fits(shape: tuple[int, ...], size: int) -> None:
+    """Refuse a --size whose one enlarged template cannot be made in memory: a float32 image and two
+    temporaries of its size, its 8-bit pixels, and the PNG encoder's copy."""
+    from imgcls.memory import check_fits_memory
+
+    channels, height, width = shape[-3:]
+    factor = enlargement(shape, size)
+    pixels = channels * height * factor * width * factor
+    check_fits_memory(pixels * (3 * 4 + 2), f"--size {size} (templates of {height * factor}x{width * factor} "
+                                            f"pixels)", "use a smaller --size")
 
 
 def export_templates(checkpoint: Checkpoint, out: Path, size: int = 128, scale: str = "each",
@@ -44,20 +61,23 @@ def export_templates(checkpoint: Checkpoint, out: Path, size: int = 128, scale: 
     from torchvision.io import write_png
 
     weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)
-    images = enlarge(display_images(weights, scale), size)
-    pixels = (images * 255).round().to(torch.uint8)
+    shown = display_images(weights, scale)
+    if not grid_only:
+        check_size_fits(tuple(weights.shape), size)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if not grid_only:
         stems = [file_stem(name) for name in checkpoint.classes]
-        for index, (name, image) in enumerate(zip(stems, pixels)):
+        for index, (name, image) in enumerate(zip(stems, shown)):
             unique = stems.count(name) == 1 and name != GRID_STEM
             stem = name if unique else f"{index:03d}_{name}"
             path = out / f"{stem}.png"
-            write_atomic(path, lambda temporary, image=image: write_png(image, str(temporary)))
+            # one template enlarged at a time: all of them at once took K times the memory
+            pixels = (enlarge(image, size) * 255).round().to(torch.uint8)
+            write_atomic(path, lambda temporary, pixels=pixels: write_png(pixels, str(temporary)))
             written.append(path)
     grid = out / f"{GRID_STEM}.png"
-    write_atomic(grid, lambda temporary: save_grid(display_images(weights, scale), checkpoint.classes, temporary))
+    write_atomic(grid, lambda temporary: save_grid(shown, checkpoint.classes, temporary))
     return written + [grid]
 
 
