@@ -122,7 +122,7 @@ def uninterrupted(mnist_root, tmp_path_factory):
 @pytest.mark.parametrize("variant, epoch, step", [
     ("momentum-warmup-cosine", 0, 1),  # the very first step
     ("momentum-warmup-cosine", 1, 8),  # the middle of an epoch, during the warmup's end
-    ("momentum-warmup-cosine", 0, STEPS),  # an epoch's last step: stops after one step of the next epoch
+    ("momentum-warmup-cosine", 0, STEPS),  # an epoch's last step: stops at the epoch's end
     ("plain-sgd-onecycle", 1, 3),
     ("plain-sgd-onecycle", 2, STEPS - 1),  # the last epoch's next-to-last step
     ("nesterov-step-balanced", 2, 9),
@@ -134,9 +134,9 @@ def test_interrupted_at_any_step_and_resumed_ends_bit_identical(uninterrupted, m
         train(make_config(mnist_root, out, variant), Reporter(quiet=True))
     assert stopped.value.run_dir.path == out
     saved = ckpt.load(out / "last.safetensors")
-    stop_epoch, stop_step = (epoch + 1, 1) if step == STEPS else (epoch, step)
+    # a stop during an epoch's last step ends at the epoch's end, whose checkpoint is the one to resume from
+    stop_epoch, stop_step = (epoch + 1, 0) if step == STEPS else (epoch, step)
     assert (saved.meta["epoch"], saved.meta["step"]) == (stop_epoch, stop_step)
-    assert 0 < saved.meta["step"] < STEPS, "the checkpoint is from the middle of an epoch"
     assert f"epoch {stop_epoch + 1}, step {stop_step} of {STEPS}" in str(stopped.value)
     assert not (out / "metrics.json").exists()
     assert len(without_timing(out)) == stop_epoch
@@ -187,6 +187,24 @@ def test_a_checkpoint_read_from_misaligned_memory_resumes_bit_identical(uninterr
     resume(out)
     monkeypatch.undo()
     assert_same_run(uninterrupted(variant), out)
+
+
+def test_a_stop_is_obeyed_when_every_epoch_is_one_batch(mnist_root, tmp_path):
+    """Gradient descent (--batch-size full): every step is an epoch's last, and the stop still comes, at the end
+    of that epoch, and the run resumes to the weights of an uninterrupted one."""
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    def config(folder: Path):
+        return build_config(None, {"dataset": "mnist", "data_dir": str(mnist_root), "limit": LIMIT, "epochs": EPOCHS,
+                                   "batch_size": "full", "lr": 0.5, "momentum": 0.9, "seed": 5, "device": "cpu",
+                                   "out": str(folder)})
+
+    train(config(whole), Reporter(quiet=True))
+    with pytest.raises(Interrupted), InterruptAt(0, 1, signal.SIGTERM):
+        train(config(out), Reporter(quiet=True))
+    saved = ckpt.load(out / "last.safetensors")
+    assert (saved.meta["epoch"], saved.meta["step"]) == (1, 0)
+    resume(out)
+    assert_same_run(whole, out)
 
 
 def test_sigterm_and_a_second_interruption_resume_bit_identical(uninterrupted, mnist_root, tmp_path):

@@ -100,6 +100,9 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
             val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
             check_finite_val(progress, val.loss)
             end_epoch(run, model, data, config, progress, optimizer, scheduler, val, reporter, shard)
+            more = progress.epoch < config.train.epochs and not finished_early(progress, config.train.patience)
+            if more and distributed.any_process(stop.requested, device):
+                raise Interrupted(run, progress, len(train_batches))  # end_epoch has just written `last`
 
     if finished_early(progress, config.train.patience):
         reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
