@@ -170,6 +170,24 @@ def test_cifar100_superclass_accuracy_by_hand(cli, tmp_path, fresh_cache, no_run
     table = plain(run_ok(cli, "eval", out, "--device", "cpu").stdout)
     assert "test superclass" in table and f"{by_hand:.2%}" in table
 
+    # each superclass's own top-1, by hand from the same matrix, with the 20 names, in eval, report and the page
+    members = np.eye(20, dtype=np.int64)[coarse]  # (100 fine, 20 coarse)
+    by_superclass = members.T @ confusion @ members
+    expected = by_superclass.diagonal() / np.maximum(by_superclass.sum(1), 1)
+    assert shown["superclasses"] == list(fx.CIFAR100_COARSE)
+    assert shown["test_detail"]["per_superclass"] == pytest.approx(expected.tolist())
+    cells = lambda text: " ".join(plain(text).replace("│", " ").split())  # noqa: E731 -- a table's rows as words
+    per_class_table = cells(run_ok(cli, "eval", out, "--per-class", "--device", "cpu").stdout)
+    report = cells(run_ok(cli, "report", out, "--no-figures").stdout)
+    for name, value in zip(fx.CIFAR100_COARSE, expected):
+        for text in (per_class_table, report):
+            assert f"{name} {value:.2%}" in text, name
+    reported = json.loads(run_ok(cli, "report", out, "--no-figures", "--json").stdout)["per_superclass"]
+    assert list(reported) == list(fx.CIFAR100_COARSE)
+    run_ok(cli, "report", out, "--no-figures", "--html")
+    page = (out / "report.html").read_text()
+    assert 'id="per-superclass"' in page and all(name in page for name in fx.CIFAR100_COARSE)
+
 
 def test_datasets_command_shows_superclass_names(cli):
     result = run_ok(cli, "datasets", "--json")

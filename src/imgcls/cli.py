@@ -289,6 +289,9 @@ def eval_command(
     reporter.show(reporter.metrics_table(f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}", {split: metrics}))
     if per_class:
         reporter.show(reporter.per_class_table(loaded.classes, metrics))
+        superclasses = SPECS[loaded.meta["dataset"]].superclass_names()
+        if superclasses and metrics.per_superclass:
+            reporter.show(reporter.superclass_table(list(zip(superclasses, metrics.per_superclass))))
 
 
 def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:

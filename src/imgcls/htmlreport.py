@@ -172,6 +172,7 @@ def page_context(run_path: Path) -> dict:
             "dataset": data.get("dataset", "?") if isinstance(data, dict) else "?",
             "config": config_rows(summary.config), "epochs": summary.epochs, "metrics": metrics,
             "diverged": summary.diverged, "per_class": per_class, "pairs": summary.pairs,
+            "superclasses": summary.superclasses,
             "curves": _figure(summary.path, CURVES), "confusion": _figure(summary.path, CONFUSION),
             "templates": _figure(summary.path, TEMPLATES),
             "gallery": load_gallery(summary.path) if metrics else Gallery(note="the run did not finish")}

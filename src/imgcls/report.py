@@ -85,6 +85,16 @@ class Reporter:
             table.add_row(Text(name), f"{accuracy:.2%}")
         return table
 
+    def superclass_table(self, rows: list[tuple[str, float]]) -> Table:
+        """Each superclass's top-1 at the superclass level (CIFAR-100's 20): a prediction of any of its classes
+        counts as right for its images."""
+        table = Table(title="per-superclass top-1 (any class of the superclass counts)")
+        table.add_column("superclass")
+        table.add_column("top-1", justify="right")
+        for name, accuracy in rows:
+            table.add_row(Text(name), f"{accuracy:.2%}")
+        return table
+
     def show(self, renderable, force: bool = False) -> None:
         if force or not self.quiet:
             Console().print(renderable)

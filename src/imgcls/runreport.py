@@ -33,6 +33,17 @@ class RunSummary:
     def classes(self) -> list[str]:
         return self.metrics["classes"] if self.metrics else []
 
+    @property
+    def superclasses(self) -> list[tuple[str, float]]:
+        """(superclass, test top-1 at that level) for datasets with superclasses; [] otherwise (or from an older
+        imgcls, whose metrics.json has no per-superclass figures)."""
+        names = (self.metrics or {}).get("superclasses")
+        values = (self.metrics or {}).get("test_detail", {}).get("per_superclass")
+        fine = (isinstance(names, list) and isinstance(values, list) and len(names) == len(values)
+                and all(isinstance(n, str) for n in names)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values))
+        return list(zip(names, values)) if fine else []
+
     def as_dict(self) -> dict:
         out = {"run_dir": str(self.path), "config": self.config, "epochs": len(self.epochs)}
         if self.diverged:
@@ -42,6 +53,7 @@ class RunSummary:
             out.update({"best_epoch": self.metrics["best_epoch"], "val": self.metrics["val"],
                         "test": self.metrics["test"],
                         "per_class": dict(zip(self.classes, detail.get("per_class", []))),
+                        "per_superclass": dict(self.superclasses),
                         "confused_pairs": self.pairs})
         return out
 
@@ -170,6 +182,8 @@ def render(summary: RunSummary) -> Group:
     parts.append(Reporter().metrics_table(f"{printable(str(dataset))}: best epoch {best}", rows))
     if summary.metrics.get("test_detail", {}).get("per_class"):
         parts.append(per_class_table(summary))
+    if summary.superclasses:
+        parts.append(Reporter().superclass_table(summary.superclasses))
     if summary.pairs:
         parts.append(pairs_table(summary.pairs))
     return Group(*parts)
