@@ -477,6 +477,13 @@ def test_a_gif_is_an_image_everywhere_and_other_files_are_counted(tmp_path, fres
     data = prepare(small_config(root), seed=0)
     assert len(data.train) + len(data.val) == 9 and data.passed_over == 1
     assert len(list_images([root / "train"])) == 9
+    from rich.console import Console
+
+    from imgcls.report import Reporter
+
+    console = Console(record=True, width=200)
+    Reporter(console=console).data_ready(data)
+    assert "1 files that are not images passed over" in console.export_text()
 
 
 def test_image_size_one_works_on_colour_images(tmp_path, fresh_cache, image_folder):

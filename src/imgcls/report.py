@@ -35,9 +35,10 @@ class Reporter:
         c, h, w = data.shape
         cached = ", from the decoded cache" if data.from_cache else ""
         skipped = f", {data.skipped} unreadable images skipped" if data.skipped else ""
+        passed = f", {data.passed_over} files that are not images passed over" if data.passed_over else ""
         self.note(Text.assemble((data.dataset, "bold"), f": {len(data.classes)} classes, {c}x{h}x{w} images; "
                                 f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test{cached}"
-                                f"{skipped}"))
+                                f"{skipped}{passed}"))
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         if self.quiet:
