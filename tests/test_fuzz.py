@@ -572,18 +572,25 @@ def test_fuzz_report_on_run_files_of_the_wrong_shape(cli, trained, tmp_path_fact
 @given(damage=checkpoint_damages)
 def test_fuzz_resume_from_a_damaged_last_checkpoint(cli, trained, tmp_path_factory, no_figures, damage):
     """`--resume` of a run whose last.safetensors is damaged: it resumes, or it says why it cannot."""
-    CASES["damaged resume"] += 1
+    resume_with_another_last(cli, trained, tmp_path_factory, "damaged resume",
+                             lambda source, target: damage_checkpoint(source, target, damage))
+
+
+def resume_with_another_last(cli, trained, tmp_path_factory, case: str, write_last) -> None:
+    """A copy of the trained run whose last.safetensors is write_last(the run's own, the copy's), resumed: it
+    resumes or says why it cannot, and never hangs."""
+    CASES[case] += 1
     work = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     try:
         run = work / "run"
         run.mkdir()
         for name in ("config.yaml", "epochs.jsonl", "best.safetensors"):
             shutil.copy(trained / name, run / name)
-        damage_checkpoint(trained / "last.safetensors", run / "last.safetensors", damage)
+        write_last(trained / "last.safetensors", run / "last.safetensors")
         with watchdog():
             result = cli("train", "--resume", run, "--quiet")
         check_outcome(result, run)
-        WORKED["damaged resume"] += result.exit_code == 0
+        WORKED[case] += result.exit_code == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -629,17 +636,5 @@ def craft_resume_state(source: Path, target: Path, damage) -> None:
 def test_fuzz_resume_from_a_crafted_resume_state(cli, trained, tmp_path_factory, no_figures, damage):
     """Crafted optimizer, scheduler and progress state: resume refuses it in one line, or (where the change
     means nothing to a run) resumes; never a traceback or a hang."""
-    CASES["crafted resume state"] += 1
-    work = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
-    try:
-        run = work / "run"
-        run.mkdir()
-        for name in ("config.yaml", "epochs.jsonl", "best.safetensors"):
-            shutil.copy(trained / name, run / name)
-        craft_resume_state(trained / "last.safetensors", run / "last.safetensors", damage)
-        with watchdog():
-            result = cli("train", "--resume", run, "--quiet")
-        check_outcome(result, run)
-        WORKED["crafted resume state"] += result.exit_code == 0
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    resume_with_another_last(cli, trained, tmp_path_factory, "crafted resume state",
+                             lambda source, target: craft_resume_state(source, target, damage))
