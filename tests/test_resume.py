@@ -367,7 +367,8 @@ def test_sigterm_to_a_real_process_then_resume(cli, mnist_root, tmp_path, assert
     assert "Traceback" not in stderr
     assert f"imgcls train --resume {out}" in plain(stderr).replace("\n", " ")
     saved = ckpt.load(out / "last.safetensors")
-    assert saved.meta["epoch"] < 5 and 0 < saved.meta["step"], "stopped in the middle of an epoch"
+    # mid-epoch, or at the end of epoch 1 if the signal came while that epoch's files were being written
+    assert (1, 0) <= (saved.meta["epoch"], saved.meta["step"]) < (5, 0), "stopped before the run's end"
 
     assert_ok(cli("train", "--resume", out, "--quiet"))
     whole = tmp_path / "whole"
