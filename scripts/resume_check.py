@@ -4,8 +4,8 @@
 
 Copies a small image folder (--per-class images of each class from the given folder), trains it once
 without interruption, then for each stop: starts the same `imgcls train` as a real process, sends it
-SIGINT after a random delay, resumes it to the end (again and again if a resume is itself stopped before
-the end), and compares best/last weights and epochs.jsonl with the uninterrupted run, bit for bit.
+SIGINT at a random moment of its training (after its first epoch is written), resumes it to the end
+(again and again if a resume is itself stopped before the end), and compares best/last weights and epochs.jsonl with the uninterrupted run, bit for bit.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def interrupted_then_resumed(data: Path, out: Path, delay: float, args) -> tuple
     resumes it took."""
     process = subprocess.Popen(train_command(data, out, args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
+    while not (out / "epochs.jsonl").exists() and process.poll() is None:  # training is under way
+        time.sleep(0.005)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate()
@@ -88,9 +90,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="imgcls-resume-check-"))
     try:
         data = small_folder(args.data_dir, work / "data", args.per_class)
-        started = time.perf_counter()
         subprocess.run(train_command(data, work / "whole", args), check=True, stdout=subprocess.DEVNULL)
-        length = time.perf_counter() - started
+        # the signal comes after the first epoch is written, at a random moment of the training that follows
+        length = sum(json.loads(line)["seconds"] for line in (work / "whole" / "epochs.jsonl").read_text().splitlines())
         rng = random.Random(args.seed)
         identical = stopped = attempts = 0
         while stopped < args.stops and attempts < 3 * args.stops:  # a signal after the last step stops nothing
@@ -99,14 +101,14 @@ def main() -> None:
             out = work / f"stopped-{attempts}"
             where, resumes = interrupted_then_resumed(data, out, delay, args)
             if not where.startswith("interrupted at epoch"):
-                print(f"SIGINT after {delay:.2f} s of {length:.2f} s landed outside the training loop "
+                print(f"SIGINT {delay:.2f} s after epoch 1 of {length:.2f} s training landed outside the training loop "
                       f"({where.splitlines()[0] if where else 'no message'})", flush=True)
                 continue
             stopped += 1
             same = same_run(work / "whole", out)
             identical += same
-            print(f"stop {stopped}: SIGINT after {delay:.2f} s of {length:.2f} s ({where}), {resumes} resume(s): "
-                  f"{'bit-identical' if same else 'DIFFERENT'}", flush=True)
+            print(f"stop {stopped}: SIGINT {delay:.2f} s after epoch 1 of {length:.2f} s training ({where}), "
+                  f"{resumes} resume(s): {'bit-identical' if same else 'DIFFERENT'}", flush=True)
         print(f"{identical} of {stopped} stopped runs bit-identical")
         sys.exit(0 if identical == stopped == args.stops else 1)
     finally:
