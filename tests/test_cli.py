@@ -18,7 +18,7 @@ from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLA
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
 from imgcls.figures import FIGURE_FILES
-from imgcls.rundir import REPORT_PAGE, RUN_FILES
+from imgcls.rundir import METRICS_CSV, REPORT_PAGE, RUN_FILES
 
 MNIST_EPOCHS = 2
 SMALL_FOLDER = {
@@ -45,7 +45,7 @@ def mnist_run(cli, mnist_root, tmp_path_factory):
 
 def check_run_folder(out, epochs_wanted, val_count, test_count, classes):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES
-                                                                                          + (REPORT_PAGE,))
+                                                                                          + (REPORT_PAGE, METRICS_CSV))
     config, epochs, metrics = read_run(out)
     assert [e["epoch"] for e in epochs] == list(range(1, epochs_wanted + 1))
     assert config["train"]["epochs"] == epochs_wanted and config["output"]["out"] is None  # repeats go elsewhere
@@ -754,3 +754,103 @@ def test_usage_errors_from_the_command_are_one_error_line(argv, words):
     assert "Traceback" not in done.stderr and "\u256d" not in done.stderr  # no traceback, no box
     for word in words:
         assert word in lines[0]
+
+
+# --- the terminal: progress bar, epoch lines, tables that fit, metrics.csv, --print-config
+
+def _terminal(width: int = 80):
+    import io
+
+    from rich.console import Console
+
+    text = io.StringIO()
+    return Console(file=text, width=width, force_terminal=True, color_system=None), text
+
+
+def test_progress_bar_shows_no_nan_before_the_first_step_and_has_an_eta():
+    from imgcls.report import Reporter
+
+    console, text = _terminal()
+    reporter = Reporter(console=console)
+    reporter.epoch_start(0, 10)
+    reporter.progress.refresh()
+    first = plain(text.getvalue())
+    reporter.step(1, 2.5, 100.0, images=32)
+    reporter.progress.refresh()
+    reporter.close()
+    assert "epoch 1" in first and "nan" not in first.lower()
+    assert "eta" in first
+    assert "loss 2.5000" in plain(text.getvalue())
+
+
+def test_progress_bar_speed_is_recent_not_cumulative():
+    from imgcls.report import RECENT_SECONDS, RecentRate
+
+    rate = RecentRate()
+    start = rate.started
+    assert rate.add(100, now=start + 10) == pytest.approx(10.0)  # a slow start
+    recent = rate.add(6100, now=start + 10 + RECENT_SECONDS + 1)  # then 1000 images a second
+    assert recent == pytest.approx(1000.0)  # the cumulative rate would be 6100 / 16 = 381
+
+
+@pytest.mark.parametrize("record", [
+    dict(epoch=7, train_loss=1.2345678, train_top1=0.4123, val_loss=1.5555, val_top1=0.4012, val_top5=0.8912,
+         seconds=12.34),
+    dict(epoch=42, train_loss=9.87654, train_top1=0.0123, val_loss=10.98765, val_top1=0.0099, val_top5=0.05,
+         seconds=1234.5),
+    dict(epoch=999, train_loss=12345.678, train_top1=1.0, val_loss=99999.5, val_top1=1.0, val_top5=1.0,
+         seconds=99999.9),
+])
+def test_epoch_line_fits_80_columns_and_holds_every_number(record):
+    from imgcls.report import epoch_line, loss_text
+
+    line = epoch_line(record, improved=True)
+    assert len(line) <= 80, line
+    for number in (f"{record['epoch']}", loss_text(record['train_loss']), f"{record['train_top1']:.2%}",
+                   loss_text(record['val_loss']), f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
+                   f"{record['seconds']:.1f}s"):
+        assert number in line
+    assert line.endswith(" *")
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_report_epochs_table_fits_the_width_and_never_cuts_a_number(width):
+    from imgcls.runreport import epochs_table
+
+    record = dict(epoch=12, train_loss=1.23456, train_top1=0.41234, val_loss=1.5555, val_top1=0.40123,
+                  val_top5=0.891, lr=0.0012345, lr_last=0.001, seconds=123.45)
+    console, text = _terminal(width)
+    console.print(epochs_table([record], 12, width))
+    shown = plain(text.getvalue())
+    assert max(len(line) for line in shown.splitlines()) <= width
+    assert "…" not in shown
+    for number in ("12 *", "1.2346", "41.23%", "1.5555", "40.12%", "89.10%"):
+        assert number in shown
+    if width >= 120:
+        assert "0.00123" in shown and "123.45" in shown and "not shown" not in shown
+    else:
+        assert "not shown at" in shown
+
+
+def test_metrics_csv_holds_the_epochs_records(tiny_cifar_run):
+    import csv
+
+    out, _ = tiny_cifar_run
+    records = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    with open(out / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(records) == TINY_CIFAR_EPOCHS
+    for row, record in zip(rows, records):
+        assert list(row) == list(record)
+        assert {key: float(value) for key, value in row.items()} == pytest.approx(record)
+
+
+def test_print_config_prints_the_resolved_yaml_and_writes_nothing(cli, tmp_path, assert_ok):
+    out = tmp_path / "run"
+    result = cli("train", "--dataset", "mnist", "--lr", "0.125", "--epochs", "3", "--out", out, "--print-config")
+    assert_ok(result)
+    config = yaml.safe_load(result.stdout)
+    assert config["optim"]["lr"] == 0.125 and config["train"]["epochs"] == 3
+    assert config["data"]["dataset"] == "mnist" and config["output"]["out"] == str(out)
+    assert not out.exists()
+    assert "--print-config" in plain(cli("train", "--help").output)

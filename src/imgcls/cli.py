@@ -132,10 +132,14 @@ def train(
                                                         help="Also log to RUN_DIR/tensorboard/ (needs the "
                                                              "tensorboard extra)." + _default("output", "tensorboard"),
                                                         rich_help_panel=RUN)] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML (the "
+                                               "defaults, then --config, then the flags) and exit; nothing is "
+                                               "trained or written. Example: imgcls train -c my.yaml --lr 0.1 "
+                                               "--print-config", rich_help_panel=RUN)] = False,
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
     flags = dict(locals())
-    for name in ("config", "overwrite", "quiet", "resume"):
+    for name in ("config", "overwrite", "quiet", "resume", "print_config"):
         flags.pop(name)
     if batch_size is not None:
         flags["batch_size"] = parse_batch_size(batch_size)
@@ -148,6 +152,11 @@ def train(
         config, flags = _resume_config(resume, config, flags)
         run_dir = RunDir.open_for_resume(resume)
     resolved = build_config(config, flags)
+    if print_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False), nl=False)
+        return
     from imgcls import distributed
 
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes

@@ -104,16 +104,23 @@ def config_table(config: dict) -> Table:
     return table
 
 
-def epochs_table(epochs: list[dict], best_epoch: int | None) -> Table:
-    table = Table(title="epochs (* best validation top-1)")
-    for column in ("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-k", "lr", "seconds"):
-        table.add_column(column, justify="right")
+EPOCH_COLUMNS = [("epoch", "right"), ("train\nloss", "right"), ("train\ntop-1", "right"), ("val\nloss", "right"),
+                 ("val\ntop-1", "right"), ("val\ntop-k", "right"), ("lr", "right"), ("seconds", "right"),
+                 ("lr\nlast", "right")]  # most important first: at a narrow terminal the last are left out
+
+
+def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None) -> Table:
+    """One row an epoch; at a narrow terminal the last columns are left out, never cut (report.fitted_table)."""
+    from imgcls.report import fitted_table
+
+    rows = []
     for record in epochs:
         mark = " *" if record["epoch"] == best_epoch else ""
-        table.add_row(f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
-                      f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
-                      f"{record['lr']:.3g}", f"{record['seconds']:.2f}")
-    return table
+        lr_last = record.get("lr_last")
+        rows.append([f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
+                     f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
+                     f"{record['lr']:.3g}", f"{record['seconds']:.2f}", "" if lr_last is None else f"{lr_last:.3g}"])
+    return fitted_table("epochs (* best validation top-1)", EPOCH_COLUMNS, rows, width, keep=5)
 
 
 def per_class_table(summary: RunSummary) -> Table:
