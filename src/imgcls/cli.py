@@ -312,7 +312,9 @@ def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
     return shown
 
 
-@app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl")
+@app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl; "
+                                         "imgcls export-templates runs/mnist --out tpl --space input --colours "
+                                         "natural")
 @user_errors
 def export_templates_command(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
@@ -321,11 +323,21 @@ def export_templates_command(
     scale: Annotated[str, typer.Option(help="'each': every template to its own range; 'shared': one range.")]
     = "each",
     grid_only: Annotated[bool, typer.Option(help="Write only the labelled grid.")] = False,
+    space: Annotated[str, typer.Option(help="'pixel': W / std, the template matched against raw pixels (as the "
+                                            "lecture draws it); 'input': W itself, on standardized pixels; "
+                                            "'auto': pixel unless some pixels hardly vary in training (MNIST's "
+                                            "rim), whose huge W / std would fill the picture.")] = "auto",
+    colours: Annotated[str, typer.Option(help="'natural': the channels as colours; 'diverging': the sign, blue "
+                                              "negative, white 0, red positive; 'auto': diverging for grey "
+                                              "images, natural for colour.")] = "auto",
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
     from imgcls.errors import check_choice
+    from imgcls.templates import COLOURS, SPACES
 
     check_choice("scale", scale, ("each", "shared"))
+    check_choice("space", space, SPACES)
+    check_choice("colours", colours, COLOURS)
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
@@ -334,7 +346,8 @@ def export_templates_command(
 
     loaded = ckpt.load(checkpoint)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
-    written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only)
+    written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
+                               colours=colours)
     Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
 
 

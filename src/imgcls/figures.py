@@ -137,12 +137,16 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
 
 
 def templates_grid(checkpoint, path: Path) -> Path:
-    """templates.py's labelled grid of every class's template, each scaled to its own range
-    (templates.grid_figsize(K) at templates.GRID_DPI)."""
-    from imgcls.templates import display_images, save_grid
+    """templates.py's labelled grid of every class's template with export-templates' defaults (space and
+    colours "auto", each to its own range), templates.grid_figsize(K, title) at GRID_DPI."""
+    from imgcls.templates import CLIP, display_images, grid_title, resolved_colours, resolved_space, save_grid, \
+        template_weights
 
-    weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)
-    write_atomic(path, lambda temporary: save_grid(display_images(weights, "each"), checkpoint.classes, temporary))
+    space = resolved_space("auto", checkpoint)
+    weights = template_weights(checkpoint, space)
+    title = grid_title(space, "each", resolved_colours("auto", weights.shape[1]))
+    shown = display_images(weights, "each", "auto", CLIP)
+    write_atomic(path, lambda temporary: save_grid(shown, checkpoint.classes, temporary, title))
     return path
 
 
