@@ -867,3 +867,53 @@ def test_print_config_prints_the_resolved_yaml_and_writes_nothing(cli, tmp_path,
     assert config["data"]["dataset"] == "mnist" and config["output"]["out"] == str(out)
     assert not out.exists()
     assert "--print-config" in plain(cli("train", "--help").output)
+
+
+# --- readable class names: words.txt / classes.txt beside the class folders, --class-names
+
+ID_FOLDER = {split: {f"n0{i}": [(8, 8)] * count for i in range(3)} for split, count in (("train", 6), ("test", 2))}
+WORDS = "n00\tgoldfish, Carassius auratus\nn01\tcrane\nn02\tcrane\nn99\tnot a class here\n"
+READABLE = ["goldfish", "crane (n01)", "crane (n02)"]  # ImageNet has two cranes: the ids keep them apart
+
+
+def train_id_folder(cli, root, out):
+    return cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--device", "cpu",
+               "--batch-size", 6, "--out", out)
+
+
+def test_a_words_file_beside_the_class_folders_names_the_classes(cli, tmp_path, assert_ok):
+    root = write_image_folder(tmp_path / "data", ID_FOLDER)
+    (root / "words.txt").write_text(WORDS)
+    assert_ok(train_id_folder(cli, root, tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["classes"] == READABLE
+    assert ckpt.load(tmp_path / "run" / "best.safetensors").classes == READABLE
+    report = cli("report", tmp_path / "run", "--no-figures")
+    assert_ok(report)
+    assert "goldfish" in plain(report.stdout) and "n00" not in plain(report.stdout)
+
+
+def test_class_names_option_relabels_reports_figures_and_templates(cli, tmp_path, assert_ok, assert_user_error):
+    root = write_image_folder(tmp_path / "data", ID_FOLDER)
+    assert_ok(train_id_folder(cli, root, tmp_path / "run"))  # no names file: the ids
+    names = tmp_path / "classes.txt"
+    names.write_text("goldfish\ncrane\nheron\n")
+    report = cli("report", tmp_path / "run", "--json", "--class-names", names)
+    assert_ok(report)
+    assert list(json.loads(report.stdout)["per_class"]) == ["goldfish", "crane", "heron"]
+    assert_ok(cli("export-templates", tmp_path / "run", "--out", tmp_path / "tpl", "--class-names", names))
+    assert {p.name for p in (tmp_path / "tpl").iterdir()} == {"goldfish.png", "crane.png", "heron.png",
+                                                               "templates.png"}
+    assert "--class-names" in plain(cli("report", "--help").output)
+    names.write_text("goldfish\ncrane\n")
+    assert_user_error(cli("report", tmp_path / "run", "--class-names", names), "names 2 classes", "3")
+    assert_user_error(cli("export-templates", tmp_path / "run", "--out", tmp_path / "t", "--class-names",
+                          tmp_path / "nowhere.txt"), "does not exist")
+    (tmp_path / "words.txt").write_text("n00\tgoldfish\n")
+    assert_user_error(cli("report", tmp_path / "run", "--class-names", tmp_path / "words.txt"),
+                      "does not name 2 of the 3 classes")
+
+
+def test_a_words_file_that_misses_classes_is_refused_when_training(cli, tmp_path, assert_user_error):
+    root = write_image_folder(tmp_path / "data", ID_FOLDER)
+    (root / "train" / "classes.txt").write_text("goldfish\n")
+    assert_user_error(train_id_folder(cli, root, tmp_path / "run"), "classes.txt", "names 1 classes", "3")

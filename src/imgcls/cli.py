@@ -314,7 +314,8 @@ def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
 
 @app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl; "
                                          "imgcls export-templates runs/mnist --out tpl --space input --colours "
-                                         "natural")
+                                         "natural; imgcls export-templates runs/tiny --out tpl --class-names "
+                                         "words.txt")
 @user_errors
 def export_templates_command(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
@@ -330,6 +331,10 @@ def export_templates_command(
     colours: Annotated[str, typer.Option(help="'natural': the channels as colours; 'diverging': the sign, blue "
                                               "negative, white 0, red positive; 'auto': diverging for grey "
                                               "images, natural for colour.")] = "auto",
+    class_names: Annotated[Optional[Path], typer.Option("--class-names", help="Show the classes by the names in "
+                                                         "this file: words.txt (id<TAB>name, a line a class "
+                                                         "folder) or classes.txt (one name a line, in class "
+                                                         "order).")] = None,
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
     from imgcls.errors import check_choice
@@ -345,6 +350,10 @@ def export_templates_command(
     from imgcls.templates import export_templates
 
     loaded = ckpt.load(checkpoint)
+    if class_names is not None:
+        from imgcls.classnames import named_classes
+
+        loaded.meta["classes"] = named_classes(loaded.classes, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
                                colours=colours)
@@ -377,7 +386,8 @@ def export_command(
 
 
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
-                               "runs/cifar10-20261127-101500 --html (then open its report.html)")
+                               "runs/cifar10-20261127-101500 --html (then open its report.html); imgcls report "
+                               "runs/tiny --class-names ~/data/tiny-imagenet-200/words.txt")
 @user_errors
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (train's --out).")],
@@ -388,6 +398,10 @@ def report_command(
     html: Annotated[bool, typer.Option("--html", help="Also write RUN_DIR/report.html, the run as one self-contained "
                                                       "web page (with a gallery of test images, when the data "
                                                       "is where training found it).")] = False,
+    class_names: Annotated[Optional[Path], typer.Option("--class-names", help="Show the classes by the names in "
+                                                         "this file: words.txt (id<TAB>name, a line a class "
+                                                         "folder) or classes.txt (one name a line, in class "
+                                                         "order).")] = None,
 ) -> None:
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
@@ -395,13 +409,13 @@ def report_command(
     from imgcls.files import printable, remove_stale_temporaries
     from imgcls.runreport import load_run, render
 
-    summary = load_run(run_dir, pairs)
+    summary = load_run(run_dir, pairs, class_names)
     written = []
     if figures:
         from imgcls.figures import write_run_figures
 
         remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
-        written = write_run_figures(run_dir)
+        written = write_run_figures(run_dir, class_names)
     page = None
     if html:
         from imgcls.htmlreport import write_run_page
@@ -497,6 +511,10 @@ def predict_command(
     from imgcls.predict import list_images, predict, to_csv
 
     loaded = ckpt.load(checkpoint)
+    if class_names is not None:
+        from imgcls.classnames import named_classes
+
+        loaded.meta["classes"] = named_classes(loaded.classes, class_names)
     require_image_model(loaded, "it cannot classify image files; `imgcls eval` scores its features file, and "
                                 "`imgcls export` gives a model that takes feature rows")
     paths = list_images(images)

@@ -150,8 +150,9 @@ def templates_grid(checkpoint, path: Path) -> Path:
     return path
 
 
-def write_run_figures(run_dir: Path) -> list[Path]:
-    """Draw every figure the run folder has the files for; returns the paths written.
+def write_run_figures(run_dir: Path, class_names: Path | None = None) -> list[Path]:
+    """Draw every figure the run folder has the files for; returns the paths written. class_names: a
+    names file (classnames.py) the figures label the classes by.
 
     curves.png needs epochs.jsonl, confusion.png metrics.json (a finished run), templates.png
     best.safetensors. A folder with none of them is not a run folder: a UserError.
@@ -163,6 +164,10 @@ def write_run_figures(run_dir: Path) -> list[Path]:
         raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")
     metrics = run.read_metrics()
     epochs = run.read_epochs()
+    if class_names is not None and metrics:
+        from imgcls.classnames import named_classes
+
+        metrics["classes"] = named_classes(metrics["classes"], class_names)
     if not epochs and metrics is None and not run.best.is_file():
         raise UserError(f"{printable(run.path)} is not a run folder (no epochs.jsonl, metrics.json or "
                         f"best.safetensors); pass the --out folder of a training run")
@@ -181,6 +186,10 @@ def write_run_figures(run_dir: Path) -> list[Path]:
         from imgcls import checkpoint as ckpt
 
         best = ckpt.load(run.best)
+        if class_names is not None:
+            from imgcls.classnames import named_classes
+
+            best.meta["classes"] = named_classes(best.classes, class_names)
         if best.meta["dataset"] != "features":  # a features model's rows of W are not pictures
             written.append(templates_grid(best, run.path / TEMPLATES))
     return written

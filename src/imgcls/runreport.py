@@ -60,7 +60,8 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 
     return cells[:count]
 
 
-def load_run(path: Path, pairs: int = 5) -> RunSummary:
+def load_run(path: Path, pairs: int = 5, class_names: Path | None = None) -> RunSummary:
+    """The run folder's files; class_names: a names file (classnames.py) the classes are shown by."""
     from imgcls.config import read_yaml
     from imgcls.rundir import RunDir
 
@@ -72,6 +73,10 @@ def load_run(path: Path, pairs: int = 5) -> RunSummary:
                         f"training run")
     config = read_yaml(run.config, printable(run.config), "the run folder is damaged") or {}
     metrics = run.read_metrics()
+    if metrics and class_names is not None:
+        from imgcls.classnames import named_classes
+
+        metrics["classes"] = named_classes(metrics["classes"], class_names)
     diverged = run.diverged.read_text(errors="replace").strip() if run.diverged.is_file() else None
     summary = RunSummary(run.path, config if isinstance(config, dict) else {}, run.read_epochs(), metrics,
                          diverged=diverged, retry=run.retry_command() if diverged else "")
