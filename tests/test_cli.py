@@ -260,6 +260,7 @@ def test_export_templates_option_errors(cli, mnist_run, tmp_path, assert_user_er
     assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--space", "pixels"), "space", "pixel")
     assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--colours", "rdbu"), "colours",
                       "diverging")
+    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--clip", 0.5), "--clip", "0.5")
 
 
 def test_export_templates_of_cifar_from_the_run_folder(cli, tiny_cifar_run, tmp_path):

@@ -331,6 +331,9 @@ def export_templates_command(
     colours: Annotated[str, typer.Option(help="'natural': the channels as colours; 'diverging': the sign, blue "
                                               "negative, white 0, red positive; 'auto': diverging for grey "
                                               "images, natural for colour.")] = "auto",
+    clip: Annotated[float, typer.Option(help="Share of the values at each end that saturate, so that a few "
+                                             "extreme pixels do not flatten the rest; 0: the full range. "
+                                             "Example: --clip 0")] = 0.01,
     class_names: Annotated[Optional[Path], typer.Option("--class-names", help="Show the classes by the names in "
                                                          "this file: words.txt (id<TAB>name, a line a class "
                                                          "folder) or classes.txt (one name a line, in class "
@@ -343,6 +346,8 @@ def export_templates_command(
     check_choice("scale", scale, ("each", "shared"))
     check_choice("space", space, SPACES)
     check_choice("colours", colours, COLOURS)
+    if not 0.0 <= clip < 0.5:
+        raise UserError(f"--clip must be at least 0 and under 0.5 (a share of the values at each end), not {clip}")
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
@@ -356,7 +361,7 @@ def export_templates_command(
         loaded.meta["classes"] = named_classes(loaded.classes, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
-                               colours=colours)
+                               colours=colours, clip=clip)
     Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
 
 
