@@ -135,7 +135,7 @@ def train(
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML (the "
                                                "defaults, then --config, then the flags) and exit; nothing is "
                                                "trained or written. Example: imgcls train -c my.yaml --lr 0.1 "
-                                               "--print-config", rich_help_panel=RUN)] = False,
+                                               "--print-config")] = False,  # beside --config: the RUN panel's columns would widen
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
     flags = dict(locals())
@@ -516,10 +516,6 @@ def predict_command(
     from imgcls.predict import list_images, predict, to_csv
 
     loaded = ckpt.load(checkpoint)
-    if class_names is not None:
-        from imgcls.classnames import named_classes
-
-        loaded.meta["classes"] = named_classes(loaded.classes, class_names)
     require_image_model(loaded, "it cannot classify image files; `imgcls eval` scores its features file, and "
                                 "`imgcls export` gives a model that takes feature rows")
     paths = list_images(images)
