@@ -18,7 +18,7 @@ from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLA
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
 from imgcls.figures import FIGURE_FILES
-from imgcls.rundir import REPORT_PAGE, RUN_FILES
+from imgcls.rundir import METRICS_CSV, REPORT_PAGE, RUN_FILES
 
 MNIST_EPOCHS = 2
 SMALL_FOLDER = {
@@ -45,7 +45,7 @@ def mnist_run(cli, mnist_root, tmp_path_factory):
 
 def check_run_folder(out, epochs_wanted, val_count, test_count, classes):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES
-                                                                                          + (REPORT_PAGE,))
+                                                                                          + (REPORT_PAGE, METRICS_CSV))
     config, epochs, metrics = read_run(out)
     assert [e["epoch"] for e in epochs] == list(range(1, epochs_wanted + 1))
     assert config["train"]["epochs"] == epochs_wanted and config["output"]["out"] is None  # repeats go elsewhere
@@ -246,10 +246,21 @@ def test_export_templates_of_mnist(cli, mnist_run, tmp_path):
     assert "wrote 11 PNGs" in plain(result.stdout)
     assert sorted(p.name for p in (tmp_path / "tpl").iterdir()) == sorted([f"{d}.png" for d in DIGITS]
                                                                          + ["templates.png"])
-    for digit in DIGITS:
+    for digit in DIGITS:  # grey images: diverging colours by default, white where a weight is 0
         image = read_image(str(tmp_path / "tpl" / f"{digit}.png"), mode=ImageReadMode.UNCHANGED)
-        assert tuple(image.shape) == (1, 112, 112)
-        assert int(image.min()) == 0 and int(image.max()) == 255
+        assert tuple(image.shape) == (3, 112, 112)
+        assert int(image.max()) == 255 and int(image.min()) < 60
+    result = cli("export-templates", out, "--out", tmp_path / "natural", "--colours", "natural", "--grid-only")
+    assert result.exit_code == 0, plain(result.output)
+    assert "natural" in plain(cli("export-templates", "--help").output)
+
+
+def test_export_templates_option_errors(cli, mnist_run, tmp_path, assert_user_error):
+    out, _ = mnist_run
+    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--space", "pixels"), "space", "pixel")
+    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--colours", "rdbu"), "colours",
+                      "diverging")
+    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--clip", 0.5), "--clip", "0.5")
 
 
 def test_export_templates_of_cifar_from_the_run_folder(cli, tiny_cifar_run, tmp_path):
@@ -258,12 +269,15 @@ def test_export_templates_of_cifar_from_the_run_folder(cli, tiny_cifar_run, tmp_
     assert result.exit_code == 0, plain(result.output)
     assert sorted(p.name for p in (tmp_path / "tpl").iterdir()) == sorted([f"{c}.png" for c in CIFAR10_CLASSES]
                                                                          + ["templates.png"])
-    weights = ckpt.load(out / "best.safetensors").weight
+    best = ckpt.load(out / "best.safetensors")
     for index, name in enumerate(CIFAR10_CLASSES):
         image = read_image(str(tmp_path / "tpl" / f"{name}.png"), mode=ImageReadMode.UNCHANGED)
         assert tuple(image.shape) == (3, 64, 64)
-        w = weights[index]
-        expected = ((w - w.min()) / (w.max() - w.min()) * 255).round().to(torch.uint8).reshape(3, 32, 32)
+        # by default in pixel space, W / std, the 1% of values at each end saturated
+        t = best.weight[index].reshape(3, 32, 32) / best.std
+        ordered = t.flatten().sort().values
+        low, high = ordered[round(0.01 * (t.numel() - 1))], ordered[round(0.99 * (t.numel() - 1))]
+        expected = ((t - low) / (high - low)).clamp(0, 1).mul(255).round().to(torch.uint8)
         assert torch.equal(image[:, ::2, ::2], expected)
 
 
@@ -754,3 +768,153 @@ def test_usage_errors_from_the_command_are_one_error_line(argv, words):
     assert "Traceback" not in done.stderr and "\u256d" not in done.stderr  # no traceback, no box
     for word in words:
         assert word in lines[0]
+
+
+# --- the terminal: progress bar, epoch lines, tables that fit, metrics.csv, --print-config
+
+def _terminal(width: int = 80):
+    import io
+
+    from rich.console import Console
+
+    text = io.StringIO()
+    return Console(file=text, width=width, force_terminal=True, color_system=None), text
+
+
+def test_progress_bar_shows_no_nan_before_the_first_step_and_has_an_eta():
+    from imgcls.report import Reporter
+
+    console, text = _terminal()
+    reporter = Reporter(console=console)
+    reporter.epoch_start(0, 10)
+    reporter.progress.refresh()
+    first = plain(text.getvalue())
+    reporter.step(1, 2.5, 100.0, images=32)
+    reporter.progress.refresh()
+    reporter.close()
+    assert "epoch 1" in first and "nan" not in first.lower()
+    assert "eta" in first
+    assert "loss 2.5000" in plain(text.getvalue())
+
+
+def test_progress_bar_speed_is_recent_not_cumulative():
+    from imgcls.report import RECENT_SECONDS, RecentRate
+
+    rate = RecentRate()
+    start = rate.started
+    assert rate.add(100, now=start + 10) == pytest.approx(10.0)  # a slow start
+    recent = rate.add(6100, now=start + 10 + RECENT_SECONDS + 1)  # then 1000 images a second
+    assert recent == pytest.approx(1000.0)  # the cumulative rate would be 6100 / 16 = 381
+
+
+@pytest.mark.parametrize("record", [
+    dict(epoch=7, train_loss=1.2345678, train_top1=0.4123, val_loss=1.5555, val_top1=0.4012, val_top5=0.8912,
+         seconds=12.34),
+    dict(epoch=42, train_loss=9.87654, train_top1=0.0123, val_loss=10.98765, val_top1=0.0099, val_top5=0.05,
+         seconds=1234.5),
+    dict(epoch=999, train_loss=12345.678, train_top1=1.0, val_loss=99999.5, val_top1=1.0, val_top5=1.0,
+         seconds=99999.9),
+])
+def test_epoch_line_fits_80_columns_and_holds_every_number(record):
+    from imgcls.report import epoch_line, loss_text
+
+    line = epoch_line(record, improved=True)
+    assert len(line) <= 80, line
+    for number in (f"{record['epoch']}", loss_text(record['train_loss']), f"{record['train_top1']:.2%}",
+                   loss_text(record['val_loss']), f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
+                   f"{record['seconds']:.1f}s"):
+        assert number in line
+    assert line.endswith(" *")
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_report_epochs_table_fits_the_width_and_never_cuts_a_number(width):
+    from imgcls.runreport import epochs_table
+
+    record = dict(epoch=12, train_loss=1.23456, train_top1=0.41234, val_loss=1.5555, val_top1=0.40123,
+                  val_top5=0.891, lr=0.0012345, lr_last=0.001, seconds=123.45)
+    console, text = _terminal(width)
+    console.print(epochs_table([record], 12, width))
+    shown = plain(text.getvalue())
+    assert max(len(line) for line in shown.splitlines()) <= width
+    assert "…" not in shown
+    for number in ("12 *", "1.2346", "41.23%", "1.5555", "40.12%", "89.10%"):
+        assert number in shown
+    if width >= 120:
+        assert "0.00123" in shown and "123.45" in shown and "not shown" not in shown
+    else:
+        assert "not shown at" in shown
+
+
+def test_metrics_csv_holds_the_epochs_records(tiny_cifar_run):
+    import csv
+
+    out, _ = tiny_cifar_run
+    records = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    with open(out / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(records) == TINY_CIFAR_EPOCHS
+    for row, record in zip(rows, records):
+        assert list(row) == list(record)
+        assert {key: float(value) for key, value in row.items()} == pytest.approx(record)
+
+
+def test_print_config_prints_the_resolved_yaml_and_writes_nothing(cli, tmp_path, assert_ok):
+    out = tmp_path / "run"
+    result = cli("train", "--dataset", "mnist", "--lr", "0.125", "--epochs", "3", "--out", out, "--print-config")
+    assert_ok(result)
+    config = yaml.safe_load(result.stdout)
+    assert config["optim"]["lr"] == 0.125 and config["train"]["epochs"] == 3
+    assert config["data"]["dataset"] == "mnist" and config["output"]["out"] == str(out)
+    assert not out.exists()
+    assert "--print-config" in plain(cli("train", "--help").output)
+
+
+# --- readable class names: words.txt / classes.txt beside the class folders, --class-names
+
+ID_FOLDER = {split: {f"n0{i}": [(8, 8)] * count for i in range(3)} for split, count in (("train", 6), ("test", 2))}
+WORDS = "n00\tgoldfish, Carassius auratus\nn01\tcrane\nn02\tcrane\nn99\tnot a class here\n"
+READABLE = ["goldfish", "crane (n01)", "crane (n02)"]  # ImageNet has two cranes: the ids keep them apart
+
+
+def train_id_folder(cli, root, out):
+    return cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--device", "cpu",
+               "--batch-size", 6, "--out", out)
+
+
+def test_a_words_file_beside_the_class_folders_names_the_classes(cli, tmp_path, assert_ok):
+    root = write_image_folder(tmp_path / "data", ID_FOLDER)
+    (root / "words.txt").write_text(WORDS)
+    assert_ok(train_id_folder(cli, root, tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["classes"] == READABLE
+    assert ckpt.load(tmp_path / "run" / "best.safetensors").classes == READABLE
+    report = cli("report", tmp_path / "run", "--no-figures")
+    assert_ok(report)
+    assert "goldfish" in plain(report.stdout) and "n00" not in plain(report.stdout)
+
+
+def test_class_names_option_relabels_reports_figures_and_templates(cli, tmp_path, assert_ok, assert_user_error):
+    root = write_image_folder(tmp_path / "data", ID_FOLDER)
+    assert_ok(train_id_folder(cli, root, tmp_path / "run"))  # no names file: the ids
+    names = tmp_path / "classes.txt"
+    names.write_text("goldfish\ncrane\nheron\n")
+    report = cli("report", tmp_path / "run", "--json", "--class-names", names)
+    assert_ok(report)
+    assert list(json.loads(report.stdout)["per_class"]) == ["goldfish", "crane", "heron"]
+    assert_ok(cli("export-templates", tmp_path / "run", "--out", tmp_path / "tpl", "--class-names", names))
+    assert {p.name for p in (tmp_path / "tpl").iterdir()} == {"goldfish.png", "crane.png", "heron.png",
+                                                               "templates.png"}
+    assert "--class-names" in plain(cli("report", "--help").output)
+    names.write_text("goldfish\ncrane\n")
+    assert_user_error(cli("report", tmp_path / "run", "--class-names", names), "names 2 classes", "3")
+    assert_user_error(cli("export-templates", tmp_path / "run", "--out", tmp_path / "t", "--class-names",
+                          tmp_path / "nowhere.txt"), "does not exist")
+    (tmp_path / "words.txt").write_text("n00\tgoldfish\n")
+    assert_user_error(cli("report", tmp_path / "run", "--class-names", tmp_path / "words.txt"),
+                      "does not name 2 of the 3 classes")
+
+
+def test_a_words_file_that_misses_classes_is_refused_when_training(cli, tmp_path, assert_user_error):
+    root = write_image_folder(tmp_path / "data", ID_FOLDER)
+    (root / "train" / "classes.txt").write_text("goldfish\n")
+    assert_user_error(train_id_folder(cli, root, tmp_path / "run"), "classes.txt", "names 1 classes", "3")

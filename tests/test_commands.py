@@ -124,7 +124,7 @@ def test_tensorboard_event_files_hold_the_scalars_and_templates(tb_run):
     assert tiles.step == metrics["best_epoch"] and tiles.width % 128 == 0 and tiles.height % 128 == 0
     assert tiles.width * tiles.height >= 10 * 128 * 128
     grid, = events.Images("templates/grid")
-    assert (grid.width, grid.height) == (1300, 150)  # templates.png
+    assert (grid.width, grid.height) == (1600, 210)  # templates.png
     assert "tensorboard --logdir" in plain(result.output)
     assert yaml.safe_load((out / "config.yaml").read_text())["output"]["tensorboard"] is True
 
@@ -158,7 +158,8 @@ def test_tensorboard_missing_is_a_user_error_before_anything_is_written(cli, tin
 
 def test_export_templates_shared_scale(cli, tb_run, tmp_path):
     out, _ = tb_run
-    result = cli("export-templates", out, "--out", tmp_path / "tpl", "--scale", "shared", "--size", 32)
+    result = cli("export-templates", out, "--out", tmp_path / "tpl", "--scale", "shared", "--size", 32,
+                 "--space", "input", "--clip", 0)  # W itself, its full range
     assert result.exit_code == 0, plain(result.output)
     weights = ckpt.load(out / "best.safetensors").weight
     low, high = weights.min(), weights.max()

@@ -34,9 +34,9 @@ def run(tiny_cifar_run):
 
 def test_train_writes_the_three_figures_at_their_sizes(run):
     out, result = run
-    assert png_size(out / CURVES) == pixels((10.0, 4.0))
+    assert png_size(out / CURVES) == pixels((14.0, 4.0))  # loss, top-1 and the learning rate
     assert png_size(out / CONFUSION) == pixels(confusion_figsize(10)) == (1050, 900)
-    assert png_size(out / TEMPLATES) == pixels(grid_figsize(10), GRID_DPI) == (1300, 150)
+    assert png_size(out / TEMPLATES) == pixels(grid_figsize(10, "x"), GRID_DPI) == (1600, 210)
     assert "figures: curves.png, confusion.png, templates.png" in plain(result.output)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
@@ -71,7 +71,7 @@ def test_templates_grid_size(tmp_path, count, shape):
     images = torch.rand((count, *shape), generator=torch.Generator().manual_seed(0))
     save_grid(images, [f"class {i}" for i in range(count)], tmp_path / "grid.png")
     assert png_size(tmp_path / "grid.png") == pixels(grid_figsize(count), GRID_DPI)
-    assert grid_figsize(count)[1] == 1.5 * -(-count // 10)  # ten a row
+    assert grid_figsize(count)[1] == pytest.approx(1.8 * -(-count // 10) + 0.3)  # ten a row, one title line
 
 
 @pytest.mark.parametrize("classes", [2, 10, 37, 160])
@@ -94,6 +94,13 @@ def test_learning_curves_for_any_number_of_epochs(tmp_path, count):
     epochs = [{"epoch": e, "train_loss": 2.0 / e, "train_top1": 0.1 * e / count, "val_loss": 2.1 / e,
                "val_top1": 0.09 * e / count} for e in range(1, count + 1)]
     assert png_size(learning_curves(epochs, tmp_path / "c.png", best_epoch=count)) == pixels((10.0, 4.0))
+
+
+@pytest.mark.parametrize("lrs", [[(0.1, 0.1), (0.1, 0.1)], [(0.001, 0.1), (0.1, 0.05), (0.05, 0.0001)]])
+def test_learning_curves_have_an_lr_panel_when_the_records_have_lr(tmp_path, lrs):
+    epochs = [{"epoch": e, "train_loss": 1.0, "train_top1": 0.5, "val_loss": 1.1, "val_top1": 0.4, "lr": first,
+               "lr_last": last} for e, (first, last) in enumerate(lrs, 1)]
+    assert png_size(learning_curves(epochs, tmp_path / "c.png", best_epoch=1)) == pixels((14.0, 4.0))
 
 
 def test_confused_pairs_on_a_known_matrix():

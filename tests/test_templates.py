@@ -9,7 +9,8 @@ from torchvision.io import ImageReadMode, read_image
 from imgcls.checkpoint import Checkpoint
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS, FASHION_CLASSES
 from imgcls.errors import UserError
-from imgcls.templates import display_images, enlarge, export_templates, file_stem
+from imgcls.templates import (NEGATIVE, POSITIVE, display_images, enlarge, export_templates, file_stem,
+                              grid_figure, resolved_space, template_weights)
 
 
 def make_checkpoint(classes, shape, seed=0):
@@ -42,7 +43,7 @@ def test_colour_templates_are_enlarged_by_a_whole_factor(tmp_path, size, side):
 
 def test_each_template_uses_the_full_range_and_matches_its_weights(tmp_path):
     checkpoint = make_checkpoint(CIFAR10_CLASSES, (3, 32, 32), seed=1)
-    export_templates(checkpoint, tmp_path, size=128, scale="each")
+    export_templates(checkpoint, tmp_path, size=128, scale="each", colours="natural", clip=0.0)
     for index, name in enumerate(CIFAR10_CLASSES):
         image = read_image(str(tmp_path / f"{name}.png"), mode=ImageReadMode.UNCHANGED)
         assert image.dtype == torch.uint8
@@ -56,7 +57,7 @@ def test_each_template_uses_the_full_range_and_matches_its_weights(tmp_path):
 
 def test_grey_templates_have_one_channel(tmp_path):
     checkpoint = make_checkpoint(DIGITS, (1, 28, 28))
-    export_templates(checkpoint, tmp_path, size=128)
+    export_templates(checkpoint, tmp_path, size=128, colours="natural")
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted([f"{d}.png" for d in DIGITS] + ["templates.png"])
     for digit in DIGITS:
         image = read_image(str(tmp_path / f"{digit}.png"), mode=ImageReadMode.UNCHANGED)
@@ -68,7 +69,7 @@ def test_grey_templates_have_one_channel(tmp_path):
 def test_shared_scale_uses_one_range_for_all(tmp_path):
     checkpoint = make_checkpoint(DIGITS, (1, 28, 28), seed=2)
     checkpoint.weight[3] *= 0.1  # a weak template stays faint on the shared scale
-    export_templates(checkpoint, tmp_path, size=28, scale="shared")
+    export_templates(checkpoint, tmp_path, size=28, scale="shared", colours="natural", clip=0.0)
     images = torch.stack([read_image(str(tmp_path / f"{d}.png"), mode=ImageReadMode.UNCHANGED) for d in DIGITS])
     assert int(images.min()) == 0 and int(images.max()) == 255
     faint = images[3].int()
@@ -128,3 +129,66 @@ def test_display_images_and_enlarge():
     big = enlarge(shown, 5)
     assert tuple(big.shape) == (2, 1, 4, 4)  # factor 5 // 2 = 2
     assert torch.equal(big[0, 0, :2, :2], torch.zeros(2, 2))
+
+
+def test_pixel_space_template_is_w_over_std(tmp_path):
+    checkpoint = make_checkpoint(CIFAR10_CLASSES, (3, 8, 8), seed=3)
+    checkpoint.std = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(4)) + 0.5
+    by_hand = checkpoint.weight.reshape(10, 3, 8, 8) / checkpoint.std
+    torch.testing.assert_close(template_weights(checkpoint, "pixel"), by_hand)
+    torch.testing.assert_close(template_weights(checkpoint, "input"), checkpoint.weight.reshape(10, 3, 8, 8))
+    export_templates(checkpoint, tmp_path, size=8, space="pixel", colours="natural", clip=0.0)
+    image = read_image(str(tmp_path / "frog.png"), mode=ImageReadMode.UNCHANGED)
+    t = by_hand[CIFAR10_CLASSES.index("frog")]
+    assert torch.equal(image, ((t - t.min()) / (t.max() - t.min()) * 255).round().to(torch.uint8))
+
+
+def test_auto_space_leaves_pixel_space_when_some_pixels_hardly_vary():
+    checkpoint = make_checkpoint(DIGITS, (1, 4, 4))
+    assert resolved_space("auto", checkpoint) == "pixel"  # every pixel varies alike
+    checkpoint.std[0, 0, 0] = 1e-3  # MNIST's rim: W / std would be a thousand times the rest there
+    assert resolved_space("auto", checkpoint) == "input"
+    assert resolved_space("pixel", checkpoint) == "pixel"
+
+
+def test_diverging_colours_show_the_sign():
+    shown = display_images(torch.tensor([[[[-2.0, 0.0, 1.0, 2.0]]]]), "each", "diverging")
+    assert tuple(shown.shape) == (1, 3, 1, 4)
+    white, blue, red = torch.ones(3), torch.tensor(NEGATIVE), torch.tensor(POSITIVE)
+    torch.testing.assert_close(shown[0, :, 0, 0], blue)
+    torch.testing.assert_close(shown[0, :, 0, 1], white)
+    torch.testing.assert_close(shown[0, :, 0, 2], (white + red) / 2)
+    torch.testing.assert_close(shown[0, :, 0, 3], red)
+    assert display_images(torch.zeros(2, 1, 3, 3), "shared", "auto").shape == (2, 3, 3, 3)  # grey: diverging
+
+
+def test_clip_keeps_a_few_extreme_pixels_from_taking_the_whole_range():
+    weights = torch.arange(200.0).reshape(1, 1, 10, 20)
+    weights[0, 0, 0, 0] = 1e6
+    flat = display_images(weights, "each", "natural", clip=0.01).flatten()
+    assert float(flat[0]) == 1.0  # the outlier saturates
+    assert float(flat[1:].max() - flat[1:].min()) > 0.9  # the rest keeps its contrast (unclipped: under 0.001)
+
+
+def test_grid_thumbnails_are_at_least_128_pixels(tmp_path):
+    from PIL import Image as PILImage
+
+    from imgcls.templates import save_grid
+
+    save_grid(torch.zeros(3, 1, 28, 28), ["a", "b", "c"], tmp_path / "g.png", "t")  # black squares on white
+    import numpy as np
+
+    grey = torch.from_numpy(np.asarray(PILImage.open(tmp_path / "g.png").convert("L")).copy())
+    dark = (grey < 128).sum(1)  # per pixel row: the three templates' dark pixels
+    assert int((dark > 0).sum()) >= 128 and int(dark.max()) >= 3 * 128
+
+
+def test_grid_title_stays_above_the_first_row_of_names():
+    figure = grid_figure(torch.rand(200, 3, 8, 8), [f"class {i}" for i in range(200)], "a title " * 30)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    title = figure.texts[0].get_window_extent(renderer)
+    names = [text.get_window_extent(renderer) for text in figure.axes[0].texts]
+    assert title.y0 > max(box.y1 for box in names)
+    assert title.x0 >= 0 and title.x1 <= figure.bbox.width  # wrapped to the figure's width

@@ -132,10 +132,14 @@ def train(
                                                         help="Also log to RUN_DIR/tensorboard/ (needs the "
                                                              "tensorboard extra)." + _default("output", "tensorboard"),
                                                         rich_help_panel=RUN)] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML (the "
+                                               "defaults, then --config, then the flags) and exit; nothing is "
+                                               "trained or written. Example: imgcls train -c my.yaml --lr 0.1 "
+                                               "--print-config")] = False,  # beside --config: the RUN panel's columns would widen
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
     flags = dict(locals())
-    for name in ("config", "overwrite", "quiet", "resume"):
+    for name in ("config", "overwrite", "quiet", "resume", "print_config"):
         flags.pop(name)
     if batch_size is not None:
         flags["batch_size"] = parse_batch_size(batch_size)
@@ -148,6 +152,11 @@ def train(
         config, flags = _resume_config(resume, config, flags)
         run_dir = RunDir.open_for_resume(resume)
     resolved = build_config(config, flags)
+    if print_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False), nl=False)
+        return
     from imgcls import distributed
 
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
@@ -306,7 +315,10 @@ def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
     return shown
 
 
-@app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl")
+@app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl; "
+                                         "imgcls export-templates runs/mnist --out tpl --space input --colours "
+                                         "natural; imgcls export-templates runs/tiny --out tpl --class-names "
+                                         "words.txt")
 @user_errors
 def export_templates_command(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
@@ -315,11 +327,30 @@ def export_templates_command(
     scale: Annotated[str, typer.Option(help="'each': every template to its own range; 'shared': one range.")]
     = "each",
     grid_only: Annotated[bool, typer.Option(help="Write only the labelled grid.")] = False,
+    space: Annotated[str, typer.Option(help="'pixel': W / std, the template matched against raw pixels (as the "
+                                            "lecture draws it); 'input': W itself, on standardized pixels; "
+                                            "'auto': pixel unless some pixels hardly vary in training (MNIST's "
+                                            "rim), whose huge W / std would fill the picture.")] = "auto",
+    colours: Annotated[str, typer.Option(help="'natural': the channels as colours; 'diverging': the sign, blue "
+                                              "negative, white 0, red positive; 'auto': diverging for grey "
+                                              "images, natural for colour.")] = "auto",
+    clip: Annotated[float, typer.Option(help="Share of the values at each end that saturate, so that a few "
+                                             "extreme pixels do not flatten the rest; 0: the full range. "
+                                             "Example: --clip 0")] = 0.01,
+    class_names: Annotated[Optional[Path], typer.Option("--class-names", help="Show the classes by the names in "
+                                                         "this file: words.txt (id<TAB>name, a line a class "
+                                                         "folder) or classes.txt (one name a line, in class "
+                                                         "order).")] = None,
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
     from imgcls.errors import check_choice
+    from imgcls.templates import COLOURS, SPACES
 
     check_choice("scale", scale, ("each", "shared"))
+    check_choice("space", space, SPACES)
+    check_choice("colours", colours, COLOURS)
+    if not 0.0 <= clip < 0.5:
+        raise UserError(f"--clip must be at least 0 and under 0.5 (a share of the values at each end), not {clip}")
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
@@ -327,8 +358,13 @@ def export_templates_command(
     from imgcls.templates import export_templates
 
     loaded = ckpt.load(checkpoint)
+    if class_names is not None:
+        from imgcls.classnames import named_classes
+
+        loaded.meta["classes"] = named_classes(loaded.classes, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
-    written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only)
+    written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
+                               colours=colours, clip=clip)
     Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
 
 
@@ -358,7 +394,8 @@ def export_command(
 
 
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
-                               "runs/cifar10-20261127-101500 --html (then open its report.html)")
+                               "runs/cifar10-20261127-101500 --html (then open its report.html); imgcls report "
+                               "runs/tiny --class-names ~/data/tiny-imagenet-200/words.txt")
 @user_errors
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (train's --out).")],
@@ -369,6 +406,10 @@ def report_command(
     html: Annotated[bool, typer.Option("--html", help="Also write RUN_DIR/report.html, the run as one self-contained "
                                                       "web page (with a gallery of test images, when the data "
                                                       "is where training found it).")] = False,
+    class_names: Annotated[Optional[Path], typer.Option("--class-names", help="Show the classes by the names in "
+                                                         "this file: words.txt (id<TAB>name, a line a class "
+                                                         "folder) or classes.txt (one name a line, in class "
+                                                         "order).")] = None,
 ) -> None:
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
@@ -376,13 +417,13 @@ def report_command(
     from imgcls.files import printable, remove_stale_temporaries
     from imgcls.runreport import load_run, render
 
-    summary = load_run(run_dir, pairs)
+    summary = load_run(run_dir, pairs, class_names)
     written = []
     if figures:
         from imgcls.figures import write_run_figures
 
         remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
-        written = write_run_figures(run_dir)
+        written = write_run_figures(run_dir, class_names)
     page = None
     if html:
         from imgcls.htmlreport import write_run_page

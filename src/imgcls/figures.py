@@ -1,6 +1,7 @@
 """The run's pictures, for people who would rather look than read.
 
-    curves.png      learning curves: train and validation loss and top-1 per epoch, best epoch marked
+    curves.png      learning curves: train and validation loss and top-1 per epoch, best epoch marked, and
+                    the learning rate of each epoch's first and last update
     confusion.png   the test split's confusion matrix as a labelled heat map (rows: true class)
     templates.png   every class's template (its row of W as an image), labelled
 
@@ -17,6 +18,7 @@ from imgcls.files import printable, write_atomic
 
 DPI = 100
 CURVES_FIGSIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
+CURVES_LR_FIGSIZE = (14.0, 4.0)  # with the learning-rate panel (records that have "lr"): 1400 x 400 pixels
 CURVES, CONFUSION, TEMPLATES = "curves.png", "confusion.png", "templates.png"
 FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
 ANNOTATE_UP_TO = 20  # classes; beyond that the counts in the cells would be unreadable
@@ -43,30 +45,51 @@ def _save(figure, path: Path) -> None:
 
 
 def learning_curves(epochs: list[dict], path: Path, best_epoch: int | None = None, title: str = "") -> Path:
-    """Loss and top-1 per epoch, train and validation, from epochs.jsonl's records."""
+    """Loss and top-1 per epoch, train and validation, from epochs.jsonl's records; and the learning
+    rate when the records have it (lr: the epoch's first update, lr_last: its last)."""
     if not epochs:
         raise ValueError("no epochs to plot")
-    figure = _figure(CURVES_FIGSIZE)
-    loss_axis, top1_axis = figure.subplots(1, 2)
+    with_lr = all("lr" in record for record in epochs)
+    figure = _figure(CURVES_LR_FIGSIZE if with_lr else CURVES_FIGSIZE)
+    axes = figure.subplots(1, 3 if with_lr else 2)
     x = [record["epoch"] for record in epochs]
     marker = "o" if len(epochs) <= 30 else None
-    for axis, key, label, scale in ((loss_axis, "loss", "loss", 1.0), (top1_axis, "top1", "top-1 accuracy (%)", 100)):
+    for axis, key, label, scale in ((axes[0], "loss", "loss", 1.0), (axes[1], "top1", "top-1 accuracy (%)", 100)):
         for split, style in (("train", "-"), ("val", "--")):
             values = [record[f"{split}_{key}"] * scale for record in epochs]
             axis.plot(x, values, style, marker=marker, markersize=4,
                       label="train (running, during the epoch)" if split == "train" else "validation")
         if best_epoch is not None:
             axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(label)
-        axis.set_title(label.split(" (")[0])
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        if len(x) <= 20:
-            axis.set_xticks(x)
+        _epoch_axis(axis, x, label)
+    if with_lr:
+        _lr_panel(axes[2], epochs, x, marker)
     figure.suptitle(title or "learning curves")
     _save(figure, path)
     return path
+
+
+def _epoch_axis(axis, x: list[int], label: str) -> None:
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(label)
+    axis.set_title(label.split(" (")[0])
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    if len(x) <= 20:
+        axis.set_xticks(x)
+
+
+def _lr_panel(axis, epochs: list[dict], x: list[int], marker) -> None:
+    """The schedule as it ran; a log scale once the rate spans more than a factor of ten."""
+    first = [record["lr"] for record in epochs]
+    axis.plot(x, first, "-", marker=marker, markersize=4, label="first update of the epoch")
+    if all(record.get("lr_last") is not None for record in epochs):
+        axis.plot(x, [record["lr_last"] for record in epochs], "--", marker="x" if marker else None, markersize=4,
+                  label="last update of the epoch")
+    positive = [value for value in first if value > 0]
+    if positive and max(positive) > 10 * min(positive) and len(positive) == len(first):
+        axis.set_yscale("log")
+    _epoch_axis(axis, x, "learning rate")
 
 
 def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
@@ -114,17 +137,22 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
 
 
 def templates_grid(checkpoint, path: Path) -> Path:
-    """templates.py's labelled grid of every class's template, each scaled to its own range
-    (templates.grid_figsize(K) at templates.GRID_DPI)."""
-    from imgcls.templates import display_images, save_grid
+    """templates.py's labelled grid of every class's template with export-templates' defaults (space and
+    colours "auto", each to its own range), templates.grid_figsize(K, title) at GRID_DPI."""
+    from imgcls.templates import CLIP, display_images, grid_title, resolved_colours, resolved_space, save_grid, \
+        template_weights
 
-    weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)
-    write_atomic(path, lambda temporary: save_grid(display_images(weights, "each"), checkpoint.classes, temporary))
+    space = resolved_space("auto", checkpoint)
+    weights = template_weights(checkpoint, space)
+    title = grid_title(space, "each", resolved_colours("auto", weights.shape[1]))
+    shown = display_images(weights, "each", "auto", CLIP)
+    write_atomic(path, lambda temporary: save_grid(shown, checkpoint.classes, temporary, title))
     return path
 
 
-def write_run_figures(run_dir: Path) -> list[Path]:
-    """Draw every figure the run folder has the files for; returns the paths written.
+def write_run_figures(run_dir: Path, class_names: Path | None = None) -> list[Path]:
+    """Draw every figure the run folder has the files for; returns the paths written. class_names: a
+    names file (classnames.py) the figures label the classes by.
 
     curves.png needs epochs.jsonl, confusion.png metrics.json (a finished run), templates.png
     best.safetensors. A folder with none of them is not a run folder: a UserError.
@@ -136,6 +164,10 @@ def write_run_figures(run_dir: Path) -> list[Path]:
         raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")
     metrics = run.read_metrics()
     epochs = run.read_epochs()
+    if class_names is not None and metrics:
+        from imgcls.classnames import named_classes
+
+        metrics["classes"] = named_classes(metrics["classes"], class_names)
     if not epochs and metrics is None and not run.best.is_file():
         raise UserError(f"{printable(run.path)} is not a run folder (no epochs.jsonl, metrics.json or "
                         f"best.safetensors); pass the --out folder of a training run")
@@ -154,6 +186,10 @@ def write_run_figures(run_dir: Path) -> list[Path]:
         from imgcls import checkpoint as ckpt
 
         best = ckpt.load(run.best)
+        if class_names is not None:
+            from imgcls.classnames import named_classes
+
+            best.meta["classes"] = named_classes(best.classes, class_names)
         if best.meta["dataset"] != "features":  # a features model's rows of W are not pictures
             written.append(templates_grid(best, run.path / TEMPLATES))
     return written

@@ -7,10 +7,13 @@ paths, names in checkpoints) reaches rich as Text, never as markup: "cat [domest
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -19,12 +22,71 @@ if TYPE_CHECKING:
     from imgcls.metrics import Metrics
 
 
+RECENT_SECONDS = 5.0  # the progress bar's images/s and ETA are over about this many seconds, not the whole epoch
+EPOCH_LEGEND = "each epoch: train loss, top-1; validation loss, top-1, top-5; seconds (* best so far)"
+
+
+def loss_text(loss: float) -> str:
+    """Four decimals while a loss is small, five significant digits beyond (a diverging run stays on its line)."""
+    return f"{loss:.4f}" if abs(loss) < 10 else f"{loss:.5g}"
+
+
+def epoch_line(record: dict, improved: bool) -> str:
+    """One epoch in under 80 columns (a wrapped line splits numbers); EPOCH_LEGEND names the numbers once."""
+    mark = " *" if improved else ""
+    return (f"epoch {record['epoch']:>3}  train {loss_text(record['train_loss'])} {record['train_top1']:.2%}"
+            f"  val {loss_text(record['val_loss'])} {record['val_top1']:.2%} top-5 {record['val_top5']:.2%}"
+            f"  {record['seconds']:.1f}s{mark}")
+
+
+def fitted_table(title: str | Text, columns: list[tuple[str, str]], rows: list[list], width: int | None = None,
+                 keep: int = 1) -> Table:
+    """A table no wider than `width` (default: the terminal's, 80 when piped): numbers are never cut or
+    wrapped; while it is too wide the rightmost columns after the first `keep` are left out, and the
+    caption names them. columns: (header, justify), most important first; rows: cells in that order."""
+    width = width or Console().width
+    shown = len(columns)
+    while True:
+        table = Table(title=title if isinstance(title, Text) else Text(title))
+        for header, justify in columns[:shown]:
+            table.add_column(header, justify=justify, no_wrap=True)
+        for row in rows:
+            table.add_row(*row[:shown])
+        if shown < len(columns):
+            left_out = ", ".join(header.replace("\n", " ") for header, _ in columns[shown:])
+            table.caption = Text(f"not shown at {width} columns: {left_out} (a wider terminal or --json shows them)")
+        if shown <= keep or Console(width=10_000).measure(table).maximum <= width:
+            return table
+        shown -= 1
+
+
+class RecentRate:
+    """Images a second over the last RECENT_SECONDS, from (time, images seen so far) readings."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.readings: deque[tuple[float, float]] = deque([(self.started, 0.0)])
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def add(self, images: float, now: float | None = None) -> float | None:
+        now = time.perf_counter() if now is None else now
+        self.readings.append((now, images))
+        while len(self.readings) > 2 and now - self.readings[1][0] >= RECENT_SECONDS:
+            self.readings.popleft()
+        (then, before) = self.readings[0]
+        return (images - before) / (now - then) if now > then else None
+
+
 class Reporter:
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self.task = None
+        self.recent = RecentRate()
+        self.legend_shown = False
 
     def note(self, text: str | Text) -> None:
         """A line as it is written (a str is not read as markup)."""
@@ -44,24 +106,32 @@ class Reporter:
         if self.quiet:
             return
         if self.progress is None:
+            # loss and speed are text fields: blank until the first step, never a 'nan' a student reads as divergence
             self.progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:,.0f} img/s"),
-                TimeElapsedColumn(), console=self.console, transient=True)
+                TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+                transient=True, speed_estimate_period=RECENT_SECONDS)
             self.progress.start()
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=steps, epoch=epoch + 1, loss=float("nan"), speed=0.0)
+        self.task = self.progress.add_task("train", total=steps, epoch=epoch + 1, loss="loss -", speed="")
+        self.recent = RecentRate()
 
-    def step(self, step: int, loss: float, images_per_s: float) -> None:
+    def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
+        """images: the images this epoch has seen so far; without it they are estimated from the epoch's
+        average rate (images_per_s) and the time since epoch_start. The bar shows the recent rate."""
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, loss=loss, speed=images_per_s)
+            seen = images if images is not None else images_per_s * self.recent.elapsed()
+            rate = self.recent.add(seen)
+            speed = f"{rate:,.0f} img/s" if rate is not None else ""
+            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=speed)
 
     def epoch_done(self, record: dict, improved: bool) -> None:
-        mark = " *" if improved else ""
-        self.note(f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.2%}"
-                  f"  val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.2%} top-5 {record['val_top5']:.2%}"
-                  f"  {record['seconds']:.2f}s{mark}")
+        if not self.legend_shown:
+            self.legend_shown = True
+            self.note(EPOCH_LEGEND)
+        self.note(epoch_line(record, improved))
 
     def close(self) -> None:
         if self.progress is not None:

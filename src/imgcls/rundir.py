@@ -2,6 +2,7 @@
 
     config.yaml        the resolved config; `imgcls train --config RUN/config.yaml` repeats the run (in a new folder)
     epochs.jsonl       one JSON object per epoch (train loss and top-1, validation metrics, rate, time)
+    metrics.csv        the same records as a CSV table, one row an epoch, epochs.jsonl's keys as its columns
     metrics.json       {"val": {...}, "test": {...}} for the best epoch, fractions in [0, 1]
     best.safetensors   the checkpoint with the best validation top-1
     last.safetensors   the checkpoint after the last epoch
@@ -30,12 +31,13 @@ from imgcls.errors import UserError
 from imgcls.figures import FIGURE_FILES
 from imgcls.files import printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
+METRICS_CSV = "metrics.csv"  # epochs.jsonl as a table, for a spreadsheet
 RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
 DIVERGED = "diverged.txt"
 REPORT_PAGE = "report.html"  # htmlreport.py's page of the run
 LOCK = ".imgcls.lock"
 # What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
-OWN_FILES = (*RUN_FILES, *FIGURE_FILES, REPORT_PAGE, DIVERGED)
+OWN_FILES = (*RUN_FILES, METRICS_CSV, *FIGURE_FILES, REPORT_PAGE, DIVERGED)
 OWN_FOLDERS = ("templates", "tensorboard")  # export-templates' output (the README's example) and --tensorboard's
 
 
@@ -51,6 +53,7 @@ class RunDir:
     best = property(lambda self: self.path / "best.safetensors")
     last = property(lambda self: self.path / "last.safetensors")
     diverged = property(lambda self: self.path / DIVERGED)
+    metrics_csv = property(lambda self: self.path / METRICS_CSV)
 
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in (*RUN_FILES, DIVERGED))
@@ -146,6 +149,7 @@ class RunDir:
     def write_epochs(self, history: list[dict]) -> None:
         """The whole history each time: a resumed run rewrites the file, never duplicates a line."""
         write_text_atomic(self.epochs, "".join(json.dumps(record) + "\n" for record in history))
+        write_text_atomic(self.metrics_csv, epochs_csv(history))
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics, metrics)
@@ -232,6 +236,20 @@ class RunDir:
         except (OSError, yaml.YAMLError, AttributeError):
             return None
         return epochs if isinstance(epochs, int) else None
+
+
+def epochs_csv(history: list[dict]) -> str:
+    """epochs.jsonl's records as CSV: its keys, in their order, are the columns (a key first seen in a later
+    record is added at the end; a record without it has an empty cell)."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(key for record in history for key in record))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue()
 
 
 def _default_folder(dataset: str) -> Path:

@@ -72,7 +72,8 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 
     return cells[:count]
 
 
-def load_run(path: Path, pairs: int = 5) -> RunSummary:
+def load_run(path: Path, pairs: int = 5, class_names: Path | None = None) -> RunSummary:
+    """The run folder's files; class_names: a names file (classnames.py) the classes are shown by."""
     from imgcls.config import read_yaml
     from imgcls.rundir import RunDir
 
@@ -84,6 +85,10 @@ def load_run(path: Path, pairs: int = 5) -> RunSummary:
                         f"training run")
     config = read_yaml(run.config, printable(run.config), "the run folder is damaged") or {}
     metrics = run.read_metrics()
+    if metrics and class_names is not None:
+        from imgcls.classnames import named_classes
+
+        metrics["classes"] = named_classes(metrics["classes"], class_names)
     diverged = run.diverged.read_text(errors="replace").strip() if run.diverged.is_file() else None
     summary = RunSummary(run.path, config if isinstance(config, dict) else {}, run.read_epochs(), metrics,
                          diverged=diverged, retry=run.retry_command() if diverged else "")
@@ -116,16 +121,23 @@ def config_table(config: dict) -> Table:
     return table
 
 
-def epochs_table(epochs: list[dict], best_epoch: int | None) -> Table:
-    table = Table(title="epochs (* best validation top-1)")
-    for column in ("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-k", "lr", "seconds"):
-        table.add_column(column, justify="right")
+EPOCH_COLUMNS = [("epoch", "right"), ("train\nloss", "right"), ("train\ntop-1", "right"), ("val\nloss", "right"),
+                 ("val\ntop-1", "right"), ("val\ntop-k", "right"), ("lr", "right"), ("seconds", "right"),
+                 ("lr\nlast", "right")]  # most important first: at a narrow terminal the last are left out
+
+
+def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None) -> Table:
+    """One row an epoch; at a narrow terminal the last columns are left out, never cut (report.fitted_table)."""
+    from imgcls.report import fitted_table
+
+    rows = []
     for record in epochs:
         mark = " *" if record["epoch"] == best_epoch else ""
-        table.add_row(f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
-                      f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
-                      f"{record['lr']:.3g}", f"{record['seconds']:.2f}")
-    return table
+        lr_last = record.get("lr_last")
+        rows.append([f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
+                     f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
+                     f"{record['lr']:.3g}", f"{record['seconds']:.2f}", "" if lr_last is None else f"{lr_last:.3g}"])
+    return fitted_table("epochs (* best validation top-1)", EPOCH_COLUMNS, rows, width, keep=5)
 
 
 def per_class_table(summary: RunSummary) -> Table:

@@ -1,8 +1,12 @@
 """The picture of what a linear classifier learned: each class's row of W as an image.
 
-A template lives in the normalized input space, so it is rescaled for display: by default
-each to its own [min, max] (`scale="each"`), or all to one shared range (`scale="shared"`) so
-their strengths can be compared. Each is enlarged by an integer factor, pixels kept square.
+The model scores standardized pixels, x = (p - mean) / std, so W . x = (W / std) . p - W . (mean / std):
+matched against the raw pixels p, as the lecture draws it, the template is W / std (`space="pixel"`,
+the default); `space="input"` shows W itself. A template is then rescaled for display: each to its own
+range (`scale="each"`), or all to one shared range (`scale="shared"`) so their strengths can be
+compared; `colours="natural"` keeps its channels as colours (min..max to black..white),
+`colours="diverging"` shows its sign, the channels averaged, blue negative, white 0, red positive
+(`"auto"`: diverging for grey images, natural for colour ones). Each is enlarged by a whole factor.
 """
 
 from __future__ import annotations
@@ -17,17 +21,66 @@ from imgcls.files import write_atomic
 
 
 GRID_STEM = "templates"  # the labelled grid; a class of that name gets its index as a prefix
+SPACES = ("auto", "pixel", "input")
+CLIP = 0.01  # the share of a template's values at each end that saturate in the pictures (display_images)
+STILL = 0.1  # a pixel whose training std is under this share of the median pixel's hardly varies
+COLOURS = ("auto", "natural", "diverging")
+NEGATIVE, POSITIVE = (0.13, 0.40, 0.67), (0.70, 0.09, 0.17)  # the ends of matplotlib's RdBu: blue -, red +
 
 
-def display_images(weights: torch.Tensor, scale: str = "each") -> torch.Tensor:
-    """(K, C, H, W) weights -> (K, C, H, W) float in [0, 1]."""
+def template_weights(checkpoint: Checkpoint, space: str = "pixel") -> torch.Tensor:
+    """(K, C, H, W): the rows of W (space="input"), or W / std, what is matched against raw pixels."""
+    weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)
+    return weights / checkpoint.std.float() if resolved_space(space, checkpoint) == "pixel" else weights
+
+
+def resolved_space(space: str, checkpoint: Checkpoint) -> str:
+    """'auto': pixel space unless some pixels hardly vary in training (MNIST's rim under per-pixel
+    standardization): W / std is huge there, a weight the pixel never uses, and takes the whole picture."""
+    if space != "auto":
+        return space
+    std = checkpoint.std.float().flatten()
+    return "input" if bool((std < STILL * std.median()).any()) else "pixel"
+
+
+def resolved_colours(colours: str, channels: int) -> str:
+    """'auto': signs are what a grey template shows best; a colour one keeps its colours."""
+    if colours == "auto":
+        return "diverging" if channels == 1 else "natural"
+    return colours
+
+
+def display_images(weights: torch.Tensor, scale: str = "each", colours: str = "natural",
+                   clip: float = 0.0) -> torch.Tensor:
+    """(K, C, H, W) weights -> float in [0, 1]: (K, C, H, W) natural, (K, 3, H, W) diverging.
+
+    clip: the share of values, at each end, that saturate: the range runs from the clip to the 1 - clip
+    quantile. In pixel space a pixel that hardly varies (MNIST's rim) gets a huge W / std that it never
+    uses; unclipped, those few pixels take the whole range and the rest of the template is one flat grey."""
+    if resolved_colours(colours, weights.shape[1]) == "diverging":
+        return diverging(weights.mean(1), scale, clip)
     flat = weights.flatten(1)
-    if scale == "shared":
-        low, high = flat.min().expand(len(flat)), flat.max().expand(len(flat))
-    else:
-        low, high = flat.min(1).values, flat.max(1).values
+    pool = flat.reshape(1, -1) if scale == "shared" else flat
+    low, high = _quantile(pool, clip), _quantile(pool, 1.0 - clip)
+    low, high = low.expand(len(flat)), high.expand(len(flat))
     span = (high - low).clamp_min(1e-12)
-    return ((flat - low[:, None]) / span[:, None]).reshape(weights.shape)
+    return ((flat - low[:, None]) / span[:, None]).clamp(0, 1).reshape(weights.shape)
+
+
+def _quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
+    """Each row's q-quantile (torch.quantile refuses more than 16M values; sorting does not)."""
+    ordered = rows.sort(1).values
+    return ordered[:, round(q * (rows.shape[1] - 1))]
+
+
+def diverging(signed: torch.Tensor, scale: str = "each", clip: float = 0.0) -> torch.Tensor:
+    """(K, H, W) signed values -> (K, 3, H, W): white at 0, towards red for +, blue for -, symmetric about 0
+    (the 1 - clip quantile of |value|, each template's or all of them with scale="shared", is full colour)."""
+    flat = signed.flatten(1).abs()
+    reach = _quantile(flat.reshape(1, -1) if scale == "shared" else flat, 1.0 - clip)
+    t = (signed / reach.clamp_min(1e-12).reshape(-1, 1, 1)).clamp(-1, 1)[:, None]  # (K, 1, H, W) in [-1, 1]
+    end = torch.where(t >= 0, torch.tensor(POSITIVE)[:, None, None], torch.tensor(NEGATIVE)[:, None, None])
+    return 1.0 + t.abs() * (end - 1.0)  # white moved towards the end colour by |t|
 
 
 def enlarge(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -57,13 +110,15 @@ def check_size_fits(shape: tuple[int, ...], size: int) -> None:
 
 
 def export_templates(checkpoint: Checkpoint, out: Path, size: int = 128, scale: str = "each",
-                     grid_only: bool = False) -> list[Path]:
+                     grid_only: bool = False, space: str = "auto", colours: str = "auto",
+                     clip: float = CLIP) -> list[Path]:
     from torchvision.io import write_png
 
-    weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)
-    shown = display_images(weights, scale)
+    space = resolved_space(space, checkpoint)
+    weights = template_weights(checkpoint, space)
+    shown = display_images(weights, scale, colours, clip)
     if not grid_only:
-        check_size_fits(tuple(weights.shape), size)
+        check_size_fits(tuple(shown.shape), size)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if not grid_only:
@@ -77,27 +132,50 @@ def export_templates(checkpoint: Checkpoint, out: Path, size: int = 128, scale: 
             write_atomic(path, lambda temporary, pixels=pixels: write_png(pixels, str(temporary)))
             written.append(path)
     grid = out / f"{GRID_STEM}.png"
-    write_atomic(grid, lambda temporary: save_grid(shown, checkpoint.classes, temporary))
+    title = grid_title(space, scale, resolved_colours(colours, weights.shape[1]))
+    write_atomic(grid, lambda temporary: save_grid(shown, checkpoint.classes, temporary, title))
     return written + [grid]
 
 
+def grid_title(space: str, scale: str, colours: str) -> str:
+    what = "W / std, as matched against raw pixels" if space == "pixel" else "rows of W, on standardized pixels"
+    ranges = "each to its own range" if scale == "each" else "one range for all"
+    sign = "; red +, white 0, blue -" if colours == "diverging" else ""
+    return f"class templates ({what}; {ranges}{sign})"
+
+
 GRID_DPI = 100
-GRID_CELL = (1.3, 1.5)  # inches per template, its name above it
+GRID_CELL = (1.6, 1.8)  # inches per template, its name above it: a template's longer side is 1.4 in, 140 pixels
+TITLE_LINE = 0.2  # inches a line of the title takes (10 points and its spacing), above the first row's names
+TITLE_CHARACTERS_PER_INCH = 12  # about, at 10 points: where the title wraps
 
 
-def grid_figsize(count: int) -> tuple[float, float]:
-    """The labelled grid's size in inches: up to 10 templates a row."""
+def grid_figsize(count: int, title: str = "class templates") -> tuple[float, float]:
+    """The labelled grid's size in inches: up to 10 templates a row, and the title's lines above them."""
     columns = min(10, count)
     rows = -(-count // columns)
-    return GRID_CELL[0] * columns, GRID_CELL[1] * rows
+    return GRID_CELL[0] * columns, GRID_CELL[1] * rows + title_height(title_lines(title, GRID_CELL[0] * columns))
 
 
-def save_grid(images: torch.Tensor, classes: list[str], path: Path) -> None:
-    """All templates in one labelled figure, figsize grid_figsize(K) at GRID_DPI.
+def title_lines(title: str, width: float) -> list[str]:
+    import textwrap
 
-    One picture of all the templates side by side (square pixels, names above them), not one
-    matplotlib axes each: a hundred classes draw in a fraction of a second.
-    """
+    return textwrap.wrap(title, max(10, int(width * TITLE_CHARACTERS_PER_INCH))) if title else []
+
+
+def title_height(lines: list[str]) -> float:
+    return 0.1 + TITLE_LINE * max(1, len(lines))
+
+
+def save_grid(images: torch.Tensor, classes: list[str], path: Path, title: str = "class templates") -> None:
+    """All templates in one labelled figure, figsize grid_figsize(K, title) at GRID_DPI."""
+    grid_figure(images, classes, title).savefig(path, format="png", dpi=GRID_DPI)
+
+
+def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class templates"):
+    """One picture of all the templates side by side (square pixels, names above them), not one
+    matplotlib axes each: a hundred classes draw in a fraction of a second. The title has its own band
+    at the top (figure.suptitle sat at 98% of the height: on a tall grid, over the first row's names)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,9 +185,10 @@ def save_grid(images: torch.Tensor, classes: list[str], path: Path) -> None:
     count, channels, height, width = images.shape
     columns = min(10, count)
     rows = -(-count // columns)
-    fig_w, fig_h = grid_figsize(count)
-    title = 0.3  # inches at the top for the title
-    cell_w, cell_h = fig_w / columns, (fig_h - title) / rows  # inches
+    fig_w, fig_h = grid_figsize(count, title)
+    lines = title_lines(title, fig_w)
+    band_top = title_height(lines)  # inches at the top for the title
+    cell_w, cell_h = fig_w / columns, (fig_h - band_top) / rows  # inches
     side = min(cell_w - 0.2, cell_h - 0.35)  # the template's longer side, inches; the rest: margins and its name
     unit = side / max(height, width)  # inches per template pixel, so the margins can be counted in pixels
     pad_w = max(1, round((cell_w - width * unit) / 2 / unit))
@@ -119,7 +198,7 @@ def save_grid(images: torch.Tensor, classes: list[str], path: Path) -> None:
     mosaic = np.ones((rows * cell_rows, columns * cell_columns, 3), dtype=np.float32)  # white paper
     pictures = images.permute(0, 2, 3, 1).float().numpy()
     figure = Figure(figsize=(fig_w, fig_h), dpi=GRID_DPI)
-    axis = figure.add_axes((0.0, 0.0, 1.0, 1.0 - title / fig_h))
+    axis = figure.add_axes((0.0, 0.0, 1.0, 1.0 - band_top / fig_h))
     for index, (picture, name) in enumerate(zip(pictures, classes)):
         row, column = divmod(index, columns)
         top, left = row * cell_rows + band, column * cell_columns + pad_w
@@ -128,5 +207,6 @@ def save_grid(images: torch.Tensor, classes: list[str], path: Path) -> None:
                   clip_on=False)
     axis.imshow(mosaic, interpolation="nearest", vmin=0.0, vmax=1.0)
     axis.set_axis_off()
-    figure.suptitle("class templates (rows of W)", fontsize=10)
-    figure.savefig(path, format="png", dpi=GRID_DPI)
+    if lines:
+        figure.text(0.5, 1.0 - (band_top / 2) / fig_h, "\n".join(lines), ha="center", va="center", fontsize=10)
+    return figure

@@ -75,7 +75,8 @@ def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
     if kind == "embedded":
         return [EMBEDDED_ZIP]
     if kind == "folder":
-        return [folder_split_dir(root, split)]
+        names = names_file(spec, root, split)  # a words.txt beside train/ changes the cached class names
+        return [folder_split_dir(root, split), *([names] if names else [])]
     return [resolved_path(spec, root, name) or root / name for name in spec.files]
 
 
@@ -130,7 +131,22 @@ def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
     if empty:
         raise UserError(f"{spec.name}: {directory}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class "
                         f"folder(s) {', '.join(empty[:5])}; every class folder needs at least one image")
+    names = names_file(spec, root, split)
+    if names is not None:
+        from imgcls.classnames import named_classes
+
+        classes = named_classes(classes, names)
     return ImageList(paths, lambda i: read_image_file(paths[i]), labels, classes, passed_over)
+
+
+def names_file(spec: DatasetSpec, root: Path, split: str) -> Path | None:
+    """The words.txt or classes.txt beside the class folders (in the split's folder, else in ROOT), as
+    Tiny-ImageNet and ImageNet ship them; only where the dataset's classes come from the folders."""
+    if spec.classes is not None:
+        return None
+    from imgcls.classnames import names_file_beside
+
+    return names_file_beside(folder_split_dir(root, split), root)
 
 
 def is_image_name(path: str | Path) -> bool:

@@ -1,0 +1,70 @@
+"""Readable class names from a names file, for class folders named by ids (ImageNet's n01443537).
+
+Two formats, as the datasets ship them:
+
+    words.txt     "n01443537<TAB>goldfish, Carassius auratus": id, a tab, names; the first name is shown
+    classes.txt   one name a line, in the classes' order (the sorted folder names)
+
+A file that leaves a class out, or names another number of classes, is a user's mistake (UserError):
+a half-renamed table would be worse than ids. Two ids with the same first name (ImageNet has two
+"crane"s) keep their id after it, so that no two classes look alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgcls.errors import UserError
+from imgcls.files import printable
+
+NAMES_FILES = ("words.txt", "classes.txt")  # looked for beside the class folders, in this order
+
+
+def read_names_file(path: Path) -> dict[str, str] | list[str]:
+    """id -> shown name (every line holds a tab), else the names in order."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"class-names file {printable(path)} does not exist; pass a words.txt (id<TAB>name a line) "
+                        f"or classes.txt (one name a line)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read class-names file {printable(path)} ({type(error).__name__}: {error}); it must "
+                        f"be UTF-8 text") from None
+    lines = [line.strip("\r\n") for line in text.splitlines() if line.strip()]
+    if lines and all("\t" in line for line in lines):
+        pairs = (line.split("\t", 1) for line in lines)
+        return {key.strip(): (value.split(",")[0].strip() or key.strip()) for key, value in pairs}
+    return [line.strip() for line in lines]
+
+
+def named_classes(classes: list[str], path: Path) -> list[str]:
+    """The classes (ids, in their order) as the names file names them."""
+    names = read_names_file(path)
+    where = printable(path)
+    if isinstance(names, dict):
+        missing = [name for name in classes if name not in names]
+        if missing:
+            shown = ", ".join(printable(name) for name in missing[:3])
+            raise UserError(f"class-names file {where} does not name {len(missing)} of the {len(classes)} classes "
+                            f"(e.g. {shown}); it needs a line 'id<TAB>name' for each class folder")
+        shown_names = [names[name] for name in classes]
+    else:
+        if len(names) != len(classes):
+            raise UserError(f"class-names file {where} names {len(names)} classes, but there are {len(classes)}; "
+                            f"it needs one name a line, in the order of the sorted class folders")
+        shown_names = names
+    return distinct(shown_names, classes)
+
+
+def distinct(names: list[str], ids: list[str]) -> list[str]:
+    """Names that repeat get their id after them: 'crane (n02012849)'."""
+    return [f"{name} ({key})" if names.count(name) > 1 and name != key else name for name, key in zip(names, ids)]
+
+
+def names_file_beside(*folders: Path) -> Path | None:
+    """The first words.txt or classes.txt in the folders, in the order given."""
+    for folder in folders:
+        for name in NAMES_FILES:
+            if (Path(folder) / name).is_file():
+                return Path(folder) / name
+    return None
