@@ -153,8 +153,9 @@ def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: 
             check_finite(progress)
             if progress.seconds - shown > 0.1 or progress.step == len(batches):
                 shown = progress.seconds
+                seen = progress.seen * batches.shard.world
                 reporter.step(progress.step, float(progress.loss_sum) / float(progress.weight_sum),
-                              progress.seen * batches.shard.world / progress.seconds)
+                              seen / progress.seconds, images=seen)
         if distributed.any_process(stop.requested, device) and progress.step < len(batches):
             return False
     return True
