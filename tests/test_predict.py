@@ -263,3 +263,43 @@ def test_predict_user_errors(cli, cifar_run, tiny_cifar_session, tmp_path, case,
     }[case]
     assert_user_error(cli("predict", *args), *words)
     assert not (tmp_path / "no").exists()
+
+
+def test_predict_table_fits_80_columns_and_keeps_names_and_numbers_whole(cli, tiny_cifar_run, tiny_cifar_session,
+                                                                          monkeypatch):
+    """--top-k 10 at 80 columns: the lowest ranks are left out, said in the caption; every image's name and its
+    best classes with their probabilities stay whole."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out, _ = tiny_cifar_run
+    folder = tiny_cifar_session / "test" / "cat"
+    result = cli("predict", out, folder, "--top-k", 10, "--device", "cpu")
+    assert result.exit_code == 0, plain(result.output)
+    lines = plain(result.stdout).splitlines()
+    assert max(map(len, lines)) <= 80
+    expected = {p["image"]: p for p in json.loads(cli("predict", out, folder, "--top-k", 10, "--device", "cpu",
+                                                      "--json").stdout)["predictions"]}
+    text = " ".join(" ".join(lines).replace("│", " ").split())
+    for image, prediction in expected.items():
+        assert Path(image).name in text
+        assert f"{prediction['class']} {prediction['probability']:.1%}" in text
+    assert "not shown at 80 columns" in text and "#10" in text
+
+
+def test_class_names_file_renames_the_classes_of_predict_and_eval(cli, tiny_cifar_run, tiny_cifar_session,
+                                                                   tmp_path):
+    out, _ = tiny_cifar_run
+    names = tmp_path / "classes.txt"
+    names.write_text("".join(f"kind {i}\n" for i in range(10)))
+    folder = tiny_cifar_session / "test" / "cat"
+    plain_json = json.loads(cli("predict", out, folder, "--device", "cpu", "--json").stdout)
+    renamed = json.loads(cli("predict", out, folder, "--device", "cpu", "--json", "--class-names", names).stdout)
+    assert renamed["classes"] == [f"kind {i}" for i in range(10)]
+    for before, after in zip(plain_json["predictions"], renamed["predictions"]):
+        assert after["class"] == f"kind {CIFAR10_CLASSES.index(before['class'])}"
+        assert after["probability"] == before["probability"]
+    table = plain(cli("eval", out, "--device", "cpu", "--per-class", "--class-names", names).stdout)
+    assert "kind 3" in table and "cat" not in table.split("per-class")[-1]
+    short = tmp_path / "short.txt"
+    short.write_text("only\ntwo\n")
+    result = cli("predict", out, folder, "--device", "cpu", "--class-names", short)
+    assert result.exit_code == 2 and "error:" in plain(result.stderr)

@@ -52,6 +52,18 @@ def _default(section: str, key: str) -> str:
 
 
 DATA, MODEL, OPT, RUN = "Data", "Model and loss", "Optimization", "Run"
+# Readable names for id-named classes (n01443537 -> goldfish), the same option on every command that shows classes
+ClassNamesOption = Annotated[Optional[Path], typer.Option(
+    "--class-names", help="Show the classes by the names in this file: words.txt (id<TAB>name, a line a class "
+                          "folder) or classes.txt (one name a line, in class order).")]
+
+
+def _rename_classes(loaded, class_names: Path | None) -> None:
+    """The checkpoint's classes shown by the names in --class-names (when given)."""
+    if class_names is not None:
+        from imgcls.classnames import named_classes
+
+        loaded.meta["classes"] = named_classes(loaded.classes, class_names)
 
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
 @user_errors
@@ -273,6 +285,7 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     per_class: Annotated[bool, typer.Option(help="Also show per-class top-1 (with --json: and the confusion "
                                                  "matrix).")] = False,
+    class_names: ClassNamesOption = None,
 ) -> None:
     """Recompute a checkpoint's metrics on a split of its dataset."""
     from imgcls.errors import check_choice
@@ -291,6 +304,7 @@ def eval_command(
         distributed.teardown()
     if not distributed.is_main_process():
         return  # under torchrun only the main process prints
+    _rename_classes(loaded, class_names)  # after evaluating: the data's class folders keep their own names
     if as_json:
         print(jsontext.dumps(eval_json(loaded, split, metrics, per_class)))
         return
@@ -337,10 +351,7 @@ def export_templates_command(
     clip: Annotated[float, typer.Option(help="Share of the values at each end that saturate, so that a few "
                                              "extreme pixels do not flatten the rest; 0: the full range. "
                                              "Example: --clip 0")] = 0.01,
-    class_names: Annotated[Optional[Path], typer.Option("--class-names", help="Show the classes by the names in "
-                                                         "this file: words.txt (id<TAB>name, a line a class "
-                                                         "folder) or classes.txt (one name a line, in class "
-                                                         "order).")] = None,
+    class_names: ClassNamesOption = None,
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
     from imgcls.errors import check_choice
@@ -358,10 +369,7 @@ def export_templates_command(
     from imgcls.templates import export_templates
 
     loaded = ckpt.load(checkpoint)
-    if class_names is not None:
-        from imgcls.classnames import named_classes
-
-        loaded.meta["classes"] = named_classes(loaded.classes, class_names)
+    _rename_classes(loaded, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
                                colours=colours, clip=clip)
@@ -406,10 +414,7 @@ def report_command(
     html: Annotated[bool, typer.Option("--html", help="Also write RUN_DIR/report.html, the run as one self-contained "
                                                       "web page (with a gallery of test images, when the data "
                                                       "is where training found it).")] = False,
-    class_names: Annotated[Optional[Path], typer.Option("--class-names", help="Show the classes by the names in "
-                                                         "this file: words.txt (id<TAB>name, a line a class "
-                                                         "folder) or classes.txt (one name a line, in class "
-                                                         "order).")] = None,
+    class_names: ClassNamesOption = None,
 ) -> None:
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
@@ -504,6 +509,7 @@ def predict_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images/--no-skip-bad-images",
                                                   help="Skip unreadable images instead of stopping.")] = False,
+    class_names: ClassNamesOption = None,
 ) -> None:
     """Classify images with a trained model: each is resized and normalized as in training; top-k with probabilities."""
     if top_k < 1:
@@ -519,6 +525,7 @@ def predict_command(
     from imgcls.predict import list_images, predict, to_csv
 
     loaded = ckpt.load(checkpoint)
+    _rename_classes(loaded, class_names)
     require_image_model(loaded, "it cannot classify image files; `imgcls eval` scores its features file, and "
                                 "`imgcls export` gives a model that takes feature rows")
     paths = list_images(images)
@@ -541,18 +548,18 @@ def predict_command(
                           "predictions": [p.as_dict() for p in result.items],
                           "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
         return
-    from rich.table import Table
+    from imgcls.report import fitted_table
 
     k = len(result.items[0].classes)
-    table = Table(title=Text(f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of "
-                             f"{len(loaded.classes)} classes"))
-    table.add_column("image", overflow="fold")
-    for rank in range(1, k + 1):
-        table.add_column(f"#{rank}", no_wrap=True)
-    for item in result.items:
-        table.add_row(Text(printable(item.image)),
-                      *(Text(f"{name} {p:.1%}") for name, p in zip(item.classes, item.probabilities)))
-    Console().print(table)
+    # as wide as the terminal: the lowest ranks are left out (the caption says so); names fold, never get cut,
+    # and are shown below the folder all the images share
+    folder = Path(os.path.commonpath([os.path.dirname(item.image) for item in result.items]) or ".")
+    rows = [[Text(printable(os.path.relpath(item.image, folder))),
+             *(Text(f"{name} {p:.1%}") for name, p in zip(item.classes, item.probabilities))] for item in result.items]
+    title = (f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of {len(loaded.classes)} classes; "
+             f"images in {printable(folder)}")
+    Console().print(fitted_table(title, [("image", "left")] + [(f"#{rank}", "left") for rank in range(1, k + 1)],
+                                 rows, keep=2, fold_first=True))
     if csv_file is not None:
         err.print(f"wrote {len(result.items)} rows to {printable(csv_file)}", highlight=False, soft_wrap=True,
                   markup=False)

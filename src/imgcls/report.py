@@ -40,16 +40,21 @@ def epoch_line(record: dict, improved: bool) -> str:
 
 
 def fitted_table(title: str | Text, columns: list[tuple[str, str]], rows: list[list], width: int | None = None,
-                 keep: int = 1) -> Table:
+                 keep: int = 1, fold_first: bool = False) -> Table:
     """A table no wider than `width` (default: the terminal's, 80 when piped): numbers are never cut or
     wrapped; while it is too wide the rightmost columns after the first `keep` are left out, and the
-    caption names them. columns: (header, justify), most important first; rows: cells in that order."""
+    caption names them. columns: (header, justify), most important first; rows: cells in that order.
+    fold_first: the first column holds names (file paths) that may fold onto more lines, in at most half
+    the width, rather than be cut."""
     width = width or Console().width
     shown = len(columns)
     while True:
         table = Table(title=title if isinstance(title, Text) else Text(title))
-        for header, justify in columns[:shown]:
-            table.add_column(header, justify=justify, no_wrap=True)
+        for index, (header, justify) in enumerate(columns[:shown]):
+            if index == 0 and fold_first:
+                table.add_column(header, justify=justify, overflow="fold", max_width=max(width // 2, 10))
+            else:
+                table.add_column(header, justify=justify, no_wrap=True)
         for row in rows:
             table.add_row(*row[:shown])
         if shown < len(columns):
