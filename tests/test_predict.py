@@ -299,6 +299,11 @@ def test_class_names_file_renames_the_classes_of_predict_and_eval(cli, tiny_cifa
         assert after["probability"] == before["probability"]
     table = plain(cli("eval", out, "--device", "cpu", "--per-class", "--class-names", names).stdout)
     assert "kind 3" in table and "cat" not in table.split("per-class")[-1]
+    import shutil
+
+    copy = shutil.copytree(out, tmp_path / "run")  # report --html rewrites the page: not the shared run's
+    assert cli("report", copy, "--no-figures", "--html", "--class-names", names).exit_code == 0
+    assert "kind 3" in (copy / "report.html").read_text()
     short = tmp_path / "short.txt"
     short.write_text("only\ntwo\n")
     result = cli("predict", out, folder, "--device", "cpu", "--class-names", short)

@@ -433,7 +433,7 @@ def report_command(
     if html:
         from imgcls.htmlreport import write_run_page
 
-        page = write_run_page(run_dir)
+        page = write_run_page(run_dir, class_names)
     if as_json:
         print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written],
                               **({"html": str(page)} if page else {})}))

@@ -156,12 +156,12 @@ def _figure(run_path: Path, name: str) -> str | None:
     return png_data_uri(path.read_bytes()) if path.is_file() else None
 
 
-def page_context(run_path: Path) -> dict:
+def page_context(run_path: Path, class_names: Path | None = None) -> dict:
     """Everything the template shows, from the run folder (and, for the gallery, its test split)."""
     from imgcls.figures import CONFUSION, CURVES, TEMPLATES
     from imgcls.runreport import config_rows, load_run
 
-    summary = load_run(run_path)
+    summary = load_run(run_path, class_names=class_names)
     metrics = summary.metrics
     detail = (metrics or {}).get("test_detail", {})
     confusion = detail.get("confusion") or []
@@ -190,10 +190,10 @@ def render_page(context: dict) -> str:
     return template.render(**context)
 
 
-def write_run_page(run_dir: Path) -> Path:
+def write_run_page(run_dir: Path, class_names: Path | None = None) -> Path:
     """Write RUN/report.html; a folder that is not a run is a UserError (load_run's)."""
     from imgcls.rundir import REPORT_PAGE
 
     path = Path(run_dir) / REPORT_PAGE
-    write_text_atomic(path, render_page(page_context(Path(run_dir))))
+    write_text_atomic(path, render_page(page_context(Path(run_dir), class_names)))
     return path
