@@ -152,3 +152,22 @@ def test_an_exported_features_model_takes_feature_rows(cli, probe, tmp_path):
     with np.load(tmp_path / "probe.npz") as saved:
         assert float(saved["input_scale"]) == 1.0
         np.testing.assert_allclose(saved["mean"].ravel(), arrays["x_train"].mean(0), rtol=1e-5)
+
+
+def test_predict_on_a_features_file_gives_each_rows_classes_as_numpy_does(cli, probe, tmp_path, assert_user_error):
+    run, arrays, _ = probe
+    loaded = ckpt.load(run)
+    x = arrays["x_test"][:40]
+    np.savez(tmp_path / "new.npz", x=x)
+    result = cli("predict", run, tmp_path / "new.npz", "--device", "cpu", "--json", "--top-k", 2)
+    assert result.exit_code == 0, plain(result.output)
+    predictions = json.loads(result.stdout)["predictions"]
+    mean, std = loaded.mean.double().numpy().ravel() * 255, loaded.std.double().numpy().ravel() * 255
+    scores = ((x - mean) / std) @ loaded.weight.double().numpy().T + loaded.bias.double().numpy()
+    probabilities = np.exp(scores - scores.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    assert [p["image"] for p in predictions] == [f"new.npz[{row}]" for row in range(40)]
+    assert [p["class"] for p in predictions] == [CLASSES[i] for i in scores.argmax(1)]
+    assert [p["probability"] for p in predictions] == pytest.approx(probabilities.max(1).tolist(), abs=1e-5)
+    np.savez(tmp_path / "narrow.npz", x=x[:, :5])
+    assert_user_error(cli("predict", run, tmp_path / "narrow.npz", "--device", "cpu"), "5 features", "takes 24")

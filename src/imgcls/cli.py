@@ -521,15 +521,20 @@ def predict_command(
     check_device_name(device)
     from imgcls import checkpoint as ckpt
     from imgcls.files import printable
-    from imgcls.data.features import require_image_model
-    from imgcls.predict import list_images, predict, to_csv
+    from imgcls.data.features import is_features_model, require_image_model
+    from imgcls.predict import list_images, predict, predict_features, to_csv
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
-    require_image_model(loaded, "it cannot classify image files; `imgcls eval` scores its features file, and "
-                                "`imgcls export` gives a model that takes feature rows")
-    paths = list_images(images)
-    result = predict(loaded, paths, top_k, device, skip_bad_images)
+    if is_features_model(loaded):
+        if len(images) != 1 or images[0].suffix.lower() not in (".npz", ".safetensors"):
+            require_image_model(loaded, "it classifies the rows of one features file (its x, else x_test), not "
+                                        "image files: give one FILE.npz or .safetensors")
+        paths = images
+        result = predict_features(loaded, images[0], top_k, device)
+    else:
+        paths = list_images(images)
+        result = predict(loaded, paths, top_k, device, skip_bad_images)
     for name, why in result.skipped:
         err.print(f"skipped {printable(name)}: cannot read it ({why})", soft_wrap=True, highlight=False, markup=False)
     if not result.items:

@@ -103,7 +103,6 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
 
     device = resolve_device(device_name)
     model = checkpoint.model().to(device).eval()
-    k = max(1, min(k, len(checkpoint.classes)))
     result = Predictions([])
     images, names = [], []
     for path in paths:
@@ -118,15 +117,39 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
         result.resized += resized
         images.append(image)
         names.append(str(path))
-    for start in range(0, len(images), chunk):
-        batch = torch.stack(images[start:start + chunk])
-        scores = model(normalized(batch, checkpoint, device)).float()
+    for start in range(0, len(images), chunk):  # stacked a chunk at a time: the list already holds every image
+        result.items += top_k(model, torch.stack(images[start:start + chunk]), names[start:start + chunk],
+                              checkpoint, device, k, chunk)
+    return result
+
+
+@torch.inference_mode()
+def predict_features(checkpoint: Checkpoint, path: Path, k: int = 5, device_name: str = "cpu",
+                     chunk: int = 4096) -> Predictions:
+    """A features model's top-k for each row of a features file, named FILE[row], normalized as in training."""
+    from imgcls.data.features import rows_to_predict
+    from imgcls.device import resolve_device
+
+    device = resolve_device(device_name)
+    model = checkpoint.model().to(device).eval()
+    rows = rows_to_predict(path, checkpoint.weight.shape[1])
+    names = [f"{path.name}[{row}]" for row in range(len(rows))]
+    return Predictions(top_k(model, rows, names, checkpoint, device, k, chunk))
+
+
+def top_k(model, inputs: torch.Tensor, names: list[str], checkpoint: Checkpoint, device: torch.device, k: int,
+          chunk: int) -> list[Prediction]:
+    """Each input's k likeliest classes with their softmax probabilities, `chunk` inputs at a time."""
+    k = max(1, min(k, len(checkpoint.classes)))
+    items = []
+    for start in range(0, len(inputs), chunk):
+        scores = model(normalized(inputs[start:start + chunk], checkpoint, device)).float()
         top = scores.topk(k, dim=1)
         probabilities = torch.softmax(scores.double(), dim=1).gather(1, top.indices)
         for row, name in enumerate(names[start:start + chunk]):
-            result.items.append(Prediction(name, [checkpoint.classes[i] for i in top.indices[row].tolist()],
-                                           probabilities[row].tolist()))
-    return result
+            items.append(Prediction(name, [checkpoint.classes[i] for i in top.indices[row].tolist()],
+                                    probabilities[row].tolist()))
+    return items
 
 
 def to_csv(predictions: list[Prediction]) -> str:

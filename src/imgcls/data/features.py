@@ -105,7 +105,7 @@ def load_features(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tenso
 
 
 def _features(path: Path, split: str, x: np.ndarray) -> torch.Tensor:
-    name = f"x_{split}"
+    name = split if split.startswith("x") else f"x_{split}"
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise UserError(f"features file {path}: {name} has shape {x.shape}; it must be (N, D), one non-empty row of "
                         f"features per example")
@@ -221,6 +221,20 @@ def prepare_features(config, seed: int):
                         val=as_images(val), test=as_images(splits["test"]),
                         normalization=fit_feature_normalization(x, config.normalize), superclass_of=None, skipped=0,
                         from_cache=False)
+
+
+def rows_to_predict(path: Path, width: int) -> torch.Tensor:
+    """The rows `imgcls predict` scores from a features file: its `x`, else its `x_test`, checked as training
+    checks its splits, and as wide as the model's input."""
+    arrays, _ = read_arrays(path, ("x", "x_test"))
+    key = "x" if "x" in arrays else "x_test" if "x_test" in arrays else None
+    if key is None:
+        raise UserError(f"features file {path} holds neither x nor x_test; save the rows to classify as x")
+    rows = _features(path, key, arrays[key])
+    if rows.shape[1] != width:
+        raise UserError(f"features file {path}: {key} rows have {rows.shape[1]} features but the model takes "
+                        f"{width}; give features made the way its training features were")
+    return rows
 
 
 def is_features_model(checkpoint) -> bool:
