@@ -89,7 +89,8 @@ def _restore_progress(saved: ckpt.Checkpoint, progress: Progress, device: torch.
     resume = saved.meta["resume"]
     progress.epoch, progress.step = saved.meta["epoch"], saved.meta["step"]
     progress.seconds = resume["seconds"]
-    progress.lr_first = resume.get("lr_first")
+    # a checkpoint from before lr_first was recorded: the rate its next update uses is the best estimate
+    progress.lr_first = resume.get("lr_first", resume["param_groups"][0]["lr"] if saved.meta["step"] else None)
     if shard.is_main:  # the saved running sums are the whole world's: one process carries them on
         sums = [saved.state[name] for name in ("loss_sum", "weight_sum", "correct")]
         if any(tensor.dim() != 0 or not bool(torch.isfinite(tensor)) for tensor in sums) or \

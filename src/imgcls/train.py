@@ -112,8 +112,8 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
 def resume_from(run: RunDir, config: Config, data: PreparedData, model, optimizer, scheduler, progress: Progress,
                 device: torch.device, shard: distributed.Shard, steps_per_epoch: int) -> None:
     saved = ckpt.load(run.last)
-    check_same_run(saved, config, data)
     try:
+        check_same_run(saved, config, data)
         restore(saved, model, optimizer, scheduler, progress, device, shard, steps_per_epoch)
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as error:
         raise UserError(f"{run.last} cannot resume this run ({type(error).__name__}: {str(error)[:200]}); it is "
@@ -146,7 +146,10 @@ def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: 
         progress.lr_last = optimizer.param_groups[0]["lr"]  # the rate this update uses, before the schedule moves
         if progress.step == 0:
             progress.lr_first = progress.lr_last
-        progress.add(step(pixels, labels, batch_labels), len(labels))
+        if len(labels) or batches.shard.world > 1:  # under torchrun every process takes part in each step
+            progress.add(step(pixels, labels, batch_labels), len(labels))
+        else:  # nothing readable in the whole batch (--skip-bad-images): no update, but still this step of the plan
+            progress.step += 1
         scheduler.step()
         progress.seconds = time.perf_counter() - started
         if progress.step % sync_every == 0 or progress.step == len(batches):
@@ -154,7 +157,7 @@ def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: 
             if progress.seconds - shown > 0.1 or progress.step == len(batches):
                 shown = progress.seconds
                 seen = progress.seen * batches.shard.world
-                reporter.step(progress.step, float(progress.loss_sum) / float(progress.weight_sum),
+                reporter.step(progress.step, float(progress.loss_sum) / max(float(progress.weight_sum), 1e-12),
                               seen / progress.seconds, images=seen)
         if distributed.any_process(stop.requested, device) and progress.step < len(batches):
             return False

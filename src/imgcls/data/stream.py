@@ -128,8 +128,6 @@ class StreamingBatches:
         for (pixels, labels, error), rows in zip(loader, plan):
             if error is not None:
                 raise UserError(error)
-            if not len(labels) and self.shard.world == 1:
-                continue  # nothing readable in it; under torchrun the others still need this step's collective
             yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows.to(self.device)])
 
 
