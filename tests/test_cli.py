@@ -17,7 +17,7 @@ from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLA
                       write_image_folder)
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
-from imgcls.figures import FIGURE_FILES
+from imgcls.rundir import FIGURE_FILES
 from imgcls.rundir import METRICS_CSV, REPORT_PAGE, RUN_FILES
 
 MNIST_EPOCHS = 2

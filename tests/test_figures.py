@@ -9,8 +9,8 @@ from PIL import Image
 
 from conftest import TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, plain
 from imgcls.data.registry import CIFAR10_CLASSES
-from imgcls.figures import (CONFUSION, CURVES, DPI, FIGURE_FILES, TEMPLATES, confusion_figsize, confusion_heatmap,
-                            learning_curves, write_run_figures)
+from imgcls.figures import DPI, confusion_figsize, confusion_heatmap, learning_curves, write_run_figures
+from imgcls.rundir import CONFUSION, CURVES, FIGURE_FILES, TEMPLATES
 from imgcls.runreport import confused_pairs
 from imgcls.templates import GRID_DPI, grid_figsize, save_grid
 

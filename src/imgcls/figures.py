@@ -15,12 +15,11 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable, write_atomic
+from imgcls.rundir import CONFUSION, CURVES, TEMPLATES, RunDir
 
 DPI = 100
 CURVES_FIGSIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
 CURVES_LR_FIGSIZE = (14.0, 4.0)  # with the learning-rate panel (records that have "lr"): 1400 x 400 pixels
-CURVES, CONFUSION, TEMPLATES = "curves.png", "confusion.png", "templates.png"
-FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
 ANNOTATE_UP_TO = 20  # classes; beyond that the counts in the cells would be unreadable
 NAME_UP_TO = 150  # classes; beyond that the confusion matrix is labelled with class indices
 
@@ -157,8 +156,6 @@ def write_run_figures(run_dir: Path, class_names: Path | None = None) -> list[Pa
     curves.png needs epochs.jsonl, confusion.png metrics.json (a finished run), templates.png
     best.safetensors. A folder with none of them is not a run folder: a UserError.
     """
-    from imgcls.rundir import RunDir
-
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
         raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")

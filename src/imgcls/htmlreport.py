@@ -158,7 +158,7 @@ def _figure(run_path: Path, name: str) -> str | None:
 
 def page_context(run_path: Path, class_names: Path | None = None) -> dict:
     """Everything the template shows, from the run folder (and, for the gallery, its test split)."""
-    from imgcls.figures import CONFUSION, CURVES, TEMPLATES
+    from imgcls.rundir import CONFUSION, CURVES, TEMPLATES
     from imgcls.runreport import config_rows, load_run
 
     summary = load_run(run_path, class_names=class_names)

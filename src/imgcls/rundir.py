@@ -28,7 +28,6 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.figures import FIGURE_FILES
 from imgcls.files import printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 METRICS_CSV = "metrics.csv"  # epochs.jsonl as a table, for a spreadsheet
@@ -36,6 +35,8 @@ RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", 
 DIVERGED = "diverged.txt"
 REPORT_PAGE = "report.html"  # htmlreport.py's page of the run
 LOCK = ".imgcls.lock"
+CURVES, CONFUSION, TEMPLATES = "curves.png", "confusion.png", "templates.png"  # drawn by figures.py
+FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
 # What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
 OWN_FILES = (*RUN_FILES, METRICS_CSV, *FIGURE_FILES, REPORT_PAGE, DIVERGED)
 OWN_FOLDERS = ("templates", "tensorboard")  # export-templates' output (the README's example) and --tensorboard's
@@ -135,11 +136,7 @@ class RunDir:
 
     def retry_command(self) -> str:
         """The command that repeats this run (in a new folder) with a tenth of its learning rate."""
-        lr = None
-        try:
-            lr = (yaml.safe_load(self.config.read_text()) or {}).get("optim", {}).get("lr")
-        except (OSError, yaml.YAMLError, AttributeError):
-            pass
+        lr = self._saved_setting("optim", "lr")
         lower = f"{lr / 10:g}" if isinstance(lr, (int, float)) and not isinstance(lr, bool) else "LOWER"
         return f"imgcls train --config {printable(self.config)} --lr {lower}"
 
@@ -231,11 +228,17 @@ class RunDir:
             return 0
 
     def _epochs_planned(self) -> int | None:
-        try:
-            epochs = (yaml.safe_load(self.config.read_text()) or {}).get("train", {}).get("epochs")
-        except (OSError, yaml.YAMLError, AttributeError):
-            return None
+        epochs = self._saved_setting("train", "epochs")
         return epochs if isinstance(epochs, int) else None
+
+    def _saved_setting(self, section: str, key: str):
+        """One value of config.yaml, read by the config's own bounded loader; None if it cannot be read."""
+        from imgcls.config import read_yaml
+
+        try:
+            return (read_yaml(self.config, str(self.config), "") or {}).get(section, {}).get(key)
+        except (UserError, AttributeError):
+            return None
 
 
 def epochs_csv(history: list[dict]) -> str:
