@@ -1,5 +1,5 @@
 """Shared fixtures: where the real test data is, a decoded cache of our own, small image folders,
-and helpers to run the CLI and check its user errors.
+and helpers to run the CLI (in-process, or as a real process) and check its user errors.
 
 The real datasets are found through one variable, IMGCLS_TEST_DATA (default: <repo>/../shared/datasets).
 CI always has them, so a missing folder fails the tests that need it, with a message saying where it looked.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,34 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+def python_env(env: dict | None = None) -> dict:
+    """The environment for a child Python: ours, with no colour, the imgcls this process imported first on
+    PYTHONPATH (so the child runs the same source), and `env` on top."""
+    import imgcls
+
+    package_root = str(Path(imgcls.__file__).resolve().parent.parent)
+    path = os.pathsep.join(part for part in (package_root, os.environ.get("PYTHONPATH", "")) if part)
+    return {**os.environ, "NO_COLOR": "1", "PYTHONPATH": path, **(env or {})}
+
+
+def run_python(*args, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python ARGS` (this interpreter, e.g. run_python("-c", CODE, ARG)) to its end; stdout and stderr as text."""
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=python_env(env))
+
+
+def run_imgcls(*args, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m imgcls ARGS` in a real process, to its end."""
+    return run_python("-m", "imgcls", *args, env=env, timeout=timeout)
+
+
+def start_python(*args, env: dict | None = None, **popen) -> subprocess.Popen:
+    """`python ARGS` started and left running (to signal, kill or talk to); stdout and stderr are text pipes
+    unless `popen` says otherwise (it takes subprocess.Popen's keywords)."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, *map(str, args)], env=python_env(env), **popen)
 
 
 def _check_user_error(result, *words: str) -> str:

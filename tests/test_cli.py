@@ -4,8 +4,6 @@ config precedence through a saved config.yaml, and every user error ending as on
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,8 @@ import torch
 import yaml
 from torchvision.io import ImageReadMode, read_image
 
-from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, train_tiny_cifar,
-                      write_image_folder)
+from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, run_python,
+                      train_tiny_cifar, write_image_folder)
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
 from imgcls.rundir import FIGURE_FILES
@@ -687,11 +685,6 @@ def test_eval_with_an_unknown_device(cli, tiny_cifar_run, assert_user_error):
 
 
 # --- the module entry point, in a real process ----------------------------------------------------
-
-def run_python(*args, timeout=120):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "NO_COLOR": "1"})
-
 
 def test_python_m_imgcls_version():
     from imgcls import __version__

@@ -7,8 +7,6 @@ import math
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 import torch
 from torchvision.io import decode_image, ImageReadMode
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, start_python
 from imgcls.config import DataConfig
 from imgcls.data.batches import Batches, epoch_permutation
 from imgcls.data.prepare import LabelledImages, Normalization, fit_normalization, load_decoded, prepare, \
@@ -374,7 +372,7 @@ def test_the_loser_of_a_race_to_build_an_entry_uses_the_winners(tmp_path, fresh_
 
 
 def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = start_python("-c", "pass", stdout=None, stderr=None)
     process.wait()
     return process.pid
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_python, start_python
 from imgcls import checkpoint as ckpt
 
 # About 2500 images: 2227 train (batches of 6 split 3/3, the last one 1 image split 0/1) and 275
@@ -22,11 +21,16 @@ COMMON = ["--dataset", "mnist", "--limit", "2501", "--val-split", "0.11", "--epo
           "--lr", "0.005", "--momentum", "0.9", "--device", "cpu", "--quiet"]
 
 
-def run_imgcls(args: list, processes: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "imgcls", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def torchrun(processes: int) -> list:
+    """The Python arguments that start torchrun with `processes` workers on this machine (one: no launcher)."""
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] if processes > 1 else []
+
+
+def run_imgcls_on(processes: int, args: list, timeout: float = 240):
+    return run_python(*torchrun(processes), "-m", "imgcls", *args, env=ONE_THREAD, timeout=timeout)
 
 
 def assert_same_weights(a: Path, b: Path, atol: float) -> None:
@@ -46,7 +50,7 @@ def single_and_double(mnist_root, tmp_path_factory):
     runs = {}
     for processes in (1, 2):
         out = root / f"p{processes}"
-        done = run_imgcls(["train", *COMMON, "--data-dir", mnist_root, "--out", out], processes)
+        done = run_imgcls_on(processes, ["train", *COMMON, "--data-dir", mnist_root, "--out", out])
         assert done.returncode == 0, done.stderr[-3000:]
         runs[processes] = (out, done)
     return runs
@@ -75,8 +79,8 @@ def test_two_processes_report_the_metrics_of_one(single_and_double):
 def test_distributed_evaluation_counts_every_image_once(single_and_double):
     """10,000 test images over 3 processes (3333, 3333, 3334): the same counts as one process."""
     one, _ = single_and_double[1]
-    single = run_imgcls(["eval", one / "best.safetensors", "--device", "cpu", "--json"])
-    triple = run_imgcls(["eval", one / "best.safetensors", "--device", "cpu", "--json"], processes=3)
+    single = run_imgcls_on(1, ["eval", one / "best.safetensors", "--device", "cpu", "--json"])
+    triple = run_imgcls_on(3, ["eval", one / "best.safetensors", "--device", "cpu", "--json"])
     assert single.returncode == 0 and triple.returncode == 0, triple.stderr[-2000:]
     first, second = json.loads(single.stdout)["test"], json.loads(triple.stdout)["test"]
     assert second["count"] == first["count"] == 10000
@@ -88,10 +92,8 @@ def test_two_processes_interrupted_and_resumed_end_as_uninterrupted(single_and_d
     """Ctrl-C in a terminal signals the whole process group: torchrun and both workers at once."""
     whole, done_whole = single_and_double[2]
     out = tmp_path / "broken"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    process = subprocess.Popen([*launcher, "-m", "imgcls", "train", *COMMON, "--data-dir", str(mnist_root),
-                                "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    process = start_python(*torchrun(2), "-m", "imgcls", "train", *COMMON, "--data-dir", mnist_root, "--out", out,
+                           env=ONE_THREAD, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (out / "epochs.jsonl").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -102,7 +104,7 @@ def test_two_processes_interrupted_and_resumed_end_as_uninterrupted(single_and_d
     saved = ckpt.load(out / "last.safetensors")
     assert saved.meta["step"] > 0 and saved.meta["epoch"] < 3, "interrupted in the middle of an epoch"
 
-    resumed = run_imgcls(["train", "--resume", out, "--device", "cpu", "--quiet"], processes=2)
+    resumed = run_imgcls_on(2, ["train", "--resume", out, "--device", "cpu", "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(whole / "last.safetensors", out / "last.safetensors", atol=1e-5)
     assert json.loads(resumed.stdout)["test"] == json.loads(done_whole.stdout)["test"]
@@ -118,10 +120,9 @@ def test_under_torchrun_the_process_ends_without_finalizing_python(world, tmp_pa
     after flushing what it printed, and keeps its exit code."""
     code = ("import atexit, sys\natexit.register(lambda: print('finalized'))\n"
             "sys.argv = ['imgcls', *sys.argv[1:]]\nfrom imgcls.cli import main\nmain()\n")
-    env = {**os.environ, "WORLD_SIZE": world, "RANK": "0"}
-    version = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, env=env)
-    missing = subprocess.run([sys.executable, "-c", code, "eval", str(tmp_path / "none.safetensors")],
-                             capture_output=True, text=True, env=env)
+    env = {"WORLD_SIZE": world, "RANK": "0"}
+    version = run_python("-c", code, "--version", env=env)
+    missing = run_python("-c", code, "eval", tmp_path / "none.safetensors", env=env)
     assert version.returncode == 0 and version.stdout.startswith("imgcls")
     assert missing.returncode == 2 and missing.stderr.startswith("error:")
     assert ("finalized" in version.stdout + missing.stdout) == (world == "1")

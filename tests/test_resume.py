@@ -8,15 +8,13 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import plain
+from conftest import plain, start_python
 from imgcls import checkpoint as ckpt
 from imgcls import train as train_module
 from imgcls.config import build_config
@@ -355,9 +353,7 @@ def test_sigterm_to_a_real_process_then_resume(cli, mnist_root, tmp_path, assert
              "lr": 0.002, "momentum": 0.5, "seed": 2, "device": "cpu"}  # 900 steps an epoch: about 0.4 s
     args = [str(part) for name, value in flags.items() for part in (f"--{name.replace('_', '-')}", value)]
     out = tmp_path / "killed"
-    env = {**os.environ, "NO_COLOR": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "imgcls", "train", *args, "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = start_python("-m", "imgcls", "train", *args, "--out", out)
     deadline = time.monotonic() + 120
     while not (out / "epochs.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

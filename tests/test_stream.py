@@ -6,11 +6,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import torch
 
+from conftest import start_python
 from imgcls import checkpoint as ckpt
 from imgcls.data.batches import Batches
 from imgcls.data.prepare import LabelledImages, Normalization
@@ -133,10 +133,9 @@ def test_a_damaged_test_image_gets_a_short_clean_reason_before_training(cli, tin
 def test_sigterm_to_the_whole_process_group_checkpoints_a_streaming_run(tiny_cifar_session, tmp_path):
     """What a scheduler or systemd does: SIGTERM to every process of the job, the DataLoader workers too."""
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imgcls", "train", *map(str, train_args(tiny_cifar_session, out, "--stream")[1:]),
-         "--epochs", "1000", "--batch-size", "1", "--limit", "24"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = start_python("-m", "imgcls", "train", *train_args(tiny_cifar_session, out, "--stream")[1:],
+                           "--epochs", "1000", "--batch-size", "1", "--limit", "24",
+                           stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while not (out / "last.safetensors").exists():  # an epoch done: the next one's workers are running
