@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torchvision.io import ImageReadMode, read_image
 
-from conftest import (TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, run_python,
-                      train_tiny_cifar, write_image_folder)
+from conftest import (MNIST_EPOCHS, TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain,
+                      run_python, train_tiny_cifar, write_image_folder)
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
 from imgcls.rundir import FIGURE_FILES
 from imgcls.rundir import METRICS_CSV, REPORT_PAGE, RUN_FILES
 
-MNIST_EPOCHS = 2
 SMALL_FOLDER = {
     "train": {"circle": [(8, 8)] * 6, "square": [(8, 8)] * 6, "star": [(8, 8)] * 6},
     "test": {"circle": [(8, 8)] * 2, "square": [(8, 8)] * 2, "star": [(8, 8)] * 2},
@@ -28,15 +26,6 @@ SMALL_FOLDER = {
 def read_run(path: Path):
     epochs = [json.loads(line) for line in (path / "epochs.jsonl").read_text().splitlines()]
     return yaml.safe_load((path / "config.yaml").read_text()), epochs, json.loads((path / "metrics.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def mnist_run(cli, mnist_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "mnist"
-    result = cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 600, "--epochs", MNIST_EPOCHS,
-                 "--momentum", 0.5, "--lr", 0.05, "--batch-size", 32, "--seed", 3, "--device", "cpu", "--out", out, "--quiet")
-    assert result.exit_code == 0, plain(result.output)
-    return out, result
 
 
 # --- train -> eval -> export-templates ----------------------------------------------------------
@@ -235,48 +224,6 @@ def test_report_shows_bracketed_names_and_paths(cli, bracketed_run, assert_ok):
     result = cli("report", out, "--no-figures")
     assert_ok(result)
     assert str(out) in plain(result.stdout) and BRACKETED in plain(result.stdout)
-
-
-def test_export_templates_of_mnist(cli, mnist_run, tmp_path):
-    out, _ = mnist_run
-    result = cli("export-templates", out / "best.safetensors", "--out", tmp_path / "tpl")
-    assert result.exit_code == 0, plain(result.output)
-    assert "wrote 11 PNGs" in plain(result.stdout)
-    assert sorted(p.name for p in (tmp_path / "tpl").iterdir()) == sorted([f"{d}.png" for d in DIGITS]
-                                                                         + ["templates.png"])
-    for digit in DIGITS:  # grey images: diverging colours by default, white where a weight is 0
-        image = read_image(str(tmp_path / "tpl" / f"{digit}.png"), mode=ImageReadMode.UNCHANGED)
-        assert tuple(image.shape) == (3, 112, 112)
-        assert int(image.max()) == 255 and int(image.min()) < 60
-    result = cli("export-templates", out, "--out", tmp_path / "natural", "--colours", "natural", "--grid-only")
-    assert result.exit_code == 0, plain(result.output)
-    assert "natural" in plain(cli("export-templates", "--help").output)
-
-
-def test_export_templates_option_errors(cli, mnist_run, tmp_path, assert_user_error):
-    out, _ = mnist_run
-    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--space", "pixels"), "space", "pixel")
-    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--colours", "rdbu"), "colours",
-                      "diverging")
-    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--clip", 0.5), "--clip", "0.5")
-
-
-def test_export_templates_of_cifar_from_the_run_folder(cli, tiny_cifar_run, tmp_path):
-    out, _ = tiny_cifar_run
-    result = cli("export-templates", out, "--out", tmp_path / "tpl", "--size", 64)
-    assert result.exit_code == 0, plain(result.output)
-    assert sorted(p.name for p in (tmp_path / "tpl").iterdir()) == sorted([f"{c}.png" for c in CIFAR10_CLASSES]
-                                                                         + ["templates.png"])
-    best = ckpt.load(out / "best.safetensors")
-    for index, name in enumerate(CIFAR10_CLASSES):
-        image = read_image(str(tmp_path / "tpl" / f"{name}.png"), mode=ImageReadMode.UNCHANGED)
-        assert tuple(image.shape) == (3, 64, 64)
-        # by default in pixel space, W / std, the 1% of values at each end saturated
-        t = best.weight[index].reshape(3, 32, 32) / best.std
-        ordered = t.flatten().sort().values
-        low, high = ordered[round(0.01 * (t.numel() - 1))], ordered[round(0.99 * (t.numel() - 1))]
-        expected = ((t - low) / (high - low)).clamp(0, 1).mul(255).round().to(torch.uint8)
-        assert torch.equal(image[:, ::2, ::2], expected)
 
 
 # --- determinism and config precedence ----------------------------------------------------------

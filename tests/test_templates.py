@@ -231,3 +231,45 @@ def test_export_templates_grid_only_and_size(cli, tiny_cifar_run, tmp_path):
         assert grid.size == tuple(round(side * GRID_DPI) for side in grid_figsize(10))
     assert cli("export-templates", out, "--out", tmp_path / "big", "--size", 96).exit_code == 0
     assert read_image(str(tmp_path / "big" / "cat.png")).shape == (3, 96, 96)
+
+
+def test_export_templates_of_mnist(cli, mnist_run, tmp_path):
+    out, _ = mnist_run
+    result = cli("export-templates", out / "best.safetensors", "--out", tmp_path / "tpl")
+    assert result.exit_code == 0, plain(result.output)
+    assert "wrote 11 PNGs" in plain(result.stdout)
+    assert sorted(p.name for p in (tmp_path / "tpl").iterdir()) == sorted([f"{d}.png" for d in DIGITS]
+                                                                         + ["templates.png"])
+    for digit in DIGITS:  # grey images: diverging colours by default, white where a weight is 0
+        image = read_image(str(tmp_path / "tpl" / f"{digit}.png"), mode=ImageReadMode.UNCHANGED)
+        assert tuple(image.shape) == (3, 112, 112)
+        assert int(image.max()) == 255 and int(image.min()) < 60
+    result = cli("export-templates", out, "--out", tmp_path / "natural", "--colours", "natural", "--grid-only")
+    assert result.exit_code == 0, plain(result.output)
+    assert "natural" in plain(cli("export-templates", "--help").output)
+
+
+def test_export_templates_option_errors(cli, mnist_run, tmp_path, assert_user_error):
+    out, _ = mnist_run
+    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--space", "pixels"), "space", "pixel")
+    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--colours", "rdbu"), "colours",
+                      "diverging")
+    assert_user_error(cli("export-templates", out, "--out", tmp_path / "t", "--clip", 0.5), "--clip", "0.5")
+
+
+def test_export_templates_of_cifar_from_the_run_folder(cli, tiny_cifar_run, tmp_path):
+    out, _ = tiny_cifar_run
+    result = cli("export-templates", out, "--out", tmp_path / "tpl", "--size", 64)
+    assert result.exit_code == 0, plain(result.output)
+    assert sorted(p.name for p in (tmp_path / "tpl").iterdir()) == sorted([f"{c}.png" for c in CIFAR10_CLASSES]
+                                                                         + ["templates.png"])
+    best = ckpt.load(out / "best.safetensors")
+    for index, name in enumerate(CIFAR10_CLASSES):
+        image = read_image(str(tmp_path / "tpl" / f"{name}.png"), mode=ImageReadMode.UNCHANGED)
+        assert tuple(image.shape) == (3, 64, 64)
+        # by default in pixel space, W / std, the 1% of values at each end saturated
+        t = best.weight[index].reshape(3, 32, 32) / best.std
+        ordered = t.flatten().sort().values
+        low, high = ordered[round(0.01 * (t.numel() - 1))], ordered[round(0.99 * (t.numel() - 1))]
+        expected = ((t - low) / (high - low)).clamp(0, 1).mul(255).round().to(torch.uint8)
+        assert torch.equal(image[:, ::2, ::2], expected)
