@@ -150,6 +150,36 @@ def image_folder():
     return write_image_folder
 
 
+TWO_SHAPES = {"train": {"circle": [(8, 8)] * 6, "square": [(8, 8)] * 6}, "test": {"circle": [(8, 8)] * 2,
+                                                                               "square": [(8, 8)] * 2}}
+
+
+def train_image_folder(cli, root, out, *extra):
+    """`imgcls train` on an image folder for one epoch, in batches of 4, on the CPU."""
+    return cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--batch-size", 4,
+               "--device", "cpu", "--out", out, *extra)
+
+
+@pytest.fixture(scope="session")
+def small_run(cli, tmp_path_factory):
+    """A TWO_SHAPES image folder and one finished run on it, (data folder, run folder); tests only read them."""
+    root = write_image_folder(tmp_path_factory.mktemp("small") / "data", TWO_SHAPES)
+    out = tmp_path_factory.mktemp("runs") / "small"
+    result = train_image_folder(cli, root, out, "--quiet")
+    assert result.exit_code == 0, plain(result.output)
+    return root, out
+
+
+class RunsCode:
+    """Unpickling this creates `marker`: what a malicious pickle could do with any code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def plain(text: str) -> str:
     return ANSI.sub("", text)
 
