@@ -107,7 +107,8 @@ def mnist_run(cli, mnist_root, tmp_path_factory):
     """One finished run on 600 MNIST images, (run folder, CLI result), shared by the modules that only read it."""
     out = tmp_path_factory.mktemp("runs") / "mnist"
     result = cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 600, "--epochs", MNIST_EPOCHS,
-                 "--momentum", 0.5, "--lr", 0.05, "--batch-size", 32, "--seed", 3, "--device", "cpu", "--out", out, "--quiet")
+                 "--momentum", 0.5, "--lr", 0.05, "--batch-size", 32, "--seed", 3, "--device", "cpu", "--out", out,
+                 "--quiet")
     assert result.exit_code == 0, plain(result.output)
     return out, result
 

@@ -17,8 +17,8 @@ def test_a_truncated_jpeg_stops_the_run_and_is_named(cli, tiny_cifar, tmp_path, 
     victim = tiny_cifar / "train" / "dog" / sorted(p.name for p in (tiny_cifar / "train" / "dog").iterdir())[3]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
-    error = assert_user_error(train_tiny_cifar(cli, tiny_cifar, tmp_path / "a", epochs=2), "cannot read image", victim.name,
-                              "truncated", "--skip-bad-images")
+    error = assert_user_error(train_tiny_cifar(cli, tiny_cifar, tmp_path / "a", epochs=2), "cannot read image",
+                              victim.name, "truncated", "--skip-bad-images")
     assert ".cpp" not in error  # torchvision's source location is no use to the user
     assert not (tmp_path / "a").exists()
 
