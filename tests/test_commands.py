@@ -15,7 +15,6 @@ from torchvision.io import ImageReadMode, read_image
 from conftest import plain, write_image_folder
 from imgcls import __version__
 from imgcls import checkpoint as ckpt
-from imgcls.catalog import SIZES
 from imgcls.cli import app
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS, FASHION_CLASSES, SPECS
 
@@ -43,14 +42,6 @@ def test_datasets_lists_every_named_dataset_with_its_facts(cli, tmp_path):
     assert got["imagefolder"]["classes"] is None and got["imagefolder"]["train"] is None
     # an empty data dir holds nothing but the sample inside the package
     assert [name for name, d in got.items() if d["present"]] == ["cifar10-sample"]
-
-
-def test_the_embedded_sample_size_is_the_real_one():
-    from imgcls.catalog import EMBEDDED_ZIP
-    from imgcls.data.readers import EMBEDDED_ZIP as READERS_ZIP, _list_zip
-
-    assert EMBEDDED_ZIP == READERS_ZIP
-    assert (len(_list_zip("train").names), len(_list_zip("test").names)) == SIZES["cifar10-sample"]
 
 
 def test_datasets_finds_torchvision_files(cli, mnist_root):

@@ -18,12 +18,15 @@ import pytest
 import torch
 from torchvision.io import decode_image, ImageReadMode
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, write_image_folder
 from imgcls.config import DataConfig
 from imgcls.data.batches import Batches, epoch_permutation
-from imgcls.data.prepare import LabelledImages, Normalization, fit_normalization, load_decoded, prepare, \
-    stratified_sample
+from imgcls.data.normalize import fit_normalization
+from imgcls.data.prepare import load_decoded, prepare
 from imgcls.data.registry import CIFAR10_CLASSES
+from imgcls.data.split import split_train_val, stratified_sample
+from imgcls.data.types import LabelledImages, Normalization
+from imgcls.errors import UserError
 
 
 def image_hashes(images):
@@ -60,6 +63,35 @@ def test_stratified_sample_keeps_one_of_a_small_class_and_never_all():
     # even a large fraction leaves at least one image of each class behind
     counts = torch.bincount(labels[stratified_sample(labels, 0.99, seed=0)], minlength=3).tolist()
     assert counts == [39, 1, 0]
+
+
+def test_split_train_val_holds_out_part_of_the_limited_rows_disjointly():
+    labels = torch.arange(100) % 5
+    train, val = split_train_val(labels, 5, 0.2, None, seed=0, name="x")
+    assert torch.equal(torch.cat([train, val]).sort().values, torch.arange(100))
+    assert torch.equal(train, train.sort().values) and torch.equal(val, val.sort().values)
+    assert torch.bincount(labels[val], minlength=5).tolist() == [4] * 5
+    train, val = split_train_val(labels, 5, 0.2, 50, seed=0, name="x")
+    kept = torch.cat([train, val])
+    assert len(kept) == 50 and len(set(kept.tolist())) == 50
+    assert torch.bincount(labels[kept], minlength=5).tolist() == [10] * 5
+    assert torch.bincount(labels[val], minlength=5).tolist() == [2] * 5
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
+def test_too_few_training_images_for_a_validation_split_on_either_path(tmp_path, fresh_cache, stream):
+    """The one split function's check, reached through prepare() whether the pixels go to memory or stay in files."""
+    few = write_image_folder(tmp_path / "few", {"train": {"a": [(8, 8)] * 2, "b": [(8, 8)]},
+                                                "test": {"a": [(8, 8)], "b": [(8, 8)]}})
+    with pytest.raises(UserError, match=r"^imagefolder: 3 training images for 2 classes are too few to hold out a "
+                                        r"validation split; add images$"):
+        prepare(small_config(few, stream=stream), seed=0)
+    enough = write_image_folder(tmp_path / "enough", SMALL)
+    with pytest.raises(UserError, match=r"^imagefolder: 2 training images for 2 classes are too few .*; raise --limit "
+                                        r"to at least 4$"):
+        prepare(small_config(enough, stream=stream, limit=2), seed=0)
+    data = prepare(small_config(enough, stream=stream, limit=4), seed=0)
+    assert (len(data.train), len(data.val)) == (2, 2)
 
 
 def test_prepare_splits_train_into_disjoint_stratified_train_and_val(tiny_cifar_session):
@@ -609,7 +641,6 @@ def test_unshuffled_batches_keep_the_order():
 
 def test_evaluation_batches_hold_at_most_256_mb_of_pixels():
     from imgcls.data.batches import EVAL_BATCH, eval_batch_size
-    from imgcls.data.prepare import Normalization
 
     def size(shape):
         return eval_batch_size(Normalization(torch.zeros(shape), torch.ones(shape)))
@@ -620,7 +651,7 @@ def test_evaluation_batches_hold_at_most_256_mb_of_pixels():
 
 
 def test_the_normalizer_leaves_its_input_alone_and_gives_pixel_times_scale_minus_shift():
-    from imgcls.data.batches import PixelNormalizer
+    from imgcls.data.normalize import PixelNormalizer
 
     normalization = Normalization(torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 0.25))
     normalize = PixelNormalizer(normalization, torch.device("cpu"))

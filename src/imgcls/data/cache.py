@@ -31,7 +31,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from imgcls.data.readers import DecodedSplit, walk_files
+from imgcls.data.readers import walk_files
+from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
 
 CACHE_FORMAT = 1
