@@ -473,6 +473,31 @@ def train_small(cli, root, out, *extra):
                "--device", "cpu", "--out", out, *extra)
 
 
+def test_eval_of_the_test_split_copies_no_training_images_and_fits_no_normalization(cli, tmp_path, fresh_cache,
+                                                                                   image_folder, monkeypatch):
+    """eval reads the split it scores: the training part's pixels are never copied out of the decoded split, and
+    the checkpoint's normalization is used, not a new one fitted; the metrics are training's own."""
+    import json
+
+    import imgcls.data.prepare as prepare_module
+    import imgcls.evaluate as evaluate_module
+    from imgcls import checkpoint as ckpt
+
+    root = image_folder(tmp_path / "data", SMALL)
+    result = train_small(cli, root, tmp_path / "run", "--class-weights", "balanced")  # weights from train labels
+    assert result.exit_code == 0, plain(result.output)
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    prepared = []
+    monkeypatch.setattr(prepare_module, "fit_normalization", lambda *args: pytest.fail("a normalization was fitted"))
+    monkeypatch.setattr(evaluate_module, "prepare", lambda *args: prepared.append(prepare(*args)) or prepared[-1])
+    metrics = evaluate_module.evaluate_checkpoint(ckpt.load(tmp_path / "run"), "test", None, "cpu")
+    assert (metrics.top1, metrics.loss, metrics.count) == (trained["top1"], pytest.approx(trained["loss"]),
+                                                           trained["count"])
+    (data,) = prepared
+    assert "images" not in vars(data.train) and "images" not in vars(data.val)  # never copied out
+    assert data.train.source is not None and len(data.train) + len(data.val) == 8
+
+
 def test_a_fifo_named_like_an_image_is_refused_by_name_not_read(cli, tmp_path, fresh_cache, image_folder,
                                                                 assert_user_error, assert_ok):
     root = image_folder(tmp_path / "data", SMALL)

@@ -200,8 +200,9 @@ def check_options(config: DataConfig) -> None:
                         "once; drop --stream")
 
 
-def prepare_features(config: DataConfig, seed: int) -> PreparedData:
-    """prepare.prepare for a features file: the same PreparedData, each feature row an "image" (1, 1, D)."""
+def prepare_features(config: DataConfig, seed: int, normalization: Normalization | None = None) -> PreparedData:
+    """prepare.prepare for a features file: the same PreparedData, each feature row an "image" (1, 1, D);
+    `normalization` as prepare's."""
     check_options(config)
     path = resolve_data_dir(config)
     splits, classes = load_features(path)
@@ -217,8 +218,8 @@ def prepare_features(config: DataConfig, seed: int) -> PreparedData:
     as_images = lambda data: LabelledImages(data[0].view(len(data[0]), 1, 1, -1), data[1])  # noqa: E731
     return PreparedData(dataset="features", classes=classes, shape=(1, 1, x.shape[1]), train=as_images((x, y)),
                         val=as_images(val), test=as_images(splits["test"]),
-                        normalization=fit_feature_normalization(x, config.normalize), superclass_of=None, skipped=0,
-                        from_cache=False)
+                        normalization=normalization or fit_feature_normalization(x, config.normalize),
+                        superclass_of=None, skipped=0, from_cache=False)
 
 
 def rows_to_predict(path: Path, width: int) -> torch.Tensor:

@@ -136,18 +136,22 @@ class StreamingBatches:
             yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows.to(self.device)])
 
 
-def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int) -> PreparedData:
-    """prepare()'s counterpart: the same splits and normalization, with the pixels left in their files."""
+def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
+                     normalization: Normalization | None = None) -> PreparedData:
+    """prepare()'s counterpart: the same splits and normalization, with the pixels left in their files. A sample
+    of the training images is decoded to fit the normalization, and one of the test images to check their shape:
+    with a `normalization` given (a checkpoint's), the training sample is not decoded."""
     root = resolve_data_dir(config)
     train_list, test_list = (list_images(spec, root, split, config.download) for split in ("train", "test"))
     check_same_classes(spec.name, train_list.classes, test_list.classes)
     train_rows, val_rows = split_train_val(torch.as_tensor(train_list.labels, dtype=torch.int64),
                                            len(train_list.classes), config.val_split, config.limit, seed,
                                            name=spec.name)
-    pixels = _decode_sample(train_list, train_rows, STATS_SAMPLE, config, seed)
-    shape = tuple(pixels.shape[1:])
-    check_same_shape(spec.name, shape, tuple(_decode_sample(test_list, torch.arange(len(test_list.labels)),
-                                                            TEST_SAMPLE, config, seed).shape[1:]))
+    pixels = None if normalization else _decode_sample(train_list, train_rows, STATS_SAMPLE, config, seed)
+    test_shape = tuple(_decode_sample(test_list, torch.arange(len(test_list.labels)), TEST_SAMPLE, config,
+                                      seed).shape[1:])
+    shape = test_shape if pixels is None else tuple(pixels.shape[1:])
+    check_same_shape(spec.name, shape, test_shape)
 
     def images(listing: ImageList, index: torch.Tensor) -> StreamedImages:
         return StreamedImages(listing, index, config.image_size, shape[0], config.skip_bad_images, shape)
@@ -156,9 +160,9 @@ def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int) -> Prepar
         dataset=spec.name, classes=train_list.classes, shape=shape,
         train=images(train_list, train_rows), val=images(train_list, val_rows),
         test=images(test_list, torch.arange(len(test_list.labels))),
-        normalization=fit_normalization(pixels, config.normalize), superclass_of=spec.superclass_of(),
-        skipped=0, from_cache=False, passed_over=train_list.passed_over + test_list.passed_over,
-        batches_of=StreamingBatches)
+        normalization=normalization or fit_normalization(pixels, config.normalize),
+        superclass_of=spec.superclass_of(), skipped=0, from_cache=False,
+        passed_over=train_list.passed_over + test_list.passed_over, batches_of=StreamingBatches)
 
 
 def _decode_sample(listing: ImageList, rows: torch.Tensor, count: int, config: DataConfig, seed: int) -> torch.Tensor:

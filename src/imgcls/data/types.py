@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, Protocol
 
 import torch
@@ -49,6 +50,26 @@ class DecodedSplit:
 class LabelledImages:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class SelectedImages:
+    """Rows `index` of a larger set of images (a decoded split, perhaps memory-mapped from the cache), copied out
+    the first time their pixels are asked for: `imgcls eval` of the test split never asks for the training
+    part's, so never copies them. Otherwise a LabelledImages."""
+
+    source: torch.Tensor | None  # uint8 (M, C, H, W); None once the rows are copied out
+    index: torch.Tensor  # int64 rows of source
+    labels: torch.Tensor  # int64 (N,): the labels of those rows
+
+    @cached_property
+    def images(self) -> torch.Tensor:
+        images = self.source[self.index]
+        self.source = None  # a split decoded just now (not memory-mapped) is freed once its parts are copied out
+        return images
 
     def __len__(self) -> int:
         return len(self.labels)
