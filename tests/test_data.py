@@ -498,6 +498,67 @@ def test_eval_of_the_test_split_copies_no_training_images_and_fits_no_normalizat
     assert data.train.source is not None and len(data.train) + len(data.val) == 8
 
 
+def test_a_warm_run_takes_the_split_and_statistics_from_the_cache_and_trains_the_same_weights(
+        cli, tmp_path, fresh_cache, image_folder, monkeypatch):
+    import imgcls.data.prepare as prepare_module
+    from imgcls import checkpoint as ckpt
+
+    root = image_folder(tmp_path / "data", SMALL)
+    cold = train_small(cli, root, tmp_path / "cold")
+    assert cold.exit_code == 0, plain(cold.output)
+    assert len(list(fresh_cache.glob("*/derived-*.npz"))) == 2  # the split's rows, the normalization
+    for name in ("split_train_val", "fit_normalization"):
+        monkeypatch.setattr(prepare_module, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran"))
+    warm = train_small(cli, root, tmp_path / "warm")
+    assert warm.exit_code == 0, plain(warm.output)
+    cold, warm = ckpt.load(tmp_path / "cold"), ckpt.load(tmp_path / "warm")
+    for name in ("weight", "bias", "mean", "std"):
+        assert torch.equal(getattr(cold, name), getattr(warm, name)), name
+
+
+def rewrite_derived(path, damage: str) -> None:
+    """A derived file as an entry made before they were kept (none), or damaged, or not what is asked for."""
+    if damage == "absent":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x03\x04 not a whole zip file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-40])
+    else:
+        with np.load(path) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        if damage == "other_settings":  # another seed's, whose rows and statistics differ (here: swapped)
+            arrays["settings"] = np.array(str(arrays["settings"]).replace('"seed": 0', '"seed": 1'))
+            swap = {"train": "val", "val": "train", "mean": "std", "std": "mean"}
+            arrays = {swap.get(name, name): value for name, value in arrays.items()}
+        else:  # other types: rows as floats, statistics as float64
+            arrays = {name: value if name == "settings" else value.astype(np.float64) for name, value in arrays.items()}
+        np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["absent", "garbage", "truncated", "other_settings", "other_types"])
+def test_an_older_or_damaged_entry_has_its_split_and_statistics_computed_again_never_misread(
+        tmp_path, fresh_cache, image_folder, monkeypatch, damage):
+    import imgcls.data.prepare as prepare_module
+
+    config = small_config(image_folder(tmp_path / "data", SMALL), val_split=0.5)
+    fresh = prepare(config, seed=0)
+    derived = sorted(fresh_cache.glob("*/derived-*.npz"))
+    assert len(derived) == 2
+    for path in derived:
+        rewrite_derived(path, damage)
+    again = prepare(config, seed=0)
+    for name in ("train", "val"):
+        assert torch.equal(getattr(again, name).index, getattr(fresh, name).index)
+        assert torch.equal(getattr(again, name).images, getattr(fresh, name).images)
+    assert torch.equal(again.normalization.mean, fresh.normalization.mean)
+    assert torch.equal(again.normalization.std, fresh.normalization.std)
+    # computed again and kept: a third run reads them
+    monkeypatch.setattr(prepare_module, "fit_normalization", lambda *args: pytest.fail("fitted again"))
+    third = prepare(config, seed=0)
+    assert torch.equal(third.val.index, fresh.val.index) and torch.equal(third.normalization.std, fresh.normalization.std)
+
+
 def test_a_fifo_named_like_an_image_is_refused_by_name_not_read(cli, tmp_path, fresh_cache, image_folder,
                                                                 assert_user_error, assert_ok):
     root = image_folder(tmp_path / "data", SMALL)

@@ -8,6 +8,10 @@ The test split is never used to choose anything; only metrics are computed on it
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
 from imgcls.config import DataConfig, default_cache_dir
 from imgcls.data import cache
 from imgcls.data.features import prepare_features
@@ -33,6 +37,13 @@ def prepare(config: DataConfig, seed: int, normalization: Normalization | None =
 
 
 def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
+    """A split decoded, through the cache; and whether it came from the cache."""
+    decoded, cached, _ = _load_decoded(config, split)
+    return decoded, cached
+
+
+def _load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool, Path | None]:
+    """load_decoded's, and the cache entry that holds the split (None when it is not cached)."""
     spec = SPECS[config.dataset]
     root = resolve_data_dir(config)
     identity = {"dataset": spec.name, "split": split, "image_size": config.image_size,
@@ -43,25 +54,60 @@ def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
         return read_split(spec, root, split, config.image_size, config.skip_bad_images, config.download)
 
     if not identity["source"] and identity["kind"] != "torchvision":
-        return build(), False  # nothing to fingerprint: let the reader say what is missing
-    return cache.load_or_build(default_cache_dir(), identity, build)
+        return build(), False, None  # nothing to fingerprint: let the reader say what is missing
+    decoded, cached = cache.load_or_build(default_cache_dir(), identity, build)
+    return decoded, cached, cache.entry_path(default_cache_dir(), identity)
 
 
 def _prepare_in_memory(spec: DatasetSpec, config: DataConfig, seed: int,
                        normalization: Normalization | None) -> PreparedData:
-    train_full, train_cached = load_decoded(config, "train")
+    train_full, train_cached, entry = _load_decoded(config, "train")
     test, test_cached = load_decoded(config, "test")
     check_same_classes(spec.name, train_full.classes, test.classes)
     check_same_shape(spec.name, tuple(train_full.images.shape[1:]), tuple(test.images.shape[1:]))
-    train_index, val_index = split_train_val(train_full.labels, len(train_full.classes), config.val_split,
-                                             config.limit, seed, name=spec.name)
+    train_index, val_index = _cached_split(spec, config, seed, train_full, entry)
     # Copied out of the decoded split only when their pixels are used: eval of the test split never does
     train = SelectedImages(train_full.images, train_index, train_full.labels[train_index])
     val = SelectedImages(train_full.images, val_index, train_full.labels[val_index])
     return PreparedData(
         dataset=spec.name, classes=train_full.classes, shape=tuple(train_full.images.shape[1:]), train=train,
         val=val, test=LabelledImages(test.images, test.labels),
-        normalization=normalization or fit_normalization(train.images, config.normalize),
+        normalization=normalization or _cached_normalization(config, seed, train, train_full.images.shape[1:], entry),
         superclass_of=spec.superclass_of(),
         skipped=train_full.skipped + test.skipped, from_cache=train_cached and test_cached,
         passed_over=train_full.passed_over + test.passed_over)
+
+
+def _cached_split(spec: DatasetSpec, config: DataConfig, seed: int, train: DecodedSplit,
+                  entry: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """split_train_val's rows, kept in the training split's cache entry for these settings."""
+    def derive() -> dict[str, torch.Tensor]:
+        return dict(zip(("train", "val"), split_train_val(train.labels, len(train.classes), config.val_split,
+                                                          config.limit, seed, name=spec.name)))
+
+    def usable(rows: dict[str, torch.Tensor]) -> bool:
+        return rows.keys() == {"train", "val"} and all(
+            index.dtype == torch.int64 and index.ndim == 1 and bool(((index >= 0) & (index < len(train.labels))).all())
+            for index in rows.values())
+
+    rows = cache.load_or_derive(entry, _split_settings(config, seed), derive, usable)
+    return rows["train"], rows["val"]
+
+
+def _cached_normalization(config: DataConfig, seed: int, train: SelectedImages, shape: tuple[int, ...],
+                          entry: Path | None) -> Normalization:
+    """fit_normalization on the training part, kept in the training split's cache entry for these settings."""
+    shape = tuple(shape)
+
+    def usable(stats: dict[str, torch.Tensor]) -> bool:
+        return stats.keys() == {"mean", "std"} and all(
+            value.dtype == torch.float32 and tuple(value.shape) == shape for value in stats.values())
+
+    settings = {**_split_settings(config, seed), "normalize": config.normalize}
+    stats = cache.load_or_derive(entry, settings, lambda: vars(fit_normalization(train.images, config.normalize)),
+                                 usable)
+    return Normalization(stats["mean"], stats["std"])
+
+
+def _split_settings(config: DataConfig, seed: int) -> dict:
+    return {"val_split": config.val_split, "limit": config.limit, "seed": seed}
