@@ -4,7 +4,6 @@ data folder holds (torchvision's files or an image folder copy)."""
 import json
 
 from conftest import plain, write_image_folder
-from imgcls.catalog import SIZES
 from imgcls.data.registry import DIGITS, FASHION_CLASSES, SPECS
 
 
@@ -27,14 +26,6 @@ def test_datasets_lists_every_named_dataset_with_its_facts(cli, tmp_path):
     assert got["imagefolder"]["classes"] is None and got["imagefolder"]["train"] is None
     # an empty data dir holds nothing but the sample inside the package
     assert [name for name, d in got.items() if d["present"]] == ["cifar10-sample"]
-
-
-def test_the_embedded_sample_size_is_the_real_one():
-    from imgcls.catalog import EMBEDDED_ZIP
-    from imgcls.data.readers import EMBEDDED_ZIP as READERS_ZIP, _list_zip
-
-    assert EMBEDDED_ZIP == READERS_ZIP
-    assert (len(_list_zip("train").names), len(_list_zip("test").names)) == SIZES["cifar10-sample"]
 
 
 def test_datasets_finds_torchvision_files(cli, mnist_root):

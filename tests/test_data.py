@@ -16,12 +16,15 @@ import pytest
 import torch
 from torchvision.io import decode_image, ImageReadMode
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, start_python
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, start_python, write_image_folder
 from imgcls.config import DataConfig
 from imgcls.data.batches import Batches, epoch_permutation
-from imgcls.data.prepare import LabelledImages, Normalization, fit_normalization, load_decoded, prepare, \
-    stratified_sample
+from imgcls.data.normalize import fit_normalization
+from imgcls.data.prepare import load_decoded, prepare
 from imgcls.data.registry import CIFAR10_CLASSES
+from imgcls.data.split import split_train_val, stratified_sample
+from imgcls.data.types import LabelledImages, Normalization
+from imgcls.errors import UserError
 
 
 def image_hashes(images):
@@ -58,6 +61,35 @@ def test_stratified_sample_keeps_one_of_a_small_class_and_never_all():
     # even a large fraction leaves at least one image of each class behind
     counts = torch.bincount(labels[stratified_sample(labels, 0.99, seed=0)], minlength=3).tolist()
     assert counts == [39, 1, 0]
+
+
+def test_split_train_val_holds_out_part_of_the_limited_rows_disjointly():
+    labels = torch.arange(100) % 5
+    train, val = split_train_val(labels, 5, 0.2, None, seed=0, name="x")
+    assert torch.equal(torch.cat([train, val]).sort().values, torch.arange(100))
+    assert torch.equal(train, train.sort().values) and torch.equal(val, val.sort().values)
+    assert torch.bincount(labels[val], minlength=5).tolist() == [4] * 5
+    train, val = split_train_val(labels, 5, 0.2, 50, seed=0, name="x")
+    kept = torch.cat([train, val])
+    assert len(kept) == 50 and len(set(kept.tolist())) == 50
+    assert torch.bincount(labels[kept], minlength=5).tolist() == [10] * 5
+    assert torch.bincount(labels[val], minlength=5).tolist() == [2] * 5
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
+def test_too_few_training_images_for_a_validation_split_on_either_path(tmp_path, fresh_cache, stream):
+    """The one split function's check, reached through prepare() whether the pixels go to memory or stay in files."""
+    few = write_image_folder(tmp_path / "few", {"train": {"a": [(8, 8)] * 2, "b": [(8, 8)]},
+                                                "test": {"a": [(8, 8)], "b": [(8, 8)]}})
+    with pytest.raises(UserError, match=r"^imagefolder: 3 training images for 2 classes are too few to hold out a "
+                                        r"validation split; add images$"):
+        prepare(small_config(few, stream=stream), seed=0)
+    enough = write_image_folder(tmp_path / "enough", SMALL)
+    with pytest.raises(UserError, match=r"^imagefolder: 2 training images for 2 classes are too few .*; raise --limit "
+                                        r"to at least 4$"):
+        prepare(small_config(enough, stream=stream, limit=2), seed=0)
+    data = prepare(small_config(enough, stream=stream, limit=4), seed=0)
+    assert (len(data.train), len(data.val)) == (2, 2)
 
 
 def test_prepare_splits_train_into_disjoint_stratified_train_and_val(tiny_cifar_session):
@@ -439,6 +471,92 @@ def train_small(cli, root, out, *extra):
                "--device", "cpu", "--out", out, *extra)
 
 
+def test_eval_of_the_test_split_copies_no_training_images_and_fits_no_normalization(cli, tmp_path, fresh_cache,
+                                                                                   image_folder, monkeypatch):
+    """eval reads the split it scores: the training part's pixels are never copied out of the decoded split, and
+    the checkpoint's normalization is used, not a new one fitted; the metrics are training's own."""
+    import json
+
+    import imgcls.data.prepare as prepare_module
+    import imgcls.evaluate as evaluate_module
+    from imgcls import checkpoint as ckpt
+
+    root = image_folder(tmp_path / "data", SMALL)
+    result = train_small(cli, root, tmp_path / "run", "--class-weights", "balanced")  # weights from train labels
+    assert result.exit_code == 0, plain(result.output)
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    prepared = []
+    monkeypatch.setattr(prepare_module, "fit_normalization", lambda *args: pytest.fail("a normalization was fitted"))
+    monkeypatch.setattr(evaluate_module, "prepare", lambda *args: prepared.append(prepare(*args)) or prepared[-1])
+    metrics = evaluate_module.evaluate_checkpoint(ckpt.load(tmp_path / "run"), "test", None, "cpu")
+    assert (metrics.top1, metrics.loss, metrics.count) == (trained["top1"], pytest.approx(trained["loss"]),
+                                                           trained["count"])
+    (data,) = prepared
+    assert "images" not in vars(data.train) and "images" not in vars(data.val)  # never copied out
+    assert data.train.source is not None and len(data.train) + len(data.val) == 8
+
+
+def test_a_warm_run_takes_the_split_and_statistics_from_the_cache_and_trains_the_same_weights(
+        cli, tmp_path, fresh_cache, image_folder, monkeypatch):
+    import imgcls.data.prepare as prepare_module
+    from imgcls import checkpoint as ckpt
+
+    root = image_folder(tmp_path / "data", SMALL)
+    cold = train_small(cli, root, tmp_path / "cold")
+    assert cold.exit_code == 0, plain(cold.output)
+    assert len(list(fresh_cache.glob("*/derived-*.npz"))) == 2  # the split's rows, the normalization
+    for name in ("split_train_val", "fit_normalization"):
+        monkeypatch.setattr(prepare_module, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran"))
+    warm = train_small(cli, root, tmp_path / "warm")
+    assert warm.exit_code == 0, plain(warm.output)
+    cold, warm = ckpt.load(tmp_path / "cold"), ckpt.load(tmp_path / "warm")
+    for name in ("weight", "bias", "mean", "std"):
+        assert torch.equal(getattr(cold, name), getattr(warm, name)), name
+
+
+def rewrite_derived(path, damage: str) -> None:
+    """A derived file as an entry made before they were kept (none), or damaged, or not what is asked for."""
+    if damage == "absent":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x03\x04 not a whole zip file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-40])
+    else:
+        with np.load(path) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        if damage == "other_settings":  # another seed's, whose rows and statistics differ (here: swapped)
+            arrays["settings"] = np.array(str(arrays["settings"]).replace('"seed": 0', '"seed": 1'))
+            swap = {"train": "val", "val": "train", "mean": "std", "std": "mean"}
+            arrays = {swap.get(name, name): value for name, value in arrays.items()}
+        else:  # other types: rows as floats, statistics as float64
+            arrays = {name: value if name == "settings" else value.astype(np.float64) for name, value in arrays.items()}
+        np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["absent", "garbage", "truncated", "other_settings", "other_types"])
+def test_an_older_or_damaged_entry_has_its_split_and_statistics_computed_again_never_misread(
+        tmp_path, fresh_cache, image_folder, monkeypatch, damage):
+    import imgcls.data.prepare as prepare_module
+
+    config = small_config(image_folder(tmp_path / "data", SMALL), val_split=0.5)
+    fresh = prepare(config, seed=0)
+    derived = sorted(fresh_cache.glob("*/derived-*.npz"))
+    assert len(derived) == 2
+    for path in derived:
+        rewrite_derived(path, damage)
+    again = prepare(config, seed=0)
+    for name in ("train", "val"):
+        assert torch.equal(getattr(again, name).index, getattr(fresh, name).index)
+        assert torch.equal(getattr(again, name).images, getattr(fresh, name).images)
+    assert torch.equal(again.normalization.mean, fresh.normalization.mean)
+    assert torch.equal(again.normalization.std, fresh.normalization.std)
+    # computed again and kept: a third run reads them
+    monkeypatch.setattr(prepare_module, "fit_normalization", lambda *args: pytest.fail("fitted again"))
+    third = prepare(config, seed=0)
+    assert torch.equal(third.val.index, fresh.val.index) and torch.equal(third.normalization.std, fresh.normalization.std)
+
+
 def test_a_fifo_named_like_an_image_is_refused_by_name_not_read(cli, tmp_path, fresh_cache, image_folder,
                                                                 assert_user_error, assert_ok):
     root = image_folder(tmp_path / "data", SMALL)
@@ -607,7 +725,6 @@ def test_unshuffled_batches_keep_the_order():
 
 def test_evaluation_batches_hold_at_most_256_mb_of_pixels():
     from imgcls.data.batches import EVAL_BATCH, eval_batch_size
-    from imgcls.data.prepare import Normalization
 
     def size(shape):
         return eval_batch_size(Normalization(torch.zeros(shape), torch.ones(shape)))
@@ -618,7 +735,7 @@ def test_evaluation_batches_hold_at_most_256_mb_of_pixels():
 
 
 def test_the_normalizer_leaves_its_input_alone_and_gives_pixel_times_scale_minus_shift():
-    from imgcls.data.batches import PixelNormalizer
+    from imgcls.data.normalize import PixelNormalizer
 
     normalization = Normalization(torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 0.25))
     normalize = PixelNormalizer(normalization, torch.device("cpu"))

@@ -189,6 +189,38 @@ def test_cifar100_superclass_accuracy_by_hand(cli, tmp_path, fresh_cache, no_run
     assert 'id="per-superclass"' in page and all(name in page for name in fx.CIFAR100_COARSE)
 
 
+def test_the_embedded_sample_size_is_the_real_one():
+    from imgcls.data.readers import _list_zip
+    from imgcls.data.registry import SPECS
+
+    spec = SPECS["cifar10-sample"]
+    assert (len(_list_zip(spec.embedded, "train").names), len(_list_zip(spec.embedded, "test").names)) == spec.sizes
+
+
+def test_dataset_facts_come_from_the_spec_not_its_name(tmp_path):
+    """What readers and `imgcls datasets` do with a dataset follows its spec's fields: the same facts under
+    another name are treated alike."""
+    import dataclasses
+
+    from imgcls.catalog import _image_folder, presence
+    from imgcls.data.readers import list_images, source_kind
+    from imgcls.data.registry import SPECS
+
+    sample = dataclasses.replace(SPECS["cifar10-sample"], name="renamed-sample")
+    assert source_kind(sample, tmp_path) == "embedded"
+    assert len(list_images(sample, tmp_path, "test").names) == sample.sizes[1]
+    for split in ("train", "val"):
+        for name in ("n01", "n02", "n03"):
+            (tmp_path / split / name).mkdir(parents=True)
+    three = dataclasses.replace(SPECS["imagenet"], name="three-class-imagenet", class_count=3)
+    assert _image_folder(three, tmp_path) == "image folder train/, val/"
+    assert _image_folder(dataclasses.replace(three, class_count=4), tmp_path) is None
+    assert presence("imagenet", tmp_path) == (None, None)  # 3 class folders are not ImageNet's 1000
+    features = tmp_path / "emb.safetensors"
+    features.write_bytes(b"")
+    assert presence("features", features) == ("features file emb.safetensors", None)
+
+
 def test_datasets_command_shows_superclass_names(cli):
     result = run_ok(cli, "datasets", "--json")
     cifar100 = {d["name"]: d for d in json.loads(result.stdout)["datasets"]}["cifar100"]

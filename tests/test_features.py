@@ -89,8 +89,8 @@ def test_rows_move_in_place_so_train_and_val_are_views_of_one_array():
     y = torch.arange(10)
     original_x, original_y = x.clone(), y.clone()
     val_index = torch.tensor([1, 4, 5, 9])
-    (train_x, train_y), (val_x, val_y) = split_in_place(x, y, val_index)
     kept = torch.tensor([0, 2, 3, 6, 7, 8])
+    (train_x, train_y), (val_x, val_y) = split_in_place(x, y, kept, val_index)
     assert torch.equal(train_x, original_x[kept]) and torch.equal(train_y, original_y[kept])
     assert torch.equal(val_x, original_x[val_index]) and torch.equal(val_y, original_y[val_index])
     assert train_x.data_ptr() == x.data_ptr() and val_x.untyped_storage().data_ptr() == x.data_ptr()
@@ -98,6 +98,31 @@ def test_rows_move_in_place_so_train_and_val_are_views_of_one_array():
     now = torch.cat([kept, val_index])  # x's rows after the split, as rows of the original
     assert torch.equal(kept_x, original_x[now[[3, 7]]]) and torch.equal(kept_y, original_y[now[[3, 7]]])
     assert kept_x.data_ptr() == x.data_ptr()
+
+
+def test_limited_rows_left_out_of_both_parts_are_overwritten_not_kept():
+    x = torch.arange(40.0).reshape(10, 4)
+    y = torch.arange(10)
+    original_x = x.clone()
+    train_index, val_index = torch.tensor([0, 3, 4, 8]), torch.tensor([2, 6])  # rows 1, 5, 7, 9: left out by --limit
+    (train_x, _), (val_x, val_y) = split_in_place(x, y, train_index, val_index)
+    assert torch.equal(train_x, original_x[train_index]) and torch.equal(val_x, original_x[val_index])
+    assert torch.equal(val_y, val_index) and val_x.untyped_storage().data_ptr() == x.data_ptr()
+
+
+def test_features_prepare_holds_out_the_rows_the_image_paths_would(tmp_path):
+    """The one split function: the features' train and val rows are those split_train_val picks, --limit first."""
+    from imgcls.config import DataConfig
+    from imgcls.data.prepare import prepare
+    from imgcls.data.split import split_train_val
+
+    x, y = blobs(90, 3, 5)
+    x[:, 0] = np.arange(90)  # each row's own number, to find it again
+    path = write(tmp_path / "f.npz", x_train=x, y_train=y, x_test=x[:9], y_test=y[:9])
+    data = prepare(DataConfig(dataset="features", data_dir=str(path), limit=60, val_split=0.25), seed=3)
+    train_index, val_index = split_train_val(torch.as_tensor(y), 3, 0.25, 60, 3, name="features")
+    assert data.train.images[:, 0, 0, 0].long().tolist() == train_index.tolist()
+    assert data.val.images[:, 0, 0, 0].long().tolist() == val_index.tolist()
 
 
 def write(path, **arrays):
@@ -114,6 +139,9 @@ def test_features_file_mistakes_are_one_error_line(cli, assert_user_error, tmp_p
                               "--out", tmp_path / "run", *extra), *words)
 
     check(write(tmp_path / "a.npz", x_train=x, y_train=y, x_test=x), "y_test")
+    check(write(tmp_path / "few.npz", **{**good, "x_train": x[:5], "y_train": np.array([0, 1, 2, 0, 1])}),
+          "features: 5 training rows for 3 classes are too few to hold out a validation split; add rows, or give "
+          "x_val and y_val")
     check(write(tmp_path / "b.npz", **{**good, "y_train": y[:-1]}), "60 rows", "59 labels")
     nan = x.copy()
     nan[7, 2] = np.nan

@@ -13,9 +13,9 @@ import torch
 from conftest import start_python
 from imgcls import checkpoint as ckpt
 from imgcls.data.batches import Batches
-from imgcls.data.prepare import LabelledImages, Normalization
-from imgcls.data.readers import ImageList, decode_image_bytes
+from imgcls.data.readers import decode_image_bytes
 from imgcls.data.stream import StreamedImages, StreamingBatches
+from imgcls.data.types import ImageList, LabelledImages, Normalization
 from imgcls.distributed import Shard
 
 
@@ -31,6 +31,29 @@ def test_streaming_trains_to_the_same_weights_and_metrics(cli, tiny_cifar_sessio
     assert torch.allclose(memory.weight, stream.weight, atol=1e-6)
     assert torch.allclose(memory.mean, stream.mean) and torch.allclose(memory.std, stream.std)
     assert (tmp_path / "memory" / "metrics.json").read_text() == (tmp_path / "stream" / "metrics.json").read_text()
+
+
+def test_make_batches_batches_each_split_the_way_prepare_chose(tmp_path, fresh_cache):
+    """One call for both: in memory unless prepare left the pixels in their files, and the same batches either way."""
+    from conftest import write_image_folder
+    from imgcls.config import DataConfig
+    from imgcls.data.batches import make_batches, make_eval_batches
+    from imgcls.data.prepare import prepare
+
+    root = write_image_folder(tmp_path / "data", {"train": {"a": [(8, 8)] * 6, "b": [(8, 8)] * 6},
+                                                  "test": {"a": [(8, 8)] * 3, "b": [(8, 8)] * 2}})
+    memory, streamed = (prepare(DataConfig(dataset="imagefolder", data_dir=str(root), stream=stream), seed=2)
+                        for stream in (False, True))
+    cpu = torch.device("cpu")
+    for split in ("train", "val", "test"):
+        held, decoded = (make_batches(data, split, 4, cpu, seed=7) for data in (memory, streamed))
+        assert type(held) is Batches and type(decoded) is StreamingBatches
+        assert (len(held), held.num_images) == (len(decoded), decoded.num_images)
+        for a, b in zip(held.epoch(1), decoded.epoch(1), strict=True):
+            assert torch.equal(a.pixels, b.pixels) and torch.equal(a.batch_labels, b.batch_labels)
+    held, decoded = (make_eval_batches(data, "test", cpu) for data in (memory, streamed))
+    (a,), (b,) = list(held.epoch()), list(decoded.epoch())
+    assert torch.equal(a.pixels, b.pixels) and a.labels.tolist() == [0, 0, 0, 1, 1]
 
 
 def recording_listing(files):

@@ -11,7 +11,8 @@ from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config, DataConfig
 from imgcls.data.batches import make_eval_batches
-from imgcls.data.prepare import Normalization, prepare
+from imgcls.data.prepare import prepare
+from imgcls.data.types import Normalization
 from imgcls.device import resolve_device
 from imgcls.errors import UserError
 from imgcls.losses import Loss, class_weights
@@ -32,7 +33,7 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
     config = Config(data=data_config_of(checkpoint, data_dir))
     config.loss.loss = checkpoint.meta["config"]["loss"]["loss"]
     try:
-        data = prepare(config.data, checkpoint.meta["seed"])
+        data = prepare(config.data, checkpoint.meta["seed"], Normalization(checkpoint.mean, checkpoint.std))
     except UserError as error:  # the readers' advice is train's (--image-size, --dataset): eval has neither
         what = str(error).split("; ")[0]
         raise UserError(f"{what}; point --data-dir at the {checkpoint.meta['dataset']} data this checkpoint was "
@@ -41,9 +42,7 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
         raise UserError(f"the checkpoint was trained on {checkpoint.meta['dataset']} ({len(checkpoint.classes)} classes, "
                         f"{checkpoint.input_shape}) but the data found has {len(data.classes)} classes of "
                         f"{data.shape}; point --data-dir at the dataset it was trained on")
-    images = {"train": data.train, "val": data.val, "test": data.test}[split]
-    normalization = Normalization(checkpoint.mean, checkpoint.std)
-    batches = make_eval_batches(images, normalization, device, shard)
+    batches = make_eval_batches(data, split, device, shard)
     weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes),
                             device)
     model = checkpoint.model().to(device)

@@ -89,8 +89,8 @@ def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bo
 
 def normalized(images: torch.Tensor, checkpoint: Checkpoint, device: torch.device) -> torch.Tensor:
     """uint8 (N, C, H, W) -> the float (N, C*H*W) rows training fed the model, through the same code."""
-    from imgcls.data.batches import PixelNormalizer
-    from imgcls.data.prepare import Normalization
+    from imgcls.data.normalize import PixelNormalizer
+    from imgcls.data.types import Normalization
 
     return PixelNormalizer(Normalization(checkpoint.mean, checkpoint.std), device)(images.flatten(1))
 

@@ -14,7 +14,7 @@ import torch
 from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
-from imgcls.data.prepare import PreparedData
+from imgcls.data.types import PreparedData
 from imgcls.errors import UserError
 from imgcls.progress import Progress
 

@@ -24,8 +24,9 @@ from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
-from imgcls.data.prepare import PreparedData, prepare
+from imgcls.data.prepare import prepare
 from imgcls.data.registry import SPECS
+from imgcls.data.types import PreparedData
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest, stop_on_signals
@@ -74,8 +75,8 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     reporter.data_ready(data)
 
     batch_size = resolve_batch_size(config, data, device, reporter)
-    train_batches = make_batches(data.train, data.normalization, batch_size, device, config.train.seed, shard=shard)
-    val_batches = make_eval_batches(data.val, data.normalization, device, shard)
+    train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard)
+    val_batches = make_eval_batches(data, "val", device, shard)
     model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
     weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
     loss = Loss(config.loss.loss, weights)
@@ -204,7 +205,7 @@ def finish(run: RunDir, data: PreparedData, loss: Loss, val_batches, progress: P
            batch_size: int, shard: distributed.Shard) -> RunResult:
     """The test split, measured once, on the checkpoint chosen by validation (and validation again, on it)."""
     best_model = ckpt.load(run.best).model().to(val_batches.device)
-    test_batches = make_eval_batches(data.test, data.normalization, val_batches.device, shard)
+    test_batches = make_eval_batches(data, "test", val_batches.device, shard)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
     if shard.is_main:

@@ -1,4 +1,5 @@
-"""Minibatches straight from the uint8 images in memory.
+"""Minibatches straight from the uint8 images in memory, and make_batches, which batches any prepared
+split the way its PreparedData says (in memory here, or from files: stream.py).
 
 Each epoch draws a seeded permutation, and each step gathers its rows, converts them to
 float and normalizes the whole batch with one multiply-add: no per-image Python, no PIL,
@@ -14,22 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import torch
 
-from imgcls.data.prepare import LabelledImages, Normalization
+from imgcls.data.normalize import PixelNormalizer
+from imgcls.data.types import Batch, BatchSource, LabelledImages, Normalization, PreparedData
 from imgcls.distributed import Shard
 
 EVAL_BATCH = 4096  # images in one evaluation batch, at most ...
 EVAL_BYTES = 1 << 28  # ... and at most 256 MB of float32 pixels (large images: fewer at a time)
 GPU_MEMORY_SHARE = 0.6  # the most of the free GPU memory the images may take
-
-
-class Batch(NamedTuple):
-    pixels: torch.Tensor  # normalized float (b, C*H*W): this process's part of the batch
-    labels: torch.Tensor  # (b,)
-    batch_labels: torch.Tensor  # the labels of the whole global batch, for averaging the loss over it
 
 
 def epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:
@@ -45,27 +40,6 @@ def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     if images.numel() < GPU_MEMORY_SHARE * free:
         return images.to(device)
     return images.pin_memory()
-
-
-class PixelNormalizer:
-    """Whole batches of uint8 rows (b, C*H*W) to normalized float on the device: pixel * scale - shift,
-    one multiply-add; the in-memory and the streaming batches share it."""
-
-    def __init__(self, normalization: Normalization, device: torch.device):
-        scale, shift = normalization.scale_and_shift()
-        self.device = device
-        self.scale = scale.flatten().to(device)
-        self.negative_shift = -shift.flatten().to(device)
-
-    @property
-    def features(self) -> int:
-        return self.scale.numel()
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        floats = pixels.to(self.device, non_blocking=True).float()
-        if floats is pixels:  # float32 already: never write into the caller's tensor
-            return torch.addcmul(self.negative_shift, floats, self.scale)
-        return torch.addcmul(self.negative_shift, floats, self.scale, out=floats)
 
 
 class Batches:
@@ -120,15 +94,19 @@ def eval_batch_size(normalization: Normalization) -> int:
     return max(1, min(EVAL_BATCH, EVAL_BYTES // (4 * features)))
 
 
-def make_eval_batches(data, normalization: Normalization, device: torch.device, shard: Shard = Shard()):
-    """Every image of `data` once, in order (this process's part under torchrun)."""
-    return make_batches(data, normalization, eval_batch_size(normalization), device, shuffle=False, shard=shard)
+def make_batches(data: PreparedData, split: str, batch_size: int, device: torch.device, seed: int = 0,
+                 shuffle: bool = True, shard: Shard = Shard(),
+                 normalization: Normalization | None = None) -> BatchSource:
+    """Batches of data's `split` ("train", "val" or "test"), made the way prepare chose for this data (in memory
+    unless it says otherwise), normalized with data's own normalization unless another is given (a checkpoint's)."""
+    batches_of = data.batches_of or Batches
+    return batches_of(getattr(data, split), normalization or data.normalization, batch_size, device, seed=seed,
+                      shuffle=shuffle, shard=shard)
 
 
-def make_batches(data, normalization: Normalization, batch_size: int, device: torch.device, seed: int = 0,
-                 shuffle: bool = True, shard: Shard = Shard()):
-    """Batches from memory, or StreamingBatches for a split whose pixels stay in their files (--stream)."""
-    from imgcls.data.stream import StreamedImages, StreamingBatches
-
-    kind = StreamingBatches if isinstance(data, StreamedImages) else Batches
-    return kind(data, normalization, batch_size, device, seed=seed, shuffle=shuffle, shard=shard)
+def make_eval_batches(data: PreparedData, split: str, device: torch.device, shard: Shard = Shard(),
+                      normalization: Normalization | None = None) -> BatchSource:
+    """Every image of data's `split` once, in order (this process's part under torchrun)."""
+    normalization = normalization or data.normalization
+    return make_batches(data, split, eval_batch_size(normalization), device, shuffle=False, shard=shard,
+                        normalization=normalization)

@@ -8,6 +8,12 @@ folder and renamed into place only when complete, so a half-written entry is nev
 entry whose files do not match its own metadata is ignored and rebuilt. When two processes build
 the same entry at once, the one that renames second uses the first one's entry.
 
+Beside a training split's images an entry keeps what is computed from them and a few settings (the
+validation split's rows, the normalization): `load_or_derive`, one file per set of settings, named by
+their hash and holding them, written whole under a temporary name. An entry made before these were
+kept has none, and they are computed and added; a file that cannot be read, or holds other settings or
+other arrays than asked for, is computed again, never used.
+
 Only what imgcls made is ever listed or removed: entries (a 24-hex-digit name holding imgcls's
 meta.json) and staging folders (.<key>.<host>.<pid>.<random>.building). A staging folder whose
 process is gone (killed during a build) is removed at the next build.
@@ -23,6 +29,7 @@ import re
 import secrets
 import shutil
 import socket
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +38,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from imgcls.data.readers import DecodedSplit, walk_files
+from imgcls.data.readers import walk_files
+from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
 
 CACHE_FORMAT = 1
@@ -72,6 +80,43 @@ def _identity(path: str) -> list:
 def cache_key(identity: dict) -> str:
     text = json.dumps({"format": CACHE_FORMAT, **identity}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def entry_path(cache_dir: Path, identity: dict) -> Path:
+    return cache_dir / cache_key(identity)
+
+
+def load_or_derive(entry_dir: Path | None, settings: dict, derive: Callable[[], dict[str, torch.Tensor]],
+                   usable: Callable[[dict[str, torch.Tensor]], bool]) -> dict[str, torch.Tensor]:
+    """The tensors `derive` computes from the entry's data and `settings`, read from the entry when it has them
+    for these settings and they are `usable` (the names, types and shapes asked for), else computed (and kept
+    there when the entry exists and can be written). No entry (None): computed."""
+    if entry_dir is None:
+        return derive()
+    text = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
+    path = entry_dir / f"derived-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
+    found = _read_derived(path, text)
+    if found is not None and usable(found):
+        return found
+    values = derive()
+    if (entry_dir / "meta.json").is_file():
+        staging = entry_dir / f".{path.stem}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.npz"
+        try:
+            np.savez(staging, settings=np.array(text), **{name: value.numpy() for name, value in values.items()})
+            os.replace(staging, path)
+        except OSError:  # a cache that cannot be written (read-only, shared): computed again next time
+            staging.unlink(missing_ok=True)
+    return values
+
+
+def _read_derived(path: Path, settings: str) -> dict[str, torch.Tensor] | None:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if "settings" not in stored.files or str(stored["settings"]) != settings:
+                return None
+            return {name: torch.from_numpy(stored[name]) for name in stored.files if name != "settings"}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def load_or_build(cache_dir: Path, identity: dict, build: Callable[[], DecodedSplit]) -> tuple[DecodedSplit, bool]:

@@ -26,10 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgcls.config import DataConfig
+from imgcls.data.readers import resolve_data_dir
+from imgcls.data.registry import FEATURES_SUFFIXES
+from imgcls.data.split import limited_rows, split_train_val
+from imgcls.data.types import LabelledImages, Normalization, PreparedData
 from imgcls.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
-SUFFIXES = (".npz", ".safetensors")
 CHUNK_VALUES = 1 << 22  # numbers handled at a time (32 MB in float64) where a whole-array temporary would
 #                        double the memory or more
 
@@ -44,7 +48,7 @@ def read_arrays(path: Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarra
         state = "a folder" if path.is_dir() else "not there"
         raise UserError(f"--dataset features reads one file, and {path} is {state}; pass --data-dir FILE.npz (or "
                         f".safetensors) holding {', '.join(REQUIRED)}")
-    if path.suffix.lower() not in SUFFIXES:
+    if path.suffix.lower() not in FEATURES_SUFFIXES:
         raise UserError(f"{path} is not an .npz or .safetensors file; save the features with numpy.savez(FILE.npz, "
                         f"x_train=..., y_train=..., x_test=..., y_test=...)")
     try:
@@ -68,7 +72,7 @@ def _read_npz(path: Path, names):
 
 
 def _read_safetensors(path: Path, names):
-    from safetensors import safe_open
+    from safetensors import safe_open  # imported when needed, for start-up speed
 
     with safe_open(str(path), framework="numpy") as file:
         arrays = {name: file.get_tensor(name) for name in names if name in file.keys()}
@@ -147,11 +151,9 @@ def _class_names(path: Path, classes, splits) -> list[str]:
     return classes
 
 
-def fit_feature_normalization(features: torch.Tensor, kind: str):
+def fit_feature_normalization(features: torch.Tensor, kind: str) -> Normalization:
     """Per-feature ("pixel"), one for all features ("channel") or none, fitted in the features' units (two
     passes in float64, chunked: features need not be small numbers the way pixels are), stored on the 0..1 scale."""
-    from imgcls.data.prepare import Normalization
-
     width = features.shape[1]
     if kind == "none":
         return Normalization(torch.zeros(1, 1, width), torch.full((1, 1, width), 1 / 255))
@@ -178,19 +180,18 @@ def keep_rows_in_place(features: torch.Tensor, labels: torch.Tensor, index: torc
     return features[:len(index)], labels[:len(index)]
 
 
-def split_in_place(features: torch.Tensor, labels: torch.Tensor, val_index: torch.Tensor):
-    """(train, val) as two views of the one array: val's rows copied aside (the smaller part), train's moved
-    to the front, val's put after them."""
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[val_index] = False
+def split_in_place(features: torch.Tensor, labels: torch.Tensor, train_index: torch.Tensor,
+                   val_index: torch.Tensor):
+    """(train, val) as two views of the one array: val's rows copied aside (the smaller part), train's (ascending)
+    moved to the front, val's put after them. Rows in neither (left out by --limit) are overwritten."""
     val_x, val_y = features[val_index], labels[val_index]
-    train_x, train_y = keep_rows_in_place(features, labels, keep.nonzero().squeeze(1))
+    train_x, train_y = keep_rows_in_place(features, labels, train_index)
     n = len(train_y)
     features[n:n + len(val_y)], labels[n:n + len(val_y)] = val_x, val_y
     return (train_x, train_y), (features[n:n + len(val_y)], labels[n:n + len(val_y)])
 
 
-def check_options(config) -> None:
+def check_options(config: DataConfig) -> None:
     """Options about decoding images do not apply to features."""
     if config.image_size is not None:
         raise UserError("--image-size does not apply to --dataset features (they are not images); drop it")
@@ -199,28 +200,26 @@ def check_options(config) -> None:
                         "once; drop --stream")
 
 
-def prepare_features(config, seed: int):
-    """prepare.prepare for a features file: the same PreparedData, each feature row an "image" (1, 1, D)."""
-    from imgcls.data.prepare import LabelledImages, PreparedData, resolve_data_dir, stratified_sample
-
+def prepare_features(config: DataConfig, seed: int, normalization: Normalization | None = None) -> PreparedData:
+    """prepare.prepare for a features file: the same PreparedData, each feature row an "image" (1, 1, D);
+    `normalization` as prepare's."""
     check_options(config)
     path = resolve_data_dir(config)
     splits, classes = load_features(path)
     x, y = splits.pop("train")
-    if config.limit is not None and config.limit < len(y):
-        x, y = keep_rows_in_place(x, y, stratified_sample(y, config.limit / len(y), seed))
-    if "val" in splits:
+    if "val" in splits:  # held out by whoever made the file: only --limit applies
+        rows = limited_rows(y, config.limit, seed)
+        x, y = (x, y) if rows is None else keep_rows_in_place(x, y, rows)
         val = splits.pop("val")
     else:
-        if len(y) < 2 * len(classes):
-            raise UserError(f"features: {len(y)} training rows for {len(classes)} classes are too few to hold out a "
-                            f"validation split; add rows, or give x_val and y_val")
-        (x, y), val = split_in_place(x, y, stratified_sample(y, config.val_split, seed))
+        train_index, val_index = split_train_val(y, len(classes), config.val_split, config.limit, seed, name="features",
+                                                 unit="rows", more="add rows, or give x_val and y_val")
+        (x, y), val = split_in_place(x, y, train_index, val_index)
     as_images = lambda data: LabelledImages(data[0].view(len(data[0]), 1, 1, -1), data[1])  # noqa: E731
     return PreparedData(dataset="features", classes=classes, shape=(1, 1, x.shape[1]), train=as_images((x, y)),
                         val=as_images(val), test=as_images(splits["test"]),
-                        normalization=fit_feature_normalization(x, config.normalize), superclass_of=None, skipped=0,
-                        from_cache=False)
+                        normalization=normalization or fit_feature_normalization(x, config.normalize),
+                        superclass_of=None, skipped=0, from_cache=False)
 
 
 def rows_to_predict(path: Path, width: int) -> torch.Tensor:

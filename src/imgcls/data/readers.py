@@ -2,8 +2,9 @@
 
 Three kinds of source for a named dataset: the copy embedded in the package (cifar10-sample),
 torchvision's own dataset class on the dataset's published files (when any of them is in the data dir:
-registry.py's `files`, which catalog.check_files looks over first), else an image-folder copy at the
-data dir (ROOT/train/<class>/*, ROOT/test|val/<class>/*).
+registry.py's `files`, which published.check_files looks over first), else an image-folder copy at the
+data dir (ROOT/train/<class>/*, ROOT/test|val/<class>/*). The checks that a split's classes and image
+shape agree with the other split's, and with the dataset's, are here too.
 Image files are listed with torchvision's find_classes and a walk that follows symlinks but
 enters each folder once (a symlink loop is walked once), and decoded in bulk by torchvision.io,
 on a thread pool, not one PIL image at a time. Which files are images is IMAGE_EXTENSIONS, the
@@ -20,14 +21,15 @@ import stat
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from imgcls.catalog import check_files, has_own_files, resolved_path
-from imgcls.data.registry import EMBEDDED_ZIP, DatasetSpec, loose_names
+from imgcls.classnames import named_classes, names_file_beside
+from imgcls.config import DataConfig, default_data_dir
+from imgcls.data.published import check_files, has_own_files, resolved_path
+from imgcls.data.registry import DatasetSpec, loose_names
+from imgcls.data.types import DecodedSplit, ImageList
 from imgcls.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,29 +42,9 @@ PILLOW_FORMATS = ("PNG", "BMP", "TIFF", "PNM")
 KNOWN_FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF, PPM or PGM"
 
 
-@dataclass
-class DecodedSplit:
-    images: torch.Tensor  # uint8, (N, C, H, W)
-    labels: torch.Tensor  # int64, (N,)
-    classes: list[str]
-    skipped: int = 0  # unreadable images passed over with --skip-bad-images
-    passed_over: int = 0  # files in the class folders that are not images (by extension)
-
-
-@dataclass
-class ImageList:
-    """Images still to decode: a name for messages, and how to get the encoded bytes."""
-
-    names: list[str]
-    read: Callable[[int], bytes]
-    labels: list[int]
-    classes: list[str]
-    passed_over: int = 0  # files in the class folders that are not images (by extension)
-
-
 def source_kind(spec: DatasetSpec, root: Path) -> str:
     """Which source a split will be read from: 'embedded', 'folder' or 'torchvision'."""
-    if spec.name == "cifar10-sample":
+    if spec.embedded is not None:
         return "embedded"
     if spec.torchvision_class is None or ((root / "train").is_dir() and not has_own_files(spec, root)):
         return "folder"
@@ -73,7 +55,7 @@ def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
     """The files a split is read from, for the decoded cache's fingerprint."""
     kind = source_kind(spec, root)
     if kind == "embedded":
-        return [EMBEDDED_ZIP]
+        return [spec.embedded]
     if kind == "folder":
         names = names_file(spec, root, split)  # a words.txt beside train/ changes the cached class names
         return [folder_split_dir(root, split), *([names] if names else [])]
@@ -87,10 +69,14 @@ def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None
     if kind == "torchvision":
         decoded = _read_torchvision(spec, root, split, image_size, skip_bad, download)
     else:
-        listing = _list_zip(split) if kind == "embedded" else _list_folder(root, split, spec)
+        listing = _list_zip(spec.embedded, split) if kind == "embedded" else _list_folder(root, split, spec)
         images, labels, skipped = decode_all(listing, image_size, skip_bad)
         decoded = DecodedSplit(images, labels, listing.classes, skipped, listing.passed_over)
     return _match_spec(spec, decoded, root, image_size)
+
+
+def resolve_data_dir(config: DataConfig) -> Path:
+    return Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
 
 
 def _check_not_a_file(root: Path, kind: str) -> None:
@@ -106,7 +92,7 @@ def folder_split_dir(root: Path, split: str) -> Path:
 
 
 def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
-    from torchvision.datasets.folder import find_classes
+    from torchvision.datasets.folder import find_classes  # torchvision: imported when needed, for start-up speed
 
     if not root.is_dir():
         raise UserError(f"data dir {root} does not exist; pass --data-dir with the folder that holds the dataset")
@@ -133,8 +119,6 @@ def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
                         f"folder(s) {', '.join(empty[:5])}; every class folder needs at least one image")
     names = names_file(spec, root, split)
     if names is not None:
-        from imgcls.classnames import named_classes
-
         classes = named_classes(classes, names)
     return ImageList(paths, lambda i: read_image_file(paths[i]), labels, classes, passed_over)
 
@@ -144,8 +128,6 @@ def names_file(spec: DatasetSpec, root: Path, split: str) -> Path | None:
     Tiny-ImageNet and ImageNet ship them; only where the dataset's classes come from the folders."""
     if spec.classes is not None:
         return None
-    from imgcls.classnames import names_file_beside
-
     return names_file_beside(folder_split_dir(root, split), root)
 
 
@@ -189,12 +171,12 @@ def read_image_file(path: str | Path) -> bytes:
         return file.read()
 
 
-def _list_zip(split: str) -> ImageList:
-    archive = zipfile.ZipFile(EMBEDDED_ZIP)
+def _list_zip(path: Path, split: str) -> ImageList:
+    archive = zipfile.ZipFile(path)
     names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and not n.endswith("/"))
     classes = sorted({n.split("/")[1] for n in names})
     labels = [classes.index(n.split("/")[1]) for n in names]
-    return ImageList([f"{EMBEDDED_ZIP.name}:{n}" for n in names], lambda i: archive.read(names[i]), labels, classes)
+    return ImageList([f"{path.name}:{n}" for n in names], lambda i: archive.read(names[i]), labels, classes)
 
 
 def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -269,7 +251,7 @@ def image_format(data: bytes) -> str | None:
 
 
 def _pillow():
-    from PIL import Image
+    from PIL import Image  # imported when needed, for start-up speed
 
     # Images between Pillow's warning and its limit are fine here: no warning line per image.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -328,7 +310,7 @@ def check_fits_memory(image_size: int, needed: int, what: str) -> None:
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    from torchvision.transforms.v2.functional import resize as tv_resize
+    from torchvision.transforms.v2.functional import resize as tv_resize  # when needed: start-up speed
 
     if images.shape[-2:] == (size, size):
         return images
@@ -355,6 +337,25 @@ def _check_same_size(images: list[torch.Tensor], names: list[str]) -> None:
                             f"{size_text(image.shape)}); pass --image-size N to resize them all to NxN")
 
 
+def check_same_classes(name: str, train: list[str], test: list[str]) -> None:
+    if train != test:
+        only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        raise UserError(f"{name}: train and test classes differ (only in train: {only_train or '-'}; only in "
+                        f"test: {only_test or '-'}); give both splits the same class folders")
+
+
+def check_same_shape(name: str, train: tuple[int, ...], test: tuple[int, ...]) -> None:
+    """Train and test images must have one (C, H, W); the message says what differs and what helps."""
+    if train[0] != test[0]:
+        kinds = {1: "grey (1 channel)", 3: "colour (3 channels)"}
+        raise UserError(f"{name}: train images are {kinds.get(train[0], f'{train[0]} channels')} but test images "
+                        f"are {kinds.get(test[0], f'{test[0]} channels')}; convert one split's images so that "
+                        f"both are grey or both colour (--image-size changes only the size)")
+    if train != test:
+        raise UserError(f"{name}: train images are {size_text(train)} but test images are {size_text(test)}; "
+                        f"pass --image-size N to resize both to NxN")
+
+
 def size_text(shape) -> str:
     """An image's size as users read it: width first, from a (..., H, W) shape."""
     return f"{shape[-1]} wide, {shape[-2]} high"
@@ -364,7 +365,7 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
     """The image files of a split, undecoded, for the streaming path; labels in the dataset's class order."""
     kind = source_kind(spec, root)
     if kind == "embedded":
-        return _list_zip(split)
+        return _list_zip(spec.embedded, split)
     _check_not_a_file(root, kind)
     if kind == "folder":
         listing = _list_folder(root, split, spec)
@@ -405,7 +406,7 @@ def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int
 
 def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool):
     """torchvision's own dataset object for this split; a missing or damaged copy is a UserError."""
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # imported when needed, for start-up speed
 
     split_value = spec.train_split if split == "train" else spec.test_split
     kwargs = {spec.split_keyword: split_value}

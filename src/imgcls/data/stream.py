@@ -21,9 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
-from imgcls.data.batches import Batch, PixelNormalizer, epoch_permutation
-from imgcls.data.prepare import Normalization
-from imgcls.data.readers import ImageList, decode_image_bytes, error_reason, size_text
+from imgcls.config import DataConfig
+from imgcls.data.batches import epoch_permutation
+from imgcls.data.normalize import PixelNormalizer, fit_normalization
+from imgcls.data.readers import check_same_classes, check_same_shape, decode_all, decode_image_bytes, error_reason, \
+    list_images, resolve_data_dir, size_text, to_grey_if_grey
+from imgcls.data.registry import DatasetSpec
+from imgcls.data.split import split_train_val
+from imgcls.data.types import Batch, ImageList, Normalization, PreparedData
 from imgcls.distributed import Shard
 from imgcls.errors import UserError
 
@@ -131,28 +136,22 @@ class StreamingBatches:
             yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows.to(self.device)])
 
 
-def prepare_streamed(config, seed: int):
-    """prepare()'s counterpart: the same splits and normalization, with the pixels left in their files."""
-    from imgcls.data.prepare import PreparedData, check_same_shape, fit_normalization, resolve_data_dir, \
-        stratified_sample
-    from imgcls.data.readers import list_images
-    from imgcls.data.registry import SPECS
-
-    spec, root = SPECS[config.dataset], resolve_data_dir(config)
+def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
+                     normalization: Normalization | None = None) -> PreparedData:
+    """prepare()'s counterpart: the same splits and normalization, with the pixels left in their files. A sample
+    of the training images is decoded to fit the normalization, and one of the test images to check their shape:
+    with a `normalization` given (a checkpoint's), the training sample is not decoded."""
+    root = resolve_data_dir(config)
     train_list, test_list = (list_images(spec, root, split, config.download) for split in ("train", "test"))
-    if train_list.classes != test_list.classes:
-        raise UserError(f"{spec.name}: train and test classes differ; give both splits the same class folders")
-    labels = torch.as_tensor(train_list.labels)
-    rows = torch.arange(len(labels))
-    if config.limit is not None and config.limit < len(rows):
-        rows = stratified_sample(labels, config.limit / len(labels), seed)
-    val_rows = rows[stratified_sample(labels[rows], config.val_split, seed)]
-    train_rows = rows[~torch.isin(rows, val_rows)]
-
-    pixels = _decode_sample(train_list, train_rows, STATS_SAMPLE, config, seed)
-    shape = tuple(pixels.shape[1:])
-    check_same_shape(spec.name, shape, tuple(_decode_sample(test_list, torch.arange(len(test_list.labels)),
-                                                            TEST_SAMPLE, config, seed).shape[1:]))
+    check_same_classes(spec.name, train_list.classes, test_list.classes)
+    train_rows, val_rows = split_train_val(torch.as_tensor(train_list.labels, dtype=torch.int64),
+                                           len(train_list.classes), config.val_split, config.limit, seed,
+                                           name=spec.name)
+    pixels = None if normalization else _decode_sample(train_list, train_rows, STATS_SAMPLE, config, seed)
+    test_shape = tuple(_decode_sample(test_list, torch.arange(len(test_list.labels)), TEST_SAMPLE, config,
+                                      seed).shape[1:])
+    shape = test_shape if pixels is None else tuple(pixels.shape[1:])
+    check_same_shape(spec.name, shape, test_shape)
 
     def images(listing: ImageList, index: torch.Tensor) -> StreamedImages:
         return StreamedImages(listing, index, config.image_size, shape[0], config.skip_bad_images, shape)
@@ -161,14 +160,13 @@ def prepare_streamed(config, seed: int):
         dataset=spec.name, classes=train_list.classes, shape=shape,
         train=images(train_list, train_rows), val=images(train_list, val_rows),
         test=images(test_list, torch.arange(len(test_list.labels))),
-        normalization=fit_normalization(pixels, config.normalize), superclass_of=spec.superclass_of(),
-        skipped=0, from_cache=False, passed_over=train_list.passed_over + test_list.passed_over)
+        normalization=normalization or fit_normalization(pixels, config.normalize),
+        superclass_of=spec.superclass_of(), skipped=0, from_cache=False,
+        passed_over=train_list.passed_over + test_list.passed_over, batches_of=StreamingBatches)
 
 
-def _decode_sample(listing: ImageList, rows: torch.Tensor, count: int, config, seed: int) -> torch.Tensor:
+def _decode_sample(listing: ImageList, rows: torch.Tensor, count: int, config: DataConfig, seed: int) -> torch.Tensor:
     """A seeded sample of up to `count` of these rows, decoded (grey when grey) as the in-memory path would."""
-    from imgcls.data.readers import decode_all, to_grey_if_grey
-
     generator = torch.Generator().manual_seed(seed)
     picked = rows[torch.randperm(len(rows), generator=generator)[:count]].tolist()
     sample = ImageList([listing.names[i] for i in picked], lambda k: listing.read(picked[k]),
