@@ -472,3 +472,56 @@ def test_each_epoch_records_the_rates_its_first_and_last_updates_used(uninterrup
                     .read_text().splitlines()]
     assert [rate for r in step_records for rate in (r["lr"], r["lr_last"])] == pytest.approx([0.02, 0.02, 0.01, 0.01,
                                                                                              0.005, 0.005])
+
+
+# --- the resumable checkpoint's format (checkpoint.py owns it) ----------------------------------------------------
+
+def test_a_resumable_checkpoint_keeps_format_1s_layout(interrupted_run):
+    """Checkpoints written by earlier imgcls must still resume, and theirs by it: the tensors' names and the
+    metadata's keys are format 1's, in its order; best.safetensors holds the model alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(interrupted_run / "last.safetensors"), "pt") as f:
+        names, metadata = set(f.keys()), f.metadata()
+    assert names == {"weight", "bias", "norm.mean", "norm.std", "state.loss_sum", "state.weight_sum", "state.correct",
+                     "state.optimizer.0.momentum_buffer", "state.optimizer.1.momentum_buffer"}
+    assert metadata["imgcls_format"] == "1"
+    meta = json.loads(metadata["meta"])
+    assert list(meta) == ["dataset", "classes", "input_shape", "superclass_of", "config", "seed", "epoch", "step",
+                          "val", "data_fingerprint", "resume"]
+    assert list(meta["resume"]) == ["scheduler", "param_groups", "seen", "seconds", "history", "best_epoch",
+                                    "best_val", "lr_first"]
+    assert (meta["epoch"], meta["step"]) == (1, 4)
+    with safe_open(str(interrupted_run / "best.safetensors"), "pt") as f:
+        assert set(f.keys()) == {"weight", "bias", "norm.mean", "norm.std"}
+        assert "resume" not in json.loads(f.metadata()["meta"])
+
+
+def test_resume_state_reads_back_what_the_run_saved(interrupted_run):
+    from safetensors import safe_open
+
+    with safe_open(str(interrupted_run / "last.safetensors"), "pt") as f:
+        raw, tensors = json.loads(f.metadata()["meta"]), {name: f.get_tensor(name) for name in f.keys()}
+    saved = ckpt.load(interrupted_run / "last.safetensors")
+    assert saved.resumable and not ckpt.load(interrupted_run).resumable
+    state = saved.resume_state()
+    assert state.param_groups == raw["resume"]["param_groups"] and state.scheduler == raw["resume"]["scheduler"]
+    assert [(b.key, b.index, b.name) for b in state.buffers] == [
+        (f"optimizer.{i}.momentum_buffer", i, "momentum_buffer") for i in (0, 1)]
+    assert all(torch.equal(b.value, tensors[f"state.{b.key}"]) for b in state.buffers)
+    assert all(torch.equal(a, tensors[f"state.{name}"]) for a, name in zip(state.sums, ckpt.RUNNING_SUMS))
+    assert state.progress == {**{key: raw["resume"][key] for key in ckpt.SAVED_PROGRESS}, "epoch": 1, "step": 4}
+    assert state.progress["seen"] == 4 * BATCH and state.progress["lr_first"] > 0
+
+    del saved.meta["resume"]["lr_first"]  # as a checkpoint from before lr_first was saved
+    assert saved.resume_state().progress["lr_first"] == raw["resume"]["param_groups"][0]["lr"]
+    saved.meta["step"] = 0  # at an epoch's start its first update has not run yet
+    assert saved.resume_state().progress["lr_first"] is None
+
+
+@pytest.mark.parametrize("key, index, name", [("optimizer.x.momentum_buffer", None, "momentum_buffer"),
+                                              ("optimizer.3", 3, ""), ("optimizer.12.other", 12, "other")])
+def test_an_optimizer_tensor_s_name_is_read_without_trusting_it(interrupted_run, key, index, name):
+    saved = ckpt.load(interrupted_run / "last.safetensors")
+    saved.state[key] = torch.zeros(1)
+    assert (key, index, name) in [(b.key, b.index, b.name) for b in saved.resume_state().buffers]

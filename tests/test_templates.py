@@ -143,6 +143,21 @@ def test_pixel_space_template_is_w_over_std(tmp_path):
     assert torch.equal(image, ((t - t.min()) / (t.max() - t.min()) * 255).round().to(torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_a_checkpoint_s_templates_are_its_rows_of_w_as_images(dtype):
+    """Checkpoint.templates(), the one reshape every picture of W uses: template k, channel c, pixel (y, x) is
+    W[k, c*H*W + y*W + x], as float32 whatever type W was saved in."""
+    k, shape = 3, (3, 2, 4)
+    weight = torch.arange(k * 24, dtype=torch.float64).reshape(k, 24).to(dtype)
+    checkpoint = Checkpoint(weight, torch.zeros(k), torch.zeros(shape), torch.ones(shape),
+                            {"dataset": "test", "classes": ["a", "b", "c"], "input_shape": list(shape)})
+    templates = checkpoint.templates()
+    assert tuple(templates.shape) == (k, *shape) and templates.dtype == torch.float32
+    for index, c, y, x in [(0, 0, 0, 0), (1, 2, 1, 3), (2, 1, 0, 2), (2, 2, 1, 3)]:
+        assert templates[index, c, y, x] == weight[index, c * 8 + y * 4 + x].float()
+    assert torch.equal(template_weights(checkpoint, "input"), templates)
+
+
 def test_auto_space_leaves_pixel_space_when_some_pixels_hardly_vary():
     checkpoint = make_checkpoint(DIGITS, (1, 4, 4))
     assert resolved_space("auto", checkpoint) == "pixel"  # every pixel varies alike

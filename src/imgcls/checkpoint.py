@@ -11,15 +11,42 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from imgcls.errors import UserError
 from imgcls.files import write_atomic
+from imgcls.rundir import RunDir
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "imgcls_format"
 FLOAT_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # what the model can be loaded from
+# A resumable checkpoint's state tensors: the epoch's running sums (Progress's), and the optimizer's buffers as
+# optimizer.<parameter index>.<buffer name>; its meta["resume"]: the scheduler's and optimizer's state and these
+# Progress fields. No RNG state: nothing after the start of a run draws from torch's global generator (the data
+# order has its own, seeded by the seed and the epoch), as test_promises shows by scrambling it on resume.
+RUNNING_SUMS = ("loss_sum", "weight_sum", "correct")
+SAVED_PROGRESS = ("seen", "seconds", "history", "best_epoch", "best_val", "lr_first")
+OPTIMIZER_PREFIX = "optimizer."
+
+
+class OptimizerBuffer(NamedTuple):
+    key: str  # as saved: optimizer.<parameter index>.<buffer name>
+    index: int | None  # None: the key holds no parameter index
+    name: str
+    value: torch.Tensor
+
+
+@dataclass
+class ResumeState:
+    """What a resumable checkpoint holds beyond the model, read back as the run saved it; resume.py checks every
+    piece against the run before it uses any."""
+    param_groups: list  # the optimizer's, as its state_dict() gives them
+    scheduler: dict  # the scheduler's state_dict()
+    buffers: list[OptimizerBuffer]
+    sums: list[torch.Tensor]  # RUNNING_SUMS, in that order
+    progress: dict  # SAVED_PROGRESS, and the epoch and step under way
 
 
 @dataclass
@@ -38,6 +65,38 @@ class Checkpoint:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.meta["input_shape"])
+
+    def templates(self) -> torch.Tensor:
+        """Each class's row of W as an image, in float32: (K, C, H, W)."""
+        return self.weight.float().reshape(-1, *self.input_shape)
+
+    @property
+    def resumable(self) -> bool:
+        return "resume" in self.meta
+
+    def add_resume_state(self, optimizer_state: dict, scheduler_state: dict, progress) -> None:
+        """Make the checkpoint resumable: the optimizer's and scheduler's state_dict(), and the run's Progress."""
+        self.meta["resume"] = {"scheduler": scheduler_state, "param_groups": optimizer_state["param_groups"],
+                               **{key: getattr(progress, key) for key in SAVED_PROGRESS}}
+        self.state.update({name: getattr(progress, name) for name in RUNNING_SUMS})
+        for index, buffers in optimizer_state["state"].items():
+            self.state.update({f"{OPTIMIZER_PREFIX}{index}.{name}": value for name, value in buffers.items()})
+
+    def resume_state(self) -> ResumeState:
+        """add_resume_state's pieces read back; a KeyError, TypeError or IndexError where the file lacks one."""
+        saved = self.meta["resume"]
+        progress = {key: saved[key] for key in SAVED_PROGRESS if key != "lr_first"}
+        # a checkpoint from before lr_first was recorded: the rate its next update uses is the best estimate
+        progress["lr_first"] = saved.get("lr_first", saved["param_groups"][0]["lr"] if self.meta["step"] else None)
+        progress.update(epoch=self.meta["epoch"], step=self.meta["step"])
+        buffers = []
+        for key, value in self.state.items():
+            if key.startswith(OPTIMIZER_PREFIX):
+                index, _, name = key[len(OPTIMIZER_PREFIX):].partition(".")
+                number = int(index) if index.isascii() and index.isdigit() else None
+                buffers.append(OptimizerBuffer(key, number, name, value))
+        return ResumeState(saved["param_groups"], saved["scheduler"], buffers,
+                           [self.state[name] for name in RUNNING_SUMS], progress)
 
     def model(self):
         from imgcls.model import LinearClassifier
@@ -66,8 +125,8 @@ def load(path: Path) -> Checkpoint:
     from safetensors import SafetensorError
 
     path = Path(path)
-    if path.is_dir():
-        path = path / "best.safetensors"
+    if path.is_dir():  # a run folder: its best checkpoint
+        path = RunDir(path).best
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a .safetensors file from a run folder "
                         f"(runs/<run>/best.safetensors) or the run folder itself")
@@ -151,7 +210,8 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
         if tuple(tensor.shape) != wanted:
             raise ValueError(f"{name} {tuple(tensor.shape)} does not match {len(classes)} classes of {shape}")
         if tensor.dtype not in FLOAT_TYPES or not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{name} is not all finite numbers of a floating-point type ({', '.join(map(str, FLOAT_TYPES))})")
+            raise ValueError(f"{name} is not all finite numbers of a floating-point type "
+                             f"({', '.join(map(str, FLOAT_TYPES))})")
     if not bool((checkpoint.std > 0).all()):
         raise ValueError("norm.std is not positive")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable, write_atomic
-from imgcls.rundir import CONFUSION, CURVES, TEMPLATES, RunDir
+from imgcls.rundir import RunDir
 
 DPI = 100
 CURVES_FIGSIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
@@ -156,40 +156,38 @@ def write_run_figures(run_dir: Path, class_names: Path | None = None) -> list[Pa
     curves.png needs epochs.jsonl, confusion.png metrics.json (a finished run), templates.png
     best.safetensors. A folder with none of them is not a run folder: a UserError.
     """
-    run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
-        raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")
-    metrics = run.read_metrics()
-    epochs = run.read_epochs()
-    if class_names is not None and metrics:
-        from imgcls.classnames import named_classes
-
-        metrics["classes"] = named_classes(metrics["classes"], class_names)
+    run = RunDir.existing(run_dir)
+    metrics, epochs = run.read_metrics(class_names), run.read_epochs()
     if not epochs and metrics is None and not run.best.is_file():
         raise UserError(f"{printable(run.path)} is not a run folder (no epochs.jsonl, metrics.json or "
                         f"best.safetensors); pass the --out folder of a training run")
     written = []
-    best_epoch = metrics.get("best_epoch") if metrics else None
-    name = printable(run.path.resolve().name)
+    best_epoch = metrics["best_epoch"] if metrics else None
     if epochs:
-        written.append(learning_curves(epochs, run.path / CURVES, best_epoch, f"learning curves: {name}"))
+        title = f"learning curves: {printable(run.path.resolve().name)}"
+        written.append(learning_curves(epochs, run.curves, best_epoch, title))
     if metrics and metrics.get("test_detail", {}).get("confusion"):
         test = metrics["test"]
         title = (f"confusion matrix, test split: {test['count']} images, top-1 {test['top1']:.1%}"
                  f" (best epoch {best_epoch})")
-        written.append(confusion_heatmap(metrics["test_detail"]["confusion"], metrics["classes"],
-                                         run.path / CONFUSION, title))
+        written.append(confusion_heatmap(metrics["test_detail"]["confusion"], metrics["classes"], run.confusion,
+                                         title))
     if run.best.is_file():
-        from imgcls import checkpoint as ckpt
-
-        best = ckpt.load(run.best)
-        if class_names is not None:
-            from imgcls.classnames import named_classes
-
-            best.meta["classes"] = named_classes(best.classes, class_names)
+        best = _best_checkpoint(run, class_names)
         if best.meta["dataset"] != "features":  # a features model's rows of W are not pictures
-            written.append(templates_grid(best, run.path / TEMPLATES))
+            written.append(templates_grid(best, run.templates))
     return written
+
+
+def _best_checkpoint(run: RunDir, class_names: Path | None):
+    from imgcls import checkpoint as ckpt
+
+    best = ckpt.load(run.best)
+    if class_names is not None:
+        from imgcls.classnames import named_classes
+
+        best.meta["classes"] = named_classes(best.classes, class_names)
+    return best
 
 
 def validation_curves(runs: list[tuple[str, list[dict], int | None]], path: Path) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable, write_text_atomic
+from imgcls.rundir import RunDir
 
 GALLERY_WRONG = 12  # thumbnails of each kind: the page stays small and quick to write
 GALLERY_RIGHT = 12
@@ -92,15 +93,14 @@ class Gallery:
     note: str = ""  # why there is no gallery
 
 
-def load_gallery(run_path: Path) -> Gallery:
+def load_gallery(run: RunDir) -> Gallery:
     """Score the run's test split with its best checkpoint and pick the gallery's images. Without the data (moved,
     deleted, a --stream run) the page goes without a gallery and says why."""
     from imgcls import checkpoint as ckpt
 
-    best = run_path / "best.safetensors"
-    if not best.is_file():
+    if not run.best.is_file():
         return Gallery(note="no best.safetensors in the run folder: no model to score the test images with")
-    checkpoint = ckpt.load(best)
+    checkpoint = ckpt.load(run.best)
     if checkpoint.meta.get("config", {}).get("data", {}).get("stream"):
         return Gallery(note="not drawn for a --stream run: its test images are decoded from their files, which "
                             "would make writing this page as slow as a test evaluation")
@@ -151,17 +151,16 @@ def _scores(checkpoint, images):
     return torch.cat(confidence), torch.cat(predicted)
 
 
-def _figure(run_path: Path, name: str) -> str | None:
-    path = run_path / name
+def _embedded(path: Path) -> str | None:
     return png_data_uri(path.read_bytes()) if path.is_file() else None
 
 
 def page_context(run_path: Path, class_names: Path | None = None) -> dict:
     """Everything the template shows, from the run folder (and, for the gallery, its test split)."""
-    from imgcls.rundir import CONFUSION, CURVES, TEMPLATES
     from imgcls.runreport import config_rows, load_run
 
     summary = load_run(run_path, class_names=class_names)
+    run = RunDir(summary.path)
     metrics = summary.metrics
     detail = (metrics or {}).get("test_detail", {})
     confusion = detail.get("confusion") or []
@@ -173,9 +172,9 @@ def page_context(run_path: Path, class_names: Path | None = None) -> dict:
             "config": config_rows(summary.config), "epochs": summary.epochs, "metrics": metrics,
             "diverged": summary.diverged, "per_class": per_class, "pairs": summary.pairs,
             "superclasses": summary.superclasses,
-            "curves": _figure(summary.path, CURVES), "confusion": _figure(summary.path, CONFUSION),
-            "templates": _figure(summary.path, TEMPLATES),
-            "gallery": load_gallery(summary.path) if metrics else Gallery(note="the run did not finish")}
+            "curves": _embedded(run.curves), "confusion": _embedded(run.confusion),
+            "templates": _embedded(run.templates),
+            "gallery": load_gallery(run) if metrics else Gallery(note="the run did not finish")}
 
 
 def render_page(context: dict) -> str:
@@ -192,8 +191,6 @@ def render_page(context: dict) -> str:
 
 def write_run_page(run_dir: Path, class_names: Path | None = None) -> Path:
     """Write RUN/report.html; a folder that is not a run is a UserError (load_run's)."""
-    from imgcls.rundir import REPORT_PAGE
-
-    path = Path(run_dir) / REPORT_PAGE
+    path = RunDir(Path(run_dir)).report_page
     write_text_atomic(path, render_page(page_context(Path(run_dir), class_names)))
     return path

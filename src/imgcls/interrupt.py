@@ -15,7 +15,6 @@ from dataclasses import dataclass
 @dataclass
 class StopRequest:
     requested: bool = False
-    signal_name: str = ""
 
 
 @contextmanager
@@ -27,7 +26,6 @@ def stop_on_signals():
 
     def handle(signum, frame):
         request.requested = True
-        request.signal_name = signal.Signals(signum).name
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -12,7 +12,6 @@ class LinearClassifier(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, init: str = "default",
                  init_std: float = 0.01):
         super().__init__()
-        self.input_shape = tuple(input_shape)
         self.linear = nn.Linear(math.prod(input_shape), num_classes)
         if init == "zeros":  # fine for a linear model: the loss is convex, there is no symmetry to break
             nn.init.zeros_(self.linear.weight)
@@ -24,6 +23,3 @@ class LinearClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.flatten(1))
 
-    def templates(self) -> torch.Tensor:
-        """Each class's row of W as an image: (K, C, H, W)."""
-        return self.linear.weight.detach().reshape(-1, *self.input_shape)

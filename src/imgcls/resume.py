@@ -63,61 +63,53 @@ def _shown(value) -> str:
 def restore(saved: ckpt.Checkpoint, model, optimizer, scheduler, progress: Progress, device: torch.device,
             shard: distributed.Shard, steps_per_epoch: int) -> None:
     """Put the model, optimizer, scheduler and progress where the checkpoint left them."""
-    if "resume" not in saved.meta:
+    if not saved.resumable:
         raise UserError("the run's last.safetensors cannot resume training (no optimizer state); start a new run")
-    resume = saved.meta["resume"]
-    buffers = _momentum_buffers(saved, optimizer, device)
-    _check_same_structure(optimizer.state_dict()["param_groups"], resume["param_groups"], "optimizer", skip={"lr"},
+    resume = saved.resume_state()
+    buffers = _momentum_buffers(resume.buffers, optimizer, device)
+    _check_same_structure(optimizer.state_dict()["param_groups"], resume.param_groups, "optimizer", skip={"lr"},
                           exact=True)
-    if not all(_is_number(group["lr"]) and group["lr"] >= 0 for group in resume["param_groups"]):
+    if not all(_is_number(group["lr"]) and group["lr"] >= 0 for group in resume.param_groups):
         raise ValueError("a learning rate in the optimizer state is not a number of 0 or more")
-    _check_same_structure(scheduler.state_dict(), resume["scheduler"], "scheduler")
-    steps_done = saved.meta["epoch"] * steps_per_epoch + saved.meta["step"]
-    if not (_is_whole(saved.meta["step"]) and saved.meta["step"] < steps_per_epoch
-            and resume["scheduler"]["last_epoch"] == steps_done):
+    _check_same_structure(scheduler.state_dict(), resume.scheduler, "scheduler")
+    epoch, step = resume.progress["epoch"], resume.progress["step"]
+    if not (_is_whole(step) and step < steps_per_epoch
+            and resume.scheduler["last_epoch"] == epoch * steps_per_epoch + step):
         raise ValueError("its step count does not agree with its scheduler's (or with this run's steps per epoch)")
     with torch.no_grad():
         model.linear.weight.copy_(saved.weight)
         model.linear.bias.copy_(saved.bias)
-    optimizer.load_state_dict({"state": buffers, "param_groups": resume["param_groups"]})
-    scheduler.load_state_dict(resume["scheduler"])
-    _restore_progress(saved, progress, device, shard)
+    optimizer.load_state_dict({"state": buffers, "param_groups": resume.param_groups})
+    scheduler.load_state_dict(resume.scheduler)
+    _restore_progress(resume, progress, device, shard)
 
 
-def _restore_progress(saved: ckpt.Checkpoint, progress: Progress, device: torch.device,
+def _restore_progress(resume: ckpt.ResumeState, progress: Progress, device: torch.device,
                       shard: distributed.Shard) -> None:
-    resume = saved.meta["resume"]
-    progress.epoch, progress.step = saved.meta["epoch"], saved.meta["step"]
-    progress.seconds = resume["seconds"]
-    # a checkpoint from before lr_first was recorded: the rate its next update uses is the best estimate
-    progress.lr_first = resume.get("lr_first", resume["param_groups"][0]["lr"] if saved.meta["step"] else None)
+    for key in ("epoch", "step", "seconds", "lr_first", "history", "best_epoch", "best_val"):
+        setattr(progress, key, resume.progress[key])
     if shard.is_main:  # the saved running sums are the whole world's: one process carries them on
-        sums = [saved.state[name] for name in ("loss_sum", "weight_sum", "correct")]
+        sums = resume.sums
         if any(tensor.dim() != 0 or not bool(torch.isfinite(tensor)) for tensor in sums) or \
                 sums[2].dtype != torch.int64 or not sums[0].is_floating_point():
             raise ValueError("its running loss and accuracy are not the scalars a run writes")
-        progress.seen = resume["seen"]
+        progress.seen = resume.progress["seen"]
         progress.loss_sum, progress.weight_sum, progress.correct = (tensor.to(device) for tensor in sums)
-    progress.history = resume["history"]
-    progress.best_epoch, progress.best_val = resume["best_epoch"], resume["best_val"]
     _check_restored(progress, len(progress.history))
 
 
-def _momentum_buffers(saved: ckpt.Checkpoint, optimizer, device: torch.device) -> dict[int, dict]:
-    """The optimizer's buffers from the checkpoint's `optimizer.<index>.momentum_buffer` tensors, each
-    of its parameter's shape and type."""
+def _momentum_buffers(saved: list[ckpt.OptimizerBuffer], optimizer, device: torch.device) -> dict[int, dict]:
+    """The optimizer's state from the checkpoint's buffers: SGD's momentum buffer, of its parameter's shape and
+    type, for any of its parameters."""
     params = [param for group in optimizer.param_groups for param in group["params"]]
     buffers: dict[int, dict] = {}
-    for key, value in saved.state.items():
-        if not key.startswith("optimizer."):
-            continue
-        _, index, name = key.split(".", 2)
-        if not index.isdigit() or int(index) >= len(params) or name != "momentum_buffer":
+    for key, index, name, value in saved:
+        if index is None or index >= len(params) or name != "momentum_buffer":
             raise ValueError(f"it holds an optimizer tensor {key[:60]!r} that SGD does not have")
-        param = params[int(index)]
+        param = params[index]
         if value.shape != param.shape or value.dtype != param.dtype or not bool(torch.isfinite(value).all()):
             raise ValueError(f"its momentum buffer {key} is not finite numbers of its parameter's shape")
-        buffers[int(index)] = {name: value.to(device)}
+        buffers[index] = {name: value.to(device)}
     return buffers
 
 

@@ -30,16 +30,23 @@ import yaml
 from imgcls.errors import UserError
 from imgcls.files import printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
+CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
+BEST, LAST = "best.safetensors", "last.safetensors"
+RUN_FILES = (CONFIG, EPOCHS, METRICS, BEST, LAST)
 METRICS_CSV = "metrics.csv"  # epochs.jsonl as a table, for a spreadsheet
-RUN_FILES = ("config.yaml", "epochs.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
 DIVERGED = "diverged.txt"
 REPORT_PAGE = "report.html"  # htmlreport.py's page of the run
 LOCK = ".imgcls.lock"
 CURVES, CONFUSION, TEMPLATES = "curves.png", "confusion.png", "templates.png"  # drawn by figures.py
 FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
+TENSORBOARD = "tensorboard"  # --tensorboard's event files (tboard.py)
 # What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
 OWN_FILES = (*RUN_FILES, METRICS_CSV, *FIGURE_FILES, REPORT_PAGE, DIVERGED)
-OWN_FOLDERS = ("templates", "tensorboard")  # export-templates' output (the README's example) and --tensorboard's
+OWN_FOLDERS = ("templates", TENSORBOARD)  # export-templates' output (the README's example) and --tensorboard's
+
+
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name)
 
 
 @dataclass
@@ -48,13 +55,26 @@ class RunDir:
     # (inode, mtime) of each run file when this process locked the folder: what changed since, it wrote
     _before: dict = field(default_factory=dict, repr=False, compare=False)
 
-    config = property(lambda self: self.path / "config.yaml")
-    epochs = property(lambda self: self.path / "epochs.jsonl")
-    metrics = property(lambda self: self.path / "metrics.json")
-    best = property(lambda self: self.path / "best.safetensors")
-    last = property(lambda self: self.path / "last.safetensors")
-    diverged = property(lambda self: self.path / DIVERGED)
-    metrics_csv = property(lambda self: self.path / METRICS_CSV)
+    config = _file(CONFIG)
+    epochs = _file(EPOCHS)
+    metrics = _file(METRICS)
+    metrics_csv = _file(METRICS_CSV)
+    best = _file(BEST)
+    last = _file(LAST)
+    diverged = _file(DIVERGED)
+    curves = _file(CURVES)
+    confusion = _file(CONFUSION)
+    templates = _file(TEMPLATES)
+    report_page = _file(REPORT_PAGE)
+    tensorboard = _file(TENSORBOARD)
+
+    @classmethod
+    def existing(cls, path: Path) -> RunDir:
+        """A folder to read a run from (report, compare, figures); what it holds is checked as it is read."""
+        run = cls(Path(path))
+        if not run.path.is_dir():
+            raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")
+        return run
 
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in (*RUN_FILES, DIVERGED))
@@ -164,8 +184,9 @@ class RunDir:
             _check_fields(record, EPOCH_FIELDS, f"line {line}", self.epochs)
         return records
 
-    def read_metrics(self) -> dict | None:
-        """metrics.json, checked for the shape train writes (None: the run did not finish)."""
+    def read_metrics(self, class_names: Path | None = None) -> dict | None:
+        """metrics.json, checked for the shape train writes (None: the run did not finish); class_names: a names
+        file (classnames.py) its classes are shown by."""
         if not self.metrics.is_file():
             return None
         try:
@@ -174,7 +195,25 @@ class RunDir:
             raise UserError(f"{printable(self.metrics)} is not valid JSON ({error}); the run folder is damaged") \
                 from None
         _check_metrics(metrics, self.metrics)
+        if class_names is not None:
+            from imgcls.classnames import named_classes
+
+            metrics["classes"] = named_classes(metrics["classes"], class_names)
         return metrics
+
+    def read_config(self) -> dict:
+        """config.yaml as the run saved it, read by the config's own bounded loader ({} if it holds no mapping)."""
+        from imgcls.config import read_yaml
+
+        if not self.config.is_file():
+            raise UserError(f"{printable(self.path)} is not a run folder (no config.yaml); pass the --out folder of "
+                            f"a training run")
+        config = read_yaml(self.config, printable(self.config), "the run folder is damaged")
+        return config if isinstance(config, dict) else {}
+
+    def read_diverged(self) -> str | None:
+        """Why training diverged (diverged.txt), or None."""
+        return self.diverged.read_text(errors="replace").strip() if self.diverged.is_file() else None
 
     @contextmanager
     def locked(self) -> Iterator[RunDir]:
@@ -232,11 +271,9 @@ class RunDir:
         return epochs if isinstance(epochs, int) else None
 
     def _saved_setting(self, section: str, key: str):
-        """One value of config.yaml, read by the config's own bounded loader; None if it cannot be read."""
-        from imgcls.config import read_yaml
-
+        """One value of config.yaml; None if it cannot be read."""
         try:
-            return (read_yaml(self.config, str(self.config), "") or {}).get(section, {}).get(key)
+            return self.read_config().get(section, {}).get(key)
         except (UserError, AttributeError):
             return None
 
@@ -331,7 +368,7 @@ def _same_file(path: Path, fd: int) -> bool:
 
 # --- the shapes of the JSON files a report reads ---------------------------------------------------------
 
-NUMBER, COUNT, TEXT, MAPPING = "a number", "a whole number >= 0", "text", "a JSON object"
+NUMBER, COUNT, MAPPING = "a number", "a whole number >= 0", "a JSON object"
 EPOCH_FIELDS = {"epoch": COUNT, "train_loss": NUMBER, "train_top1": NUMBER, "val_loss": NUMBER, "val_top1": NUMBER,
                 "val_top5": NUMBER, "lr": NUMBER, "seconds": NUMBER}
 SPLIT_FIELDS = {"loss": NUMBER, "top1": NUMBER, "top5": NUMBER, "k": COUNT, "count": COUNT}
@@ -345,8 +382,6 @@ def _is(value, kind: str) -> bool:
         return isinstance(value, (int, float))
     if kind == COUNT:
         return isinstance(value, int) and value >= 0
-    if kind == TEXT:
-        return isinstance(value, str)
     if kind == MAPPING:
         return isinstance(value, dict)
     return isinstance(value, list) and bool(value) and all(isinstance(name, str) for name in value)

@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from imgcls.errors import UserError
 from imgcls.files import printable
 
 
@@ -74,24 +73,12 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 
 
 def load_run(path: Path, pairs: int = 5, class_names: Path | None = None) -> RunSummary:
     """The run folder's files; class_names: a names file (classnames.py) the classes are shown by."""
-    from imgcls.config import read_yaml
     from imgcls.rundir import RunDir
 
-    run = RunDir(Path(path))
-    if not run.path.is_dir():
-        raise UserError(f"run folder {printable(run.path)} does not exist; pass the --out folder of a training run")
-    if not run.config.is_file():
-        raise UserError(f"{printable(run.path)} is not a run folder (no config.yaml); pass the --out folder of a "
-                        f"training run")
-    config = read_yaml(run.config, printable(run.config), "the run folder is damaged") or {}
-    metrics = run.read_metrics()
-    if metrics and class_names is not None:
-        from imgcls.classnames import named_classes
-
-        metrics["classes"] = named_classes(metrics["classes"], class_names)
-    diverged = run.diverged.read_text(errors="replace").strip() if run.diverged.is_file() else None
-    summary = RunSummary(run.path, config if isinstance(config, dict) else {}, run.read_epochs(), metrics,
-                         diverged=diverged, retry=run.retry_command() if diverged else "")
+    run = RunDir.existing(path)
+    config, metrics, diverged = run.read_config(), run.read_metrics(class_names), run.read_diverged()
+    summary = RunSummary(run.path, config, run.read_epochs(), metrics, diverged=diverged,
+                         retry=run.retry_command() if diverged else "")
     if metrics and metrics.get("test_detail", {}).get("confusion"):
         summary.pairs = confused_pairs(metrics["test_detail"]["confusion"], metrics["classes"], pairs)
     return summary

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.report import Reporter
+from imgcls.rundir import RunDir
 
-LOG_FOLDER = "tensorboard"
 MISSING = "--tensorboard needs the tensorboard package: pip install 'imgcls[tensorboard]'"
 
 # epochs.jsonl key -> TensorBoard tag
@@ -41,7 +41,7 @@ class TensorBoardReporter(Reporter):
 
     def __init__(self, run_path: Path, fresh: bool, quiet: bool = False, console=None):
         super().__init__(quiet, console)
-        self.log_dir = Path(run_path) / LOG_FOLDER
+        self.log_dir = RunDir(Path(run_path)).tensorboard
         self.fresh = fresh
         self.writer = None
         self.writer_class = summary_writer_class()  # fails now, before training, if tensorboard is missing
@@ -72,17 +72,15 @@ class TensorBoardReporter(Reporter):
         from imgcls import checkpoint as ckpt
         from imgcls.templates import display_images, enlarge
 
-        writer = self._writer()
+        run, writer = RunDir(Path(run_path)), self._writer()
         for key in ("loss", "top1", "top5", "superclass_top1"):
             if key in test_summary:
                 writer.add_scalar(f"test/{'topk' if key == 'top5' else key}", test_summary[key], best_epoch)
-        best = ckpt.load(Path(run_path) / "best.safetensors")
-        templates = enlarge(display_images(best.weight.float().reshape(-1, *best.input_shape), "each"), 128)
+        templates = enlarge(display_images(ckpt.load(run.best).templates(), "each"), 128)
         writer.add_images("templates/each", templates, best_epoch, dataformats="NCHW")  # TensorBoard tiles them
-        grid = Path(run_path) / "templates.png"
-        if grid.is_file():
+        if run.templates.is_file():
             from torchvision.io import ImageReadMode, read_image
 
-            writer.add_image("templates/grid", read_image(str(grid), mode=ImageReadMode.RGB), best_epoch)
+            writer.add_image("templates/grid", read_image(str(run.templates), mode=ImageReadMode.RGB), best_epoch)
         writer.close()
         self.writer = None

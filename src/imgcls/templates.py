@@ -30,7 +30,7 @@ NEGATIVE, POSITIVE = (0.13, 0.40, 0.67), (0.70, 0.09, 0.17)  # the ends of matpl
 
 def template_weights(checkpoint: Checkpoint, space: str = "pixel") -> torch.Tensor:
     """(K, C, H, W): the rows of W (space="input"), or W / std, what is matched against raw pixels."""
-    weights = checkpoint.weight.float().reshape(-1, *checkpoint.input_shape)
+    weights = checkpoint.templates()
     return weights / checkpoint.std.float() if resolved_space(space, checkpoint) == "pixel" else weights
 
 

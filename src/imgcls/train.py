@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import SGD
+from torch.optim.lr_scheduler import LRScheduler
 
 from imgcls import checkpoint as ckpt
 from imgcls import distributed
@@ -49,6 +50,43 @@ class RunResult:
     test: Metrics
     batch_size: int
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainState:
+    """What the epochs share: the run they belong to (its folder, config, data and this process's part of it), the
+    loss they minimize, and what they move forward and a checkpoint saves (model, optimizer, schedule, progress)."""
+    run: RunDir
+    config: Config
+    data: PreparedData
+    shard: distributed.Shard
+    loss: Loss
+    model: LinearClassifier
+    optimizer: SGD
+    scheduler: LRScheduler
+    progress: Progress = field(default_factory=Progress)
+
+    def more_epochs(self) -> bool:
+        return self.progress.epoch < self.config.train.epochs and not self.finished_early()
+
+    def finished_early(self) -> bool:
+        """Early stopping: `patience` epochs in a row without a better validation top-1."""
+        patience, progress = self.config.train.patience, self.progress
+        return patience is not None and progress.best_epoch is not None and \
+            progress.epoch - 1 - progress.best_epoch >= patience
+
+    def checkpoint(self, resumable: bool = False) -> ckpt.Checkpoint:
+        """A checkpoint usable alone; a resumable one also holds the optimizer, scheduler and progress."""
+        data, progress, model = self.data, self.progress, self.model
+        meta = {"dataset": data.dataset, "classes": data.classes, "input_shape": list(data.shape),
+                "superclass_of": data.superclass_of, "config": self.config.to_dict(), "seed": self.config.train.seed,
+                "epoch": progress.epoch, "step": progress.step, "val": progress.best_val,
+                "data_fingerprint": data_fingerprint(data)}
+        checkpoint = ckpt.Checkpoint(model.linear.weight.detach().clone(), model.linear.bias.detach().clone(),
+                                     data.normalization.mean, data.normalization.std, meta)
+        if resumable:
+            checkpoint.add_resume_state(self.optimizer.state_dict(), self.scheduler.state_dict(), progress)
+        return checkpoint
 
 
 class Diverged(UserError):
@@ -82,44 +120,43 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     loss = Loss(config.loss.loss, weights)
     optimizer = build_optimizer(model, config.optim, device)
     scheduler = build_scheduler(optimizer, config.schedule, len(train_batches), config.train.epochs)
-    progress = Progress()
-    progress.start_epoch(device)
+    state = TrainState(run, config, data, shard, loss, model, optimizer, scheduler)
+    state.progress.start_epoch(device)
     if resume is None and shard.is_main:
         run.start()
         run.write_config(config.to_dict())
     if resume is not None:
-        resume_from(run, config, data, model, optimizer, scheduler, progress, device, shard, len(train_batches))
-        reporter.note(f"resuming {run.path} at epoch {progress.epoch + 1}, step {progress.step}")
+        resume_from(state, device, len(train_batches))
+        reporter.note(f"resuming {run.path} at epoch {state.progress.epoch + 1}, step {state.progress.step}")
     stepper = DistributedDataParallel(model) if shard.world > 1 else model
 
     with stop_on_signals() as stop:
-        while progress.epoch < config.train.epochs and not finished_early(progress, config.train.patience):
-            if not train_one_epoch(stepper, train_batches, loss, optimizer, scheduler, progress, reporter,
-                                   autocast_dtype, stop, config.train.gradient):
-                save_interrupted(run, model, data, config, progress, optimizer, scheduler, shard)
-                raise Interrupted(run, progress, len(train_batches))
+        while state.more_epochs():
+            if not train_one_epoch(state, stepper, train_batches, autocast_dtype, reporter, stop):
+                save_interrupted(state)
+                raise Interrupted(run, state.progress, len(train_batches))
             val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
-            check_finite_val(progress, val.loss)
-            end_epoch(run, model, data, config, progress, optimizer, scheduler, val, reporter, shard)
-            more = progress.epoch < config.train.epochs and not finished_early(progress, config.train.patience)
-            if more and distributed.any_process(stop.requested, device):
-                raise Interrupted(run, progress, len(train_batches))  # end_epoch has just written `last`
+            check_finite_val(state.progress, val.loss)
+            end_epoch(state, val, reporter)
+            if state.more_epochs() and distributed.any_process(stop.requested, device):
+                raise Interrupted(run, state.progress, len(train_batches))  # end_epoch has just written `last`
 
-    if finished_early(progress, config.train.patience):
+    if state.finished_early():
         reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
-    return finish(run, data, loss, val_batches, progress, train_batches.batch_size, shard)
+    return finish(state, val_batches, train_batches.batch_size)
 
 
-def resume_from(run: RunDir, config: Config, data: PreparedData, model, optimizer, scheduler, progress: Progress,
-                device: torch.device, shard: distributed.Shard, steps_per_epoch: int) -> None:
+def resume_from(state: TrainState, device: torch.device, steps_per_epoch: int) -> None:
+    run, config = state.run, state.config
     saved = ckpt.load(run.last)
     try:
-        check_same_run(saved, config, data)
-        restore(saved, model, optimizer, scheduler, progress, device, shard, steps_per_epoch)
+        check_same_run(saved, config, state.data)
+        restore(saved, state.model, state.optimizer, state.scheduler, state.progress, device, state.shard,
+                steps_per_epoch)
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as error:
         raise UserError(f"{run.last} cannot resume this run ({type(error).__name__}: {str(error)[:200]}); it is "
                         f"damaged: start a new run") from None
-    if shard.is_main and saved.meta["config"]["data"]["data_dir"] != config.data.data_dir:
+    if state.shard.is_main and saved.meta["config"]["data"]["data_dir"] != config.data.data_dir:
         run.write_config(config.to_dict())  # the data was moved: the next resume looks where it is now
 
 
@@ -133,13 +170,14 @@ def prepare_once(config: Config, shard: distributed.Shard) -> PreparedData:
     return data
 
 
-def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: Progress, reporter: Reporter,
-                    autocast_dtype: torch.dtype | None, stop: StopRequest, gradient: str = "analytic") -> bool:
-    """The rest of this epoch: ceil(N/B) SGD updates in all. False if asked to stop part-way."""
-    model.train()
-    device = batches.device
-    step = make_step(model, loss, optimizer, autocast_dtype, gradient, batches.shard.world)
-    sync_every = 1 if device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
+def train_one_epoch(state: TrainState, stepper, batches, autocast_dtype: torch.dtype | None, reporter: Reporter,
+                    stop: StopRequest) -> bool:
+    """The rest of this epoch: ceil(N/B) SGD updates in all. False if asked to stop part-way.
+    stepper: the model as a step calls it (under torchrun, wrapped to average the gradients)."""
+    progress, optimizer, world = state.progress, state.optimizer, batches.shard.world
+    stepper.train()
+    step = make_step(stepper, state.loss, optimizer, autocast_dtype, state.config.train.gradient, world)
+    sync_every = 1 if batches.device.type == "cpu" else 50  # reading the loss back waits for the GPU: do it rarely
     reporter.epoch_start(progress.epoch, len(batches))
     started = time.perf_counter() - progress.seconds
     shown = 0.0  # when the progress bar was last updated: ten times a second is plenty
@@ -147,28 +185,28 @@ def train_one_epoch(model, batches, loss: Loss, optimizer, scheduler, progress: 
         progress.lr_last = optimizer.param_groups[0]["lr"]  # the rate this update uses, before the schedule moves
         if progress.step == 0:
             progress.lr_first = progress.lr_last
-        if len(labels) or batches.shard.world > 1:  # under torchrun every process takes part in each step
+        if len(labels) or world > 1:  # under torchrun every process takes part in each step
             progress.add(step(pixels, labels, batch_labels), len(labels))
         else:  # nothing readable in the whole batch (--skip-bad-images): no update, but still this step of the plan
             progress.step += 1
-        scheduler.step()
+        state.scheduler.step()
         progress.seconds = time.perf_counter() - started
         if progress.step % sync_every == 0 or progress.step == len(batches):
             check_finite(progress)
             if progress.seconds - shown > 0.1 or progress.step == len(batches):
                 shown = progress.seconds
-                seen = progress.seen * batches.shard.world
+                seen = progress.seen * world
                 reporter.step(progress.step, float(progress.loss_sum) / max(float(progress.weight_sum), 1e-12),
                               seen / progress.seconds, images=seen)
-        if distributed.any_process(stop.requested, device) and progress.step < len(batches):
+        if distributed.any_process(stop.requested, batches.device) and progress.step < len(batches):
             return False
     return True
 
 
-def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: Progress, optimizer, scheduler,
-              val: Metrics, reporter: Reporter, shard: distributed.Shard) -> None:
+def end_epoch(state: TrainState, val: Metrics, reporter: Reporter) -> None:
     """Record the epoch, keep the best checkpoint, and move on; `last` is written last, so a crash
     anywhere here resumes by redoing this epoch's bookkeeping from the previous `last`."""
+    progress, run = state.progress, state.run
     train_loss, train_top1, seen = progress.totals()
     record = {"epoch": progress.epoch + 1, "train_loss": train_loss, "train_top1": train_top1, "val_loss": val.loss,
               "val_top1": val.top1, "val_top5": val.top5, "lr": progress.lr_first, "lr_last": progress.lr_last,
@@ -180,35 +218,35 @@ def end_epoch(run: RunDir, model, data: PreparedData, config: Config, progress: 
         progress.best_epoch, progress.best_val = progress.epoch, val.summary()
     progress.epoch += 1
     progress.start_epoch(progress.loss_sum.device)
-    if shard.is_main:
+    if state.shard.is_main:
         if improved:
-            ckpt.save(run.best, make_checkpoint(model, data, config, progress))
+            ckpt.save(run.best, state.checkpoint())
         run.write_epochs(progress.history)
-        ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+        ckpt.save(run.last, state.checkpoint(resumable=True))
     distributed.barrier()  # the other processes read these files at the end, or when resuming
     reporter.epoch_done(record, improved)
 
 
-def save_interrupted(run: RunDir, model, data: PreparedData, config: Config, progress: Progress, optimizer,
-                     scheduler, shard: distributed.Shard) -> None:
+def save_interrupted(state: TrainState) -> None:
     """A mid-epoch checkpoint; its running sums are the whole world's, and a resumed main process carries them."""
+    progress = state.progress
     totals = [progress.loss_sum, progress.weight_sum, progress.correct]
     seen = torch.tensor(progress.seen, device=progress.correct.device)
     distributed.sum_across(*totals, seen)
     progress.seen = int(seen)
-    if shard.is_main:
-        ckpt.save(run.last, make_checkpoint(model, data, config, progress, optimizer, scheduler))
+    if state.shard.is_main:
+        ckpt.save(state.run.last, state.checkpoint(resumable=True))
     distributed.barrier()
 
 
-def finish(run: RunDir, data: PreparedData, loss: Loss, val_batches, progress: Progress,
-           batch_size: int, shard: distributed.Shard) -> RunResult:
+def finish(state: TrainState, val_batches, batch_size: int) -> RunResult:
     """The test split, measured once, on the checkpoint chosen by validation (and validation again, on it)."""
+    run, data, progress, loss = state.run, state.data, state.progress, state.loss
     best_model = ckpt.load(run.best).model().to(val_batches.device)
-    test_batches = make_eval_batches(data, "test", val_batches.device, shard)
+    test_batches = make_eval_batches(data, "test", val_batches.device, state.shard)
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
-    if shard.is_main:
+    if state.shard.is_main:
         metrics = {"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
                    "test_detail": test.detail(), "classes": data.classes}
         superclasses = SPECS[data.dataset].superclass_names()
@@ -248,32 +286,3 @@ def _after_divergence(progress: Progress) -> str:
         return "lower --lr (the last good checkpoints are kept)"
     return ("lower --lr and start again, with --overwrite to reuse --out (no epoch had finished, so no checkpoint "
             "was kept)")
-
-
-def finished_early(progress: Progress, patience: int | None) -> bool:
-    """Early stopping: `patience` epochs in a row without a better validation top-1."""
-    return patience is not None and progress.best_epoch is not None and \
-        progress.epoch - 1 - progress.best_epoch >= patience
-
-
-def make_checkpoint(model: LinearClassifier, data: PreparedData, config: Config, progress: Progress,
-                    optimizer=None, scheduler=None) -> ckpt.Checkpoint:
-    """A checkpoint usable alone; with the optimizer and scheduler it can also resume the run."""
-    meta = {"dataset": data.dataset, "classes": data.classes, "input_shape": list(data.shape),
-            "superclass_of": data.superclass_of, "config": config.to_dict(), "seed": config.train.seed,
-            "epoch": progress.epoch, "step": progress.step, "val": progress.best_val,
-            "data_fingerprint": data_fingerprint(data)}
-    state = {}
-    if optimizer is not None:
-        optimizer_state = optimizer.state_dict()
-        meta["resume"] = {"scheduler": scheduler.state_dict(), "param_groups": optimizer_state["param_groups"],
-                          "seen": progress.seen, "seconds": progress.seconds, "history": progress.history,
-                          "best_epoch": progress.best_epoch, "best_val": progress.best_val,
-                          "lr_first": progress.lr_first}
-        # No RNG state: nothing after the start of a run draws from torch's global generator (the data order
-        # has its own, seeded by the seed and the epoch), as test_promises shows by scrambling it on resume.
-        state = {"loss_sum": progress.loss_sum, "weight_sum": progress.weight_sum, "correct": progress.correct}
-        for index, buffers in optimizer_state["state"].items():
-            state.update({f"optimizer.{index}.{name}": value for name, value in buffers.items()})
-    return ckpt.Checkpoint(model.linear.weight.detach().clone(), model.linear.bias.detach().clone(),
-                           data.normalization.mean, data.normalization.std, meta, state)
