@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import torch
@@ -55,7 +56,8 @@ def cpu_threads(threads: int | None):
     A run uses one count throughout: the count can change a matrix product's last bits, so switching it
     mid-run would break the bit-for-bit resume. All cores make a CIFAR-10 step at batch 128 about 2x faster
     than one on an idle machine, but when another program keeps a core busy OpenMP's threads wait for each
-    other at every operation, and one thread was 3x faster (both measured here, on 2 cores)."""
+    other at every operation, and one thread was 3x faster (both measured here, on 2 cores): without
+    --threads, train() asks step_threads once the step's size is known."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -63,3 +65,38 @@ def cpu_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+BIG_PRODUCT = 1 << 27  # multiply-adds in a step's product beyond which all cores win whatever the load
+CLEAR_WIN = 1.25  # all cores must be this much faster than one to be chosen: one thread keeps its pace under load
+
+
+def step_threads(threads: int | None, batch_size: int, features: int, classes: int, device: torch.device,
+                 world: int = 1) -> int | None:
+    """The run's CPU thread count: `threads` if given (--threads), else, for a CPU run in one process, one
+    thread or all cores, whichever does the step's products faster on this machine now (timed here, in a few
+    milliseconds). The count is set for torch and returned, for the run's config.yaml, so that a resumed run
+    uses it again."""
+    if threads is not None or device.type != "cpu" or world > 1:
+        return threads
+    cores = torch.get_num_threads()
+    if cores > 1 and batch_size * features * classes < BIG_PRODUCT and not _clearly_faster(
+            cores, batch_size, features, classes):
+        cores = 1
+    torch.set_num_threads(cores)
+    return cores
+
+
+def _clearly_faster(cores: int, batch_size: int, features: int, classes: int) -> bool:
+    """Whether `cores` threads do a step's two products (scores, then the weights' gradient) CLEAR_WIN times
+    faster than one thread; the best of five tries each, taken in turn so that both meet the same load."""
+    weight, pixels = torch.randn(classes, features), torch.randn(batch_size, features)
+    best = {1: float("inf"), cores: float("inf")}
+    for round_ in range(6):
+        for count in best:
+            torch.set_num_threads(count)
+            start = time.perf_counter()
+            torch.mm(torch.mm(weight, pixels.t()), pixels)
+            if round_:  # the first round only warms up
+                best[count] = min(best[count], time.perf_counter() - start)
+    return best[cores] * CLEAR_WIN < best[1]

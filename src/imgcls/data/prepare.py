@@ -13,6 +13,7 @@ import torch
 
 from imgcls.config import DataConfig, default_cache_dir, default_data_dir
 from imgcls.data import cache
+from imgcls.data.decode import ProgressCallback
 from imgcls.data.readers import DecodedSplit, read_split, size_text, source_kind, source_paths
 from imgcls.data.registry import SPECS, DatasetSpec
 from imgcls.errors import UserError
@@ -58,7 +59,8 @@ def resolve_data_dir(config: DataConfig) -> Path:
     return Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
 
 
-def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
+def load_decoded(config: DataConfig, split: str,
+                 progress: ProgressCallback | None = None) -> tuple[DecodedSplit, bool]:
     spec = SPECS[config.dataset]
     root = resolve_data_dir(config)
     identity = {"dataset": spec.name, "split": split, "image_size": config.image_size,
@@ -66,14 +68,15 @@ def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
                 "source": cache.fingerprint(source_paths(spec, root, split))}
 
     def build() -> DecodedSplit:
-        return read_split(spec, root, split, config.image_size, config.skip_bad_images, config.download)
+        return read_split(spec, root, split, config.image_size, config.skip_bad_images, config.download, progress)
 
     if not identity["source"] and identity["kind"] != "torchvision":
         return build(), False  # nothing to fingerprint: let the reader say what is missing
     return cache.load_or_build(default_cache_dir(), identity, build)
 
 
-def prepare(config: DataConfig, seed: int) -> PreparedData:
+def prepare(config: DataConfig, seed: int, progress: ProgressCallback | None = None) -> PreparedData:
+    """progress, if given, is told (images decoded, images in all) while a split's image files are decoded."""
     if config.dataset == "features":  # arrays already: no decoding, no cache
         from imgcls.data.features import prepare_features
 
@@ -83,8 +86,8 @@ def prepare(config: DataConfig, seed: int) -> PreparedData:
 
         return prepare_streamed(config, seed)
     spec = SPECS[config.dataset]
-    train_full, train_cached = load_decoded(config, "train")
-    test, test_cached = load_decoded(config, "test")
+    train_full, train_cached = load_decoded(config, "train", progress)
+    test, test_cached = load_decoded(config, "test", progress)
     _check_compatible(spec, train_full, test)
     labels = train_full.labels
     if config.limit is not None and config.limit < len(labels):
