@@ -165,3 +165,46 @@ def test_a_jpeg_s_size_is_read_from_its_header_as_pillow_reads_it(cifar_files, t
         image.save(encoded, "JPEG", **options)
         assert decode._jpeg_frame_size(encoded.getvalue()) == (70, 45)
     assert decode._jpeg_frame_size(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # cut short: Pillow decides
+
+
+class InterruptedReader(FileReader):
+    """Reads files, but this (the test's) process gets Ctrl-C at one image: as if the user pressed it."""
+
+    parent = os.getpid()
+
+    def __call__(self, index: int) -> bytes:
+        if index == 150 and os.getpid() == self.parent:
+            raise KeyboardInterrupt
+        return super().__call__(index)
+
+
+def test_ctrl_c_while_workers_decode_stops_them_all(cifar_files, small_chunks):
+    import multiprocessing
+
+    files = cifar_files[:20] * 10
+    with pytest.raises(KeyboardInterrupt):
+        decode_images(files, InterruptedReader(files), None, False, workers=2)
+    assert multiprocessing.active_children() == []
+
+
+def test_the_decoding_bar_shows_images_a_second_and_is_silent_when_quiet():
+    from rich.console import Console
+
+    from imgcls.report import Reporter
+
+    with Reporter(quiet=True).decoding() as progress:
+        assert progress is None
+    output = io.StringIO()
+    with Reporter(console=Console(file=output, force_terminal=True, width=120)).decoding() as progress:
+        for done in (0, 500, 1000):
+            progress(done, 1000)
+    assert "decoding" in output.getvalue() and "img/s" in output.getvalue() and "1000/1000" in output.getvalue()
+
+
+def test_without_room_in_shared_memory_this_process_decodes_alone(cifar_files, small_chunks, monkeypatch):
+    class Full:
+        f_bavail, f_frsize = 0, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full())
+    decoded = decode_images(cifar_files[:100], FileReader(cifar_files[:100]), None, False, workers=2)
+    assert decoded.decoded_by == {os.getpid()}

@@ -90,6 +90,7 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
     first, image, bad = _first_readable(names, read, image_size, skip_bad)
     out = torch.empty((total, *image.shape), dtype=torch.uint8)
     out[first] = image
+    workers = workers if _fits_shared_memory(out.numel()) else 0
     starts = list(range(first + 1, total, CHUNK)) + [total]
     job = _Job(read, out.share_memory_() if workers else out, starts, image_size, skip_bad)
     reports = _decode_chunks(job, workers, help_workers, lambda done: report(first + 1 + done, total))
@@ -120,6 +121,16 @@ def worker_count(total: int, read: ImageReader) -> int:
     except (pickle.PicklingError, TypeError, AttributeError):
         return 0
     return min(cores - 1, total // CHUNK)
+
+
+def _fits_shared_memory(size: int) -> bool:
+    """Whether /dev/shm has room for the array: a container's is often 64 MB, and a shared array larger than
+    its room would kill the process (SIGBUS) when written, not fail at allocation."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return True  # no /dev/shm (not Linux): torch shares memory its own way
+    return stats.f_bavail * stats.f_frsize > 1.1 * size
 
 
 def unreadable_message(name: str, reason: str) -> str:
