@@ -124,6 +124,7 @@ def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mni
     monkeypatch.setattr(train_module, "make_step", lambda *a, **k: seen.append(torch.get_num_threads()) or
                         make_step(*a, **k))
     monkeypatch.setattr(device, "_clearly_faster", lambda *args: faster_on_all_cores)
+    monkeypatch.setattr(device, "SMALL_PRODUCT", 0)  # this small step would take one thread untimed
     before = torch.get_num_threads()
     settings = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": 200, "device": "cpu",
                 "out": str(tmp_path / "run")}
@@ -149,6 +150,7 @@ def test_step_threads_keeps_a_given_count_and_a_gpu_run_s(monkeypatch):
         assert step_threads(None, 128, 3072, 10, torch.device("cpu"), world=2) is None
         assert torch.get_num_threads() == before
         assert step_threads(None, BIG_PRODUCT, 1, 1, torch.device("cpu")) == before  # large: all cores
+        assert step_threads(None, 128, 3072, 10, torch.device("cpu")) == 1  # CIFAR-10 at batch 128: one
     finally:
         torch.set_num_threads(before)
 
@@ -202,3 +204,16 @@ def test_a_batch_of_only_zero_weight_classes_leaves_the_model_as_it_was(gradient
     step(torch.randn(4, 4), labels, labels)
     assert not torch.equal(before[0], model.linear.weight.detach())
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_choosing_the_thread_count_draws_nothing_from_the_run_s_random_numbers():
+    from imgcls.device import step_threads
+
+    before = torch.get_num_threads()
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    try:
+        step_threads(None, 64, 3072, 1000, torch.device("cpu"))  # large enough to be timed
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(torch.get_rng_state(), state)

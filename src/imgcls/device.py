@@ -67,21 +67,25 @@ def cpu_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-BIG_PRODUCT = 1 << 27  # multiply-adds in a step's product beyond which all cores win whatever the load
+# Multiply-adds in a step's product: below SMALL_PRODUCT one thread, without timing (CIFAR-10 at batch 128 is
+# 4 million; there all cores win at most 2x on an idle machine, but lose several times over, for the whole run,
+# if another program takes a core later); beyond BIG_PRODUCT all cores, whatever the load; between, timed.
+SMALL_PRODUCT = 1 << 26
+BIG_PRODUCT = 1 << 30
 CLEAR_WIN = 1.25  # all cores must be this much faster than one to be chosen: one thread keeps its pace under load
 
 
 def step_threads(threads: int | None, batch_size: int, features: int, classes: int, device: torch.device,
                  world: int = 1) -> int | None:
     """The run's CPU thread count: `threads` if given (--threads), else, for a CPU run in one process, one
-    thread or all cores, whichever does the step's products faster on this machine now (timed here, in a few
-    milliseconds). The count is set for torch and returned, for the run's config.yaml, so that a resumed run
-    uses it again."""
+    thread for a small step, all cores for a large one, and between, whichever does the step's products faster
+    on this machine now (timed here, in well under a second). The count is set for torch and returned, for the
+    run's config.yaml, so that a resumed run uses it again."""
     if threads is not None or device.type != "cpu" or world > 1:
         return threads
-    cores = torch.get_num_threads()
-    if cores > 1 and batch_size * features * classes < BIG_PRODUCT and not _clearly_faster(
-            cores, batch_size, features, classes):
+    cores, product = torch.get_num_threads(), batch_size * features * classes
+    if product < SMALL_PRODUCT or (product < BIG_PRODUCT and not _clearly_faster(cores, batch_size, features,
+                                                                                  classes)):
         cores = 1
     torch.set_num_threads(cores)
     return cores
@@ -90,7 +94,8 @@ def step_threads(threads: int | None, batch_size: int, features: int, classes: i
 def _clearly_faster(cores: int, batch_size: int, features: int, classes: int) -> bool:
     """Whether `cores` threads do a step's two products (scores, then the weights' gradient) CLEAR_WIN times
     faster than one thread; the best of five tries each, taken in turn so that both meet the same load."""
-    weight, pixels = torch.randn(classes, features), torch.randn(batch_size, features)
+    generator = torch.Generator().manual_seed(0)  # not torch's own: the run's seeded draws must not move
+    weight, pixels = (torch.rand(rows, features, generator=generator) for rows in (classes, batch_size))
     best = {1: float("inf"), cores: float("inf")}
     for round_ in range(6):
         for count in best:

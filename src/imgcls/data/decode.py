@@ -80,7 +80,7 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
     UserError naming the first one (its file name from `names`), or is skipped with skip_bad; images of
     different sizes are a UserError. workers: processes besides this one (default: one per other core, none
     for a short list or a reader that cannot be handed to another process); help_workers=False leaves all
-    the chunks to them (tests use it to be sure the workers decoded)."""
+    the chunks after the first image to them (tests use it to be sure the workers decoded)."""
     total = len(names)
     workers = worker_count(total, read) if workers is None else workers
     if image_size is not None:  # each process resizes one image in float32 at a time
@@ -105,8 +105,7 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
         raise UserError(f"images differ in size ({names[first]} is {size_text(image.shape)}, {names[index]} is "
                         f"{size_text(shape)}); pass --image-size N to resize them all to NxN")
     kept = [i for i in range(total) if i not in bad]
-    decoded_by = {chunk.pid for chunk in reports} | {os.getpid()} if first + 1 == total or help_workers else \
-        {chunk.pid for chunk in reports}
+    decoded_by = {os.getpid()} | {chunk.pid for chunk in reports}  # this process decoded the first image
     return DecodedImages(out[kept] if bad else out, kept, decoded_by)
 
 
