@@ -13,6 +13,12 @@ One run, one dataset (a CIFAR-10 JPEG image folder), these measurements in order
    round's epoch/floor ratio (all met the same load).
 4. end to end: imgcls.train.train() with the shipped CIFAR-10 config (warm cache), against
    scikit-learn's LogisticRegression on the same per-pixel standardized pixels.
+5. decoding: all 60,000 JPEGs by imgcls's decoder (worker processes), in images/s per core, against a
+   one-thread loop of torchvision's read_file + decode_jpeg on a sample, in the same run.
+6. a whole process: `imgcls train --config configs/cifar10.yaml --data-dir DIR`, cold (empty cache) then
+   warm, timed from its start to its first training step and to its end.
+7. under load: imgcls epochs, each run's thread count chosen as train() chooses it, with and without a
+   process this benchmark starts to keep one core busy (stopped and continued in turn, SIGSTOP/SIGCONT).
 
 Then a table of times and of ratios against their targets, and the figures as JSON.
 
@@ -24,7 +30,7 @@ the tutorial reads uint8 arrays through PIL as torchvision's CIFAR10 class does,
 of the image-folder tutorial, so its ratio to imgcls is smaller; loads, end to end and scikit-learn are
 skipped.
 
-The decoded cache lives in a fresh temporary folder (IMGCLS_CACHE), removed at exit; your own
+The decoded cache lives in a fresh temporary folder (IMGCLS_CACHE, set in main()), removed at exit; your own
 cache is neither read nor touched. A benchmark to run by hand, never a test.
 """
 
@@ -33,37 +39,214 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import math
 import os
 import platform
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# imgcls reads IMGCLS_CACHE when it looks for the cache: point it at an empty folder before anything else.
-CACHE_DIR = tempfile.mkdtemp(prefix="imgcls-bench-cache-")
-os.environ["IMGCLS_CACHE"] = CACHE_DIR
-atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
+import torch
+from rich.console import Console
+from rich.table import Table
 
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from imgcls.config import DataConfig, OptimConfig, ScheduleConfig, build_config  # noqa: E402
-from imgcls.data.batches import Batches  # noqa: E402
-from imgcls.data.prepare import LabelledImages, PreparedData, fit_normalization, prepare  # noqa: E402
-from imgcls.interrupt import StopRequest  # noqa: E402
-from imgcls.losses import Loss  # noqa: E402
-from imgcls.model import LinearClassifier  # noqa: E402
-from imgcls.optim import build_optimizer, build_scheduler  # noqa: E402
-from imgcls.report import Reporter  # noqa: E402
-from imgcls.train import Progress, train, train_one_epoch  # noqa: E402
+from imgcls.config import Config, DataConfig, OptimConfig, ScheduleConfig, build_config, default_cache_dir
+from imgcls.data.batches import make_batches
+from imgcls.data.normalize import fit_normalization
+from imgcls.data.prepare import prepare
+from imgcls.data.types import LabelledImages, PreparedData
+from imgcls.device import step_threads
+from imgcls.interrupt import StopRequest
+from imgcls.losses import Loss
+from imgcls.model import LinearClassifier
+from imgcls.optim import build_optimizer, build_scheduler
+from imgcls.report import Reporter
+from imgcls.progress import Progress
+from imgcls.train import TrainState, train, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # as tutorials hard-code them
+ONE_THREAD_SAMPLE = 5_000  # images the one-thread decode_jpeg loop decodes, for its rate
+
+
+@dataclass
+class TutorialEpochs:
+    epoch_s: float  # median
+    epochs_s: list[float]
+    images: int
+    num_workers: int
+    batch_size: int
+    source: str
+
+
+@dataclass
+class LoadTimes:
+    cold_s: float  # prepare() from an empty decoded cache: decode both splits and write them
+    warm_s: float
+    train: int
+    val: int
+    test: int
+
+
+@dataclass
+class ImgclsEpochs:
+    epoch_s: float  # median
+    epochs_s: list[float]
+    min_s: float
+    images: int
+    steps: int
+    batch_size: int
+    threads: int | None  # as train() would choose them
+    last_train_top1: float = 0.0
+
+
+@dataclass
+class FloorSteps:
+    step_s: float  # median
+    steps_s: list[float]
+    min_s: float
+    ratio_per_round: list[float]  # imgcls epoch / this floor, round by round
+    median_ratio: float
+    images: int
+
+
+@dataclass
+class EndToEnd:
+    wall_s: float
+    top1: float
+    top5: float
+    best_epoch: int
+    epochs_run: int
+    train_s: float
+    config: str | None
+    config_note: str
+    settings: dict
+
+
+@dataclass
+class SklearnFit:
+    fit_s: float | None = None
+    scale_s: float | None = None
+    top1: float | None = None
+    top5: float | None = None
+    iterations: int | None = None
+    missing: str | None = None  # why it did not run
+
+
+@dataclass
+class DecodeRate:
+    images: int
+    seconds: float  # imgcls's decoder, every image of both splits
+    processes: int  # that decoded them (this one included)
+    one_thread_images: int
+    one_thread_s: float  # torchvision.io.read_file + decode_jpeg, one image at a time, one thread
+
+    @property
+    def per_core(self) -> float:
+        return self.images / self.seconds / self.processes
+
+    @property
+    def one_thread(self) -> float:
+        return self.one_thread_images / self.one_thread_s
+
+
+@dataclass
+class WholeProcess:
+    """`imgcls train` as a user runs it, from before its process starts."""
+
+    first_step_s: float | None  # to its first training step
+    total_s: float  # to its end
+    returncode: int
+
+
+@dataclass
+class UnderLoad:
+    idle_epoch_s: float  # median over the rounds
+    loaded_epoch_s: float  # with a process keeping one core busy
+    idle_threads: list[int | None]  # each round's choice, as train() makes it
+    loaded_threads: list[int | None]
+
+    @property
+    def ratio(self) -> float:
+        return self.loaded_epoch_s / self.idle_epoch_s
+
+
+@dataclass
+class BenchResults:
+    device: str
+    device_name: str
+    torch: str
+    data_dir: str | None
+    batch_size: int
+    busy_cpus_at_start: float | None
+    tutorial: TutorialEpochs | None = None
+    load: LoadTimes | None = None
+    imgcls_epoch: ImgclsEpochs | None = None
+    floor: FloorSteps | None = None
+    floor_uint8: FloorSteps | None = None
+    end_to_end: EndToEnd | None = None
+    sklearn: SklearnFit | None = None
+    decode: DecodeRate | None = None
+    process_cold: WholeProcess | None = None
+    process_warm: WholeProcess | None = None
+    under_load: UnderLoad | None = None
+    targets: dict = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        """Per image, since the tutorial trains on all 50,000 images and imgcls on 45,000 (10% held out)."""
+        return (self.tutorial.epoch_s / self.tutorial.images) / (self.imgcls_epoch.epoch_s / self.imgcls_epoch.images)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    threshold: float
+    at_least: bool
+    value: Callable[[BenchResults], float | None]
+    cuda_only: bool = False
+
+    def wanted(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.threshold:g}"
+
+    def met(self, value: float | None) -> bool | None:
+        return None if value is None else bool(value >= self.threshold if self.at_least else value <= self.threshold)
+
+
+def _if(part, value: Callable):
+    """value(part), or None where that measurement did not run."""
+    return None if part is None else value(part)
+
+
+TARGETS = (
+    Target("speedup: tutorial / imgcls epoch (per image)", 25.0, True, lambda r: r.speedup),
+    Target("imgcls epoch / floor (median of the rounds)", 1.3, False, lambda r: r.floor.median_ratio),
+    Target("imgcls epoch / floor from uint8 (median of the rounds)", 1.3, False, lambda r: r.floor_uint8.median_ratio),
+    Target("imgcls end to end / sklearn fit", 1 / 8, False,
+           lambda r: r.end_to_end.wall_s / r.sklearn.fit_s if r.end_to_end and r.sklearn and r.sklearn.fit_s else None),
+    Target("warm load (s)", 1.0, False, lambda r: _if(r.load, lambda load: load.warm_s)),
+    Target("imgcls end-to-end test top-1", 0.41, True, lambda r: _if(r.end_to_end, lambda e2e: e2e.top1)),
+    Target("cold load: decode and cache the 60,000 JPEGs (s)", 3.0, False, lambda r: _if(r.load, lambda l: l.cold_s)),
+    Target("decode rate per core / one-thread decode_jpeg loop", 1.0, True,
+           lambda r: _if(r.decode, lambda d: d.per_core / d.one_thread)),
+    Target("warm process: time to first step (s)", 1.5, False, lambda r: _if(r.process_warm, lambda p: p.first_step_s)),
+    Target("warm process: whole run of configs/cifar10.yaml (s)", 6.0, False,
+           lambda r: _if(r.process_warm, lambda p: p.total_s)),
+    Target("cold process: whole run of configs/cifar10.yaml (s)", 9.0, False,
+           lambda r: _if(r.process_cold, lambda p: p.total_s)),
+    Target("epoch with one core busy / idle (median of the rounds)", 1.5, False,
+           lambda r: _if(r.under_load, lambda u: u.ratio)),
+    Target("GPU epoch at batch 128 (s)", 0.020, False, lambda r: r.imgcls_epoch.epoch_s, cuda_only=True),
+    Target("GPU 10-epoch training time (s)", 0.3, False, lambda r: sum(r.imgcls_epoch.epochs_s[:10]), cuda_only=True),
+)
 
 
 def clock(device: torch.device) -> float:
@@ -100,7 +283,7 @@ def busy_cpus() -> float | None:
     return (os.cpu_count() or 1) * (1 - (idle2 - idle) / max(total2 - total, 1))
 
 
-def bench_tutorial(dataset, source: str, device: torch.device, batch_size: int, epochs: int) -> dict:
+def bench_tutorial(dataset, source: str, device: torch.device, batch_size: int, epochs: int) -> TutorialEpochs:
     """The PyTorch CIFAR-10 tutorial's data path, with the linear model: seconds per whole epoch."""
     from torch import nn
     from torch.utils.data import DataLoader
@@ -122,8 +305,7 @@ def bench_tutorial(dataset, source: str, device: torch.device, batch_size: int, 
             loss.backward()
             optimizer.step()
         seconds.append(clock(device) - start)
-    return {"epoch_s": statistics.median(seconds), "epochs_s": seconds, "images": len(dataset),
-            "num_workers": workers, "batch_size": batch_size, "source": source}
+    return TutorialEpochs(statistics.median(seconds), seconds, len(dataset), workers, batch_size, source)
 
 
 def tutorial_transform():
@@ -170,39 +352,41 @@ def synthetic_data(seed: int = 0) -> PreparedData:
                         fit_normalization(train.images, DataConfig().normalize), None, 0, False)
 
 
-def bench_load(data_dir: Path) -> tuple[dict, PreparedData]:
+def bench_load(data_dir: Path) -> tuple[LoadTimes, PreparedData]:
     """prepare() from an empty cache (decode both splits and write them), then from the warm cache."""
     config = DataConfig(dataset="cifar10", data_dir=str(data_dir), val_split=0.1)
     start = time.perf_counter()
     cold = prepare(config, seed=0)
     cold_s = time.perf_counter() - start
-    assert not cold.from_cache, f"the cache at {CACHE_DIR} was not empty"
+    assert not cold.from_cache, f"the cache at {default_cache_dir()} was not empty"
     start = time.perf_counter()
     warm = prepare(config, seed=0)
     warm_s = time.perf_counter() - start
     assert warm.from_cache, "the second prepare() did not read the cache"
-    return {"cold_s": cold_s, "warm_s": warm_s, "train": len(warm.train), "val": len(warm.val),
-            "test": len(warm.test)}, warm
+    return LoadTimes(cold_s, warm_s, len(warm.train), len(warm.val), len(warm.test)), warm
 
 
 def imgcls_epochs(data: PreparedData, device: torch.device, batch_size: int, epochs: int):
     """imgcls's own training step (the default ce loss, SGD lr 0.01 momentum 0.9, constant schedule), as
-    train() runs it: each call runs the next epoch of train_one_epoch and returns its seconds."""
-    batches = Batches(data.train, data.normalization, batch_size, device, seed=0)
+    train() runs it, on the thread count train() would choose now: each call runs the next epoch of
+    train_one_epoch and returns its seconds."""
+    batches = make_batches(data, "train", batch_size, device, seed=0)
+    threads = step_threads(None, batches.batch_size, math.prod(data.shape), len(data.classes), device)
     model = LinearClassifier(data.shape, len(data.classes)).to(device)
     loss = Loss("ce")
-    optimizer = build_optimizer(model, OptimConfig(lr=0.01, batch_size=batch_size), device)
+    config = Config(optim=OptimConfig(lr=0.01, batch_size=batch_size))
+    optimizer = build_optimizer(model, config.optim, device)
     scheduler = build_scheduler(optimizer, ScheduleConfig(), len(batches), epochs)
-    info = {"images": batches.num_images, "steps": len(batches), "batch_size": batches.batch_size}
+    info = ImgclsEpochs(0.0, [], 0.0, batches.num_images, len(batches), batches.batch_size, threads)
 
     def next_epoch(epoch: int) -> float:
         progress = Progress(epoch=epoch)
+        state = TrainState(None, config, data, batches.shard, loss, model, optimizer, scheduler, progress)
         progress.start_epoch(batches.device)
         start = clock(device)
-        train_one_epoch(model, batches, loss, optimizer, scheduler, progress, Reporter(quiet=True), None,
-                        StopRequest())
+        train_one_epoch(state, model, batches, None, Reporter(quiet=True), StopRequest())
         seconds = clock(device) - start
-        info["last_train_top1"] = float(progress.correct) / max(progress.seen, 1)
+        info.last_train_top1 = float(progress.correct) / max(progress.seen, 1)
         return seconds
 
     return next_epoch, info
@@ -232,32 +416,110 @@ def floor_steps(data: PreparedData, device: torch.device, from_uint8: bool):
     return step
 
 
-def bench_epoch_and_floors(data: PreparedData, device: torch.device, batch_size: int, rounds: int) -> dict:
+def bench_epoch_and_floors(data: PreparedData, device: torch.device, batch_size: int,
+                           rounds: int) -> tuple[ImgclsEpochs, FloorSteps, FloorSteps]:
     """imgcls epochs and the two floors taken in turn, one of each per round, so that all meet the same machine:
     on a shared machine the load changes from one second to the next. Medians over the rounds, and the
-    median of the rounds' own ratios."""
-    next_epoch, epoch_info = imgcls_epochs(data, device, batch_size, rounds)
+    median of the rounds' own ratios. Returns the epochs, the floor and the floor from uint8."""
+    next_epoch, epochs = imgcls_epochs(data, device, batch_size, rounds)
     floors = {"floor": floor_steps(data, device, from_uint8=False),
               "floor_uint8": floor_steps(data, device, from_uint8=True)}
     for step in floors.values():
         step()  # warmup: the first touches the pages of the float copy
-    times = {"imgcls_epoch": [], "floor": [], "floor_uint8": []}
+    times = {"floor": [], "floor_uint8": []}
     for epoch in range(rounds):
-        times["imgcls_epoch"].append(next_epoch(epoch))
+        epochs.epochs_s.append(next_epoch(epoch))
         for name, step in floors.items():
             times[name].append(step())
-    epochs = times["imgcls_epoch"]
-    result = {"imgcls_epoch": {"epoch_s": statistics.median(epochs), "epochs_s": epochs, "min_s": min(epochs),
-                               **epoch_info}}
+    epochs.epoch_s, epochs.min_s = statistics.median(epochs.epochs_s), min(epochs.epochs_s)
+    results = []
     for name in floors:
-        ratios = [e / f for e, f in zip(epochs, times[name])]
-        result[name] = {"step_s": statistics.median(times[name]), "steps_s": times[name], "min_s": min(times[name]),
-                        "ratio_per_round": ratios, "median_ratio": statistics.median(ratios),
-                        "images": epoch_info["images"]}
-    return result
+        ratios = [e / f for e, f in zip(epochs.epochs_s, times[name])]
+        results.append(FloorSteps(statistics.median(times[name]), times[name], min(times[name]), ratios,
+                                  statistics.median(ratios), epochs.images))
+    return epochs, *results
 
 
-def bench_end_to_end(config_path: Path, data_dir: Path, device_arg: str) -> dict:
+def bench_under_load(data: PreparedData, device: torch.device, batch_size: int, rounds: int) -> UnderLoad:
+    """imgcls epochs with and without a process that keeps one core busy, in turn (the busy process is stopped
+    and continued), each with the thread count a run started at that moment would choose."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    times: dict[bool, list[float]] = {False: [], True: []}
+    threads: dict[bool, list] = {False: [], True: []}
+    try:
+        for epoch in range(2 * rounds):
+            loaded = bool(epoch % 2)
+            busy.send_signal(signal.SIGCONT if loaded else signal.SIGSTOP)
+            time.sleep(0.2)
+            next_epoch, info = imgcls_epochs(data, device, batch_size, 1)
+            times[loaded].append(next_epoch(0))
+            threads[loaded].append(info.threads)
+    finally:
+        busy.kill()
+        busy.wait()
+        torch.set_num_threads(os.cpu_count() or 1)
+    return UnderLoad(statistics.median(times[False]), statistics.median(times[True]), threads[False], threads[True])
+
+
+def bench_decode(data_dir: Path) -> DecodeRate:
+    """imgcls's decoder on every JPEG of both splits, and torchvision's one-thread read_file + decode_jpeg on a
+    sample of them, in this run: images per second per core against one thread."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    from imgcls.data.decode import decode_images
+    from imgcls.data.readers import FileReader, walk_files
+
+    files = [path for split in ("train", "test") for path in walk_files(data_dir / split)]
+    start = time.perf_counter()
+    decoded = decode_images(files, FileReader(files), None, False)
+    seconds = time.perf_counter() - start
+    sample = files[::max(1, len(files) // ONE_THREAD_SAMPLE)][:ONE_THREAD_SAMPLE]
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    for path in sample:
+        decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+    one_thread_s = time.perf_counter() - start
+    torch.set_num_threads(os.cpu_count() or 1)
+    return DecodeRate(len(files), seconds, len(decoded.decoded_by), len(sample), one_thread_s)
+
+
+# Run in the child: note when the first training step starts (train_one_epoch makes its step first), then imgcls.
+FIRST_STEP_PROBE = """
+import sys, time
+import imgcls.train as t
+make_step = t.make_step
+def probe(*args, **kwargs):
+    if not getattr(probe, "seen", False):
+        probe.seen = True
+        print(f"FIRST_STEP {time.time()!r}", file=sys.stderr, flush=True)
+    return make_step(*args, **kwargs)
+t.make_step = probe
+from imgcls.cli import main
+sys.argv = ["imgcls", *sys.argv[1:]]
+main()
+"""
+
+
+def bench_process(config_path: Path, data_dir: Path, device_arg: str, cold: bool) -> WholeProcess:
+    """`imgcls train --config ... --data-dir ...` in a new process, timed from just before it starts; cold: with
+    a new empty decoded cache, else with the benchmark's (filled by bench_load)."""
+    out = tempfile.mkdtemp(prefix="imgcls-bench-run-")
+    command = [sys.executable, "-c", FIRST_STEP_PROBE, "train", "--config", str(config_path), "--data-dir",
+               str(data_dir), "--device", device_arg, "--out", str(Path(out) / "run")]
+    environment = {**os.environ, **({"IMGCLS_CACHE": str(Path(out) / "cache")} if cold else {})}
+    try:
+        start = time.time()
+        finished = subprocess.run(command, capture_output=True, text=True, env=environment)
+        total_s = time.time() - start
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    marks = [float(line.split()[1]) for line in finished.stderr.splitlines() if line.startswith("FIRST_STEP ")]
+    if finished.returncode:
+        print(finished.stderr[-2000:], file=sys.stderr)
+    return WholeProcess(marks[0] - start if marks else None, total_s, finished.returncode)
+
+
+def bench_end_to_end(config_path: Path, data_dir: Path, device_arg: str) -> EndToEnd:
     """imgcls.train.train() with the shipped config, wall time from prepare() (warm cache) to the test metrics."""
     out = tempfile.mkdtemp(prefix="imgcls-bench-run-")
     flags = {"dataset": "cifar10", "data_dir": str(data_dir), "device": device_arg, "out": out}
@@ -269,22 +531,21 @@ def bench_end_to_end(config_path: Path, data_dir: Path, device_arg: str) -> dict
         wall_s = time.perf_counter() - start
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return {"wall_s": wall_s, "top1": result.test.top1, "top5": result.test.top5, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "train_s": sum(r["seconds"] for r in result.history),
-            "config": str(config_path) if found else None,
-            "config_note": "" if found else f"{config_path} not found: ran imgcls's built-in defaults instead",
-            "settings": {"epochs": config.train.epochs, "batch_size": config.optim.batch_size, "lr": config.optim.lr,
-                         "schedule": config.schedule.schedule, "weight_decay": config.optim.weight_decay,
-                         "val_split": config.data.val_split}}
+    return EndToEnd(wall_s, result.test.top1, result.test.top5, result.best_epoch, len(result.history),
+                    sum(epoch["seconds"] for epoch in result.history), str(config_path) if found else None,
+                    "" if found else f"{config_path} not found: ran imgcls's built-in defaults instead",
+                    {"epochs": config.train.epochs, "batch_size": config.optim.batch_size, "lr": config.optim.lr,
+                     "schedule": config.schedule.schedule, "weight_decay": config.optim.weight_decay,
+                     "val_split": config.data.val_split})
 
 
-def bench_sklearn(data: PreparedData) -> dict:
+def bench_sklearn(data: PreparedData) -> SklearnFit:
     """LogisticRegression(C=1e-3, lbfgs) on the same training images, each pixel standardized on train."""
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
     except ImportError:
-        return {"missing": "scikit-learn is not installed (pip install imgcls[bench])"}
+        return SklearnFit(missing="scikit-learn is not installed (pip install imgcls[bench])")
     import numpy as np
 
     start = time.perf_counter()
@@ -299,82 +560,134 @@ def bench_sklearn(data: PreparedData) -> dict:
     scores = model.decision_function(x_test)
     y = data.test.labels.numpy()
     top5 = np.argsort(-scores, axis=1)[:, :5]
-    return {"fit_s": fit_s, "scale_s": scale_s, "top1": float((model.classes_[top5[:, 0]] == y).mean()),
-            "top5": float((model.classes_[top5] == y[:, None]).any(1).mean()), "iterations": int(model.n_iter_[0])}
+    return SklearnFit(fit_s, scale_s, float((model.classes_[top5[:, 0]] == y).mean()),
+                      float((model.classes_[top5] == y[:, None]).any(1).mean()), int(model.n_iter_[0]))
 
 
-def build_report(r: dict) -> tuple[Table, dict]:
-    tut, load, ep, floor, floor8, e2e, sk = (r.get(k) for k in ("tutorial", "load", "imgcls_epoch", "floor",
-                                                                 "floor_uint8", "end_to_end", "sklearn"))
-    # Per image, since the tutorial trains on all 50,000 images and imgcls on 45,000 (10% held out).
-    speedup = (tut["epoch_s"] / tut["images"]) / (ep["epoch_s"] / ep["images"])
-    ratios = {"tutorial_over_imgcls_epoch": speedup, "imgcls_epoch_over_floor": floor["median_ratio"],
-              "imgcls_epoch_over_floor_uint8": floor8["median_ratio"],
-              "warm_load_s": load["warm_s"] if load else None,
-              "end_to_end_over_sklearn_fit": e2e["wall_s"] / sk["fit_s"] if e2e and sk and "fit_s" in sk else None}
-    skipped = "skipped (--synthetic: no files, no meaningful accuracy)"
-    table = Table(title=f"imgcls benchmark: {r['device_name']}, torch {r['torch']}, "
-                        f"{r['busy_cpus_at_start'] or 0:.1f} CPUs busy elsewhere at start")
+SKIPPED = "skipped (--synthetic: no files, no meaningful accuracy)"
+
+
+def render(results: BenchResults) -> Table:
+    """The measurements, then each target with its verdict."""
+    table = Table(title=f"imgcls benchmark: {results.device_name}, torch {results.torch}, "
+                        f"{results.busy_cpus_at_start or 0:.1f} CPUs busy elsewhere at start")
     for column in ("measurement", "value", "detail"):
         table.add_column(column, justify="right" if column == "value" else "left")
-    table.add_row("tutorial epoch (DataLoader)", f"{tut['epoch_s']:.2f} s",
-                  f"{tut['images']} images from {tut['source']}, batch {tut['batch_size']}, "
-                  f"num_workers={tut['num_workers']}, median of {len(tut['epochs_s'])}")
-    if load:
-        table.add_row("imgcls cold load", f"{load['cold_s']:.2f} s",
-                      "decode train + test JPEGs into an empty cache (the files are in the OS page cache by now)")
-        table.add_row("imgcls warm load", f"{load['warm_s']:.3f} s",
-                      f"{load['train']} train / {load['val']} val / {load['test']} test")
-    else:
-        table.add_row("imgcls load", "-", skipped)
-    table.add_row("imgcls epoch (warm)", f"{ep['epoch_s'] * 1e3:.1f} ms",
-                  f"{ep['images']} images, {ep['steps']} steps of {ep['batch_size']}, median of {len(ep['epochs_s'])} "
-                  f"(fastest {ep['min_s'] * 1e3:.1f} ms)")
-    if r["device"] == "cuda":
-        table.add_row("imgcls 10-epoch training", f"{sum(ep['epochs_s'][:10]):.3f} s",
-                      "sum of the first 10 epoch times above")
-    table.add_row("floor: full-batch step", f"{floor['step_s'] * 1e3:.1f} ms",
-                  f"{floor['images']} images, normalized float32 on the device, median of {len(floor['steps_s'])} "
-                  f"(fastest {floor['min_s'] * 1e3:.1f} ms), one after each imgcls epoch")
-    table.add_row("floor from uint8: full-batch step", f"{floor8['step_s'] * 1e3:.1f} ms",
-                  f"the same step starting from the decoded uint8 images (convert and normalize too), median of "
-                  f"{len(floor8['steps_s'])} (fastest {floor8['min_s'] * 1e3:.1f} ms)")
-    if e2e:
-        s = e2e["settings"]
-        table.add_row("imgcls end to end (train())", f"{e2e['wall_s']:.2f} s",
-                      f"test top-1 {e2e['top1']:.2%} top-5 {e2e['top5']:.2%}; {e2e['epochs_run']} epochs, batch "
-                      f"{s['batch_size']}, lr {s['lr']}, weight decay {s['weight_decay']}, {s['schedule']}, "
-                      f"val split {s['val_split']}; {e2e['config'] or e2e['config_note']}")
-    else:
-        table.add_row("imgcls end to end (train())", "-", skipped)
-    if sk and "fit_s" in sk:
-        table.add_row("sklearn LogisticRegression fit", f"{sk['fit_s']:.2f} s",
-                      f"test top-1 {sk['top1']:.2%} top-5 {sk['top5']:.2%}; {sk['iterations']} lbfgs iterations "
-                      f"(+{sk['scale_s']:.1f} s StandardScaler)")
-    else:
-        table.add_row("sklearn LogisticRegression fit", "-", sk["missing"] if sk else "skipped (--skip-sklearn)")
+    for row in training_rows(results) + data_path_rows(results):
+        table.add_row(*row)
     table.add_section()
-    checks = [("speedup: tutorial / imgcls epoch (per image)", speedup, 25.0, True, ">= 25x"),
-              ("imgcls epoch / floor (median of the rounds)", ratios["imgcls_epoch_over_floor"], 1.3, False,
-               "<= 1.3x"),
-              ("imgcls epoch / floor from uint8 (median of the rounds)", ratios["imgcls_epoch_over_floor_uint8"], 1.3,
-               False, "<= 1.3x"),
-              ("imgcls end to end / sklearn fit", ratios["end_to_end_over_sklearn_fit"], 1 / 8, False, "< 1/8"),
-              ("warm load (s)", ratios["warm_load_s"], 1.0, False, "< 1 s"),
-              ("imgcls end-to-end test top-1", e2e["top1"] if e2e else None, 0.41, True, ">= 0.41")]
-    if r["device"] == "cuda":
-        checks += [("GPU epoch at batch 128 (s)", ep["epoch_s"], 0.020, False, "<= 0.020 s"),
-                   ("GPU 10-epoch training time (s)", sum(ep["epochs_s"][:10]), 0.3, False, "<= 0.3 s")]
-    targets = {}
-    for name, value, target, at_least, wanted in checks:
-        met = None if value is None else bool(value >= target if at_least else value <= target)
-        verdict = {True: "[green]met[/]", False: "[red]not met[/]", None: "[dim]n/a[/]"}[met]
-        table.add_row(name, "-" if value is None else f"{value:.3g}", f"target {wanted}: {verdict}")
-        targets[name] = {"value": value, "target": wanted, "met": met}
-    return table, {"ratios": ratios, "targets": targets}
+    for target in TARGETS:
+        if target.cuda_only and results.device != "cuda":
+            continue
+        value = results.targets[target.name]["value"]
+        verdict = {True: "[green]met[/]", False: "[red]not met[/]", None: "[dim]n/a[/]"}[target.met(value)]
+        table.add_row(target.name, "-" if value is None else f"{value:.3g}", f"target {target.wanted()}: {verdict}")
+    return table
+
+
+def judge(results: BenchResults) -> dict:
+    """Each target's value, wanted value and verdict, for the JSON and the table."""
+    judged = {}
+    for target in TARGETS:
+        if target.cuda_only and results.device != "cuda":
+            continue
+        value = target.value(results)
+        judged[target.name] = {"value": value, "target": target.wanted(), "met": target.met(value)}
+    return judged
+
+
+def training_rows(r: BenchResults) -> list[tuple[str, str, str]]:
+    tut, ep, floor, floor8 = r.tutorial, r.imgcls_epoch, r.floor, r.floor_uint8
+    rows = [("tutorial epoch (DataLoader)", f"{tut.epoch_s:.2f} s",
+             f"{tut.images} images from {tut.source}, batch {tut.batch_size}, num_workers={tut.num_workers}, "
+             f"median of {len(tut.epochs_s)}"),
+            ("imgcls epoch (warm)", f"{ep.epoch_s * 1e3:.1f} ms",
+             f"{ep.images} images, {ep.steps} steps of {ep.batch_size}, {ep.threads} threads, median of "
+             f"{len(ep.epochs_s)} (fastest {ep.min_s * 1e3:.1f} ms)")]
+    if r.device == "cuda":
+        rows.append(("imgcls 10-epoch training", f"{sum(ep.epochs_s[:10]):.3f} s",
+                     "sum of the first 10 epoch times above"))
+    rows += [("floor: full-batch step", f"{floor.step_s * 1e3:.1f} ms",
+              f"{floor.images} images, normalized float32 on the device, median of {len(floor.steps_s)} "
+              f"(fastest {floor.min_s * 1e3:.1f} ms), one after each imgcls epoch"),
+             ("floor from uint8: full-batch step", f"{floor8.step_s * 1e3:.1f} ms",
+              f"the same step starting from the decoded uint8 images (convert and normalize too), median of "
+              f"{len(floor8.steps_s)} (fastest {floor8.min_s * 1e3:.1f} ms)")]
+    if r.under_load:
+        load = r.under_load
+        rows.append(("imgcls epoch, one core kept busy", f"{load.loaded_epoch_s * 1e3:.1f} ms",
+                     f"against {load.idle_epoch_s * 1e3:.1f} ms without (medians, in turn); threads chosen "
+                     f"{load.loaded_threads} busy, {load.idle_threads} not"))
+    if r.end_to_end:
+        e2e, s = r.end_to_end, r.end_to_end.settings
+        rows.append(("imgcls end to end (train())", f"{e2e.wall_s:.2f} s",
+                     f"test top-1 {e2e.top1:.2%} top-5 {e2e.top5:.2%}; {e2e.epochs_run} epochs, batch "
+                     f"{s['batch_size']}, lr {s['lr']}, weight decay {s['weight_decay']}, {s['schedule']}, "
+                     f"val split {s['val_split']}; {e2e.config or e2e.config_note}"))
+    else:
+        rows.append(("imgcls end to end (train())", "-", SKIPPED))
+    sk = r.sklearn
+    if sk and sk.fit_s is not None:
+        rows.append(("sklearn LogisticRegression fit", f"{sk.fit_s:.2f} s",
+                     f"test top-1 {sk.top1:.2%} top-5 {sk.top5:.2%}; {sk.iterations} lbfgs iterations "
+                     f"(+{sk.scale_s:.1f} s StandardScaler)"))
+    else:
+        rows.append(("sklearn LogisticRegression fit", "-", sk.missing if sk else "skipped (--skip-sklearn)"))
+    return rows
+
+
+def data_path_rows(r: BenchResults) -> list[tuple[str, str, str]]:
+    if not r.load:
+        return [("imgcls load", "-", SKIPPED)]
+    rows = [("imgcls cold load", f"{r.load.cold_s:.2f} s",
+             "prepare(): decode train + test JPEGs into an empty cache (the files are in the OS page cache by now)"),
+            ("imgcls warm load", f"{r.load.warm_s:.3f} s", f"{r.load.train} train / {r.load.val} val / "
+                                                            f"{r.load.test} test")]
+    if r.decode:
+        d = r.decode
+        rows += [("imgcls decoding", f"{d.images / d.seconds:,.0f} img/s",
+                  f"{d.images} JPEGs in {d.seconds:.2f} s by {d.processes} processes: {d.per_core:,.0f} img/s per "
+                  f"core"),
+                 ("one-thread read_file + decode_jpeg", f"{d.one_thread:,.0f} img/s",
+                  f"{d.one_thread_images} of the same JPEGs, one at a time, in {d.one_thread_s:.2f} s")]
+    for name, run in (("cold", r.process_cold), ("warm", r.process_warm)):
+        if run:
+            first = "-" if run.first_step_s is None else f"{run.first_step_s:.2f} s"
+            rows.append((f"imgcls train process, {name} cache", f"{run.total_s:.2f} s",
+                         f"first training step at {first}; configs/cifar10.yaml, exit code {run.returncode}"))
+    return rows
 
 
 def main() -> None:
+    args = parse_args()
+    # imgcls reads IMGCLS_CACHE when it looks for the cache: an empty folder of the benchmark's own.
+    cache_dir = tempfile.mkdtemp(prefix="imgcls-bench-cache-")
+    os.environ["IMGCLS_CACHE"] = cache_dir
+    atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no usable CUDA GPU here; use --device cpu")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    rounds = args.epochs_imgcls or 7
+    if device.type == "cuda":
+        rounds = max(rounds, 10)  # the GPU target is about a 10-epoch run
+    console = Console(stderr=True)
+    results = BenchResults(device.type, device_name(device), torch.__version__, str(args.data_dir), args.batch_size,
+                           busy_cpus())
+    if (results.busy_cpus_at_start or 0) > 0.3:
+        console.print(f"[yellow]warning: other processes keep {results.busy_cpus_at_start:.1f} of {os.cpu_count()} "
+                      f"CPUs busy: the timings will be slower and noisier (imgcls's many small steps suffer most)[/]")
+    if args.synthetic:
+        run_synthetic(results, args, device, rounds, console)
+    else:
+        run_all(results, args, device, rounds, console)
+    results.targets = judge(results)
+    Console(width=max(Console().width, 130)).print(render(results))
+    args.json.write_text(json.dumps(asdict(results), indent=2) + "\n")
+    console.print(f"wrote {args.json}")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="CIFAR-10 image folder (train/, test/)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
@@ -388,57 +701,50 @@ def main() -> None:
     parser.add_argument("--skip-sklearn", action="store_true")
     parser.add_argument("--synthetic", action="store_true",
                         help="CIFAR-10-shaped random data instead of --data-dir: the tutorial, epochs and floors only")
-    args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no usable CUDA GPU here; use --device cpu")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-    epochs_imgcls = args.epochs_imgcls or 7
-    if device.type == "cuda":
-        epochs_imgcls = max(epochs_imgcls, 10)  # the GPU target is about a 10-epoch run
-    console = Console(stderr=True)
-
-    r = {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
-         "data_dir": str(args.data_dir), "batch_size": args.batch_size, "busy_cpus_at_start": busy_cpus()}
-    if (r["busy_cpus_at_start"] or 0) > 0.3:
-        console.print(f"[yellow]warning: other processes keep {r['busy_cpus_at_start']:.1f} of {os.cpu_count()} CPUs "
-                      f"busy: the timings will be slower and noisier (imgcls's many small steps suffer most)[/]")
-    if args.synthetic:
-        r["data_dir"] = None
-        data = synthetic_data()
-        console.print("1/2 tutorial epoch (arrays -> PIL, as torchvision's CIFAR10) ...")
-        both = LabelledImages(torch.cat([data.train.images, data.val.images]),
-                              torch.cat([data.train.labels, data.val.labels]))
-        r["tutorial"] = bench_tutorial(ArrayImages(both.images, both.labels),
-                                       "uint8 arrays to PIL, as torchvision's CIFAR10 class (no JPEG decoding)", device,
-                                       args.batch_size, args.epochs_tutorial)
-        console.print("2/2 imgcls epochs and the floors, in turn ...")
-        r.update(bench_epoch_and_floors(data, device, args.batch_size, epochs_imgcls))
-        r["load"] = r["end_to_end"] = r["sklearn"] = None
-    else:
-        run_all(r, args, device, epochs_imgcls, console)
-    table, summary = build_report(r)
-    Console(width=max(Console().width, 130)).print(table)
-    r.update(summary)
-    args.json.write_text(json.dumps(r, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    return parser.parse_args()
 
 
-def run_all(r: dict, args, device: torch.device, epochs_imgcls: int, console: Console) -> None:
-    console.print("1/5 tutorial epoch ...")
-    r["tutorial"] = bench_tutorial(jpeg_folder(args.data_dir), "JPEG files, ImageFolder (PIL decodes each)", device,
-                                   args.batch_size, args.epochs_tutorial)
-    console.print("2/5 imgcls cold and warm load ...")
-    r["load"], data = bench_load(args.data_dir)
-    console.print("3/5 imgcls epochs and the floors, in turn ...")
-    r.update(bench_epoch_and_floors(data, device, args.batch_size, epochs_imgcls))
-    console.print("4/5 imgcls end to end ...")
-    r["end_to_end"] = bench_end_to_end(args.config, args.data_dir, device.type)
+def bench_training(results: BenchResults, data: PreparedData, device: torch.device, batch_size: int, rounds: int,
+                   say: Callable[[str], None]) -> None:
+    """imgcls epochs and the floors in turn, then (on the CPU) epochs with and without one core kept busy."""
+    say("imgcls epochs and the floors, in turn ...")
+    results.imgcls_epoch, results.floor, results.floor_uint8 = bench_epoch_and_floors(data, device, batch_size, rounds)
+    if device.type == "cpu":
+        say("imgcls epochs with one core kept busy, and without ...")
+        results.under_load = bench_under_load(data, device, batch_size, max(3, rounds // 2))
+
+
+def run_synthetic(results: BenchResults, args, device: torch.device, rounds: int, console: Console) -> None:
+    results.data_dir = None
+    data = synthetic_data()
+    console.print("1/3 tutorial epoch (arrays -> PIL, as torchvision's CIFAR10) ...")
+    both = LabelledImages(torch.cat([data.train.images, data.val.images]),
+                          torch.cat([data.train.labels, data.val.labels]))
+    results.tutorial = bench_tutorial(ArrayImages(both.images, both.labels),
+                                      "uint8 arrays to PIL, as torchvision's CIFAR10 class (no JPEG decoding)", device,
+                                      args.batch_size, args.epochs_tutorial)
+    bench_training(results, data, device, args.batch_size, rounds, lambda text: console.print(f"{text} (2-3/3)"))
+
+
+def run_all(results: BenchResults, args, device: torch.device, rounds: int, console: Console) -> None:
+    console.print("1/8 tutorial epoch ...")
+    results.tutorial = bench_tutorial(jpeg_folder(args.data_dir), "JPEG files, ImageFolder (PIL decodes each)",
+                                      device, args.batch_size, args.epochs_tutorial)
+    console.print("2/8 imgcls train process, cold cache (an empty one of its own) ...")
+    results.process_cold = bench_process(args.config, args.data_dir, device.type, cold=True)
+    console.print("3/8 imgcls cold and warm load ...")
+    results.load, data = bench_load(args.data_dir)
+    console.print("4/8 imgcls train process, warm cache ...")
+    results.process_warm = bench_process(args.config, args.data_dir, device.type, cold=False)
+    console.print("5/8 imgcls decoding against one thread ...")
+    results.decode = bench_decode(args.data_dir)
+    bench_training(results, data, device, args.batch_size, rounds, lambda text: console.print(f"{text} (6-7/8)"))
+    console.print("8/8 imgcls end to end, scikit-learn ...")
+    results.end_to_end = bench_end_to_end(args.config, args.data_dir, device.type)
     if not args.skip_sklearn:
-        console.print("5/5 scikit-learn ...")
-        r["sklearn"] = bench_sklearn(data)
-    if r["end_to_end"]["config_note"]:
-        console.print(f"[yellow]{r['end_to_end']['config_note']}[/]")
+        results.sklearn = bench_sklearn(data)
+    if results.end_to_end.config_note:
+        console.print(f"[yellow]{results.end_to_end.config_note}[/]")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 onnxruntime and torch.jit.load, not by imgcls); the npz arrays give them through the lecture's formula in numpy."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -111,6 +111,50 @@ def test_threads_sets_the_run_s_cpu_threads_and_restores_them(mnist_root, tmp_pa
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("faster_on_all_cores", [False, True])
+def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mnist_root, tmp_path, monkeypatch,
+                                                                             faster_on_all_cores):
+    import yaml
+
+    from imgcls import device
+    from imgcls import train as train_module
+
+    seen = []
+    make_step = train_module.make_step
+    monkeypatch.setattr(train_module, "make_step", lambda *a, **k: seen.append(torch.get_num_threads()) or
+                        make_step(*a, **k))
+    monkeypatch.setattr(device, "_clearly_faster", lambda *args: faster_on_all_cores)
+    monkeypatch.setattr(device, "SMALL_PRODUCT", 0)  # this small step would take one thread untimed
+    before = torch.get_num_threads()
+    settings = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": 200, "device": "cpu",
+                "out": str(tmp_path / "run")}
+    train(build_config(None, {**settings, "epochs": 1}), Reporter(quiet=True))
+    chosen = before if faster_on_all_cores else 1
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["threads"]
+    assert seen == [chosen] and recorded == chosen and torch.get_num_threads() == before
+    # a resumed run reads config.yaml: the recorded count is kept, whatever a new timing would say
+    monkeypatch.setattr(device, "_clearly_faster", lambda *args: pytest.fail("timed again on resume"))
+    resumed = build_config(tmp_path / "run" / "config.yaml", {})
+    assert device.step_threads(resumed.train.threads, 32, 784, 10, torch.device("cpu")) == chosen
+
+
+def test_step_threads_keeps_a_given_count_and_a_gpu_run_s(monkeypatch):
+    from imgcls import device
+    from imgcls.device import BIG_PRODUCT, step_threads
+
+    monkeypatch.setattr(device, "_clearly_faster", lambda *args: pytest.fail("timed without need"))
+    before = torch.get_num_threads()
+    try:
+        assert step_threads(3, 128, 3072, 10, torch.device("cpu")) == 3
+        assert step_threads(None, 128, 3072, 10, torch.device("cuda")) is None
+        assert step_threads(None, 128, 3072, 10, torch.device("cpu"), world=2) is None
+        assert torch.get_num_threads() == before
+        assert step_threads(None, BIG_PRODUCT, 1, 1, torch.device("cpu")) == before  # large: all cores
+        assert step_threads(None, 128, 3072, 10, torch.device("cpu")) == 1  # CIFAR-10 at batch 128: one
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
     """On a GPU, reading a value back (item, float, bool, tolist...) makes the host wait for the device at every
@@ -160,3 +204,16 @@ def test_a_batch_of_only_zero_weight_classes_leaves_the_model_as_it_was(gradient
     step(torch.randn(4, 4), labels, labels)
     assert not torch.equal(before[0], model.linear.weight.detach())
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_choosing_the_thread_count_draws_nothing_from_the_run_s_random_numbers():
+    from imgcls.device import step_threads
+
+    before = torch.get_num_threads()
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    try:
+        step_threads(None, 64, 3072, 1000, torch.device("cpu"))  # large enough to be timed
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import torch
@@ -55,7 +56,8 @@ def cpu_threads(threads: int | None):
     A run uses one count throughout: the count can change a matrix product's last bits, so switching it
     mid-run would break the bit-for-bit resume. All cores make a CIFAR-10 step at batch 128 about 2x faster
     than one on an idle machine, but when another program keeps a core busy OpenMP's threads wait for each
-    other at every operation, and one thread was 3x faster (both measured here, on 2 cores)."""
+    other at every operation, and one thread was 3x faster (both measured here, on 2 cores): without
+    --threads, train() asks step_threads once the step's size is known."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -63,3 +65,43 @@ def cpu_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# Multiply-adds in a step's product: below SMALL_PRODUCT one thread, without timing (CIFAR-10 at batch 128 is
+# 4 million; there all cores win at most 2x on an idle machine, but lose several times over, for the whole run,
+# if another program takes a core later); beyond BIG_PRODUCT all cores, whatever the load; between, timed.
+SMALL_PRODUCT = 1 << 26
+BIG_PRODUCT = 1 << 30
+CLEAR_WIN = 1.25  # all cores must be this much faster than one to be chosen: one thread keeps its pace under load
+
+
+def step_threads(threads: int | None, batch_size: int, features: int, classes: int, device: torch.device,
+                 world: int = 1) -> int | None:
+    """The run's CPU thread count: `threads` if given (--threads), else, for a CPU run in one process, one
+    thread for a small step, all cores for a large one, and between, whichever does the step's products faster
+    on this machine now (timed here, in well under a second). The count is set for torch and returned, for the
+    run's config.yaml, so that a resumed run uses it again."""
+    if threads is not None or device.type != "cpu" or world > 1:
+        return threads
+    cores, product = torch.get_num_threads(), batch_size * features * classes
+    if product < SMALL_PRODUCT or (product < BIG_PRODUCT and not _clearly_faster(cores, batch_size, features,
+                                                                                  classes)):
+        cores = 1
+    torch.set_num_threads(cores)
+    return cores
+
+
+def _clearly_faster(cores: int, batch_size: int, features: int, classes: int) -> bool:
+    """Whether `cores` threads do a step's two products (scores, then the weights' gradient) CLEAR_WIN times
+    faster than one thread; the best of five tries each, taken in turn so that both meet the same load."""
+    generator = torch.Generator().manual_seed(0)  # not torch's own: the run's seeded draws must not move
+    weight, pixels = (torch.rand(rows, features, generator=generator) for rows in (classes, batch_size))
+    best = {1: float("inf"), cores: float("inf")}
+    for round_ in range(6):
+        for count in best:
+            torch.set_num_threads(count)
+            start = time.perf_counter()
+            torch.mm(torch.mm(weight, pixels.t()), pixels)
+            if round_:  # the first round only warms up
+                best[count] = min(best[count], time.perf_counter() - start)
+    return best[cores] * CLEAR_WIN < best[1]

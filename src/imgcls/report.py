@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -97,6 +99,29 @@ class Reporter:
         """A line as it is written (a str is not read as markup)."""
         if not self.quiet:
             self.console.print(Text(text) if isinstance(text, str) else text, highlight=False, soft_wrap=True)
+
+    @contextmanager
+    def decoding(self) -> Iterator[Callable[[int, int], None] | None]:
+        """A bar while image files are decoded: the callback is told (images decoded, images in all), and a
+        new count from 0 starts a new bar (the test split after the training split). None when quiet."""
+        if self.quiet:
+            yield None
+            return
+        bar = Progress(TextColumn("decoding"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                       TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
+                       TimeRemainingColumn(), console=self.console, transient=True)
+        shown = {}  # the split's task and its RecentRate
+
+        def update(done: int, total: int) -> None:
+            if done == 0 or not shown:
+                if shown:
+                    bar.remove_task(shown["task"])
+                shown.update(task=bar.add_task("decode", total=total, speed=""), recent=RecentRate())
+            rate = shown["recent"].add(done)
+            bar.update(shown["task"], completed=done, speed=f"{rate:,.0f} img/s" if rate is not None else "")
+
+        with bar:
+            yield update
 
     def data_ready(self, data: PreparedData) -> None:
         c, h, w = data.shape

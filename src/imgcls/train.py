@@ -25,10 +25,11 @@ from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
+from imgcls.data.decode import ProgressCallback
 from imgcls.data.prepare import prepare
 from imgcls.data.registry import SPECS
 from imgcls.data.types import PreparedData
-from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision
+from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.losses import Loss, class_weights
@@ -109,10 +110,13 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     autocast_dtype = set_precision(config.train.precision, device)
     torch.manual_seed(config.train.seed)
     run = resume or distributed.from_main(RunDir.for_new_run(config.output.out, config.data.dataset, overwrite))
-    data = prepare_once(config, shard)
+    with reporter.decoding() as decoding_progress:
+        data = prepare_once(config, shard, decoding_progress)
     reporter.data_ready(data)
 
     batch_size = resolve_batch_size(config, data, device, reporter)
+    config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape), len(data.classes),
+                                        device, shard.world)
     train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard)
     val_batches = make_eval_batches(data, "val", device, shard)
     model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
@@ -160,11 +164,11 @@ def resume_from(state: TrainState, device: torch.device, steps_per_epoch: int) -
         run.write_config(config.to_dict())  # the data was moved: the next resume looks where it is now
 
 
-def prepare_once(config: Config, shard: distributed.Shard) -> PreparedData:
+def prepare_once(config: Config, shard: distributed.Shard, progress: ProgressCallback | None = None) -> PreparedData:
     """The main process decodes (and caches) the dataset first; the others then map the cache."""
     if not shard.is_main:
         distributed.barrier()
-    data = prepare(config.data, config.train.seed)
+    data = prepare(config.data, config.train.seed, progress=progress)
     if shard.is_main:
         distributed.barrier()
     return data

@@ -14,6 +14,7 @@ import torch
 
 from imgcls.config import DataConfig, default_cache_dir
 from imgcls.data import cache
+from imgcls.data.decode import ProgressCallback
 from imgcls.data.features import prepare_features
 from imgcls.data.normalize import fit_normalization
 from imgcls.data.readers import check_same_classes, check_same_shape, read_split, resolve_data_dir, source_kind, \
@@ -26,23 +27,27 @@ from imgcls.data.stream import prepare_streamed
 from imgcls.data.types import DecodedSplit, LabelledImages, Normalization, PreparedData, SelectedImages
 
 
-def prepare(config: DataConfig, seed: int, normalization: Normalization | None = None) -> PreparedData:
-    """`normalization`: a checkpoint's, for evaluating it (None: fitted on the training part, as training does)."""
+def prepare(config: DataConfig, seed: int, normalization: Normalization | None = None,
+            progress: ProgressCallback | None = None) -> PreparedData:
+    """`normalization`: a checkpoint's, for evaluating it (None: fitted on the training part, as training does).
+    `progress`, if given, is told (images decoded, images in all) while a split's image files are decoded."""
     spec = SPECS[config.dataset]
     if spec.features_file:  # arrays already: no decoding, no cache
         return prepare_features(config, seed, normalization)
     if config.stream:
         return prepare_streamed(spec, config, seed, normalization)
-    return _prepare_in_memory(spec, config, seed, normalization)
+    return _prepare_in_memory(spec, config, seed, normalization, progress)
 
 
-def load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool]:
+def load_decoded(config: DataConfig, split: str,
+                 progress: ProgressCallback | None = None) -> tuple[DecodedSplit, bool]:
     """A split decoded, through the cache; and whether it came from the cache."""
-    decoded, cached, _ = _load_decoded(config, split)
+    decoded, cached, _ = _load_decoded(config, split, progress)
     return decoded, cached
 
 
-def _load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool, Path | None]:
+def _load_decoded(config: DataConfig, split: str,
+                  progress: ProgressCallback | None = None) -> tuple[DecodedSplit, bool, Path | None]:
     """load_decoded's, and the cache entry that holds the split (None when it is not cached)."""
     spec = SPECS[config.dataset]
     root = resolve_data_dir(config)
@@ -51,7 +56,7 @@ def _load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool, P
                 "source": cache.fingerprint(source_paths(spec, root, split))}
 
     def build() -> DecodedSplit:
-        return read_split(spec, root, split, config.image_size, config.skip_bad_images, config.download)
+        return read_split(spec, root, split, config.image_size, config.skip_bad_images, config.download, progress)
 
     if not identity["source"] and identity["kind"] != "torchvision":
         return build(), False, None  # nothing to fingerprint: let the reader say what is missing
@@ -60,9 +65,9 @@ def _load_decoded(config: DataConfig, split: str) -> tuple[DecodedSplit, bool, P
 
 
 def _prepare_in_memory(spec: DatasetSpec, config: DataConfig, seed: int,
-                       normalization: Normalization | None) -> PreparedData:
-    train_full, train_cached, entry = _load_decoded(config, "train")
-    test, test_cached = load_decoded(config, "test")
+                       normalization: Normalization | None, progress: ProgressCallback | None) -> PreparedData:
+    train_full, train_cached, entry = _load_decoded(config, "train", progress)
+    test, test_cached = load_decoded(config, "test", progress)
     check_same_classes(spec.name, train_full.classes, test.classes)
     check_same_shape(spec.name, tuple(train_full.images.shape[1:]), tuple(test.images.shape[1:]))
     train_index, val_index = _cached_split(spec, config, seed, train_full, entry)

@@ -7,39 +7,34 @@ data dir (ROOT/train/<class>/*, ROOT/test|val/<class>/*). The checks that a spli
 shape agree with the other split's, and with the dataset's, are here too.
 Image files are listed with torchvision's find_classes and a walk that follows symlinks but
 enters each folder once (a symlink loop is walked once), and decoded in bulk by torchvision.io,
-on a thread pool, not one PIL image at a time. Which files are images is IMAGE_EXTENSIONS, the
+in worker processes (decode.py), not one PIL image at a time. Which files are images is IMAGE_EXTENSIONS, the
 one list that training, --stream and predict share.
 """
 
 from __future__ import annotations
 
 import errno
-import io
 import os
-import re
 import stat
-import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from imgcls.classnames import named_classes, names_file_beside
 from imgcls.config import DataConfig, default_data_dir
+# The decoding helpers are decode.py's; imported here too, where the rest of the package has found them.
+from imgcls.data.decode import (MAX_IMAGE_PIXELS, ProgressCallback, check_fits_memory,  # noqa: F401
+                                decode_image_bytes, decode_images, error_reason, image_format, resize, size_text,
+                                to_grey_if_grey)
 from imgcls.data.published import check_files, has_own_files, resolved_path
 from imgcls.data.registry import DatasetSpec, loose_names
 from imgcls.data.types import DecodedSplit, ImageList
 from imgcls.errors import UserError
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The files taken for images, everywhere (lower case; a file's name is compared in lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
-# Pillow's own decompression-bomb limit (twice its MAX_IMAGE_PIXELS), applied to every format: Pillow
-# checks the files it decodes, and the header of every file torchvision decodes is checked the same way.
-MAX_IMAGE_PIXELS = 178_956_970
-PILLOW_FORMATS = ("PNG", "BMP", "TIFF", "PNM")
-KNOWN_FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF, PPM or PGM"
 
 
 def source_kind(spec: DatasetSpec, root: Path) -> str:
@@ -63,14 +58,15 @@ def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
 
 
 def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
-               download: bool) -> DecodedSplit:
+               download: bool, progress: ProgressCallback | None = None) -> DecodedSplit:
+    """progress, if given, is told (images decoded, images in all) while image files are decoded."""
     kind = source_kind(spec, root)
     _check_not_a_file(root, kind)
     if kind == "torchvision":
-        decoded = _read_torchvision(spec, root, split, image_size, skip_bad, download)
+        decoded = _read_torchvision(spec, root, split, image_size, skip_bad, download, progress)
     else:
         listing = _list_zip(spec.embedded, split) if kind == "embedded" else _list_folder(root, split, spec)
-        images, labels, skipped = decode_all(listing, image_size, skip_bad)
+        images, labels, skipped = decode_all(listing, image_size, skip_bad, progress)
         decoded = DecodedSplit(images, labels, listing.classes, skipped, listing.passed_over)
     return _match_spec(spec, decoded, root, image_size)
 
@@ -120,7 +116,7 @@ def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
     names = names_file(spec, root, split)
     if names is not None:
         classes = named_classes(classes, names)
-    return ImageList(paths, lambda i: read_image_file(paths[i]), labels, classes, passed_over)
+    return ImageList(paths, FileReader(paths), labels, classes, passed_over)
 
 
 def names_file(spec: DatasetSpec, root: Path, split: str) -> Path | None:
@@ -162,13 +158,24 @@ def read_image_file(path: str | Path) -> bytes:
             what = "a loop of symbolic links" if error.errno == errno.ELOOP else "a file that does not exist"
             raise OSError(error.errno, f"a symbolic link to {os.readlink(path)}, {what}") from None
         raise
-    with os.fdopen(fd, "rb") as file:
+    with open(fd, "rb", buffering=0) as file:  # unbuffered: one read of the whole file
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = "FIFO" if stat.S_ISFIFO(mode) else "folder" if stat.S_ISDIR(mode) else \
                 "socket" if stat.S_ISSOCK(mode) else "device"
             raise OSError(errno.EINVAL, f"not a regular file but a {kind}")
         return file.read()
+
+
+@dataclass(frozen=True)
+class FileReader:
+    """Reads the i-th of these files: an object, not a closure, so that decoding worker processes can be
+    handed it (decode.worker_count)."""
+
+    paths: list[str]
+
+    def __call__(self, index: int) -> bytes:
+        return read_image_file(self.paths[index])
 
 
 def _list_zip(path: Path, split: str) -> ImageList:
@@ -179,162 +186,13 @@ def _list_zip(path: Path, split: str) -> ImageList:
     return ImageList([f"{path.name}:{n}" for n in names], lambda i: archive.read(names[i]), labels, classes)
 
 
-def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Decode every image (as RGB), resize if asked, and stack; grey datasets come back with one channel."""
-    def decode(i: int) -> torch.Tensor | None:
-        try:
-            return decode_image_bytes(listing.read(i), image_size)
-        except (RuntimeError, ValueError, OSError) as error:
-            if skip_bad:
-                return None
-            raise UserError(f"cannot read image {listing.names[i]} ({error_reason(error)}); fix or remove it, or "
-                            f"pass --skip-bad-images") from None
-
-    workers = min(8, os.cpu_count() or 1)
-    if image_size is not None:  # decoded as RGB; each worker resizes one image in float32 at a time
-        check_fits_memory(image_size, (len(listing.names) + 4 * workers) * 3 * image_size ** 2,
-                          f"{len(listing.names)} images")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(decode, range(len(listing.names)), chunksize=256))
-    keep = [i for i, image in enumerate(decoded) if image is not None]
-    if not keep:
-        raise UserError(f"no readable image among {len(decoded)} files (first: {listing.names[0]})")
-    _check_same_size([decoded[i] for i in keep], [listing.names[i] for i in keep])
-    images = torch.stack([decoded[i] for i in keep])
-    labels = torch.tensor([listing.labels[i] for i in keep], dtype=torch.int64)
-    return to_grey_if_grey(images), labels, len(decoded) - len(keep)
-
-
-def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
-    """One encoded image -> uint8 (3, H, W). torchvision.io decodes JPEG, WebP and GIF. PNG goes through Pillow:
-    torchvision 0.29's PNG decoder crashes the whole process (SIGSEGV) on some damaged files, which the fuzz tests
-    found. So do the formats torchvision.io cannot read that ImageFolder lists (BMP, TIFF, PPM, PGM). 16-bit
-    images are scaled to 8 bits and an animated image gives its first frame. The format is told from the
-    first bytes, whatever the file's name."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import to_dtype
-
-    if not data:
-        raise ValueError("the file is empty")
-    kind = image_format(data)
-    if kind is None:
-        raise ValueError(f"not an image file: it does not start like a {KNOWN_FORMATS} file")
-    if kind in PILLOW_FORMATS:
-        image = _decode_with_pillow(data)
-    else:
-        _check_pixel_limit(data)  # torchvision's decoders have no limit of their own
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    if image.ndim == 4:
-        image = image[0]
-    if image.dtype != torch.uint8:
-        image = to_dtype(image, torch.uint8, scale=True)
-    return resize(image, image_size) if image_size is not None else image
-
-
-def image_format(data: bytes) -> str | None:
-    """The image format of encoded bytes, by their signature; None for anything else."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:8] == PNG_SIGNATURE:
-        return "PNG"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    if data[:2] == b"BM":
-        return "BMP"
-    if data[:4] in (b"II*\0", b"MM\0*"):
-        return "TIFF"
-    if data[:2] in (b"P2", b"P3", b"P5", b"P6"):
-        return "PNM"
-    return None
-
-
-def _pillow():
-    from PIL import Image  # imported when needed, for start-up speed
-
-    # Images between Pillow's warning and its limit are fine here: no warning line per image.
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    return Image
-
-
-def _too_many_pixels() -> ValueError:
-    return ValueError(f"more than {MAX_IMAGE_PIXELS:,} pixels, the limit that guards against decompression bombs; "
-                      f"scale the image down")
-
-
-def _check_pixel_limit(data: bytes) -> None:
-    """Refuse an image with too many pixels from its header alone (Pillow reads only the header here)."""
-    image_module = _pillow()
-    try:
-        with image_module.open(io.BytesIO(data)) as opened:
-            width, height = opened.size
-    except image_module.DecompressionBombError:
-        raise _too_many_pixels() from None
-    except Exception:  # noqa: BLE001 -- a header Pillow cannot parse: the decoder will say what is wrong
-        return
-    if width * height > MAX_IMAGE_PIXELS:
-        raise _too_many_pixels()
-
-
-def _decode_with_pillow(data: bytes) -> torch.Tensor:
-    import numpy as np
-
-    image_module = _pillow()
-    try:
-        with image_module.open(io.BytesIO(data)) as opened:
-            if opened.mode.startswith("I"):  # 16- or 32-bit grey: scale to 8 bits, as for the other decoders
-                grey = np.asarray(opened).astype(np.float64)
-                top = 65535.0 if opened.mode.startswith("I;16") or opened.format == "PNG" or grey.max(initial=0) > 255 \
-                    else 255.0
-                pixels = np.repeat((grey * (255.0 / top)).round().clip(0, 255).astype(np.uint8)[..., None], 3, 2)
-            else:
-                pixels = np.asarray(opened.convert("RGB"))
-    except image_module.DecompressionBombError:
-        raise _too_many_pixels() from None
-    except Exception as error:  # noqa: BLE001 -- Pillow's plugins fail in many ways on a damaged file
-        raise ValueError(error_reason(error)) from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
-
-
-def check_fits_memory(image_size: int, needed: int, what: str) -> None:
-    """Refuse at once an --image-size whose decoded images cannot fit in this machine's memory, rather than
-    fail deep inside a resize."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the allocation decide
-        return
-    if needed > total:
-        raise UserError(f"--image-size {image_size}: {what} would take {needed / 1e9:,.0f} GB decoded, more than "
-                        f"this machine's {total / 1e9:,.0f} GB of memory; use a smaller --image-size")
-
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    from torchvision.transforms.v2.functional import resize as tv_resize  # when needed: start-up speed
-
-    if images.shape[-2:] == (size, size):
-        return images
-    if size == 1 and images.shape[-3] > 1:
-        # torch's antialiased uint8 resize of a multi-channel image to 1x1 fails an internal assert:
-        # resize each channel on its own (the same numbers)
-        return tv_resize(images.reshape(-1, 1, *images.shape[-2:]), [1, 1], antialias=True).reshape(
-            *images.shape[:-2], 1, 1)
-    return tv_resize(images, [size, size], antialias=True)
-
-
-def to_grey_if_grey(images: torch.Tensor) -> torch.Tensor:
-    """Images decoded as RGB whose three channels agree everywhere are grey: keep one channel."""
-    if images.shape[1] == 3 and torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2]):
-        return images[:, :1].contiguous()
-    return images
-
-
-def _check_same_size(images: list[torch.Tensor], names: list[str]) -> None:
-    first = images[0].shape[-2:]
-    for image, name in zip(images, names):
-        if image.shape[-2:] != first:
-            raise UserError(f"images differ in size ({names[0]} is {size_text(first)}, {name} is "
-                            f"{size_text(image.shape)}); pass --image-size N to resize them all to NxN")
+def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool,
+               progress: ProgressCallback | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Decode every image (as RGB), resize if asked, and stack; grey datasets come back with one channel.
+    progress, if given, is told (images decoded, images in all) as decoding goes."""
+    decoded = decode_images(listing.names, listing.read, image_size, skip_bad, progress)
+    labels = torch.tensor([listing.labels[i] for i in decoded.kept], dtype=torch.int64)
+    return to_grey_if_grey(decoded.images), labels, len(listing.names) - len(decoded.kept)
 
 
 def check_same_classes(name: str, train: list[str], test: list[str]) -> None:
@@ -354,11 +212,6 @@ def check_same_shape(name: str, train: tuple[int, ...], test: tuple[int, ...]) -
     if train != test:
         raise UserError(f"{name}: train images are {size_text(train)} but test images are {size_text(test)}; "
                         f"pass --image-size N to resize both to NxN")
-
-
-def size_text(shape) -> str:
-    """An image's size as users read it: width first, from a (..., H, W) shape."""
-    return f"{shape[-1]} wide, {shape[-2]} high"
 
 
 def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = False) -> ImageList:
@@ -383,17 +236,17 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
 
 def _imagenet_listing(dataset) -> ImageList:
     paths = [path for path, _ in dataset.samples]
-    return ImageList(paths, lambda i: read_image_file(paths[i]), list(dataset.targets),
+    return ImageList(paths, FileReader(paths), list(dataset.targets),
                      [names[0] for names in dataset.classes])
 
 
 def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
-                      download: bool) -> DecodedSplit:
+                      download: bool, progress: ProgressCallback | None = None) -> DecodedSplit:
     dataset = _open_torchvision(spec, root, split, download)
     _check_class_names(spec, dataset, root)
     if spec.lists_files:
         listing = _imagenet_listing(dataset)
-        images, labels, skipped = decode_all(listing, image_size, skip_bad)
+        images, labels, skipped = decode_all(listing, image_size, skip_bad, progress)
         return DecodedSplit(images, labels, listing.classes, skipped)
     images = _as_nchw(dataset.data)
     labels = torch.as_tensor(getattr(dataset, "targets", None) if hasattr(dataset, "targets") else dataset.labels)
@@ -496,14 +349,3 @@ def class_order(spec: DatasetSpec, classes: list[str], root: Path) -> torch.Tens
         raise UserError(f"{root} does not hold {spec.name}: its classes are {', '.join(classes[:12])}, "
                         f"expected {', '.join(spec.classes[:12])}; use --dataset imagefolder for other data")
     return torch.tensor([wanted.index(name) for name in loose_names(classes)])
-
-
-def error_reason(error: BaseException) -> str:
-    """A short, clean reason for a message: an OSError's own words without the file name (the message names the
-    file), else the first line of the text, without the C++ source locations of torch's and torchvision's
-    errors ("decode_jpeg, /__w/vision/.../decode_jpeg.cpp:171, ...", "... at "/__w/pytorch/...cpp":123")."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = (str(error).strip() or type(error).__name__).splitlines()[0]
-    text = re.sub(r"^\w+, \S+\.(?:cpp|cu|h):\d+, ", "", text)
-    return re.sub(r"\s*(?:at )?\"?\S+\.(?:cpp|cu|h)\"?:\d+,?", "", text).strip() or type(error).__name__
