@@ -88,15 +88,24 @@ def test_distributed_evaluation_counts_every_image_once(single_and_double):
     assert second["loss"] == pytest.approx(first["loss"], rel=1e-6)
 
 
+def first_epoch(out: Path, process, timeout: float = 120) -> dict:
+    """epochs.jsonl's first record, once the running `process` has written it."""
+    deadline = time.monotonic() + timeout
+    while not ((out / "epochs.jsonl").exists() and (out / "epochs.jsonl").read_text().strip()):
+        assert time.monotonic() < deadline and process.poll() is None, "the run never finished its first epoch"
+        time.sleep(0.02)
+    return json.loads((out / "epochs.jsonl").read_text().splitlines()[0])
+
+
 def test_two_processes_interrupted_and_resumed_end_as_uninterrupted(single_and_double, mnist_root, tmp_path):
     """Ctrl-C in a terminal signals the whole process group: torchrun and both workers at once."""
     whole, done_whole = single_and_double[2]
     out = tmp_path / "broken"
     process = start_python(*torchrun(2), "-m", "imgcls", "train", *COMMON, "--data-dir", mnist_root, "--out", out,
                            env=ONE_THREAD, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (out / "epochs.jsonl").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    # Half an epoch after the first: a signal that lands while epoch 1's files are written stops the run at that
+    # epoch's end (step 0), which would not test a resume from the middle of an epoch
+    time.sleep(first_epoch(out, process)["seconds"] / 2)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0, "the interrupted run must exit non-zero"
