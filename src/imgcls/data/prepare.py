@@ -1,7 +1,8 @@
 """From a config to ready data. Where the pixels are held is chosen here, once: a features file read into
 memory (features.py), image files decoded batch by batch (--stream, stream.py), or both splits decoded
 into memory through the cache (below). Every path holds out the validation split with split.py and fits
-the normalization on what is left; the PreparedData says how its splits are batched.
+the normalization on what is left (in memory: both kept in the training split's cache entry, so a warm
+run computes neither); the PreparedData says how its splits are batched.
 
 The test split is never used to choose anything; only metrics are computed on it.
 """

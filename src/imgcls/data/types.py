@@ -107,8 +107,10 @@ class PreparedData:
     dataset: str
     classes: list[str]
     shape: tuple[int, int, int]
-    train: LabelledImages  # or data.stream.StreamedImages (--stream): whatever `batches_of` batches
-    val: LabelledImages
+    # Each split: labels, len() and what `batches_of` batches: LabelledImages, SelectedImages (train and val in
+    # memory), or data.stream.StreamedImages (--stream)
+    train: LabelledImages | SelectedImages
+    val: LabelledImages | SelectedImages
     test: LabelledImages
     normalization: Normalization
     superclass_of: list[int] | None
