@@ -8,7 +8,9 @@ for gradients. Outside torchrun every function here is a no-op for a world of on
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -103,3 +105,23 @@ def from_main(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (1 outside torchrun, or with a WORLD_SIZE that is not a number,
+    which launched_by_torchrun refuses)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return int(world) if world.isdigit() else 1
+
+
+def exit_process(code: int) -> NoReturn:
+    """Under torchrun, exit without finalizing the interpreter. Gloo's worker threads can still hold the
+    last collective's tensors after the process group is destroyed; when one releases them while Python
+    finalizes, the process aborts (pytorch/pytorch#179291 describes it), and torchrun then kills the other
+    processes, perhaps while the main one writes the run's files. Every command has finished its work
+    and closed its files here; only the streams need flushing."""
+    if world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

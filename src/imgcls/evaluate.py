@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from imgcls import checkpoint as ckpt
@@ -18,19 +16,21 @@ from imgcls.losses import Loss, class_weights
 from imgcls.metrics import Metrics, evaluate
 
 
-def data_config_of(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> DataConfig:
-    saved = checkpoint.meta["config"]["data"]
-    names = {f.name for f in dataclasses.fields(DataConfig)}
-    config = DataConfig(**{k: v for k, v in saved.items() if k in names})
+def saved_config(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> Config:
+    """The config the checkpoint was trained with, its data looked for in `data_dir` when given."""
+    config = Config.from_dict(checkpoint.meta["config"], "the checkpoint", strict=False)
     if data_dir is not None:
-        config.data_dir = data_dir
+        config.data.data_dir = data_dir
     return config
+
+
+def data_config_of(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> DataConfig:
+    return saved_config(checkpoint, data_dir).data
 
 
 def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str | None, device_name: str) -> Metrics:
     shard, device = distributed.setup(resolve_device(device_name))
-    config = Config(data=data_config_of(checkpoint, data_dir))
-    config.loss.loss = checkpoint.meta["config"]["loss"]["loss"]
+    config = saved_config(checkpoint, data_dir)
     try:
         data = prepare(config.data, checkpoint.meta["seed"])
     except UserError as error:  # the readers' advice is train's (--image-size, --dataset): eval has neither
@@ -44,8 +44,7 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
     images = {"train": data.train, "val": data.val, "test": data.test}[split]
     normalization = Normalization(checkpoint.mean, checkpoint.std)
     batches = make_eval_batches(images, normalization, device, shard)
-    weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes),
-                            device)
+    weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
     model = checkpoint.model().to(device)
     with torch.inference_mode():
         return evaluate(model, batches, Loss(config.loss.loss, weights), len(data.classes),

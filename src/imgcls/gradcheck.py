@@ -20,17 +20,18 @@ test can plant a bug and watch the check catch it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from imgcls.config import LOSSES
 from imgcls.errors import UserError
 
 FLOOR_SHARE = 1e-3
 DEFAULT_TOLERANCE = 1e-5
 DEFAULT_EPS = 1e-5
-GRADCHECK_LOSSES = ("ce", "nll", "mse")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, targets) -> mean loss
 AnalyticFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -50,7 +51,7 @@ def analytic_gradients(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor
     Loss.score_gradient, the very formula the analytic training step uses, so this checks training's code."""
     from imgcls.losses import Loss
 
-    if loss not in GRADCHECK_LOSSES:
+    if loss not in LOSSES:
         raise ValueError(f"no analytic gradient for loss {loss}")
     scores = x @ weight.T + bias
     d_scores = Loss(loss).score_gradient(scores, y)
@@ -145,6 +146,11 @@ class GradcheckResult:
     @property
     def failed(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.max_relative <= self.tolerance]  # NaN fails too
+
+    @property
+    def worst(self) -> Comparison:
+        """The comparison of the largest relative difference (a NaN is the largest)."""
+        return max(self.comparisons, key=lambda c: c.max_relative if c.max_relative == c.max_relative else math.inf)
 
 
 def _compare(first: str, second: str, name_of: Callable[[int], str], a: torch.Tensor, b: torch.Tensor,
