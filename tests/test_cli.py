@@ -693,6 +693,18 @@ def run_python(*args, timeout=120):
                           env={**os.environ, "NO_COLOR": "1"})
 
 
+@pytest.mark.parametrize("world, finalized", [("2", False), ("1", True), ("two", True)])
+def test_under_torchrun_the_process_exits_without_finalizing(world, finalized):
+    """distributed.exit_process: in a world of several processes, the exit code and the flushed output, but no
+    interpreter finalization (where gloo's threads could abort the process); a normal exit otherwise."""
+    code = ("import atexit, os, sys\nfrom imgcls import distributed\n"
+            "atexit.register(lambda: print('finalized'))\n"
+            f"os.environ['WORLD_SIZE'] = {world!r}\nprint('done', end='')\ndistributed.exit_process(3)")
+    done = run_python("-c", code)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == ("donefinalized\n" if finalized else "done")
+
+
 def test_python_m_imgcls_version():
     from imgcls import __version__
 

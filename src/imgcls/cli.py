@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from imgcls import __version__, jsontext
+from imgcls import __version__, distributed, jsontext
 from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
@@ -60,6 +60,7 @@ def _rename_classes(loaded, class_names: Path | None) -> None:
 
         loaded.meta["classes"] = named_classes(loaded.classes, class_names)
 
+
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
 @user_errors
 @with_config_flags
@@ -74,7 +75,7 @@ def train(
                                                "defaults, then --config, then the flags) and exit; nothing is "
                                                "trained or written. Example: imgcls train -c my.yaml --lr 0.1 "
                                                "--print-config")] = False,  # beside --config: the RUN panel's columns would widen
-    **options,
+    **options,  # a flag per config field (with_config_flags), None where not given
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
     flags = parse_flags(options)
@@ -90,8 +91,6 @@ def train(
 
         typer.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False), nl=False)
         return
-    from imgcls import distributed
-
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
     target = run_dir
     if target is None and is_main:  # the folder is checked and named now, so that it can be locked
@@ -109,8 +108,6 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
     from imgcls.report import Reporter
     from imgcls.train import Diverged, Interrupted
     from imgcls.train import train as run_training
-
-    from imgcls import distributed
 
     reporter = Reporter(quiet or not is_main)
     try:
@@ -212,8 +209,6 @@ def eval_command(
     from imgcls import checkpoint as ckpt
     from imgcls.evaluate import evaluate_checkpoint
     from imgcls.report import Reporter
-
-    from imgcls import distributed
 
     loaded = ckpt.load(checkpoint)
     try:
@@ -528,21 +523,9 @@ def gradcheck_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Check the gradient of the loss three ways (finite differences, the formula, autograd); exit 1 if they differ."""
-    from imgcls.config import check_seed
-    from imgcls.errors import check_choice
-
-    check_choice("loss", loss, LOSSES)
-    check_seed(seed)
-    for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
-                             ("--coordinates", coordinates, 1)):
-        if value < low:
-            raise UserError(f"{name} must be at least {low}, not {value}")
-    for name, value in (("--eps", eps), ("--tolerance", tolerance)):
-        if not 0 < value < float("inf"):
-            raise UserError(f"{name} must be a finite number greater than 0, not {value}")
     from imgcls import gradcheck
 
-    gradcheck.check_size(batch_size, classes, features, coordinates)
+    gradcheck.check_arguments(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     if as_json:
         from dataclasses import asdict
@@ -615,16 +598,7 @@ def main() -> None:
         if message:  # empty when the help was the answer (a group called with nothing)
             err.print(Text.assemble(("error: ", "bold red"), f"{message} (see '{where}')"), soft_wrap=True)
         sys.exit(error.exit_code)
-    _exit(code if isinstance(code, int) else 0)
-
-
-def _exit(code: int) -> None:
-    """Through distributed.exit_process when a command may have joined torchrun's processes: it imported
-    imgcls.distributed to join them. Importing it here would import torch for every `imgcls --help`."""
-    distributed = sys.modules.get("imgcls.distributed")
-    if distributed is not None:
-        distributed.exit_process(code)
-    sys.exit(code)
+    distributed.exit_process(code if isinstance(code, int) else 0)
 
 
 def _is_usage_error(error: Exception) -> bool:

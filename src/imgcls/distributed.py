@@ -3,6 +3,9 @@
 torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; we join its process
 group (NCCL on GPUs, gloo on CPUs) and nothing else: no launcher, no all-reduce of our own
 for gradients. Outside torchrun every function here is a no-op for a world of one.
+
+torch is imported by the functions that use it, not by the module: the command line ends every command
+(`--help` too) through exit_process, and must not wait for torch to do so.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,9 @@ def is_main_process() -> bool:
 
 def setup(device: torch.device) -> tuple[Shard, torch.device]:
     """Join torchrun's process group when there is one; returns this process's shard and device."""
+    import torch
+    import torch.distributed as dist
+
     if not launched_by_torchrun():
         return Shard(), device
     if device.type == "cuda":
@@ -69,17 +77,22 @@ def setup(device: torch.device) -> tuple[Shard, torch.device]:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group joined
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def barrier() -> None:
     if active():
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def sum_across(*tensors: torch.Tensor) -> None:
     """Sum each tensor over all processes, in place (metrics; gradients are DDP's business)."""
     if active():
+        import torch.distributed as dist
+
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
@@ -88,6 +101,9 @@ def any_process(flag: bool, device: torch.device) -> bool:
     """True on every process if it is true on any: all stop at the same step."""
     if not active():
         return flag
+    import torch
+    import torch.distributed as dist
+
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
@@ -95,6 +111,8 @@ def any_process(flag: bool, device: torch.device) -> bool:
 
 def teardown() -> None:
     if active():
+        import torch.distributed as dist
+
         dist.destroy_process_group()
 
 
@@ -102,6 +120,8 @@ def from_main(value):
     """The main process's value of `value`, on every process (a run folder name, say)."""
     if not active():
         return value
+    import torch.distributed as dist
+
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from imgcls.config import LOSSES
-from imgcls.errors import UserError
+from imgcls.config import LOSSES, check_seed
+from imgcls.errors import UserError, check_choice
 
 FLOOR_SHARE = 1e-3
 DEFAULT_TOLERANCE = 1e-5
@@ -177,6 +177,21 @@ def make_batch(batch_size: int, classes: int, features: int, seed: int,
 # multiply-adds of the finite differences: two losses per checked coordinate, each N x D x K; about a
 # minute on one core, where the defaults take a thousandth of a second
 MAX_FINITE_DIFFERENCE_WORK = 10 ** 11
+
+
+def check_arguments(loss: str, batch_size: int, classes: int, features: int, coordinates: int, seed: int,
+                    eps: float, tolerance: float) -> None:
+    """`imgcls gradcheck`'s values, a mistake refused as a UserError naming its flag; then the size."""
+    check_choice("loss", loss, LOSSES)
+    check_seed(seed)
+    for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
+                             ("--coordinates", coordinates, 1)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}, not {value}")
+    for name, value in (("--eps", eps), ("--tolerance", tolerance)):
+        if not 0 < value < math.inf:
+            raise UserError(f"{name} must be a finite number greater than 0, not {value}")
+    check_size(batch_size, classes, features, coordinates)
 
 
 def check_size(batch_size: int, classes: int, features: int, coordinates: int) -> None:
