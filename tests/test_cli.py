@@ -633,6 +633,18 @@ def test_eval_with_an_unknown_device(cli, tiny_cifar_run, assert_user_error):
 
 # --- the module entry point, in a real process ----------------------------------------------------
 
+@pytest.mark.parametrize("world, finalized", [("2", False), ("1", True), ("two", True)])
+def test_under_torchrun_the_process_exits_without_finalizing(world, finalized):
+    """distributed.exit_process: in a world of several processes, the exit code and the flushed output, but no
+    interpreter finalization (where gloo's threads could abort the process); a normal exit otherwise."""
+    code = ("import atexit, os, sys\nfrom imgcls import distributed\n"
+            "atexit.register(lambda: print('finalized'))\n"
+            f"os.environ['WORLD_SIZE'] = {world!r}\nprint('done', end='')\ndistributed.exit_process(3)")
+    done = run_python("-c", code)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == ("donefinalized\n" if finalized else "done")
+
+
 def test_python_m_imgcls_version():
     from imgcls import __version__
 
@@ -691,6 +703,41 @@ def test_train_help_shows_the_defaults(cli):
     for shown in (f"Learning rate. [default: {defaults.optim.lr}]", f"[default: {defaults.train.epochs}]",
                   "[default: all cores]", "[default: runs/<dataset>-<date>-<time>"):
         assert shown in text, shown
+
+
+def test_every_config_field_is_a_flag_of_train_with_its_help_and_default(cli, monkeypatch):
+    """The flags are made from the config's declarations: a new field cannot be left out of `train`, and each
+    shows its help and default in its panel."""
+    from imgcls.config import settings
+
+    monkeypatch.setenv("COLUMNS", "400")  # a line a flag: no help is wrapped
+    panel, rows = None, {}
+    for line in plain(cli("train", "--help").output).splitlines():
+        if line.startswith("\u256d\u2500 "):  # ╭─ Data ───╮
+            panel = line[3:].split(" \u2500")[0]
+        elif line.startswith("\u2502 --"):
+            rows[line.split()[1]] = (panel, " ".join(line.split()))
+    for setting in settings().values():
+        assert setting.flag in rows, setting.flag
+        panel, row = rows[setting.flag]
+        assert panel == setting.option.panel, setting.flag
+        assert setting.help_text().replace("\\[", "[") in row, row
+        assert row.count("[default: ") == 1, row
+        assert (f"--no-{setting.flag[2:]}" in row) == (setting.cli_type() is bool), row
+    own = {"--config", "--print-config", "--help", "--overwrite", "--resume", "--quiet"}
+    assert set(rows) == own | {setting.flag for setting in settings().values()}
+
+
+def test_a_bad_value_is_named_by_its_flag_or_by_its_yaml_key(cli, tmp_path, assert_user_error):
+    path = tmp_path / "cifar10.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": -1}, "loss": {"loss": "hinge"}}))
+    error = assert_user_error(cli("train", "--lr", "-1", "--out", tmp_path / "run"))
+    assert error == "error: --lr must be greater than 0, not -1.0"
+    error = assert_user_error(cli("train", "-c", path, "--loss", "ce", "--out", tmp_path / "run"))
+    assert error == f"error: optim.lr in {path} must be greater than 0, not -1.0"
+    error = assert_user_error(cli("train", "-c", path, "--lr", "0.1", "--out", tmp_path / "run"))
+    assert error == f"error: loss.loss in {path}: unknown loss 'hinge'; choose one of: ce, nll, mse"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("argv, words", [

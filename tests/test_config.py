@@ -1,13 +1,14 @@
 """Config precedence (defaults < YAML file < flags), type checks, and every validation rule."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from imgcls.config import (Config, apply_mapping, build_config, key_index, parse_batch_size, parse_class_weights,
-                           sections)
+from imgcls.config import (LOSSES, MAX_THREADS, Config, apply_mapping, build_config, dataset_names, key_index,
+                           parse_batch_size, parse_class_weights, parse_flags, sections, settings)
 from imgcls.errors import UserError, shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -251,3 +252,127 @@ def test_shipped_config_loads(path):
         for key, value in values.items():
             held = getattr(getattr(config, section), key)
             assert held == value, f"{path.name}: {section}.{key} is {held!r}, the file says {value!r}"
+
+
+# --- the declarations: each rule, named by its flag or by the YAML key its value came from -------------------
+
+RULES = [  # (field, a bad value, the whole message it gives when the value came from the flag)
+    ("val_split", 1.0, "--val-split must be between 0 and 1 (exclusive), not 1.0"),
+    ("image_size", 0, "--image-size must be at least 1, not 0"),
+    ("limit", 1, "--limit must be at least 2 images, not 1"),
+    ("normalize", "pixels", "unknown normalization 'pixels' (did you mean 'pixel'?); choose one of: pixel, channel, "
+                            "none"),
+    ("init", "xavier", "unknown init 'xavier'; choose one of: default, zeros, normal"),
+    ("init_std", 0.0, "--init-std must be greater than 0, not 0.0"),
+    ("init_std", math.inf, "--init-std must be a finite number, not inf"),
+    ("loss", "hinge", "unknown loss 'hinge'; choose one of: ce, nll, mse"),
+    ("class_weights", [0.0, 0.0], "--class-weights must be finite non-negative numbers, at least one above 0"),
+    ("class_weights", [1.0, math.inf], "--class-weights must be finite non-negative numbers, at least one above 0"),
+    ("class_weights", "balance", "unknown class weights 'balance' (did you mean 'balanced'?); choose one of: balanced"),
+    ("lr", -1.0, "--lr must be greater than 0, not -1.0"),
+    ("lr", math.nan, "--lr must be a finite number, not nan"),
+    ("batch_size", 0, "--batch-size must be at least 1 (or 'full' or 'auto'), not 0"),
+    ("batch_size", "ful", "unknown batch size 'ful' (did you mean 'full'?); choose one of: full, auto"),
+    ("momentum", 1.0, "--momentum must be in [0, 1), not 1.0"),
+    ("weight_decay", -0.5, "--weight-decay must be 0 or more, not -0.5"),
+    ("weight_decay", -math.inf, "--weight-decay must be a finite number, not -inf"),
+    ("schedule", "cosin", "unknown schedule 'cosin' (did you mean 'cosine'?); choose one of: constant, step, cosine, "
+                          "onecycle"),
+    ("warmup_epochs", 2e6, "--warmup-epochs must be between 0 and 1,000,000, not 2000000.0"),
+    ("warmup_epochs", math.inf, "--warmup-epochs must be a finite number, not inf"),
+    ("step_epochs", 0, "--step-epochs must be at least 1, not 0"),
+    ("step_gamma", 1.5, "--step-gamma must be in (0, 1], not 1.5"),
+    ("epochs", 0, "--epochs must be at least 1, not 0"),
+    ("patience", 0, "--patience must be at least 1 epoch, not 0"),
+    ("seed", 2 ** 32, "--seed must be in [0, 2^32), not 4294967296"),
+    ("device", "gpu", "unknown device 'gpu'; choose auto, cpu, cuda or cuda:N"),
+    ("precision", "fp16", "unknown precision 'fp16' (did you mean 'bf16'?); choose one of: fp32, tf32, bf16"),
+    ("gradient", "numeric", "unknown gradient 'numeric'; choose one of: analytic, autograd"),
+    ("threads", MAX_THREADS + 1, f"--threads must be between 1 and {MAX_THREADS}, not {MAX_THREADS + 1}"),
+    ("dataset", "cifar-10", "unknown dataset 'cifar-10' (did you mean 'cifar10'?); choose one of: "
+                            + ", ".join(dataset_names())),
+]
+
+
+@pytest.mark.parametrize("key, value, message", RULES)
+def test_each_declared_rule_gives_its_message(key, value, message):
+    setting = settings()[key]
+    assert setting.problem(value) == message
+    assert setting.problem(setting.default) is None and setting.problem(None) is None  # None: not set
+    with pytest.raises(UserError) as caught:
+        build_config(None, {key: value})
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("key, value, message", RULES)
+def test_each_rule_names_the_yaml_key_its_value_came_from(key, value, message):
+    setting = settings()[key]
+    where = f"{setting.key} in configs/my.yaml"
+    if message.startswith(setting.flag):  # '--lr must be ...' becomes 'optim.lr in configs/my.yaml must be ...'
+        assert setting.problem(value, where) == where + message[len(setting.flag):]
+    else:  # 'unknown loss ...' names no one: the key is put before it
+        assert setting.problem(value, where) == f"{where}: {message}"
+
+
+def test_every_field_with_a_rule_has_a_case_above():
+    ruled = {key for key, setting in settings().items() if setting.option.checks or setting.option.choices}
+    assert ruled == {key for key, _, _ in RULES}
+
+
+def test_a_flag_and_a_yaml_key_reach_the_same_rule(tmp_path):
+    path = write_yaml(tmp_path, {"optim": {"lr": -1}}, name="cifar10.yaml")
+    with pytest.raises(UserError) as from_flag:
+        build_config(None, {"lr": -1.0})
+    assert str(from_flag.value) == "--lr must be greater than 0, not -1.0"
+    with pytest.raises(UserError) as from_file:
+        build_config(path, {})
+    assert str(from_file.value) == f"optim.lr in {path} must be greater than 0, not -1.0"
+    with pytest.raises(UserError) as flag_over_file:
+        build_config(path, {"lr": -2.0})  # the flag's value is the one checked, and named
+    assert str(flag_over_file.value) == "--lr must be greater than 0, not -2.0"
+    assert build_config(path, {"lr": 0.1}).optim.lr == 0.1  # a flag that corrects the file is no error
+
+
+@pytest.mark.parametrize("file, flags, message", [
+    ({"optim": {"nesterov": True, "momentum": 0}}, {}, "optim.nesterov in {path} needs a momentum "
+                                                        "(optim.momentum in {path} is 0.0) above 0"),
+    ({"optim": {"nesterov": True}}, {"momentum": 0.0}, "optim.nesterov in {path} needs a --momentum above 0"),
+    ({}, {"nesterov": True, "momentum": 0.0}, "--nesterov needs a --momentum above 0"),
+])
+def test_the_rule_across_fields_names_where_each_value_came_from(tmp_path, file, flags, message):
+    path = write_yaml(tmp_path, file)
+    with pytest.raises(UserError) as caught:
+        build_config(path, flags)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_from_dict_checks_types_and_rules_and_names_its_source():
+    saved = Config().to_dict()
+    assert Config.from_dict(saved, "the checkpoint") == Config()
+    saved["optim"]["lr"] = 0
+    with pytest.raises(UserError, match=r"^optim\.lr in the checkpoint must be greater than 0, not 0\.0$"):
+        Config.from_dict(saved, "the checkpoint")
+    later = {"optim": {"lr": 0.5, "lookahead": 2}, "plugins": {"x": 1}}  # names from a later imgcls
+    with pytest.raises(UserError, match="unknown config key 'optim.lookahead' in the checkpoint"):
+        Config.from_dict(later, "the checkpoint")
+    assert Config.from_dict(later, "the checkpoint", strict=False).optim.lr == 0.5
+    with pytest.raises(UserError, match="config key 'optim.lr' must be float"):
+        Config.from_dict({"optim": {"lr": "fast"}}, "the checkpoint", strict=False)
+    with pytest.raises(UserError, match="the checkpoint must be a mapping of sections"):
+        Config.from_dict([1, 2], "the checkpoint")
+
+
+def test_parse_flags_parses_only_the_fields_that_declare_a_parser():
+    given = {"batch_size": "full", "class_weights": "1,2", "lr": 0.5, "epochs": None, "dataset": "123"}
+    assert parse_flags(given) == {"batch_size": "full", "class_weights": [1.0, 2.0], "lr": 0.5, "epochs": None,
+                                  "dataset": "123"}
+    assert parse_flags({"batch_size": "32", "class_weights": None}) == {"batch_size": 32, "class_weights": None}
+
+
+def test_the_help_of_every_field_shows_its_default():
+    for key, setting in settings().items():
+        text = setting.help_text()
+        assert text.count("\\[default: ") == 1, key
+        assert "{default}" not in text
+        if setting.option.shown_default is None:
+            assert text.endswith(f"\\[default: {setting.default}]"), key

@@ -9,11 +9,12 @@ from torch.nn import functional as F
 
 from conftest import plain
 from imgcls import gradcheck
-from imgcls.gradcheck import (DEFAULT_TOLERANCE, analytic_gradients, autograd_gradients, gradient_check,
-                              make_batch, mean_loss, relative_difference)
+from imgcls.config import LOSSES
+from imgcls.gradcheck import (DEFAULT_TOLERANCE, Comparison, GradcheckResult, analytic_gradients,
+                              autograd_gradients, gradient_check, make_batch, mean_loss, relative_difference)
 
 
-@pytest.mark.parametrize("loss", ["ce", "nll", "mse"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_real_losses_pass(loss, seed):
     result = gradient_check(loss=loss, seed=seed)
@@ -165,3 +166,18 @@ def test_a_large_gradcheck_names_its_worst_coordinates_without_naming_all():
     assert full.coordinates == 3 * 5000 + 3 and len(full.worst) == 2
     for coordinate in full.worst:
         assert coordinate.name.startswith(("W[", "b["))
+
+
+def test_the_worst_comparison_is_the_largest_difference_and_nan_is_largest():
+    def result(*largest):
+        checked = GradcheckResult("ce", 2, 3, 4, 1e-5, 1e-5)
+        checked.comparisons = [Comparison("numerical", str(i), 10, value, []) for i, value in enumerate(largest)]
+        return checked
+    assert result(1e-9, 3e-6, 2e-7).worst.second == "1"
+    assert result(1e-9, 3e-3, float("nan")).worst.second == "2"
+    assert result(1e-9, 3e-3, float("nan")).failed[0].second == "1"
+
+
+def test_gradcheck_help_names_every_loss(cli):
+    text = " ".join(plain(cli("gradcheck", "--help").output).replace("\u2502", " ").split())
+    assert "ce, nll or mse: the loss whose gradient is checked." in text

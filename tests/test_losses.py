@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from imgcls.config import LOSSES
 from imgcls.errors import UserError
-from imgcls.losses import Loss, class_weights
+from imgcls.losses import PER_SAMPLE_LOSSES, Loss, class_weights, per_sample_loss
 
 
 def random_batch(n=37, k=10, seed=0):
@@ -111,3 +112,13 @@ def test_explicit_class_weights_and_their_length():
     torch.testing.assert_close(class_weights([1.0, 3.0], torch.tensor([0, 1]), 2), torch.tensor([1.0, 3.0]))
     with pytest.raises(UserError, match="2 numbers but the dataset has 3 classes"):
         class_weights([1.0, 3.0], torch.tensor([0, 1, 2]), 3)
+
+
+def test_every_loss_the_config_offers_has_an_implementation():
+    """config.LOSSES names the losses (for --loss, gradcheck's --loss, validation); losses.py maps each to its code."""
+    assert tuple(PER_SAMPLE_LOSSES) == LOSSES
+    scores, targets = random_batch(n=5)
+    for name in LOSSES:
+        assert per_sample_loss(name)(scores, targets).shape == (5,)
+    with pytest.raises(ValueError, match="unknown loss hinge"):
+        per_sample_loss("hinge")

@@ -45,9 +45,10 @@ def test_bad_option_values_are_user_errors(cli, args, words, assert_user_error, 
     (b"optim: 0.1\n", ["section 'optim'", "mapping of keys"]),
     (b"optim:\n  momentum: yes\n", ["optim.momentum", "float"]),
     (b"train:\n  epochs: 2.5\n", ["train.epochs", "int"]),
-    (b"optim:\n  lr: .inf\n", ["--lr", "finite"]),
-    (b"data:\n  val_split: .nan\n", ["--val-split"]),
-    (b"optim:\n  lr: 1e999\n", ["--lr", "finite"]),  # YAML reads 1e999 as text; as a number it is infinite
+    (b"optim:\n  lr: .inf\n", ["optim.lr in", "bad.yaml must be a finite number"]),
+    (b"data:\n  val_split: .nan\n", ["data.val_split in", "bad.yaml must be between 0 and 1"]),
+    # YAML reads 1e999 as text; as a number it is infinite
+    (b"optim:\n  lr: 1e999\n", ["optim.lr in", "bad.yaml must be a finite number"]),
     (b"loss:\n  class_weights: [1, two]\n", ["loss.class_weights"]),
     (b"12: {lr: 1}\n", ["unknown config section '12'"]),
 ])

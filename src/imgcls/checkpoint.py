@@ -219,14 +219,12 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
 def _checked_config(saved, num_classes: int) -> dict:
     """The resolved config saved in the checkpoint must be one imgcls could have run (keys it does not know, from a
     later imgcls, are passed over); returns it whole, every key present."""
-    from imgcls.config import Config, apply_mapping, validate
+    from imgcls.config import Config
 
     if not isinstance(saved, dict) or not all(isinstance(values, dict) for values in saved.values()):
         raise ValueError("'config' is not a mapping of sections")
-    config = Config()
     try:
-        apply_mapping(config, saved, "the checkpoint", strict=False)
-        validate(config)
+        config = Config.from_dict(saved, "the checkpoint", strict=False)
     except UserError as error:
         raise ValueError(f"its config is not valid: {error}") from None
     weights = config.loss.class_weights

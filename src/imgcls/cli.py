@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -15,10 +14,12 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from imgcls import __version__, jsontext
-from imgcls.config import Config, build_config, parse_batch_size, parse_class_weights
+from imgcls import __version__, distributed, jsontext
+from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
+from imgcls.flags import with_config_flags
+from imgcls.options import RUN, or_list
 
 if TYPE_CHECKING:  # imported for real inside the commands: --help must not wait for torch
     from imgcls.report import Reporter
@@ -29,7 +30,6 @@ app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b 
 cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True,
                         epilog="Example: imgcls cache info")
 app.add_typer(cache_app, name="cache")
-DEFAULTS = Config()
 err = Console(stderr=True)
 
 
@@ -47,11 +47,6 @@ def user_errors(command):
     return wrapper
 
 
-def _default(section: str, key: str) -> str:
-    return f" \\[default: {getattr(getattr(DEFAULTS, section), key)}]"  # \\[: literal, not rich markup
-
-
-DATA, MODEL, OPT, RUN = "Data", "Model and loss", "Optimization", "Run"
 # Readable names for id-named classes (n01443537 -> goldfish), the same option on every command that shows classes
 ClassNamesOption = Annotated[Optional[Path], typer.Option(
     "--class-names", help="Show the classes by the names in this file: words.txt (id<TAB>name, a line a class "
@@ -65,98 +60,25 @@ def _rename_classes(loaded, class_names: Path | None) -> None:
 
         loaded.meta["classes"] = named_classes(loaded.classes, class_names)
 
+
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
 @user_errors
+@with_config_flags
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name." + _default("data", "dataset"),
-                                                   rich_help_panel=DATA)] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Folder holding the dataset \\[default: $IMGCLS_DATA, else "
-                                                         "~/.cache/imgcls/data]; for --dataset features a FILE.npz "
-                                                         "(e.g. --dataset features --data-dir emb.npz).",
-                                                    rich_help_panel=DATA)] = None,
-    download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Fetch a missing dataset."
-                                                     + _default("data", "download"), rich_help_panel=DATA)] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Share of train held out for validation."
-                                                       + _default("data", "val_split"), rich_help_panel=DATA)] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to NxN.", rich_help_panel=DATA)] = None,
-    normalize: Annotated[Optional[str], typer.Option(help="Standardize per pixel, per channel, or none."
-                                                     + _default("data", "normalize"), rich_help_panel=DATA)] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use at most N training images (stratified).",
-                                                 rich_help_panel=DATA)] = None,
-    skip_bad_images: Annotated[Optional[bool], typer.Option("--skip-bad-images/--no-skip-bad-images",
-                                                            help="Skip unreadable images instead of stopping.",
-                                                            rich_help_panel=DATA)] = None,
-    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Decode batches from the files in "
-                                                   "worker processes (image folders too large for memory).",
-                                                   rich_help_panel=DATA)] = None,
-    init: Annotated[Optional[str], typer.Option(help="Weight init: default, zeros, normal."
-                                                + _default("model", "init"), rich_help_panel=MODEL)] = None,
-    init_std: Annotated[Optional[float], typer.Option(help="Std of the normal init." + _default("model", "init_std"),
-                                                      rich_help_panel=MODEL)] = None,
-    loss: Annotated[Optional[str], typer.Option(help="ce, nll (LogSoftmax+NLL) or mse (to one-hot)."
-                                                + _default("loss", "loss"), rich_help_panel=MODEL)] = None,
-    class_weights: Annotated[Optional[str], typer.Option(help="'balanced' or one weight per class, comma separated.",
-                                                         rich_help_panel=MODEL)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate." + _default("optim", "lr"),
-                                                rich_help_panel=OPT)] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help="N, 1 (online SGD), 'full' (gradient descent) or 'auto'."
-                                                      + _default("optim", "batch_size"), rich_help_panel=OPT)] = None,
-    momentum: Annotated[Optional[float], typer.Option(help="SGD momentum." + _default("optim", "momentum"),
-                                                      rich_help_panel=OPT)] = None,
-    nesterov: Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.",
-                                                     rich_help_panel=OPT)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="L2 penalty on W." + _default("optim", "weight_decay"),
-                                                          rich_help_panel=OPT)] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="constant, step, cosine or onecycle."
-                                                    + _default("schedule", "schedule"), rich_help_panel=OPT)] = None,
-    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warmup length in epochs.",
-                                                           rich_help_panel=OPT)] = None,
-    step_epochs: Annotated[Optional[int], typer.Option(help="Step schedule: decay every N epochs."
-                                                       + _default("schedule", "step_epochs"),
-                                                       rich_help_panel=OPT)] = None,
-    step_gamma: Annotated[Optional[float], typer.Option(help="Step schedule: decay factor."
-                                                        + _default("schedule", "step_gamma"),
-                                                        rich_help_panel=OPT)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train." + _default("train", "epochs"),
-                                                  rich_help_panel=OPT)] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val top-1.",
-                                                    rich_help_panel=OPT)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for init, split and order." + _default("train", "seed"),
-                                                rich_help_panel=RUN)] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N." + _default("train", "device"),
-                                                  rich_help_panel=RUN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, tf32 or bf16 (CUDA)."
-                                                     + _default("train", "precision"), rich_help_panel=RUN)] = None,
-    gradient: Annotated[Optional[str], typer.Option(help="analytic (the lecture's formula) or autograd."
-                                                    + _default("train", "gradient"), rich_help_panel=RUN)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads \\[default: all cores]; 1 is faster "
-                                                       "while other programs keep the cores busy.",
-                                                  rich_help_panel=RUN)] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run folder \\[default: runs/<dataset>-<date>-<time>].",
-                                               rich_help_panel=RUN)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.", rich_help_panel=RUN)] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its folder, with its saved "
                                                         "config.", rich_help_panel=RUN)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON metrics.",
                                         rich_help_panel=RUN)] = False,
-    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard",
-                                                        help="Also log to RUN_DIR/tensorboard/ (needs the "
-                                                             "tensorboard extra)." + _default("output", "tensorboard"),
-                                                        rich_help_panel=RUN)] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML (the "
                                                "defaults, then --config, then the flags) and exit; nothing is "
                                                "trained or written. Example: imgcls train -c my.yaml --lr 0.1 "
                                                "--print-config")] = False,  # beside --config: the RUN panel's columns would widen
+    **options,  # a flag per config field (with_config_flags), None where not given
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
-    flags = dict(locals())
-    for name in ("config", "overwrite", "quiet", "resume", "print_config"):
-        flags.pop(name)
-    if batch_size is not None:
-        flags["batch_size"] = parse_batch_size(batch_size)
-    if class_weights is not None:
-        flags["class_weights"] = parse_class_weights(class_weights)
+    flags = parse_flags(options)
     run_dir = None
     from imgcls.rundir import RunDir
 
@@ -169,8 +91,6 @@ def train(
 
         typer.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False), nl=False)
         return
-    from imgcls import distributed
-
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
     target = run_dir
     if target is None and is_main:  # the folder is checked and named now, so that it can be locked
@@ -188,8 +108,6 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
     from imgcls.report import Reporter
     from imgcls.train import Diverged, Interrupted
     from imgcls.train import train as run_training
-
-    from imgcls import distributed
 
     reporter = Reporter(quiet or not is_main)
     try:
@@ -227,7 +145,6 @@ def _tensorboard_reporter(quiet: bool, target, fresh: bool) -> Reporter:
 def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
     """The run's figures beside its metrics, the end of its TensorBoard log, and the summary."""
     from imgcls.figures import write_run_figures
-    from imgcls.tboard import TensorBoardReporter
 
     path = result.run_dir.path
     try:
@@ -238,9 +155,7 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
     else:
         reporter.note("figures: " + ", ".join(p.name for p in written))
     _write_page_or_warn(path, reporter)
-    if isinstance(reporter, TensorBoardReporter):
-        reporter.run_finished(path, result.best_epoch, result.test.summary())
-        reporter.note(f"TensorBoard: tensorboard --logdir {reporter.log_dir}")
+    reporter.run_finished(path, result.best_epoch, result.test.summary())
     reporter.show(reporter.metrics_table(f"{dataset}: best epoch {result.best_epoch}",
                                          {"val": result.val, "test": result.test}))
     reporter.note(f"run folder: {path}")
@@ -268,7 +183,7 @@ def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path
     """A resumed run uses its own saved config; only where it runs may change."""
     given = sorted(name for name, value in flags.items() if value is not None and name not in RESUME_MAY_CHANGE)
     if config is not None or given:
-        named = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "--config"
+        named = ", ".join(settings()[name].flag for name in given) or "--config"
         raise UserError(f"--resume continues a run with its saved config; drop {named} (only --device and "
                         f"--data-dir may change)")
     return resume / "config.yaml", {name: flags[name] for name in RESUME_MAY_CHANGE}
@@ -294,8 +209,6 @@ def eval_command(
     from imgcls import checkpoint as ckpt
     from imgcls.evaluate import evaluate_checkpoint
     from imgcls.report import Reporter
-
-    from imgcls import distributed
 
     loaded = ckpt.load(checkpoint)
     try:
@@ -521,11 +434,36 @@ def predict_command(
     check_device_name(device)
     from imgcls import checkpoint as ckpt
     from imgcls.files import printable
-    from imgcls.data.features import is_features_model, require_image_model
-    from imgcls.predict import list_images, predict, predict_features, to_csv
+    from imgcls.predict import to_csv
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
+    result = _predictions(loaded, images, top_k, device, skip_bad_images)
+    if csv_file is not None:
+        from imgcls.files import write_text_atomic
+
+        # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
+        write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
+    if as_json:
+        print(jsontext.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
+                              "predictions": [p.as_dict() for p in result.items],
+                              "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
+        return
+    from imgcls.tables import predictions_table
+
+    Console().print(predictions_table(loaded, result.items))
+    if csv_file is not None:
+        err.print(f"wrote {len(result.items)} rows to {printable(csv_file)}", highlight=False, soft_wrap=True,
+                  markup=False)
+
+
+def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_images: bool):
+    """The top-k of each image (or of each row of one features file, for a features model); the images skipped
+    and resized are told on stderr."""
+    from imgcls.data.features import is_features_model, require_image_model
+    from imgcls.files import printable
+    from imgcls.predict import list_images, predict, predict_features
+
     if is_features_model(loaded):
         if len(images) != 1 or images[0].suffix.lower() not in (".npz", ".safetensors"):
             require_image_model(loaded, "it classifies the rows of one features file (its x, else x_test), not "
@@ -543,31 +481,7 @@ def predict_command(
         c, h, w = loaded.input_shape
         were = "image was" if result.resized == 1 else "images were"
         err.print(f"note: {result.resized} {were} not {h}x{w} and resized to the model's input size", highlight=False)
-    if csv_file is not None:
-        from imgcls.files import write_text_atomic
-
-        # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
-        write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
-    if as_json:
-        print(jsontext.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
-                          "predictions": [p.as_dict() for p in result.items],
-                          "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
-        return
-    from imgcls.report import fitted_table
-
-    k = len(result.items[0].classes)
-    # as wide as the terminal: the lowest ranks are left out (the caption says so); names fold, never get cut,
-    # and are shown below the folder all the images share
-    folder = Path(os.path.commonpath([os.path.dirname(item.image) for item in result.items]) or ".")
-    rows = [[Text(printable(os.path.relpath(item.image, folder))),
-             *(Text(f"{name} {p:.1%}") for name, p in zip(item.classes, item.probabilities))] for item in result.items]
-    title = (f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of {len(loaded.classes)} classes; "
-             f"images in {printable(folder)}")
-    Console().print(fitted_table(title, [("image", "left")] + [(f"#{rank}", "left") for rank in range(1, k + 1)],
-                                 rows, keep=2, fold_first=True))
-    if csv_file is not None:
-        err.print(f"wrote {len(result.items)} rows to {printable(csv_file)}", highlight=False, soft_wrap=True,
-                  markup=False)
+    return result
 
 
 @app.command("datasets", epilog="Example: imgcls datasets --data-dir ~/data")
@@ -586,42 +500,18 @@ def datasets_command(
     if as_json:
         print(json.dumps({"data_dir": str(root), "datasets": [info.as_dict() for info in infos]}))
         return
-    from rich.table import Table
+    from imgcls.tables import datasets_table, superclass_lines
 
-    table = Table(title=Text(f"datasets (--dataset NAME); data dir: {root}"))
-    for column, justify in (("dataset", "left"), ("classes", "left"), ("C×H×W", "right"), ("train", "right"),
-                            ("test", "right"), ("present", "left")):
-        flexible = column in ("classes", "present")
-        table.add_column(column, justify=justify, no_wrap=not flexible, ratio=1 if flexible else None)
-    for info in infos:
-        if info.classes:
-            classes = f"{info.num_classes}: {', '.join(info.classes[:3])}{', ...' if len(info.classes) > 3 else ''}"
-            if info.superclasses:
-                classes += f" in {len(info.superclasses)} superclasses"
-        else:
-            classes = f"{info.num_classes}, from the data" if info.num_classes else "from the data"
-        shape = "×".join(map(str, info.shape)) if info.shape else "any"
-        table.add_row(info.name, Text(classes), shape, f"{info.train:,}" if info.train else "-",
-                      f"{info.test:,}" if info.test else "-", _presence_text(info))
     console = Console()
-    console.print(table)
-    for info in infos:  # too long for a table cell
-        if info.superclasses:
-            console.print(f"{info.name}'s {len(info.superclasses)} superclasses: {', '.join(info.superclasses)}",
-                          soft_wrap=True, highlight=False, markup=False)
-
-
-def _presence_text(info) -> Text:
-    """yes, no, or which file is damaged (file names may hold [brackets]: no markup from them)."""
-    if info.damaged:
-        return Text.assemble(("damaged or incomplete", "red"), f": {info.damaged}")
-    return Text.assemble(("yes", "green"), f": {info.present}") if info.present else Text("no", style="dim")
+    console.print(datasets_table(root, infos))
+    for line in superclass_lines(infos):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command("gradcheck", epilog="Example: imgcls gradcheck --loss ce --batch-size 8 --classes 10 --features 192")
 @user_errors
 def gradcheck_command(
-    loss: Annotated[str, typer.Option(help="ce, nll or mse: the loss whose gradient is checked.")] = "ce",
+    loss: Annotated[str, typer.Option(help=f"{or_list(LOSSES)}: the loss whose gradient is checked.")] = "ce",
     batch_size: Annotated[int, typer.Option(help="Images in the random batch.")] = 16,
     classes: Annotated[int, typer.Option(help="Number of classes K (rows of W).")] = 10,
     features: Annotated[int, typer.Option(help="Input dimension D (columns of W).")] = 192,
@@ -633,44 +523,20 @@ def gradcheck_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Check the gradient of the loss three ways (finite differences, the formula, autograd); exit 1 if they differ."""
-    from imgcls.errors import check_choice
-
-    check_choice("loss", loss, ("ce", "nll", "mse"))
-    from imgcls.config import check_seed
-
-    check_seed(seed)
-    for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
-                             ("--coordinates", coordinates, 1)):
-        if value < low:
-            raise UserError(f"{name} must be at least {low}, not {value}")
-    for name, value in (("--eps", eps), ("--tolerance", tolerance)):
-        if not 0 < value < float("inf"):
-            raise UserError(f"{name} must be a finite number greater than 0, not {value}")
     from imgcls import gradcheck
 
-    gradcheck.check_size(batch_size, classes, features, coordinates)
+    gradcheck.check_arguments(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     if as_json:
         from dataclasses import asdict
 
         print(jsontext.dumps({**asdict(result), "passed": result.passed}))
     else:
-        from rich.table import Table
+        from imgcls.tables import gradcheck_table
 
-        table = Table(title=f"gradient check: mean {loss} loss of f(x) = Wx + b; {batch_size} images, {classes} "
-                            f"classes, {features} features; h = {eps:g}")
-        for column, justify in (("comparison", "left"), ("at", "left"), ("first", "right"), ("second", "right"),
-                                ("rel. diff.", "right")):
-            table.add_column(column, justify=justify, no_wrap=column != "comparison")
-        for comparison in result.comparisons:
-            for rank, c in enumerate(comparison.worst):
-                style = "green" if c.relative <= tolerance else "bold red"
-                table.add_row(f"{comparison.title}\n({comparison.coordinates} coordinates)" if rank == 0 else "", c.name,
-                              f"{c.first:.7e}", f"{c.second:.7e}", f"[{style}]{c.relative:.2e}[/]",
-                              end_section=rank == len(comparison.worst) - 1)
-        Console().print(table)
+        Console().print(gradcheck_table(result))
+    worst = result.worst
     if not result.passed:
-        worst = max(result.failed, key=lambda c: c.max_relative if c.max_relative == c.max_relative else float("inf"))
         at = worst.worst[0]
         err.print(Text.assemble(("gradient check FAILED: ", "bold red"),
                                 f"{worst.title} differ by a relative {worst.max_relative:.3g} at {at.name} "
@@ -678,8 +544,7 @@ def gradcheck_command(
                   soft_wrap=True)
         raise typer.Exit(1)
     if not as_json:
-        largest = max(c.max_relative for c in result.comparisons)
-        err.print(f"gradient check passed: largest relative difference {largest:.2e} <= {tolerance:g}",
+        err.print(f"gradient check passed: largest relative difference {worst.max_relative:.2e} <= {tolerance:g}",
                   highlight=False)
 
 
@@ -687,25 +552,10 @@ def gradcheck_command(
 @user_errors
 def cache_info() -> None:
     """List the decoded datasets in the cache and their sizes (only what imgcls made is listed)."""
-    from rich.table import Table
-
     from imgcls.config import default_cache_dir
-    from imgcls.data.cache import builder_alive, list_entries, staging_folders
+    from imgcls.tables import cache_table
 
-    directory = default_cache_dir()
-    table = Table(title=Text(f"decoded-dataset cache: {directory}"))
-    for column in ("entry", "dataset", "split", "images", "MB"):
-        table.add_column(column, overflow="fold")
-    for entry in list_entries(directory):
-        identity = entry.meta.get("identity", {})
-        shape = entry.meta.get("shape", ["?"])
-        table.add_row(entry.path.name, str(identity.get("dataset", "?")), str(identity.get("split", "?")),
-                      str(shape[0]), f"{entry.size_bytes / 1e6:.1f}")
-    for staging in staging_folders(directory):
-        size = sum(f.stat().st_size for f in staging.iterdir() if f.is_file())
-        state = "(building)" if builder_alive(staging) else "(left by a killed build; removed by the next build)"
-        table.add_row(staging.name, state, "", "", f"{size / 1e6:.1f}")
-    Console().print(table)
+    Console().print(cache_table(default_cache_dir()))
 
 
 @cache_app.command("clear", epilog="Example: imgcls cache clear")
@@ -748,20 +598,7 @@ def main() -> None:
         if message:  # empty when the help was the answer (a group called with nothing)
             err.print(Text.assemble(("error: ", "bold red"), f"{message} (see '{where}')"), soft_wrap=True)
         sys.exit(error.exit_code)
-    _exit(code if isinstance(code, int) else 0)
-
-
-def _exit(code: int) -> None:
-    """Under torchrun, exit without finalizing the interpreter. Gloo's worker threads can still hold the
-    last collective's tensors after the process group is destroyed; when one releases them while Python
-    finalizes, the process aborts (pytorch/pytorch#179291 describes it), and torchrun then kills the other
-    processes, perhaps while the main one writes the run's files. Every command has finished its work
-    and closed its files here; only the streams need flushing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    distributed.exit_process(code if isinstance(code, int) else 0)
 
 
 def _is_usage_error(error: Exception) -> bool:

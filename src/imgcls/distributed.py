@@ -3,15 +3,22 @@
 torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; we join its process
 group (NCCL on GPUs, gloo on CPUs) and nothing else: no launcher, no all-reduce of our own
 for gradients. Outside torchrun every function here is a no-op for a world of one.
+
+torch is imported by the functions that use it, not by the module: the command line ends every command
+(`--help` too) through exit_process, and must not wait for torch to do so.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ def is_main_process() -> bool:
 
 def setup(device: torch.device) -> tuple[Shard, torch.device]:
     """Join torchrun's process group when there is one; returns this process's shard and device."""
+    import torch
+    import torch.distributed as dist
+
     if not launched_by_torchrun():
         return Shard(), device
     if device.type == "cuda":
@@ -67,17 +77,22 @@ def setup(device: torch.device) -> tuple[Shard, torch.device]:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group joined
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def barrier() -> None:
     if active():
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def sum_across(*tensors: torch.Tensor) -> None:
     """Sum each tensor over all processes, in place (metrics; gradients are DDP's business)."""
     if active():
+        import torch.distributed as dist
+
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
@@ -86,6 +101,9 @@ def any_process(flag: bool, device: torch.device) -> bool:
     """True on every process if it is true on any: all stop at the same step."""
     if not active():
         return flag
+    import torch
+    import torch.distributed as dist
+
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
@@ -93,6 +111,8 @@ def any_process(flag: bool, device: torch.device) -> bool:
 
 def teardown() -> None:
     if active():
+        import torch.distributed as dist
+
         dist.destroy_process_group()
 
 
@@ -100,6 +120,28 @@ def from_main(value):
     """The main process's value of `value`, on every process (a run folder name, say)."""
     if not active():
         return value
+    import torch.distributed as dist
+
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (1 outside torchrun, or with a WORLD_SIZE that is not a number,
+    which launched_by_torchrun refuses)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return int(world) if world.isdigit() else 1
+
+
+def exit_process(code: int) -> NoReturn:
+    """Under torchrun, exit without finalizing the interpreter. Gloo's worker threads can still hold the
+    last collective's tensors after the process group is destroyed; when one releases them while Python
+    finalizes, the process aborts (pytorch/pytorch#179291 describes it), and torchrun then kills the other
+    processes, perhaps while the main one writes the run's files. Every command has finished its work
+    and closed its files here; only the streams need flushing."""
+    if world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -34,9 +34,16 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
+def choice_problem(what: str, value: str, choices: Iterable[str]) -> str | None:
+    """'unknown <what> <value> (did you mean ...); choose one of: ...', or None for one of the choices."""
     choices = list(choices)
-    if value not in choices:
-        raise UserError(f"unknown {what} {shown(value)}{did_you_mean(value, choices)}; "
-                        f"choose one of: {', '.join(choices)}")
+    if value in choices:
+        return None
+    return f"unknown {what} {shown(value)}{did_you_mean(str(value), choices)}; choose one of: {', '.join(choices)}"
+
+
+def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
+    problem = choice_problem(what, value, choices)
+    if problem:
+        raise UserError(problem)
     return value

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from imgcls import checkpoint as ckpt
@@ -19,19 +17,21 @@ from imgcls.losses import Loss, class_weights
 from imgcls.metrics import Metrics, evaluate
 
 
-def data_config_of(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> DataConfig:
-    saved = checkpoint.meta["config"]["data"]
-    names = {f.name for f in dataclasses.fields(DataConfig)}
-    config = DataConfig(**{k: v for k, v in saved.items() if k in names})
+def saved_config(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> Config:
+    """The config the checkpoint was trained with, its data looked for in `data_dir` when given."""
+    config = Config.from_dict(checkpoint.meta["config"], "the checkpoint", strict=False)
     if data_dir is not None:
-        config.data_dir = data_dir
+        config.data.data_dir = data_dir
     return config
+
+
+def data_config_of(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> DataConfig:
+    return saved_config(checkpoint, data_dir).data
 
 
 def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str | None, device_name: str) -> Metrics:
     shard, device = distributed.setup(resolve_device(device_name))
-    config = Config(data=data_config_of(checkpoint, data_dir))
-    config.loss.loss = checkpoint.meta["config"]["loss"]["loss"]
+    config = saved_config(checkpoint, data_dir)
     try:
         data = prepare(config.data, checkpoint.meta["seed"], Normalization(checkpoint.mean, checkpoint.std))
     except UserError as error:  # the readers' advice is train's (--image-size, --dataset): eval has neither
@@ -43,8 +43,7 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
                         f"{checkpoint.input_shape}) but the data found has {len(data.classes)} classes of "
                         f"{data.shape}; point --data-dir at the dataset it was trained on")
     batches = make_eval_batches(data, split, device, shard)
-    weights = class_weights(checkpoint.meta["config"]["loss"]["class_weights"], data.train.labels, len(data.classes),
-                            device)
+    weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
     model = checkpoint.model().to(device)
     with torch.inference_mode():
         return evaluate(model, batches, Loss(config.loss.loss, weights), len(data.classes),

@@ -20,17 +20,18 @@ test can plant a bug and watch the check catch it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from imgcls.errors import UserError
+from imgcls.config import LOSSES, check_seed
+from imgcls.errors import UserError, check_choice
 
 FLOOR_SHARE = 1e-3
 DEFAULT_TOLERANCE = 1e-5
 DEFAULT_EPS = 1e-5
-GRADCHECK_LOSSES = ("ce", "nll", "mse")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, targets) -> mean loss
 AnalyticFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -50,7 +51,7 @@ def analytic_gradients(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor
     Loss.score_gradient, the very formula the analytic training step uses, so this checks training's code."""
     from imgcls.losses import Loss
 
-    if loss not in GRADCHECK_LOSSES:
+    if loss not in LOSSES:
         raise ValueError(f"no analytic gradient for loss {loss}")
     scores = x @ weight.T + bias
     d_scores = Loss(loss).score_gradient(scores, y)
@@ -146,6 +147,11 @@ class GradcheckResult:
     def failed(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.max_relative <= self.tolerance]  # NaN fails too
 
+    @property
+    def worst(self) -> Comparison:
+        """The comparison of the largest relative difference (a NaN is the largest)."""
+        return max(self.comparisons, key=lambda c: c.max_relative if c.max_relative == c.max_relative else math.inf)
+
 
 def _compare(first: str, second: str, name_of: Callable[[int], str], a: torch.Tensor, b: torch.Tensor,
              show: int) -> Comparison:
@@ -171,6 +177,21 @@ def make_batch(batch_size: int, classes: int, features: int, seed: int,
 # multiply-adds of the finite differences: two losses per checked coordinate, each N x D x K; about a
 # minute on one core, where the defaults take a thousandth of a second
 MAX_FINITE_DIFFERENCE_WORK = 10 ** 11
+
+
+def check_arguments(loss: str, batch_size: int, classes: int, features: int, coordinates: int, seed: int,
+                    eps: float, tolerance: float) -> None:
+    """`imgcls gradcheck`'s values, a mistake refused as a UserError naming its flag; then the size."""
+    check_choice("loss", loss, LOSSES)
+    check_seed(seed)
+    for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
+                             ("--coordinates", coordinates, 1)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}, not {value}")
+    for name, value in (("--eps", eps), ("--tolerance", tolerance)):
+        if not 0 < value < math.inf:
+            raise UserError(f"{name} must be a finite number greater than 0, not {value}")
+    check_size(batch_size, classes, features, coordinates)
 
 
 def check_size(batch_size: int, classes: int, features: int, coordinates: int) -> None:

@@ -16,15 +16,27 @@ from torch.nn import functional as F
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _nll() -> PerSampleLoss:
+    log_softmax, nll = nn.LogSoftmax(dim=1), nn.NLLLoss(reduction="none")
+    return lambda scores, targets: nll(log_softmax(scores), targets)
+
+
+def _mse() -> PerSampleLoss:
+    return lambda scores, targets: (scores - F.one_hot(targets, scores.shape[1]).to(scores.dtype)).square().sum(1)
+
+
+# config.LOSSES names them (the config cannot import torch); a test holds the two together
+PER_SAMPLE_LOSSES: dict[str, Callable[[], PerSampleLoss]] = {
+    "ce": lambda: nn.CrossEntropyLoss(reduction="none"),
+    "nll": _nll,
+    "mse": _mse,
+}
+
+
 def per_sample_loss(name: str) -> PerSampleLoss:
-    if name == "ce":
-        return nn.CrossEntropyLoss(reduction="none")
-    if name == "nll":
-        log_softmax, nll = nn.LogSoftmax(dim=1), nn.NLLLoss(reduction="none")
-        return lambda scores, targets: nll(log_softmax(scores), targets)
-    if name == "mse":
-        return lambda scores, targets: (scores - F.one_hot(targets, scores.shape[1]).to(scores.dtype)).square().sum(1)
-    raise ValueError(f"unknown loss {name}")
+    if name not in PER_SAMPLE_LOSSES:
+        raise ValueError(f"unknown loss {name}")
+    return PER_SAMPLE_LOSSES[name]()
 
 
 class Loss:

@@ -20,6 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from imgcls.data.prepare import PreparedData
     from imgcls.metrics import Metrics
 
@@ -167,6 +169,10 @@ class Reporter:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def run_finished(self, run_path: Path, best_epoch: int, test_summary: dict) -> None:
+        """The run is written and whole (its metrics, checkpoints and figures): a reporter that keeps a log of its
+        own (TensorBoardReporter) ends it here; this one has shown everything already."""
 
     def metrics_table(self, title: str, rows: dict[str, Metrics]) -> Table:
         table = Table(title=Text(title))

@@ -68,7 +68,8 @@ class TensorBoardReporter(Reporter):
             self.writer.flush()
 
     def run_finished(self, run_path: Path, best_epoch: int, test_summary: dict) -> None:
-        """The test metrics of the chosen epoch, and the templates of its checkpoint; then close."""
+        """The test metrics of the chosen epoch, and the templates of its checkpoint; then close, and say how to
+        look at the log."""
         from imgcls import checkpoint as ckpt
         from imgcls.templates import display_images, enlarge
 
@@ -84,3 +85,4 @@ class TensorBoardReporter(Reporter):
             writer.add_image("templates/grid", read_image(str(run.templates), mode=ImageReadMode.RGB), best_epoch)
         writer.close()
         self.writer = None
+        self.note(f"TensorBoard: tensorboard --logdir {self.log_dir}")

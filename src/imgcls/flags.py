@@ -1,0 +1,32 @@
+"""The train command's flags, one per config field, made from the fields' declarations (config.py): typer
+reads a command's parameters from its `__signature__`, so the signature is built rather than written out."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Optional
+
+import typer
+
+from imgcls.config import settings
+from imgcls.options import Setting
+
+
+def with_config_flags(command: Callable) -> Callable:
+    """`command(<its own typer parameters>, **options)` gets a flag per config field in `options`, each None
+    when not given (so that a flag overrides the file only when given). The fields' flags come first, in the
+    order of Config: the command's own parameters then follow them in the panels they name."""
+    own = inspect.signature(command, eval_str=True)
+    parameters = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in own.parameters.values()
+                  if parameter.kind is not parameter.VAR_KEYWORD]  # typer passes every value by name
+    fields = [_parameter(setting) for setting in settings().values()]
+    command.__signature__ = own.replace(parameters=[*fields, *parameters])
+    return command
+
+
+def _parameter(setting: Setting) -> inspect.Parameter:
+    decls = (f"{setting.flag}/--no-{setting.flag[2:]}",) if setting.cli_type() is bool else (setting.flag,)
+    flag = typer.Option(*decls, help=setting.help_text(), rich_help_panel=setting.option.panel)
+    return inspect.Parameter(setting.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[Optional[setting.cli_type()], flag])
