@@ -7,6 +7,7 @@ CI always has them, so a missing folder fails the tests that need it, with a mes
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -261,3 +262,11 @@ def pytest_configure(config):
     # torchvision 0.29 deprecates its image codecs (which imgcls uses) with one warning per image decoded
     config.addinivalue_line("filterwarnings",
                             "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
+
+def read_run(path: Path) -> tuple[dict, list[dict], dict]:
+    """A run folder's config.yaml, epochs.jsonl and metrics.json, read as plainly as a user's script would."""
+    import yaml
+
+    epochs = [json.loads(line) for line in (path / "epochs.jsonl").read_text().splitlines()]
+    return yaml.safe_load((path / "config.yaml").read_text()), epochs, json.loads((path / "metrics.json").read_text())

@@ -8,24 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import (MNIST_EPOCHS, TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain,
+from conftest import (MNIST_EPOCHS, TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, read_run,
                       run_python, train_tiny_cifar, write_image_folder)
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
-from imgcls.rundir import FIGURE_FILES
-from imgcls.rundir import METRICS_CSV, REPORT_PAGE, RUN_FILES
+from imgcls.rundir import FIGURE_FILES, METRICS_CSV, REPORT_PAGE, RUN_FILES
 
 SMALL_FOLDER = {
     "train": {"circle": [(8, 8)] * 6, "square": [(8, 8)] * 6, "star": [(8, 8)] * 6},
     "test": {"circle": [(8, 8)] * 2, "square": [(8, 8)] * 2, "star": [(8, 8)] * 2},
 }
-
-
-def read_run(path: Path):
-    epochs = [json.loads(line) for line in (path / "epochs.jsonl").read_text().splitlines()]
-    return yaml.safe_load((path / "config.yaml").read_text()), epochs, json.loads((path / "metrics.json").read_text())
 
 
 # --- train -> eval -> export-templates ----------------------------------------------------------
@@ -247,20 +240,6 @@ def test_the_same_seed_gives_the_same_run(cli, tiny_cifar_run, tiny_cifar_sessio
     assert not torch.equal(a.weight, ckpt.load(tmp_path / "other" / "last.safetensors").weight)
 
 
-def test_saved_config_then_flags(cli, mnist_run, tmp_path, assert_ok):
-    previous, _ = mnist_run
-    out = tmp_path / "again"
-    assert_ok(cli("train", "--config", previous / "config.yaml", "--lr", 0.5, "--epochs", 1, "--out", out, "--quiet"))
-    old, _, _ = read_run(previous)
-    new, epochs, _ = read_run(out)
-    assert new["optim"]["lr"] == 0.5 and new["train"]["epochs"] == 1 and len(epochs) == 1  # the flags
-    assert new["output"]["out"] is None  # the folder is not part of the config: a repeat goes to a new one
-    assert new["optim"]["momentum"] == 0.5 and new["train"]["seed"] == 3  # the file's, not the defaults
-    assert new["data"] == old["data"] and new["data"]["limit"] == 600 and new["data"]["dataset"] == "mnist"
-    changed = {(s, k) for s in old for k in old[s] if old[s][k] != new[s][k]}
-    assert changed == {("optim", "lr"), ("train", "epochs")}
-
-
 def test_train_config_of_a_run_repeats_it_in_a_new_folder(cli, tiny_cifar_session, tmp_path, monkeypatch, assert_ok):
     """The README: `imgcls train --config RUN/config.yaml` repeats the run; the run itself stays as it was."""
     monkeypatch.chdir(tmp_path)
@@ -437,59 +416,6 @@ def test_mixed_sizes_train_with_image_size(cli, tmp_path, assert_ok):
 
 # --- user errors --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, words", [
-    (["--dataset", "cifar-10"], ["unknown dataset 'cifar-10'", "did you mean 'cifar10'"]),
-    (["--dataset", "mnst"], ["did you mean 'mnist'"]),
-    (["--lr", "0"], ["--lr", "greater than 0"]),
-    (["--lr", "-0.1"], ["--lr"]),
-    (["--batch-size", "0"], ["--batch-size", "at least 1"]),
-    (["--batch-size", "many"], ["batch size", "many"]),
-    (["--epochs", "0"], ["--epochs"]),
-    (["--val-split", "0"], ["--val-split"]),
-    (["--val-split", "1"], ["--val-split"]),
-    (["--momentum", "1.0"], ["--momentum"]),
-    (["--limit", "1"], ["--limit"]),
-    (["--class-weights", "1,two"], ["--class-weights"]),
-    (["--device", "tpu"], ["unknown device 'tpu'"]),
-    (["--loss", "hinge"], ["unknown loss 'hinge'"]),
-    (["--warmup-epochs", "1e308"], ["--warmup-epochs", "between 0 and 1,000,000"]),
-])
-def test_bad_flags_are_user_errors(cli, args, words, assert_user_error, tmp_path):
-    result = cli("train", *args, "--out", tmp_path / "run")
-    assert_user_error(result, *words)
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("content, words", [
-    ({"optim": {"lrate": 0.1}}, ["unknown config key 'optim.lrate'", "did you mean 'lr'"]),
-    ({"optimizer": {"lr": 0.1}}, ["unknown config section 'optimizer'", "did you mean 'optim'"]),
-    ({"optim": {"lr": "fast"}}, ["optim.lr", "float", "fast"]),
-    ({"train": {"epochs": "ten"}}, ["train.epochs", "int"]),
-])
-def test_bad_config_files_are_user_errors(cli, tmp_path, content, words, assert_user_error):
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(content))
-    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), *words)
-
-
-@pytest.mark.parametrize("text, words", [
-    ("optim:\n  lr: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  momentum: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
-     + "".join(f"  k{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("bcdefgh", "cdefghi")),
-     ["aliases", "expand to more than"]),
-    ("optim:\n  lr: " + "1" * 5000 + "\n", ["number of 5000 digits"]),
-    ("optim:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n", ["nests deeper than"]),
-])
-def test_hostile_config_files_are_one_error_line(cli, tmp_path, text, words, assert_user_error):
-    path = tmp_path / "hostile.yaml"
-    path.write_text(text)
-    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), "config file", *words)
-    assert not (tmp_path / "run").exists()
-
-
-def test_missing_config_file(cli, tmp_path, assert_user_error):
-    assert_user_error(cli("train", "--config", tmp_path / "nope.yaml", "--out", tmp_path / "run"), "config file",
-                      "does not exist")
-
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
 def test_cuda_without_a_gpu(cli, tmp_path, assert_user_error):
@@ -645,13 +571,6 @@ def test_under_torchrun_the_process_exits_without_finalizing(world, finalized):
     assert done.stdout == ("donefinalized\n" if finalized else "done")
 
 
-def test_python_m_imgcls_version():
-    from imgcls import __version__
-
-    done = run_python("-m", "imgcls", "--version")
-    assert done.returncode == 0 and done.stdout.strip() == f"imgcls {__version__}"
-
-
 def test_python_m_imgcls_user_error_exits_2_without_traceback(tmp_path):
     done = run_python("-m", "imgcls", "train", "--lr", "0", "--out", tmp_path / "run")
     assert done.returncode == 2
@@ -676,85 +595,6 @@ def test_python_m_imgcls_eval_matches_the_run(mnist_run):
     expected = json.loads((out / "metrics.json").read_text())["test"]
     assert got["top1"] == pytest.approx(expected["top1"], abs=1e-6)
     assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
-
-
-def test_importing_the_cli_does_not_import_torch():
-    done = run_python("-c", "import sys; from imgcls import cli; print('torch' in sys.modules)")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--lr", "0"], ["eval", "--help"]])
-def test_help_and_flag_errors_answer_without_torch(argv):
-    code = ("import sys\nfrom imgcls.cli import app\ntry:\n    app(%r, prog_name='imgcls')\nexcept SystemExit as e:\n"
-            "    code = e.code\nprint('torch' in sys.modules, code)" % argv)
-    done = run_python("-c", code)
-    last = done.stdout.strip().splitlines()[-1]
-    expected_code = 2 if "--lr" in argv else 0
-    assert last == f"False {expected_code}", done.stdout + done.stderr
-
-
-def test_train_help_shows_the_defaults(cli):
-    """Each default comes from Config() and is printed, not eaten as rich markup ("[default: ...]")."""
-    from imgcls.config import Config
-
-    text = " ".join(plain(cli("train", "--help").output).replace("\u2502", " ").split())  # without the box edges
-    defaults = Config()
-    for shown in (f"Learning rate. [default: {defaults.optim.lr}]", f"[default: {defaults.train.epochs}]",
-                  "[default: all cores]", "[default: runs/<dataset>-<date>-<time>"):
-        assert shown in text, shown
-
-
-def test_every_config_field_is_a_flag_of_train_with_its_help_and_default(cli, monkeypatch):
-    """The flags are made from the config's declarations: a new field cannot be left out of `train`, and each
-    shows its help and default in its panel."""
-    from imgcls.config import settings
-
-    monkeypatch.setenv("COLUMNS", "400")  # a line a flag: no help is wrapped
-    panel, rows = None, {}
-    for line in plain(cli("train", "--help").output).splitlines():
-        if line.startswith("\u256d\u2500 "):  # ╭─ Data ───╮
-            panel = line[3:].split(" \u2500")[0]
-        elif line.startswith("\u2502 --"):
-            rows[line.split()[1]] = (panel, " ".join(line.split()))
-    for setting in settings().values():
-        assert setting.flag in rows, setting.flag
-        panel, row = rows[setting.flag]
-        assert panel == setting.option.panel, setting.flag
-        assert setting.help_text().replace("\\[", "[") in row, row
-        assert row.count("[default: ") == 1, row
-        assert (f"--no-{setting.flag[2:]}" in row) == (setting.cli_type() is bool), row
-    own = {"--config", "--print-config", "--help", "--overwrite", "--resume", "--quiet"}
-    assert set(rows) == own | {setting.flag for setting in settings().values()}
-
-
-def test_a_bad_value_is_named_by_its_flag_or_by_its_yaml_key(cli, tmp_path, assert_user_error):
-    path = tmp_path / "cifar10.yaml"
-    path.write_text(yaml.safe_dump({"optim": {"lr": -1}, "loss": {"loss": "hinge"}}))
-    error = assert_user_error(cli("train", "--lr", "-1", "--out", tmp_path / "run"))
-    assert error == "error: --lr must be greater than 0, not -1.0"
-    error = assert_user_error(cli("train", "-c", path, "--loss", "ce", "--out", tmp_path / "run"))
-    assert error == f"error: optim.lr in {path} must be greater than 0, not -1.0"
-    error = assert_user_error(cli("train", "-c", path, "--lr", "0.1", "--out", tmp_path / "run"))
-    assert error == f"error: loss.loss in {path}: unknown loss 'hinge'; choose one of: ce, nll, mse"
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("argv, words", [
-    (["train", "--lr", "abc"], ["--lr", "imgcls train --help"]),
-    (["train", "--nosuch", "1"], ["--nosuch"]),
-    (["trian"], ["Did you mean 'train'"]),
-    (["train", "--epochs"], ["--epochs", "requires an argument"]),
-])
-def test_usage_errors_from_the_command_are_one_error_line(argv, words):
-    """The real entry point (python -m imgcls): click's own usage errors end as one `error:` line, exit 2."""
-    done = run_python("-m", "imgcls", *argv)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2, done.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    assert "Traceback" not in done.stderr and "\u256d" not in done.stderr  # no traceback, no box
-    for word in words:
-        assert word in lines[0]
 
 
 # --- the terminal: progress bar, epoch lines, tables that fit, metrics.csv, --print-config
@@ -844,17 +684,6 @@ def test_metrics_csv_holds_the_epochs_records(tiny_cifar_run):
     for row, record in zip(rows, records):
         assert list(row) == list(record)
         assert {key: float(value) for key, value in row.items()} == pytest.approx(record)
-
-
-def test_print_config_prints_the_resolved_yaml_and_writes_nothing(cli, tmp_path, assert_ok):
-    out = tmp_path / "run"
-    result = cli("train", "--dataset", "mnist", "--lr", "0.125", "--epochs", "3", "--out", out, "--print-config")
-    assert_ok(result)
-    config = yaml.safe_load(result.stdout)
-    assert config["optim"]["lr"] == 0.125 and config["train"]["epochs"] == 3
-    assert config["data"]["dataset"] == "mnist" and config["output"]["out"] == str(out)
-    assert not out.exists()
-    assert "--print-config" in plain(cli("train", "--help").output)
 
 
 # --- readable class names: words.txt / classes.txt beside the class folders, --class-names

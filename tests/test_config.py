@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgcls.config import (LOSSES, MAX_THREADS, Config, apply_mapping, build_config, dataset_names, key_index,
+from conftest import plain, read_run
+from imgcls.config import (MAX_THREADS, Config, apply_mapping, build_config, dataset_names, key_index,
                            parse_batch_size, parse_class_weights, parse_flags, sections, settings)
 from imgcls.errors import UserError, shown
 
@@ -376,3 +377,160 @@ def test_the_help_of_every_field_shows_its_default():
         assert "{default}" not in text
         if setting.option.shown_default is None:
             assert text.endswith(f"\\[default: {setting.default}]"), key
+
+
+# --- bad values from the command line and config files: one 'error:' line, exit 2, nothing written -------
+
+@pytest.mark.parametrize("args, words", [
+    (["--schedule", "cosin"], ["unknown schedule 'cosin'", "did you mean 'cosine'"]),
+    (["--init", "zero"], ["unknown init 'zero'", "did you mean 'zeros'"]),
+    (["--normalize", "pixels"], ["unknown normalization 'pixels'", "did you mean 'pixel'"]),
+    (["--precision", "fp33"], ["unknown precision 'fp33'", "did you mean 'fp32'"]),
+    (["--batch-size", "ful"], ["unknown batch size 'ful'", "did you mean 'full'"]),
+    (["--class-weights", "balance"], ["--class-weights", "'balanced'", "not 'balance'"]),
+    (["--momentum", "-0.1"], ["--momentum", "[0, 1)"]),
+    (["--epochs", "-3"], ["--epochs", "at least 1"]),
+    (["--batch-size", "-4"], ["--batch-size", "at least 1"]),
+    (["--val-split", "-0.5"], ["--val-split"]),
+    (["--val-split", "nan"], ["--val-split"]),
+    (["--lr", "nan"], ["--lr"]),
+    (["--lr", "inf"], ["--lr", "finite"]),
+    (["--weight-decay", "inf"], ["--weight-decay", "finite"]),
+    (["--warmup-epochs", "inf"], ["--warmup-epochs", "finite"]),
+    (["--init-std", "inf"], ["--init-std", "finite"]),
+    (["--class-weights", "1,inf"], ["--class-weights", "finite"]),
+    (["--class-weights", "nan,1"], ["--class-weights"]),
+    (["--seed", "-1"], ["--seed", "2^32"]),
+    (["--seed", str(2 ** 70)], ["--seed", "2^32"]),
+    (["--batch-size", "\u00b2"], ["batch size"]),  # '²' passes str.isdigit() but int() refuses it
+    (["--patience", "0"], ["--patience"]),
+    (["--threads", "0"], ["--threads", "between 1 and 1024"]),
+    (["--threads", "100000"], ["--threads", "between 1 and 1024"]),  # it was a segfault
+    (["--step-gamma", "0"], ["--step-gamma"]),
+    (["--image-size", "0"], ["--image-size"]),
+    (["--nesterov", "--momentum", "0"], ["--nesterov"]),
+])
+def test_bad_option_values_are_user_errors(cli, args, words, assert_user_error, tmp_path):
+    assert_user_error(cli("train", *args, "--out", tmp_path / "run"), *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe\x00binary\x80\x81", ["not a text file"]),
+    (b"optim: [1, 2\n", ["not valid YAML", "line"]),
+    (b"- 1\n- 2\n", ["must be a mapping of sections"]),
+    (b"optim: 0.1\n", ["section 'optim'", "mapping of keys"]),
+    (b"optim:\n  momentum: yes\n", ["optim.momentum", "float"]),
+    (b"train:\n  epochs: 2.5\n", ["train.epochs", "int"]),
+    (b"optim:\n  lr: .inf\n", ["optim.lr in", "bad.yaml must be a finite number"]),
+    (b"data:\n  val_split: .nan\n", ["data.val_split in", "bad.yaml must be between 0 and 1"]),
+    # YAML reads 1e999 as text; as a number it is infinite
+    (b"optim:\n  lr: 1e999\n", ["optim.lr in", "bad.yaml must be a finite number"]),
+    (b"loss:\n  class_weights: [1, two]\n", ["loss.class_weights"]),
+    (b"12: {lr: 1}\n", ["unknown config section '12'"]),
+])
+def test_bad_config_files(cli, tmp_path, content, words, assert_user_error):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_cannot_run_code(cli, tmp_path, assert_user_error):
+    """YAML's python tags would call any function; the loader is yaml.safe_load, which refuses them."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"optim: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), "not valid YAML")
+    assert not marker.exists()
+
+
+def test_saved_config_then_flags(cli, mnist_run, tmp_path, assert_ok):
+    previous, _ = mnist_run
+    out = tmp_path / "again"
+    assert_ok(cli("train", "--config", previous / "config.yaml", "--lr", 0.5, "--epochs", 1, "--out", out, "--quiet"))
+    old, _, _ = read_run(previous)
+    new, epochs, _ = read_run(out)
+    assert new["optim"]["lr"] == 0.5 and new["train"]["epochs"] == 1 and len(epochs) == 1  # the flags
+    assert new["output"]["out"] is None  # the folder is not part of the config: a repeat goes to a new one
+    assert new["optim"]["momentum"] == 0.5 and new["train"]["seed"] == 3  # the file's, not the defaults
+    assert new["data"] == old["data"] and new["data"]["limit"] == 600 and new["data"]["dataset"] == "mnist"
+    changed = {(s, k) for s in old for k in old[s] if old[s][k] != new[s][k]}
+    assert changed == {("optim", "lr"), ("train", "epochs")}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dataset", "cifar-10"], ["unknown dataset 'cifar-10'", "did you mean 'cifar10'"]),
+    (["--dataset", "mnst"], ["did you mean 'mnist'"]),
+    (["--lr", "0"], ["--lr", "greater than 0"]),
+    (["--lr", "-0.1"], ["--lr"]),
+    (["--batch-size", "0"], ["--batch-size", "at least 1"]),
+    (["--batch-size", "many"], ["batch size", "many"]),
+    (["--epochs", "0"], ["--epochs"]),
+    (["--val-split", "0"], ["--val-split"]),
+    (["--val-split", "1"], ["--val-split"]),
+    (["--momentum", "1.0"], ["--momentum"]),
+    (["--limit", "1"], ["--limit"]),
+    (["--class-weights", "1,two"], ["--class-weights"]),
+    (["--device", "tpu"], ["unknown device 'tpu'"]),
+    (["--loss", "hinge"], ["unknown loss 'hinge'"]),
+    (["--warmup-epochs", "1e308"], ["--warmup-epochs", "between 0 and 1,000,000"]),
+])
+def test_bad_flags_are_user_errors(cli, args, words, assert_user_error, tmp_path):
+    result = cli("train", *args, "--out", tmp_path / "run")
+    assert_user_error(result, *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"optim": {"lrate": 0.1}}, ["unknown config key 'optim.lrate'", "did you mean 'lr'"]),
+    ({"optimizer": {"lr": 0.1}}, ["unknown config section 'optimizer'", "did you mean 'optim'"]),
+    ({"optim": {"lr": "fast"}}, ["optim.lr", "float", "fast"]),
+    ({"train": {"epochs": "ten"}}, ["train.epochs", "int"]),
+])
+def test_bad_config_files_are_user_errors(cli, tmp_path, content, words, assert_user_error):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(content))
+    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), *words)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("optim:\n  lr: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n  momentum: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+     + "".join(f"  k{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("bcdefgh", "cdefghi")),
+     ["aliases", "expand to more than"]),
+    ("optim:\n  lr: " + "1" * 5000 + "\n", ["number of 5000 digits"]),
+    ("optim:\n  lr: " + "[" * 5000 + "]" * 5000 + "\n", ["nests deeper than"]),
+])
+def test_hostile_config_files_are_one_error_line(cli, tmp_path, text, words, assert_user_error):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    assert_user_error(cli("train", "--config", path, "--out", tmp_path / "run"), "config file", *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file(cli, tmp_path, assert_user_error):
+    assert_user_error(cli("train", "--config", tmp_path / "nope.yaml", "--out", tmp_path / "run"), "config file",
+                      "does not exist")
+
+
+def test_a_bad_value_is_named_by_its_flag_or_by_its_yaml_key(cli, tmp_path, assert_user_error):
+    path = tmp_path / "cifar10.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": -1}, "loss": {"loss": "hinge"}}))
+    error = assert_user_error(cli("train", "--lr", "-1", "--out", tmp_path / "run"))
+    assert error == "error: --lr must be greater than 0, not -1.0"
+    error = assert_user_error(cli("train", "-c", path, "--loss", "ce", "--out", tmp_path / "run"))
+    assert error == f"error: optim.lr in {path} must be greater than 0, not -1.0"
+    error = assert_user_error(cli("train", "-c", path, "--lr", "0.1", "--out", tmp_path / "run"))
+    assert error == f"error: loss.loss in {path}: unknown loss 'hinge'; choose one of: ce, nll, mse"
+    assert not (tmp_path / "run").exists()
+
+
+def test_print_config_prints_the_resolved_yaml_and_writes_nothing(cli, tmp_path, assert_ok):
+    out = tmp_path / "run"
+    result = cli("train", "--dataset", "mnist", "--lr", "0.125", "--epochs", "3", "--out", out, "--print-config")
+    assert_ok(result)
+    config = yaml.safe_load(result.stdout)
+    assert config["optim"]["lr"] == 0.125 and config["train"]["epochs"] == 3
+    assert config["data"]["dataset"] == "mnist" and config["output"]["out"] == str(out)
+    assert not out.exists()
+    assert "--print-config" in plain(cli("train", "--help").output)

@@ -149,8 +149,8 @@ def test_per_channel_normalization_has_one_value_per_channel():
     images[:, 2] = images[:, 2] // 2 + 100
     norm = fit_normalization(images, "channel")
     assert norm.mean.shape == (3, 6, 6)
-    for stat in (norm.mean, norm.std):
-        assert torch.equal(stat, stat[:, :1, :1].expand(3, 6, 6))  # constant over height and width
+    for statistic in (norm.mean, norm.std):
+        assert torch.equal(statistic, statistic[:, :1, :1].expand(3, 6, 6))  # constant over height and width
     assert not torch.isclose(norm.mean[0, 0, 0], norm.mean[2, 0, 0])
     x = normalized(images, norm)
     per_channel = x.transpose(0, 1).reshape(3, -1)

@@ -99,3 +99,79 @@ def test_flag_names_are_consistent_across_commands():
     assert "--skip-bad-images" in table["train"] and "--skip-bad-images" in table["predict"]
     assert "--out" in table["train"] and "--out" in table["export-templates"]
     assert {"--loss", "--batch-size", "--seed"} <= set(table["train"]) & set(table["gradcheck"])
+
+
+# --- the module entry point and the help: answered without torch, usage errors as one line ---------------
+
+def test_python_m_imgcls_version():
+    from imgcls import __version__
+
+    done = run_python("-m", "imgcls", "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"imgcls {__version__}"
+
+
+def test_importing_the_cli_does_not_import_torch():
+    done = run_python("-c", "import sys; from imgcls import cli; print('torch' in sys.modules)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--lr", "0"], ["eval", "--help"]])
+def test_help_and_flag_errors_answer_without_torch(argv):
+    code = ("import sys\nfrom imgcls.cli import app\ntry:\n    app(%r, prog_name='imgcls')\nexcept SystemExit as e:\n"
+            "    code = e.code\nprint('torch' in sys.modules, code)" % argv)
+    done = run_python("-c", code)
+    last = done.stdout.strip().splitlines()[-1]
+    expected_code = 2 if "--lr" in argv else 0
+    assert last == f"False {expected_code}", done.stdout + done.stderr
+
+
+def test_train_help_shows_the_defaults(cli):
+    """Each default comes from Config() and is printed, not eaten as rich markup ("[default: ...]")."""
+    from imgcls.config import Config
+
+    text = " ".join(plain(cli("train", "--help").output).replace("\u2502", " ").split())  # without the box edges
+    defaults = Config()
+    for shown in (f"Learning rate. [default: {defaults.optim.lr}]", f"[default: {defaults.train.epochs}]",
+                  "[default: all cores]", "[default: runs/<dataset>-<date>-<time>"):
+        assert shown in text, shown
+
+
+def test_every_config_field_is_a_flag_of_train_with_its_help_and_default(cli, monkeypatch):
+    """The flags are made from the config's declarations: a new field cannot be left out of `train`, and each
+    shows its help and default in its panel."""
+    from imgcls.config import settings
+
+    monkeypatch.setenv("COLUMNS", "400")  # a line a flag: no help is wrapped
+    panel, rows = None, {}
+    for line in plain(cli("train", "--help").output).splitlines():
+        if line.startswith("\u256d\u2500 "):  # ╭─ Data ───╮
+            panel = line[3:].split(" \u2500")[0]
+        elif line.startswith("\u2502 --"):
+            rows[line.split()[1]] = (panel, " ".join(line.split()))
+    for setting in settings().values():
+        assert setting.flag in rows, setting.flag
+        panel, row = rows[setting.flag]
+        assert panel == setting.option.panel, setting.flag
+        assert setting.help_text().replace("\\[", "[") in row, row
+        assert row.count("[default: ") == 1, row
+        assert (f"--no-{setting.flag[2:]}" in row) == (setting.cli_type() is bool), row
+    own = {"--config", "--print-config", "--help", "--overwrite", "--resume", "--quiet"}
+    assert set(rows) == own | {setting.flag for setting in settings().values()}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--lr", "abc"], ["--lr", "imgcls train --help"]),
+    (["train", "--nosuch", "1"], ["--nosuch"]),
+    (["trian"], ["Did you mean 'train'"]),
+    (["train", "--epochs"], ["--epochs", "requires an argument"]),
+])
+def test_usage_errors_from_the_command_are_one_error_line(argv, words):
+    """The real entry point (python -m imgcls): click's own usage errors end as one `error:` line, exit 2."""
+    done = run_python("-m", "imgcls", *argv)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr and "\u256d" not in done.stderr  # no traceback, no box
+    for word in words:
+        assert word in lines[0]
