@@ -248,10 +248,16 @@ def _start_workers(context, job: _Job, counter: _Counter, results, workers: int)
     return processes
 
 
-def _work(job: _Job, counter: _Counter, results) -> None:
-    """A worker's life: take chunks until there are none left."""
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A worker process's start (a decoding worker's, or a --stream DataLoader worker's): SIGINT and SIGTERM are
+    the main process's to act on; it stops the workers when it has saved what it must."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _work(job: _Job, counter: _Counter, results) -> None:
+    """A worker's life: take chunks until there are none left."""
+    ignore_stop_signals()
     torch.set_num_threads(1)  # one process per core already
     while (chunk := counter.claim()) is not None:
         results.put(_decode_chunk(job, chunk))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import torch
 
 from imgcls.config import DataConfig
 from imgcls.data.batches import epoch_permutation
+from imgcls.data.decode import ignore_stop_signals
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
 from imgcls.data.readers import check_same_classes, check_same_shape, decode_all, decode_image_bytes, error_reason, \
     list_images, resolve_data_dir, size_text, to_grey_if_grey
@@ -84,12 +84,6 @@ class StreamedImages:
             return (torch.empty((0, self.channels, height, width), dtype=torch.uint8),
                     torch.empty(0, dtype=torch.int64), None)
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker's start: SIGINT and SIGTERM are the main process's to act on (see the docstring)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _RowsDataset(torch.utils.data.Dataset):
