@@ -8,7 +8,7 @@ import torch
 
 from imgcls.config import OptimConfig, build_config
 from imgcls.data.batches import Batches
-from imgcls.data.prepare import LabelledImages, Normalization
+from imgcls.data.types import LabelledImages, Normalization
 from imgcls.losses import Loss
 from imgcls.model import LinearClassifier
 from imgcls.optim import build_optimizer

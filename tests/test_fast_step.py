@@ -160,7 +160,7 @@ def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
     """On a GPU, reading a value back (item, float, bool, tolist...) makes the host wait for the device at every
     step. The batches and the analytic step must do none: here any such read raises."""
     from imgcls.data.batches import Batches
-    from imgcls.data.prepare import LabelledImages, Normalization
+    from imgcls.data.types import LabelledImages, Normalization
 
     torch.manual_seed(4)
     images = LabelledImages(torch.randint(0, 256, (70, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 3, (70,)))

@@ -90,7 +90,8 @@ def test_probabilities_are_those_of_the_training_pipeline(cli, which, cifar_run,
     cache, Batches' normalization), image for image, to float precision."""
     from imgcls import checkpoint as ckpt
     from imgcls.data.batches import Batches
-    from imgcls.data.prepare import Normalization, prepare
+    from imgcls.data.prepare import prepare
+    from imgcls.data.types import Normalization
     from imgcls.evaluate import data_config_of
 
     out, test_dir = (cifar_run, tiny_cifar_session / "test") if which == "cifar" else (grey_run[0], grey_run[1] / "test")

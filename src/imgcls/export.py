@@ -25,7 +25,7 @@ from torch import nn
 from imgcls import __version__
 from imgcls.checkpoint import Checkpoint
 from imgcls.data.features import is_features_model
-from imgcls.data.prepare import Normalization
+from imgcls.data.types import Normalization
 from imgcls.errors import UserError
 from imgcls.files import write_atomic
 

@@ -22,7 +22,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from imgcls.data.prepare import PreparedData
+    from imgcls.data.types import PreparedData
     from imgcls.metrics import Metrics
 
 

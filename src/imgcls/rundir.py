@@ -181,7 +181,7 @@ class RunDir:
             raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
                             f"damaged") from None
         for line, record in enumerate(records, 1):
-            _check_fields(record, EPOCH_FIELDS, f"line {line}", self.epochs)
+            _check_fields(record, EPOCH_FIELDS, f"line {line}", self.epochs, OPTIONAL_EPOCH_FIELDS)
         return records
 
     def read_metrics(self, class_names: Path | None = None) -> dict | None:
@@ -203,7 +203,7 @@ class RunDir:
 
     def read_config(self) -> dict:
         """config.yaml as the run saved it, read by the config's own bounded loader ({} if it holds no mapping)."""
-        from imgcls.config import read_yaml
+        from imgcls.yamlfile import read_yaml
 
         if not self.config.is_file():
             raise UserError(f"{printable(self.path)} is not a run folder (no config.yaml); pass the --out folder of "
@@ -371,6 +371,7 @@ def _same_file(path: Path, fd: int) -> bool:
 NUMBER, COUNT, MAPPING = "a number", "a whole number >= 0", "a JSON object"
 EPOCH_FIELDS = {"epoch": COUNT, "train_loss": NUMBER, "train_top1": NUMBER, "val_loss": NUMBER, "val_top1": NUMBER,
                 "val_top5": NUMBER, "lr": NUMBER, "seconds": NUMBER}
+OPTIONAL_EPOCH_FIELDS = {"lr_last": NUMBER, "images_per_s": NUMBER}  # runs of older imgcls lack them
 SPLIT_FIELDS = {"loss": NUMBER, "top1": NUMBER, "top5": NUMBER, "k": COUNT, "count": COUNT}
 METRICS_FIELDS = {"best_epoch": COUNT, "val": MAPPING, "test": MAPPING, "classes": "a list of class names"}
 
@@ -396,12 +397,15 @@ def _described(value) -> str:
         type(value), f"{value!r}")
 
 
-def _check_fields(record, fields: dict, where: str, path: Path) -> None:
+def _check_fields(record, fields: dict, where: str, path: Path, optional: dict | None = None) -> None:
+    """Every key of `fields` is there with its kind; a key of `optional` may be missing or null, else of its kind."""
     if not isinstance(record, dict):
         raise _damaged(path, f"{where} is {_described(record)}, not {MAPPING}")
-    for key, kind in fields.items():
+    for key in fields:
         if key not in record:
             raise _damaged(path, f"{where} lacks '{key}'")
+    present = {key: kind for key, kind in (optional or {}).items() if record.get(key) is not None}
+    for key, kind in {**fields, **present}.items():
         if not _is(record[key], kind):
             raise _damaged(path, f"{where}: '{key}' is {_described(record[key])}, not {kind}")
 

@@ -23,8 +23,6 @@ from imgcls.data.readers import check_same_classes, check_same_shape, read_split
 from imgcls.data.registry import SPECS, DatasetSpec
 from imgcls.data.split import split_train_val
 from imgcls.data.stream import prepare_streamed
-# Normalization is imported from here by modules outside the data package too (export.py, scripts/bench.py,
-# tests), as well as from data.types, its one definition.
 from imgcls.data.types import DecodedSplit, LabelledImages, Normalization, PreparedData, SelectedImages
 
 
