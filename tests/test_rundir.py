@@ -78,11 +78,20 @@ def test_a_damaged_metrics_file_is_one_line_that_names_it(run, content, words):
 @pytest.mark.parametrize("content, words", [
     ("{not json\n", ["epochs.jsonl", "not one JSON object a line", "damaged"]),
     (json.dumps({**EPOCH, "val_top1": "high"}) + "\n", ["epochs.jsonl", "line 1: 'val_top1' is text", "damaged"]),
+    # keys an older run lacks are checked when they are there (the fuzz test found a list in lr_last)
+    (json.dumps({**EPOCH, "lr_last": []}) + "\n", ["epochs.jsonl", "line 1: 'lr_last' is", "damaged"]),
+    (json.dumps({**EPOCH, "images_per_s": "fast"}) + "\n", ["epochs.jsonl", "'images_per_s' is text", "damaged"]),
 ])
 def test_a_damaged_epochs_file_is_one_line_that_names_it(run, content, words):
     run.epochs.write_text(content)
     message = one_line_error(run.read_epochs)
     assert all(word in message for word in words), message
+
+
+def test_keys_an_older_run_lacks_may_be_missing_or_null(run):
+    old = {key: value for key, value in EPOCH.items() if key != "lr_last"}
+    run.epochs.write_text(json.dumps(old) + "\n" + json.dumps({**EPOCH, "lr_last": None, "epoch": 2}) + "\n")
+    assert [record["epoch"] for record in run.read_epochs()] == [1, 2]
 
 
 def test_config_yaml_missing_or_damaged(run, tmp_path):
