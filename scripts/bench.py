@@ -371,7 +371,9 @@ def imgcls_epochs(data: PreparedData, device: torch.device, batch_size: int, epo
     train() runs it, on the thread count train() would choose now: each call runs the next epoch of
     train_one_epoch and returns its seconds."""
     batches = make_batches(data, "train", batch_size, device, seed=0)
+    every_core = torch.get_num_threads()
     threads = step_threads(None, batches.batch_size, math.prod(data.shape), len(data.classes), device)
+    torch.set_num_threads(every_core)  # step_threads set torch's count: the floors keep every core
     model = LinearClassifier(data.shape, len(data.classes)).to(device)
     loss = Loss("ce")
     config = Config(optim=OptimConfig(lr=0.01, batch_size=batch_size))
@@ -383,9 +385,11 @@ def imgcls_epochs(data: PreparedData, device: torch.device, batch_size: int, epo
         progress = Progress(epoch=epoch)
         state = TrainState(None, config, data, batches.shard, loss, model, optimizer, scheduler, progress)
         progress.start_epoch(batches.device)
+        torch.set_num_threads(threads or every_core)
         start = clock(device)
         train_one_epoch(state, model, batches, None, Reporter(quiet=True), StopRequest())
         seconds = clock(device) - start
+        torch.set_num_threads(every_core)
         info.last_train_top1 = float(progress.correct) / max(progress.seen, 1)
         return seconds
 
