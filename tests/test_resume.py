@@ -476,6 +476,27 @@ def test_each_epoch_records_the_rates_its_first_and_last_updates_used(uninterrup
 
 # --- the resumable checkpoint's format (checkpoint.py owns it) ----------------------------------------------------
 
+def test_a_run_of_an_older_imgcls_without_a_thread_count_resumes_on_torchs_default(interrupted_run, uninterrupted,
+                                                                                   monkeypatch):
+    """Before the count was chosen per run, config.yaml and the checkpoint recorded threads: null (torch's default,
+    every core): such a run resumes on that default, and is not refused as an edited config.yaml."""
+    import yaml
+
+    from imgcls import train as train_module
+
+    config = yaml.safe_load((interrupted_run / "config.yaml").read_text())
+    config["train"]["threads"] = None
+    (interrupted_run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rewrite_last(interrupted_run, meta_change=lambda meta: set_in(meta, "config.train.threads", None))
+    seen, make_step = [], train_module.make_step
+    monkeypatch.setattr(train_module, "make_step", lambda *a, **k: seen.append(torch.get_num_threads()) or
+                        make_step(*a, **k))
+    resume(interrupted_run)
+    assert seen and set(seen) == {torch.get_num_threads()}
+    assert yaml.safe_load((interrupted_run / "config.yaml").read_text())["train"]["threads"] is None
+    assert json.loads((interrupted_run / "metrics.json").read_text())["best_epoch"] >= 1
+
+
 def test_a_resumable_checkpoint_keeps_format_1s_layout(interrupted_run):
     """Checkpoints written by earlier imgcls must still resume, and theirs by it: the tensors' names and the
     metadata's keys are format 1's, in its order; best.safetensors holds the model alone."""

@@ -115,8 +115,9 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     reporter.data_ready(data)
 
     batch_size = resolve_batch_size(config, data, device, reporter)
-    config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape), len(data.classes),
-                                        device, shard.world)
+    if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
+        config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
+                                            len(data.classes), device, shard.world)
     train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard)
     val_batches = make_eval_batches(data, "val", device, shard)
     model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
