@@ -146,6 +146,7 @@ def test_a_damaged_first_file_is_skipped_or_named(damaged_copy):
 
 def test_workers_are_used_when_there_is_enough_work(monkeypatch):
     files = [f"{i}.jpg" for i in range(60_000)]
+    monkeypatch.setattr(decode, "main_module_can_be_imported_again", lambda: True)  # as under `python -m pytest`
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     assert worker_count(len(files), FileReader(files)) == 3  # and this process: one per core
@@ -154,6 +155,51 @@ def test_workers_are_used_when_there_is_enough_work(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert worker_count(len(files), FileReader(files)) == 0
+
+
+@pytest.mark.parametrize("spec, file, safe", [
+    ("imgcls.__main__", "/venv/lib/imgcls/__main__.py", True),  # python -m imgcls (or -m pytest)
+    (None, "/venv/bin/imgcls", True),  # the installed command
+    (None, None, True),  # an interactive session: nothing to import again
+    (None, "/home/me/script.py", False),  # its top-level code would run again in every worker
+    (None, "/home/me/<stdin>", False),  # python - < script.py: nothing a worker could import
+])
+def test_workers_only_where_the_main_module_can_be_imported_again(monkeypatch, spec, file, safe):
+    import sys
+    import types
+    from importlib.machinery import ModuleSpec
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = ModuleSpec(spec, None) if spec else None
+    if file:
+        main.__file__ = file
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    files = [f"{i}.jpg" for i in range(60_000)]
+    assert decode.main_module_can_be_imported_again() is safe
+    assert (worker_count(len(files), FileReader(files)) > 0) is safe
+
+
+def test_a_script_without_a_main_guard_decodes_once_in_its_own_process(cifar_files, tmp_path):
+    """A user's script that decodes a long list runs its top-level code once, and gets the same images."""
+    from conftest import run_python
+
+    script = tmp_path / "script.py"
+    marker = tmp_path / "runs.txt"
+    script.write_text(
+        "import os, sys, torch\n"
+        "from imgcls.data import decode\n"
+        "from imgcls.data.readers import FileReader\n"
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+        "decode.MIN_PARALLEL, decode.CHUNK = 8, 40\n"
+        "files = sys.argv[1:]\n"
+        "got = decode.decode_images(files, FileReader(files), None, False)\n"
+        "print(got.decoded_by == {os.getpid()}, int(got.images.sum()))\n")
+    done = run_python(script, *cifar_files)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert marker.read_text() == "ran\n"
+    alone = decode_images(cifar_files, FileReader(cifar_files), None, False, workers=0)
+    assert done.stdout.split() == ["True", str(int(alone.images.sum()))]
 
 
 def test_a_jpeg_s_size_is_read_from_its_header_as_pillow_reads_it(cifar_files, tmp_path):

@@ -21,6 +21,8 @@ import queue
 import re
 import signal
 import struct
+import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -111,15 +113,28 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
 
 def worker_count(total: int, read: ImageReader) -> int:
     """Worker processes for a list of `total` images: one per core besides this process's, when the list is
-    long enough to repay starting them and the reader can be pickled (a closure cannot)."""
+    long enough to repay starting them, the reader can be pickled (a closure cannot) and the main module can
+    be imported again by a worker."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cores < 2 or total < MIN_PARALLEL:
+    if cores < 2 or total < MIN_PARALLEL or not main_module_can_be_imported_again():
         return 0
     try:
         pickle.dumps(read)
     except (pickle.PicklingError, TypeError, AttributeError):
         return 0
     return min(cores - 1, total // CHUNK)
+
+
+def main_module_can_be_imported_again() -> bool:
+    """multiprocessing imports the main module again in each worker. That is safe for `python -m ...` (imgcls's
+    own `__main__` only runs a command as the main module) and for the installed `imgcls` command, and nothing
+    is imported in an interactive session; but a user's script would run its top-level code again in every
+    worker (or could not be found, read from stdin): such a script decodes in its own process."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None:
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.basename(path) == "imgcls"
 
 
 def _fits_shared_memory(size: int) -> bool:
@@ -217,10 +232,11 @@ class _Counter:
 
 
 def _end(processes: list) -> None:
-    """Workers still running are ended: all they decoded has been reported, or is not wanted."""
+    """Workers still running are ended: all they decoded has been reported, or is not wanted. SIGKILL, as they
+    ignore (and block) SIGTERM, and one stuck on a read must not hold up a Ctrl-C."""
     for process in processes:
         if process.is_alive():
-            process.terminate()
+            process.kill()
         process.join()
 
 
@@ -237,15 +253,38 @@ def _context(read: ImageReader):
 
 
 def _start_workers(context, job: _Job, counter: _Counter, results, workers: int) -> list:
-    processes = []
-    for _ in range(workers):
-        process = context.Process(target=_work, args=(job, counter, results), daemon=True)
-        try:
-            process.start()
-        except OSError:  # no more processes allowed: the ones started (and this one) do the work
-            break
-        processes.append(process)
+    """The workers, started with SIGINT and SIGTERM blocked: the forkserver and each worker inherit the mask, so a
+    Ctrl-C to the whole process group while the server imports torch (seconds) or before a worker ignores the
+    signals reaches only this process. Here it is held until every worker started is known (another thread may
+    take the signal: a KeyboardInterrupt half-way through a start would leave a worker no one ends), then the
+    workers are ended and it goes on as the KeyboardInterrupt it was."""
+    processes, held = [], []
+    previous = _hold_sigint(held)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for _ in range(workers):
+            process = context.Process(target=_work, args=(job, counter, results), daemon=True)
+            try:
+                process.start()
+            except OSError:  # no more processes allowed: the ones started (and this one) do the work
+                break
+            processes.append(process)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if held and previous is signal.default_int_handler:
+        _end(processes)
+        raise KeyboardInterrupt
     return processes
+
+
+def _hold_sigint(held: list):
+    """Record SIGINT in `held` instead of acting on it; the handler it replaces (None off the main thread, where
+    handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
