@@ -175,3 +175,11 @@ def test_usage_errors_from_the_command_are_one_error_line(argv, words):
     assert "Traceback" not in done.stderr and "\u256d" not in done.stderr  # no traceback, no box
     for word in words:
         assert word in lines[0]
+
+
+def test_a_user_error_is_the_only_line_on_stderr(tmp_path):
+    """Nothing before the error line: a decoding bar that never showed leaves no blank line behind."""
+    done = run_imgcls("train", "--dataset", "mnist", "--data-dir", tmp_path / "none", "--epochs", 1,
+                      "--out", tmp_path / "run")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: mnist not found") and done.stderr.count("\n") == 1, repr(done.stderr)

@@ -115,6 +115,8 @@ class Reporter:
         shown = {}  # the split's task and its RecentRate
 
         def update(done: int, total: int) -> None:
+            if not shown:
+                bar.start()  # on the first image: cached data shows no bar (nor, off a terminal, a blank line)
             if done == 0 or not shown:
                 if shown:
                     bar.remove_task(shown["task"])
@@ -122,8 +124,11 @@ class Reporter:
             rate = shown["recent"].add(done)
             bar.update(shown["task"], completed=done, speed=f"{rate:,.0f} img/s" if rate is not None else "")
 
-        with bar:
+        try:
             yield update
+        finally:
+            if shown:
+                bar.stop()
 
     def data_ready(self, data: PreparedData) -> None:
         c, h, w = data.shape
