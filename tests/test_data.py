@@ -634,7 +634,7 @@ def huge_header(kind: str) -> bytes:
 
 @pytest.mark.parametrize("kind", ["jpeg", "png"])
 def test_one_pixel_limit_for_every_format_from_the_header(kind):
-    from imgcls.data.readers import decode_image_bytes
+    from imgcls.data.decode import decode_image_bytes
 
     with pytest.raises(ValueError, match="more than 178,956,970 pixels.*decompression bombs"):
         decode_image_bytes(huge_header(kind), None)

@@ -185,7 +185,7 @@ def test_a_grey_image_for_a_colour_model_gets_three_equal_channels(tmp_path):
 
 
 def test_an_image_of_another_size_is_resized_to_the_input(tmp_path):
-    from imgcls.data.readers import resize
+    from imgcls.data.decode import resize
 
     image = torch.randint(0, 256, (3, 20, 14), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     prepared, resized = prepare_image(png_bytes(image, tmp_path), checkpoint((3, 8, 8)))

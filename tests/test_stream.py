@@ -13,7 +13,7 @@ import torch
 from conftest import start_python
 from imgcls import checkpoint as ckpt
 from imgcls.data.batches import Batches
-from imgcls.data.readers import decode_image_bytes
+from imgcls.data.decode import decode_image_bytes
 from imgcls.data.stream import StreamedImages, StreamingBatches
 from imgcls.data.types import ImageList, LabelledImages, Normalization
 from imgcls.distributed import Shard

@@ -1,7 +1,7 @@
 """Use a trained model on image files: each is decoded, resized and normalized exactly as training
 prepared its images, scored, and its top-k classes are returned with softmax probabilities.
 
-The steps, in training's order: decode as RGB (readers.decode_image_bytes), resize to the run's
+The steps, in training's order: decode as RGB (decode.decode_image_bytes), resize to the run's
 --image-size if it had one (readers.resize), otherwise to the checkpoint's input size when the
 image differs; keep one channel for a grey model (readers.to_grey_if_grey when the three
 channels agree, luminance otherwise); then pixel * scale - shift through data.batches.Batches,
@@ -63,7 +63,7 @@ def list_images(paths: list[Path]) -> list[Path]:
 
 def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bool]:
     """Encoded bytes -> uint8 (C, H, W) in the checkpoint's input shape; also whether it had to be resized."""
-    from imgcls.data.readers import decode_image_bytes, resize, to_grey_if_grey
+    from imgcls.data.decode import decode_image_bytes, resize, to_grey_if_grey
 
     channels, height, width = checkpoint.input_shape
     image_size = checkpoint.meta.get("config", {}).get("data", {}).get("image_size")
@@ -98,7 +98,8 @@ def normalized(images: torch.Tensor, checkpoint: Checkpoint, device: torch.devic
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: str = "cpu",
             skip_bad: bool = False, chunk: int = 1024) -> Predictions:
-    from imgcls.data.readers import error_reason, read_image_file
+    from imgcls.data.decode import error_reason
+    from imgcls.data.readers import read_image_file
     from imgcls.device import resolve_device
 
     device = resolve_device(device_name)

@@ -24,9 +24,7 @@ import torch
 
 from imgcls.classnames import named_classes, names_file_beside
 from imgcls.config import DataConfig, default_data_dir
-# The decoding helpers are decode.py's; imported here too, where the rest of the package has found them.
-from imgcls.data.decode import (MAX_IMAGE_PIXELS, ProgressCallback, check_fits_memory,  # noqa: F401
-                                decode_image_bytes, decode_images, error_reason, image_format, resize, size_text,
+from imgcls.data.decode import (ProgressCallback, check_fits_memory, decode_images, error_reason, resize, size_text,
                                 to_grey_if_grey)
 from imgcls.data.published import check_files, has_own_files, resolved_path
 from imgcls.data.registry import DatasetSpec, loose_names
