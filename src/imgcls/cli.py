@@ -18,7 +18,7 @@ from imgcls import __version__, distributed, jsontext
 from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
-from imgcls.flags import with_config_flags
+from imgcls.flags import with_config_flags, with_grid_flags
 from imgcls.options import RUN, or_list
 
 if TYPE_CHECKING:  # imported for real inside the commands: --help must not wait for torch
@@ -187,6 +187,71 @@ def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path
         raise UserError(f"--resume continues a run with its saved config; drop {named} (only --device and "
                         f"--data-dir may change)")
     return resume / "config.yaml", {name: flags[name] for name in RESUME_MAY_CHANGE}
+
+
+@app.command(epilog="Example: imgcls sweep --config configs/cifar10.yaml --lr 1e-3:1e-1:5 --weight-decay 0,1e-4,1e-3")
+@user_errors
+@with_grid_flags
+def sweep(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config: the base of every point; "
+                                                                          "flags override it.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a sweep already in --out.", rich_help_panel=RUN)] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted sweep from its folder.",
+                                                   rich_help_panel=RUN)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON summary.",
+                                        rich_help_panel=RUN)] = False,
+    **options,  # a flag per config field, as text: one value, a,b,c, or a log range START:STOP:COUNT
+) -> None:
+    """Train a grid of models in one pass over the data and keep the one validation prefers.
+
+    Any option takes a list (--lr 0.001,0.01,0.1), a log range (--lr 1e-4:1:9, nine values) or a choice list
+    (--loss ce,mse); the grid is their product. Models that share batches train stacked: one matrix product per
+    step for all of them. The sweep folder holds sweep.csv, sweep.json, sweep.png, a run folder per point, and
+    `best`, the chosen run, which eval, predict, report and export-templates take like any run."""
+    from imgcls import sweep as sweeping
+    from imgcls.report import Reporter, sweep_table
+    from imgcls.sweepdir import SweepDir
+
+    if resume is not None:
+        given = sorted(settings()[name].flag for name, value in options.items() if value is not None)
+        if config is not None or given:
+            raise UserError(f"--resume continues a sweep with its saved grid; drop {', '.join(given) or '--config'}")
+        target, spec = SweepDir.for_resume(resume), None
+        spec = target.read_spec()
+    else:
+        target, spec = sweeping.plan(config, options, overwrite)
+    reporter = Reporter(quiet)
+    with target.locked():
+        try:
+            result = sweeping.run(target, spec, reporter, resume is not None)
+        except sweeping.SweepInterrupted as stopped:
+            err.print(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}", soft_wrap=True,
+                      highlight=False, markup=False)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            err.print(f"interrupted while loading data or writing results; `imgcls sweep --resume {target.path}` "
+                      f"goes on from the last finished epoch", soft_wrap=True, highlight=False, markup=False)
+            raise typer.Exit(130) from None
+        if result.best is not None:
+            _after_sweep(target.best.resolve(), reporter)
+    reporter.show(sweep_table(result.records, result.best))
+    chosen = "every point diverged: nothing chosen; lower --lr" if result.best is None else \
+        f"chosen by validation: point {result.best} ({target.best} -> {target.best.resolve().name})"
+    reporter.note(f"{chosen}; {len(result.records)} points in {result.seconds:.1f} s; table: {target.table}")
+    if quiet:
+        print(jsontext.dumps({"best_point": result.best, "sweep_dir": str(target.path),
+                              "best_run": str(target.best) if result.best is not None else None}))
+
+
+def _after_sweep(best_run: Path, reporter) -> None:
+    from imgcls.figures import write_run_figures
+
+    try:
+        write_run_figures(best_run)
+    except Exception as error:  # the sweep is saved and whole: a figure that fails must not make it look failed
+        err.print(f"warning: could not draw the chosen run's figures ({type(error).__name__}: {error}); `imgcls "
+                  f"report {best_run}` tries again", soft_wrap=True, highlight=False, markup=False)
+    _write_page_or_warn(best_run, reporter)
 
 
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")

@@ -215,3 +215,83 @@ def validation_curves(runs: list[tuple[str, list[dict], int | None]], path: Path
     figure.suptitle(f"validation curves of {len(runs)} runs (rings: each run's best epoch)")
     _save(figure, path)
     return path
+
+
+def sweep_figure(records: list[dict], grid: dict[str, list[str]], path: Path, best: int | None = None) -> Path:
+    """Validation top-1 over a sweep's grid: a heat map for two options, a line against one (log-scaled when its
+    values are numbers spread over a decade or more), else the points as bars, best first."""
+    varied = [name for name, values in grid.items() if len(values) > 1]
+    value = {r["point"]: (r["val_top1"] or 0.0) * 100 for r in records}
+    if len(varied) == 2 and len(records) == len(grid[varied[0]]) * len(grid[varied[1]]):
+        return _sweep_heatmap(records, varied, grid, value, path)
+    if len(varied) == 1 and len(records) == len(grid[varied[0]]):
+        return _sweep_line(records, varied[0], grid[varied[0]], value, path, best)
+    return _sweep_bars(records, value, path, best)
+
+
+def _sweep_heatmap(records, varied, grid, value, path: Path) -> Path:
+    rows, columns = grid[varied[0]], grid[varied[1]]
+    figure = _figure((1.2 + 0.9 * len(columns), 1.2 + 0.6 * len(rows)))
+    axis = figure.subplots()
+    cells = [[0.0] * len(columns) for _ in rows]
+    for record in records:
+        cells[rows.index(record["options"][varied[0]])][columns.index(record["options"][varied[1]])] = \
+            value[record["point"]]
+    image = axis.imshow(cells, cmap="viridis", aspect="auto")
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            axis.text(j, i, f"{cell:.1f}", ha="center", va="center", color="white" if cell < max(map(max, cells)) -
+                      (max(map(max, cells)) - min(map(min, cells))) / 3 else "black", fontsize=8)
+    axis.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set_xlabel(varied[1])
+    axis.set_ylabel(varied[0])
+    figure.colorbar(image, ax=axis, label="validation top-1 (%)")
+    figure.suptitle("sweep: validation top-1")
+    _save(figure, path)
+    return path
+
+
+def _sweep_line(records, name: str, values: list[str], value, path: Path, best: int | None) -> Path:
+    figure = _figure((6, 4))
+    axis = figure.subplots()
+    by_value = {record["options"][name]: record for record in records}
+    numbers = _as_numbers(values)
+    x = numbers if numbers is not None else list(range(len(values)))
+    axis.plot(x, [value[by_value[v]["point"]] for v in values], marker="o")
+    if numbers is not None and min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
+        axis.set_xscale("log")
+    if numbers is None:
+        axis.set_xticks(x, values)
+    if best is not None:
+        chosen = next(r for r in records if r["point"] == best)
+        axis.axvline(x[values.index(chosen["options"][name])], color="grey", linestyle=":", label="chosen")
+        axis.legend()
+    axis.set_xlabel(name)
+    axis.set_ylabel("validation top-1 (%)")
+    axis.grid(alpha=0.3)
+    figure.suptitle("sweep: validation top-1")
+    _save(figure, path)
+    return path
+
+
+def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
+    ranked = sorted(records, key=lambda r: -value[r["point"]])
+    figure = _figure((6, 1 + 0.3 * len(ranked)))
+    axis = figure.subplots()
+    labels = [" ".join(f"{k}={v}" for k, v in r["options"].items()) or "base" for r in ranked]
+    colors = ["tab:orange" if r["point"] == best else "tab:red" if r["diverged"] else "tab:blue" for r in ranked]
+    axis.barh(range(len(ranked)), [value[r["point"]] for r in ranked], color=colors)
+    axis.set_yticks(range(len(ranked)), labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("validation top-1 (%)")
+    figure.suptitle("sweep: validation top-1 (orange: chosen)")
+    _save(figure, path)
+    return path
+
+
+def _as_numbers(values: list[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return None

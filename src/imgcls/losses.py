@@ -71,7 +71,20 @@ class Loss:
         """The weighted loss sum, the sum of weights, and d(loss sum)/d scores by the lecture's formulas,
         sharing one softmax: softmax(s) - onehot(y) for ce and nll, 2 (s - onehot(y)) for mse, each
         sample's gradient times its class weight. `class_dim` is 1 for (n, K) scores, 0 for (K, n)."""
-        picked = targets.unsqueeze(class_dim)
+        per_sample, weight, gradient = self._per_sample_and_gradient(scores, targets.unsqueeze(class_dim), targets,
+                                                                     class_dim)
+        return per_sample.sum(), weight, gradient
+
+    def stacked_loss_and_gradient(self, scores: torch.Tensor, targets: torch.Tensor
+                                  ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
+        """loss_and_gradient for P models at once, scores (P, K, n): each model's loss sum (P,), the sum of
+        weights (the same for all), and the gradient (P, K, n)."""
+        picked = targets.view(1, 1, -1).expand(len(scores), 1, -1)
+        per_sample, weight, gradient = self._per_sample_and_gradient(scores, picked, targets, 1)
+        return per_sample.sum(-1), weight, gradient
+
+    def _per_sample_and_gradient(self, scores: torch.Tensor, picked: torch.Tensor, targets: torch.Tensor,
+                                 class_dim: int) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
         minus_one = torch.full(picked.shape, -1.0, dtype=scores.dtype, device=scores.device)
         if self.name == "mse":
             gradient = scores.clone().scatter_add_(class_dim, picked, minus_one)  # s - onehot(y)
@@ -82,10 +95,10 @@ class Loss:
             per_sample = log_probs.gather(class_dim, picked).squeeze(class_dim).neg_()
             gradient = log_probs.exp_().scatter_add_(class_dim, picked, minus_one)
         if self.class_weights is None:
-            return per_sample.sum(), self.weight_of(targets), gradient
+            return per_sample, self.weight_of(targets), gradient
         weights = self.class_weights.to(scores.device, scores.dtype)[targets]
-        gradient.mul_(weights.unsqueeze(class_dim))
-        return (per_sample * weights).sum(), weights.sum(), gradient
+        gradient.mul_(weights if gradient.dim() == 3 else weights.unsqueeze(class_dim))  # each sample's column
+        return per_sample * weights, weights.sum(), gradient
 
     def sum_and_weight(self, scores: torch.Tensor,
                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:

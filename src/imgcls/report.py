@@ -130,6 +130,20 @@ class Reporter:
             if shown:
                 bar.stop()
 
+    @contextmanager
+    def sweep_bar(self, total: float) -> Iterator[Callable[[float, str], None]]:
+        """One bar over a whole sweep, in epochs of its groups: the callback is told (epochs done, a fraction
+        included, and what is under way)."""
+        if self.quiet:
+            yield lambda done, text: None
+            return
+        bar = Progress(TextColumn("sweep {task.fields[text]}"), BarColumn(bar_width=24),
+                       TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("eta"),
+                       TimeRemainingColumn(), console=self.console, transient=True)
+        task = bar.add_task("sweep", total=total, text="")
+        with bar:
+            yield lambda done, text: bar.update(task, completed=done, text=text)
+
     def data_ready(self, data: PreparedData) -> None:
         c, h, w = data.shape
         cached = ", from the decoded cache" if data.from_cache else ""
@@ -210,3 +224,28 @@ class Reporter:
     def show(self, renderable, force: bool = False) -> None:
         if force or not self.quiet:
             Console().print(renderable)
+
+
+def sweep_table(records: list[dict], best: int | None, limit: int = 20) -> Table:
+    """The points by validation top-1, best first (test shown, but not used to choose)."""
+    ranked = sorted(records, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0.0), r["val_loss"] or 0.0,
+                                            r["point"]))
+    table = Table(title=f"sweep: {len(records)} points by validation top-1 (test not used to choose)")
+    for column in ("#", "point", "epochs", "val top-1", "val loss", "test top-1", ""):
+        table.add_column(column, justify="left" if column in ("point", "") else "right")
+    for rank, record in enumerate(ranked[:limit], 1):
+        mark = "chosen" if record["point"] == best else "diverged" if record["diverged"] else ""
+        options = " ".join(f"{name}={value}" for name, value in record["options"].items()) or "base"
+        table.add_row(str(rank), Text(options), f"{record['best_epoch'] or '-'}/{record['epochs_run']}",
+                      _percent(record["val_top1"]), _number(record["val_loss"]), _percent(record["test_top1"]), mark)
+    if len(ranked) > limit:
+        table.caption = f"{len(ranked) - limit} more in sweep.csv"
+    return table
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

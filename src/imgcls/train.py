@@ -120,13 +120,8 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
                                             len(data.classes), device, shard.world)
     train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard)
     val_batches = make_eval_batches(data, "val", device, shard)
-    model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
-    weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
-    loss = Loss(config.loss.loss, weights)
-    optimizer = build_optimizer(model, config.optim, device)
-    scheduler = build_scheduler(optimizer, config.schedule, len(train_batches), config.train.epochs)
-    state = TrainState(run, config, data, shard, loss, model, optimizer, scheduler)
-    state.progress.start_epoch(device)
+    model = new_model(config, data, device)
+    state = new_state(run, config, data, shard, model, len(train_batches), device)
     if resume is None and shard.is_main:
         run.start()
         run.write_config(config.to_dict())
@@ -140,7 +135,7 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
             if not train_one_epoch(state, stepper, train_batches, autocast_dtype, reporter, stop):
                 save_interrupted(state)
                 raise Interrupted(run, state.progress, len(train_batches))
-            val = evaluate(model, val_batches, loss, len(data.classes), data.superclass_of)
+            val = evaluate(model, val_batches, state.loss, len(data.classes), data.superclass_of)
             check_finite_val(state.progress, val.loss)
             end_epoch(state, val, reporter)
             if state.more_epochs() and distributed.any_process(stop.requested, device):
@@ -149,6 +144,23 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     if state.finished_early():
         reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
     return finish(state, val_batches, train_batches.batch_size)
+
+
+def new_model(config: Config, data: PreparedData, device: torch.device) -> LinearClassifier:
+    """The model as the config initializes it, drawn from the global generator (seeded by the caller)."""
+    return LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
+
+
+def new_state(run: RunDir, config: Config, data: PreparedData, shard: distributed.Shard, model: LinearClassifier,
+              steps_per_epoch: int, device: torch.device) -> TrainState:
+    """A run at its start: the loss, and an optimizer and schedule for `model`."""
+    weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
+    loss = Loss(config.loss.loss, weights)
+    optimizer = build_optimizer(model, config.optim, device)
+    scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, config.train.epochs)
+    state = TrainState(run, config, data, shard, loss, model, optimizer, scheduler)
+    state.progress.start_epoch(device)
+    return state
 
 
 def resume_from(state: TrainState, device: torch.device, steps_per_epoch: int) -> None:
@@ -252,13 +264,19 @@ def finish(state: TrainState, val_batches, batch_size: int) -> RunResult:
     test = evaluate(best_model, test_batches, loss, len(data.classes), data.superclass_of)
     val = evaluate(best_model, val_batches, loss, len(data.classes), data.superclass_of)
     if state.shard.is_main:
-        metrics = {"best_epoch": progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
-                   "test_detail": test.detail(), "classes": data.classes}
-        superclasses = SPECS[data.dataset].superclass_names()
-        if superclasses:
-            metrics["superclasses"] = superclasses
-        run.write_metrics(metrics)
+        write_final_metrics(state, val, test)
     return RunResult(run, progress.best_epoch + 1, val, test, batch_size, progress.history)
+
+
+def write_final_metrics(state: TrainState, val: Metrics, test: Metrics) -> None:
+    """metrics.json: the best epoch's validation and test metrics; a finished run is one that has it."""
+    data = state.data
+    metrics = {"best_epoch": state.progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
+               "test_detail": test.detail(), "classes": data.classes}
+    superclasses = SPECS[data.dataset].superclass_names()
+    if superclasses:
+        metrics["superclasses"] = superclasses
+    state.run.write_metrics(metrics)
 
 
 def resolve_batch_size(config: Config, data: PreparedData, device: torch.device, reporter: Reporter) -> int:

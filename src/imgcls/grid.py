@@ -1,0 +1,180 @@
+"""A sweep's grid: every option of `imgcls train`, given one value, a comma list or a log range, and their product.
+
+    --lr 0.001,0.01,0.1      three values
+    --lr 1e-4:1:9            9 values spaced evenly on a log scale from 1e-4 to 1, both ends included
+    --loss ce,mse            a choice list; --batch-size 32,128,full; --patience none,5 (none: the option off)
+    --nesterov true,false    switches take true/false
+
+Each value is parsed and checked by its option's own declaration (config.py), so a value a sweep accepts is one
+`imgcls train` accepts, and the messages are the same. Points that differ only in what each model keeps for itself
+(MODEL_OWN) train stacked in one pass over the data (stacked.py); the others form further groups.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from imgcls.config import Config, apply_flags, settings, validate
+from imgcls.errors import UserError, shown
+from imgcls.options import Setting
+
+# What each stacked model keeps for itself: its update rule, its schedule, its loss and its start. Everything else
+# (batch size, epochs, seed, the data and how it is read) decides the batches, which a group shares.
+MODEL_OWN = frozenset({"lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "step_epochs",
+                       "step_gamma", "loss", "class_weights", "init", "init_std", "patience"})
+MAX_POINTS = 100_000  # a grid beyond this is a typo (1e-4:1:1000000), refused before anything is built
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model of the sweep: its number (from 0, in grid order) and the options the grid set for it."""
+
+    index: int
+    values: dict[str, Any]
+
+    def label(self) -> str:
+        """'lr=0.01 weight_decay=0.001': what tells this point apart, for tables and folder names."""
+        return " ".join(f"{name}={describe(value)}" for name, value in self.values.items()) or "base"
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ",".join(describe(item) for item in value) + "]"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse_axes(flags: dict[str, str | None]) -> dict[str, list[Any]]:
+    """Option name -> its values, for every flag given; each value checked by the option's declaration."""
+    axes = {}
+    for name, text in flags.items():
+        if text is not None:
+            axes[name] = parse_values(settings()[name], str(text))
+    return axes
+
+
+def parse_values(setting: Setting, text: str) -> list[Any]:
+    flag = setting.flag
+    if _is_log_range(text):
+        values = _log_range(setting, text)
+    else:
+        values = [_parse_one(setting, item.strip()) for item in _items(setting, text)]
+    for value in values:
+        problem = setting.problem(value, flag)
+        if problem:
+            raise UserError(problem)
+    if len(set(map(repr, values))) < len(values):
+        raise UserError(f"{flag} lists a value twice ({text}); give each value once")
+    return values
+
+
+def _items(setting: Setting, text: str) -> list[str]:
+    if setting.name == "class_weights" and all(_is_float(part) for part in text.split(",")):
+        return [text]  # one weight per class is a single value: a grid of them is --class-weights none,balanced
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise UserError(f"{setting.flag} has an empty value in {shown(text)}; separate values with single commas, "
+                        f"e.g. {setting.flag} {_example(setting)}")
+    return items
+
+
+def _parse_one(setting: Setting, item: str) -> Any:
+    if item.lower() == "none" and setting.default is None:
+        return None
+    if setting.option.parse is not None:
+        return setting.option.parse(item)
+    kind = setting.cli_type()
+    try:
+        if kind is bool:
+            if item.lower() not in TRUE + FALSE:
+                raise ValueError
+            return item.lower() in TRUE
+        if kind is int:
+            return int(item)
+        if kind is float:
+            value = float(item)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+    except ValueError:
+        raise UserError(f"{setting.flag} takes {_kind_name(kind)}s, not {shown(item)}; e.g. {setting.flag} "
+                        f"{_example(setting)}") from None
+    return item
+
+
+def _is_log_range(text: str) -> bool:
+    return text.count(":") == 2 and "," not in text
+
+
+def _log_range(setting: Setting, text: str) -> list[float]:
+    """'a:b:n': n values from a to b, evenly spaced on a log scale (a and b included)."""
+    if setting.cli_type() is not float:
+        raise UserError(f"{setting.flag} takes a list ({setting.flag} {_example(setting)}); a:b:n log ranges are for "
+                        f"decimal options such as --lr and --weight-decay")
+    low, high, count = text.split(":")
+    try:
+        low_value, high_value, number = float(low), float(high), int(count)
+    except ValueError:
+        number = low_value = high_value = None
+    if number is None or not (0 < low_value < math.inf and 0 < high_value < math.inf):
+        raise UserError(f"{setting.flag} {shown(text)} is not a log range: write START:STOP:COUNT with START and STOP "
+                        f"above 0, e.g. {setting.flag} 1e-4:1:9")
+    if number < 1:
+        raise UserError(f"{setting.flag} {shown(text)} asks for {number} values: the grid would be empty; give a "
+                        f"COUNT of 1 or more")
+    if number == 1:
+        return [low_value]
+    step = (math.log10(high_value) - math.log10(low_value)) / (number - 1)
+    # rounded to 6 significant digits: config.yaml and the tables then show 0.001, not 0.0010000000000000002
+    return [float(f"{10 ** (math.log10(low_value) + i * step):.6g}") for i in range(number)]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _kind_name(kind: type) -> str:
+    return {bool: "true or false", int: "whole number", float: "number"}.get(kind, "value")
+
+
+def _example(setting: Setting) -> str:
+    kind = setting.cli_type()
+    examples = {bool: "true,false", int: "5,10", float: "0.001,0.01"}
+    choices = setting.choices()
+    if choices:
+        return ",".join(list(choices)[:2])
+    return examples.get(kind, "a,b")
+
+
+def grid_points(axes: dict[str, list[Any]]) -> list[Point]:
+    """The product of the axes, in order (the last axis varies fastest)."""
+    count = math.prod(len(values) for values in axes.values())
+    if count > MAX_POINTS:
+        raise UserError(f"the grid has {count:,} points, more than {MAX_POINTS:,}; give fewer values")
+    names = list(axes)
+    return [Point(index, dict(zip(names, combo))) for index, combo in enumerate(itertools.product(*axes.values()))]
+
+
+def point_config(base: Config, point: Point) -> Config:
+    """The base config (defaults, --config file, single-valued flags) with this point's values, validated."""
+    config = Config.from_dict(base.to_dict(), "the sweep's base config")
+    names: dict[str, str] = {}
+    apply_flags(config, point.values, names)
+    validate(config, names)
+    return config
+
+
+def group_key(config: Config) -> tuple:
+    """What the batches depend on: points with the same key can train stacked, on the same batches."""
+    values = {name: getattr(getattr(config, setting.section), name) for name, setting in settings().items()
+              if name not in MODEL_OWN}
+    return tuple(sorted((name, repr(value)) for name, value in values.items()))

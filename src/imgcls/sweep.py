@@ -1,0 +1,391 @@
+"""`imgcls sweep`: a grid of models, each group of them trained stacked in one pass over the data, and the point
+that validation prefers.
+
+Read top to bottom: the grid's points are grouped by what their batches depend on (grid.py); each group loads its
+data once and trains all its models at once (stacked.py), each model in its own run folder written exactly as
+`imgcls train` writes one (checkpoints every epoch, early stopping, divergence); then every point's best checkpoint
+is measured on the validation and test splits, validation alone chooses, and the sweep folder (sweepdir.py) gets
+the table, the figure and a link to the chosen run.
+
+A model that diverges is marked so and stops; the others go on. Ctrl-C finishes the step in flight and writes a
+resumable checkpoint for every model, so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from imgcls import checkpoint as ckpt
+from imgcls.config import Config
+from imgcls.data.batches import make_batches, make_eval_batches
+from imgcls.data.prepare import prepare
+from imgcls.data.types import PreparedData
+from imgcls.device import cpu_threads, resolve_device, step_threads
+from imgcls.distributed import Shard
+from imgcls.errors import UserError
+from imgcls.grid import Point, describe, group_key, point_config
+from imgcls.interrupt import StopRequest, stop_on_signals
+from imgcls.memory import available_memory
+from imgcls.metrics import Metrics
+from imgcls.report import Reporter
+from imgcls.resume import check_same_run, restore
+from imgcls.stacked import StackedModels
+from imgcls.sweepdir import SweepDir
+from imgcls.train import TrainState, end_epoch, new_model, new_state, resolve_batch_size, save_interrupted, \
+    write_final_metrics
+
+SELECTED_BY = "validation top-1 (ties: the lower validation loss); the test split is reported for every point but " \
+              "never used to choose"
+
+
+@dataclass
+class Group:
+    """Points whose batches are the same: they train stacked."""
+
+    number: int
+    points: list[Point]
+    configs: list[Config]
+
+    @property
+    def epochs(self) -> int:
+        return self.configs[0].train.epochs
+
+
+@dataclass
+class SweepResult:
+    sweep: SweepDir
+    records: list[dict]  # one per point, in grid order
+    best: int | None  # the chosen point's index; None when every point diverged
+    seconds: float = 0.0
+    groups: list[Group] = field(default_factory=list)
+
+
+class SweepInterrupted(Exception):
+    def __init__(self, sweep: SweepDir):
+        super().__init__(f"sweep interrupted; resumable checkpoints of every model are in {sweep.path}")
+        self.sweep = sweep
+
+
+def make_groups(base: Config, points: list[Point]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for point in points:
+        config = point_config(base, point)
+        if config.train.precision != "fp32" or config.train.gradient != "analytic":
+            raise UserError("a sweep trains its models stacked with the analytic float32 step; drop --precision and "
+                            "--gradient (train the chosen point with them afterwards)")
+        key = group_key(config)
+        if key not in groups:
+            groups[key] = Group(len(groups), [], [])
+        groups[key].points.append(point)
+        groups[key].configs.append(config)
+    return list(groups.values())
+
+
+def run_sweep(sweep: SweepDir, groups: list[Group], reporter: Reporter, resume: bool = False) -> SweepResult:
+    started = time.perf_counter()
+    records: list[dict] = []
+    total = sum(group.epochs for group in groups)
+    with reporter.sweep_bar(total) as bar, stop_on_signals() as stop:
+        done = 0.0
+        for group in groups:
+            records += run_group(sweep, group, reporter, resume, stop, lambda fraction, text: bar(done + fraction,
+                                                                                                 text))
+            done += group.epochs
+    records.sort(key=lambda record: record["point"])
+    best = select(records)
+    return SweepResult(sweep, records, best, time.perf_counter() - started, groups)
+
+
+def select(records: list[dict]) -> int | None:
+    """The point with the best validation top-1, ties to the lower validation loss, then to the earlier point.
+    Only validation is read; a diverged point is never chosen."""
+    eligible = [r for r in records if not r["diverged"] and r["val_top1"] is not None]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda r: (r["val_top1"], -_finite_or_inf(r["val_loss"]), -r["point"]))["point"]
+
+
+def _finite_or_inf(value: float | None) -> float:
+    return math.inf if value is None or not math.isfinite(value) else value
+
+
+def run_group(sweep: SweepDir, group: Group, reporter: Reporter, resume: bool, stop: StopRequest,
+              bar) -> list[dict]:
+    config = group.configs[0]
+    device = resolve_device(config.train.device)
+    data = prepare(config.data, config.train.seed)
+    batch_size = resolve_batch_size(config, data, device, Reporter(quiet=True))
+    features, classes = math.prod(data.shape), len(data.classes)
+    check_group_fits(len(group.points), classes, features, batch_size, device)
+    saved = saved_threads(sweep, group) if resume else None
+    with cpu_threads(saved or config.train.threads):
+        threads = saved or step_threads(config.train.threads, batch_size, features, classes * len(group.points),
+                                        device)
+        for point_config_ in group.configs:
+            point_config_.train.threads = threads
+        stack, states = build_group(sweep, group, data, batch_size, device, resume)
+        train_batches = make_batches(data, "train", batch_size, device, config.train.seed)
+        val_batches = make_eval_batches(data, "val", device)
+        if not all_finished(group, states):
+            train_stacked(sweep, stack, states, train_batches, val_batches, data, stop, bar)
+        return finish_group(sweep, group, stack, states, val_batches, make_eval_batches(data, "test", device), data)
+
+
+def saved_threads(sweep: SweepDir, group: Group) -> int | None:
+    """The thread count an interrupted group chose (its points' config.yaml): a resumed group uses it again."""
+    for point in group.points:
+        run = sweep.point(point.index)
+        if run.config.is_file():
+            return run.read_config().get("train", {}).get("threads")
+    return None
+
+
+def check_group_fits(points: int, classes: int, features: int, batch_size: int, device: torch.device) -> None:
+    """Weights, momentum, gradient and best weights (4 copies of P*K*D floats), and the scores (P*K per image)."""
+    per_point = 4 * (4 * classes * features + 3 * classes * batch_size)
+    available = available_memory() if device.type == "cpu" else torch.cuda.mem_get_info(device)[0]
+    if available is not None and per_point * points > available:
+        fit = max(available // per_point, 0)
+        raise UserError(f"{points} stacked models of {classes}x{features} weights would need about "
+                        f"{per_point * points / 1e9:.1f} GB of {device.type} memory, more than the "
+                        f"{available / 1e9:.1f} GB available; about {fit} points fit at once: give fewer values")
+
+
+def build_group(sweep: SweepDir, group: Group, data: PreparedData, batch_size: int, device: torch.device,
+                resume: bool) -> tuple[StackedModels, list[TrainState]]:
+    """Each point's model (seeded as `imgcls train` seeds it), stacked, with its own optimizer and schedule; on
+    resume, each where its last checkpoint left it."""
+    models = []
+    for config in group.configs:
+        torch.manual_seed(config.train.seed)
+        models.append(new_model(config, data, device))
+    stack = StackedModels(models)
+    steps = math.ceil(len(data.train) / max(1, min(batch_size, len(data.train))))
+    states = [new_state(sweep.point(point.index), config, data, Shard(), model, steps, device)
+              for point, config, model in zip(group.points, group.configs, models)]
+    stack.attach(states)
+    for index, state in enumerate(states):
+        if resume and state.run.last.is_file():
+            restore_point(state, device, steps)
+            stack.adopt_momentum(index)
+        else:
+            state.run.start()
+            state.run.write_config(state.config.to_dict())
+        if state.run.diverged.is_file():
+            stack.freeze(index, zero=True)
+        elif not state.more_epochs():
+            stack.freeze(index)
+    return stack, states
+
+
+def restore_point(state: TrainState, device: torch.device, steps: int) -> None:
+    saved = ckpt.load(state.run.last)
+    try:
+        check_same_run(saved, state.config, state.data)
+        restore(saved, state.model, state.optimizer, state.scheduler, state.progress, device, state.shard, steps)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as error:
+        raise UserError(f"{state.run.last} cannot resume this sweep ({type(error).__name__}: {str(error)[:200]}); "
+                        f"it is damaged: start a new sweep") from None
+
+
+def all_finished(group: Group, states: list[TrainState]) -> bool:
+    return all(not state.more_epochs() or state.run.diverged.is_file() for state in states)
+
+
+def train_stacked(sweep: SweepDir, stack: StackedModels, states: list[TrainState], batches, val_batches, data: PreparedData,
+                  stop: StopRequest, bar) -> None:
+    """Epochs of stacked steps until every model has finished, stopped early or diverged."""
+    active = _active(stack)
+    epoch, step = states[active[0]].progress.epoch, states[active[0]].progress.step
+    if any((states[i].progress.epoch, states[i].progress.step) != (epoch, step) for i in active):
+        raise UserError("the sweep's checkpoints are not all at the same step (they were not written by one "
+                        "interrupted sweep); start a new sweep")
+    sums = _running_sums(stack, states)
+    quiet = Reporter(quiet=True)
+    while active:
+        epoch = states[active[0]].progress.epoch
+        started = time.perf_counter() - states[active[0]].progress.seconds
+        for pixels, labels, _ in batches.epoch(epoch, states[active[0]].progress.step):
+            for index in active:
+                _note_rate(states[index])
+            loss_sums, weights, correct = stack.step(pixels, labels)
+            for name, value in zip(("loss", "weight", "correct"), (loss_sums, weights, correct)):
+                sums[name] += value
+            seconds = time.perf_counter() - started
+            for index in active:
+                progress = states[index].progress
+                progress.step += 1
+                progress.seen += len(labels)
+                progress.seconds = seconds
+                states[index].scheduler.step()
+            _freeze_diverged(stack, states, active, sums)
+            active = _active(stack)
+            position = states[active[0]].progress.step if active else len(batches)
+            bar(epoch + position / len(batches), f"epoch {epoch + 1}")
+            if stop.requested and active and position < len(batches):
+                _save_all(stack, states, sums, active)
+                raise SweepInterrupted(sweep)
+        _end_epoch(stack, states, active, sums, val_batches, data, quiet)
+        active = _active(stack)
+        if stop.requested and active:
+            raise SweepInterrupted(sweep)  # every model's `last` checkpoint was just written
+
+
+def _active(stack: StackedModels) -> list[int]:
+    return [index for index, frozen in enumerate(stack.frozen.tolist()) if not frozen]
+
+
+def _note_rate(state: TrainState) -> None:
+    """The rate this update uses, before the schedule moves (epochs.jsonl's lr and lr_last)."""
+    progress = state.progress
+    progress.lr_last = state.optimizer.param_groups[0]["lr"]
+    if progress.step == 0:
+        progress.lr_first = progress.lr_last
+
+
+def _running_sums(stack: StackedModels, states: list[TrainState]) -> dict[str, torch.Tensor]:
+    """Each model's running loss, weight and correct counts of this epoch, as columns (restored ones included)."""
+    device = stack.weight.device
+    return {"loss": torch.tensor([float(s.progress.loss_sum) for s in states], device=device),
+            "weight": torch.tensor([float(s.progress.weight_sum) for s in states], device=device),
+            "correct": torch.tensor([int(s.progress.correct) for s in states], device=device)}
+
+
+def _sync_sums(states: list[TrainState], sums: dict[str, torch.Tensor], indices: list[int]) -> None:
+    for index in indices:
+        progress = states[index].progress
+        progress.loss_sum = sums["loss"][index].clone()
+        progress.weight_sum = sums["weight"][index].clone()
+        progress.correct = sums["correct"][index].clone()
+
+
+def _freeze_diverged(stack: StackedModels, states: list[TrainState], active: list[int],
+                     sums: dict[str, torch.Tensor]) -> None:
+    finite = torch.isfinite(sums["loss"]).tolist()
+    for index in active:
+        if not finite[index]:
+            _diverge(stack, states[index], index, f"the loss became {float(sums['loss'][index])} at epoch "
+                                                  f"{states[index].progress.epoch + 1}, step "
+                                                  f"{states[index].progress.step}")
+            sums["loss"][index] = 0.0
+
+
+def _diverge(stack: StackedModels, state: TrainState, index: int, why: str) -> None:
+    stack.freeze(index, zero=True)
+    state.run.mark_diverged(f"{why}: training diverged; a lower --lr would not")
+
+
+def _end_epoch(stack: StackedModels, states: list[TrainState], active: list[int], sums: dict[str, torch.Tensor],
+               val_batches, data: PreparedData, quiet: Reporter) -> None:
+    """Validation for every model at once, then each model's epoch ends as a run's does (train.end_epoch)."""
+    _sync_sums(states, sums, active)
+    metrics = stack.evaluate(val_batches, data.superclass_of)
+    for index in active:
+        state, val = states[index], metrics[index]
+        if not math.isfinite(val.loss):
+            _diverge(stack, state, index, f"the validation loss became {val.loss} after epoch "
+                                          f"{state.progress.epoch + 1}")
+            continue
+        end_epoch(state, val, quiet)
+        if not state.more_epochs():
+            stack.freeze(index)
+    for name in sums:
+        sums[name].zero_()
+
+
+def _save_all(stack: StackedModels, states: list[TrainState], sums: dict[str, torch.Tensor],
+              active: list[int]) -> None:
+    """A mid-epoch resumable checkpoint of every model still training."""
+    _sync_sums(states, sums, active)
+    for index in active:
+        save_interrupted(states[index])
+
+
+def finish_group(sweep: SweepDir, group: Group, stack: StackedModels, states: list[TrainState], val_batches,
+                 test_batches, data: PreparedData) -> list[dict]:
+    """Every point's best checkpoint measured on validation and test (one product for all); metrics.json for each
+    point that did not diverge, as `imgcls train` writes it; and the point's record for the sweep's table."""
+    with_best = [index for index, state in enumerate(states) if state.run.best.is_file()]
+    best_weight, best_bias = stack.weight.clone(), stack.bias.clone()
+    for index in with_best:
+        saved = ckpt.load(states[index].run.best)
+        best_weight[index].copy_(saved.weight)
+        best_bias[index].copy_(saved.bias)
+    val = stack.evaluate(val_batches, data.superclass_of, best_weight, best_bias)
+    test = stack.evaluate(test_batches, data.superclass_of, best_weight, best_bias)
+    records = []
+    for index, (point, state) in enumerate(zip(group.points, states)):
+        diverged = state.run.diverged.is_file()
+        has_best = index in with_best
+        if has_best and not diverged:
+            write_final_metrics(state, val[index], test[index])
+        records.append(point_record(point, group.number, state, val[index] if has_best else None,
+                                    test[index] if has_best else None, diverged))
+    return records
+
+
+def point_record(point: Point, group: int, state: TrainState, val: Metrics | None, test: Metrics | None,
+                 diverged: bool) -> dict:
+    history = state.run.read_epochs() if state.run.epochs.is_file() else []
+    best_epoch = state.progress.best_epoch
+    record = {"point": point.index, "group": group, "options": {k: describe(v) for k, v in point.values.items()},
+              "best_epoch": None if best_epoch is None else best_epoch + 1, "epochs_run": len(history),
+              "diverged": diverged, "seconds": round(sum(r["seconds"] for r in history), 3),
+              "run": str(state.run.path.relative_to(state.run.path.parent.parent))}
+    for split, metrics in (("val", val), ("test", test)):
+        for key in ("top1", "top5", "loss"):
+            value = None if metrics is None else getattr(metrics, key)
+            record[f"{split}_{key}"] = value if value is None or math.isfinite(value) else None
+    return record
+
+
+def write_results(result: SweepResult, grid: dict) -> None:
+    summary = {"selected_by": SELECTED_BY, "test_used_for_selection": False, "best_point": result.best,
+               "grid": {name: [describe(v) for v in values] for name, values in grid.items()},
+               "groups": len(result.groups), "seconds": round(result.seconds, 3)}
+    result.sweep.write_results(result.records, summary)
+    if result.best is not None:
+        result.sweep.link_best(result.best)
+
+
+def plan(config_file, flags: dict[str, str | None], overwrite: bool) -> tuple[SweepDir, dict]:
+    """A new sweep's folder and spec: options given one value join the base config (defaults, then --config);
+    options given several make the grid."""
+    from imgcls.config import build_config
+    from imgcls.grid import parse_axes
+
+    axes = parse_axes(flags)
+    base = build_config(config_file, {name: values[0] for name, values in axes.items() if len(values) == 1})
+    grid = {name: values for name, values in axes.items() if len(values) > 1}
+    sweep = SweepDir.for_new_sweep(base.output.out, base.data.dataset, overwrite)
+    base.output.out = None
+    return sweep, {"base": base.to_dict(), "grid": grid}
+
+
+def groups_of(spec: dict) -> tuple[list[Group], list[Point]]:
+    from imgcls.grid import grid_points
+
+    base = Config.from_dict(spec["base"], "sweep.yaml's base")
+    grid = spec["grid"]
+    if not all(isinstance(values, list) and values for values in grid.values()):
+        raise UserError("sweep.yaml's grid must map each option to a list of values; start a new sweep")
+    points = grid_points(grid)
+    return make_groups(base, points), points
+
+
+def run(sweep: SweepDir, spec: dict, reporter: Reporter, resume: bool) -> SweepResult:
+    """Train the grid (or the rest of it), then write sweep.json, sweep.csv, the figure and the link to the best."""
+    from imgcls.figures import sweep_figure
+
+    groups, _ = groups_of(spec)
+    if not resume:
+        sweep.start(spec)
+    result = run_sweep(sweep, groups, reporter, resume)
+    write_results(result, spec["grid"])
+    shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
+    sweep_figure(result.records, shown_grid, sweep.figure, result.best)
+    return result

@@ -1,0 +1,128 @@
+"""The sweep folder: what `imgcls sweep` leaves behind, each file written whole (never half a file).
+
+    sweep.yaml     the sweep itself: the base config and each option's values; `--resume DIR` rebuilds the grid
+    points/NNN/    one run folder per point (rundir.py's layout): config.yaml, epochs.jsonl, checkpoints, metrics
+    sweep.json     one record per point (its options, best epoch, val and test metrics, diverged, seconds), and
+                   which point validation chose
+    sweep.csv      the same records as a table
+    sweep.png      validation top-1 over the grid (figures.py)
+    best           a link to the chosen point's run folder, which also holds its figures and report.html
+
+While a sweep is under way its process holds the lock on .imgcls.lock here, as a run does in its folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from imgcls.errors import UserError
+from imgcls.files import printable, write_json_atomic, write_text_atomic
+from imgcls.rundir import RunDir
+from imgcls.yamlfile import read_yaml
+
+SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST = "sweep.yaml", "sweep.json", "sweep.csv", "sweep.png", "points", "best"
+OWN = (SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST)
+CSV_COLUMNS = ("point", "group", "best_epoch", "epochs_run", "val_top1", "val_top5", "val_loss", "test_top1",
+               "test_top5", "test_loss", "diverged", "seconds")
+
+
+@dataclass
+class SweepDir:
+    path: Path
+
+    spec = property(lambda self: self.path / SPEC)
+    results = property(lambda self: self.path / RESULTS)
+    table = property(lambda self: self.path / TABLE)
+    figure = property(lambda self: self.path / FIGURE)
+    best = property(lambda self: self.path / BEST)
+
+    @classmethod
+    def for_new_sweep(cls, out: str | None, dataset: str, overwrite: bool) -> SweepDir:
+        path = Path(out) if out else Path("runs") / f"sweep-{dataset}-{_now()}"
+        RunDir.for_new_run(str(path), dataset, overwrite=True)  # its checks of where a folder may go
+        sweep = cls(path)
+        if path.is_dir():
+            others = sorted(entry.name for entry in os.scandir(path) if entry.name not in OWN
+                            and not entry.name.startswith(".imgcls") and not entry.name.endswith(".tmp"))
+            if others:
+                raise UserError(f"--out {printable(path)} holds files that are not a sweep's ({', '.join(others[:3])})"
+                                f"; choose a new or empty folder")
+            if sweep.spec.exists() and not overwrite:
+                raise UserError(f"{printable(path)} already holds a sweep; pass --overwrite to replace it, "
+                                f"--resume {printable(path)} to continue it, or choose another --out")
+        return sweep
+
+    @classmethod
+    def for_resume(cls, path: Path) -> SweepDir:
+        sweep = cls(Path(path))
+        if not sweep.spec.is_file():
+            raise UserError(f"--resume {printable(path)}: not a sweep folder (no {SPEC}); pass the --out folder of "
+                            f"an interrupted sweep")
+        if sweep.results.is_file():
+            raise UserError(f"--resume {printable(path)}: that sweep has already finished ({RESULTS} exists)")
+        return sweep
+
+    def start(self, spec: dict) -> None:
+        """A fresh sweep: a replaced sweep's files go (points and all), then the spec is written."""
+        import shutil
+
+        for name in (RESULTS, TABLE, FIGURE, BEST):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / POINTS, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.spec, yaml.safe_dump(spec, sort_keys=False))
+
+    def read_spec(self) -> dict:
+        spec = read_yaml(self.spec, f"{self.spec}", "start a new sweep")
+        if not isinstance(spec, dict) or not isinstance(spec.get("base"), dict) or \
+                not isinstance(spec.get("grid"), dict):
+            raise UserError(f"{printable(self.spec)} is damaged (it needs 'base' and 'grid' mappings); start a new "
+                            f"sweep")
+        return spec
+
+    def point(self, index: int) -> RunDir:
+        return RunDir(self.path / POINTS / f"{index:03d}")
+
+    def write_results(self, records: list[dict], summary: dict) -> None:
+        write_json_atomic(self.results, {**summary, "points": records})
+        write_text_atomic(self.table, _csv(records))
+
+    def link_best(self, index: int) -> None:
+        temporary = self.path / f"{BEST}.tmp"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(Path(POINTS) / f"{index:03d}")
+        temporary.replace(self.best)
+
+    @contextmanager
+    def locked(self) -> Iterator[SweepDir]:
+        with RunDir(self.path).locked():
+            yield self
+
+
+def _csv(records: list[dict]) -> str:
+    options = sorted({name for record in records for name in record["options"]})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS[:2], *options, *CSV_COLUMNS[2:]])
+    for record in records:
+        shown = [record["options"].get(name, "") for name in options]
+        writer.writerow([record["point"], record["group"], *shown, *(_cell(record.get(c)) for c in CSV_COLUMNS[2:])])
+    return out.getvalue()
+
+
+def _cell(value):
+    return "" if value is None else value
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
