@@ -50,6 +50,8 @@ class StackedModels:
         self.states = list(states)
         for index, state in enumerate(self.states):
             self.adopt_momentum(index)
+            # The LR scheduler warns unless optimizer.step() has run once; the update rule runs here instead.
+            state.optimizer._opt_called = True
         # grouped by loss (and class weights): each loss runs once per step, on all of its models
         self.loss_groups = _loss_groups([state.loss for state in self.states], self.weight.device)
 
@@ -65,8 +67,6 @@ class StackedModels:
             if saved is not None and saved.data_ptr() != velocity.data_ptr():
                 velocity.copy_(saved)
             state.optimizer.state[param]["momentum_buffer"] = velocity
-        # The LR scheduler warns unless optimizer.step() has run once; the update rule runs here instead.
-        state.optimizer._opt_called = True
 
     def scores(self, pixels: torch.Tensor) -> torch.Tensor:
         """Every model's scores, (P, K, n), from one product."""

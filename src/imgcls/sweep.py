@@ -276,7 +276,7 @@ def _freeze_diverged(stack: StackedModels, states: list[TrainState], active: lis
 
 def _diverge(stack: StackedModels, state: TrainState, index: int, why: str) -> None:
     stack.freeze(index, zero=True)
-    state.run.mark_diverged(f"{why}: training diverged; a lower --lr would not")
+    state.run.mark_diverged(f"{why}: training diverged (its last good checkpoints are kept); a lower --lr may not")
 
 
 def _end_epoch(stack: StackedModels, states: list[TrainState], active: list[int], sums: dict[str, torch.Tensor],

@@ -1,0 +1,205 @@
+"""`imgcls sweep`: stacked models end where separate runs end, validation alone chooses, a diverging point stops
+alone, an interrupted sweep resumes exactly, and every grid mistake is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from imgcls import checkpoint as ckpt
+from imgcls import sweep as sweeping
+from imgcls.config import build_config, settings
+from imgcls.grid import Point, parse_values
+from imgcls.report import Reporter
+from imgcls.stacked import StackedModels
+from imgcls.sweepdir import SweepDir
+from imgcls.train import train
+
+EPOCHS = 3
+
+
+def sweep_flags(out, **flags) -> dict:
+    given = {"epochs": EPOCHS, "device": "cpu", "out": out, **flags}
+    return {name: None if given.get(name) is None else str(given[name]) for name in settings()}
+
+
+def run_sweep(out, **flags) -> sweeping.SweepResult:
+    target, spec = sweeping.plan(None, sweep_flags(out, **flags), overwrite=False)
+    with target.locked():
+        return sweeping.run(target, spec, Reporter(quiet=True), resume=False)
+
+
+def resume_sweep(out) -> sweeping.SweepResult:
+    target = SweepDir.for_resume(out)
+    with target.locked():
+        return sweeping.run(target, target.read_spec(), Reporter(quiet=True), resume=True)
+
+
+def train_alone(out, values: dict):
+    flags = {"epochs": EPOCHS, "device": "cpu", "out": str(out), **values}
+    return train(build_config(None, flags), Reporter(quiet=True))
+
+
+@pytest.mark.parametrize("grid", [
+    {"lr": "0.002,0.02", "momentum": "0,0.9"},
+    {"loss": "ce,mse", "nesterov": "true,false", "class_weights": "none,balanced", "lr": "0.00001"},
+    {"schedule": "cosine,onecycle", "init": "zeros,default", "weight_decay": "0,0.05", "warmup_epochs": "0,1"},
+])
+def test_each_stacked_model_ends_where_its_own_train_run_ends(tmp_path, grid):
+    result = run_sweep(tmp_path / "sweep", **grid)
+    assert len(result.groups) == 1, "points that share batches must train stacked, in one group"
+    points = result.groups[0].points
+    assert len(points) == len(result.records) > 1
+    for point in points[:4] if len(points) <= 4 else points[::3]:
+        singles = {name: values for name, values in grid.items() if "," not in values}
+        alone = train_alone(tmp_path / f"alone{point.index}", {**singles, **point.values})
+        swept = tmp_path / "sweep" / "points" / f"{point.index:03d}"
+        for name in ("best.safetensors", "last.safetensors"):
+            a, b = ckpt.load(alone.run_dir.path / name), ckpt.load(swept / name)
+            scale = a.weight.abs().max().item()
+            assert torch.allclose(a.weight, b.weight, rtol=1e-4, atol=1e-5 * scale), (point.label(), name)
+            assert torch.allclose(a.bias, b.bias, rtol=1e-4, atol=1e-5 * max(scale, 1e-3)), (point.label(), name)
+            assert a.meta["epoch"] == b.meta["epoch"]
+        record = result.records[point.index]
+        assert record["best_epoch"] == alone.best_epoch
+        assert record["val_top1"] == pytest.approx(alone.val.top1, abs=2 / alone.val.count)
+        lrs = [(r["lr"], r["lr_last"]) for r in alone.history]
+        swept_lrs = [(r["lr"], r["lr_last"]) for r in map(json.loads, (swept / "epochs.jsonl").read_text().splitlines())]
+        assert swept_lrs == lrs, "each model must follow its own schedule exactly"
+
+
+def test_selection_reads_validation_only(tmp_path, monkeypatch):
+    grid = {"lr": "0.0005,0.005,0.05"}
+    honest = run_sweep(tmp_path / "honest", **grid)
+    real = sweeping.make_eval_batches
+
+    def scrambled_test(data, split, *args, **kwargs):
+        batches = real(data, split, *args, **kwargs)
+        if split == "test":  # every test label moved to the next class: test top-1 collapses, validation is as was
+            batches.labels = (batches.labels + 1) % len(data.classes)
+        return batches
+
+    monkeypatch.setattr(sweeping, "make_eval_batches", scrambled_test)
+    poisoned = run_sweep(tmp_path / "poisoned", **grid)
+    assert [r["val_top1"] for r in poisoned.records] == [r["val_top1"] for r in honest.records]
+    assert [r["test_top1"] for r in poisoned.records] != [r["test_top1"] for r in honest.records]
+    assert poisoned.best == honest.best == max(honest.records, key=lambda r: (r["val_top1"], -r["val_loss"]))["point"]
+    summary = json.loads((tmp_path / "honest" / "sweep.json").read_text())
+    assert summary["test_used_for_selection"] is False and summary["best_point"] == honest.best
+
+
+def test_select_prefers_validation_then_lower_loss_and_never_a_diverged_point():
+    def record(point, val, loss, test, diverged=False):
+        return {"point": point, "val_top1": val, "val_loss": loss, "test_top1": test, "diverged": diverged}
+
+    records = [record(0, 0.5, 1.0, 0.9), record(1, 0.6, 1.2, 0.1), record(2, 0.6, 1.1, 0.2),
+               record(3, 0.9, 0.5, 0.9, diverged=True)]
+    assert sweeping.select(records) == 2
+    assert sweeping.select([record(0, None, None, None, diverged=True)]) is None
+
+
+def test_a_diverging_point_stops_alone_and_is_never_chosen(tmp_path):
+    result = run_sweep(tmp_path / "sweep", lr="0.0001,1e6", loss="mse", momentum="0")
+    good, bad = result.records
+    assert bad["diverged"] and not good["diverged"]
+    assert (tmp_path / "sweep" / "points" / "001" / "diverged.txt").is_file()
+    assert good["epochs_run"] == EPOCHS and bad["epochs_run"] < EPOCHS
+    assert result.best == 0
+    history = [json.loads(line) for line in (tmp_path / "sweep" / "points" / "000" / "epochs.jsonl").read_text()
+               .splitlines()]
+    assert history[-1]["train_loss"] < history[0]["train_loss"], "the other point must go on learning"
+
+
+class InterruptAfter:
+    """A real SIGINT to this process after the sweep's `steps`-th stacked step."""
+
+    def __init__(self, monkeypatch, steps: int):
+        real, count = StackedModels.step, {"n": 0}
+
+        def counted(stack, *args):
+            stats = real(stack, *args)
+            count["n"] += 1
+            if count["n"] == steps:
+                os.kill(os.getpid(), signal.SIGINT)
+            return stats
+
+        monkeypatch.setattr(StackedModels, "step", counted)
+
+
+@pytest.mark.parametrize("steps", [3, 8])  # inside the first epoch (8 steps of 128 of the sample), and at its end
+def test_an_interrupted_sweep_resumes_to_the_same_models(tmp_path, monkeypatch, steps):
+    grid = {"lr": "0.003,0.03", "momentum": "0,0.9", "batch_size": "128", "patience": "1"}
+    whole = run_sweep(tmp_path / "whole", **grid)
+    with monkeypatch.context() as patch:
+        InterruptAfter(patch, steps)
+        with pytest.raises(sweeping.SweepInterrupted):
+            run_sweep(tmp_path / "cut", **grid)
+    resumed = resume_sweep(tmp_path / "cut")
+    assert resumed.best == whole.best
+    for a, b in zip(whole.records, resumed.records):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    for index in range(4):
+        for name in ("best.safetensors", "last.safetensors"):
+            a = ckpt.load(tmp_path / "whole" / "points" / f"{index:03d}" / name)
+            b = ckpt.load(tmp_path / "cut" / "points" / f"{index:03d}" / name)
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), (index, name)
+
+
+def test_the_chosen_point_is_a_run_that_other_commands_take(cli, tmp_path, assert_ok):
+    result = cli("sweep", "--lr", "0.001,0.01", "--epochs", "2", "--device", "cpu", "--out", tmp_path / "s", "-q")
+    assert_ok(result)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    best = tmp_path / "s" / "best"
+    assert best.is_symlink() and summary["best_point"] in (0, 1)
+    for name in ("config.yaml", "metrics.json", "best.safetensors", "curves.png", "report.html"):
+        assert (best / name).is_file(), name
+    assert (tmp_path / "s" / "sweep.png").is_file()
+    rows = (tmp_path / "s" / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("point,group,lr,")
+    evaluated = cli("eval", best, "--split", "val", "--json")
+    assert_ok(evaluated)
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert json.loads(evaluated.stdout)["val"]["top1"] == pytest.approx(metrics["val"]["top1"])
+    again = cli("sweep", "--lr", "0.001,0.01", "--out", tmp_path / "s")
+    assert again.exit_code == 2 and "already holds a sweep" in again.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lr", "1:0.1:0"], ["--lr", "empty"]),
+    (["--lr", "0.1,,0.2"], ["--lr", "empty value"]),
+    (["--lr", "fast"], ["--lr", "number"]),
+    (["--lr", "0:1:3"], ["log range"]),
+    (["--epochs", "1:10:3"], ["--epochs", "list"]),
+    (["--loss", "ce,hinge"], ["unknown loss", "hinge"]),
+    (["--lr", "0.1,-1"], ["--lr", "greater than 0"]),
+    (["--nesterov", "maybe"], ["--nesterov", "true or false"]),
+    (["--lr", "0.1,0.1"], ["twice"]),
+    (["--lr", "1e-9:1:200000"], ["more than"]),
+    (["--precision", "bf16"], ["analytic float32"]),
+])
+def test_grid_mistakes_are_one_error_line(cli, tmp_path, args, words, assert_user_error):
+    epochs = [] if "--epochs" in args else ["--epochs", "1"]
+    result = cli("sweep", *args, "--out", tmp_path / "s", *epochs)
+    assert_user_error(result, *words)
+    assert not (tmp_path / "s" / "sweep.yaml").exists()
+
+
+def test_log_ranges_lists_none_and_switches_parse_as_their_options_declare():
+    options = settings()
+    assert parse_values(options["lr"], "1e-4:1:5") == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert parse_values(options["batch_size"], "32,full") == [32, "full"]
+    assert parse_values(options["patience"], "none,3") == [None, 3]
+    assert parse_values(options["nesterov"], "true,false") == [True, False]
+    assert parse_values(options["class_weights"], "1,2,3") == [[1.0, 2.0, 3.0]]
+    assert Point(0, {"lr": 0.01, "nesterov": True}).label() == "lr=0.01 nesterov=true"
+
+
+def test_a_grid_too_large_for_memory_says_how_many_points_fit(cli, tmp_path, monkeypatch, assert_user_error):
+    monkeypatch.setattr(sweeping, "available_memory", lambda: 10 ** 7)
+    result = cli("sweep", "--lr", "1e-4:1:40", "--out", tmp_path / "s", "--epochs", "1", "--device", "cpu")
+    message = assert_user_error(result, "40 stacked models", "points fit")
+    assert "about 0 points" not in message
