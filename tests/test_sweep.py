@@ -47,7 +47,8 @@ def train_alone(out, values: dict):
 @pytest.mark.parametrize("grid", [
     {"lr": "0.002,0.02", "momentum": "0,0.9"},
     {"loss": "ce,mse", "nesterov": "true,false", "class_weights": "none,balanced", "lr": "0.00001"},
-    {"schedule": "cosine,onecycle", "init": "zeros,default", "weight_decay": "0,0.05", "warmup_epochs": "0,1"},
+    {"schedule": "cosine,onecycle", "init": "zeros,default", "weight_decay": "0,0.05", "warmup_epochs": "0,1",
+     "lr": "0.005"},
 ])
 def test_each_stacked_model_ends_where_its_own_train_run_ends(tmp_path, grid):
     result = run_sweep(tmp_path / "sweep", **grid)
@@ -179,7 +180,8 @@ def test_the_chosen_point_is_a_run_that_other_commands_take(cli, tmp_path, asser
     (["--nesterov", "maybe"], ["--nesterov", "true or false"]),
     (["--lr", "0.1,0.1"], ["twice"]),
     (["--lr", "1e-9:1:200000"], ["more than"]),
-    (["--precision", "bf16"], ["analytic float32"]),
+    (["--precision", "bf16", "--lr", "0.01"], ["analytic float32"]),
+    (["--momentum", "0,0.9"], ["--lr values"]),
 ])
 def test_grid_mistakes_are_one_error_line(cli, tmp_path, args, words, assert_user_error):
     epochs = [] if "--epochs" in args else ["--epochs", "1"]

@@ -50,6 +50,15 @@ def parse_batch_size(text: str) -> int | str:
         return text.strip()  # 'full', 'auto', or a mistake that validation names
 
 
+def parse_optional_count(text: str) -> int | None | str:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--patience takes a whole number of epochs or 'none', not {shown(text)}") from None
+
+
 def parse_class_weights(text: str) -> str | list[float]:
     if text == "balanced":
         return text
@@ -80,6 +89,19 @@ def device_problem(device: str, name: str) -> str | None:
     if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
         return None
     return f"unknown device {shown(device)}; choose auto, cpu, cuda or cuda:N"
+
+
+def parse_lr(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()  # 'auto', or a mistake that validation names
+
+
+def lr_problem(value: float | str, name: str) -> str | None:
+    if isinstance(value, str):
+        return None if value == "auto" else f"{name} must be a number above 0 or 'auto', not {shown(value)}"
+    return FINITE(value, name) or POSITIVE(value, name)
 
 
 SEED_RANGE = must(lambda seed: 0 <= seed < 2 ** 32, "in [0, 2^32)")  # torch refuses seeds past 2^64 with a traceback
@@ -123,7 +145,9 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = option(0.005, "Learning rate.", OPTIMIZATION, check=(FINITE, POSITIVE))
+    lr: float | str = option("auto", "Learning rate, or 'auto': the best of a short stacked search on the validation "
+                                     "split (imgcls lr-find shows it); the chosen rate is written to config.yaml.",
+                             OPTIMIZATION, check=lr_problem, parse=parse_lr)
     batch_size: int | str = option(128, "N, 1 (online SGD), 'full' (gradient descent) or 'auto'.", OPTIMIZATION,
                                    check=batch_size_problem, parse=parse_batch_size)
     momentum: float = option(0.9, "SGD momentum.", OPTIMIZATION, check=must(lambda m: 0 <= m < 1, "in [0, 1)"))
@@ -146,9 +170,11 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = option(10, "Epochs to train.", OPTIMIZATION, check=must(lambda epochs: epochs >= 1, "at least 1"))
-    patience: int | None = option(None, "Stop after N epochs without a better val top-1.", OPTIMIZATION,
-                                  shown_default="off", check=must(lambda epochs: epochs >= 1, "at least 1 epoch"))
+    epochs: int = option(100, "Epochs to train (at most, with --patience).", OPTIMIZATION,
+                         check=must(lambda epochs: epochs >= 1, "at least 1"))
+    patience: int | None = option(10, "Stop after N epochs without a better val top-1 ('none': never).",
+                                  OPTIMIZATION, check=must(lambda epochs: epochs >= 1, "at least 1 epoch"),
+                                  parse=parse_optional_count)
     seed: int = option(0, "Seed for init, split and order.", RUN, check=SEED_RANGE)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", RUN, check=device_problem)
     precision: str = option("fp32", f"{or_list(PRECISIONS)} (CUDA).", RUN, choices=PRECISIONS)
@@ -297,12 +323,15 @@ def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True
                 names[key] = f"{section}.{key} in {source}"
 
 
+GIVEN_NONE = object()  # a flag given as 'none' (--patience none): None itself means 'not given'
+
+
 def apply_flags(config: Config, flags: dict[str, Any], names: dict[str, str] | None = None) -> None:
-    """Flags given on the command line (None means 'not given') override the file."""
+    """Flags given on the command line (None means 'not given', GIVEN_NONE 'set to none') override the file."""
     for key, value in flags.items():
         if value is not None:
             setting = settings()[key]
-            _apply(config, setting.section, key, value)
+            _apply(config, setting.section, key, None if value is GIVEN_NONE else value)
             if names is not None:
                 names[key] = setting.flag
 
@@ -314,6 +343,8 @@ def parse_flags(given: Mapping[str, Any]) -> dict[str, Any]:
         parse = settings()[key].option.parse
         if parse is not None and value is not None:
             parsed[key] = parse(value)
+            if parsed[key] is None:
+                parsed[key] = GIVEN_NONE
     return parsed
 
 

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from imgcls.config import Config, apply_flags, settings, validate
+from imgcls.config import GIVEN_NONE, Config, apply_flags, settings, validate
 from imgcls.errors import UserError, shown
 from imgcls.options import Setting
 
@@ -168,7 +168,7 @@ def point_config(base: Config, point: Point) -> Config:
     """The base config (defaults, --config file, single-valued flags) with this point's values, validated."""
     config = Config.from_dict(base.to_dict(), "the sweep's base config")
     names: dict[str, str] = {}
-    apply_flags(config, point.values, names)
+    apply_flags(config, {name: GIVEN_NONE if value is None else value for name, value in point.values.items()}, names)
     validate(config, names)
     return config
 

@@ -22,7 +22,7 @@ from torch import nn
 from imgcls.losses import Loss, mean_denominator
 from imgcls.metrics import Metrics, MetricsAccumulator
 from imgcls.model import LinearClassifier
-from imgcls.train import TrainState
+from imgcls.runstate import TrainState
 
 
 class StackedModels:
@@ -42,6 +42,7 @@ class StackedModels:
                 model.linear.weight = nn.Parameter(self.weight[index])
                 model.linear.bias = nn.Parameter(self.bias[index])
         self.frozen = torch.zeros(len(models), dtype=torch.bool)  # stopped early or diverged: lr 0 from now on
+        self.diverged = torch.zeros(len(models), dtype=torch.bool)
         self.states: list[TrainState] = []
         self.loss_groups: list[tuple[torch.Tensor, Loss]] = []
 

@@ -25,18 +25,22 @@ from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.prepare import prepare
 from imgcls.data.types import PreparedData
 from imgcls.device import cpu_threads, resolve_device, step_threads
-from imgcls.distributed import Shard
 from imgcls.errors import UserError
 from imgcls.grid import Point, describe, group_key, point_config
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.memory import available_memory
 from imgcls.metrics import Metrics
 from imgcls.report import Reporter
-from imgcls.resume import check_same_run, restore
+from imgcls.runstate import TrainState, write_final_metrics
 from imgcls.stacked import StackedModels
+from imgcls.stackedtrain import (
+    StackInterrupted,
+    all_finished,
+    build_group,
+    train_stacked,
+)
 from imgcls.sweepdir import SweepDir
-from imgcls.train import TrainState, end_epoch, new_model, new_state, resolve_batch_size, save_interrupted, \
-    write_final_metrics
+from imgcls.train import resolve_batch_size
 
 SELECTED_BY = "validation top-1 (ties: the lower validation loss); the test split is reported for every point but " \
               "never used to choose"
@@ -74,6 +78,9 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for point in points:
         config = point_config(base, point)
+        if config.optim.lr == "auto":
+            raise UserError("a sweep searches the learning rate itself: give --lr values, e.g. --lr 1e-4:1:9 "
+                            "(imgcls lr-find suggests a range)")
         if config.train.precision != "fp32" or config.train.gradient != "analytic":
             raise UserError("a sweep trains its models stacked with the analytic float32 step; drop --precision and "
                             "--gradient (train the chosen point with them afterwards)")
@@ -127,11 +134,15 @@ def run_group(sweep: SweepDir, group: Group, reporter: Reporter, resume: bool, s
                                         device)
         for point_config_ in group.configs:
             point_config_.train.threads = threads
-        stack, states = build_group(sweep, group, data, batch_size, device, resume)
+        runs = [sweep.point(point.index) for point in group.points]
+        stack, states = build_group(runs, group.configs, data, batch_size, device, resume)
         train_batches = make_batches(data, "train", batch_size, device, config.train.seed)
         val_batches = make_eval_batches(data, "val", device)
-        if not all_finished(group, states):
-            train_stacked(sweep, stack, states, train_batches, val_batches, data, stop, bar)
+        if not all_finished(states):
+            try:
+                train_stacked(stack, states, train_batches, val_batches, data, stop, bar)
+            except StackInterrupted:
+                raise SweepInterrupted(sweep) from None
         return finish_group(sweep, group, stack, states, val_batches, make_eval_batches(data, "test", device), data)
 
 
@@ -153,156 +164,6 @@ def check_group_fits(points: int, classes: int, features: int, batch_size: int, 
         raise UserError(f"{points} stacked models of {classes}x{features} weights would need about "
                         f"{per_point * points / 1e9:.1f} GB of {device.type} memory, more than the "
                         f"{available / 1e9:.1f} GB available; about {fit} points fit at once: give fewer values")
-
-
-def build_group(sweep: SweepDir, group: Group, data: PreparedData, batch_size: int, device: torch.device,
-                resume: bool) -> tuple[StackedModels, list[TrainState]]:
-    """Each point's model (seeded as `imgcls train` seeds it), stacked, with its own optimizer and schedule; on
-    resume, each where its last checkpoint left it."""
-    models = []
-    for config in group.configs:
-        torch.manual_seed(config.train.seed)
-        models.append(new_model(config, data, device))
-    stack = StackedModels(models)
-    steps = math.ceil(len(data.train) / max(1, min(batch_size, len(data.train))))
-    states = [new_state(sweep.point(point.index), config, data, Shard(), model, steps, device)
-              for point, config, model in zip(group.points, group.configs, models)]
-    stack.attach(states)
-    for index, state in enumerate(states):
-        if resume and state.run.last.is_file():
-            restore_point(state, device, steps)
-            stack.adopt_momentum(index)
-        else:
-            state.run.start()
-            state.run.write_config(state.config.to_dict())
-        if state.run.diverged.is_file():
-            stack.freeze(index, zero=True)
-        elif not state.more_epochs():
-            stack.freeze(index)
-    return stack, states
-
-
-def restore_point(state: TrainState, device: torch.device, steps: int) -> None:
-    saved = ckpt.load(state.run.last)
-    try:
-        check_same_run(saved, state.config, state.data)
-        restore(saved, state.model, state.optimizer, state.scheduler, state.progress, device, state.shard, steps)
-    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as error:
-        raise UserError(f"{state.run.last} cannot resume this sweep ({type(error).__name__}: {str(error)[:200]}); "
-                        f"it is damaged: start a new sweep") from None
-
-
-def all_finished(group: Group, states: list[TrainState]) -> bool:
-    return all(not state.more_epochs() or state.run.diverged.is_file() for state in states)
-
-
-def train_stacked(sweep: SweepDir, stack: StackedModels, states: list[TrainState], batches, val_batches, data: PreparedData,
-                  stop: StopRequest, bar) -> None:
-    """Epochs of stacked steps until every model has finished, stopped early or diverged."""
-    active = _active(stack)
-    epoch, step = states[active[0]].progress.epoch, states[active[0]].progress.step
-    if any((states[i].progress.epoch, states[i].progress.step) != (epoch, step) for i in active):
-        raise UserError("the sweep's checkpoints are not all at the same step (they were not written by one "
-                        "interrupted sweep); start a new sweep")
-    sums = _running_sums(stack, states)
-    quiet = Reporter(quiet=True)
-    while active:
-        epoch = states[active[0]].progress.epoch
-        started = time.perf_counter() - states[active[0]].progress.seconds
-        for pixels, labels, _ in batches.epoch(epoch, states[active[0]].progress.step):
-            for index in active:
-                _note_rate(states[index])
-            loss_sums, weights, correct = stack.step(pixels, labels)
-            for name, value in zip(("loss", "weight", "correct"), (loss_sums, weights, correct)):
-                sums[name] += value
-            seconds = time.perf_counter() - started
-            for index in active:
-                progress = states[index].progress
-                progress.step += 1
-                progress.seen += len(labels)
-                progress.seconds = seconds
-                states[index].scheduler.step()
-            _freeze_diverged(stack, states, active, sums)
-            active = _active(stack)
-            position = states[active[0]].progress.step if active else len(batches)
-            bar(epoch + position / len(batches), f"epoch {epoch + 1}")
-            if stop.requested and active and position < len(batches):
-                _save_all(stack, states, sums, active)
-                raise SweepInterrupted(sweep)
-        _end_epoch(stack, states, active, sums, val_batches, data, quiet)
-        active = _active(stack)
-        if stop.requested and active:
-            raise SweepInterrupted(sweep)  # every model's `last` checkpoint was just written
-
-
-def _active(stack: StackedModels) -> list[int]:
-    return [index for index, frozen in enumerate(stack.frozen.tolist()) if not frozen]
-
-
-def _note_rate(state: TrainState) -> None:
-    """The rate this update uses, before the schedule moves (epochs.jsonl's lr and lr_last)."""
-    progress = state.progress
-    progress.lr_last = state.optimizer.param_groups[0]["lr"]
-    if progress.step == 0:
-        progress.lr_first = progress.lr_last
-
-
-def _running_sums(stack: StackedModels, states: list[TrainState]) -> dict[str, torch.Tensor]:
-    """Each model's running loss, weight and correct counts of this epoch, as columns (restored ones included)."""
-    device = stack.weight.device
-    return {"loss": torch.tensor([float(s.progress.loss_sum) for s in states], device=device),
-            "weight": torch.tensor([float(s.progress.weight_sum) for s in states], device=device),
-            "correct": torch.tensor([int(s.progress.correct) for s in states], device=device)}
-
-
-def _sync_sums(states: list[TrainState], sums: dict[str, torch.Tensor], indices: list[int]) -> None:
-    for index in indices:
-        progress = states[index].progress
-        progress.loss_sum = sums["loss"][index].clone()
-        progress.weight_sum = sums["weight"][index].clone()
-        progress.correct = sums["correct"][index].clone()
-
-
-def _freeze_diverged(stack: StackedModels, states: list[TrainState], active: list[int],
-                     sums: dict[str, torch.Tensor]) -> None:
-    finite = torch.isfinite(sums["loss"]).tolist()
-    for index in active:
-        if not finite[index]:
-            _diverge(stack, states[index], index, f"the loss became {float(sums['loss'][index])} at epoch "
-                                                  f"{states[index].progress.epoch + 1}, step "
-                                                  f"{states[index].progress.step}")
-            sums["loss"][index] = 0.0
-
-
-def _diverge(stack: StackedModels, state: TrainState, index: int, why: str) -> None:
-    stack.freeze(index, zero=True)
-    state.run.mark_diverged(f"{why}: training diverged (its last good checkpoints are kept); a lower --lr may not")
-
-
-def _end_epoch(stack: StackedModels, states: list[TrainState], active: list[int], sums: dict[str, torch.Tensor],
-               val_batches, data: PreparedData, quiet: Reporter) -> None:
-    """Validation for every model at once, then each model's epoch ends as a run's does (train.end_epoch)."""
-    _sync_sums(states, sums, active)
-    metrics = stack.evaluate(val_batches, data.superclass_of)
-    for index in active:
-        state, val = states[index], metrics[index]
-        if not math.isfinite(val.loss):
-            _diverge(stack, state, index, f"the validation loss became {val.loss} after epoch "
-                                          f"{state.progress.epoch + 1}")
-            continue
-        end_epoch(state, val, quiet)
-        if not state.more_epochs():
-            stack.freeze(index)
-    for name in sums:
-        sums[name].zero_()
-
-
-def _save_all(stack: StackedModels, states: list[TrainState], sums: dict[str, torch.Tensor],
-              active: list[int]) -> None:
-    """A mid-epoch resumable checkpoint of every model still training."""
-    _sync_sums(states, sums, active)
-    for index in active:
-        save_interrupted(states[index])
 
 
 def finish_group(sweep: SweepDir, group: Group, stack: StackedModels, states: list[TrainState], val_batches,
@@ -355,11 +216,12 @@ def write_results(result: SweepResult, grid: dict) -> None:
 def plan(config_file, flags: dict[str, str | None], overwrite: bool) -> tuple[SweepDir, dict]:
     """A new sweep's folder and spec: options given one value join the base config (defaults, then --config);
     options given several make the grid."""
-    from imgcls.config import build_config
+    from imgcls.config import GIVEN_NONE, build_config
     from imgcls.grid import parse_axes
 
     axes = parse_axes(flags)
-    base = build_config(config_file, {name: values[0] for name, values in axes.items() if len(values) == 1})
+    singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
+    base = build_config(config_file, singles)
     grid = {name: values for name, values in axes.items() if len(values) > 1}
     sweep = SweepDir.for_new_sweep(base.output.out, base.data.dataset, overwrite)
     base.output.out = None

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import SGD
-from torch.optim.lr_scheduler import LRScheduler
 
 from imgcls import checkpoint as ckpt
 from imgcls import distributed
@@ -27,19 +25,30 @@ from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.decode import ProgressCallback
 from imgcls.data.prepare import prepare
-from imgcls.data.registry import SPECS
 from imgcls.data.types import PreparedData
-from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
+from imgcls.device import (
+    auto_batch_size,
+    cpu_threads,
+    resolve_device,
+    set_precision,
+    step_threads,
+)
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest, stop_on_signals
-from imgcls.losses import Loss, class_weights
+from imgcls.lrsearch import CANDIDATES, search_lr
 from imgcls.metrics import Metrics, evaluate
-from imgcls.model import LinearClassifier
-from imgcls.optim import build_optimizer, build_scheduler
 from imgcls.progress import Progress
 from imgcls.report import Reporter
-from imgcls.resume import check_same_run, data_fingerprint, restore
+from imgcls.resume import check_same_run, restore
 from imgcls.rundir import RunDir
+from imgcls.runstate import (
+    TrainState,
+    end_epoch,
+    new_model,
+    new_state,
+    save_interrupted,
+    write_final_metrics,
+)
 from imgcls.step import make_step
 
 
@@ -51,43 +60,6 @@ class RunResult:
     test: Metrics
     batch_size: int
     history: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class TrainState:
-    """What the epochs share: the run they belong to (its folder, config, data and this process's part of it), the
-    loss they minimize, and what they move forward and a checkpoint saves (model, optimizer, schedule, progress)."""
-    run: RunDir
-    config: Config
-    data: PreparedData
-    shard: distributed.Shard
-    loss: Loss
-    model: LinearClassifier
-    optimizer: SGD
-    scheduler: LRScheduler
-    progress: Progress = field(default_factory=Progress)
-
-    def more_epochs(self) -> bool:
-        return self.progress.epoch < self.config.train.epochs and not self.finished_early()
-
-    def finished_early(self) -> bool:
-        """Early stopping: `patience` epochs in a row without a better validation top-1."""
-        patience, progress = self.config.train.patience, self.progress
-        return patience is not None and progress.best_epoch is not None and \
-            progress.epoch - 1 - progress.best_epoch >= patience
-
-    def checkpoint(self, resumable: bool = False) -> ckpt.Checkpoint:
-        """A checkpoint usable alone; a resumable one also holds the optimizer, scheduler and progress."""
-        data, progress, model = self.data, self.progress, self.model
-        meta = {"dataset": data.dataset, "classes": data.classes, "input_shape": list(data.shape),
-                "superclass_of": data.superclass_of, "config": self.config.to_dict(), "seed": self.config.train.seed,
-                "epoch": progress.epoch, "step": progress.step, "val": progress.best_val,
-                "data_fingerprint": data_fingerprint(data)}
-        checkpoint = ckpt.Checkpoint(model.linear.weight.detach().clone(), model.linear.bias.detach().clone(),
-                                     data.normalization.mean, data.normalization.std, meta)
-        if resumable:
-            checkpoint.add_resume_state(self.optimizer.state_dict(), self.scheduler.state_dict(), progress)
-        return checkpoint
 
 
 class Diverged(UserError):
@@ -118,8 +90,11 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
         config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
                                             len(data.classes), device, shard.world)
+    if config.optim.lr == "auto":
+        choose_lr(config, data, batch_size, device, shard, reporter)
     train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard)
     val_batches = make_eval_batches(data, "val", device, shard)
+    torch.manual_seed(config.train.seed)  # the init's draws, whatever ran before (the search draws its own)
     model = new_model(config, data, device)
     state = new_state(run, config, data, shard, model, len(train_batches), device)
     if resume is None and shard.is_main:
@@ -146,21 +121,24 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     return finish(state, val_batches, train_batches.batch_size)
 
 
-def new_model(config: Config, data: PreparedData, device: torch.device) -> LinearClassifier:
-    """The model as the config initializes it, drawn from the global generator (seeded by the caller)."""
-    return LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
+def choose_lr(config: Config, data: PreparedData, batch_size: int, device: torch.device, shard: distributed.Shard,
+              reporter: Reporter) -> None:
+    """--lr auto: the short stacked search on the validation split (lrsearch.py) sets the rate that config.yaml
+    records, so `imgcls train --config RUN/config.yaml` repeats the run without searching again."""
+    if shard.world > 1:
+        raise UserError("--lr auto searches in one process; run `imgcls lr-find` with the same config and pass the "
+                        "rate it suggests as --lr")
+    reporter.note(f"--lr auto: training {len(CANDIDATES)} rates from {min(CANDIDATES):g} to {max(CANDIDATES):g} "
+                  f"stacked, to pick one by validation top-1")
+    search = search_lr(config, data, batch_size, device)
+    config.optim.lr = search.chosen
+    reporter.note(f"--lr auto chose {search.chosen:g} (validation top-1 {_shown_top1(search)} after "
+                  f"{search.epochs} epoch(s), {search.seconds:.1f} s); config.yaml records it")
 
 
-def new_state(run: RunDir, config: Config, data: PreparedData, shard: distributed.Shard, model: LinearClassifier,
-              steps_per_epoch: int, device: torch.device) -> TrainState:
-    """A run at its start: the loss, and an optimizer and schedule for `model`."""
-    weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
-    loss = Loss(config.loss.loss, weights)
-    optimizer = build_optimizer(model, config.optim, device)
-    scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, config.train.epochs)
-    state = TrainState(run, config, data, shard, loss, model, optimizer, scheduler)
-    state.progress.start_epoch(device)
-    return state
+def _shown_top1(search) -> str:
+    top1 = search.val_top1[search.lrs.index(search.chosen)]
+    return "-" if top1 is None else f"{top1:.2%}"
 
 
 def resume_from(state: TrainState, device: torch.device, steps_per_epoch: int) -> None:
@@ -220,42 +198,6 @@ def train_one_epoch(state: TrainState, stepper, batches, autocast_dtype: torch.d
     return True
 
 
-def end_epoch(state: TrainState, val: Metrics, reporter: Reporter) -> None:
-    """Record the epoch, keep the best checkpoint, and move on; `last` is written last, so a crash
-    anywhere here resumes by redoing this epoch's bookkeeping from the previous `last`."""
-    progress, run = state.progress, state.run
-    train_loss, train_top1, seen = progress.totals()
-    record = {"epoch": progress.epoch + 1, "train_loss": train_loss, "train_top1": train_top1, "val_loss": val.loss,
-              "val_top1": val.top1, "val_top5": val.top5, "lr": progress.lr_first, "lr_last": progress.lr_last,
-              "seconds": progress.seconds, "images_per_s": seen / max(progress.seconds, 1e-9)}
-    improved = progress.best_val is None or (val.top1, -val.loss) > (progress.best_val["top1"],
-                                                                      -progress.best_val["loss"])
-    progress.history.append(record)
-    if improved:
-        progress.best_epoch, progress.best_val = progress.epoch, val.summary()
-    progress.epoch += 1
-    progress.start_epoch(progress.loss_sum.device)
-    if state.shard.is_main:
-        if improved:
-            ckpt.save(run.best, state.checkpoint())
-        run.write_epochs(progress.history)
-        ckpt.save(run.last, state.checkpoint(resumable=True))
-    distributed.barrier()  # the other processes read these files at the end, or when resuming
-    reporter.epoch_done(record, improved)
-
-
-def save_interrupted(state: TrainState) -> None:
-    """A mid-epoch checkpoint; its running sums are the whole world's, and a resumed main process carries them."""
-    progress = state.progress
-    totals = [progress.loss_sum, progress.weight_sum, progress.correct]
-    seen = torch.tensor(progress.seen, device=progress.correct.device)
-    distributed.sum_across(*totals, seen)
-    progress.seen = int(seen)
-    if state.shard.is_main:
-        ckpt.save(state.run.last, state.checkpoint(resumable=True))
-    distributed.barrier()
-
-
 def finish(state: TrainState, val_batches, batch_size: int) -> RunResult:
     """The test split, measured once, on the checkpoint chosen by validation (and validation again, on it)."""
     run, data, progress, loss = state.run, state.data, state.progress, state.loss
@@ -266,17 +208,6 @@ def finish(state: TrainState, val_batches, batch_size: int) -> RunResult:
     if state.shard.is_main:
         write_final_metrics(state, val, test)
     return RunResult(run, progress.best_epoch + 1, val, test, batch_size, progress.history)
-
-
-def write_final_metrics(state: TrainState, val: Metrics, test: Metrics) -> None:
-    """metrics.json: the best epoch's validation and test metrics; a finished run is one that has it."""
-    data = state.data
-    metrics = {"best_epoch": state.progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
-               "test_detail": test.detail(), "classes": data.classes}
-    superclasses = SPECS[data.dataset].superclass_names()
-    if superclasses:
-        metrics["superclasses"] = superclasses
-    state.run.write_metrics(metrics)
 
 
 def resolve_batch_size(config: Config, data: PreparedData, device: torch.device, reporter: Reporter) -> int:
