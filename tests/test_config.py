@@ -26,7 +26,9 @@ def test_defaults_without_file_or_flags():
     config = build_config(None, {})
     assert config == Config()
     assert config.data.dataset == "cifar10-sample"
-    assert config.optim.lr == 0.005 and config.optim.batch_size == 128 and config.train.epochs == 10
+    # no tuning flags: the rate is searched (--lr auto), and early stopping ends the run within a cap
+    assert config.optim.lr == "auto" and config.optim.batch_size == 128
+    assert config.train.epochs == 100 and config.train.patience == 10
 
 
 def test_file_values_override_defaults(tmp_path):
@@ -69,7 +71,8 @@ def test_int_is_accepted_for_float(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, value, words", [
-    ("optim", "lr", "fast", ["optim.lr", "float", "fast"]),
+    ("optim", "weight_decay", "fast", ["optim.weight_decay", "float", "fast"]),
+    ("optim", "lr", "fast", ["optim.lr", "a number", "'auto'", "fast"]),
     ("train", "epochs", 2.5, ["train.epochs", "int"]),
     ("optim", "nesterov", "yes please", ["optim.nesterov", "bool"]),
     ("train", "epochs", True, ["train.epochs"]),  # a bool is not an int here
@@ -357,8 +360,8 @@ def test_from_dict_checks_types_and_rules_and_names_its_source():
     with pytest.raises(UserError, match="unknown config key 'optim.lookahead' in the checkpoint"):
         Config.from_dict(later, "the checkpoint")
     assert Config.from_dict(later, "the checkpoint", strict=False).optim.lr == 0.5
-    with pytest.raises(UserError, match="config key 'optim.lr' must be float"):
-        Config.from_dict({"optim": {"lr": "fast"}}, "the checkpoint", strict=False)
+    with pytest.raises(UserError, match="config key 'optim.weight_decay' must be float"):
+        Config.from_dict({"optim": {"weight_decay": "fast"}}, "the checkpoint", strict=False)
     with pytest.raises(UserError, match="the checkpoint must be a mapping of sections"):
         Config.from_dict([1, 2], "the checkpoint")
 
@@ -485,7 +488,8 @@ def test_bad_flags_are_user_errors(cli, args, words, assert_user_error, tmp_path
 @pytest.mark.parametrize("content, words", [
     ({"optim": {"lrate": 0.1}}, ["unknown config key 'optim.lrate'", "did you mean 'lr'"]),
     ({"optimizer": {"lr": 0.1}}, ["unknown config section 'optimizer'", "did you mean 'optim'"]),
-    ({"optim": {"lr": "fast"}}, ["optim.lr", "float", "fast"]),
+    ({"optim": {"weight_decay": "fast"}}, ["optim.weight_decay", "float", "fast"]),
+    ({"optim": {"lr": "fast"}}, ["optim.lr", "'auto'", "fast"]),
     ({"train": {"epochs": "ten"}}, ["train.epochs", "int"]),
 ])
 def test_bad_config_files_are_user_errors(cli, tmp_path, content, words, assert_user_error):

@@ -177,7 +177,6 @@ def test_the_chosen_point_is_a_run_that_other_commands_take(cli, tmp_path, asser
     (["--epochs", "1:10:3"], ["--epochs", "list"]),
     (["--loss", "ce,hinge"], ["unknown loss", "hinge"]),
     (["--lr", "0.1,-1"], ["--lr", "greater than 0"]),
-    (["--nesterov", "maybe"], ["--nesterov", "true or false"]),
     (["--lr", "0.1,0.1"], ["twice"]),
     (["--lr", "1e-9:1:200000"], ["more than"]),
     (["--precision", "bf16", "--lr", "0.01"], ["analytic float32"]),

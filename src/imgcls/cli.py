@@ -40,7 +40,9 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            from imgcls.files import printable  # a file name that is not UTF-8 is shown, not a crash
+            from imgcls.files import (
+                printable,  # a file name that is not UTF-8 is shown, not a crash
+            )
 
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
@@ -254,6 +256,33 @@ def _after_sweep(best_run: Path, reporter) -> None:
     _write_page_or_warn(best_run, reporter)
 
 
+@app.command("lr-find", epilog="Example: imgcls lr-find --config configs/cifar10.yaml --figure lr.png")
+@user_errors
+@with_config_flags
+def lr_find_command(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    figure: Annotated[Path, typer.Option(help="Where to draw validation loss and top-1 against the rate.",
+                                         rich_help_panel=RUN)] = Path("lr-find.png"),
+    **options,  # a flag per config field (with_config_flags), None where not given
+) -> None:
+    """Suggest a learning rate: 15 rates from 1e-6 to 10 trained stacked for a short run, measured on validation.
+
+    This is what --lr auto does before `imgcls train`; the suggestion is the rate with the best validation top-1.
+    Nothing but the figure is written."""
+    from imgcls.figures import lr_search_figure
+    from imgcls.lrsearch import find_lr
+    from imgcls.report import Reporter, lr_search_table
+
+    _check_output_file("--figure", figure, "lr-find.png")
+    resolved = build_config(config, parse_flags(options))
+    reporter = Reporter()
+    search = find_lr(resolved, reporter)
+    lr_search_figure(search.rows(), search.chosen, figure, search.epochs)
+    reporter.show(lr_search_table(search.rows(), search.chosen), force=True)
+    reporter.note(f"suggested --lr {search.chosen:g} (best validation top-1 after {search.epochs} epoch(s) of each "
+                  f"rate, {search.seconds:.1f} s); figure: {figure}")
+
+
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")
 @user_errors
 def eval_command(
@@ -455,7 +484,13 @@ def compare_command(
         _check_output_file("--figure", figure, "compare.png")
     if csv_file is not None:
         _check_output_file("--csv", csv_file, "runs.csv")
-    from imgcls.compare import compare_table, comparison_rows, draw_figure, load_runs, to_csv
+    from imgcls.compare import (
+        compare_table,
+        comparison_rows,
+        draw_figure,
+        load_runs,
+        to_csv,
+    )
     from imgcls.files import printable, write_text_atomic
 
     summaries = load_runs(run_dirs)

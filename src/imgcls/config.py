@@ -21,7 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.errors import UserError, choice_problem, did_you_mean, shown
-from imgcls.options import DATA, FINITE, MODEL, OPTIMIZATION, RUN, Setting, declared, is_union, must, option, or_list
+from imgcls.options import (
+    DATA,
+    FINITE,
+    MODEL,
+    OPTIMIZATION,
+    RUN,
+    Setting,
+    declared,
+    is_union,
+    must,
+    option,
+    or_list,
+)
 from imgcls.yamlfile import read_yaml
 
 # the choices of the options that name a thing; every user of the names reads them here
@@ -38,7 +50,9 @@ MAX_EPOCHS = 1_000_000  # bounds the warmup: 1e308 epochs overflowed counting it
 
 
 def dataset_names() -> Sequence[str]:
-    from imgcls.data.registry import DATASET_NAMES  # the registry is read only when a value is checked
+    from imgcls.data.registry import (
+        DATASET_NAMES,  # the registry is read only when a value is checked
+    )
 
     return DATASET_NAMES
 
@@ -100,7 +114,7 @@ def parse_lr(text: str) -> float | str:
 
 def lr_problem(value: float | str, name: str) -> str | None:
     if isinstance(value, str):
-        return None if value == "auto" else f"{name} must be a number above 0 or 'auto', not {shown(value)}"
+        return None if value == "auto" else f"{name} must be a number or 'auto', not {shown(value)}"
     return FINITE(value, name) or POSITIVE(value, name)
 
 

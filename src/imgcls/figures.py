@@ -138,8 +138,15 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
 def templates_grid(checkpoint, path: Path) -> Path:
     """templates.py's labelled grid of every class's template with export-templates' defaults (space and
     colours "auto", each to its own range), templates.grid_figsize(K, title) at GRID_DPI."""
-    from imgcls.templates import CLIP, display_images, grid_title, resolved_colours, resolved_space, save_grid, \
-        template_weights
+    from imgcls.templates import (
+        CLIP,
+        display_images,
+        grid_title,
+        resolved_colours,
+        resolved_space,
+        save_grid,
+        template_weights,
+    )
 
     space = resolved_space("auto", checkpoint)
     weights = template_weights(checkpoint, space)
@@ -295,3 +302,26 @@ def _as_numbers(values: list[str]) -> list[float] | None:
         return [float(v) for v in values]
     except ValueError:
         return None
+
+
+def lr_search_figure(rows: list[dict], chosen: float, path: Path, epochs: int) -> Path:
+    """Validation loss and top-1 against the learning rate (log scale), each rate trained for `epochs`; diverged
+    rates are marked on the axis, the chosen one by a line."""
+    figure = _figure((10, 4))
+    axes = figure.subplots(1, 2)
+    finite = [row for row in rows if row["val_top1"] is not None and not row["diverged"]]
+    for axis, key, label, scale in ((axes[0], "val_loss", "validation loss", 1.0),
+                                    (axes[1], "val_top1", "validation top-1 (%)", 100.0)):
+        axis.plot([row["lr"] for row in finite], [row[key] * scale for row in finite], marker="o")
+        for row in rows:
+            if row["diverged"] or row["val_top1"] is None:
+                axis.axvline(row["lr"], color="tab:red", alpha=0.3)
+        axis.axvline(chosen, color="grey", linestyle=":", label=f"chosen {chosen:g}")
+        axis.set_xscale("log")
+        axis.set_xlabel("learning rate")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"learning-rate search: each rate trained {epochs} epoch(s), stacked (red: diverged)")
+    _save(figure, path)
+    return path

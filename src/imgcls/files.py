@@ -20,7 +20,6 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 
-
 # Failures the user can fix (free space, choose a writable folder): a clear message, not a traceback.
 ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 # .<target name>.<host>.<pid>.<mkstemp's random part>.tmp

@@ -31,9 +31,9 @@ def with_grid_flags(command: Callable) -> Callable:
 
 
 def _parameter(setting: Setting, grid: bool = False) -> inspect.Parameter:
-    switch = setting.cli_type() is bool and not grid  # a sweep's switch takes true,false
+    switch = setting.cli_type() is bool  # a switch in every command (one name, one meaning): one value a sweep
     decls = (f"{setting.flag}/--no-{setting.flag[2:]}",) if switch else (setting.flag,)
     flag = typer.Option(*decls, help=setting.help_text(), rich_help_panel=setting.option.panel)
-    kind = str if grid else setting.cli_type()
+    kind = str if grid and not switch else setting.cli_type()
     return inspect.Parameter(setting.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[Optional[kind], flag])

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 from imgcls.config import GIVEN_NONE, Config, apply_flags, settings, validate
 from imgcls.errors import UserError, shown
-from imgcls.options import Setting
+from imgcls.options import Setting, is_union
 
 # What each stacked model keeps for itself: its update rule, its schedule, its loss and its start. Everything else
 # (batch size, epochs, seed, the data and how it is read) decides the batches, which a group shares.
@@ -113,7 +114,7 @@ def _is_log_range(text: str) -> bool:
 
 def _log_range(setting: Setting, text: str) -> list[float]:
     """'a:b:n': n values from a to b, evenly spaced on a log scale (a and b included)."""
-    if setting.cli_type() is not float:
+    if not _takes_decimals(setting):
         raise UserError(f"{setting.flag} takes a list ({setting.flag} {_example(setting)}); a:b:n log ranges are for "
                         f"decimal options such as --lr and --weight-decay")
     low, high, count = text.split(":")
@@ -134,6 +135,11 @@ def _log_range(setting: Setting, text: str) -> list[float]:
     return [float(f"{10 ** (math.log10(low_value) + i * step):.6g}") for i in range(number)]
 
 
+def _takes_decimals(setting: Setting) -> bool:
+    kinds = typing.get_args(setting.annotation) if is_union(setting.annotation) else (setting.annotation,)
+    return float in kinds
+
+
 def _is_float(text: str) -> bool:
     try:
         float(text)
@@ -148,7 +154,9 @@ def _kind_name(kind: type) -> str:
 
 def _example(setting: Setting) -> str:
     kind = setting.cli_type()
-    examples = {bool: "true,false", int: "5,10", float: "0.001,0.01"}
+    if _takes_decimals(setting):
+        return "0.001,0.01"
+    examples = {bool: "true,false", int: "5,10"}
     choices = setting.choices()
     if choices:
         return ",".join(list(choices)[:2])

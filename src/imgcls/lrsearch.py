@@ -74,3 +74,20 @@ def _candidate(config: Config, lr: float, epochs: int) -> Config:
     candidate = dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=lr),
                                     train=dataclasses.replace(config.train, epochs=epochs, patience=None))
     return candidate
+
+
+def find_lr(config: Config, reporter) -> LrSearch:
+    """`imgcls lr-find`: the data as `imgcls train` would load it, then the search."""
+    from imgcls.data.prepare import prepare
+    from imgcls.device import cpu_threads, resolve_device, step_threads
+    from imgcls.runstate import resolve_batch_size
+
+    device = resolve_device(config.train.device)
+    with reporter.decoding() as decoding_progress:
+        data = prepare(config.data, config.train.seed, progress=decoding_progress)
+    reporter.data_ready(data)
+    batch_size = resolve_batch_size(config, data, device, reporter)
+    with cpu_threads(config.train.threads):
+        step_threads(config.train.threads, batch_size, math.prod(data.shape), len(data.classes) * len(CANDIDATES),
+                     device)
+        return search_lr(config, data, batch_size, device)

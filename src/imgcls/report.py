@@ -14,8 +14,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -249,3 +255,13 @@ def _percent(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def lr_search_table(rows: list[dict], chosen: float) -> Table:
+    table = Table(title="learning-rate search (validation)")
+    for column in ("lr", "val loss", "val top-1", ""):
+        table.add_column(column, justify="left" if not column else "right")
+    for row in rows:
+        mark = "suggested" if row["lr"] == chosen else "diverged" if row["diverged"] else ""
+        table.add_row(f"{row['lr']:g}", _number(row["val_loss"]), _percent(row["val_top1"]), mark)
+    return table

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+
 import torch
 
 from imgcls import checkpoint as ckpt

@@ -28,7 +28,12 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.files import printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from imgcls.files import (
+    printable,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
 BEST, LAST = "best.safetensors", "last.safetensors"

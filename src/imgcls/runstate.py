@@ -4,6 +4,7 @@ sweep or a learning-rate search (stackedtrain.py): what a run moves forward, how
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,7 @@ from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.registry import SPECS
 from imgcls.data.types import PreparedData
+from imgcls.device import auto_batch_size
 from imgcls.losses import Loss, class_weights
 from imgcls.metrics import Metrics
 from imgcls.model import LinearClassifier
@@ -125,3 +127,15 @@ def write_final_metrics(state: TrainState, val: Metrics, test: Metrics) -> None:
     if superclasses:
         metrics["superclasses"] = superclasses
     state.run.write_metrics(metrics)
+
+
+def resolve_batch_size(config: Config, data: PreparedData, device: torch.device, reporter: Reporter) -> int:
+    setting, num_images = config.optim.batch_size, len(data.train)
+    if setting == "full":
+        return num_images
+    if setting == "auto":
+        chosen = auto_batch_size(num_images, math.prod(data.shape), len(data.classes), device)
+        reporter.note(f"--batch-size auto picked {chosen} (largest power of two that fits {device.type} memory, "
+                      f"at most the {num_images} training images)")
+        return chosen
+    return min(setting, num_images)

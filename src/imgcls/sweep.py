@@ -31,7 +31,7 @@ from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.memory import available_memory
 from imgcls.metrics import Metrics
 from imgcls.report import Reporter
-from imgcls.runstate import TrainState, write_final_metrics
+from imgcls.runstate import TrainState, resolve_batch_size, write_final_metrics
 from imgcls.stacked import StackedModels
 from imgcls.stackedtrain import (
     StackInterrupted,
@@ -40,7 +40,6 @@ from imgcls.stackedtrain import (
     train_stacked,
 )
 from imgcls.sweepdir import SweepDir
-from imgcls.train import resolve_batch_size
 
 SELECTED_BY = "validation top-1 (ties: the lower validation loss); the test split is reported for every point but " \
               "never used to choose"

@@ -19,7 +19,6 @@ import torch
 from imgcls.checkpoint import Checkpoint
 from imgcls.files import write_atomic
 
-
 GRID_STEM = "templates"  # the labelled grid; a class of that name gets its index as a prefix
 SPACES = ("auto", "pixel", "input")
 CLIP = 0.01  # the share of a template's values at each end that saturate in the pictures (display_images)

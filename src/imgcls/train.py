@@ -27,7 +27,6 @@ from imgcls.data.decode import ProgressCallback
 from imgcls.data.prepare import prepare
 from imgcls.data.types import PreparedData
 from imgcls.device import (
-    auto_batch_size,
     cpu_threads,
     resolve_device,
     set_precision,
@@ -41,14 +40,8 @@ from imgcls.progress import Progress
 from imgcls.report import Reporter
 from imgcls.resume import check_same_run, restore
 from imgcls.rundir import RunDir
-from imgcls.runstate import (
-    TrainState,
-    end_epoch,
-    new_model,
-    new_state,
-    save_interrupted,
-    write_final_metrics,
-)
+from imgcls.runstate import (TrainState, end_epoch, new_model, new_state, resolve_batch_size, save_interrupted,
+                             write_final_metrics)
 from imgcls.step import make_step
 
 
@@ -208,18 +201,6 @@ def finish(state: TrainState, val_batches, batch_size: int) -> RunResult:
     if state.shard.is_main:
         write_final_metrics(state, val, test)
     return RunResult(run, progress.best_epoch + 1, val, test, batch_size, progress.history)
-
-
-def resolve_batch_size(config: Config, data: PreparedData, device: torch.device, reporter: Reporter) -> int:
-    setting, num_images = config.optim.batch_size, len(data.train)
-    if setting == "full":
-        return num_images
-    if setting == "auto":
-        chosen = auto_batch_size(num_images, math.prod(data.shape), len(data.classes), device)
-        reporter.note(f"--batch-size auto picked {chosen} (largest power of two that fits {device.type} memory, "
-                      f"at most the {num_images} training images)")
-        return chosen
-    return min(setting, num_images)
 
 
 def check_finite(progress: Progress) -> None:

@@ -19,7 +19,13 @@ from collections.abc import Iterator
 import torch
 
 from imgcls.data.normalize import PixelNormalizer
-from imgcls.data.types import Batch, BatchSource, LabelledImages, Normalization, PreparedData
+from imgcls.data.types import (
+    Batch,
+    BatchSource,
+    LabelledImages,
+    Normalization,
+    PreparedData,
+)
 from imgcls.distributed import Shard
 
 EVAL_BATCH = 4096  # images in one evaluation batch, at most ...

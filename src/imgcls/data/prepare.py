@@ -18,12 +18,24 @@ from imgcls.data import cache
 from imgcls.data.decode import ProgressCallback
 from imgcls.data.features import prepare_features
 from imgcls.data.normalize import fit_normalization
-from imgcls.data.readers import check_same_classes, check_same_shape, read_split, resolve_data_dir, source_kind, \
-    source_paths
+from imgcls.data.readers import (
+    check_same_classes,
+    check_same_shape,
+    read_split,
+    resolve_data_dir,
+    source_kind,
+    source_paths,
+)
 from imgcls.data.registry import SPECS, DatasetSpec
 from imgcls.data.split import split_train_val
 from imgcls.data.stream import prepare_streamed
-from imgcls.data.types import DecodedSplit, LabelledImages, Normalization, PreparedData, SelectedImages
+from imgcls.data.types import (
+    DecodedSplit,
+    LabelledImages,
+    Normalization,
+    PreparedData,
+    SelectedImages,
+)
 
 
 def prepare(config: DataConfig, seed: int, normalization: Normalization | None = None,

@@ -24,8 +24,15 @@ import torch
 
 from imgcls.classnames import named_classes, names_file_beside
 from imgcls.config import DataConfig, default_data_dir
-from imgcls.data.decode import (ProgressCallback, check_fits_memory, decode_images, error_reason, resize, size_text,
-                                to_grey_if_grey)
+from imgcls.data.decode import (
+    ProgressCallback,
+    check_fits_memory,
+    decode_images,
+    error_reason,
+    resize,
+    size_text,
+    to_grey_if_grey,
+)
 from imgcls.data.published import check_files, has_own_files, resolved_path
 from imgcls.data.registry import DatasetSpec, loose_names
 from imgcls.data.types import DecodedSplit, ImageList
@@ -86,7 +93,9 @@ def folder_split_dir(root: Path, split: str) -> Path:
 
 
 def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
-    from torchvision.datasets.folder import find_classes  # torchvision: imported when needed, for start-up speed
+    from torchvision.datasets.folder import (
+        find_classes,  # torchvision: imported when needed, for start-up speed
+    )
 
     if not root.is_dir():
         raise UserError(f"data dir {root} does not exist; pass --data-dir with the folder that holds the dataset")

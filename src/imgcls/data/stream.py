@@ -22,10 +22,21 @@ import torch
 
 from imgcls.config import DataConfig
 from imgcls.data.batches import epoch_permutation
-from imgcls.data.decode import ignore_stop_signals
+from imgcls.data.decode import (
+    decode_image_bytes,
+    error_reason,
+    ignore_stop_signals,
+    size_text,
+    to_grey_if_grey,
+)
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
-from imgcls.data.decode import decode_image_bytes, error_reason, size_text, to_grey_if_grey
-from imgcls.data.readers import check_same_classes, check_same_shape, decode_all, list_images, resolve_data_dir
+from imgcls.data.readers import (
+    check_same_classes,
+    check_same_shape,
+    decode_all,
+    list_images,
+    resolve_data_dir,
+)
 from imgcls.data.registry import DatasetSpec
 from imgcls.data.split import split_train_val
 from imgcls.data.types import Batch, ImageList, Normalization, PreparedData
