@@ -118,7 +118,8 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
     if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
         config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
                                             len(data.classes), device, shard.world)
-    train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard)
+    train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard,
+                                 augment=config.data.augment)
     val_batches = make_eval_batches(data, "val", device, shard)
     model = LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std).to(device)
     weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
