@@ -8,8 +8,8 @@ sets). The spelling is checked and written back in one canonical form (`flip,tra
 repeats the run.
 
 Batches are augmented whole, on the uint8 pixels where they are, before normalization: each image's flip and
-shift become per-image source indices, and one torch.gather per axis moves every pixel of the batch at once
-(no per-image Python). Labels are untouched.
+shift become per-image source indices, and one torch.gather moves every pixel of the batch at once (no
+per-image Python). Labels are untouched.
 
 The draws are a pure function of (seed, epoch): one generator of its own draws the flip and the shift of
 every position of the epoch's order when the epoch starts (one small copy to the device an epoch, not a
@@ -109,39 +109,38 @@ def augment_batch(images: torch.Tensor, flip: torch.Tensor | None, offsets: torc
     import torch
 
     n, channels, height, width = images.shape
-    full = (n, channels, height, width)
     dy, dx = (None, None) if offsets is None else offsets
-    rows, rows_inside = _sources(height, n, dy, None, reflect, images.device)
-    cols, cols_inside = _sources(width, n, dx, flip, reflect, images.device)
-    out = images
-    if dy is not None:
-        out = torch.gather(out, 2, rows[:, None, :, None].expand(full))
-    if dx is not None or flip is not None:
-        out = torch.gather(out, 3, cols[:, None, None, :].expand(full))
-    if rows_inside is not None:
-        inside = rows_inside[:, None, :, None] & cols_inside[:, None, None, :]
-        out = out.masked_fill(~inside, 0)
-    return out if out is not images else images.clone()
+    # One gather over each image's pixels moves every channel of every image at once (2-3x faster on the CPU
+    # than a gather per axis and a mask). A zero border reads one zero pixel put after each image: a row or a
+    # column outside the image sends its sources past the image's last pixel, clamped to that zero.
+    zero_border = offsets is not None and not reflect
+    rows = _sources(height, n, dy, None, reflect, height, images.device)
+    cols = _sources(width, n, dx, flip, reflect, height * width, images.device)
+    sources = (rows[:, :, None] * width + cols[:, None, :]).view(n, height * width)
+    pixels = images.reshape(n, channels, height * width)
+    if zero_border:
+        sources = sources.clamp_max_(height * width)
+        pixels = torch.cat([pixels, pixels.new_zeros(n, channels, 1)], 2)
+    moved = pixels.gather(2, sources[:, None, :].expand(n, channels, height * width))
+    return moved.view(n, channels, height, width)
 
 
-def _sources(size: int, n: int, shift, flip, reflect: bool, device):
-    """Along one axis of n images: the source index of each output position (n, size), and, for a zero
-    border, where that source lies inside the image (None for a reflected border, or no shift)."""
+def _sources(size: int, n: int, shift, flip, reflect: bool, outside: int, device):
+    """Along one axis of n images, the source index of each output position (n, size); `outside` where a shift
+    with a zero border leaves the image."""
     import torch
 
     sources = torch.arange(size, device=device).expand(n, size)
-    inside = None
     if shift is not None:
         sources = sources - shift[:, None]
         if reflect:
             sources = sources.abs()
             sources = torch.where(sources >= size, 2 * (size - 1) - sources, sources)
-        else:
-            inside = (sources >= 0) & (sources < size)
-            sources = sources.clamp(0, size - 1)
     if flip is not None:
         sources = torch.where(flip[:, None], size - 1 - sources, sources)
-    return sources, inside
+    if shift is not None and not reflect:
+        sources = torch.where((sources >= 0) & (sources < size), sources, outside)
+    return sources
 
 
 def parse_augmentation(text: str) -> Augmentation:
