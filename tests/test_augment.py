@@ -260,3 +260,18 @@ def test_an_augmented_run_interrupted_and_resumed_ends_bit_identical(mnist_root,
     train(augmented_config(mnist_root, unaugmented, None), Reporter(quiet=True))
     assert not torch.equal(ckpt.load(whole / "last.safetensors").weight,
                            ckpt.load(unaugmented / "last.safetensors").weight)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_draws_and_moves_what_the_cpu_does():
+    cuda, data = torch.device("cuda"), labelled()
+    for spelling in ("flip,translate:2", "flip,translate:2:reflect"):
+        augmentation = parse_augmentation(spelling)
+        on_cpu, on_gpu = (augmentation.plan(50, 3, 1, device) for device in (CPU, cuda))
+        images = data.images[:20]
+        assert torch.equal(on_gpu.apply(images.to(cuda), slice(5, 25)).cpu(), on_cpu.apply(images, slice(5, 25)))
+        normalization = identity_normalization((3, 5, 5))
+        cpu_batches, gpu_batches = (Batches(data, normalization, 8, device, seed=3, augment=augmentation)
+                                    for device in (CPU, cuda))
+        for a, b in zip(cpu_batches.epoch(1), gpu_batches.epoch(1), strict=True):
+            assert torch.allclose(a.pixels, b.pixels.cpu()) and torch.equal(a.labels, b.labels.cpu())
