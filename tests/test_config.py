@@ -264,6 +264,9 @@ RULES = [  # (field, a bad value, the whole message it gives when the value came
     ("val_split", 1.0, "--val-split must be between 0 and 1 (exclusive), not 1.0"),
     ("image_size", 0, "--image-size must be at least 1, not 0"),
     ("limit", 1, "--limit must be at least 2 images, not 1"),
+    ("augment", "translate:-1", "--augment 'translate:-1': the shift of translate must be a whole number of pixels, 0 "
+                                "or more; write flip, translate:N, translate:N:reflect, both joined by a comma "
+                                "(flip,translate:4), or none"),
     ("normalize", "pixels", "unknown normalization 'pixels' (did you mean 'pixel'?); choose one of: pixel, channel, "
                             "none"),
     ("init", "xavier", "unknown init 'xavier'; choose one of: default, zeros, normal"),

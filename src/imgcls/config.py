@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgcls.data.augment import augment_problem, canonical_augmentation
 from imgcls.errors import UserError, choice_problem, did_you_mean, shown
 from imgcls.options import (
     DATA,
@@ -55,6 +56,12 @@ def dataset_names() -> Sequence[str]:
     )
 
     return DATASET_NAMES
+
+
+def features_dataset(name: str) -> bool:
+    from imgcls.data.registry import SPECS
+
+    return SPECS[name].features_file
 
 
 def parse_batch_size(text: str) -> int | str:
@@ -136,6 +143,10 @@ class DataConfig:
                                     check=must(lambda side: side >= 1, "at least 1"))  # needed for mixed sizes
     normalize: str = option("pixel", "Standardize per pixel, per channel, or none.", DATA, choices=NORMALIZATIONS,
                             what="normalization")
+    augment: str | None = option(
+        None, "Augment training batches: flip, translate:N (shift up to N pixels, zero border; translate:N:reflect "
+              "mirrors it), or both as flip,translate:4; none for off.", DATA, shown_default="none",
+        check=augment_problem)
     limit: int | None = option(None, "Use at most N training images (stratified).", DATA, shown_default="all",
                                check=must(lambda count: count >= 2, "at least 2 images"))
     skip_bad_images: bool = option(False, "Skip unreadable images instead of stopping.", DATA)
@@ -373,13 +384,19 @@ def build_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
 
 def validate(config: Config, names: Mapping[str, str] | None = None) -> None:
     """Every field's declared choices and checks, then the rules across fields. `names`: where each value came
-    from (a flag or a YAML key), for the message; a value not in it is named by its flag."""
+    from (a flag or a YAML key), for the message; a value not in it is named by its flag. The augmentation is
+    written back in its one spelling (None for none)."""
     names = names or {}
     for key, setting in settings().items():
         _refuse(setting.problem(getattr(getattr(config, setting.section), key), names.get(key)))
 
     def name(key: str) -> str:
         return names.get(key) or settings()[key].flag
+
+    config.data.augment = canonical_augmentation(config.data.augment)  # config.yaml keeps one spelling
+    if config.data.augment is not None and features_dataset(config.data.dataset):
+        raise UserError(f"{name('augment')} flips and shifts images, and --dataset {config.data.dataset} holds "
+                        f"feature vectors, not images; drop {name('augment')}")
 
     momentum = config.optim.momentum
     if config.optim.nesterov and not momentum > 0:

@@ -59,7 +59,8 @@ def search_lr(config: Config, data: PreparedData, batch_size: int, device: torch
     configs = [_candidate(config, lr, epochs) for lr in candidates]
     runs = [RunDir(Path(f"lr-search-{index}")) for index in range(len(configs))]  # never written: writes=False
     stack, states = build_group(runs, configs, data, batch_size, device, writes=False)
-    train_stacked(stack, states, make_batches(data, "train", batch_size, device, config.train.seed),
+    train_stacked(stack, states, make_batches(data, "train", batch_size, device, config.train.seed,
+                                              augment=config.data.augment),
                   make_eval_batches(data, "val", device), data, StopRequest(), lambda done, text: None)
     diverged = stack.diverged.tolist()
     best = [state.progress.best_val for state in states]

@@ -135,7 +135,8 @@ def run_group(sweep: SweepDir, group: Group, reporter: Reporter, resume: bool, s
             point_config_.train.threads = threads
         runs = [sweep.point(point.index) for point in group.points]
         stack, states = build_group(runs, group.configs, data, batch_size, device, resume)
-        train_batches = make_batches(data, "train", batch_size, device, config.train.seed)
+        train_batches = make_batches(data, "train", batch_size, device, config.train.seed,
+                                     augment=config.data.augment)
         val_batches = make_eval_batches(data, "val", device)
         if not all_finished(states):
             try:

@@ -85,7 +85,8 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
                                             len(data.classes), device, shard.world)
     if config.optim.lr == "auto":
         choose_lr(config, data, batch_size, device, shard, reporter)
-    train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard)
+    train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard,
+                                 augment=config.data.augment)
     val_batches = make_eval_batches(data, "val", device, shard)
     torch.manual_seed(config.train.seed)  # the init's draws, whatever ran before (the search draws its own)
     model = new_model(config, data, device)

@@ -9,6 +9,9 @@ in pinned host memory and each batch is copied over asynchronously.
 Under torchrun every process draws the same permutation and takes its contiguous part of
 each global batch, so the global batch is the one the user asked for; evaluation splits
 the images into contiguous parts, each counted once.
+
+With --augment (augment.py) each training batch is augmented as uint8 (N, C, H, W), between
+the gather and the normalization; evaluation batches never are.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
+from imgcls.data.augment import Augmentation, read_augmentation
 from imgcls.data.normalize import PixelNormalizer
 from imgcls.data.types import (
     Batch,
@@ -52,11 +56,12 @@ class Batches:
     """Training batches (shuffle=True) or evaluation batches (shuffle=False, this process's part only)."""
 
     def __init__(self, data: LabelledImages, normalization: Normalization, batch_size: int, device: torch.device,
-                 seed: int = 0, shuffle: bool = True, shard: Shard = Shard()):
+                 seed: int = 0, shuffle: bool = True, shard: Shard = Shard(), augment: Augmentation | None = None):
         if not shuffle:
             part = shard.part(len(data))
             data = LabelledImages(data.images[part], data.labels[part])
         self.device = device
+        self.image_shape = tuple(data.images.shape[1:])  # the rows below are flattened; augmenting needs (C, H, W)
         self.images = place_images(data.images, device).flatten(1)
         self.labels = data.labels.to(device)
         self.normalize = PixelNormalizer(normalization, device)
@@ -64,6 +69,7 @@ class Batches:
         self.seed = seed
         self.shuffle = shuffle
         self.shard = shard
+        self.augment = augment if shuffle else None
 
     def __len__(self) -> int:
         """Updates per epoch: ceil(N / B); the last batch may be smaller."""
@@ -83,15 +89,15 @@ class Batches:
         # Copied to where the labels and images are once an epoch: a copy from pageable host memory each
         # step would make the host wait for the GPU at every step.
         label_order, image_order = order.to(self.labels.device), order.to(self.images.device)
+        plan = self.augment.plan(self.num_images, self.seed, epoch, self.images.device) if self.augment else None
         for step in range(start_step, len(self)):
             rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
             # index_select, not images[index]: the same rows, 10-25x faster for a uint8 gather on the CPU
             batch_labels = self.labels.index_select(0, label_order[rows])
-            if self.shard.world == 1:
-                yield Batch(self.normalize(self.images.index_select(0, image_order[rows])), batch_labels, batch_labels)
-                continue
             mine = self.shard.part(len(batch_labels))
             pixels = self.images.index_select(0, image_order[rows][mine])
+            if plan is not None:
+                pixels = plan.apply(pixels.view(-1, *self.image_shape), rows, mine).flatten(1)
             yield Batch(self.normalize(pixels), batch_labels[mine], batch_labels)
 
 
@@ -102,12 +108,17 @@ def eval_batch_size(normalization: Normalization) -> int:
 
 def make_batches(data: PreparedData, split: str, batch_size: int, device: torch.device, seed: int = 0,
                  shuffle: bool = True, shard: Shard = Shard(),
-                 normalization: Normalization | None = None) -> BatchSource:
+                 normalization: Normalization | None = None, augment: str | None = None) -> BatchSource:
     """Batches of data's `split` ("train", "val" or "test"), made the way prepare chose for this data (in memory
-    unless it says otherwise), normalized with data's own normalization unless another is given (a checkpoint's)."""
+    unless it says otherwise), normalized with data's own normalization unless another is given (a checkpoint's).
+    `augment`: the config's augmentation (augment.py), for shuffled batches; a UserError if it does not fit
+    the images."""
+    augmentation = read_augmentation(augment) if shuffle else None
+    if augmentation is not None:
+        augmentation.check_fits(data.shape)
     batches_of = data.batches_of or Batches
     return batches_of(getattr(data, split), normalization or data.normalization, batch_size, device, seed=seed,
-                      shuffle=shuffle, shard=shard)
+                      shuffle=shuffle, shard=shard, augment=augmentation)
 
 
 def make_eval_batches(data: PreparedData, split: str, device: torch.device, shard: Shard = Shard(),

@@ -8,7 +8,8 @@ workers. Normalization is fitted on a seeded sample of the training images, and 
 of the test images is decoded before training too, so test images of another shape are refused
 then, not after the last epoch. Workers ignore SIGINT and SIGTERM: a scheduler's SIGTERM to the
 whole process group reaches the main process, which stops after the step in flight and
-checkpoints (interrupt.py), while the workers it still needs keep running.
+checkpoints (interrupt.py), while the workers it still needs keep running. --augment
+(augment.py) is applied in the main process, on the device, to each decoded part.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from imgcls.config import DataConfig
+from imgcls.data.augment import Augmentation
 from imgcls.data.batches import epoch_permutation
 from imgcls.data.decode import (
     decode_image_bytes,
@@ -111,7 +113,8 @@ class StreamingBatches:
     """The in-memory Batches' interface, fed by worker processes that decode from files."""
 
     def __init__(self, data: StreamedImages, normalization: Normalization, batch_size: int, device: torch.device,
-                 seed: int = 0, shuffle: bool = True, shard: Shard = Shard(), workers: int | None = None):
+                 seed: int = 0, shuffle: bool = True, shard: Shard = Shard(), workers: int | None = None,
+                 augment: Augmentation | None = None):
         self.data = data if shuffle else data.subset(shard.part(len(data)))
         self.labels = self.data.labels.to(device)
         self.device = device
@@ -119,6 +122,7 @@ class StreamingBatches:
         self.batch_size = max(1, min(batch_size, len(self.data)))
         self.seed, self.shuffle, self.shard = seed, shuffle, shard
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        self.augment = augment if shuffle else None
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
@@ -135,10 +139,20 @@ class StreamingBatches:
             _RowsDataset(self.data), batch_size=None, sampler=mine, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", multiprocessing_context="fork" if self.workers else None,
             worker_init_fn=ignore_stop_signals)
-        for (pixels, labels, error), rows in zip(loader, plan):
+        draws = self.augment.plan(self.num_images, self.seed, epoch, self.device) if self.augment else None
+        for step, ((pixels, labels, error), rows) in enumerate(zip(loader, plan), start_step):
             if error is not None:
                 raise UserError(error)
+            if draws is not None:
+                pixels = self._augmented(pixels, draws, step, len(rows))
             yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows.to(self.device)])
+
+    def _augmented(self, pixels: torch.Tensor, draws, step: int, global_size: int) -> torch.Tensor:
+        """This process's part of global batch `step`, augmented with its positions' draws. An image skipped as
+        unreadable (--skip-bad-images) hands its draw to the next one: the same draws in every run still."""
+        start = step * self.batch_size + self.shard.part(global_size).start
+        pixels = pixels.to(self.device, non_blocking=True)
+        return draws.apply(pixels, slice(start, start + len(pixels)))
 
 
 def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,

@@ -1,0 +1,200 @@
+"""Data augmentation of training batches: `--augment flip`, `translate:N`, or both (`flip,translate:4`).
+
+`flip` mirrors each image left to right with probability 1/2; `translate:N` moves each image by a whole
+number of pixels drawn uniformly from -N..N along each axis, the border it uncovers filled with zeros
+(`translate:N:zero`, the default) or with the image reflected there (`translate:N:reflect`, numpy's
+'reflect': the edge pixel is not repeated). `none` is no augmentation (to turn off one that a config file
+sets). The spelling is checked and written back in one canonical form (`flip,translate:4`), so config.yaml
+repeats the run.
+
+Batches are augmented whole, on the uint8 pixels where they are, before normalization: each image's flip and
+shift become per-image source indices, and one torch.gather moves every pixel of the batch at once (no
+per-image Python). Labels are untouched.
+
+The draws are a pure function of (seed, epoch): one generator of its own draws the flip and the shift of
+every position of the epoch's order when the epoch starts (one small copy to the device an epoch, not a
+wait for the GPU every step), and the step's batch takes its positions' draws. A run resumed mid-epoch
+therefore redraws exactly what the interrupted run drew, the global torch RNG (the model's init) is never
+touched, and under torchrun each process takes the draws of its own part of each global batch: the images
+one process would have seen, augmented the same way.
+
+torch is imported by the functions that use it, not by the module: the config checks a spelling (a mistyped
+`--augment` is answered before torch is loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from imgcls.errors import UserError, did_you_mean, shown
+
+if TYPE_CHECKING:
+    import torch
+
+OFF = "none"
+NAMES = ("flip", "translate", OFF)
+BORDERS = ("zero", "reflect")
+SPELLING = "flip, translate:N, translate:N:reflect, both joined by a comma (flip,translate:4), or none"
+MAX_SHIFT_DIGITS = 6  # a shift of a million pixels is refused by the image size anyway
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    flip: bool = False
+    shift: int | None = None  # translate: the most pixels an image moves along each axis; None: no translate
+    reflect: bool = False  # the uncovered border mirrors the image, rather than being zeros
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.shift is not None
+
+    def __str__(self) -> str:
+        parts = ["flip"] if self.flip else []
+        if self.shift is not None:
+            parts.append(f"translate:{self.shift}" + (":reflect" if self.reflect else ""))
+        return ",".join(parts) or OFF
+
+    def check_fits(self, shape: tuple[int, ...]) -> None:
+        """A UserError unless a shift stays inside images of this (C, H, W) shape (reflection needs that)."""
+        side = min(shape[-2:])
+        if self.shift is not None and self.shift >= side:
+            raise UserError(f"augment {self} shifts images by up to {self.shift} pixels, but they are "
+                            f"{shape[-2]}x{shape[-1]}; use a shift below {side} (translate:{max(side // 8, 1)} "
+                            f"is usual)")
+
+    def plan(self, count: int, seed: int, epoch: int, device: torch.device) -> EpochPlan:
+        """The draws for the `count` positions of epoch `epoch`'s order."""
+        import torch
+
+        generator = torch.Generator().manual_seed(augment_seed(seed, epoch))
+        flip = torch.rand(count, generator=generator) < 0.5 if self.flip else None
+        offsets = None
+        if self.shift is not None:
+            offsets = torch.randint(-self.shift, self.shift + 1, (2, count), generator=generator)
+        return EpochPlan(self.reflect, _to(flip, device), _to(offsets, device))
+
+
+def _to(tensor, device):
+    return None if tensor is None else tensor.to(device)
+
+
+def augment_seed(seed: int, epoch: int) -> int:
+    """A seed of its own for (seed, epoch): not one the permutation or the model's init draws from."""
+    digest = hashlib.blake2b(f"imgcls augment {seed} {epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+@dataclass
+class EpochPlan:
+    """One epoch's draws, by position in the epoch's order: flip (count,) bool; offsets (2, count) of (dy, dx)."""
+
+    reflect: bool
+    flip: torch.Tensor | None
+    offsets: torch.Tensor | None
+
+    def apply(self, images: torch.Tensor, rows: slice, part: slice = slice(None)) -> torch.Tensor:
+        """The uint8 images (n, C, H, W) at positions `rows` of the epoch (of which this process has `part`),
+        augmented with their draws."""
+        flip = None if self.flip is None else self.flip[rows][part]
+        offsets = None if self.offsets is None else self.offsets[:, rows][:, part]
+        return augment_batch(images, flip, offsets, self.reflect)
+
+
+def augment_batch(images: torch.Tensor, flip: torch.Tensor | None, offsets: torch.Tensor | None,
+                  reflect: bool = False) -> torch.Tensor:
+    """Each image mirrored left to right where `flip` is True, then moved down by dy and right by dx
+    (`offsets` (2, n)), the uncovered border zeros or reflected. A new tensor; `images` is left as it is."""
+    import torch
+
+    n, channels, height, width = images.shape
+    dy, dx = (None, None) if offsets is None else offsets
+    # One gather over each image's pixels moves every channel of every image at once (2-3x faster on the CPU
+    # than a gather per axis and a mask). A zero border reads one zero pixel put after each image: a row or a
+    # column outside the image sends its sources past the image's last pixel, clamped to that zero.
+    zero_border = offsets is not None and not reflect
+    rows = _sources(height, n, dy, None, reflect, height, images.device)
+    cols = _sources(width, n, dx, flip, reflect, height * width, images.device)
+    sources = (rows[:, :, None] * width + cols[:, None, :]).view(n, height * width)
+    pixels = images.reshape(n, channels, height * width)
+    if zero_border:
+        sources = sources.clamp_max_(height * width)
+        pixels = torch.cat([pixels, pixels.new_zeros(n, channels, 1)], 2)
+    moved = pixels.gather(2, sources[:, None, :].expand(n, channels, height * width))
+    return moved.view(n, channels, height, width)
+
+
+def _sources(size: int, n: int, shift, flip, reflect: bool, outside: int, device):
+    """Along one axis of n images, the source index of each output position (n, size); `outside` where a shift
+    with a zero border leaves the image."""
+    import torch
+
+    sources = torch.arange(size, device=device).expand(n, size)
+    if shift is not None:
+        sources = sources - shift[:, None]
+        if reflect:
+            sources = sources.abs()
+            sources = torch.where(sources >= size, 2 * (size - 1) - sources, sources)
+    if flip is not None:
+        sources = torch.where(flip[:, None], size - 1 - sources, sources)
+    if shift is not None and not reflect:
+        sources = torch.where((sources >= 0) & (sources < size), sources, outside)
+    return sources
+
+
+def parse_augmentation(text: str) -> Augmentation:
+    """The spelling read; ValueError saying what is wrong."""
+    parts = [part.strip() for part in text.split(",")]
+    if parts == [OFF]:
+        return Augmentation()
+    flip, shift, reflect = False, None, False
+    for part in parts:
+        name, _, argument = part.partition(":")
+        if name not in NAMES:
+            raise ValueError(f"unknown augmentation {shown(part)}{did_you_mean(name, NAMES)}")
+        if name == OFF:
+            raise ValueError("none stands alone (no augmentation)")
+        if (name == "flip" and flip) or (name == "translate" and shift is not None):
+            raise ValueError(f"{name} given twice")
+        if name == "flip" and argument:
+            raise ValueError("flip takes no number")
+        if name == "flip":
+            flip = True
+        else:
+            shift, reflect = _read_translate(argument)
+    return Augmentation(flip, shift, reflect)
+
+
+def _read_translate(argument: str) -> tuple[int, bool]:
+    pixels, _, border = argument.partition(":")
+    if not (pixels.isascii() and pixels.isdigit()):
+        raise ValueError("the shift of translate must be a whole number of pixels, 0 or more")
+    if len(pixels) > MAX_SHIFT_DIGITS:
+        raise ValueError(f"a shift of {pixels[:20]} pixels is far larger than any image")
+    if border not in ("", *BORDERS):
+        raise ValueError(f"unknown border {shown(border)}{did_you_mean(border, BORDERS)}")
+    return int(pixels), border == "reflect"
+
+
+def augment_problem(value: str, name: str) -> str | None:
+    """A config check: what is wrong with this spelling, or None."""
+    try:
+        parse_augmentation(value)
+    except ValueError as error:
+        return f"{name} {shown(value)}: {error}; write {SPELLING}"
+    return None
+
+
+def canonical_augmentation(value: str | None) -> str | None:
+    """The one spelling config.yaml keeps: None for no augmentation, else as str(Augmentation) writes it."""
+    if value is None:
+        return None
+    augmentation = parse_augmentation(value)
+    return str(augmentation) if augmentation.active else None
+
+
+def read_augmentation(value: str | None) -> Augmentation | None:
+    """The config's value as the batches use it: None when there is nothing to do."""
+    augmentation = parse_augmentation(value) if value is not None else None
+    return augmentation if augmentation is not None and augmentation.active else None
