@@ -318,6 +318,8 @@ def lr_search_figure(rows: list[dict], chosen: float, path: Path, epochs: int) -
                 axis.axvline(row["lr"], color="tab:red", alpha=0.3)
         axis.axvline(chosen, color="grey", linestyle=":", label=f"chosen {chosen:g}")
         axis.set_xscale("log")
+        if key == "val_loss":
+            axis.set_yscale("log")  # a diverging rate's loss would flatten the others' into a line
         axis.set_xlabel("learning rate")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
