@@ -28,7 +28,7 @@ def test_defaults_without_file_or_flags():
     assert config.data.dataset == "cifar10-sample"
     # no tuning flags: the rate is searched (--lr auto), and early stopping ends the run within a cap
     assert config.optim.lr == "auto" and config.optim.batch_size == 128
-    assert config.train.epochs == 100 and config.train.patience == 10
+    assert config.train.epochs == 100 and config.train.patience == 5 and config.schedule.schedule == "plateau"
 
 
 def test_file_values_override_defaults(tmp_path):

@@ -40,7 +40,7 @@ from imgcls.yamlfile import read_yaml
 # the choices of the options that name a thing; every user of the names reads them here
 LOSSES = ("ce", "nll", "mse")
 INITS = ("default", "zeros", "normal")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+SCHEDULES = ("plateau", "constant", "step", "cosine", "onecycle")
 NORMALIZATIONS = ("pixel", "channel", "none")
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRADIENTS = ("analytic", "autograd")
@@ -183,13 +183,15 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    schedule: str = option("cosine", f"{or_list(SCHEDULES)}.", OPTIMIZATION, choices=SCHEDULES)
+    schedule: str = option("plateau", f"{or_list(SCHEDULES)}; plateau: the rate times --step-gamma after --patience "
+                                      "epochs without a better val top-1, twice, then stop.", OPTIMIZATION,
+                           choices=SCHEDULES)
     warmup_epochs: float = option(0.0, "Linear warmup length in epochs.", OPTIMIZATION,
                                   check=(FINITE, must(lambda epochs: 0 <= epochs <= MAX_EPOCHS,
                                                       f"between 0 and {MAX_EPOCHS:,}")))
     step_epochs: int = option(10, "Step schedule: decay every N epochs.", OPTIMIZATION,
                               check=must(lambda epochs: epochs >= 1, "at least 1"))
-    step_gamma: float = option(0.1, "Step schedule: decay factor.", OPTIMIZATION,
+    step_gamma: float = option(0.1, "Step and plateau schedules: decay factor.", OPTIMIZATION,
                                check=must(lambda gamma: 0 < gamma <= 1, "in (0, 1]"))
 
 
@@ -197,7 +199,8 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = option(100, "Epochs to train (at most, with --patience).", OPTIMIZATION,
                          check=must(lambda epochs: epochs >= 1, "at least 1"))
-    patience: int | None = option(10, "Stop after N epochs without a better val top-1 ('none': never).",
+    patience: int | None = option(5, "Stop after N epochs without a better val top-1 (plateau: decay first); "
+                                     "'none': never.",
                                   OPTIMIZATION, check=must(lambda epochs: epochs >= 1, "at least 1 epoch"),
                                   parse=parse_optional_count)
     seed: int = option(0, "Seed for init, split and order.", RUN, check=SEED_RANGE)
@@ -398,6 +401,9 @@ def validate(config: Config, names: Mapping[str, str] | None = None) -> None:
         raise UserError(f"{name('augment')} flips and shifts images, and --dataset {config.data.dataset} holds "
                         f"feature vectors, not images; drop {name('augment')}")
 
+    if config.schedule.schedule == "plateau" and config.schedule.warmup_epochs:
+        raise UserError(f"{name('warmup_epochs')} is for the step, cosine and onecycle schedules; the plateau schedule "
+                        f"has no warmup: drop it or choose {name('schedule')} cosine")
     momentum = config.optim.momentum
     if config.optim.nesterov and not momentum > 0:
         given = name("momentum")

@@ -1,7 +1,8 @@
 """Minibatch SGD and its learning-rate schedule, built from the config.
 
 Weight decay is the L2 penalty on W only: the bias is not regularized, as in the lecture.
-Schedules advance once per update, so warmup and decay are smooth within an epoch.
+Schedules advance once per update, so warmup and decay are smooth within an epoch; the plateau schedule
+(the default) also hears at each epoch's end whether validation improved.
 """
 
 from __future__ import annotations
@@ -24,7 +25,37 @@ def build_optimizer(model: LinearClassifier, config: OptimConfig, device: torch.
                foreach=None if fused else False)
 
 
+class PlateauLR(sched.LRScheduler):
+    """The rate stays as given until `patience` epochs in a row bring no better validation top-1; then it is
+    multiplied by `gamma` (at most `decays` times), and after the last decay the same wait ends the run
+    (`exhausted`): early stopping that first anneals, so the model kept is not a high rate's noisy iterate.
+    Its counts are attributes, so state_dict() saves them and a resumed run decides as an unbroken one."""
+
+    def __init__(self, optimizer: SGD, gamma: float, decays: int = 2):
+        self.gamma, self.decays = gamma, decays
+        self.factor, self.stale, self.decayed, self.exhausted = 1.0, 0, 0, False
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor for base in self.base_lrs]
+
+    def epoch_end(self, improved: bool, patience: int | None) -> None:
+        self.stale = 0 if improved else self.stale + 1
+        if patience is None or self.stale < patience:
+            return
+        if self.decayed == self.decays:
+            self.exhausted = True
+            return
+        self.factor *= self.gamma
+        self.decayed, self.stale = self.decayed + 1, 0
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+
 def build_scheduler(optimizer: SGD, config: ScheduleConfig, steps_per_epoch: int, epochs: int) -> sched.LRScheduler:
+    if config.schedule == "plateau":
+        return PlateauLR(optimizer, config.step_gamma)
     total = steps_per_epoch * epochs
     warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
     if config.schedule == "onecycle":

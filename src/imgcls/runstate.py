@@ -20,7 +20,7 @@ from imgcls.device import auto_batch_size
 from imgcls.losses import Loss, class_weights
 from imgcls.metrics import Metrics
 from imgcls.model import LinearClassifier
-from imgcls.optim import build_optimizer, build_scheduler
+from imgcls.optim import PlateauLR, build_optimizer, build_scheduler
 from imgcls.progress import Progress
 from imgcls.report import Reporter
 from imgcls.resume import data_fingerprint
@@ -46,7 +46,10 @@ class TrainState:
         return self.progress.epoch < self.config.train.epochs and not self.finished_early()
 
     def finished_early(self) -> bool:
-        """Early stopping: `patience` epochs in a row without a better validation top-1."""
+        """Early stopping: `patience` epochs in a row without a better validation top-1 (with the plateau schedule,
+        after its last decay)."""
+        if isinstance(self.scheduler, PlateauLR):
+            return self.scheduler.exhausted
         patience, progress = self.config.train.patience, self.progress
         return patience is not None and progress.best_epoch is not None and \
             progress.epoch - 1 - progress.best_epoch >= patience
@@ -97,6 +100,8 @@ def end_epoch(state: TrainState, val: Metrics, reporter: Reporter) -> None:
         progress.best_epoch, progress.best_val = progress.epoch, val.summary()
     progress.epoch += 1
     progress.start_epoch(progress.loss_sum.device)
+    if isinstance(state.scheduler, PlateauLR):
+        state.scheduler.epoch_end(improved, state.config.train.patience)
     if state.shard.is_main and state.writes:
         if improved:
             ckpt.save(run.best, state.checkpoint())

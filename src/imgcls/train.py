@@ -111,7 +111,8 @@ def _train(config: Config, reporter: Reporter, overwrite: bool, resume: RunDir |
                 raise Interrupted(run, state.progress, len(train_batches))  # end_epoch has just written `last`
 
     if state.finished_early():
-        reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs")
+        decayed = " after the last decay of the rate" if config.schedule.schedule == "plateau" else ""
+        reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs{decayed}")
     return finish(state, val_batches, train_batches.batch_size)
 
 

@@ -1,0 +1,94 @@
+"""Defaults that fit the data: `--lr auto` (a short stacked search on the validation split, lrsearch.py), recorded
+so that a run repeats from its config.yaml; `imgcls lr-find`; and the plateau schedule's early stopping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.optim import SGD
+
+from imgcls import checkpoint as ckpt
+from imgcls.config import build_config
+from imgcls.lrsearch import CANDIDATES
+from imgcls.optim import PlateauLR
+
+EPOCHS = "3"
+
+
+def test_lr_auto_is_recorded_and_a_rerun_from_config_yaml_gives_the_same_weights(cli, tmp_path, assert_ok):
+    result = cli("train", "--epochs", EPOCHS, "--device", "cpu", "--out", tmp_path / "auto")
+    assert_ok(result)
+    saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    chosen = saved["optim"]["lr"]
+    assert isinstance(chosen, float) and chosen in CANDIDATES
+    assert f"--lr auto chose {chosen:g}" in result.stderr
+    again = cli("train", "--config", tmp_path / "auto" / "config.yaml", "--out", tmp_path / "again")
+    assert_ok(again)
+    assert "--lr auto" not in again.stderr, "a recorded rate is not searched again"
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = (ckpt.load(tmp_path / run / name) for run in ("auto", "again"))
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), name
+
+
+def test_lr_find_suggests_the_rate_with_the_best_validation_top1_and_auto_takes_it(cli, tmp_path, assert_ok):
+    figure = tmp_path / "lr.png"
+    found = cli("lr-find", "--epochs", EPOCHS, "--device", "cpu", "--figure", figure)
+    assert_ok(found)
+    assert figure.is_file() and figure.stat().st_size > 10_000
+    rows = [line.split("\u2502")[1:-1] for line in found.stdout.splitlines() if line.startswith("\u2502")]
+    table = {float(r[0]): (float(r[2].strip().rstrip("%")), r[3].strip()) for r in rows}
+    assert sorted(table) == sorted(CANDIDATES)
+    suggested = [lr for lr, (_, mark) in table.items() if mark == "suggested"]
+    assert len(suggested) == 1 and table[suggested[0]][0] == max(top1 for top1, _ in table.values())
+    assert f"suggested --lr {suggested[0]:g}" in found.stderr
+    trained = cli("train", "--epochs", EPOCHS, "--device", "cpu", "--out", tmp_path / "run", "-q")
+    assert_ok(trained)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["optim"]["lr"] == suggested[0]
+
+
+def test_plateau_decays_after_patience_epochs_then_stops():
+    model = nn.Linear(2, 2)
+    optimizer = SGD(model.parameters(), lr=0.1)
+    optimizer._opt_called = True
+    plateau = PlateauLR(optimizer, gamma=0.5, decays=2)
+    lrs = []
+    for improved in (True, False, True, False, False, False, True, False, False, False):
+        plateau.epoch_end(improved, patience=2)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        for _ in range(3):
+            plateau.step()
+        assert optimizer.param_groups[0]["lr"] == lrs[-1], "constant within an epoch"
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025])
+    assert not plateau.exhausted
+    plateau.epoch_end(False, patience=2)  # the second epoch in a row without progress after the last decay
+    assert plateau.exhausted and optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    restored = PlateauLR(SGD(model.parameters(), lr=0.1), gamma=0.5)
+    restored.load_state_dict(plateau.state_dict())
+    assert (restored.factor, restored.decayed, restored.stale, restored.exhausted) == (0.25, 2, 2, True)
+
+
+def test_the_default_run_anneals_on_a_plateau_and_stops(cli, tmp_path, assert_ok):
+    """The default schedule with patience 1: each epoch without a better validation top-1 first halves the rate
+    (twice), then the next one ends the run; epochs.jsonl shows the rates it used."""
+    result = cli("train", "--lr", "0.05", "--patience", "1", "--step-gamma", "0.5", "--epochs", "40", "--device",
+                 "cpu", "--out", tmp_path / "run")
+    assert_ok(result)
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    assert len(epochs) < 40 and "stopped early" in result.stderr
+    rates = [e["lr"] for e in epochs]
+    assert sorted(set(rates), reverse=True) == pytest.approx([0.05, 0.025, 0.0125])
+    for index in range(1, len(epochs) - 1):
+        best_before = max((e["val_top1"], -e["val_loss"]) for e in epochs[:index])
+        improved = (epochs[index]["val_top1"], -epochs[index]["val_loss"]) > best_before
+        decayed = epochs[index + 1]["lr"] < epochs[index]["lr"]
+        assert decayed == (not improved and epochs[index]["lr"] > 0.0125 * 1.01), index  # patience 1
+
+
+def test_plateau_has_no_warmup(assert_user_error, cli, tmp_path):
+    result = cli("train", "--warmup-epochs", "1", "--out", tmp_path / "run")
+    assert_user_error(result, "--warmup-epochs", "plateau")
+    assert build_config(None, {"warmup_epochs": 1.0, "schedule": "cosine"}).schedule.warmup_epochs == 1.0
