@@ -125,11 +125,12 @@ def main() -> None:
     parser.add_argument("part", choices=("sweep", "defaults", "configs", "all"))
     parser.add_argument("--datasets", default=",".join(DATASETS), help="for defaults and configs")
     parser.add_argument("--json", type=Path, default=Path("bench_selection.json"))
+    parser.add_argument("--keep", type=Path, default=None, help="keep the runs and sweeps in this folder")
     args = parser.parse_args()
     names = args.datasets.split(",")
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-selection-") as folder:
-        work = Path(folder)
+        work = args.keep or Path(folder)
         if args.part in ("sweep", "all"):
             results["sweep"] = bench_sweep(work)
         if args.part in ("defaults", "all"):

@@ -196,6 +196,8 @@ def test_log_ranges_lists_none_and_switches_parse_as_their_options_declare():
     assert parse_values(options["patience"], "none,3") == [None, 3]
     assert parse_values(options["nesterov"], "true,false") == [True, False]
     assert parse_values(options["class_weights"], "1,2,3") == [[1.0, 2.0, 3.0]]
+    assert parse_values(options["class_weights"], "1,2;balanced") == [[1.0, 2.0], "balanced"]
+    assert parse_values(options["augment"], "none;flip,translate:1") == [None, "flip,translate:1"]
     assert Point(0, {"lr": 0.01, "nesterov": True}).label() == "lr=0.01 nesterov=true"
 
 

@@ -207,7 +207,8 @@ def sweep(
     """Train a grid of models in one pass over the data and keep the one validation prefers.
 
     Any option takes a list (--lr 0.001,0.01,0.1), a log range (--lr 1e-4:1:9, nine values) or a choice list
-    (--loss ce,mse); the grid is their product. Models that share batches train stacked: one matrix product per
+    (--loss ce,mse; values that hold commas are separated by ';': --augment 'none;flip,translate:1'); the grid is
+    their product. Models that share batches train stacked: one matrix product per
     step for all of them. The sweep folder holds sweep.csv, sweep.json, sweep.png, a run folder per point, and
     `best`, the chosen run, which eval, predict, report and export-templates take like any run."""
     from imgcls import sweep as sweeping

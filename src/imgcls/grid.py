@@ -3,7 +3,7 @@
     --lr 0.001,0.01,0.1      three values
     --lr 1e-4:1:9            9 values spaced evenly on a log scale from 1e-4 to 1, both ends included
     --loss ce,mse            a choice list; --batch-size 32,128,full; --patience none,5 (none: the option off)
-    --nesterov true,false    switches take true/false
+    --augment 'none;flip,translate:1'   values that hold commas are separated by ';' instead
 
 Each value is parsed and checked by its option's own declaration (config.py), so a value a sweep accepts is one
 `imgcls train` accepts, and the messages are the same. Points that differ only in what each model keeps for itself
@@ -75,9 +75,11 @@ def parse_values(setting: Setting, text: str) -> list[Any]:
 
 
 def _items(setting: Setting, text: str) -> list[str]:
-    if setting.name == "class_weights" and all(_is_float(part) for part in text.split(",")):
+    """Values split on ';' when the text has one (a value that holds commas: --augment 'none;flip,translate:1'),
+    else on ','."""
+    if ";" not in text and setting.name == "class_weights" and all(_is_float(part) for part in text.split(",")):
         return [text]  # one weight per class is a single value: a grid of them is --class-weights none,balanced
-    items = text.split(",")
+    items = text.split(";" if ";" in text else ",")
     if any(not item.strip() for item in items):
         raise UserError(f"{setting.flag} has an empty value in {shown(text)}; separate values with single commas, "
                         f"e.g. {setting.flag} {_example(setting)}")
