@@ -307,7 +307,7 @@ def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user
 
 
 @pytest.mark.parametrize("where, words, then", [
-    ("imgcls.train.prepare_once", ["interrupted while loading the data", "nothing was written",
+    ("imgcls.train.prepare_once", ["interrupted before training began", "nothing was written",
                                    "run the same command again"], None),
     ("imgcls.train.finish", ["training finished and checkpoints are whole", "final test evaluation",
                              "imgcls train --resume"], "resume"),

@@ -206,3 +206,44 @@ def test_a_grid_too_large_for_memory_says_how_many_points_fit(cli, tmp_path, mon
     result = cli("sweep", "--lr", "1e-4:1:40", "--out", tmp_path / "s", "--epochs", "1", "--device", "cpu")
     message = assert_user_error(result, "40 stacked models", "points fit")
     assert "about 0 points" not in message
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lr", "0.01,0.1", "--out", "a,b"], ["--out takes one value"]),
+    (["--lr", "0.01", "--seed", "0,1"], ["--seed takes one value", "validation"]),
+    (["--lr", "0.01", "--momentum", "0,0.9", "--nesterov"], ["point 0", "momentum=0", "--nesterov"]),
+    (["--lr", "0.01,0.1", "--tensorboard"], ["--tensorboard"]),
+    (["--lr", "1e-9:1e9:30000000"], ["30,000,000 values"]),
+])
+def test_what_a_sweep_cannot_vary_is_one_error_line(cli, tmp_path, args, words, assert_user_error):
+    assert_user_error(cli("sweep", *args, "--out" if "--out" not in args else "--epochs", tmp_path / "s"
+                          if "--out" not in args else "1"), *words)
+
+
+def test_a_folder_with_a_sweeps_files_is_not_replaced_without_overwrite(cli, tmp_path, assert_ok, assert_user_error):
+    assert_ok(cli("sweep", "--lr", "0.01,0.1", "--epochs", "1", "--device", "cpu", "--out", tmp_path / "s", "-q"))
+    (tmp_path / "s" / "sweep.yaml").unlink()
+    assert_user_error(cli("sweep", "--lr", "0.5,0.05", "--epochs", "1", "--out", tmp_path / "s"), "already holds")
+    best = tmp_path / "s" / "best"
+    target = best.resolve()
+    best.unlink()
+    import shutil
+
+    shutil.copytree(target, best)  # `best` as a real folder, as `cp -rL` leaves it
+    assert_ok(cli("sweep", "--lr", "0.5,0.05", "--epochs", "1", "--device", "cpu", "--out", tmp_path / "s",
+                  "--overwrite", "-q"))
+    assert (tmp_path / "s" / "best").is_symlink()
+    assert "lr=0.5" in (tmp_path / "s" / "sweep.csv").read_text() or "0.5" in (tmp_path / "s" / "sweep.csv").read_text()
+
+
+def test_a_damaged_grid_in_sweep_yaml_is_one_error_line(cli, tmp_path, assert_user_error, monkeypatch):
+    import yaml
+
+    with monkeypatch.context() as patch:
+        InterruptAfter(patch, 2)
+        result = cli("sweep", "--lr", "0.01,0.1", "--epochs", "2", "--device", "cpu", "--out", tmp_path / "s")
+    assert result.exit_code == 130
+    spec = yaml.safe_load((tmp_path / "s" / "sweep.yaml").read_text())
+    spec["grid"]["bogus"] = [1, 2]
+    (tmp_path / "s" / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    assert_user_error(cli("sweep", "--resume", tmp_path / "s"), "bogus", "not an option")

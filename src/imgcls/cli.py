@@ -232,15 +232,20 @@ def sweep(
                       highlight=False, markup=False)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
-            err.print(f"interrupted while loading data or writing results; `imgcls sweep --resume {target.path}` "
-                      f"goes on from the last finished epoch", soft_wrap=True, highlight=False, markup=False)
+            done = target.results.is_file()
+            err.print(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` "
+                      f"draws them" if done else f"interrupted while loading data or measuring the points; `imgcls "
+                      f"sweep --resume {target.path}` goes on from the last finished epoch", soft_wrap=True,
+                      highlight=False, markup=False)
             raise typer.Exit(130) from None
         if result.best is not None:
             _after_sweep(target.best.resolve(), reporter)
     reporter.show(sweep_table(result.records, result.best))
     chosen = "every point diverged: nothing chosen; lower --lr" if result.best is None else \
-        f"chosen by validation: point {result.best} ({target.best} -> {target.best.resolve().name})"
-    reporter.note(f"{chosen}; {len(result.records)} points in {result.seconds:.1f} s; table: {target.table}")
+        f"chosen by validation: point {result.best:03d} ({target.best} -> {target.best.resolve().name})"
+    count = len(result.records)
+    reporter.note(f"{chosen}; {count} point{'s' if count != 1 else ''} in {result.seconds:.1f} s; table: "
+                  f"{target.table}")
     if quiet:
         print(jsontext.dumps({"best_point": result.best, "sweep_dir": str(target.path),
                               "best_run": str(target.best) if result.best is not None else None}))
@@ -266,7 +271,7 @@ def lr_find_command(
                                          rich_help_panel=RUN)] = Path("lr-find.png"),
     **options,  # a flag per config field (with_config_flags), None where not given
 ) -> None:
-    """Suggest a learning rate: 15 rates from 1e-6 to 10 trained stacked for a short run, measured on validation.
+    """Suggest a learning rate: 11 rates from 1e-5 to 1 trained stacked for a short run, measured on validation.
 
     This is what --lr auto does before `imgcls train`; the suggestion is the rate with the best validation top-1.
     Nothing but the figure is written."""

@@ -11,7 +11,7 @@ from imgcls.config import Config, DataConfig
 from imgcls.data.batches import make_eval_batches
 from imgcls.data.prepare import prepare
 from imgcls.data.types import Normalization
-from imgcls.device import resolve_device
+from imgcls.device import cpu_threads, resolve_device
 from imgcls.errors import UserError
 from imgcls.losses import Loss, class_weights
 from imgcls.metrics import Metrics, evaluate
@@ -45,6 +45,7 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
     batches = make_eval_batches(data, split, device, shard)
     weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
     model = checkpoint.model().to(device)
-    with torch.inference_mode():
+    # the run's own thread count: the sums' order, and so their last bits, are then metrics.json's
+    with torch.inference_mode(), cpu_threads(config.train.threads if device.type == "cpu" else None):
         return evaluate(model, batches, Loss(config.loss.loss, weights), len(data.classes),
                         checkpoint.meta.get("superclass_of"))

@@ -282,8 +282,11 @@ def _sweep_line(records, name: str, values: list[str], value, path: Path, best: 
     return path
 
 
+SWEEP_BARS = 40  # the best this many points: a bar a point beyond that is unreadable (sweep.csv has them all)
+
+
 def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
-    ranked = sorted(records, key=lambda r: -value[r["point"]])
+    ranked = sorted(records, key=lambda r: -value[r["point"]])[:SWEEP_BARS]
     figure = _figure((6, 1 + 0.3 * len(ranked)))
     axis = figure.subplots()
     labels = [" ".join(f"{k}={v}" for k, v in r["options"].items()) or "base" for r in ranked]
@@ -292,7 +295,8 @@ def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
     axis.set_yticks(range(len(ranked)), labels, fontsize=7)
     axis.invert_yaxis()
     axis.set_xlabel("validation top-1 (%)")
-    figure.suptitle("sweep: validation top-1 (orange: chosen)")
+    shown = "" if len(records) <= SWEEP_BARS else f", the best {SWEEP_BARS} of {len(records)}"
+    figure.suptitle(f"sweep: validation top-1 (orange: chosen{shown})")
     _save(figure, path)
     return path
 

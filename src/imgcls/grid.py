@@ -26,7 +26,11 @@ from imgcls.options import Setting, is_union
 # (batch size, epochs, seed, the data and how it is read) decides the batches, which a group shares.
 MODEL_OWN = frozenset({"lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "step_epochs",
                        "step_gamma", "loss", "class_weights", "init", "init_std", "patience"})
-MAX_POINTS = 100_000  # a grid beyond this is a typo (1e-4:1:1000000), refused before anything is built
+MAX_POINTS = 10_000  # a grid beyond this is a typo (1e-4:1:1000000), refused before anything is built
+# One value in a sweep: where it runs and writes, and what decides the validation set the points are compared on
+# (another seed, split, limit or dataset would compare them on other images).
+SINGLE = frozenset({"out", "device", "threads", "tensorboard", "download", "stream", "skip_bad_images", "precision",
+                    "gradient", "dataset", "data_dir", "val_split", "limit", "seed"})
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -56,12 +60,15 @@ def parse_axes(flags: dict[str, str | None]) -> dict[str, list[Any]]:
     for name, text in flags.items():
         if text is not None:
             axes[name] = parse_values(settings()[name], str(text))
+            if name in SINGLE and len(axes[name]) > 1:
+                raise UserError(f"{settings()[name].flag} takes one value in a sweep (its points are compared on one "
+                                f"validation split, run in one place); run a sweep for each value")
     return axes
 
 
 def parse_values(setting: Setting, text: str) -> list[Any]:
     flag = setting.flag
-    if _is_log_range(text):
+    if _is_log_range(text) and (_takes_decimals(setting) or all(_is_float(part) for part in text.split(":"))):
         values = _log_range(setting, text)
     else:
         values = [_parse_one(setting, item.strip()) for item in _items(setting, text)]
@@ -127,6 +134,9 @@ def _log_range(setting: Setting, text: str) -> list[float]:
     if number is None or not (0 < low_value < math.inf and 0 < high_value < math.inf):
         raise UserError(f"{setting.flag} {shown(text)} is not a log range: write START:STOP:COUNT with START and STOP "
                         f"above 0, e.g. {setting.flag} 1e-4:1:9")
+    if number > MAX_POINTS:
+        raise UserError(f"{setting.flag} {shown(text)} asks for {number:,} values, more than {MAX_POINTS:,}; give a "
+                        f"smaller COUNT")
     if number < 1:
         raise UserError(f"{setting.flag} {shown(text)} asks for {number} values: the grid would be empty; give a "
                         f"COUNT of 1 or more")
@@ -178,8 +188,17 @@ def point_config(base: Config, point: Point) -> Config:
     """The base config (defaults, --config file, single-valued flags) with this point's values, validated."""
     config = Config.from_dict(base.to_dict(), "the sweep's base config")
     names: dict[str, str] = {}
-    apply_flags(config, {name: GIVEN_NONE if value is None else value for name, value in point.values.items()}, names)
-    validate(config, names)
+    unknown = [name for name in point.values if name not in settings()]
+    if unknown:
+        raise UserError(f"the sweep's grid names {shown(unknown[0])}, which is not an option; fix sweep.yaml's grid "
+                        f"or start a new sweep")
+    try:
+        apply_flags(config, {name: GIVEN_NONE if value is None else value for name, value in point.values.items()},
+                    names)
+        validate(config, names)
+    except UserError as error:
+        raise UserError(f"point {point.index} ({point.label()}): {error}; leave that combination out (run two "
+                        f"sweeps)") from None
     return config
 
 

@@ -237,11 +237,12 @@ def sweep_table(records: list[dict], best: int | None, limit: int = 20) -> Table
     ranked = sorted(records, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0.0), r["val_loss"] or 0.0,
                                             r["point"]))
     table = Table(title=f"sweep: {len(records)} points by validation top-1 (test not used to choose)")
-    for column in ("#", "point", "epochs", "val top-1", "val loss", "test top-1", ""):
-        table.add_column(column, justify="left" if column in ("point", "") else "right")
+    for column in ("rank", "point (folder and options)", "epochs", "val top-1", "val loss", "test top-1", ""):
+        table.add_column(column, justify="left" if column.startswith("point") or not column else "right")
     for rank, record in enumerate(ranked[:limit], 1):
         mark = "chosen" if record["point"] == best else "diverged" if record["diverged"] else ""
-        options = " ".join(f"{name}={value}" for name, value in record["options"].items()) or "base"
+        options = f"{record['point']:03d} " + (" ".join(f"{name}={value}" for name, value in
+                                                        record["options"].items()) or "base")
         table.add_row(str(rank), Text(options), f"{record['best_epoch'] or '-'}/{record['epochs_run']}",
                       _percent(record["val_top1"]), _number(record["val_loss"]), _percent(record["test_top1"]), mark)
     if len(ranked) > limit:

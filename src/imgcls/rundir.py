@@ -263,7 +263,8 @@ class RunDir:
         if "config.yaml" in written:
             return ("interrupted in the first epoch, before any checkpoint: only config.yaml was written; run the "
                     "same command again with --overwrite")
-        return "interrupted while loading the data: nothing was written; run the same command again"
+        return ("interrupted before training began (loading the data, or the --lr auto search): nothing was written; "
+                "run the same command again")
 
     def _epochs_done(self) -> int:
         try:

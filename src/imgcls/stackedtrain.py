@@ -158,7 +158,8 @@ def _diverge(stack: StackedModels, state: TrainState, index: int, why: str) -> N
     stack.freeze(index, zero=True)
     stack.diverged[index] = True
     if state.writes:
-        state.run.mark_diverged(f"{why}: training diverged; its last good checkpoints are kept")
+        kept = "its last good checkpoints are kept" if state.run.best.is_file() else "no epoch had finished"
+        state.run.mark_diverged(f"{why}: training diverged; {kept}")
 
 
 def _end_epoch(stack: StackedModels, states: list[TrainState], active: list[int], sums: dict[str, torch.Tensor],

@@ -80,6 +80,9 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
         if config.optim.lr == "auto":
             raise UserError("a sweep searches the learning rate itself: give --lr values, e.g. --lr 1e-4:1:9 "
                             "(imgcls lr-find suggests a range)")
+        if config.output.tensorboard:
+            raise UserError("a sweep writes no TensorBoard events; drop --tensorboard (compare its points with "
+                            "`imgcls compare DIR/points/000 DIR/points/001 ...`)")
         if config.train.precision != "fp32" or config.train.gradient != "analytic":
             raise UserError("a sweep trains its models stacked with the analytic float32 step; drop --precision and "
                             "--gradient (train the chosen point with them afterwards)")
@@ -247,7 +250,7 @@ def run(sweep: SweepDir, spec: dict, reporter: Reporter, resume: bool) -> SweepR
     if not resume:
         sweep.start(spec)
     result = run_sweep(sweep, groups, reporter, resume)
-    write_results(result, spec["grid"])
     shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
     sweep_figure(result.records, shown_grid, sweep.figure, result.best)
+    write_results(result, spec["grid"])  # last: a sweep with sweep.json is finished, and --resume refuses it
     return result

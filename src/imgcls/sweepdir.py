@@ -55,7 +55,7 @@ class SweepDir:
             if others:
                 raise UserError(f"--out {printable(path)} holds files that are not a sweep's ({', '.join(others[:3])})"
                                 f"; choose a new or empty folder")
-            if sweep.spec.exists() and not overwrite:
+            if any((path / name).exists() or (path / name).is_symlink() for name in OWN) and not overwrite:
                 raise UserError(f"{printable(path)} already holds a sweep; pass --overwrite to replace it, "
                                 f"--resume {printable(path)} to continue it, or choose another --out")
         return sweep
@@ -75,7 +75,11 @@ class SweepDir:
         import shutil
 
         for name in (RESULTS, TABLE, FIGURE, BEST):
-            (self.path / name).unlink(missing_ok=True)
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)  # `best` copied as a folder (cp -rL, a file system without links)
+            else:
+                entry.unlink(missing_ok=True)
         shutil.rmtree(self.path / POINTS, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.spec, yaml.safe_dump(spec, sort_keys=False))
@@ -99,6 +103,10 @@ class SweepDir:
         temporary = self.path / f"{BEST}.tmp"
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(Path(POINTS) / f"{index:03d}")
+        if self.best.is_dir() and not self.best.is_symlink():
+            import shutil
+
+            shutil.rmtree(self.best)
         temporary.replace(self.best)
 
     @contextmanager
