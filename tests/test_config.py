@@ -139,7 +139,7 @@ def test_hostile_yaml_is_one_short_user_error(tmp_path, text, words):
 
 
 def test_aliases_of_a_sensible_size_still_work(tmp_path):
-    text = "optim: &shared\n  lr: 0.2\nschedule:\n  warmup_epochs: 1\nloss:\n  class_weights: &w [1, 2]\n"
+    text = "optim: &shared\n  lr: 0.2\nschedule:\n  schedule: cosine\n  warmup_epochs: 1\nloss:\n  class_weights: &w [1, 2]\n"
     text += "data:\n  dataset: mnist\n"
     assert build_config(write_yaml(tmp_path, text), {}).optim.lr == 0.2
 
@@ -283,7 +283,7 @@ RULES = [  # (field, a bad value, the whole message it gives when the value came
     ("momentum", 1.0, "--momentum must be in [0, 1), not 1.0"),
     ("weight_decay", -0.5, "--weight-decay must be 0 or more, not -0.5"),
     ("weight_decay", -math.inf, "--weight-decay must be a finite number, not -inf"),
-    ("schedule", "cosin", "unknown schedule 'cosin' (did you mean 'cosine'?); choose one of: constant, step, cosine, "
+    ("schedule", "cosin", "unknown schedule 'cosin' (did you mean 'cosine'?); choose one of: plateau, constant, step, cosine, "
                           "onecycle"),
     ("warmup_epochs", 2e6, "--warmup-epochs must be between 0 and 1,000,000, not 2000000.0"),
     ("warmup_epochs", math.inf, "--warmup-epochs must be a finite number, not inf"),

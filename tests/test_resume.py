@@ -331,7 +331,7 @@ def test_divergence_after_good_epochs_keeps_their_checkpoints(cli, mnist_root, t
     error = assert_user_error(
         cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", LIMIT, "--epochs", 40,
             "--batch-size", "full", "--loss", "mse", "--schedule", "constant", "--momentum", 0, "--weight-decay", 0,
-            "--lr", 8, "--device", "cpu", "--out", out, "--quiet"),
+            "--lr", 8, "--patience", "none", "--device", "cpu", "--out", out, "--quiet"),
         "loss became", "step 1", "lower --lr")
     failed_epoch = int(error.split("epoch ")[1].split(",")[0])
     assert failed_epoch > 2, error
