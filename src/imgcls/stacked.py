@@ -69,10 +69,13 @@ class StackedModels:
                 velocity.copy_(saved)
             state.optimizer.state[param]["momentum_buffer"] = velocity
 
-    def scores(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Every model's scores, (P, K, n), from one product."""
-        count, classes, features = self.weight.shape
-        flat = torch.addmm(self.bias.view(-1, 1), self.weight.view(-1, features), pixels.t())
+    def scores(self, pixels: torch.Tensor, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Every model's scores, (P, K, n), from one product: the stack's weights, or the given stack's."""
+        weight = self.weight if weight is None else weight
+        bias = self.bias if bias is None else bias
+        count, classes, features = weight.shape
+        flat = torch.addmm(bias.view(-1, 1), weight.view(-1, features), pixels.t())
         return flat.view(count, classes, -1)
 
     @torch.no_grad()
@@ -137,13 +140,10 @@ class StackedModels:
     def evaluate(self, batches, superclass_of: list[int] | None = None,
                  weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> list[Metrics]:
         """Every model's metrics on every image of `batches` (the current weights, or the given stack's)."""
-        weight = self.weight if weight is None else weight
-        bias = self.bias if bias is None else bias
-        count, classes, features = weight.shape
+        count, classes, _ = self.weight.shape
         accumulators = [MetricsAccumulator(classes, batches.device, superclass_of) for _ in range(count)]
         for pixels, labels, _ in batches.epoch():
-            flat = torch.addmm(bias.view(-1, 1), weight.view(-1, features), pixels.t())
-            scores = flat.view(count, classes, -1)
+            scores = self.scores(pixels, weight, bias)
             for index, (accumulator, state) in enumerate(zip(accumulators, self.states)):
                 model_scores = scores[index].t()
                 accumulator.add(model_scores, labels, *state.loss.sum_and_weight(model_scores, labels))

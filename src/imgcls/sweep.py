@@ -231,22 +231,21 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool) -> tuple[Sw
     return sweep, {"base": base.to_dict(), "grid": grid}
 
 
-def groups_of(spec: dict) -> tuple[list[Group], list[Point]]:
+def groups_of(spec: dict) -> list[Group]:
     from imgcls.grid import grid_points
 
     base = Config.from_dict(spec["base"], "sweep.yaml's base")
     grid = spec["grid"]
     if not all(isinstance(values, list) and values for values in grid.values()):
         raise UserError("sweep.yaml's grid must map each option to a list of values; start a new sweep")
-    points = grid_points(grid)
-    return make_groups(base, points), points
+    return make_groups(base, grid_points(grid))
 
 
 def run(sweep: SweepDir, spec: dict, reporter: Reporter, resume: bool) -> SweepResult:
     """Train the grid (or the rest of it), then write sweep.json, sweep.csv, the figure and the link to the best."""
     from imgcls.figures import sweep_figure
 
-    groups, _ = groups_of(spec)
+    groups = groups_of(spec)
     if not resume:
         sweep.start(spec)
     result = run_sweep(sweep, groups, reporter, resume)
