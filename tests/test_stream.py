@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import torch
 from conftest import start_python
 from imgcls import checkpoint as ckpt
 from imgcls.data.batches import Batches
-from imgcls.data.decode import decode_image_bytes
+from imgcls.data.decode import decode_image_bytes, ignore_stop_signals, stop_signals_blocked
 from imgcls.data.stream import StreamedImages, StreamingBatches
 from imgcls.data.types import ImageList, LabelledImages, Normalization
 from imgcls.distributed import Shard
@@ -151,6 +152,36 @@ def test_a_damaged_test_image_gets_a_short_clean_reason_before_training(cli, tin
     error = assert_user_error(cli(*train_args(tiny_cifar, tmp_path / "r", "--stream")), victim.name, "truncated")
     assert ".cpp" not in error and "/__w/" not in error
     assert not (tmp_path / "r").exists()
+
+
+def _late_worker(context):
+    """A worker forked, then busy (importing, seeding) for a moment before it ignores the stop signals."""
+    forked = context.Event()
+
+    def work():
+        forked.set()
+        time.sleep(0.5)
+        ignore_stop_signals()
+        time.sleep(0.1)
+
+    return context.Process(target=work), forked
+
+
+def test_a_worker_started_with_stop_signals_blocked_survives_a_sigterm_before_it_ignores_it():
+    context = multiprocessing.get_context("fork")
+    exit_codes = []
+    for blocked in (True, False):
+        worker, forked = _late_worker(context)
+        if blocked:
+            with stop_signals_blocked():
+                worker.start()
+        else:
+            worker.start()
+        assert forked.wait(30)
+        os.kill(worker.pid, signal.SIGTERM)  # the group's SIGTERM, in the moment before the worker's own handler
+        worker.join(30)
+        exit_codes.append(worker.exitcode)
+    assert exit_codes == [0, -signal.SIGTERM]  # blocked: held, then dropped as ignored; not blocked: killed
 
 
 def test_sigterm_to_the_whole_process_group_checkpoints_a_streaming_run(tiny_cifar_session, tmp_path):

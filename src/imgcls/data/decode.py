@@ -24,6 +24,7 @@ import struct
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -260,17 +261,16 @@ def _start_workers(context, job: _Job, counter: _Counter, results, workers: int)
     workers are ended and it goes on as the KeyboardInterrupt it was."""
     processes, held = [], []
     previous = _hold_sigint(held)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        for _ in range(workers):
-            process = context.Process(target=_work, args=(job, counter, results), daemon=True)
-            try:
-                process.start()
-            except OSError:  # no more processes allowed: the ones started (and this one) do the work
-                break
-            processes.append(process)
+        with stop_signals_blocked():
+            for _ in range(workers):
+                process = context.Process(target=_work, args=(job, counter, results), daemon=True)
+                try:
+                    process.start()
+                except OSError:  # no more processes allowed: the ones started (and this one) do the work
+                    break
+                processes.append(process)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if held and previous is signal.default_int_handler:
@@ -285,6 +285,19 @@ def _hold_sigint(held: list):
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+
+
+@contextmanager
+def stop_signals_blocked():
+    """SIGINT and SIGTERM held back from this thread while it starts worker processes: a child inherits the
+    mask, so a signal to the whole process group in the moment between a worker's fork and its
+    ignore_stop_signals() stays pending there (and is dropped once ignored) instead of killing it. Here the
+    signal is delivered when the block ends."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

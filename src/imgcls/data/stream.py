@@ -29,6 +29,7 @@ from imgcls.data.decode import (
     error_reason,
     ignore_stop_signals,
     size_text,
+    stop_signals_blocked,
     to_grey_if_grey,
 )
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
@@ -140,7 +141,9 @@ class StreamingBatches:
             pin_memory=self.device.type == "cuda", multiprocessing_context="fork" if self.workers else None,
             worker_init_fn=ignore_stop_signals)
         draws = self.augment.plan(self.num_images, self.seed, epoch, self.device) if self.augment else None
-        for step, ((pixels, labels, error), rows) in enumerate(zip(loader, plan), start_step):
+        with stop_signals_blocked():  # iter() forks the workers; a SIGTERM to the group must not catch one early
+            parts = iter(loader)
+        for step, ((pixels, labels, error), rows) in enumerate(zip(parts, plan), start_step):
             if error is not None:
                 raise UserError(error)
             if draws is not None:
