@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import run_python
 from imgcls import checkpoint as ckpt
 from imgcls.config import OptimConfig, build_config
 from imgcls.losses import Loss
@@ -90,6 +91,44 @@ def test_analytic_step_makes_torchs_sgd_update(momentum, nesterov, weight_decay,
         assert state_a.keys() == state_b.keys()
         if momentum:
             assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
+
+
+def test_imgcls_sgd_saves_and_loads_the_state_torchs_sgd_does():
+    """optim.SGD (torch.optim.SGD without the compiler's guards) and torch.optim.SGD after the same updates: the
+    same state_dict, and each loads the other's."""
+    from imgcls.optim import SGD
+
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 7, requires_grad=True) for _ in range(2)]
+    weights[1].data.copy_(weights[0].data)
+    optimizers = [kind([{"params": [w], "weight_decay": 0.1}], lr=0.1, momentum=0.9, nesterov=True)
+                  for kind, w in zip((SGD, torch.optim.SGD), weights)]
+    for _ in range(3):
+        gradient = torch.randn(5, 7)
+        for w, optimizer in zip(weights, optimizers):
+            w.grad = gradient.clone()
+            optimizer.step()
+    ours, torchs = (optimizer.state_dict() for optimizer in optimizers)
+    assert ours["param_groups"] == torchs["param_groups"] and ours["state"].keys() == torchs["state"].keys() == {0}
+    assert torch.equal(ours["state"][0]["momentum_buffer"], torchs["state"][0]["momentum_buffer"])
+    optimizers[0].load_state_dict(torchs)
+    optimizers[1].load_state_dict(ours)
+    assert torch.equal(optimizers[0].state[weights[0]]["momentum_buffer"], torchs["state"][0]["momentum_buffer"])
+    optimizers[0].zero_grad()
+    assert weights[0].grad is None
+
+
+def test_a_run_on_cached_data_never_imports_torchs_compiler(mnist_root, tmp_path):
+    """torch._dynamo takes 2-3 s to import on these CPUs, and a torch.optim optimizer's first call asks for it;
+    a run whose data is cached (torchvision, which imports it too, only reads files) must not."""
+    code = ("import sys\nfrom imgcls.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcls')\n"
+            "except SystemExit as e:\n    code = e.code\nprint(code, 'torch._dynamo' in sys.modules)")
+    args = ("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 300, "--epochs", 2, "--device", "cpu",
+            "--out", tmp_path / "run", "--overwrite", "--quiet")
+    for _ in range(2):  # the first run may decode (and cache) the images
+        done = run_python("-c", code, *args, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr
+    assert (tmp_path / "run" / "last.safetensors").exists()
 
 
 def test_threads_sets_the_run_s_cpu_threads_and_restores_them(mnist_root, tmp_path, monkeypatch):

@@ -8,11 +8,27 @@ Schedules advance once per update, so warmup and decay are smooth within an epoc
 from __future__ import annotations
 
 import torch
-from torch.optim import SGD
+from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
 from imgcls.config import OptimConfig, ScheduleConfig
 from imgcls.model import LinearClassifier
+
+
+def _eager(method):
+    """An Optimizer method without its torch.compile guard: the guard's first call imports torch._dynamo, 2-3 s
+    of every run's start on these CPUs, for a compiler imgcls never calls. Where a torch version has no guard
+    (no __wrapped__), the method itself."""
+    return getattr(method, "__wrapped__", method)
+
+
+class SGD(torch.optim.SGD):
+    """torch.optim.SGD, its rule and its state_dict, made and saved without importing torch._dynamo."""
+
+    add_param_group = _eager(Optimizer.add_param_group)
+    state_dict = _eager(Optimizer.state_dict)
+    load_state_dict = _eager(Optimizer.load_state_dict)
+    zero_grad = _eager(Optimizer.zero_grad)
 
 
 def build_optimizer(model: LinearClassifier, config: OptimConfig, device: torch.device) -> SGD:

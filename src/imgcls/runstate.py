@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.optim import SGD
 from torch.optim.lr_scheduler import LRScheduler
 
 from imgcls import checkpoint as ckpt
@@ -20,7 +19,7 @@ from imgcls.device import auto_batch_size
 from imgcls.losses import Loss, class_weights
 from imgcls.metrics import Metrics
 from imgcls.model import LinearClassifier
-from imgcls.optim import PlateauLR, build_optimizer, build_scheduler
+from imgcls.optim import SGD, PlateauLR, build_optimizer, build_scheduler
 from imgcls.progress import Progress
 from imgcls.report import Reporter
 from imgcls.resume import data_fingerprint

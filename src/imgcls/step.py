@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch.optim import SGD
 from torch.optim.sgd import sgd
 
 from imgcls.losses import Loss, mean_denominator
 from imgcls.model import LinearClassifier
+from imgcls.optim import SGD
 
 
 class StepStats(NamedTuple):
