@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import stat
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from torchvision.io import decode_image, ImageReadMode
 
 from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, start_python, write_image_folder
 from imgcls.config import DataConfig
-from imgcls.data.batches import Batches, epoch_permutation
+from imgcls.data.batches import Batches, epoch_permutation, made_ahead
 from imgcls.data.normalize import fit_normalization
 from imgcls.data.prepare import load_decoded, prepare
 from imgcls.data.registry import CIFAR10_CLASSES
@@ -716,6 +717,37 @@ def test_batch_size_one_and_full_batch():
     assert len(full) == 1 and sorted(parts[0]) == list(range(9))
     larger = Batches(numbered(9), IDENTITY, 1000, torch.device("cpu"), seed=0)
     assert len(larger) == 1 and larger.batch_size == 9
+
+
+def test_batches_made_ahead_are_the_batches_made_in_turn():
+    batches = Batches(numbered(50), IDENTITY, 6, torch.device("cpu"), seed=2, augment=None)
+    ahead, in_turn = list(batches.epoch(3, start_step=2)), list(batches._shuffled(3, start_step=2))
+    assert len(ahead) == len(in_turn) == len(batches) - 2
+    for a, b in zip(ahead, in_turn):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _batch_threads() -> list:
+    return [thread for thread in threading.enumerate() if thread.name == "imgcls-batches"]
+
+
+def test_made_ahead_keeps_the_order_raises_where_the_error_was_and_stops_when_the_taker_does():
+    assert list(made_ahead(iter(range(100)), 2)) == list(range(100))
+
+    def failing():
+        yield from range(3)
+        raise OSError("the disk went away")
+
+    taken = []
+    with pytest.raises(OSError, match="went away"):
+        for item in made_ahead(failing(), 2):
+            taken.append(item)
+    assert taken == [0, 1, 2]
+    made = []
+    items = made_ahead((made.append(i) or i for i in range(1000)), 2)
+    assert next(items) == 0 and next(items) == 1
+    items.close()  # a run stopped part-way (Ctrl-C): the thread making batches ends, holding nothing
+    assert not _batch_threads() and len(made) <= 5
 
 
 def test_unshuffled_batches_keep_the_order():

@@ -12,11 +12,16 @@ the images into contiguous parts, each counted once.
 
 With --augment (augment.py) each training batch is augmented as uint8 (N, C, H, W), between
 the gather and the normalization; evaluation batches never are.
+
+On the CPU, training batches are made one or two steps ahead on a thread of their own (made_ahead), so that
+gathering, augmenting and normalizing a batch overlap the step on the one before, on another core.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -35,6 +40,7 @@ from imgcls.distributed import Shard
 EVAL_BATCH = 4096  # images in one evaluation batch, at most ...
 EVAL_BYTES = 1 << 28  # ... and at most 256 MB of float32 pixels (large images: fewer at a time)
 GPU_MEMORY_SHARE = 0.6  # the most of the free GPU memory the images may take
+MADE_AHEAD = 2  # training batches made before the step that takes them (CPU)
 
 
 def epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:
@@ -81,10 +87,17 @@ class Batches:
 
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]:
         if not self.shuffle:
-            for step in range(start_step, len(self)):
-                rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
-                yield Batch(self.normalize(self.images[rows]), self.labels[rows], self.labels[rows])
-            return
+            return self._in_order(start_step)
+        batches = self._shuffled(epoch, start_step)
+        # On CUDA the kernels are queued and run on their own: a thread would only take the GIL from the step.
+        return batches if self.device.type == "cuda" else made_ahead(batches, MADE_AHEAD)
+
+    def _in_order(self, start_step: int) -> Iterator[Batch]:
+        for step in range(start_step, len(self)):
+            rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            yield Batch(self.normalize(self.images[rows]), self.labels[rows], self.labels[rows])
+
+    def _shuffled(self, epoch: int, start_step: int) -> Iterator[Batch]:
         order = epoch_permutation(self.num_images, self.seed, epoch)
         # Copied to where the labels and images are once an epoch: a copy from pageable host memory each
         # step would make the host wait for the GPU at every step.
@@ -99,6 +112,50 @@ class Batches:
             if plan is not None:
                 pixels = plan.apply(pixels.view(-1, *self.image_shape), rows, mine).flatten(1)
             yield Batch(self.normalize(pixels), batch_labels[mine], batch_labels)
+
+
+def made_ahead(items: Iterator, depth: int) -> Iterator:
+    """The same items in the same order, each made on a thread of its own up to `depth` items before it is
+    taken. torch's kernels let go of the GIL, so making the next batch runs beside the step on this one. The
+    thread stops (and lets go of the items it holds) when the caller stops taking them part-way; an error in
+    making an item is raised here, where that item would have been."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not _put(ready, (item, None), stop):
+                    return
+            _put(ready, (end, None), stop)
+        except BaseException as error:  # the caller's to raise, in its own thread
+            _put(ready, (end, error), stop)
+
+    maker = threading.Thread(target=make, name="imgcls-batches", daemon=True)
+    maker.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        maker.join()
+
+
+def _put(ready: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
+    """The entry queued once there is room; False (nothing queued) if the taker has stopped first."""
+    while not stop.is_set():
+        try:
+            ready.put(entry, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def eval_batch_size(normalization: Normalization) -> int:
