@@ -719,9 +719,13 @@ def test_batch_size_one_and_full_batch():
     assert len(larger) == 1 and larger.batch_size == 9
 
 
-def test_batches_made_ahead_are_the_batches_made_in_turn():
-    batches = Batches(numbered(50), IDENTITY, 6, torch.device("cpu"), seed=2, augment=None)
-    ahead, in_turn = list(batches.epoch(3, start_step=2)), list(batches._shuffled(3, start_step=2))
+@pytest.mark.parametrize("augment", [None, "flip,translate:2"])
+def test_batches_made_ahead_are_the_batches_made_in_turn(augment):
+    from imgcls.data.augment import read_augmentation
+
+    images = LabelledImages(torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8), torch.arange(50) % 3)
+    batches = Batches(images, IDENTITY, 6, torch.device("cpu"), seed=2, augment=read_augmentation(augment))
+    ahead, in_turn = list(batches.epoch(3, start_step=2)), list(map(batches._shuffled(3), range(2, len(batches))))
     assert len(ahead) == len(in_turn) == len(batches) - 2
     for a, b in zip(ahead, in_turn):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -731,23 +735,29 @@ def _batch_threads() -> list:
     return [thread for thread in threading.enumerate() if thread.name == "imgcls-batches"]
 
 
-def test_made_ahead_keeps_the_order_raises_where_the_error_was_and_stops_when_the_taker_does():
-    assert list(made_ahead(iter(range(100)), 2)) == list(range(100))
+@pytest.mark.parametrize("makers", [1, 2, 3])
+def test_made_ahead_keeps_the_order_raises_where_the_error_was_and_stops_when_the_taker_does(makers):
+    def slow_on_evens(step):  # the threads finish out of order
+        time.sleep(0.002 * (step % 2 == 0))
+        return step
 
-    def failing():
-        yield from range(3)
-        raise OSError("the disk went away")
+    assert list(made_ahead(slow_on_evens, range(5, 60), makers, 2)) == list(range(5, 60))
+
+    def failing(step):
+        if step == 7:
+            raise OSError("the disk went away")
+        return step
 
     taken = []
     with pytest.raises(OSError, match="went away"):
-        for item in made_ahead(failing(), 2):
+        for item in made_ahead(failing, range(20), makers, 2):
             taken.append(item)
-    assert taken == [0, 1, 2]
+    assert taken == list(range(7))
     made = []
-    items = made_ahead((made.append(i) or i for i in range(1000)), 2)
+    items = made_ahead(lambda step: made.append(step) or step, range(1000), makers, 2)
     assert next(items) == 0 and next(items) == 1
-    items.close()  # a run stopped part-way (Ctrl-C): the thread making batches ends, holding nothing
-    assert not _batch_threads() and len(made) <= 5
+    items.close()  # a run stopped part-way (Ctrl-C): the threads making batches end, holding nothing
+    assert not _batch_threads() and len(made) <= 2 + makers * 3
 
 
 def test_unshuffled_batches_keep_the_order():

@@ -13,8 +13,8 @@ the images into contiguous parts, each counted once.
 With --augment (augment.py) each training batch is augmented as uint8 (N, C, H, W), between
 the gather and the normalization; evaluation batches never are.
 
-On the CPU, training batches are made one or two steps ahead on a thread of their own (made_ahead), so that
-gathering, augmenting and normalizing a batch overlap the step on the one before, on another core.
+On the CPU, training batches are made a few steps ahead on threads of their own (made_ahead), so that
+gathering, augmenting and normalizing the next batches overlap the step on this one, on other cores.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
@@ -40,7 +41,8 @@ from imgcls.distributed import Shard
 EVAL_BATCH = 4096  # images in one evaluation batch, at most ...
 EVAL_BYTES = 1 << 28  # ... and at most 256 MB of float32 pixels (large images: fewer at a time)
 GPU_MEMORY_SHARE = 0.6  # the most of the free GPU memory the images may take
-MADE_AHEAD = 2  # training batches made before the step that takes them (CPU)
+MADE_AHEAD = 2  # training batches each thread makes before the step that takes them (CPU)
+T = TypeVar("T")
 
 
 def epoch_permutation(num_images: int, seed: int, epoch: int) -> torch.Tensor:
@@ -88,22 +90,27 @@ class Batches:
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]:
         if not self.shuffle:
             return self._in_order(start_step)
-        batches = self._shuffled(epoch, start_step)
-        # On CUDA the kernels are queued and run on their own: a thread would only take the GIL from the step.
-        return batches if self.device.type == "cuda" else made_ahead(batches, MADE_AHEAD)
+        make = self._shuffled(epoch)
+        steps = range(start_step, len(self))
+        if self.device.type == "cuda":  # kernels are queued and run on their own: threads would only take the GIL
+            return map(make, steps)
+        # An augmented batch takes longer to make than the step takes to use it: two threads keep up
+        return made_ahead(make, steps, makers=2 if self.augment else 1, depth=MADE_AHEAD)
 
     def _in_order(self, start_step: int) -> Iterator[Batch]:
         for step in range(start_step, len(self)):
             rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
             yield Batch(self.normalize(self.images[rows]), self.labels[rows], self.labels[rows])
 
-    def _shuffled(self, epoch: int, start_step: int) -> Iterator[Batch]:
+    def _shuffled(self, epoch: int) -> Callable[[int], Batch]:
+        """The batch of each step of epoch `epoch`, as a function of the step (any thread may call it)."""
         order = epoch_permutation(self.num_images, self.seed, epoch)
         # Copied to where the labels and images are once an epoch: a copy from pageable host memory each
         # step would make the host wait for the GPU at every step.
         label_order, image_order = order.to(self.labels.device), order.to(self.images.device)
         plan = self.augment.plan(self.num_images, self.seed, epoch, self.images.device) if self.augment else None
-        for step in range(start_step, len(self)):
+
+        def batch(step: int) -> Batch:
             rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
             # index_select, not images[index]: the same rows, 10-25x faster for a uint8 gather on the CPU
             batch_labels = self.labels.index_select(0, label_order[rows])
@@ -111,40 +118,42 @@ class Batches:
             pixels = self.images.index_select(0, image_order[rows][mine])
             if plan is not None:
                 pixels = plan.apply(pixels.view(-1, *self.image_shape), rows, mine).flatten(1)
-            yield Batch(self.normalize(pixels), batch_labels[mine], batch_labels)
+            return Batch(self.normalize(pixels), batch_labels[mine], batch_labels)
+
+        return batch
 
 
-def made_ahead(items: Iterator, depth: int) -> Iterator:
-    """The same items in the same order, each made on a thread of its own up to `depth` items before it is
-    taken. torch's kernels let go of the GIL, so making the next batch runs beside the step on this one. The
-    thread stops (and lets go of the items it holds) when the caller stops taking them part-way; an error in
-    making an item is raised here, where that item would have been."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
+def made_ahead(make: Callable[[int], T], steps: range, makers: int, depth: int) -> Iterator[T]:
+    """make(step) for each step, in order, made by `makers` threads of their own (step i by thread i % makers),
+    each up to `depth` steps before the step is taken. torch's kernels let go of the GIL, so making the next
+    batches runs beside the step on this one, on other cores. The threads stop (and let go of what they made)
+    when the caller stops taking part-way; an error in making a step is raised here, at that step."""
+    makers = max(1, min(makers, len(steps)))
+    ready = [queue.Queue(maxsize=depth) for _ in range(makers)]
     stop = threading.Event()
-    end = object()
 
-    def make() -> None:
+    def run(maker: int) -> None:
         try:
-            for item in items:
-                if not _put(ready, (item, None), stop):
+            for step in steps[maker::makers]:
+                if not _put(ready[maker], (make(step), None), stop):
                     return
-            _put(ready, (end, None), stop)
         except BaseException as error:  # the caller's to raise, in its own thread
-            _put(ready, (end, error), stop)
+            _put(ready[maker], (None, error), stop)
 
-    maker = threading.Thread(target=make, name="imgcls-batches", daemon=True)
-    maker.start()
+    threads = [threading.Thread(target=run, args=(maker,), name="imgcls-batches", daemon=True)
+               for maker in range(makers)]
+    for thread in threads:
+        thread.start()
     try:
-        while True:
-            item, error = ready.get()
+        for index in range(len(steps)):
+            item, error = ready[index % makers].get()
             if error is not None:
                 raise error
-            if item is end:
-                return
             yield item
     finally:
         stop.set()
-        maker.join()
+        for thread in threads:
+            thread.join()
 
 
 def _put(ready: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
