@@ -572,6 +572,17 @@ def test_the_process_exits_with_its_output_flushed_but_without_finalizing(world)
     assert (done.stdout, done.stderr) == ("done", "and")
 
 
+def test_under_a_profiler_or_with_children_running_the_process_exits_normally():
+    """cProfile and coverage write their data while Python finalizes, and multiprocessing ends its children."""
+    code = ("import atexit, multiprocessing, sys, time\nfrom imgcls import distributed\n"
+            "atexit.register(lambda: print('finalized'))\n{}\ndistributed.exit_process(3)")
+    profiled = run_python("-c", code.format("sys.setprofile(lambda *args: None)"))
+    children = run_python("-c", code.format("multiprocessing.Process(target=time.sleep, args=(60,), daemon=True)"
+                                            ".start()"), timeout=30)
+    assert [done.returncode for done in (profiled, children)] == [3, 3], profiled.stderr + children.stderr
+    assert profiled.stdout == children.stdout == "finalized\n"
+
+
 def test_python_m_imgcls_user_error_exits_2_without_traceback(tmp_path):
     done = run_python("-m", "imgcls", "train", "--lr", "0", "--out", tmp_path / "run")
     assert done.returncode == 2

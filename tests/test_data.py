@@ -735,6 +735,23 @@ def _batch_threads() -> list:
     return [thread for thread in threading.enumerate() if thread.name == "imgcls-batches"]
 
 
+def test_batches_are_made_ahead_only_with_a_free_core_and_within_the_memory_budget(monkeypatch):
+    import imgcls.data.batches as batches_module
+
+    def threads_seen(batches):
+        return {bool(_batch_threads()) for _ in batches.epoch(0)}
+
+    batches = Batches(numbered(40), IDENTITY, 4, torch.device("cpu"), seed=1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert threads_seen(batches) == {True}
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # the step takes every core
+    assert threads_seen(batches) == {False}
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(batches_module, "AHEAD_BYTES", 4 * 4 * 3)  # less than the batches made ahead would take
+    assert threads_seen(batches) == {False}
+
+
 @pytest.mark.parametrize("makers", [1, 2, 3])
 def test_made_ahead_keeps_the_order_raises_where_the_error_was_and_stops_when_the_taker_does(makers):
     def slow_on_evens(step):  # the threads finish out of order

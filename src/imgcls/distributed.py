@@ -5,7 +5,8 @@ group (NCCL on GPUs, gloo on CPUs) and nothing else: no launcher, no all-reduce 
 for gradients. Outside torchrun every function here is a no-op for a world of one.
 
 torch is imported by the functions that use it, not by the module: the command line ends every command
-(`--help` too) through exit_process, and must not wait for torch to do so.
+(`--help` too) through exit_process, and must not wait for torch to do so; nor for Python to tear torch
+down again (exit_process ends the process without finalizing it).
 """
 
 from __future__ import annotations
@@ -139,7 +140,20 @@ def exit_process(code: int) -> NoReturn:
     command. Under torchrun it would also risk an abort: gloo's worker threads can still hold the last
     collective's tensors after the process group is destroyed, and when one releases them while Python
     finalizes, the process aborts (pytorch/pytorch#179291 describes it) and torchrun kills the other
-    processes, perhaps while the main one writes the run's files."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    processes, perhaps while the main one writes the run's files. A normal exit where something still
+    needs one: a profiler or a coverage tracer (its data is written at exit), or child processes still running
+    (outside torchrun), which multiprocessing ends at exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (imgcls ... | head), a closed stream: nothing to keep
+            pass
+    if world_size() > 1 or not _exit_needs_python():
+        os._exit(code)
+    sys.exit(code)
+
+
+def _exit_needs_python() -> bool:
+    import multiprocessing
+
+    return sys.getprofile() is not None or sys.gettrace() is not None or bool(multiprocessing.active_children())

@@ -16,14 +16,18 @@ from imgcls.model import LinearClassifier
 
 
 def _eager(method):
-    """An Optimizer method without its torch.compile guard: the guard's first call imports torch._dynamo, 2-3 s
-    of every run's start on these CPUs, for a compiler imgcls never calls. Where a torch version has no guard
-    (no __wrapped__), the method itself."""
-    return getattr(method, "__wrapped__", method)
+    """An Optimizer method without its torch.compile guard (torch._disable_dynamo's wrapper): the guard's first
+    call imports torch._dynamo, 2-3 s of every run's start on these CPUs, for a compiler imgcls never calls.
+    The method itself where a torch version guards it otherwise, or not at all."""
+    guard = getattr(torch, "_disable_dynamo", None)
+    guarded = guard(lambda: None).__code__ if callable(guard) else None
+    code = getattr(method, "__code__", None)
+    return method.__wrapped__ if code is guarded and hasattr(method, "__wrapped__") else method
 
 
 class SGD(torch.optim.SGD):
-    """torch.optim.SGD, its rule and its state_dict, made and saved without importing torch._dynamo."""
+    """torch.optim.SGD, its rule and its state_dict, made and saved without importing torch._dynamo. (Its
+    step(), which only the autograd step calls, still imports it: torch guards that call otherwise.)"""
 
     add_param_group = _eager(Optimizer.add_param_group)
     state_dict = _eager(Optimizer.state_dict)

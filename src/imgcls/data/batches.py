@@ -20,6 +20,7 @@ gathering, augmenting and normalizing the next batches overlap the step on this 
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ EVAL_BATCH = 4096  # images in one evaluation batch, at most ...
 EVAL_BYTES = 1 << 28  # ... and at most 256 MB of float32 pixels (large images: fewer at a time)
 GPU_MEMORY_SHARE = 0.6  # the most of the free GPU memory the images may take
 MADE_AHEAD = 2  # training batches each thread makes before the step that takes them (CPU)
+AHEAD_BYTES = 1 << 28  # at most 256 MB of float32 batches made ahead
 T = TypeVar("T")
 
 
@@ -92,10 +94,18 @@ class Batches:
             return self._in_order(start_step)
         make = self._shuffled(epoch)
         steps = range(start_step, len(self))
-        if self.device.type == "cuda":  # kernels are queued and run on their own: threads would only take the GIL
-            return map(make, steps)
         # An augmented batch takes longer to make than the step takes to use it: two threads keep up
-        return made_ahead(make, steps, makers=2 if self.augment else 1, depth=MADE_AHEAD)
+        makers = 2 if self.augment else 1
+        return made_ahead(make, steps, makers, MADE_AHEAD) if self._ahead(makers) else map(make, steps)
+
+    def _ahead(self, makers: int) -> bool:
+        """Whether to make batches ahead on threads: on the CPU (CUDA queues its kernels and runs them on its own),
+        with cores the step leaves free (on all of them, two threads' kernels would fight for each core), and
+        for batches small enough that the few made ahead (made_ahead holds up to makers * (depth + 1) + 1) stay
+        within AHEAD_BYTES: a large batch's step outlasts making it anyway."""
+        held = (makers * (MADE_AHEAD + 1) + 1) * self.batch_size * self.normalize.features * 4
+        return (self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
+                and held <= AHEAD_BYTES)
 
     def _in_order(self, start_step: int) -> Iterator[Batch]:
         for step in range(start_step, len(self)):
@@ -142,18 +152,30 @@ def made_ahead(make: Callable[[int], T], steps: range, makers: int, depth: int) 
 
     threads = [threading.Thread(target=run, args=(maker,), name="imgcls-batches", daemon=True)
                for maker in range(makers)]
-    for thread in threads:
-        thread.start()
     try:
+        for thread in threads:
+            thread.start()
         for index in range(len(steps)):
-            item, error = ready[index % makers].get()
+            item, error = _take(ready[index % makers], threads[index % makers])
             if error is not None:
                 raise error
             yield item
     finally:
         stop.set()
         for thread in threads:
-            thread.join()
+            if thread.ident is not None and thread is not threading.current_thread():
+                thread.join()
+
+
+def _take(ready: queue.Queue, maker: threading.Thread) -> tuple:
+    """The next entry its maker queues; a RuntimeError if the maker ended without queuing one (it could not
+    even queue its error)."""
+    while True:
+        try:
+            return ready.get(timeout=1.0)
+        except queue.Empty:
+            if not maker.is_alive() and ready.empty():
+                raise RuntimeError("a thread making training batches ended without its batch") from None
 
 
 def _put(ready: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
