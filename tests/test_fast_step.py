@@ -118,15 +118,15 @@ def test_imgcls_sgd_saves_and_loads_the_state_torchs_sgd_does():
     assert weights[0].grad is None
 
 
-def test_a_run_on_cached_data_never_imports_torchs_compiler(mnist_root, tmp_path):
+def test_a_run_on_cached_data_never_imports_torchs_compiler(cli, mnist_root, tmp_path, assert_ok):
     """torch._dynamo takes 2-3 s to import on these CPUs, and a torch.optim optimizer's first call asks for it;
     a run whose data is cached (torchvision, which imports it too, only reads files) must not."""
     code = ("import sys\nfrom imgcls.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcls')\n"
             "except SystemExit as e:\n    code = e.code\nprint(code, 'torch._dynamo' in sys.modules)")
     args = ("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 300, "--epochs", 2, "--device", "cpu",
             "--out", tmp_path / "run", "--overwrite", "--quiet")
-    for _ in range(2):  # the first run may decode (and cache) the images
-        done = run_python("-c", code, *args, timeout=300)
+    assert_ok(cli(*args))  # here, in this process: the images decoded and cached, if they were not yet
+    done = run_python("-c", code, *args, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr
     assert (tmp_path / "run" / "last.safetensors").exists()
 
