@@ -470,15 +470,14 @@ def bench_decode(data_dir: Path) -> DecodeRate:
     sample of them, in this run: images per second per core against one thread."""
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-    from imgcls.data.decode import decode_images
+    from imgcls.data.decode import decode_images, usable_cores
     from imgcls.data.readers import FileReader, walk_files
 
     files = [path for split in ("train", "test") for path in walk_files(data_dir / split)]
     # Workers named here: imgcls gives none to a script run by its path (one without a main guard would run
     # again in each worker), and this one has its guard. `imgcls` itself takes one per other core.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     start = time.perf_counter()
-    decoded = decode_images(files, FileReader(files), None, False, workers=cores - 1)
+    decoded = decode_images(files, FileReader(files), None, False, workers=usable_cores() - 1)
     seconds = time.perf_counter() - start
     sample = files[::max(1, len(files) // ONE_THREAD_SAMPLE)][:ONE_THREAD_SAMPLE]
     torch.set_num_threads(1)

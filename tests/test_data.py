@@ -747,11 +747,11 @@ def test_batches_are_made_ahead_only_with_a_free_core_and_within_the_memory_budg
 
     batches = Batches(numbered(40), IDENTITY, 4, torch.device("cpu"), seed=1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(batches_module, "usable_cores", lambda: 2)
     assert made_on_a_thread(batches)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # the step takes every core
+    monkeypatch.setattr(batches_module, "usable_cores", lambda: 1)  # the step takes every core
     assert not made_on_a_thread(batches)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(batches_module, "usable_cores", lambda: 2)
     monkeypatch.setattr(batches_module, "AHEAD_BYTES", 4 * 4 * 3)  # less than the batches made ahead would take
     assert not made_on_a_thread(batches)
 

@@ -75,11 +75,8 @@ class SweepDir:
         import shutil
 
         for name in (RESULTS, TABLE, FIGURE, BEST):
-            entry = self.path / name
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)  # `best` copied as a folder (cp -rL, a file system without links)
-            else:
-                entry.unlink(missing_ok=True)
+            if not _remove_copied_folder(self.path / name):
+                (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / POINTS, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.spec, yaml.safe_dump(spec, sort_keys=False))
@@ -103,10 +100,7 @@ class SweepDir:
         temporary = self.path / f"{BEST}.tmp"
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(Path(POINTS) / f"{index:03d}")
-        if self.best.is_dir() and not self.best.is_symlink():
-            import shutil
-
-            shutil.rmtree(self.best)
+        _remove_copied_folder(self.best)  # a link or a file is replaced below in one step
         temporary.replace(self.best)
 
     @contextmanager
@@ -134,3 +128,14 @@ def _now() -> str:
     import time
 
     return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _remove_copied_folder(entry: Path) -> bool:
+    """Removes `entry` if it is a real folder (`best` copied as one: cp -rL, a file system without links), and
+    says whether it was."""
+    if not entry.is_dir() or entry.is_symlink():
+        return False
+    import shutil
+
+    shutil.rmtree(entry)
+    return True

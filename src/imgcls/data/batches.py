@@ -20,7 +20,6 @@ gathering, augmenting and normalizing the next batches overlap the step on this 
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from typing import TypeVar
 import torch
 
 from imgcls.data.augment import Augmentation, read_augmentation
+from imgcls.data.decode import usable_cores
 from imgcls.data.normalize import PixelNormalizer
 from imgcls.data.types import (
     Batch,
@@ -104,7 +104,7 @@ class Batches:
         for batches small enough that the few made ahead (made_ahead holds up to makers * (depth + 1) + 1) stay
         within AHEAD_BYTES: a large batch's step outlasts making it anyway."""
         held = (makers * (MADE_AHEAD + 1) + 1) * self.batch_size * self.normalize.features * 4
-        return (self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
+        return (self.device.type == "cpu" and torch.get_num_threads() < usable_cores()
                 and held <= AHEAD_BYTES)
 
     def _in_order(self, start_step: int) -> Iterator[Batch]:

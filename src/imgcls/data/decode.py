@@ -116,7 +116,7 @@ def worker_count(total: int, read: ImageReader) -> int:
     """Worker processes for a list of `total` images: one per core besides this process's, when the list is
     long enough to repay starting them, the reader can be pickled (a closure cannot) and the main module can
     be imported again by a worker."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if cores < 2 or total < MIN_PARALLEL or not main_module_can_be_imported_again():
         return 0
     try:
@@ -124,6 +124,11 @@ def worker_count(total: int, read: ImageReader) -> int:
     except (pickle.PicklingError, TypeError, AttributeError):
         return 0
     return min(cores - 1, total // CHUNK)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset can narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def main_module_can_be_imported_again() -> bool:
