@@ -10,9 +10,9 @@ from imgcls import checkpoint as ckpt
 from imgcls.config import OptimConfig, build_config
 from imgcls.losses import Loss
 from imgcls.model import LinearClassifier
-from imgcls.optim import build_optimizer
+from imgcls.engine import Engine
 from imgcls.report import Reporter
-from imgcls.step import AnalyticStep, AutogradStep
+from imgcls.stacked import Hyper, Stack
 from imgcls.train import train
 
 
@@ -65,62 +65,79 @@ def test_loss_and_gradient_with_classes_first_is_the_transpose(name, weighted):
     assert torch.allclose(by_rows[0], loss.sum_and_weight(scores, targets)[0], rtol=1e-6)
 
 
+def stack_of(models: list[LinearClassifier], losses: list[Loss], configs: list[OptimConfig]) -> Stack:
+    weight = torch.stack([m.linear.weight.detach().clone() for m in models])
+    bias = torch.stack([m.linear.bias.detach().clone() for m in models])
+    return Stack(weight, bias, losses, [Hyper(c.momentum, c.nesterov, c.weight_decay) for c in configs])
+
+
+def torch_sgd(model: LinearClassifier, config: OptimConfig) -> torch.optim.SGD:
+    """torch's own SGD, with weight decay on W only: the reference the stack's update rule is held to."""
+    return torch.optim.SGD([{"params": [model.linear.weight], "weight_decay": config.weight_decay},
+                            {"params": [model.linear.bias], "weight_decay": 0.0}], lr=config.lr,
+                           momentum=config.momentum, nesterov=config.nesterov)
+
+
 @pytest.mark.parametrize("momentum, nesterov, weight_decay", [
     (0.9, False, 0.0), (0.9, False, 0.05), (0.5, True, 0.05), (0.0, False, 0.0), (0.0, False, 0.05)])
 @pytest.mark.parametrize("name, weighted", [("ce", False), ("nll", True), ("mse", True)])
-def test_analytic_step_makes_torchs_sgd_update(momentum, nesterov, weight_decay, name, weighted):
-    """Three updates with the analytic step (fused momentum or torch's sgd()) against backward() +
-    torch.optim.SGD.step(): the same weights and momentum buffers, and the same step statistics."""
+@pytest.mark.parametrize("gradient", ["analytic", "autograd"])
+def test_the_stack_s_step_makes_torchs_sgd_update(momentum, nesterov, weight_decay, name, weighted, gradient):
+    """Three updates of a stack of one model (the lecture's gradient, or autograd's) against backward() +
+    torch.optim.SGD.step(): the same weights and momentum, and the same step statistics."""
     torch.manual_seed(3)
     pixels, labels = torch.randn(4, 24, 50), torch.randint(0, 5, (4, 24))
-    weights = torch.rand(5) + 0.5 if weighted else None
+    loss = Loss(name, torch.rand(5) + 0.5 if weighted else None)
     config = OptimConfig(lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    models = [LinearClassifier((2, 5, 5), 5, init="normal", init_std=0.1) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    optimizers = [build_optimizer(m, config, torch.device("cpu")) for m in models]
-    fast, reference = (kind(m, Loss(name, weights), o) for kind, m, o in
-                       zip((AnalyticStep, lambda m, l, o: AutogradStep(m, l, o, None)), models, optimizers))
+    model = LinearClassifier((2, 5, 5), 5, init="normal", init_std=0.1)
+    stack = stack_of([model], [loss], [config])
+    optimizer = torch_sgd(model, config)
     for x, y in zip(pixels, labels):
-        got, expected = fast(x, y, y), reference(x, y, y)
-        assert float(got.loss_sum) == pytest.approx(float(expected.loss_sum), rel=1e-5)
-        assert float(got.weight) == pytest.approx(float(expected.weight), rel=1e-6)
-        assert int(got.correct) == int(expected.correct)
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
-        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
-        state_a, state_b = optimizers[0].state[a], optimizers[1].state[b]
-        assert state_a.keys() == state_b.keys()
-        if momentum:
-            assert torch.allclose(state_a["momentum_buffer"], state_b["momentum_buffer"], atol=1e-6)
+        wg, bg, got = stack.autograd_gradient(x, y, y) if gradient == "autograd" else stack.gradient(x, y, y)
+        stack.update(wg, bg, [config.lr])
+        scores = model(x)
+        loss_sum, weight = loss.sum_and_weight(scores, y)
+        optimizer.zero_grad()
+        (loss_sum / weight).backward()
+        optimizer.step()
+        assert float(got.loss_sum[0]) == pytest.approx(float(loss_sum.detach()), rel=1e-5)
+        assert float(got.weight[0]) == pytest.approx(float(weight), rel=1e-6)
+        assert int(got.correct[0]) == int((scores.argmax(1) == y).sum())
+    assert torch.allclose(stack.weight[0], model.linear.weight, atol=1e-6)
+    assert torch.allclose(stack.bias[0], model.linear.bias, atol=1e-6)
+    if momentum:
+        buffer = optimizer.state[model.linear.weight]["momentum_buffer"]
+        assert torch.allclose(stack.velocity[0], buffer, atol=1e-6)
 
 
-def test_imgcls_sgd_saves_and_loads_the_state_torchs_sgd_does():
-    """optim.SGD (torch.optim.SGD without the compiler's guards) and torch.optim.SGD after the same updates: the
-    same state_dict, and each loads the other's."""
-    from imgcls.optim import SGD
-
-    torch.manual_seed(0)
-    weights = [torch.randn(5, 7, requires_grad=True) for _ in range(2)]
-    weights[1].data.copy_(weights[0].data)
-    optimizers = [kind([{"params": [w], "weight_decay": 0.1}], lr=0.1, momentum=0.9, nesterov=True)
-                  for kind, w in zip((SGD, torch.optim.SGD), weights)]
-    for _ in range(3):
-        gradient = torch.randn(5, 7)
-        for w, optimizer in zip(weights, optimizers):
-            w.grad = gradient.clone()
+def test_each_model_of_a_stack_makes_torchs_sgd_update_with_its_own_options():
+    """Four models of different losses, rates, momentum, Nesterov and weight decay, stacked: each ends where
+    torch.optim.SGD takes it alone."""
+    torch.manual_seed(5)
+    pixels, labels = torch.randn(5, 16, 12), torch.randint(0, 4, (5, 16))
+    configs = [OptimConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+               OptimConfig(lr=0.03, momentum=0.0, weight_decay=0.0),
+               OptimConfig(lr=0.3, momentum=0.5, weight_decay=0.1),
+               OptimConfig(lr=0.01, momentum=0.9, weight_decay=0.0)]
+    losses = [Loss("ce"), Loss("mse"), Loss("nll", torch.tensor([1.0, 2.0, 0.5, 1.0])), Loss("ce")]
+    models = [LinearClassifier((1, 3, 4), 4, init="normal", init_std=0.2) for _ in configs]
+    stack = stack_of(models, losses, configs)
+    optimizers = [torch_sgd(model, config) for model, config in zip(models, configs)]
+    for x, y in zip(pixels, labels):
+        wg, bg, _ = stack.gradient(x, y, y)
+        stack.update(wg, bg, [config.lr for config in configs])
+        for model, loss, optimizer in zip(models, losses, optimizers):
+            optimizer.zero_grad()
+            loss(model(x), y).backward()
             optimizer.step()
-    ours, torchs = (optimizer.state_dict() for optimizer in optimizers)
-    assert ours["param_groups"] == torchs["param_groups"] and ours["state"].keys() == torchs["state"].keys() == {0}
-    assert torch.equal(ours["state"][0]["momentum_buffer"], torchs["state"][0]["momentum_buffer"])
-    optimizers[0].load_state_dict(torchs)
-    optimizers[1].load_state_dict(ours)
-    assert torch.equal(optimizers[0].state[weights[0]]["momentum_buffer"], torchs["state"][0]["momentum_buffer"])
-    optimizers[0].zero_grad()
-    assert weights[0].grad is None
+    for index, model in enumerate(models):
+        assert torch.allclose(stack.weight[index], model.linear.weight, atol=1e-6)
+        assert torch.allclose(stack.bias[index], model.linear.bias, atol=1e-6)
 
 
 def test_a_run_on_cached_data_never_imports_torchs_compiler(cli, mnist_root, tmp_path, assert_ok):
-    """torch._dynamo takes 2-3 s to import on these CPUs, and a torch.optim optimizer's first call asks for it;
-    a run whose data is cached (torchvision, which imports it too, only reads files) must not."""
+    """torch._dynamo takes 2-3 s to import on these CPUs; a run whose data is cached (torchvision, which imports
+    it, only reads files) must not import it."""
     code = ("import sys\nfrom imgcls.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcls')\n"
             "except SystemExit as e:\n    code = e.code\nprint(code, 'torch._dynamo' in sys.modules)")
     args = ("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 300, "--epochs", 2, "--device", "cpu",
@@ -132,21 +149,19 @@ def test_a_run_on_cached_data_never_imports_torchs_compiler(cli, mnist_root, tmp
 
 
 def test_threads_sets_the_run_s_cpu_threads_and_restores_them(mnist_root, tmp_path, monkeypatch):
-    from imgcls import train as train_module
-
     seen = []
-    make_step = train_module.make_step
+    step = Engine.step
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
-        return make_step(*args, **kwargs)
+        return step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_step", spy)
+    monkeypatch.setattr(Engine, "step", spy)
     before = torch.get_num_threads()
     config = build_config(None, {"dataset": "mnist", "data_dir": str(mnist_root), "limit": 200, "epochs": 2,
                                  "threads": 1 if before > 1 else 2, "device": "cpu", "out": str(tmp_path / "run")})
     train(config, Reporter(quiet=True))
-    assert seen == [config.train.threads] * 2
+    assert set(seen) == {config.train.threads} and len(seen) >= 2
     assert torch.get_num_threads() == before
 
 
@@ -156,12 +171,10 @@ def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mni
     import yaml
 
     from imgcls import device
-    from imgcls import train as train_module
 
     seen = []
-    make_step = train_module.make_step
-    monkeypatch.setattr(train_module, "make_step", lambda *a, **k: seen.append(torch.get_num_threads()) or
-                        make_step(*a, **k))
+    step = Engine.step
+    monkeypatch.setattr(Engine, "step", lambda *a, **k: seen.append(torch.get_num_threads()) or step(*a, **k))
     monkeypatch.setattr(device, "_clearly_faster", lambda *args: faster_on_all_cores)
     monkeypatch.setattr(device, "SMALL_PRODUCT", 0)  # this small step would take one thread untimed
     before = torch.get_num_threads()
@@ -170,7 +183,7 @@ def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mni
     train(build_config(None, {**settings, "epochs": 1}), Reporter(quiet=True))
     chosen = before if faster_on_all_cores else 1
     recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["threads"]
-    assert seen == [chosen] and recorded == chosen and torch.get_num_threads() == before
+    assert set(seen) == {chosen} and recorded == chosen and torch.get_num_threads() == before
     # a resumed run reads config.yaml: the recorded count is kept, whatever a new timing would say
     monkeypatch.setattr(device, "_clearly_faster", lambda *args: pytest.fail("timed again on resume"))
     resumed = build_config(tmp_path / "run" / "config.yaml", {})
@@ -205,9 +218,8 @@ def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
     images = LabelledImages(torch.randint(0, 256, (70, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 3, (70,)))
     batches = Batches(images, Normalization(torch.full((1, 4, 4), 0.5), torch.full((1, 4, 4), 0.3)), 16,
                       torch.device("cpu"), seed=1)
-    model = LinearClassifier((1, 4, 4), 3)
-    step = AnalyticStep(model, Loss("ce", torch.tensor([1.0, 2.0, 0.5]) if weighted else None),
-                        build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.01), torch.device("cpu")))
+    stack = stack_of([LinearClassifier((1, 4, 4), 3)], [Loss("ce", torch.tensor([1.0, 2.0, 0.5]) if weighted
+                                                             else None)], [OptimConfig(lr=0.1, weight_decay=0.01)])
 
     def read_back(*args, **kwargs):
         raise AssertionError("a value was read back from a tensor during a step")
@@ -216,33 +228,34 @@ def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, read_back)
     for epoch in range(2):
         for pixels, labels, batch_labels in batches.epoch(epoch):
-            step(pixels, labels, batch_labels)
+            stack.update(*stack.gradient(pixels, labels, batch_labels)[:2], [0.1])
     monkeypatch.undo()
-    assert not torch.equal(model.linear.weight, torch.zeros_like(model.linear.weight))
+    assert not torch.equal(stack.weight, torch.zeros_like(stack.weight))
 
 
 @pytest.mark.parametrize("gradient", ["analytic", "autograd"])
 def test_a_batch_of_only_zero_weight_classes_leaves_the_model_as_it_was(gradient):
     """Class weight 0 means 'ignore this class': a batch holding only such images (always so with batch size 1)
     has nothing to learn from. Its weighted mean is 0/0; taken as such it would turn W and b into NaN."""
-    from imgcls.losses import Loss
-    from imgcls.model import LinearClassifier
-    from imgcls.step import make_step
-
     torch.manual_seed(0)
-    model = LinearClassifier((1, 2, 2), 3)
-    before = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.0)
-    step = make_step(model, Loss("ce", torch.tensor([0.0, 1.0, 1.0])), optimizer, None, gradient)
+    stack = stack_of([LinearClassifier((1, 2, 2), 3)], [Loss("ce", torch.tensor([0.0, 1.0, 1.0]))],
+                     [OptimConfig(lr=0.5, momentum=0.0, weight_decay=0.0)])
+    before = [stack.weight.clone(), stack.bias.clone()]
+
+    def step(pixels, labels):
+        found = stack.autograd_gradient if gradient == "autograd" else stack.gradient
+        weight_gradient, bias_gradient, stats = found(pixels, labels, labels)
+        stack.update(weight_gradient, bias_gradient, [0.5])
+        return stats
+
     labels = torch.zeros(4, dtype=torch.int64)
-    stats = step(torch.randn(4, 4), labels, labels)
-    assert float(stats.loss_sum) == 0 and float(stats.weight) == 0
-    for old, new in zip(before, model.parameters()):
-        assert torch.equal(old, new.detach())
+    stats = step(torch.randn(4, 4), labels)
+    assert float(stats.loss_sum[0]) == 0 and float(stats.weight[0]) == 0
+    assert torch.equal(before[0], stack.weight) and torch.equal(before[1], stack.bias)
     labels[0] = 1  # one image that counts: now the model does learn
-    step(torch.randn(4, 4), labels, labels)
-    assert not torch.equal(before[0], model.linear.weight.detach())
-    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    step(torch.randn(4, 4), labels)
+    assert not torch.equal(before[0], stack.weight)
+    assert bool(torch.isfinite(stack.weight).all()) and bool(torch.isfinite(stack.bias).all())
 
 
 def test_choosing_the_thread_count_draws_nothing_from_the_run_s_random_numbers():

@@ -1,10 +1,10 @@
 """The README's promises, each against values computed by hand in the test.
 
-Never through imgcls's own build_optimizer or build_scheduler: a comparison of the code with itself
+Never through imgcls's own update rule or schedules: a comparison of the code with itself
 (the analytic step against autograd, a resumed run against an unbroken one) has any mistake in that
 shared setup on both sides. The runs are real (train() on a tiny image folder) and a spy on
-train.make_step records what each SGD update is given: the weights before the first update, every
-batch and every parameter group's learning rate. tests/PROMISES.md maps each promise to its test.
+Engine.step records what each SGD update is given: the weights before the first update, every
+batch and its learning rate. tests/PROMISES.md maps each promise to its test.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from torchvision.transforms.v2.functional import resize as tv_resize
 
 from conftest import plain, write_image_folder
 from imgcls import checkpoint as ckpt
-from imgcls import train as train_module
+from imgcls import engine as engine_module
 from imgcls.config import build_config
 from imgcls.report import Reporter
 from imgcls.rundir import RunDir
+from imgcls.engine import Engine
 from imgcls.train import Interrupted, train
 
 # Three classes of unequal size (balanced class weights then differ) and non-square 4x5 colour images.
@@ -65,33 +66,30 @@ class Recording:
 
 
 def spy_on_steps(monkeypatch, before_step=None, after_step=None) -> None:
-    """Wrap every training step train.make_step builds; the callbacks get (model, optimizer, batch)."""
-    make_step = train_module.make_step
+    """Wrap every training step of the engine (Engine.step); the callbacks get (engine, batch, rates)."""
+    step = Engine.step
 
-    def wrapped(model, loss, optimizer, *args, **kwargs):
-        step = make_step(model, loss, optimizer, *args, **kwargs)
+    def wrapped(engine, *batch_and_rates):
+        *batch, rates = batch_and_rates
+        if before_step:
+            before_step(engine, batch, rates)
+        stats = step(engine, *batch_and_rates)
+        if after_step:
+            after_step(engine, batch, rates)
+        return stats
 
-        def run(*batch):
-            if before_step:
-                before_step(model, optimizer, batch)
-            stats = step(*batch)
-            if after_step:
-                after_step(model, optimizer, batch)
-            return stats
-        return run
-
-    monkeypatch.setattr(train_module, "make_step", wrapped)
+    monkeypatch.setattr(Engine, "step", wrapped)
 
 
 def recorded_run(monkeypatch, data_dir: Path, out: Path, **flags) -> Recording:
     updates, start = [], {}
 
-    def record(model, optimizer, batch):
-        start.setdefault("weight", model.linear.weight.detach().clone())
-        start.setdefault("bias", model.linear.bias.detach().clone())
-        groups = optimizer.param_groups
-        updates.append(Update([g["lr"] for g in groups], [g["momentum"] for g in groups], batch[0].clone(),
-                              batch[1].clone()))
+    def record(engine, batch, rates):
+        stack = engine.stack
+        start.setdefault("weight", stack.weight[0].detach().clone())
+        start.setdefault("bias", stack.bias[0].detach().clone())
+        momentum = float(stack.momentum)  # one model: its momentum is a number
+        updates.append(Update([rates[0], rates[0]], [momentum, momentum], batch[0].clone(), batch[1].clone()))
 
     with monkeypatch.context() as patch:
         spy_on_steps(patch, before_step=record)
@@ -310,14 +308,14 @@ def test_every_update_uses_the_schedules_learning_rate(name, tiny_folder, tmp_pa
 @pytest.mark.parametrize("gradient", ["analytic", "autograd"])
 def test_gradient_chooses_the_lectures_formula_or_autograds_backward_pass(gradient, tiny_folder, tmp_path,
                                                                           monkeypatch):
-    backward = torch.Tensor.backward
+    backward = torch.autograd.grad
     calls = []
 
-    def counted(tensor, *args, **kwargs):
-        calls.append(tensor)
-        return backward(tensor, *args, **kwargs)
+    def counted(outputs, *args, **kwargs):
+        calls.append(outputs)
+        return backward(outputs, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "backward", counted)
+    monkeypatch.setattr(torch.autograd, "grad", counted)
     run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", gradient=gradient)
     assert len(calls) == (len(run.updates) if gradient == "autograd" else 0)
 
@@ -364,14 +362,15 @@ def test_nothing_after_resume_draws_from_torchs_global_rng(stream, tiny_folder, 
     with monkeypatch.context() as patch, pytest.raises(Interrupted):
         interrupt_after(patch, 6)  # epoch 2, step 2 of 4
         train(build_config(None, {**flags, "out": str(broken)}), Reporter(quiet=True))
-    restore = train_module.restore
+    restore = engine_module.restore
 
     def restore_then_scramble(*args, **kwargs):
-        restore(*args, **kwargs)
+        diverged = restore(*args, **kwargs)
         torch.manual_seed(987_654_321)
         torch.rand(1000)
+        return diverged
 
-    monkeypatch.setattr(train_module, "restore", restore_then_scramble)
+    monkeypatch.setattr(engine_module, "restore", restore_then_scramble)
     train(build_config(broken / "config.yaml", {}), Reporter(quiet=True), resume=RunDir.open_for_resume(broken))
     (epochs_a, metrics_a, tensors_a), (epochs_b, metrics_b, tensors_b) = run_files(whole), run_files(broken)
     assert epochs_a == epochs_b and metrics_a == metrics_b

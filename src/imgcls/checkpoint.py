@@ -11,42 +11,34 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
-
 import torch
 
 from imgcls.errors import UserError
 from imgcls.files import write_atomic
 from imgcls.rundir import RunDir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a resumable checkpoint holds imgcls's own update rule's state (no torch optimizer's)
+MODEL_FORMAT = 1  # a checkpoint of the model alone is read by every imgcls since the first
 FORMAT_KEY = "imgcls_format"
 FLOAT_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # what the model can be loaded from
-# A resumable checkpoint's state tensors: the epoch's running sums (Progress's), and the optimizer's buffers as
-# optimizer.<parameter index>.<buffer name>; its meta["resume"]: the scheduler's and optimizer's state and these
-# Progress fields. No RNG state: nothing after the start of a run draws from torch's global generator (the data
-# order has its own, seeded by the seed and the epoch), as test_promises shows by scrambling it on resume.
+# A resumable checkpoint's state tensors: the epoch's running sums (Progress's) and the momentum of W and b; its
+# meta["resume"]: the plateau schedule's state and these Progress fields. No RNG state: nothing after the start of
+# a run draws from torch's global generator (the data order has its own, seeded by the seed and the epoch).
 RUNNING_SUMS = ("loss_sum", "weight_sum", "correct")
+VELOCITIES = ("velocity.weight", "velocity.bias")
 SAVED_PROGRESS = ("seen", "seconds", "history", "best_epoch", "best_val", "lr_first")
-OPTIMIZER_PREFIX = "optimizer."
-
-
-class OptimizerBuffer(NamedTuple):
-    key: str  # as saved: optimizer.<parameter index>.<buffer name>
-    index: int | None  # None: the key holds no parameter index
-    name: str
-    value: torch.Tensor
+STACK_KEY = "models"  # a file of several models (a sweep's stack): how many; each one's tensors under "<i>/"
 
 
 @dataclass
 class ResumeState:
     """What a resumable checkpoint holds beyond the model, read back as the run saved it; resume.py checks every
     piece against the run before it uses any."""
-    param_groups: list  # the optimizer's, as its state_dict() gives them
-    scheduler: dict  # the scheduler's state_dict()
-    buffers: list[OptimizerBuffer]
+    schedule: dict  # the plateau schedule's state
+    velocities: list[torch.Tensor]  # VELOCITIES, in that order
     sums: list[torch.Tensor]  # RUNNING_SUMS, in that order
     progress: dict  # SAVED_PROGRESS, and the epoch and step under way
+    diverged: str | None  # why this model diverged (a sweep's model stops alone), else None
 
 
 @dataclass
@@ -74,29 +66,24 @@ class Checkpoint:
     def resumable(self) -> bool:
         return "resume" in self.meta
 
-    def add_resume_state(self, optimizer_state: dict, scheduler_state: dict, progress) -> None:
-        """Make the checkpoint resumable: the optimizer's and scheduler's state_dict(), and the run's Progress."""
-        self.meta["resume"] = {"scheduler": scheduler_state, "param_groups": optimizer_state["param_groups"],
-                               **{key: getattr(progress, key) for key in SAVED_PROGRESS}}
+    def add_resume_state(self, velocities: tuple[torch.Tensor, torch.Tensor], schedule: dict, progress,
+                         diverged: str | None = None) -> None:
+        """Make the checkpoint resumable: the momentum, the plateau schedule's state and the run's Progress."""
+        self.meta["resume"] = {"schedule": schedule, **{key: getattr(progress, key) for key in SAVED_PROGRESS},
+                               "diverged": diverged}
         self.state.update({name: getattr(progress, name) for name in RUNNING_SUMS})
-        for index, buffers in optimizer_state["state"].items():
-            self.state.update({f"{OPTIMIZER_PREFIX}{index}.{name}": value for name, value in buffers.items()})
+        self.state.update(zip(VELOCITIES, velocities))
 
     def resume_state(self) -> ResumeState:
         """add_resume_state's pieces read back; a KeyError, TypeError or IndexError where the file lacks one."""
         saved = self.meta["resume"]
-        progress = {key: saved[key] for key in SAVED_PROGRESS if key != "lr_first"}
-        # a checkpoint from before lr_first was recorded: the rate its next update uses is the best estimate
-        progress["lr_first"] = saved.get("lr_first", saved["param_groups"][0]["lr"] if self.meta["step"] else None)
+        if "scheduler" in saved and "schedule" not in saved:
+            raise UserError("it was written by an older imgcls, whose resume state this one does not read; the run's "
+                            "best.safetensors is usable as it is: start a new run (or sweep) to train further")
+        progress = {key: saved[key] for key in SAVED_PROGRESS}
         progress.update(epoch=self.meta["epoch"], step=self.meta["step"])
-        buffers = []
-        for key, value in self.state.items():
-            if key.startswith(OPTIMIZER_PREFIX):
-                index, _, name = key[len(OPTIMIZER_PREFIX):].partition(".")
-                number = int(index) if index.isascii() and index.isdigit() else None
-                buffers.append(OptimizerBuffer(key, number, name, value))
-        return ResumeState(saved["param_groups"], saved["scheduler"], buffers,
-                           [self.state[name] for name in RUNNING_SUMS], progress)
+        return ResumeState(saved["schedule"], [self.state[name] for name in VELOCITIES],
+                           [self.state[name] for name in RUNNING_SUMS], progress, saved["diverged"])
 
     def model(self):
         from imgcls.model import LinearClassifier
@@ -110,23 +97,72 @@ class Checkpoint:
 def save(path: Path, checkpoint: Checkpoint) -> None:
     from safetensors.torch import save as serialize
 
-    tensors = {"weight": checkpoint.weight, "bias": checkpoint.bias, "norm.mean": checkpoint.mean,
-               "norm.std": checkpoint.std}
-    tensors.update({f"state.{name}": value for name, value in checkpoint.state.items()})
-    tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
-    metadata = {FORMAT_KEY: str(FORMAT_VERSION), "meta": json.dumps(checkpoint.meta)}
+    tensors = {name: value.detach().cpu().contiguous() for name, value in _tensors(checkpoint).items()}
+    metadata = _metadata(checkpoint)
     # Serialized in memory, written by Python: a full disk is then an OSError that write_atomic reports as
     # such (safetensors' own file writer raises a SafetensorError that hides the errno).
     content = serialize(tensors, metadata=metadata)
     write_atomic(path, lambda temporary: temporary.write_bytes(content))
 
 
-def load(path: Path) -> Checkpoint:
-    from safetensors import SafetensorError
+def _metadata(checkpoint: Checkpoint) -> dict[str, str]:
+    version = FORMAT_VERSION if checkpoint.resumable else MODEL_FORMAT
+    return {FORMAT_KEY: str(version), "meta": json.dumps(checkpoint.meta)}
 
+
+def save_stack(path: Path, checkpoints: list[Checkpoint]) -> None:
+    """Several models' checkpoints as one file, written whole or not at all: a stack's state is never half old,
+    half new. One model's is the plain checkpoint format."""
+    from safetensors.torch import save as serialize
+
+    if len(checkpoints) == 1:
+        return save(path, checkpoints[0])
+    tensors, metadata = {}, {FORMAT_KEY: str(FORMAT_VERSION), STACK_KEY: str(len(checkpoints))}
+    for index, checkpoint in enumerate(checkpoints):
+        tensors.update({f"{index}/{name}": value.detach().cpu().contiguous()
+                        for name, value in _tensors(checkpoint).items()})
+        metadata[f"{index}/meta"] = _metadata(checkpoint)["meta"]
+    content = serialize(tensors, metadata=metadata)
+    write_atomic(path, lambda temporary: temporary.write_bytes(content))
+
+
+def load_stack(path: Path) -> list[Checkpoint]:
+    """The models of a file save_stack wrote, each checked as load() checks one."""
+    path = Path(path)
+    metadata, tensors = _read_checked(path)
+    count = metadata.get(STACK_KEY)
+    if count is None:
+        return [_checkpoint(path, metadata, tensors)]
+    if not (count.isascii() and count.isdigit() and 1 < int(count) <= 100_000):
+        raise UserError(f"{path} is a damaged imgcls checkpoint (it holds {count[:20]!r} models)")
+    return [_checkpoint(path, {FORMAT_KEY: metadata[FORMAT_KEY], "meta": metadata.get(f"{index}/meta", "")},
+                        {name.partition("/")[2]: value for name, value in tensors.items()
+                         if name.partition("/")[0] == str(index)})
+            for index in range(int(count))]
+
+
+def _tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    tensors = {"weight": checkpoint.weight, "bias": checkpoint.bias, "norm.mean": checkpoint.mean,
+               "norm.std": checkpoint.std}
+    tensors.update({f"state.{name}": value for name, value in checkpoint.state.items()})
+    return tensors
+
+
+def load(path: Path) -> Checkpoint:
     path = Path(path)
     if path.is_dir():  # a run folder: its best checkpoint
         path = RunDir(path).best
+    metadata, tensors = _read_checked(path)
+    if STACK_KEY in metadata:
+        raise UserError(f"{path} holds the state of a sweep's {metadata[STACK_KEY][:20]} stacked models, not one "
+                        f"model; pass a point's run folder (SWEEP/points/NNN or SWEEP/best)")
+    return _checkpoint(path, metadata, tensors)
+
+
+def _read_checked(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The file's metadata and tensors, once it is known to be an imgcls checkpoint this imgcls can read."""
+    from safetensors import SafetensorError
+
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a .safetensors file from a run folder "
                         f"(runs/<run>/best.safetensors) or the run folder itself")
@@ -144,6 +180,10 @@ def load(path: Path) -> Checkpoint:
     if version > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer imgcls (checkpoint format {version}, this one reads up to "
                         f"{FORMAT_VERSION}); upgrade imgcls")
+    return metadata, tensors
+
+
+def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> Checkpoint:
     try:
         meta = json.loads(metadata["meta"])
         checkpoint = Checkpoint(tensors.pop("weight"), tensors.pop("bias"), tensors.pop("norm.mean"),

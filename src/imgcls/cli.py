@@ -108,7 +108,7 @@ def train(
 def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool) -> None:
     """Train, then draw the figures; a Ctrl-C at any point says what the run folder holds and how to go on."""
     from imgcls.report import Reporter
-    from imgcls.train import Diverged, Interrupted
+    from imgcls.train import Diverged, RunInterrupted
     from imgcls.train import train as run_training
 
     reporter = Reporter(quiet or not is_main)
@@ -122,18 +122,18 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
             distributed.teardown()
         if is_main:
             _after_training(result, reporter, resolved.data.dataset, quiet)
-    except Interrupted as stopped:
-        if is_main:
+    except RunInterrupted as stopped:
+        if is_main and stopped.resumable:
             err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
                       f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False, markup=False)
+        elif is_main:
+            err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(130) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         if is_main:
             err.print(target.interrupted_state(resumed is not None), soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
-    except Diverged as error:
-        if is_main and target.last.is_file():
-            target.mark_diverged(str(error))  # its checkpoints would diverge again: no later message offers --resume
+    except Diverged:  # the engine has marked the run folder: its checkpoints would diverge again
         raise
 
 
@@ -241,9 +241,11 @@ def sweep(
         if result.best is not None:
             _after_sweep(target.best.resolve(), reporter)
     reporter.show(sweep_table(result.records, result.best))
-    chosen = "every point diverged: nothing chosen; lower --lr" if result.best is None else \
-        f"chosen by validation: point {result.best:03d} ({target.best} -> {target.best.resolve().name})"
     count = len(result.records)
+    if result.best is None:
+        raise UserError(f"every point of the sweep diverged, so none was chosen ({target.table} lists them); lower "
+                        f"--lr and start a new sweep")
+    chosen = f"chosen by validation: point {result.best:03d} ({target.best} -> {target.best.resolve().name})"
     reporter.note(f"{chosen}; {count} point{'s' if count != 1 else ''} in {result.seconds:.1f} s; table: "
                   f"{target.table}")
     if quiet:
@@ -275,14 +277,22 @@ def lr_find_command(
 
     This is what --lr auto does before `imgcls train`; the suggestion is the rate with the best validation top-1.
     Nothing but the figure is written."""
+    from imgcls.engine import Interrupted
     from imgcls.figures import lr_search_figure
-    from imgcls.lrsearch import find_lr
     from imgcls.report import Reporter, lr_search_table
+    from imgcls.train import find_lr
 
     _check_output_file("--figure", figure, "lr-find.png")
     resolved = build_config(config, parse_flags(options))
     reporter = Reporter()
-    search = find_lr(resolved, reporter)
+    try:
+        search = find_lr(resolved, reporter)
+    except Interrupted as stopped:
+        err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; nothing was written", soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(130) from None
     lr_search_figure(search.rows(), search.chosen, figure, search.epochs)
     reporter.show(lr_search_table(search.rows(), search.chosen), force=True)
     reporter.note(f"suggested --lr {search.chosen:g} (best validation top-1 after {search.epochs} epoch(s) of each "

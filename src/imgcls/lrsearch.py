@@ -15,16 +15,15 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.types import PreparedData
+from imgcls.engine import Engine, Quiet, new_model
 from imgcls.interrupt import StopRequest
-from imgcls.rundir import RunDir
-from imgcls.stackedtrain import build_group, train_stacked
 
 # 1e-5 ... 1 in half decades: mean squared error on standardized pixels needs the smallest (on CIFAR-10), and no
 # dataset here preferred a rate above 0.1 with cross-entropy
@@ -51,46 +50,29 @@ def search_epochs(config: Config, steps_per_epoch: int) -> int:
     return min(config.train.epochs, max(1, math.ceil(SEARCH_UPDATES / steps_per_epoch)))
 
 
-def search_lr(config: Config, data: PreparedData, batch_size: int, device: torch.device,
-              candidates: tuple[float, ...] = CANDIDATES) -> LrSearch:
+def search_lr(config: Config, data: PreparedData, batch_size: int, device: torch.device, stop: StopRequest,
+              shard: distributed.Shard = distributed.Shard(), candidates: tuple[float, ...] = CANDIDATES) -> LrSearch:
     """Each candidate rate trained for search_epochs with the config's other options (its schedule over that
-    length, no early stopping); the best validation top-1 wins, ties to the lower validation loss."""
+    length, no early stopping), stacked, in every process of a torchrun world alike; the best validation top-1
+    wins, ties to the lower validation loss, then to the lower rate. Keeps no files."""
     started = time.perf_counter()
-    steps = math.ceil(len(data.train) / max(1, min(batch_size, len(data.train))))
-    epochs = search_epochs(config, steps)
-    configs = [_candidate(config, lr, epochs) for lr in candidates]
-    runs = [RunDir(Path(f"lr-search-{index}")) for index in range(len(configs))]  # never written: writes=False
-    stack, states = build_group(runs, configs, data, batch_size, device, writes=False)
-    train_stacked(stack, states, make_batches(data, "train", batch_size, device, config.train.seed,
-                                              augment=config.data.augment),
-                  make_eval_batches(data, "val", device), data, StopRequest(), lambda done, text: None)
-    diverged = stack.diverged.tolist()
-    best = [state.progress.best_val for state in states]
+    train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard,
+                                 augment=config.data.augment)
+    epochs = search_epochs(config, len(train_batches))
+    models = [new_model(_candidate(config, lr, epochs), data, None, len(train_batches), device) for lr in candidates]
+    engine = Engine(models, data, train_batches, make_eval_batches(data, "val", device, shard), device, None, stop,
+                    Quiet(), shard)
+    engine.train()
+    diverged = [model.diverged is not None for model in models]
+    best = [model.progress.best_val for model in models]
     top1 = [None if b is None else b["top1"] for b in best]
     loss = [None if b is None else b["loss"] for b in best]
     ranked = [i for i in range(len(candidates)) if top1[i] is not None and not diverged[i]]
     chosen = candidates[max(ranked, key=lambda i: (top1[i], -loss[i], -i))] if ranked else min(candidates)
+    chosen = distributed.from_main(chosen)  # every process trains with the main one's choice
     return LrSearch(list(candidates), top1, loss, diverged, chosen, epochs, time.perf_counter() - started)
 
 
 def _candidate(config: Config, lr: float, epochs: int) -> Config:
-    candidate = dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=lr),
-                                    train=dataclasses.replace(config.train, epochs=epochs, patience=None))
-    return candidate
-
-
-def find_lr(config: Config, reporter) -> LrSearch:
-    """`imgcls lr-find`: the data as `imgcls train` would load it, then the search."""
-    from imgcls.data.prepare import prepare
-    from imgcls.device import cpu_threads, resolve_device, step_threads
-    from imgcls.runstate import resolve_batch_size
-
-    device = resolve_device(config.train.device)
-    with reporter.decoding() as decoding_progress:
-        data = prepare(config.data, config.train.seed, progress=decoding_progress)
-    reporter.data_ready(data)
-    batch_size = resolve_batch_size(config, data, device, reporter)
-    with cpu_threads(config.train.threads):
-        step_threads(config.train.threads, batch_size, math.prod(data.shape), len(data.classes) * len(CANDIDATES),
-                     device)
-        return search_lr(config, data, batch_size, device)
+    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=lr),
+                               train=dataclasses.replace(config.train, epochs=epochs, patience=None))

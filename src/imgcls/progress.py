@@ -1,7 +1,7 @@
 """Where a run is: the epoch and step under way, the epoch's running sums, and the history so far.
 
 Everything besides the model, optimizer and scheduler that a resumed run needs, in one place that the
-training loop (train.py) fills and the resume code (resume.py) restores.
+training loop (engine.py) fills and the resume code (resume.py) restores.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import torch
 
 from imgcls import distributed
-from imgcls.step import StepStats
 
 
 @dataclass
@@ -38,13 +37,17 @@ class Progress:
         distributed.sum_across(loss_sum, weight_sum, correct, seen)
         return float(loss_sum) / max(float(weight_sum), 1e-12), float(correct) / max(int(seen), 1), int(seen)
 
-    def add(self, stats: StepStats, images: int) -> None:
-        """One more step done, with its batch's loss sum, weight and correct count."""
-        self.loss_sum += stats.loss_sum
-        self.weight_sum += stats.weight
-        self.correct += stats.correct
+    def note_rate(self, rate: float) -> None:
+        """The rate the update under way uses (epochs.jsonl's lr, its first, and lr_last)."""
+        self.lr_last = rate
+        if self.step == 0:
+            self.lr_first = rate
+
+    def advance(self, images: int, seconds: float) -> None:
+        """One more step done, on this many images (this process's part), this long into the epoch."""
         self.seen += images
         self.step += 1
+        self.seconds = seconds
 
     def start_epoch(self, device: torch.device) -> None:
         self.step, self.seen, self.seconds = 0, 0, 0.0

@@ -32,13 +32,12 @@ def data_fingerprint(data: PreparedData) -> dict:
     return {"counts": [len(data.train), len(data.val), len(data.test)], "labels_sha256": labels.hexdigest()}
 
 
-def check_same_run(saved: ckpt.Checkpoint, config: Config, data: PreparedData) -> None:
-    """The resumed run must be the run that wrote the checkpoint: same config, same data."""
-    changed = [f"{section}.{key} is {_shown(value)} in config.yaml but {_shown(saved_value)} in the checkpoint"
-               for (section, key), value, saved_value in _config_differences(saved.meta["config"], config.to_dict())]
+def check_same_run(saved: ckpt.Checkpoint, config: Config, data: PreparedData, source: str = "config.yaml") -> None:
+    """The resumed run must be the run that wrote the checkpoint: same config (read from `source`), same data."""
+    changed = config_changes(saved.meta["config"], config.to_dict(), source, "the checkpoint")
     if changed:
-        raise UserError(f"config.yaml no longer matches the run it resumes: {'; '.join(changed[:3])}; put "
-                        f"config.yaml back as it was, or start a new run with the new settings")
+        raise UserError(f"{source} no longer matches the run it resumes: {'; '.join(changed[:3])}; put "
+                        f"{source} back as it was, or start a new run with the new settings")
     fingerprint = saved.meta.get("data_fingerprint")
     same = (data.classes == saved.classes and tuple(data.shape) == saved.input_shape
             and torch.equal(data.normalization.mean, saved.mean) and torch.equal(data.normalization.std, saved.std)
@@ -47,6 +46,12 @@ def check_same_run(saved: ckpt.Checkpoint, config: Config, data: PreparedData) -
         raise UserError(f"the data in {config.data.data_dir or 'the data dir'} is not the data this run was trained "
                         f"on (images, labels or classes differ); point --data-dir at the original data, or start a "
                         f"new run")
+
+
+def config_changes(saved: dict, current: dict, now: str = "config.yaml", before: str = "the sweep") -> list[str]:
+    """What differs between two resolved configs, but for where the run's inputs live."""
+    return [f"{section}.{key} is {_shown(value)} in {now} but {_shown(saved_value)} in {before}"
+            for (section, key), value, saved_value in _config_differences(saved, current)]
 
 
 def _config_differences(saved: dict, current: dict):
@@ -61,83 +66,49 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def restore(saved: ckpt.Checkpoint, model, optimizer, scheduler, progress: Progress, device: torch.device,
-            shard: distributed.Shard, steps_per_epoch: int) -> None:
-    """Put the model, optimizer, scheduler and progress where the checkpoint left them."""
+def restore(saved: ckpt.Checkpoint, stack, index: int, model, device: torch.device,
+            shard: distributed.Shard) -> str | None:
+    """Put model `index` of the stack, its schedule and progress where the checkpoint left them; returns why it
+    had diverged (None if it had not)."""
     if not saved.resumable:
         raise UserError("the run's last.safetensors cannot resume training (no optimizer state); start a new run")
     resume = saved.resume_state()
-    buffers = _momentum_buffers(resume.buffers, optimizer, device)
-    _check_same_structure(optimizer.state_dict()["param_groups"], resume.param_groups, "optimizer", skip={"lr"},
-                          exact=True)
-    if not all(_is_number(group["lr"]) and group["lr"] >= 0 for group in resume.param_groups):
-        raise ValueError("a learning rate in the optimizer state is not a number of 0 or more")
-    _check_same_structure(scheduler.state_dict(), resume.scheduler, "scheduler")
-    epoch, step = resume.progress["epoch"], resume.progress["step"]
-    if not (_is_whole(step) and step < steps_per_epoch
-            and resume.scheduler["last_epoch"] == epoch * steps_per_epoch + step):
-        raise ValueError("its step count does not agree with its scheduler's (or with this run's steps per epoch)")
+    for name, value, param in zip(ckpt.VELOCITIES, resume.velocities, (stack.weight[index], stack.bias[index])):
+        if value.shape != param.shape or value.dtype != param.dtype or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"its momentum buffer {name} is not finite numbers of its parameter's shape")
+    schedule = resume.schedule
+    if not (isinstance(schedule, dict) and set(schedule) == {"factor", "stale", "decayed", "exhausted"}
+            and _is_number(schedule["factor"]) and schedule["factor"] > 0 and _is_whole(schedule["stale"])
+            and _is_whole(schedule["decayed"]) and schedule["decayed"] <= model.plateau.decays
+            and isinstance(schedule["exhausted"], bool)):
+        raise ValueError("its schedule state is not the plateau state a run writes")
+    if not (_is_whole(resume.progress["step"]) and resume.progress["step"] < model.schedule.steps_per_epoch):
+        raise ValueError("its step count does not agree with this run's steps per epoch")
+    if resume.diverged is not None and not isinstance(resume.diverged, str):
+        raise ValueError("its divergence note is not text")
     with torch.no_grad():
-        model.linear.weight.copy_(saved.weight)
-        model.linear.bias.copy_(saved.bias)
-    optimizer.load_state_dict({"state": buffers, "param_groups": resume.param_groups})
-    scheduler.load_state_dict(resume.scheduler)
-    _restore_progress(resume, progress, device, shard)
+        stack.weight[index].copy_(saved.weight)
+        stack.bias[index].copy_(saved.bias)
+        stack.velocity[index].copy_(resume.velocities[0])
+        stack.bias_velocity[index].copy_(resume.velocities[1])
+    for key, value in schedule.items():
+        setattr(model.plateau, key, value)
+    _restore_progress(resume, model.progress, device, shard)
+    return resume.diverged
 
 
 def _restore_progress(resume: ckpt.ResumeState, progress: Progress, device: torch.device,
                       shard: distributed.Shard) -> None:
     for key in ("epoch", "step", "seconds", "lr_first", "history", "best_epoch", "best_val"):
         setattr(progress, key, resume.progress[key])
+    sums = resume.sums
+    if any(tensor.dim() != 0 or not bool(torch.isfinite(tensor)) for tensor in sums) or \
+            sums[2].dtype != torch.int64 or not sums[0].is_floating_point():
+        raise ValueError("its running loss and accuracy are not the scalars a run writes")
     if shard.is_main:  # the saved running sums are the whole world's: one process carries them on
-        sums = resume.sums
-        if any(tensor.dim() != 0 or not bool(torch.isfinite(tensor)) for tensor in sums) or \
-                sums[2].dtype != torch.int64 or not sums[0].is_floating_point():
-            raise ValueError("its running loss and accuracy are not the scalars a run writes")
         progress.seen = resume.progress["seen"]
         progress.loss_sum, progress.weight_sum, progress.correct = (tensor.to(device) for tensor in sums)
     _check_restored(progress, len(progress.history))
-
-
-def _momentum_buffers(saved: list[ckpt.OptimizerBuffer], optimizer, device: torch.device) -> dict[int, dict]:
-    """The optimizer's state from the checkpoint's buffers: SGD's momentum buffer, of its parameter's shape and
-    type, for any of its parameters."""
-    params = [param for group in optimizer.param_groups for param in group["params"]]
-    buffers: dict[int, dict] = {}
-    for key, index, name, value in saved:
-        if index is None or index >= len(params) or name != "momentum_buffer":
-            raise ValueError(f"it holds an optimizer tensor {key[:60]!r} that SGD does not have")
-        param = params[index]
-        if value.shape != param.shape or value.dtype != param.dtype or not bool(torch.isfinite(value).all()):
-            raise ValueError(f"its momentum buffer {key} is not finite numbers of its parameter's shape")
-        buffers[index] = {name: value.to(device)}
-    return buffers
-
-
-def _check_same_structure(fresh, saved, what: str, skip: frozenset | set = frozenset(), exact: bool = False,
-                          path: str = "") -> None:
-    """`saved` has the shape of the state this run builds (`fresh`): the same keys, lengths and kinds of value;
-    with `exact`, the same values too, but for the keys in `skip`."""
-    def fail(why: str):
-        raise ValueError(f"its {what} state is not one this run writes ({path or 'top level'}: {why})")
-
-    if isinstance(fresh, dict):
-        if not isinstance(saved, dict) or set(saved) != set(fresh):
-            fail("other keys")
-        for key in fresh:
-            if key not in skip:
-                _check_same_structure(fresh[key], saved[key], what, skip, exact, f"{path}.{key}".lstrip("."))
-    elif isinstance(fresh, (list, tuple)):
-        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
-            fail("another length")
-        for index, (a, b) in enumerate(zip(fresh, saved)):
-            _check_same_structure(a, b, what, skip, exact, f"{path}[{index}]")
-    elif _is_number(fresh) and not _is_number(saved):
-        fail("not a finite number")
-    elif not _is_number(fresh) and type(saved) is not type(fresh):
-        fail("another kind of value")
-    elif exact and saved != fresh:
-        fail("another value")
 
 
 def _check_restored(progress: Progress, epochs_done: int) -> None:

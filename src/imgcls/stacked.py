@@ -1,157 +1,168 @@
-"""P linear models trained at once on the same batches: their weights stacked into one (P*K, D) matrix.
+"""P linear models f(x) = Wx + b trained at once on the same batches: the lecture's mathematics, in tensors alone.
 
-Each step makes one product for the scores of all P models, S = W X^T + b as (P*K, n), and one for all their
-gradients, dL/dW = G X (step.py's formula, G from losses.py per model). Each model keeps its own learning rate
-and schedule, momentum, Nesterov, weight decay, loss and class weights: the update is torch.optim.SGD's rule with
-those as per-model columns,
+The weights of all P models are one (P, K, D) tensor, so each step makes one product for the scores of all of
+them, S = W X^T + b as (P, K, n), and one for all their gradients, dL/dW = G X / sum(w) with G = softmax(S) -
+onehot(y) (losses.py). A single run is P = 1. Each model keeps its own rate, momentum, Nesterov, weight decay,
+loss and class weights; the update is SGD's, with those as per-model columns:
 
-    d = g + weight_decay * w,   v = momentum * v + d,   w -= lr * (d + momentum * v if nesterov else v),
+    d = g + weight_decay * W,   v = momentum * v + d,   W -= lr * (d + momentum * v if nesterov else v)
 
-so each model ends where `imgcls train` of its own options ends (to float rounding). Each model is a real
-LinearClassifier whose parameters are views into the stack, with its own torch SGD optimizer (momentum buffers are
-views too) and scheduler: checkpoints, resuming and the learning rates are exactly train.py's.
+(the bias has no weight decay). `--gradient autograd` takes g from PyTorch's backward pass instead: the reference
+the lecture's formula is held to, and the path for bf16.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from imgcls.losses import Loss, mean_denominator
 from imgcls.metrics import Metrics, MetricsAccumulator
-from imgcls.model import LinearClassifier
-from imgcls.runstate import TrainState
 
 
-class StackedModels:
-    """Build it from the models (their parameters become views of the stack), then build each model's optimizer
-    and scheduler on those views (train.new_state), then attach the states."""
+class StepStats(NamedTuple):
+    """Each model's loss sum over the batch, the sum of the samples' weights, and its correct top-1 count: (P,)."""
+    loss_sum: torch.Tensor
+    weight: torch.Tensor
+    correct: torch.Tensor
 
-    def __init__(self, models: Sequence[LinearClassifier]):
-        first = models[0].linear.weight
-        self.weight = torch.empty(len(models), *first.shape, device=first.device)
-        self.bias = torch.empty(len(models), first.shape[0], device=first.device)
-        self.velocity = torch.zeros_like(self.weight)
-        self.bias_velocity = torch.zeros_like(self.bias)
-        with torch.no_grad():
-            for index, model in enumerate(models):
-                self.weight[index].copy_(model.linear.weight)
-                self.bias[index].copy_(model.linear.bias)
-                model.linear.weight = nn.Parameter(self.weight[index])
-                model.linear.bias = nn.Parameter(self.bias[index])
-        self.frozen = torch.zeros(len(models), dtype=torch.bool)  # stopped early or diverged: lr 0 from now on
-        self.diverged = torch.zeros(len(models), dtype=torch.bool)
-        self.states: list[TrainState] = []
-        self.loss_groups: list[tuple[torch.Tensor, Loss]] = []
 
-    def attach(self, states: Sequence[TrainState]) -> None:
-        """The models' run states, in the stack's order; their momentum buffers become views of the stack too."""
-        self.states = list(states)
-        for index, state in enumerate(self.states):
-            self.adopt_momentum(index)
-            # The LR scheduler warns unless optimizer.step() has run once; the update rule runs here instead.
-            state.optimizer._opt_called = True
-        # grouped by loss (and class weights): each loss runs once per step, on all of its models
-        self.loss_groups = _loss_groups([state.loss for state in self.states], self.weight.device)
+class Hyper(NamedTuple):
+    """One model's update rule."""
+    momentum: float
+    nesterov: bool
+    weight_decay: float
 
-    def adopt_momentum(self, index: int) -> None:
-        """Model `index`'s momentum buffers as views of the stack (copied in where the optimizer holds some, as
-        after resume.restore), so that the optimizer, and a checkpoint of it, sees what the stack updates."""
-        state = self.states[index]
-        if state.optimizer.param_groups[0]["momentum"] == 0:
-            return
-        linear = state.model.linear
-        for param, velocity in ((linear.weight, self.velocity[index]), (linear.bias, self.bias_velocity[index])):
-            saved = state.optimizer.state[param].get("momentum_buffer")
-            if saved is not None and saved.data_ptr() != velocity.data_ptr():
-                velocity.copy_(saved)
-            state.optimizer.state[param]["momentum_buffer"] = velocity
+
+class Stack:
+    """The P models' weights and momentum, their losses, and the one update rule."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, losses: Sequence[Loss], hyper: Sequence[Hyper]):
+        self.weight, self.bias = weight, bias  # (P, K, D), (P, K)
+        self.velocity, self.bias_velocity = torch.zeros_like(weight), torch.zeros_like(bias)
+        self.losses = list(losses)
+        self.loss_groups = _loss_groups(self.losses, weight.device)
+        self.momentum = _column([h.momentum for h in hyper], weight)
+        self.nesterov = _column([float(h.nesterov) for h in hyper], weight)
+        self.decay = _column([h.weight_decay for h in hyper], weight)
+        self.frozen = [False] * len(hyper)  # stopped early or diverged: rate 0 from now on
+
+    def __len__(self) -> int:
+        return len(self.weight)
 
     def scores(self, pixels: torch.Tensor, weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Every model's scores, (P, K, n), from one product: the stack's weights, or the given stack's."""
+        """Every model's scores, (P, K, n), from one product: the stack's weights, or the given ones."""
         weight = self.weight if weight is None else weight
         bias = self.bias if bias is None else bias
         count, classes, features = weight.shape
-        flat = torch.addmm(bias.view(-1, 1), weight.view(-1, features), pixels.t())
-        return flat.view(count, classes, -1)
+        return torch.addmm(bias.reshape(-1, 1), weight.reshape(-1, features), pixels.t()).view(count, classes, -1)
 
     @torch.no_grad()
-    def step(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One SGD update of every model on this batch: each model's loss sum, weight sum and correct count (P,)."""
+    def gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
+        """dL/dW (P, K, D) and dL/db (P, K) of each model's mean loss over the whole batch `batch_labels` (of
+        which `pixels`, `labels` may be this process's part), by the lecture's formula."""
         scores = self.scores(pixels)
         count, classes, _ = scores.shape
-        loss_sums = torch.empty(count, device=scores.device)
+        sums = torch.empty(count, device=scores.device)
         weights = torch.empty(count, device=scores.device)
-        correct = (scores.argmax(1) == labels).sum(1)
         single = len(self.loss_groups) == 1
         gradient = None if single else torch.empty_like(scores)
         for rows, loss in self.loss_groups:
             loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(
                 scores if single else scores.index_select(0, rows), labels)
-            group_gradient.div_(mean_denominator(weight))  # the mean over the batch's (weighted) samples
+            group_gradient.div_(mean_denominator(loss.weight_of(batch_labels)))  # the mean over the whole batch
             if single:
                 gradient = group_gradient
             else:
                 gradient.index_copy_(0, rows, group_gradient)
-            loss_sums.index_copy_(0, rows, loss_sum)
-            if torch.is_tensor(weight):
-                weights.index_copy_(0, rows, weight.to(weights.dtype).expand(len(rows)))
-            else:
-                weights.index_fill_(0, rows, weight)
+            sums.index_copy_(0, rows, loss_sum)
+            weights.index_copy_(0, rows, torch.as_tensor(weight, dtype=weights.dtype,
+                                                         device=weights.device).expand(len(rows)))
         weight_gradient = torch.mm(gradient.view(count * classes, -1), pixels).view_as(self.weight)
-        self._update(self.weight, self.velocity, weight_gradient, 0)
-        self._update(self.bias, self.bias_velocity, gradient.sum(2), 1)
-        return loss_sums, weights, correct
+        stats = StepStats(sums, weights, (scores.argmax(1) == labels).sum(1))
+        return weight_gradient, gradient.sum(2), stats
 
-    def _update(self, param: torch.Tensor, velocity: torch.Tensor, gradient: torch.Tensor, group: int) -> None:
-        """torch.optim.SGD's rule for every model at once, each with its own optimizer's hyperparameters."""
+    def autograd_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
+                          autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
+        """The same gradients from PyTorch's backward pass of each model's mean loss (and in bf16 under autocast)."""
+        weight, bias = self.weight.detach().requires_grad_(), self.bias.detach().requires_grad_()
+        with torch.autocast(pixels.device.type, dtype=autocast, enabled=autocast is not None):
+            scores = self.scores(pixels, weight, bias)
+        sums, weights, total = [], [], 0
+        for index, loss in enumerate(self.losses):
+            loss_sum, loss_weight = loss.sum_and_weight(scores[index].t(), labels)
+            total = total + loss_sum / mean_denominator(loss.weight_of(batch_labels))
+            sums.append(loss_sum.detach())
+            weights.append(torch.as_tensor(loss_weight, dtype=torch.float32, device=pixels.device))
+        weight_gradient, bias_gradient = torch.autograd.grad(total, (weight, bias))
+        correct = (scores.detach().argmax(1) == labels).sum(1)
+        return weight_gradient, bias_gradient, StepStats(torch.stack(sums).float(), torch.stack(weights), correct)
+
+    @torch.no_grad()
+    def update(self, weight_gradient: torch.Tensor, bias_gradient: torch.Tensor, rates: Sequence[float]) -> None:
+        """SGD's rule for every model at once, at the rates this update uses (none for a frozen model)."""
+        rate = _column([0.0 if frozen else rate for rate, frozen in zip(rates, self.frozen)], self.weight)
+        self._update(self.weight, self.velocity, weight_gradient, rate, self.decay)
+        self._update(self.bias, self.bias_velocity, bias_gradient, rate, 0.0)
+
+    def _update(self, param: torch.Tensor, velocity: torch.Tensor, gradient: torch.Tensor,
+                rate: torch.Tensor | float, decay: torch.Tensor | float) -> None:
         shape = (len(param),) + (1,) * (param.dim() - 1)
-        groups = [state.optimizer.param_groups[group] for state in self.states]
-        column = self._column
-        lr = column([g["lr"] for g in groups], shape).masked_fill_(self.frozen.to(param.device).view(shape), 0.0)
-        decay = [g["weight_decay"] for g in groups]
-        if any(decay):
-            gradient.add_(param * column(decay, shape))
-        momentum = column([g["momentum"] for g in groups], shape)
-        velocity.mul_(momentum).add_(gradient)
-        nesterov = [g["nesterov"] for g in groups]
-        if any(nesterov):  # d + momentum * v for these models, v for the others
-            mask = column(nesterov, shape)
-            direction = velocity * (momentum * mask + (1 - mask)) + gradient * mask
+        momentum, nesterov = self.momentum, self.nesterov
+        if torch.is_tensor(decay):  # d = g + weight_decay * W
+            gradient.addcmul_(param, decay.view(shape))
+        elif decay:
+            gradient.add_(param, alpha=decay)
+        direction = gradient
+        if torch.is_tensor(momentum) or momentum:
+            momentum = momentum.view(shape) if torch.is_tensor(momentum) else momentum
+            velocity.mul_(momentum).add_(gradient)  # v = momentum * v + d
+            if torch.is_tensor(nesterov):  # d + momentum * v for the Nesterov models, v for the others
+                direction = torch.where(nesterov.view(shape) > 0, gradient + velocity * momentum, velocity)
+            elif nesterov:
+                direction = gradient.add_(velocity * momentum)
+            else:
+                direction = velocity
+        if torch.is_tensor(rate):
+            param.addcmul_(direction, rate.view(shape), value=-1.0)
         else:
-            direction = velocity
-        param.addcmul_(direction, lr, value=-1.0)
-
-    def _column(self, values: list, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.tensor(values, dtype=self.weight.dtype).view(shape).to(self.weight.device, non_blocking=True)
+            param.add_(direction, alpha=-rate)
 
     def freeze(self, index: int, zero: bool = False) -> None:
         """No more updates for this model (stopped early, or diverged: then its rows are zeroed, so that its NaNs
-        cannot reach any product's other rows through a NaN * 0)."""
+        cannot reach any other model's rows through a NaN * 0)."""
         self.frozen[index] = True
         if zero:
             for tensor in (self.weight, self.bias, self.velocity, self.bias_velocity):
                 tensor[index].zero_()
 
     @torch.inference_mode()
-    def evaluate(self, batches, superclass_of: list[int] | None = None,
-                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> list[Metrics]:
-        """Every model's metrics on every image of `batches` (the current weights, or the given stack's)."""
+    def evaluate(self, batches, superclass_of: list[int] | None = None, weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> list[Metrics]:
+        """Every model's metrics on every image of `batches` (the current weights, or the given ones)."""
         count, classes, _ = self.weight.shape
         accumulators = [MetricsAccumulator(classes, batches.device, superclass_of) for _ in range(count)]
         for pixels, labels, _ in batches.epoch():
-            scores = self.scores(pixels, weight, bias)
-            for index, (accumulator, state) in enumerate(zip(accumulators, self.states)):
+            scores = self.scores(pixels, weight, bias).float()
+            for index, (accumulator, loss) in enumerate(zip(accumulators, self.losses)):
                 model_scores = scores[index].t()
-                accumulator.add(model_scores, labels, *state.loss.sum_and_weight(model_scores, labels))
+                accumulator.add(model_scores, labels, *loss.sum_and_weight(model_scores, labels))
         return [accumulator.result() for accumulator in accumulators]
 
 
+def _column(values: list[float], like: torch.Tensor) -> torch.Tensor | float:
+    """One number when every model has it (the cheaper update), else a (P,) column on the weights' device."""
+    if all(value == values[0] for value in values):
+        return float(values[0])
+    return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+
 def _loss_groups(losses: list[Loss], device: torch.device) -> list[tuple[torch.Tensor, Loss]]:
-    """(rows, loss) for each distinct loss: the same name and class weights."""
+    """(rows, loss) for each distinct loss (its name and class weights): each runs once per step on its models."""
     groups: dict[tuple, list[int]] = {}
     representative: dict[tuple, Loss] = {}
     for index, loss in enumerate(losses):

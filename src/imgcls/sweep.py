@@ -7,8 +7,9 @@ data once and trains all its models at once (stacked.py), each model in its own 
 is measured on the validation and test splits, validation alone chooses, and the sweep folder (sweepdir.py) gets
 the table, the figure and a link to the chosen run.
 
-A model that diverges is marked so and stops; the others go on. Ctrl-C finishes the step in flight and writes a
-resumable checkpoint for every model, so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep.
+A model that diverges is marked so and stops; the others go on. Each group's whole state is one file,
+resume/group-NNN.safetensors, written atomically after every epoch and when Ctrl-C or SIGTERM stops the sweep
+(after the step in flight), so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep, whenever it stopped.
 """
 
 from __future__ import annotations
@@ -19,27 +20,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from imgcls import checkpoint as ckpt
 from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.prepare import prepare
-from imgcls.data.types import PreparedData
 from imgcls.device import cpu_threads, resolve_device, step_threads
+from imgcls.engine import Engine, Interrupted, Model, Quiet, new_model
 from imgcls.errors import UserError
 from imgcls.grid import Point, describe, group_key, point_config
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.memory import available_memory
 from imgcls.metrics import Metrics
-from imgcls.report import Reporter
-from imgcls.runstate import TrainState, resolve_batch_size, write_final_metrics
-from imgcls.stacked import StackedModels
-from imgcls.stackedtrain import (
-    StackInterrupted,
-    all_finished,
-    build_group,
-    train_stacked,
-)
+from imgcls.resume import config_changes
 from imgcls.sweepdir import SweepDir
+from imgcls.train import resolve_batch_size
 
 SELECTED_BY = "validation top-1 (ties: the lower validation loss); the test split is reported for every point but " \
               "never used to choose"
@@ -94,7 +87,7 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
     return list(groups.values())
 
 
-def run_sweep(sweep: SweepDir, groups: list[Group], reporter: Reporter, resume: bool = False) -> SweepResult:
+def run_sweep(sweep: SweepDir, groups: list[Group], reporter, resume: bool = False) -> SweepResult:
     started = time.perf_counter()
     records: list[dict] = []
     total = sum(group.epochs for group in groups)
@@ -122,12 +115,11 @@ def _finite_or_inf(value: float | None) -> float:
     return math.inf if value is None or not math.isfinite(value) else value
 
 
-def run_group(sweep: SweepDir, group: Group, reporter: Reporter, resume: bool, stop: StopRequest,
-              bar) -> list[dict]:
+def run_group(sweep: SweepDir, group: Group, reporter, resume: bool, stop: StopRequest, bar) -> list[dict]:
     config = group.configs[0]
     device = resolve_device(config.train.device)
     data = prepare(config.data, config.train.seed)
-    batch_size = resolve_batch_size(config, data, device, Reporter(quiet=True))
+    batch_size = resolve_batch_size(config, data, device, Quiet())
     features, classes = math.prod(data.shape), len(data.classes)
     check_group_fits(len(group.points), classes, features, batch_size, device)
     saved = saved_threads(sweep, group) if resume else None
@@ -136,17 +128,36 @@ def run_group(sweep: SweepDir, group: Group, reporter: Reporter, resume: bool, s
                                         device)
         for point_config_ in group.configs:
             point_config_.train.threads = threads
-        runs = [sweep.point(point.index) for point in group.points]
-        stack, states = build_group(runs, group.configs, data, batch_size, device, resume)
         train_batches = make_batches(data, "train", batch_size, device, config.train.seed,
                                      augment=config.data.augment)
-        val_batches = make_eval_batches(data, "val", device)
-        if not all_finished(states):
-            try:
-                train_stacked(stack, states, train_batches, val_batches, data, stop, bar)
-            except StackInterrupted:
-                raise SweepInterrupted(sweep) from None
-        return finish_group(sweep, group, stack, states, val_batches, make_eval_batches(data, "test", device), data)
+        models = [new_model(point_config_, data, sweep.point(point.index), len(train_batches), device)
+                  for point, point_config_ in zip(group.points, group.configs)]
+        state = sweep.group_state(group.number)
+        engine = Engine(models, data, train_batches, make_eval_batches(data, "val", device), device, state, stop,
+                        Quiet(bar), autocast=None)
+        if resume and state.is_file():
+            check_points_unedited(models)
+            engine.resume()
+        elif resume and any(model.run.last.is_file() for model in models):
+            raise UserError(f"{sweep.path} was written by an older imgcls, whose sweeps kept no {state.name}; it "
+                            f"cannot resume: start a new sweep (its finished points' run folders stay usable)")
+        else:
+            engine.start_runs()
+        try:
+            engine.train()
+        except Interrupted:
+            raise SweepInterrupted(sweep) from None
+        return finish_group(group, engine, make_eval_batches(data, "test", device))
+
+
+def check_points_unedited(models: list[Model]) -> None:
+    """A point's config.yaml says what the point is: a resume refuses one edited since the sweep wrote it."""
+    for model in models:
+        if model.run.config.is_file():
+            changed = config_changes(model.run.read_config(), model.config.to_dict())
+            if changed:
+                raise UserError(f"{model.run.config} no longer matches the sweep it belongs to: {'; '.join(changed[:3])}"
+                                f"; put it back as it was, or start a new sweep")
 
 
 def saved_threads(sweep: SweepDir, group: Group) -> int | None:
@@ -169,37 +180,21 @@ def check_group_fits(points: int, classes: int, features: int, batch_size: int, 
                         f"{available / 1e9:.1f} GB available; about {fit} points fit at once: give fewer values")
 
 
-def finish_group(sweep: SweepDir, group: Group, stack: StackedModels, states: list[TrainState], val_batches,
-                 test_batches, data: PreparedData) -> list[dict]:
-    """Every point's best checkpoint measured on validation and test (one product for all); metrics.json for each
-    point that did not diverge, as `imgcls train` writes it; and the point's record for the sweep's table."""
-    with_best = [index for index, state in enumerate(states) if state.run.best.is_file()]
-    best_weight, best_bias = stack.weight.clone(), stack.bias.clone()
-    for index in with_best:
-        saved = ckpt.load(states[index].run.best)
-        best_weight[index].copy_(saved.weight)
-        best_bias[index].copy_(saved.bias)
-    val = stack.evaluate(val_batches, data.superclass_of, best_weight, best_bias)
-    test = stack.evaluate(test_batches, data.superclass_of, best_weight, best_bias)
-    records = []
-    for index, (point, state) in enumerate(zip(group.points, states)):
-        diverged = state.run.diverged.is_file()
-        has_best = index in with_best
-        if has_best and not diverged:
-            write_final_metrics(state, val[index], test[index])
-        records.append(point_record(point, group.number, state, val[index] if has_best else None,
-                                    test[index] if has_best else None, diverged))
-    return records
+def finish_group(group: Group, engine: Engine, test_batches) -> list[dict]:
+    """Every point's best checkpoint measured on validation and test (one product for all), metrics.json for each
+    that did not diverge, and each point's record for the sweep's table."""
+    results = engine.finish(test_batches)
+    return [point_record(point, group.number, model, *(result or (None, None)))
+            for point, model, result in zip(group.points, engine.models, results)]
 
 
-def point_record(point: Point, group: int, state: TrainState, val: Metrics | None, test: Metrics | None,
-                 diverged: bool) -> dict:
-    history = state.run.read_epochs() if state.run.epochs.is_file() else []
-    best_epoch = state.progress.best_epoch
+def point_record(point: Point, group: int, model: Model, val: Metrics | None, test: Metrics | None) -> dict:
+    history = model.progress.history
+    best_epoch = model.progress.best_epoch
     record = {"point": point.index, "group": group, "options": {k: describe(v) for k, v in point.values.items()},
               "best_epoch": None if best_epoch is None else best_epoch + 1, "epochs_run": len(history),
-              "diverged": diverged, "seconds": round(sum(r["seconds"] for r in history), 3),
-              "run": str(state.run.path.relative_to(state.run.path.parent.parent))}
+              "diverged": model.diverged is not None, "seconds": round(sum(r["seconds"] for r in history), 3),
+              "run": str(model.run.path.relative_to(model.run.path.parent.parent))}
     for split, metrics in (("val", val), ("test", test)):
         for key in ("top1", "top5", "loss"):
             value = None if metrics is None else getattr(metrics, key)
@@ -241,7 +236,7 @@ def groups_of(spec: dict) -> list[Group]:
     return make_groups(base, grid_points(grid))
 
 
-def run(sweep: SweepDir, spec: dict, reporter: Reporter, resume: bool) -> SweepResult:
+def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     """Train the grid (or the rest of it), then write sweep.json, sweep.csv, the figure and the link to the best."""
     from imgcls.figures import sweep_figure
 

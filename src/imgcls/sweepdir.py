@@ -1,7 +1,9 @@
 """The sweep folder: what `imgcls sweep` leaves behind, each file written whole (never half a file).
 
     sweep.yaml     the sweep itself: the base config and each option's values; `--resume DIR` rebuilds the grid
-    points/NNN/    one run folder per point (rundir.py's layout): config.yaml, epochs.jsonl, checkpoints, metrics
+    points/NNN/    one run folder per point (rundir.py's layout): config.yaml, epochs.jsonl, best checkpoint, metrics
+    resume/        group-NNN.safetensors: the whole state of each group of stacked points, the one file that
+                   `--resume DIR` trusts (the points' own files are rewritten from it)
     sweep.json     one record per point (its options, best epoch, val and test metrics, diverged, seconds), and
                    which point validation chose
     sweep.csv      the same records as a table
@@ -29,7 +31,8 @@ from imgcls.rundir import RunDir
 from imgcls.yamlfile import read_yaml
 
 SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST = "sweep.yaml", "sweep.json", "sweep.csv", "sweep.png", "points", "best"
-OWN = (SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST)
+RESUME = "resume"
+OWN = (SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST, RESUME)
 CSV_COLUMNS = ("point", "group", "best_epoch", "epochs_run", "val_top1", "val_top5", "val_loss", "test_top1",
                "test_top5", "test_loss", "diverged", "seconds")
 
@@ -78,6 +81,7 @@ class SweepDir:
             if not _remove_copied_folder(self.path / name):
                 (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / POINTS, ignore_errors=True)
+        shutil.rmtree(self.path / RESUME, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.spec, yaml.safe_dump(spec, sort_keys=False))
 
@@ -91,6 +95,11 @@ class SweepDir:
 
     def point(self, index: int) -> RunDir:
         return RunDir(self.path / POINTS / f"{index:03d}")
+
+    def group_state(self, group: int) -> Path:
+        """The resumable state of a group's stacked points, one file (its folder made when first needed)."""
+        (self.path / RESUME).mkdir(exist_ok=True)
+        return self.path / RESUME / f"group-{group:03d}.safetensors"
 
     def write_results(self, records: list[dict], summary: dict) -> None:
         write_json_atomic(self.results, {**summary, "points": records})

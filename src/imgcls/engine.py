@@ -1,0 +1,382 @@
+"""The one training loop: epochs of SGD steps for a stack of P models (stacked.py), each kept as a run of its own.
+
+`imgcls train` is P = 1, the learning-rate search of `--lr auto` and `lr-find` and each group of `imgcls sweep`
+are P > 1. Read top to bottom: the models and their stack, resuming, the epochs (steps, then validation and
+each model's epoch end), the stack's checkpoint, and the test split at the end.
+
+Guarantees, for every P:
+- Resumable state is always whole: the whole stack's state is one file (a run's last.safetensors, a sweep's
+  resume/group-NNN.safetensors), written atomically after each epoch and when stopped, and resuming from it ends
+  bit for bit where an unbroken run ends, whatever killed the process and whenever.
+- One signal rule: the first Ctrl-C or SIGTERM finishes the step in flight, writes the stack's state, and stops.
+- Under torchrun each process computes its part of every global batch's gradient for all P models, and the
+  gradients are summed across processes: every process makes the same update.
+- A model whose loss or weights stop being finite stops alone (zeroed, marked diverged); a single run ends there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from imgcls import checkpoint as ckpt
+from imgcls import distributed
+from imgcls.config import Config
+from imgcls.data.registry import SPECS
+from imgcls.data.types import PreparedData
+from imgcls.errors import UserError
+from imgcls.interrupt import StopRequest
+from imgcls.losses import Loss, class_weights
+from imgcls.metrics import Metrics
+from imgcls.model import LinearClassifier
+from imgcls.progress import Progress
+from imgcls.resume import check_same_run, data_fingerprint, restore
+from imgcls.rundir import RunDir
+from imgcls.schedule import Plateau, Schedule
+from imgcls.stacked import Hyper, Stack, StepStats
+
+
+class Diverged(UserError):
+    """A single run's loss or weights stopped being finite numbers: its checkpoints would diverge again."""
+
+
+class Interrupted(Exception):
+    """Stopped by Ctrl-C or SIGTERM; the message says what was kept."""
+
+
+# --- one model of the stack -------------------------------------------------------------------------------------
+
+@dataclass
+class Model:
+    """One model of the stack, a run of its own: its config, run folder (None: it keeps no files, as the rate
+    search's candidates), loss, schedule, and where it is."""
+
+    config: Config
+    run: RunDir | None
+    loss: Loss
+    schedule: Schedule
+    plateau: Plateau = field(default_factory=Plateau)
+    progress: Progress = field(default_factory=Progress)
+    diverged: str | None = None  # why, once it has
+
+    @property
+    def update(self) -> int:
+        """The number of the update under way, counted over the whole run."""
+        return self.progress.epoch * self.schedule.steps_per_epoch + self.progress.step
+
+    def rate(self) -> float:
+        return self.schedule.rate(self.update, self.plateau.factor)
+
+    def more_epochs(self) -> bool:
+        return self.diverged is None and self.progress.epoch < self.config.train.epochs and not self.finished_early()
+
+    def finished_early(self) -> bool:
+        """Early stopping: `patience` epochs in a row without a better validation top-1 (with the plateau schedule,
+        after its last decay)."""
+        if self.config.schedule.schedule == "plateau":
+            return self.plateau.exhausted
+        patience, progress = self.config.train.patience, self.progress
+        return patience is not None and progress.best_epoch is not None and \
+            progress.epoch - 1 - progress.best_epoch >= patience
+
+
+def new_model(config: Config, data: PreparedData, run: RunDir | None, steps_per_epoch: int,
+              device: torch.device) -> Model:
+    weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
+    schedule = Schedule(config.schedule, float(config.optim.lr), steps_per_epoch, config.train.epochs)
+    model = Model(config, run, Loss(config.loss.loss, weights), schedule)
+    model.progress.start_epoch(device)
+    return model
+
+
+def initial_weights(config: Config, data: PreparedData) -> LinearClassifier:
+    """The starting W and b as the config draws them, from the run's seed alone."""
+    torch.manual_seed(config.train.seed)
+    return LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std)
+
+
+# --- the engine ---------------------------------------------------------------------------------------------------
+
+class Engine:
+    """Trains `models` stacked on the same batches, writing each model's run folder and the stack's state file."""
+
+    def __init__(self, models: list[Model], data: PreparedData, train_batches, val_batches, device: torch.device,
+                 state_file: Path | None, stop: StopRequest, view, shard: distributed.Shard = distributed.Shard(),
+                 autocast: torch.dtype | None = None):
+        self.models, self.data, self.device, self.shard = models, data, device, shard
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.state_file, self.stop, self.view, self.autocast = state_file, stop, view, autocast
+        starts = [initial_weights(model.config, data) for model in models]
+        weight = torch.stack([start.linear.weight.detach() for start in starts]).to(device)
+        bias = torch.stack([start.linear.bias.detach() for start in starts]).to(device)
+        hyper = [Hyper(m.config.optim.momentum, m.config.optim.nesterov, m.config.optim.weight_decay) for m in models]
+        self.stack = Stack(weight, bias, [model.loss for model in models], hyper)
+        self.autograd = any(model.config.train.gradient == "autograd" for model in models) or autocast is not None
+        self.writes = shard.is_main  # under torchrun only the main process writes
+
+    @property
+    def single(self) -> bool:
+        return len(self.models) == 1
+
+    def active(self) -> list[int]:
+        return [index for index, frozen in enumerate(self.stack.frozen) if not frozen]
+
+    # --- resuming ---
+
+    def resume(self) -> None:
+        """Every model where the stack's state file left it, after checking that it belongs to these runs."""
+        saved = ckpt.load_stack(self.state_file)
+        if len(saved) != len(self.models):
+            raise UserError(f"{self.state_file} holds {len(saved)} models where this stack has {len(self.models)}; "
+                            f"it is not this run's: start a new one")
+        for index, (model, checkpoint) in enumerate(zip(self.models, saved)):
+            try:
+                check_same_run(checkpoint, model.config, self.data)
+                model.diverged = restore(checkpoint, self.stack, index, model, self.device, self.shard)
+            except UserError as error:
+                raise UserError(f"{self.state_file} cannot resume: {error}") from None
+            except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as error:
+                raise UserError(f"{self.state_file} cannot resume this run ({type(error).__name__}: "
+                                f"{str(error)[:200]}); it is damaged: start a new run") from None
+            if model.diverged is not None:
+                self.stack.freeze(index, zero=True)
+            elif not model.more_epochs():
+                self.stack.freeze(index)
+        positions = {(self.models[i].progress.epoch, self.models[i].progress.step) for i in self.active()}
+        if len(positions) > 1:
+            raise UserError(f"{self.state_file} is damaged: its models are not all at the same step; start anew")
+
+    def start_runs(self) -> None:
+        """A fresh run folder for each model that keeps one, with its config.yaml."""
+        if self.writes:
+            for model in self.models:
+                if model.run is not None:
+                    model.run.start()
+                    model.run.write_config(model.config.to_dict())
+
+    # --- the epochs ---
+
+    def train(self) -> None:
+        """Epochs of steps, each followed by validation and every model's epoch end, until every model is done."""
+        while self.active():
+            lead = self.models[self.active()[0]].progress
+            if not self.train_epoch(lead.epoch, lead.step):
+                self.save()
+                raise Interrupted(f"interrupted at epoch {lead.epoch + 1}, step {lead.step} of "
+                                  f"{len(self.train_batches)}")
+            self.end_epoch()
+            if self.active() and distributed.any_process(self.stop.requested, self.device):
+                raise Interrupted(f"interrupted after epoch {lead.epoch}")  # end_epoch has just saved the state
+
+    def train_epoch(self, epoch: int, start: int) -> bool:
+        """The rest of this epoch's ceil(N/B) steps; False if asked to stop part-way."""
+        batches, world = self.train_batches, self.shard.world
+        sums = self.running_sums()
+        sync_every = 1 if self.device.type == "cpu" else 50  # reading the loss back waits for a GPU: do it rarely
+        self.view.epoch_start(epoch, len(batches))
+        active = self.active()
+        started = time.perf_counter() - self.models[active[0]].progress.seconds
+        shown = 0.0  # when the view was last told: ten times a second is plenty
+        for pixels, labels, batch_labels in batches.epoch(epoch, start):
+            rates = [model.rate() for model in self.models]
+            for index in active:
+                self.models[index].progress.note_rate(rates[index])
+            if len(labels) or world > 1:  # under torchrun every process takes part in each step
+                stats = self.step(pixels, labels, batch_labels, rates)
+                sums[0].add_(stats.loss_sum)
+                sums[1].add_(stats.weight)
+                sums[2].add_(stats.correct)
+            # else nothing readable in the whole batch (--skip-bad-images): no update, but still a step of the plan
+            seconds = time.perf_counter() - started
+            for index in active:
+                self.models[index].progress.advance(len(labels), seconds)
+            step = self.models[active[0]].progress.step
+            if step % sync_every == 0 or step == len(batches):
+                self.check_finite(sums, active)
+                active = self.active()
+                if not active:
+                    break
+                if seconds - shown > 0.1 or step == len(batches):
+                    shown = seconds
+                    lead = active[0]
+                    loss = float(sums[0][lead]) / max(float(sums[1][lead]), 1e-12)
+                    seen = self.models[lead].progress.seen * world
+                    self.view.step(step, loss, seen / max(seconds, 1e-9), images=seen)
+            if distributed.any_process(self.stop.requested, self.device) and step < len(batches):
+                self.keep_sums(sums)
+                return False
+        self.keep_sums(sums)
+        return True
+
+    def step(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
+             rates: list[float]) -> StepStats:
+        """One SGD update of every model: the gradient of this process's part of the batch, summed over the
+        processes of a torchrun world, then the update rule at each model's rate."""
+        stack = self.stack
+        weight_gradient, bias_gradient, stats = (
+            stack.autograd_gradient(pixels, labels, batch_labels, self.autocast) if self.autograd
+            else stack.gradient(pixels, labels, batch_labels))
+        distributed.sum_across(weight_gradient, bias_gradient)
+        stack.update(weight_gradient, bias_gradient, rates)
+        return stats
+
+    def running_sums(self) -> list[torch.Tensor]:
+        """This epoch's loss, weight and correct counts of every model as (P,) columns, restored ones included."""
+        progress = [model.progress for model in self.models]
+        return [torch.stack([p.loss_sum.float() for p in progress]), torch.stack([p.weight_sum.float() for p in progress]),
+                torch.stack([p.correct for p in progress])]
+
+    def keep_sums(self, sums: list[torch.Tensor]) -> None:
+        for index in self.active():
+            progress = self.models[index].progress
+            progress.loss_sum, progress.weight_sum, progress.correct = (column[index].clone() for column in sums)
+
+    def check_finite(self, sums: list[torch.Tensor], active: list[int]) -> None:
+        finite = torch.isfinite(sums[0]).tolist()
+        for index in active:
+            if not finite[index]:
+                progress = self.models[index].progress
+                self.diverge(index, f"the loss became {float(sums[0][index])} at epoch {progress.epoch + 1}, step "
+                                    f"{progress.step}")
+                sums[0][index] = 0.0
+
+    def diverge(self, index: int, why: str) -> None:
+        """This model stops, its rows zeroed; its run folder says why. A single run ends here (exit 2)."""
+        model = self.models[index]
+        self.stack.freeze(index, zero=True)
+        kept = model.run is not None and model.run.best.is_file()
+        model.diverged = f"{why}: training diverged; " + (
+            "lower --lr (the last good checkpoints are kept)" if kept else
+            "lower --lr and start again, with --overwrite to reuse --out (no epoch had finished, so no checkpoint "
+            "was kept)")
+        if model.run is not None and self.writes:
+            model.run.mark_diverged(model.diverged)
+        if self.single:
+            raise Diverged(model.diverged)
+
+    # --- each epoch's end ---
+
+    def end_epoch(self) -> None:
+        """Validation for every model at once; each model's epoch recorded, its best kept; then the stack's state,
+        written last, so that a crash anywhere here resumes by redoing this epoch's end."""
+        active = self.active()
+        metrics = self.stack.evaluate(self.val_batches, self.data.superclass_of)
+        records = {}
+        for index in active:
+            val = metrics[index]
+            if not math.isfinite(val.loss):
+                progress = self.models[index].progress
+                self.diverge(index, f"the validation loss became {val.loss} after epoch {progress.epoch + 1}, step "
+                                    f"{progress.step}")
+                continue
+            records[index] = self.end_model_epoch(index, val)
+            if not self.models[index].more_epochs():
+                self.stack.freeze(index)
+        self.save()
+        if self.single and records:
+            self.view.epoch_done(*records[0])
+
+    def end_model_epoch(self, index: int, val: Metrics) -> tuple[dict, bool]:
+        model = self.models[index]
+        progress, run = model.progress, model.run
+        train_loss, train_top1, seen = progress.totals()
+        record = {"epoch": progress.epoch + 1, "train_loss": train_loss, "train_top1": train_top1,
+                  "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5, "lr": progress.lr_first,
+                  "lr_last": progress.lr_last, "seconds": progress.seconds,
+                  "images_per_s": seen / max(progress.seconds, 1e-9)}
+        best = progress.best_val
+        improved = best is None or (val.top1, -val.loss) > (best["top1"], -best["loss"])
+        progress.history.append(record)
+        if improved:
+            progress.best_epoch, progress.best_val = progress.epoch, val.summary()
+        progress.epoch += 1
+        progress.start_epoch(self.device)
+        if model.config.schedule.schedule == "plateau":
+            model.plateau.epoch_end(improved, model.config.train.patience, model.config.schedule.step_gamma)
+        if run is not None and self.writes:
+            if improved:
+                ckpt.save(run.best, self.checkpoint(index))
+            run.write_epochs(progress.history)
+        return record, improved
+
+    # --- the stack's state ---
+
+    def checkpoint(self, index: int, resumable: bool = False) -> ckpt.Checkpoint:
+        """Model `index` as a checkpoint usable alone; a resumable one also holds its momentum and progress."""
+        model, data, stack = self.models[index], self.data, self.stack
+        progress = model.progress
+        meta = {"dataset": data.dataset, "classes": data.classes, "input_shape": list(data.shape),
+                "superclass_of": data.superclass_of, "config": model.config.to_dict(),
+                "seed": model.config.train.seed, "epoch": progress.epoch, "step": progress.step,
+                "val": progress.best_val, "data_fingerprint": data_fingerprint(data)}
+        checkpoint = ckpt.Checkpoint(stack.weight[index].clone(), stack.bias[index].clone(),
+                                     data.normalization.mean, data.normalization.std, meta)
+        if resumable:
+            checkpoint.add_resume_state((stack.velocity[index], stack.bias_velocity[index]), model.plateau.state(),
+                                        progress, model.diverged)
+        return checkpoint
+
+    def save(self) -> None:
+        """The whole stack's resumable state, one file written atomically; the running sums are the world's."""
+        for model in self.models:
+            progress = model.progress
+            seen = torch.tensor(progress.seen, device=self.device)
+            totals = [progress.loss_sum, progress.weight_sum, progress.correct, seen]
+            distributed.sum_across(*totals)
+            progress.seen = int(seen)
+        if self.state_file is not None and self.writes:
+            ckpt.save_stack(self.state_file, [self.checkpoint(index, resumable=True)
+                                              for index in range(len(self.models))])
+        distributed.barrier()  # the other processes read these files at the end, or when resuming
+
+    # --- the end ---
+
+    def finish(self, test_batches) -> list[tuple[Metrics, Metrics] | None]:
+        """Each model's best checkpoint (by validation) measured on the validation and test splits, all in one pass;
+        metrics.json for each that did not diverge. None for a model with no finished epoch."""
+        with_best = [i for i, model in enumerate(self.models) if model.run is not None and model.run.best.is_file()]
+        weight, bias = self.stack.weight.clone(), self.stack.bias.clone()
+        for index in with_best:
+            saved = ckpt.load(self.models[index].run.best)
+            weight[index].copy_(saved.weight)
+            bias[index].copy_(saved.bias)
+        val = self.stack.evaluate(self.val_batches, self.data.superclass_of, weight, bias)
+        test = self.stack.evaluate(test_batches, self.data.superclass_of, weight, bias)
+        results: list[tuple[Metrics, Metrics] | None] = [None] * len(self.models)
+        for index in with_best:
+            results[index] = (val[index], test[index])
+            model = self.models[index]
+            if model.diverged is None and self.writes:
+                write_final_metrics(model, self.data, val[index], test[index])
+        return results
+
+
+def write_final_metrics(model: Model, data: PreparedData, val: Metrics, test: Metrics) -> None:
+    """metrics.json: the best epoch's validation and test metrics; a finished run is one that has it."""
+    metrics = {"best_epoch": model.progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
+               "test_detail": test.detail(), "classes": data.classes}
+    superclasses = SPECS[data.dataset].superclass_names()
+    if superclasses:
+        metrics["superclasses"] = superclasses
+    model.run.write_metrics(metrics)
+
+
+class Quiet:
+    """A view that shows nothing: the rate search's, or a group of a sweep with a bar of its own."""
+
+    def __init__(self, bar=None, epochs: int = 1):
+        self.bar, self.epoch, self.steps = bar, 0, 1
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self.epoch, self.steps = epoch, steps
+
+    def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
+        if self.bar is not None:
+            self.bar(self.epoch + step / self.steps, f"epoch {self.epoch + 1}")
+
+    def epoch_done(self, record: dict, improved: bool) -> None:
+        pass
