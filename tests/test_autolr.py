@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 import yaml
-from torch import nn
-from torch.optim import SGD
 
 from imgcls import checkpoint as ckpt
 from imgcls.config import build_config
 from imgcls.lrsearch import CANDIDATES
-from imgcls.optim import PlateauLR
+from imgcls.config import ScheduleConfig
+from imgcls.schedule import Plateau, Schedule
 
 EPOCHS = "3"
 
@@ -51,23 +50,19 @@ def test_lr_find_suggests_the_rate_with_the_best_validation_top1_and_auto_takes_
 
 
 def test_plateau_decays_after_patience_epochs_then_stops():
-    model = nn.Linear(2, 2)
-    optimizer = SGD(model.parameters(), lr=0.1)
-    optimizer._opt_called = True
-    plateau = PlateauLR(optimizer, gamma=0.5, decays=2)
+    schedule = Schedule(ScheduleConfig(), 0.1, steps_per_epoch=3, epochs=100)
+    plateau = Plateau(decays=2)
     lrs = []
-    for improved in (True, False, True, False, False, False, True, False, False, False):
-        plateau.epoch_end(improved, patience=2)
-        lrs.append(optimizer.param_groups[0]["lr"])
-        for _ in range(3):
-            plateau.step()
-        assert optimizer.param_groups[0]["lr"] == lrs[-1], "constant within an epoch"
+    for epoch, improved in enumerate((True, False, True, False, False, False, True, False, False, False)):
+        plateau.epoch_end(improved, patience=2, gamma=0.5)
+        rates = {schedule.rate(epoch * 3 + step, plateau.factor) for step in range(3)}
+        assert len(rates) == 1, "constant within an epoch"
+        lrs.append(rates.pop())
     assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025])
     assert not plateau.exhausted
-    plateau.epoch_end(False, patience=2)  # the second epoch in a row without progress after the last decay
-    assert plateau.exhausted and optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
-    restored = PlateauLR(SGD(model.parameters(), lr=0.1), gamma=0.5)
-    restored.load_state_dict(plateau.state_dict())
+    plateau.epoch_end(False, patience=2, gamma=0.5)  # the second epoch in a row without progress after the last decay
+    assert plateau.exhausted and schedule.rate(40, plateau.factor) == pytest.approx(0.025)
+    restored = Plateau(**plateau.state())
     assert (restored.factor, restored.decayed, restored.stale, restored.exhausted) == (0.25, 2, 2, True)
 
 

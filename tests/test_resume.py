@@ -16,7 +16,7 @@ import torch
 
 from conftest import plain, start_python
 from imgcls import checkpoint as ckpt
-from imgcls import train as train_module
+from imgcls.engine import Engine
 from imgcls.config import build_config
 from imgcls.report import Reporter
 from imgcls.rundir import RunDir
@@ -35,8 +35,8 @@ VARIANTS = {
 
 class InterruptAt:
     """Sends this process a real signal during the SGD update that makes training's (epoch, step): epochs from 0,
-    steps from 1, counted in this run (`start` is where a resumed run begins). It wraps every training step that
-    train.make_step builds (analytic or autograd), not the Reporter, whose progress updates are throttled in time."""
+    steps from 1, counted in this run (`start` is where a resumed run begins). It wraps the engine's training step
+    (Engine.step, analytic or autograd), not the Reporter, whose progress updates are throttled in time."""
 
     def __init__(self, epoch: int, step: int, signum: int = signal.SIGINT, start: tuple[int, int] = (0, 0),
                  twice: bool = False):
@@ -45,18 +45,14 @@ class InterruptAt:
 
     def __enter__(self):
         self.patch = pytest.MonkeyPatch()
-        make_step = train_module.make_step
+        step = Engine.step
 
         def counted(*args, **kwargs):
-            step = make_step(*args, **kwargs)
+            stats = step(*args, **kwargs)
+            self.after_step()
+            return stats
 
-            def run(*batch):
-                stats = step(*batch)
-                self.after_step()
-                return stats
-            return run
-
-        self.patch.setattr(train_module, "make_step", counted)
+        self.patch.setattr(Engine, "step", counted)
         return self
 
     def __exit__(self, *exc):
@@ -180,7 +176,7 @@ def test_a_checkpoint_read_from_misaligned_memory_resumes_bit_identical(uninterr
     MisalignedSafetensors(monkeypatch)
     loaded = ckpt.load(out / "last.safetensors")
     tensors = [loaded.weight, loaded.bias, loaded.mean, loaded.std, *loaded.state.values()]
-    assert any(name.startswith("optimizer.") for name in loaded.state), "the momentum buffer is in the checkpoint"
+    assert "velocity.weight" in loaded.state, "the momentum buffer is in the checkpoint"
     assert all(tensor.data_ptr() % 64 == 0 for tensor in tensors), "a checkpoint's tensors are in fresh memory"
     resume(out)
     monkeypatch.undo()
@@ -395,12 +391,13 @@ def set_in(mapping: dict, path: str, value) -> None:
 
 
 @pytest.mark.parametrize("meta_path, value, tensor, words", [
-    (None, None, ("state.optimizer.0.momentum_buffer", torch.zeros(3)), ["momentum buffer"]),
+    (None, None, ("state.velocity.weight", torch.zeros(3)), ["momentum buffer"]),
+    (None, None, ("state.velocity.bias", torch.full((10,), float("nan"))), ["momentum buffer"]),
     (None, None, ("state.loss_sum", torch.zeros(3)), ["running loss"]),
-    ("resume.param_groups.0.lr", "0.1", None, ["learning rate"]),
-    ("resume.param_groups.0.momentum", 0.5, None, ["optimizer state", "momentum"]),
-    ("resume.scheduler", {"junk": 1}, None, ["scheduler state"]),
-    ("resume.scheduler.last_epoch", -1000, None, ["step count"]),
+    ("resume.schedule", {"junk": 1}, None, ["schedule state"]),
+    ("resume.schedule.factor", -1.0, None, ["schedule state"]),
+    ("resume.schedule.decayed", 7, None, ["schedule state"]),
+    ("resume.diverged", 12, None, ["divergence note"]),
     ("step", 10 ** 9, None, ["step count"]),
     ("resume.lr_first", "fast", None, ["progress record"]),
 ])
@@ -482,40 +479,38 @@ def test_a_run_of_an_older_imgcls_without_a_thread_count_resumes_on_torchs_defau
     every core): such a run resumes on that default, and is not refused as an edited config.yaml."""
     import yaml
 
-    from imgcls import train as train_module
-
     config = yaml.safe_load((interrupted_run / "config.yaml").read_text())
     config["train"]["threads"] = None
     (interrupted_run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rewrite_last(interrupted_run, meta_change=lambda meta: set_in(meta, "config.train.threads", None))
-    seen, make_step = [], train_module.make_step
-    monkeypatch.setattr(train_module, "make_step", lambda *a, **k: seen.append(torch.get_num_threads()) or
-                        make_step(*a, **k))
+    seen, step = [], Engine.step
+    monkeypatch.setattr(Engine, "step", lambda *a, **k: seen.append(torch.get_num_threads()) or
+                        step(*a, **k))
     resume(interrupted_run)
     assert seen and set(seen) == {torch.get_num_threads()}
     assert yaml.safe_load((interrupted_run / "config.yaml").read_text())["train"]["threads"] is None
     assert json.loads((interrupted_run / "metrics.json").read_text())["best_epoch"] >= 1
 
 
-def test_a_resumable_checkpoint_keeps_format_1s_layout(interrupted_run):
-    """Checkpoints written by earlier imgcls must still resume, and theirs by it: the tensors' names and the
-    metadata's keys are format 1's, in its order; best.safetensors holds the model alone."""
+def test_a_resumable_checkpoint_keeps_format_2s_layout(interrupted_run):
+    """The tensors' names and the metadata's keys of a resumable checkpoint (format 2), in their order; best.safetensors
+    holds the model alone, in format 1, which every imgcls reads."""
     from safetensors import safe_open
 
     with safe_open(str(interrupted_run / "last.safetensors"), "pt") as f:
         names, metadata = set(f.keys()), f.metadata()
     assert names == {"weight", "bias", "norm.mean", "norm.std", "state.loss_sum", "state.weight_sum", "state.correct",
-                     "state.optimizer.0.momentum_buffer", "state.optimizer.1.momentum_buffer"}
-    assert metadata["imgcls_format"] == "1"
+                     "state.velocity.weight", "state.velocity.bias"}
+    assert metadata["imgcls_format"] == "2"
     meta = json.loads(metadata["meta"])
     assert list(meta) == ["dataset", "classes", "input_shape", "superclass_of", "config", "seed", "epoch", "step",
                           "val", "data_fingerprint", "resume"]
-    assert list(meta["resume"]) == ["scheduler", "param_groups", "seen", "seconds", "history", "best_epoch",
-                                    "best_val", "lr_first"]
+    assert list(meta["resume"]) == ["schedule", "seen", "seconds", "history", "best_epoch", "best_val", "lr_first",
+                                    "diverged"]
     assert (meta["epoch"], meta["step"]) == (1, 4)
     with safe_open(str(interrupted_run / "best.safetensors"), "pt") as f:
         assert set(f.keys()) == {"weight", "bias", "norm.mean", "norm.std"}
-        assert "resume" not in json.loads(f.metadata()["meta"])
+        assert "resume" not in json.loads(f.metadata()["meta"]) and f.metadata()["imgcls_format"] == "1"
 
 
 def test_resume_state_reads_back_what_the_run_saved(interrupted_run):
@@ -526,23 +521,20 @@ def test_resume_state_reads_back_what_the_run_saved(interrupted_run):
     saved = ckpt.load(interrupted_run / "last.safetensors")
     assert saved.resumable and not ckpt.load(interrupted_run).resumable
     state = saved.resume_state()
-    assert state.param_groups == raw["resume"]["param_groups"] and state.scheduler == raw["resume"]["scheduler"]
-    assert sorted((b.key, b.index, b.name) for b in state.buffers) == [  # in the file's order, which may be any
-        (f"optimizer.{i}.momentum_buffer", i, "momentum_buffer") for i in (0, 1)]
-    assert all(torch.equal(b.value, tensors[f"state.{b.key}"]) for b in state.buffers)
+    assert state.schedule == raw["resume"]["schedule"] and state.diverged is None
+    assert all(torch.equal(a, tensors[f"state.{name}"]) for a, name in zip(state.velocities, ckpt.VELOCITIES))
     assert all(torch.equal(a, tensors[f"state.{name}"]) for a, name in zip(state.sums, ckpt.RUNNING_SUMS))
     assert state.progress == {**{key: raw["resume"][key] for key in ckpt.SAVED_PROGRESS}, "epoch": 1, "step": 4}
     assert state.progress["seen"] == 4 * BATCH and state.progress["lr_first"] > 0
 
-    del saved.meta["resume"]["lr_first"]  # as a checkpoint from before lr_first was saved
-    assert saved.resume_state().progress["lr_first"] == raw["resume"]["param_groups"][0]["lr"]
-    saved.meta["step"] = 0  # at an epoch's start its first update has not run yet
-    assert saved.resume_state().progress["lr_first"] is None
 
+def test_a_resumable_checkpoint_of_an_older_imgcls_is_refused_in_one_line(cli, interrupted_run, assert_user_error):
+    """Format 1's resume state was torch.optim's: this imgcls says so, and that best.safetensors is usable."""
+    def older(meta):
+        resume = meta["resume"]
+        meta["resume"] = {"scheduler": {"last_epoch": 21}, "param_groups": [], **{k: resume[k] for k in
+                                                                                 ckpt.SAVED_PROGRESS}}
 
-@pytest.mark.parametrize("key, index, name", [("optimizer.x.momentum_buffer", None, "momentum_buffer"),
-                                              ("optimizer.3", 3, ""), ("optimizer.12.other", 12, "other")])
-def test_an_optimizer_tensor_s_name_is_read_without_trusting_it(interrupted_run, key, index, name):
-    saved = ckpt.load(interrupted_run / "last.safetensors")
-    saved.state[key] = torch.zeros(1)
-    assert (key, index, name) in [(b.key, b.index, b.name) for b in saved.resume_state().buffers]
+    rewrite_last(interrupted_run, older)
+    assert_user_error(cli("train", "--resume", interrupted_run, "--device", "cpu"), "last.safetensors",
+                      "older imgcls", "best.safetensors is usable")

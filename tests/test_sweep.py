@@ -15,7 +15,7 @@ from imgcls import sweep as sweeping
 from imgcls.config import build_config, settings
 from imgcls.grid import Point, parse_values
 from imgcls.report import Reporter
-from imgcls.stacked import StackedModels
+from imgcls.engine import Engine
 from imgcls.sweepdir import SweepDir
 from imgcls.train import train
 
@@ -119,16 +119,16 @@ class InterruptAfter:
     """A real SIGINT to this process after the sweep's `steps`-th stacked step."""
 
     def __init__(self, monkeypatch, steps: int):
-        real, count = StackedModels.step, {"n": 0}
+        real, count = Engine.step, {"n": 0}
 
-        def counted(stack, *args):
-            stats = real(stack, *args)
+        def counted(engine, *args):
+            stats = real(engine, *args)
             count["n"] += 1
             if count["n"] == steps:
                 os.kill(os.getpid(), signal.SIGINT)
             return stats
 
-        monkeypatch.setattr(StackedModels, "step", counted)
+        monkeypatch.setattr(Engine, "step", counted)
 
 
 @pytest.mark.parametrize("steps", [3, 8])  # inside the first epoch (8 steps of 128 of the sample), and at its end

@@ -119,7 +119,7 @@ def save_stack(path: Path, checkpoints: list[Checkpoint]) -> None:
         return save(path, checkpoints[0])
     tensors, metadata = {}, {FORMAT_KEY: str(FORMAT_VERSION), STACK_KEY: str(len(checkpoints))}
     for index, checkpoint in enumerate(checkpoints):
-        tensors.update({f"{index}/{name}": value.detach().cpu().contiguous()
+        tensors.update({f"{index}/{name}": value.detach().cpu().clone()  # its own memory: never a shared view
                         for name, value in _tensors(checkpoint).items()})
         metadata[f"{index}/meta"] = _metadata(checkpoint)["meta"]
     content = serialize(tensors, metadata=metadata)

@@ -166,11 +166,13 @@ class Engine:
             lead = self.models[self.active()[0]].progress
             if not self.train_epoch(lead.epoch, lead.step):
                 self.save()
-                raise Interrupted(f"interrupted at epoch {lead.epoch + 1}, step {lead.step} of "
-                                  f"{len(self.train_batches)}")
+                raise self.interrupted(lead)
             self.end_epoch()
             if self.active() and distributed.any_process(self.stop.requested, self.device):
-                raise Interrupted(f"interrupted after epoch {lead.epoch}")  # end_epoch has just saved the state
+                raise self.interrupted(lead)  # end_epoch has just saved the state
+
+    def interrupted(self, lead: Progress) -> Interrupted:
+        return Interrupted(f"interrupted at epoch {lead.epoch + 1}, step {lead.step} of {len(self.train_batches)}")
 
     def train_epoch(self, epoch: int, start: int) -> bool:
         """The rest of this epoch's ceil(N/B) steps; False if asked to stop part-way."""
@@ -316,7 +318,8 @@ class Engine:
         checkpoint = ckpt.Checkpoint(stack.weight[index].clone(), stack.bias[index].clone(),
                                      data.normalization.mean, data.normalization.std, meta)
         if resumable:
-            checkpoint.add_resume_state((stack.velocity[index], stack.bias_velocity[index]), model.plateau.state(),
+            checkpoint.add_resume_state((stack.velocity[index].clone(), stack.bias_velocity[index].clone()),
+                                        model.plateau.state(),
                                         progress, model.diverged)
         return checkpoint
 
@@ -351,6 +354,8 @@ class Engine:
             results[index] = (val[index], test[index])
             model = self.models[index]
             if model.diverged is None and self.writes:
+                if model.run.last != self.state_file:  # a sweep's point: its final weights, as a run keeps them
+                    ckpt.save(model.run.last, self.checkpoint(index))
                 write_final_metrics(model, self.data, val[index], test[index])
         return results
 
