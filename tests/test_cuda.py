@@ -1,5 +1,6 @@
-"""The CUDA path, for a machine with a GPU (skipped everywhere else): the analytic step on the GPU gives the
-CPU's weights, its steps never make the host wait for the device, and whole runs train there (fp32 and bf16)."""
+"""The CUDA path, for a machine with a GPU (skipped everywhere else): the stack's analytic step on the GPU gives the
+CPU's weights, its steps never make the host wait for the device, and whole runs and sweeps train there (fp32 and
+bf16)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from imgcls.data.batches import Batches
 from imgcls.data.types import LabelledImages, Normalization
 from imgcls.losses import Loss
 from imgcls.model import LinearClassifier
-from imgcls.optim import build_optimizer
 from imgcls.report import Reporter
-from imgcls.step import AnalyticStep
+from imgcls.stacked import Hyper, Stack
 from imgcls.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -27,34 +27,43 @@ def small_data() -> tuple[LabelledImages, Normalization]:
     return LabelledImages(images, labels), Normalization(torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), 0.25))
 
 
-def steps_on(device: torch.device, name: str, weighted: bool, nesterov: bool, epochs: int = 2):
+def steps_on(device: torch.device, name: str, weighted: bool, nesterov: bool, models: int = 1):
+    """A stack of `models` (rates 0.05, 0.025, ...), its step, and the batches."""
     torch.backends.cuda.matmul.allow_tf32 = False
     data, normalization = small_data()
     torch.manual_seed(3)
-    model = LinearClassifier((3, 8, 8), 5, init="normal", init_std=0.1).to(device)
+    starts = [LinearClassifier((3, 8, 8), 5, init="normal", init_std=0.1) for _ in range(models)]
     config = OptimConfig(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
     weights = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0], device=device) if weighted else None
-    step = AnalyticStep(model, Loss(name, weights), build_optimizer(model, config, device))
-    batches = Batches(data, normalization, 32, device, seed=1)
-    return model, step, batches
+    stack = Stack(torch.stack([m.linear.weight.detach() for m in starts]).to(device),
+                  torch.stack([m.linear.bias.detach() for m in starts]).to(device), [Loss(name, weights)] * models,
+                  [Hyper(config.momentum, config.nesterov, config.weight_decay)] * models)
+    rates = [config.lr / (index + 1) for index in range(models)]
+
+    def step(pixels, labels, batch_labels):
+        weight_gradient, bias_gradient, stats = stack.gradient(pixels, labels, batch_labels)
+        stack.update(weight_gradient, bias_gradient, rates)
+        return stats
+
+    return stack, step, Batches(data, normalization, 32, device, seed=1)
 
 
 @pytest.mark.parametrize("name, weighted, nesterov", [("ce", False, False), ("nll", True, True), ("mse", True, False)])
 def test_the_analytic_step_on_the_gpu_gives_the_cpus_weights(name, weighted, nesterov):
     results = []
     for device in (torch.device("cpu"), CUDA):
-        model, step, batches = steps_on(device, name, weighted, nesterov)
+        stack, step, batches = steps_on(device, name, weighted, nesterov, models=3)
         for epoch in range(2):
             for batch in batches.epoch(epoch):
                 step(*batch)
-        results.append(model.linear.weight.detach().cpu())
+        results.append(stack.weight.cpu())
     assert torch.allclose(results[0], results[1], atol=1e-5), (results[0] - results[1]).abs().max()
 
 
 @pytest.mark.parametrize("weighted, nesterov", [(False, False), (True, True)])
 def test_gpu_steps_never_wait_for_the_device(weighted, nesterov):
     """torch.cuda.set_sync_debug_mode('error') raises on any operation that synchronizes the host with the GPU."""
-    model, step, batches = steps_on(CUDA, "ce", weighted, nesterov)
+    stack, step, batches = steps_on(CUDA, "ce", weighted, nesterov)
     steps = batches.epoch(0)
     step(*next(steps))  # the epoch's permutation moves to the GPU and the momentum buffers are made here
     torch.cuda.synchronize()
@@ -64,7 +73,7 @@ def test_gpu_steps_never_wait_for_the_device(weighted, nesterov):
             step(*batch)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert torch.isfinite(model.linear.weight).all()
+    assert torch.isfinite(stack.weight).all()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -78,3 +87,18 @@ def test_a_run_trains_on_the_gpu_as_on_the_cpu(precision, mnist_root, tmp_path):
         results[device] = train(config, Reporter(quiet=True))
     assert results["cuda"].test.top1 > 0.7
     assert results["cuda"].test.top1 == pytest.approx(results["cpu"].test.top1, abs=0.03)
+
+
+def test_a_sweep_trains_on_the_gpu_as_on_the_cpu(mnist_root, tmp_path):
+    from imgcls import sweep as sweeping
+    from imgcls.config import settings
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        given = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": "1000", "epochs": "2", "batch_size": "64",
+                 "lr": "0.001,0.01", "momentum": "0,0.9", "device": device, "out": str(tmp_path / device)}
+        target, spec = sweeping.plan(None, {name: given.get(name) for name in settings()}, overwrite=False)
+        with target.locked():
+            results[device] = sweeping.run(target, spec, Reporter(quiet=True), resume=False)
+    for cpu, cuda in zip(results["cpu"].records, results["cuda"].records):
+        assert cuda["val_top1"] == pytest.approx(cpu["val_top1"], abs=0.02)

@@ -4,6 +4,7 @@ so `--help` and flag errors answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -219,25 +220,32 @@ def sweep(
         given = sorted(settings()[name].flag for name, value in options.items() if value is not None)
         if config is not None or given:
             raise UserError(f"--resume continues a sweep with its saved grid; drop {', '.join(given) or '--config'}")
-        target, spec = SweepDir.for_resume(resume), None
+        target = SweepDir.for_resume(resume)
         spec = target.read_spec()
-    else:
-        target, spec = sweeping.plan(config, options, overwrite)
-    reporter = Reporter(quiet)
-    with target.locked():
+    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
+    if resume is None:
+        target, spec = sweeping.plan(config, options, overwrite, check=is_main)
+    reporter = Reporter(quiet or not is_main)
+    with target.locked() if is_main else contextlib.nullcontext():
         try:
             result = sweeping.run(target, spec, reporter, resume is not None)
         except sweeping.SweepInterrupted as stopped:
-            err.print(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}", soft_wrap=True,
-                      highlight=False, markup=False)
+            if is_main:
+                err.print(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}", soft_wrap=True,
+                          highlight=False, markup=False)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
             done = target.results.is_file()
-            err.print(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` "
-                      f"draws them" if done else f"interrupted while loading data or measuring the points; `imgcls "
-                      f"sweep --resume {target.path}` goes on from the last finished epoch", soft_wrap=True,
-                      highlight=False, markup=False)
+            if is_main:
+                err.print(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` "
+                          f"draws them" if done else f"interrupted while loading data or measuring the points; "
+                          f"`imgcls sweep --resume {target.path}` goes on from the last finished epoch",
+                          soft_wrap=True, highlight=False, markup=False)
             raise typer.Exit(130) from None
+        finally:
+            distributed.teardown()
+        if not is_main:
+            return
         if result.best is not None:
             _after_sweep(target.best.resolve(), reporter)
     reporter.show(sweep_table(result.records, result.best))
@@ -250,7 +258,7 @@ def sweep(
                   f"{target.table}")
     if quiet:
         print(jsontext.dumps({"best_point": result.best, "sweep_dir": str(target.path),
-                              "best_run": str(target.best) if result.best is not None else None}))
+                              "best_run": str(target.best)}))
 
 
 def _after_sweep(best_run: Path, reporter) -> None:

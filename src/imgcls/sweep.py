@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
-from imgcls.data.prepare import prepare
 from imgcls.device import cpu_threads, resolve_device, step_threads
 from imgcls.engine import Engine, Interrupted, Model, Quiet, new_model
 from imgcls.errors import UserError
@@ -32,7 +33,7 @@ from imgcls.memory import available_memory
 from imgcls.metrics import Metrics
 from imgcls.resume import config_changes
 from imgcls.sweepdir import SweepDir
-from imgcls.train import resolve_batch_size
+from imgcls.train import prepare_once, resolve_batch_size
 
 SELECTED_BY = "validation top-1 (ties: the lower validation loss); the test split is reported for every point but " \
               "never used to choose"
@@ -87,15 +88,16 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
     return list(groups.values())
 
 
-def run_sweep(sweep: SweepDir, groups: list[Group], reporter, resume: bool = False) -> SweepResult:
+def run_sweep(sweep: SweepDir, groups: list[Group], reporter, shard: distributed.Shard, device: torch.device,
+              resume: bool = False) -> SweepResult:
     started = time.perf_counter()
     records: list[dict] = []
     total = sum(group.epochs for group in groups)
     with reporter.sweep_bar(total) as bar, stop_on_signals() as stop:
         done = 0.0
         for group in groups:
-            records += run_group(sweep, group, reporter, resume, stop, lambda fraction, text: bar(done + fraction,
-                                                                                                 text))
+            records += run_group(sweep, group, shard, device, resume, stop,
+                                 lambda fraction, text: bar(done + fraction, text))
             done += group.epochs
     records.sort(key=lambda record: record["point"])
     best = select(records)
@@ -115,26 +117,26 @@ def _finite_or_inf(value: float | None) -> float:
     return math.inf if value is None or not math.isfinite(value) else value
 
 
-def run_group(sweep: SweepDir, group: Group, reporter, resume: bool, stop: StopRequest, bar) -> list[dict]:
+def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: torch.device, resume: bool,
+              stop: StopRequest, bar) -> list[dict]:
     config = group.configs[0]
-    device = resolve_device(config.train.device)
-    data = prepare(config.data, config.train.seed)
+    data = prepare_once(config, shard)
     batch_size = resolve_batch_size(config, data, device, Quiet())
     features, classes = math.prod(data.shape), len(data.classes)
     check_group_fits(len(group.points), classes, features, batch_size, device)
     saved = saved_threads(sweep, group) if resume else None
     with cpu_threads(saved or config.train.threads):
         threads = saved or step_threads(config.train.threads, batch_size, features, classes * len(group.points),
-                                        device)
+                                        device, shard.world)
         for point_config_ in group.configs:
             point_config_.train.threads = threads
-        train_batches = make_batches(data, "train", batch_size, device, config.train.seed,
+        train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard,
                                      augment=config.data.augment)
         models = [new_model(point_config_, data, sweep.point(point.index), len(train_batches), device)
                   for point, point_config_ in zip(group.points, group.configs)]
         state = sweep.group_state(group.number)
-        engine = Engine(models, data, train_batches, make_eval_batches(data, "val", device), device, state, stop,
-                        Quiet(bar), autocast=None)
+        engine = Engine(models, data, train_batches, make_eval_batches(data, "val", device, shard), device, state,
+                        stop, Quiet(bar), shard)
         if resume and state.is_file():
             check_points_unedited(models)
             engine.resume()
@@ -147,7 +149,7 @@ def run_group(sweep: SweepDir, group: Group, reporter, resume: bool, stop: StopR
             engine.train()
         except Interrupted:
             raise SweepInterrupted(sweep) from None
-        return finish_group(group, engine, make_eval_batches(data, "test", device))
+        return finish_group(group, engine, make_eval_batches(data, "test", device, shard))
 
 
 def check_points_unedited(models: list[Model]) -> None:
@@ -206,14 +208,15 @@ def write_results(result: SweepResult, grid: dict) -> None:
     summary = {"selected_by": SELECTED_BY, "test_used_for_selection": False, "best_point": result.best,
                "grid": {name: [describe(v) for v in values] for name, values in grid.items()},
                "groups": len(result.groups), "seconds": round(result.seconds, 3)}
-    result.sweep.write_results(result.records, summary)
     if result.best is not None:
         result.sweep.link_best(result.best)
+    result.sweep.write_results(result.records, summary)
 
 
-def plan(config_file, flags: dict[str, str | None], overwrite: bool) -> tuple[SweepDir, dict]:
+def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool = True) -> tuple[SweepDir, dict]:
     """A new sweep's folder and spec: options given one value join the base config (defaults, then --config);
-    options given several make the grid."""
+    options given several make the grid. `check`: refuse a folder that holds other files (the main process's
+    job: under torchrun the others take its folder)."""
     from imgcls.config import GIVEN_NONE, build_config
     from imgcls.grid import parse_axes
 
@@ -221,7 +224,7 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool) -> tuple[Sw
     singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
     base = build_config(config_file, singles)
     grid = {name: values for name, values in axes.items() if len(values) > 1}
-    sweep = SweepDir.for_new_sweep(base.output.out, base.data.dataset, overwrite)
+    sweep = SweepDir.for_new_sweep(base.output.out, base.data.dataset, overwrite, check)
     base.output.out = None
     return sweep, {"base": base.to_dict(), "grid": grid}
 
@@ -237,14 +240,19 @@ def groups_of(spec: dict) -> list[Group]:
 
 
 def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
-    """Train the grid (or the rest of it), then write sweep.json, sweep.csv, the figure and the link to the best."""
+    """Train the grid (or the rest of it), then write the figure, sweep.csv, the link to the best and sweep.json.
+    Under torchrun every process trains its part of each batch; the main one writes."""
     from imgcls.figures import sweep_figure
 
     groups = groups_of(spec)
-    if not resume:
+    shard, device = distributed.setup(resolve_device(groups[0].configs[0].train.device))
+    sweep = SweepDir(Path(distributed.from_main(str(sweep.path))))  # the main process's folder, on every process
+    if not resume and shard.is_main:
         sweep.start(spec)
-    result = run_sweep(sweep, groups, reporter, resume)
-    shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
-    sweep_figure(result.records, shown_grid, sweep.figure, result.best)
-    write_results(result, spec["grid"])  # last: a sweep with sweep.json is finished, and --resume refuses it
+    distributed.barrier()
+    result = run_sweep(sweep, groups, reporter, shard, device, resume)
+    if shard.is_main:
+        shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
+        sweep_figure(result.records, shown_grid, sweep.figure, result.best)
+        write_results(result, spec["grid"])  # sweep.json last: a sweep that has it is finished, and --resume refuses it
     return result

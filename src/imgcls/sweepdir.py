@@ -48,10 +48,12 @@ class SweepDir:
     best = property(lambda self: self.path / BEST)
 
     @classmethod
-    def for_new_sweep(cls, out: str | None, dataset: str, overwrite: bool) -> SweepDir:
+    def for_new_sweep(cls, out: str | None, dataset: str, overwrite: bool, check: bool = True) -> SweepDir:
         path = Path(out) if out else Path("runs") / f"sweep-{dataset}-{_now()}"
-        RunDir.for_new_run(str(path), dataset, overwrite=True)  # its checks of where a folder may go
         sweep = cls(path)
+        if not check:
+            return sweep
+        RunDir.for_new_run(str(path), dataset, overwrite=True)  # its checks of where a folder may go
         if path.is_dir():
             others = sorted(entry.name for entry in os.scandir(path) if entry.name not in OWN
                             and not entry.name.startswith(".imgcls") and not entry.name.endswith(".tmp"))
@@ -102,8 +104,9 @@ class SweepDir:
         return self.path / RESUME / f"group-{group:03d}.safetensors"
 
     def write_results(self, records: list[dict], summary: dict) -> None:
-        write_json_atomic(self.results, {**summary, "points": records})
+        """sweep.csv, then sweep.json: written last, it marks the sweep finished."""
         write_text_atomic(self.table, _csv(records))
+        write_json_atomic(self.results, {**summary, "points": records})
 
     def link_best(self, index: int) -> None:
         temporary = self.path / f"{BEST}.tmp"
