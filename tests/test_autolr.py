@@ -4,15 +4,18 @@ so that a run repeats from its config.yaml; `imgcls lr-find`; and the plateau sc
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 
 import pytest
 import torch
 import yaml
 
+from conftest import plain, start_python
 from imgcls import checkpoint as ckpt
-from imgcls.config import build_config
+from imgcls.config import ScheduleConfig, build_config
 from imgcls.lrsearch import CANDIDATES
-from imgcls.config import ScheduleConfig
 from imgcls.schedule import Plateau, Schedule
 
 EPOCHS = "3"
@@ -87,3 +90,31 @@ def test_plateau_has_no_warmup(assert_user_error, cli, tmp_path):
     result = cli("train", "--warmup-epochs", "1", "--out", tmp_path / "run")
     assert_user_error(result, "--warmup-epochs", "plateau")
     assert build_config(None, {"warmup_epochs": 1.0, "schedule": "cosine"}).schedule.warmup_epochs == 1.0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_rate_search_stops_within_seconds_and_writes_nothing(signum, mnist_root, tmp_path):
+    """Online SGD's search is long (11 rates, 2 epochs of single images): the first Ctrl-C or SIGTERM ends it after
+    the step in flight, with exit 130, one line saying nothing was written, and no run folder."""
+    out = tmp_path / "run"
+    process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--batch-size",
+                           "1", "--epochs", "2", "--limit", "3000", "--device", "cpu", "--out", out)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any("--lr auto: training" in line for line in lines):
+        assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    sent = time.monotonic()
+    process.wait(timeout=60)
+    waited = time.monotonic() - sent
+    reader.join(timeout=10)
+    text = plain("".join(lines))
+    assert process.returncode == 130, text
+    assert waited < 10, f"{waited:.1f} s after the signal"
+    assert "Traceback" not in text and "learning-rate search" in text.splitlines()[-1]
+    assert "nothing was written" in text.splitlines()[-1]
+    assert not (out / "config.yaml").exists() and not (out / "last.safetensors").exists()

@@ -309,7 +309,7 @@ def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user
 @pytest.mark.parametrize("where, words, then", [
     ("imgcls.train.prepare_once", ["interrupted before training began", "nothing was written",
                                    "run the same command again"], None),
-    ("imgcls.train.finish", ["training finished and checkpoints are whole", "final test evaluation",
+    ("imgcls.engine.Engine.finish", ["training finished and checkpoints are whole", "final test evaluation",
                              "imgcls train --resume"], "resume"),
     ("imgcls.figures.write_run_figures", ["the run is finished", "interrupted while drawing figures",
                                           "imgcls report"], "report"),
@@ -346,19 +346,19 @@ def test_a_diverged_run_is_never_offered_resume_but_a_lower_lr(cli, tiny_cifar_s
                                                                   assert_user_error):
     """The validation loss becomes NaN after epoch 2 (as a too-high --lr makes it): epoch 1's checkpoints stay,
     and every later message says how to go on: a new run with a lower --lr, since resuming repeats the NaN."""
-    import imgcls.train
+    from imgcls.stacked import Stack
 
-    real_evaluate, calls = imgcls.train.evaluate, []
+    real_evaluate, calls = Stack.evaluate, []
 
     def evaluate(*args, **kwargs):
         metrics = real_evaluate(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2:
-            metrics.loss = math.nan
+            metrics[0].loss = math.nan
         return metrics
 
     out = tmp_path / "run"
-    monkeypatch.setattr(imgcls.train, "evaluate", evaluate)
+    monkeypatch.setattr(Stack, "evaluate", evaluate)
     assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out, epochs=3), "diverged", "lower --lr")
     monkeypatch.undo()
     assert (out / "last.safetensors").is_file() and "diverged" in (out / "diverged.txt").read_text()

@@ -156,3 +156,77 @@ def test_a_leftover_distributed_environment_is_one_clear_error(cli, tiny_cifar_r
             if command == "train" else ["eval", out, "--device", "cpu"])
     assert_user_error(cli(*args), *words)
     assert not (tmp_path / "run").exists()
+
+
+# --- the rate search and sweeps: the same engine, the same distributed path ----------------------------------------
+
+SEARCH = ["train", "--dataset", "mnist", "--limit", "6000", "--epochs", "2", "--batch-size", "256", "--device", "cpu",
+          "--quiet"]  # no --lr: the default searches it
+
+
+def chosen_rate(out: Path) -> float:
+    import yaml
+
+    return yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def searched_on_one(mnist_root, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("search") / "one"
+    done = run_imgcls_on(1, [*SEARCH, "--data-dir", mnist_root, "--out", out])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, json.loads(done.stdout)
+
+
+def test_the_default_rate_search_under_torchrun_chooses_what_one_process_chooses(searched_on_one, mnist_root,
+                                                                                 tmp_path):
+    """--lr auto's stacked search runs in every process on its part of each batch: the rate chosen, and the run
+    trained with it, are one process's."""
+    one, metrics = searched_on_one
+    out = tmp_path / "two"
+    done = run_imgcls_on(2, [*SEARCH, "--data-dir", mnist_root, "--out", out])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert chosen_rate(out) == chosen_rate(one)
+    assert json.loads(done.stdout)["test"]["top1"] == pytest.approx(metrics["test"]["top1"], abs=0.002)
+    assert_same_weights(one / "best.safetensors", out / "best.safetensors", atol=1e-5)
+
+
+def test_two_launchers_as_two_nodes_train_as_one_process(searched_on_one, mnist_root, tmp_path):
+    """Two torchrun launchers meeting through c10d on this machine, as two nodes of one process each would."""
+    one, metrics = searched_on_one
+    out, port = tmp_path / "nodes", free_port()
+    launch = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "imgcls-test"]
+    nodes = [start_python(*launch, "-m", "imgcls", *SEARCH, "--data-dir", mnist_root, "--out", out, env=ONE_THREAD)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    printed = [json.loads(stdout) for stdout, _ in outputs if stdout.strip()]
+    assert len(printed) == 1, "only the main process prints"
+    assert chosen_rate(out) == chosen_rate(one)
+    assert printed[0]["test"]["top1"] == pytest.approx(metrics["test"]["top1"], abs=0.002)
+
+
+def test_a_sweep_under_torchrun_is_the_sweep_of_one_process(mnist_root, tmp_path):
+    grid = ["sweep", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", "3000", "--epochs", "2",
+            "--batch-size", "64", "--lr", "0.001,0.01", "--momentum", "0,0.9", "--device", "cpu", "--quiet"]
+    results = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        done = run_imgcls_on(processes, [*grid, "--out", out])
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[processes] = json.loads((out / "sweep.json").read_text())
+    assert results[2]["best_point"] == results[1]["best_point"]
+    for a, b in zip(results[1]["points"], results[2]["points"]):
+        assert (a["val_top1"], a["test_top1"], a["best_epoch"]) == (b["val_top1"], b["test_top1"], b["best_epoch"])
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert_same_weights(tmp_path / "p1" / a["run"] / "best.safetensors", tmp_path / "p2" / b["run"] /
+                            "best.safetensors", atol=1e-5)

@@ -134,15 +134,16 @@ def test_test_images_of_another_size_are_refused_before_training(cli, image_fold
 
 def test_skip_bad_images_survives_a_batch_with_nothing_readable(cli, image_folder, tmp_path, assert_ok):
     root = small_folder(image_folder, tmp_path / "data")
-    assert_ok(cli(*small_args(root, tmp_path / "whole", "--skip-bad-images", "--batch-size", 1, "--epochs", 1)))
+    rate = ("--lr", 0.05, "--schedule", "cosine")  # a rate that moves at every step of the plan
+    assert_ok(cli(*small_args(root, tmp_path / "whole", "--skip-bad-images", "--batch-size", 1, "--epochs", 1, *rate)))
     for name in ("000.png", "001.png"):  # one of them at least in the training part, alone in its batch
         (root / "train" / "ant" / name).write_bytes(b"\x89PNG\r\n\x1a\n damaged")
-    assert_ok(cli(*small_args(root, tmp_path / "run", "--skip-bad-images", "--batch-size", 1, "--epochs", 1)))
+    assert_ok(cli(*small_args(root, tmp_path / "run", "--skip-bad-images", "--batch-size", 1, "--epochs", 1, *rate)))
     saved, whole = (ckpt.load(tmp_path / run / "last.safetensors") for run in ("run", "whole"))
     assert saved.meta["epoch"] == 1
     # an unreadable batch is still a step of the epoch's plan: the schedule moved as far as in the undamaged run,
     # so the checkpoint agrees with its own step count and can resume
-    assert saved.meta["resume"]["scheduler"]["last_epoch"] == whole.meta["resume"]["scheduler"]["last_epoch"]
+    assert saved.meta["resume"]["history"][-1]["lr_last"] == whole.meta["resume"]["history"][-1]["lr_last"]
 
 
 def test_a_damaged_test_image_gets_a_short_clean_reason_before_training(cli, tiny_cifar, tmp_path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +15,8 @@ from imgcls import checkpoint as ckpt
 from imgcls import sweep as sweeping
 from imgcls.config import build_config, settings
 from imgcls.grid import Point, parse_values
-from imgcls.report import Reporter
 from imgcls.engine import Engine
+from imgcls.report import Reporter
 from imgcls.sweepdir import SweepDir
 from imgcls.train import train
 
@@ -247,3 +248,155 @@ def test_a_damaged_grid_in_sweep_yaml_is_one_error_line(cli, tmp_path, assert_us
     spec["grid"]["bogus"] = [1, 2]
     (tmp_path / "s" / "sweep.yaml").write_text(yaml.safe_dump(spec))
     assert_user_error(cli("sweep", "--resume", tmp_path / "s"), "bogus", "not an option")
+
+
+# --- a sweep's state is always whole: kills, full disks, edits ---------------------------------------------------------
+
+WHOLE_GRID = {"lr": "0.003,0.3", "momentum": "0.9", "batch_size": "64", "limit": "400", "patience": "1"}
+
+
+class Killed(BaseException):
+    """What SIGKILL does at that moment: nothing after it runs (here only `finally` clauses do)."""
+
+
+def fail_write(monkeypatch, at: int, error: BaseException) -> dict:
+    """Raise `error` in place of the `at`-th file write (every file imgcls writes whole ends in os.replace)."""
+    real, count = os.replace, {"n": 0}
+
+    def replace(source, target):
+        count["n"] += 1
+        if count["n"] == at:
+            raise error
+        return real(source, target)
+
+    monkeypatch.setattr("imgcls.files.os.replace", replace)
+    return count
+
+
+def sweep_files(out: Path) -> tuple:
+    """What a finished sweep is: its records but the seconds, its table but the seconds, every point's weights."""
+    summary = json.loads((out / "sweep.json").read_text())
+    records = [{k: v for k, v in record.items() if k != "seconds"} for record in summary["points"]]
+    table = [line.rsplit(",", 1)[0] for line in (out / "sweep.csv").read_text().splitlines()]
+    weights = []
+    for record in summary["points"]:
+        for name in ("best.safetensors", "last.safetensors"):
+            checkpoint = ckpt.load(out / record["run"] / name)
+            weights.append((checkpoint.weight, checkpoint.bias))
+    return summary["best_point"], records, table, weights, os.readlink(out / "best")
+
+
+def assert_same_sweep(a: tuple, b: tuple) -> None:
+    assert a[:3] == b[:3] and a[4] == b[4]
+    assert all(torch.equal(x, y) for pair_a, pair_b in zip(a[3], b[3]) for x, y in zip(pair_a, pair_b))
+
+
+@pytest.fixture(scope="module")
+def whole_sweep(tmp_path_factory) -> tuple[tuple, int]:
+    """An unbroken sweep, and how many files it wrote."""
+    folder = tmp_path_factory.mktemp("whole")
+    run_sweep(folder / "first", **WHOLE_GRID)  # the data decoded and cached: no sweep below writes the cache
+    with pytest.MonkeyPatch.context() as patch:
+        count = fail_write(patch, 0, Killed())
+        run_sweep(folder / "sweep", **WHOLE_GRID)
+    return sweep_files(folder / "sweep"), count["n"]
+
+
+def test_a_sweep_killed_at_any_of_its_file_writes_resumes_to_the_unbroken_sweep(whole_sweep, tmp_path,
+                                                                                 monkeypatch):
+    """Killed in place of each write it makes, in turn, then resumed (or started again, if not even sweep.yaml was
+    written): every time the same points, table, weights and choice as a sweep never killed."""
+    expected, writes = whole_sweep
+    assert writes > 20
+    for at in range(1, writes + 1):
+        out = tmp_path / f"cut{at}"
+        with monkeypatch.context() as patch, pytest.raises(Killed):
+            fail_write(patch, at, Killed())
+            run_sweep(out, **WHOLE_GRID)
+
+        if (out / "sweep.yaml").is_file():
+            resume_sweep(out)
+        else:
+            run_sweep(out, **WHOLE_GRID)
+        assert_same_sweep(sweep_files(out), expected), at
+
+
+def test_a_full_disk_stops_a_sweep_in_one_line_and_it_resumes_once_space_is_freed(whole_sweep, tmp_path, cli,
+                                                                                  monkeypatch, assert_user_error):
+    import errno
+
+    expected, writes = whole_sweep
+    flags = [item for name, value in WHOLE_GRID.items() for item in (settings()[name].flag, value)]
+    for at in range(2, writes + 1, 5):
+        out = tmp_path / f"full{at}"
+        with monkeypatch.context() as patch:
+            fail_write(patch, at, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+            assert_user_error(cli("sweep", *flags, "--epochs", EPOCHS, "--device", "cpu", "--out", out),
+                              "No space left on device")
+        monkeypatch.undo()
+        result = cli("sweep", "--resume", out, "-q")
+        assert result.exit_code == 0, result.output
+        assert_same_sweep(sweep_files(out), expected), at
+
+
+def test_a_sweep_killed_for_real_at_random_moments_resumes_to_the_unbroken_sweep(mnist_root, tmp_path):
+    """SIGKILL to a real sweep process at seeded random moments, each resume killed again, until one finishes."""
+    import random
+
+    from conftest import run_imgcls, start_python
+
+    args = ["--dataset", "mnist", "--data-dir", mnist_root, "--limit", "2000", "--epochs", "3", "--batch-size", "32",
+            "--lr", "0.001,0.01", "--momentum", "0,0.9", "--device", "cpu", "--quiet"]
+    whole = run_imgcls("sweep", *args, "--out", tmp_path / "whole", timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    draw, out = random.Random(21), tmp_path / "cut"
+    command = ["sweep", *args, "--out", out]
+    for _ in range(3):
+        process = start_python("-m", "imgcls", *command)
+        try:
+            process.wait(timeout=draw.uniform(2.5, 5.0))
+        except Exception:
+            process.kill()
+            process.wait()
+        if (out / "sweep.json").is_file():
+            break
+        command = ["sweep", "--resume", out, "--quiet"] if (out / "sweep.yaml").is_file() else command
+    finished = run_imgcls(*command, timeout=300) if not (out / "sweep.json").is_file() else None
+    assert finished is None or finished.returncode == 0, finished.stderr
+    assert_same_sweep(sweep_files(out), sweep_files(tmp_path / "whole"))
+
+
+def test_resume_refuses_an_edited_point_or_sweep_yaml_and_an_older_sweep(tmp_path, cli, monkeypatch,
+                                                                         assert_user_error):
+    import yaml
+
+    with monkeypatch.context() as patch:
+        InterruptAfter(patch, 3)
+        with pytest.raises(sweeping.SweepInterrupted):
+            run_sweep(tmp_path / "s", lr="0.01,0.1")
+    point = tmp_path / "s" / "points" / "001" / "config.yaml"
+    original = point.read_text()
+    config = yaml.safe_load(original)
+    config["optim"]["lr"] = 0.3
+    point.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert_user_error(cli("sweep", "--resume", tmp_path / "s"), "points/001/config.yaml", "optim.lr", "0.3")
+    point.write_text(original)
+    spec_file = tmp_path / "s" / "sweep.yaml"
+    spec_text = spec_file.read_text()
+    spec = yaml.safe_load(spec_text)
+    spec["base"]["optim"]["weight_decay"] = 0.5
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert_user_error(cli("sweep", "--resume", tmp_path / "s"), "sweep.yaml", "optim.weight_decay")
+    spec_file.write_text(spec_text)
+    state = tmp_path / "s" / "resume" / "group-000.safetensors"
+    state.rename(tmp_path / "s" / "points" / "000" / "last.safetensors")  # as an older imgcls left its sweeps
+    assert_user_error(cli("sweep", "--resume", tmp_path / "s"), "older imgcls", "start a new sweep")
+
+
+def test_a_one_point_sweep_is_imgcls_train_bit_for_bit(tmp_path):
+    flags = {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.001, "threads": 1}
+    run_sweep(tmp_path / "sweep", **{name: str(value) for name, value in flags.items()})
+    alone = train_alone(tmp_path / "alone", flags)
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = ckpt.load(alone.run_dir.path / name), ckpt.load(tmp_path / "sweep" / "points" / "000" / name)
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), name

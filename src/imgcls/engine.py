@@ -127,15 +127,16 @@ class Engine:
 
     # --- resuming ---
 
-    def resume(self) -> None:
-        """Every model where the stack's state file left it, after checking that it belongs to these runs."""
+    def resume(self, source: str = "config.yaml") -> None:
+        """Every model where the stack's state file left it, after checking that it belongs to these runs (their
+        configs, read from `source`, and their data)."""
         saved = ckpt.load_stack(self.state_file)
         if len(saved) != len(self.models):
             raise UserError(f"{self.state_file} holds {len(saved)} models where this stack has {len(self.models)}; "
                             f"it is not this run's: start a new one")
         for index, (model, checkpoint) in enumerate(zip(self.models, saved)):
             try:
-                check_same_run(checkpoint, model.config, self.data)
+                check_same_run(checkpoint, model.config, self.data, source)
                 model.diverged = restore(checkpoint, self.stack, index, model, self.device, self.shard)
             except UserError as error:
                 raise UserError(f"{self.state_file} cannot resume: {error}") from None
@@ -229,8 +230,8 @@ class Engine:
     def running_sums(self) -> list[torch.Tensor]:
         """This epoch's loss, weight and correct counts of every model as (P,) columns, restored ones included."""
         progress = [model.progress for model in self.models]
-        return [torch.stack([p.loss_sum.float() for p in progress]), torch.stack([p.weight_sum.float() for p in progress]),
-                torch.stack([p.correct for p in progress])]
+        return [torch.stack([p.loss_sum.float() for p in progress]),
+                torch.stack([p.weight_sum.float() for p in progress]), torch.stack([p.correct for p in progress])]
 
     def keep_sums(self, sums: list[torch.Tensor]) -> None:
         for index in self.active():
@@ -255,7 +256,7 @@ class Engine:
             "lower --lr (the last good checkpoints are kept)" if kept else
             "lower --lr and start again, with --overwrite to reuse --out (no epoch had finished, so no checkpoint "
             "was kept)")
-        if model.run is not None and self.writes:
+        if model.run is not None and self.writes and (kept or not self.single):  # a run with nothing kept is no run
             model.run.mark_diverged(model.diverged)
         if self.single:
             raise Diverged(model.diverged)

@@ -71,10 +71,15 @@ class Stack:
         weights = torch.empty(count, device=scores.device)
         single = len(self.loss_groups) == 1
         gradient = None if single else torch.empty_like(scores)
+        scale = 1.0
         for rows, loss in self.loss_groups:
             loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(
                 scores if single else scores.index_select(0, rows), labels)
-            group_gradient.div_(mean_denominator(loss.weight_of(batch_labels)))  # the mean over the whole batch
+            denominator = mean_denominator(loss.weight_of(batch_labels))  # the mean over the whole batch
+            if single and not torch.is_tensor(denominator):
+                scale = 1.0 / denominator  # folded into the product below
+            else:
+                group_gradient.div_(denominator)
             if single:
                 gradient = group_gradient
             else:
@@ -82,9 +87,12 @@ class Stack:
             sums.index_copy_(0, rows, loss_sum)
             weights.index_copy_(0, rows, torch.as_tensor(weight, dtype=weights.dtype,
                                                          device=weights.device).expand(len(rows)))
-        weight_gradient = torch.mm(gradient.view(count * classes, -1), pixels).view_as(self.weight)
-        stats = StepStats(sums, weights, (scores.argmax(1) == labels).sum(1))
-        return weight_gradient, gradient.sum(2), stats
+        flat = gradient.view(count * classes, -1)
+        weight_gradient = torch.mm(flat, pixels) if scale == 1.0 else torch.addmm(self.weight.view(count * classes, -1),
+                                                                                flat, pixels, beta=0, alpha=scale)
+        bias_gradient = gradient.sum(2) if scale == 1.0 else gradient.sum(2).mul_(scale)
+        stats = StepStats(sums, weights, (scores.max(1).indices == labels).sum(1))  # max: argmax over a middle dim is slow
+        return weight_gradient.view_as(self.weight), bias_gradient, stats
 
     def autograd_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
                           autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
@@ -99,7 +107,7 @@ class Stack:
             sums.append(loss_sum.detach())
             weights.append(torch.as_tensor(loss_weight, dtype=torch.float32, device=pixels.device))
         weight_gradient, bias_gradient = torch.autograd.grad(total, (weight, bias))
-        correct = (scores.detach().argmax(1) == labels).sum(1)
+        correct = (scores.detach().max(1).indices == labels).sum(1)
         return weight_gradient, bias_gradient, StepStats(torch.stack(sums).float(), torch.stack(weights), correct)
 
     @torch.no_grad()
@@ -120,7 +128,10 @@ class Stack:
         direction = gradient
         if torch.is_tensor(momentum) or momentum:
             momentum = momentum.view(shape) if torch.is_tensor(momentum) else momentum
-            velocity.mul_(momentum).add_(gradient)  # v = momentum * v + d
+            if torch.is_tensor(momentum):  # v = momentum * v + d
+                velocity.mul_(momentum).add_(gradient)
+            else:
+                torch.add(gradient, velocity, alpha=momentum, out=velocity)
             if torch.is_tensor(nesterov):  # d + momentum * v for the Nesterov models, v for the others
                 direction = torch.where(nesterov.view(shape) > 0, gradient + velocity * momentum, velocity)
             elif nesterov:

@@ -138,8 +138,8 @@ def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: t
         engine = Engine(models, data, train_batches, make_eval_batches(data, "val", device, shard), device, state,
                         stop, Quiet(bar), shard)
         if resume and state.is_file():
+            engine.resume("sweep.yaml")
             check_points_unedited(models)
-            engine.resume()
         elif resume and any(model.run.last.is_file() for model in models):
             raise UserError(f"{sweep.path} was written by an older imgcls, whose sweeps kept no {state.name}; it "
                             f"cannot resume: start a new sweep (its finished points' run folders stay usable)")
@@ -158,8 +158,8 @@ def check_points_unedited(models: list[Model]) -> None:
         if model.run.config.is_file():
             changed = config_changes(model.run.read_config(), model.config.to_dict())
             if changed:
-                raise UserError(f"{model.run.config} no longer matches the sweep it belongs to: {'; '.join(changed[:3])}"
-                                f"; put it back as it was, or start a new sweep")
+                raise UserError(f"{model.run.config} no longer matches the sweep it belongs to: "
+                                f"{'; '.join(changed[:3])}; put it back as it was, or start a new sweep")
 
 
 def saved_threads(sweep: SweepDir, group: Group) -> int | None:
