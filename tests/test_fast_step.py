@@ -51,20 +51,6 @@ def test_fast_step_trains_to_the_reference_loops_weights(flags, mnist_root, tmp_
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["ce", "nll", "mse"])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_loss_and_gradient_with_classes_first_is_the_transpose(name, weighted):
-    torch.manual_seed(2)
-    scores, targets = torch.randn(40, 6), torch.randint(0, 6, (40,))
-    loss = Loss(name, torch.rand(6) + 0.1 if weighted else None)
-    by_rows = loss.loss_and_gradient(scores, targets)
-    by_columns = loss.loss_and_gradient(scores.t().contiguous(), targets, class_dim=0)
-    assert torch.allclose(by_rows[0], by_columns[0], rtol=1e-6)
-    assert float(by_rows[1]) == pytest.approx(float(by_columns[1]), rel=1e-6)
-    assert torch.allclose(by_rows[2], by_columns[2].t(), atol=1e-7)
-    assert torch.allclose(by_rows[0], loss.sum_and_weight(scores, targets)[0], rtol=1e-6)
-
-
 def stack_of(models: list[LinearClassifier], losses: list[Loss], configs: list[OptimConfig]) -> Stack:
     weight = torch.stack([m.linear.weight.detach().clone() for m in models])
     bias = torch.stack([m.linear.bias.detach().clone() for m in models])

@@ -63,42 +63,29 @@ class Loss:
         return self.class_weights.to(targets.device)[targets].sum()
 
     def score_gradient(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """d(sum_i w[y_i] l_i)/d scores for (n, K) scores."""
-        return self.loss_and_gradient(scores, targets)[2]
-
-    def loss_and_gradient(self, scores: torch.Tensor, targets: torch.Tensor, class_dim: int = 1
-                          ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
-        """The weighted loss sum, the sum of weights, and d(loss sum)/d scores by the lecture's formulas,
-        sharing one softmax: softmax(s) - onehot(y) for ce and nll, 2 (s - onehot(y)) for mse, each
-        sample's gradient times its class weight. `class_dim` is 1 for (n, K) scores, 0 for (K, n)."""
-        per_sample, weight, gradient = self._per_sample_and_gradient(scores, targets.unsqueeze(class_dim), targets,
-                                                                     class_dim)
-        return per_sample.sum(), weight, gradient
+        """d(sum_i w[y_i] l_i)/d scores for (n, K) scores: the training step's own formula, for one model."""
+        return self.stacked_loss_and_gradient(scores.t().unsqueeze(0), targets)[2][0].t()
 
     def stacked_loss_and_gradient(self, scores: torch.Tensor, targets: torch.Tensor
                                   ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
-        """loss_and_gradient for P models at once, scores (P, K, n): each model's loss sum (P,), the sum of
-        weights (the same for all), and the gradient (P, K, n)."""
+        """For P models' scores (P, K, n): each model's weighted loss sum (P,), the sum of weights (the same for
+        all), and d(loss sum)/d scores (P, K, n) by the lecture's formulas, sharing one softmax: softmax(s) -
+        onehot(y) for ce and nll, 2 (s - onehot(y)) for mse, each sample's gradient times its class weight."""
         picked = targets.view(1, 1, -1).expand(len(scores), 1, -1)
-        per_sample, weight, gradient = self._per_sample_and_gradient(scores, picked, targets, 1)
-        return per_sample.sum(-1), weight, gradient
-
-    def _per_sample_and_gradient(self, scores: torch.Tensor, picked: torch.Tensor, targets: torch.Tensor,
-                                 class_dim: int) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
         minus_one = torch.full(picked.shape, -1.0, dtype=scores.dtype, device=scores.device)
         if self.name == "mse":
-            gradient = scores.clone().scatter_add_(class_dim, picked, minus_one)  # s - onehot(y)
-            per_sample = gradient.square().sum(class_dim)
+            gradient = scores.clone().scatter_add_(1, picked, minus_one)  # s - onehot(y)
+            per_sample = gradient.square().sum(1)
             gradient.mul_(2)
         else:
-            log_probs = torch.log_softmax(scores, class_dim)
-            per_sample = log_probs.gather(class_dim, picked).squeeze(class_dim).neg_()
-            gradient = log_probs.exp_().scatter_add_(class_dim, picked, minus_one)
+            log_probs = torch.log_softmax(scores, 1)
+            per_sample = log_probs.gather(1, picked).squeeze(1).neg_()
+            gradient = log_probs.exp_().scatter_add_(1, picked, minus_one)
         if self.class_weights is None:
-            return per_sample, self.weight_of(targets), gradient
+            return per_sample.sum(-1), self.weight_of(targets), gradient
         weights = self.class_weights.to(scores.device, scores.dtype)[targets]
-        gradient.mul_(weights if gradient.dim() == 3 else weights.unsqueeze(class_dim))  # each sample's column
-        return per_sample * weights, weights.sum(), gradient
+        gradient.mul_(weights)  # each sample's column
+        return (per_sample * weights).sum(-1), weights.sum(), gradient
 
     def sum_and_weight(self, scores: torch.Tensor,
                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
