@@ -374,7 +374,7 @@ def write_final_metrics(model: Model, data: PreparedData, val: Metrics, test: Me
 class Quiet:
     """A view that shows nothing: the rate search's, or a group of a sweep with a bar of its own."""
 
-    def __init__(self, bar=None, epochs: int = 1):
+    def __init__(self, bar=None):
         self.bar, self.epoch, self.steps = bar, 0, 1
 
     def epoch_start(self, epoch: int, steps: int) -> None:

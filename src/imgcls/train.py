@@ -56,7 +56,7 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
     autocast = set_precision(config.train.precision, device)
     run = resume or distributed.from_main(RunDir.for_new_run(config.output.out, config.data.dataset, overwrite))
     with reporter.decoding() as decoding_progress:
-        data = prepare_once(config, shard, decoding_progress)
+        data = prepare_once(config, shard, stoppable(decoding_progress, stop))
     reporter.data_ready(data)
     _stop_between_phases(stop, device, run, "while the data was loaded", resume is not None)
 
@@ -76,7 +76,7 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
         engine.start_runs()
     else:
         engine.resume()
-        if shard.is_main and ckpt_data_dir(run) != config.data.data_dir:
+        if shard.is_main and run.read_config().get("data", {}).get("data_dir") != config.data.data_dir:
             run.write_config(config.to_dict())  # the data was moved: the next resume looks where it is now
         reporter.note(f"resuming {run.path} at epoch {model.progress.epoch + 1}, step {model.progress.step}")
     try:
@@ -91,8 +91,15 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
     return RunResult(run, model.progress.best_epoch + 1, val, test, train_batches.batch_size, model.progress.history)
 
 
-def ckpt_data_dir(run: RunDir) -> str | None:
-    return (run.read_config().get("data") or {}).get("data_dir")
+def stoppable(progress: ProgressCallback | None, stop: StopRequest) -> ProgressCallback:
+    """The decoding's progress callback, which also obeys the signal rule: after a signal, decoding stops at the
+    end of the chunk under way (as a second Ctrl-C would), and nothing is written."""
+    def update(done: int, total: int) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        if progress is not None:
+            progress(done, total)
+    return update
 
 
 def _stop_between_phases(stop: StopRequest, device: torch.device, run: RunDir, when: str, resumed: bool) -> None:
@@ -128,10 +135,11 @@ def find_lr(config: Config, reporter) -> LrSearch:
     with cpu_threads(config.train.threads), stop_on_signals() as stop:
         shard, device = distributed.setup(resolve_device(config.train.device))
         with reporter.decoding() as decoding_progress:
-            data = prepare_once(config, shard, decoding_progress)
+            data = prepare_once(config, shard, stoppable(decoding_progress, stop))
         reporter.data_ready(data)
         batch_size = resolve_batch_size(config, data, device, reporter)
-        step_threads(config.train.threads, batch_size, math.prod(data.shape), len(data.classes), device, shard.world)
+        step_threads(config.train.threads, batch_size, math.prod(data.shape), len(data.classes) * len(CANDIDATES),
+                     device, shard.world)
         try:
             return search_lr(config, data, batch_size, device, stop, shard)
         except Interrupted:
