@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from imgcls import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config, DataConfig
@@ -14,7 +12,8 @@ from imgcls.data.types import Normalization
 from imgcls.device import cpu_threads, resolve_device
 from imgcls.errors import UserError
 from imgcls.losses import Loss, class_weights
-from imgcls.metrics import Metrics, evaluate
+from imgcls.metrics import Metrics
+from imgcls.stacked import Hyper, Stack
 
 
 def saved_config(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> Config:
@@ -44,8 +43,9 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
                         f"{data.shape}; point --data-dir at the dataset it was trained on")
     batches = make_eval_batches(data, split, device, shard)
     weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
-    model = checkpoint.model().to(device)
-    # the run's own thread count: the sums' order, and so their last bits, are then metrics.json's
-    with torch.inference_mode(), cpu_threads(config.train.threads if device.type == "cpu" else None):
-        return evaluate(model, batches, Loss(config.loss.loss, weights), len(data.classes),
-                        checkpoint.meta.get("superclass_of"))
+    # as training measured it: a stack of one model, on the run's own thread count (the sums' order, and so
+    # their last bits, are then metrics.json's)
+    stack = Stack(checkpoint.weight.float()[None].to(device), checkpoint.bias.float()[None].to(device),
+                  [Loss(config.loss.loss, weights)], [Hyper(0.0, False, 0.0)])
+    with cpu_threads(config.train.threads if device.type == "cpu" else None):
+        return stack.evaluate(batches, checkpoint.meta.get("superclass_of"))[0]

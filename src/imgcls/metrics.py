@@ -97,14 +97,3 @@ def superclass_confusion(confusion: torch.Tensor, superclass_of: torch.Tensor) -
     groups = int(superclass_of.max()) + 1
     members = torch.nn.functional.one_hot(superclass_of, groups).to(confusion.dtype)  # (K, S)
     return members.t() @ confusion @ members
-
-
-@torch.inference_mode()
-def evaluate(model, batches, loss, num_classes: int, superclass_of: list[int] | None = None) -> Metrics:
-    """Metrics of `model` over every image of `batches`, each counted once."""
-    model.eval()
-    accumulator = MetricsAccumulator(num_classes, batches.device, superclass_of)
-    for pixels, labels, _ in batches.epoch():
-        scores = model(pixels).float()
-        accumulator.add(scores, labels, *loss.sum_and_weight(scores, labels))
-    return accumulator.result()
