@@ -213,7 +213,7 @@ def sweep(
     step for all of them. The sweep folder holds sweep.csv, sweep.json, sweep.png, a run folder per point, and
     `best`, the chosen run, which eval, predict, report and export-templates take like any run."""
     from imgcls import sweep as sweeping
-    from imgcls.report import Reporter, sweep_table
+    from imgcls.report import Reporter
     from imgcls.sweepdir import SweepDir
 
     if resume is not None:
@@ -244,10 +244,16 @@ def sweep(
             raise typer.Exit(130) from None
         finally:
             distributed.teardown()
-        if not is_main:
-            return
-        if result.best is not None:
+        if is_main and result.best is not None:
             _after_sweep(target.best.resolve(), reporter)
+    if is_main:
+        _sweep_summary(result, target, reporter, quiet)
+
+
+def _sweep_summary(result, target, reporter, quiet: bool) -> None:
+    """The points by validation top-1, the choice, and (--quiet) the JSON summary; exit 2 if every point diverged."""
+    from imgcls.report import sweep_table
+
     reporter.show(sweep_table(result.records, result.best))
     count = len(result.records)
     if result.best is None:

@@ -239,9 +239,12 @@ class Engine:
             progress.loss_sum, progress.weight_sum, progress.correct = (column[index].clone() for column in sums)
 
     def check_finite(self, sums: list[torch.Tensor], active: list[int]) -> None:
-        finite = torch.isfinite(sums[0]).tolist()
+        """A model whose running loss is no longer finite, in any process, diverges in every process alike."""
+        infinite = (~torch.isfinite(sums[0])).to(torch.int32)
+        distributed.sum_across(infinite)  # a process whose part of the batch was empty still sees a finite 0
+        infinite = infinite.tolist()
         for index in active:
-            if not finite[index]:
+            if infinite[index]:
                 progress = self.models[index].progress
                 self.diverge(index, f"the loss became {float(sums[0][index])} at epoch {progress.epoch + 1}, step "
                                     f"{progress.step}")
