@@ -126,7 +126,7 @@ def normalized(images, normalization):
     """The pixels exactly as training sees them, through Batches."""
     data = LabelledImages(images, torch.zeros(len(images), dtype=torch.int64))
     batches = Batches(data, normalization, len(images), torch.device("cpu"), shuffle=False)
-    (pixels, _, _), = list(batches.epoch())
+    (pixels, *_), = list(batches.epoch())
     return pixels.double().reshape(images.shape)
 
 
@@ -680,7 +680,7 @@ IDENTITY = Normalization(torch.zeros(1, 1, 1), torch.ones(1, 1, 1))
 
 def epoch_indices(batches, epoch):
     out = []
-    for pixels, labels, _ in batches.epoch(epoch):
+    for pixels, labels, *_ in batches.epoch(epoch):
         index = (pixels[:, 0] * 255).round().long()
         assert torch.equal(labels, index % 3)  # labels travel with their images
         out.append(index.tolist())

@@ -213,7 +213,7 @@ def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
     for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, read_back)
     for epoch in range(2):
-        for pixels, labels, batch_labels in batches.epoch(epoch):
+        for pixels, labels, batch_labels, _ in batches.epoch(epoch):
             stack.update(*stack.gradient(pixels, labels, batch_labels)[:2], [0.1])
     monkeypatch.undo()
     assert not torch.equal(stack.weight, torch.zeros_like(stack.weight))
@@ -255,3 +255,63 @@ def test_choosing_the_thread_count_draws_nothing_from_the_run_s_random_numbers()
     finally:
         torch.set_num_threads(before)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name, weighted", [("ce", False), ("nll", True), ("mse", False)])
+def test_a_model_s_sample_mask_gives_the_gradient_of_the_samples_it_sees(name, weighted):
+    """Each model of a stack may carry its own sample mask (a cross-validation's folds in one stack): its gradient,
+    loss and counts are those of the batch's samples it sees alone, also when the batch is split between processes
+    (each part's gradient summed, the mean taken over the whole batch's mask)."""
+    torch.manual_seed(8)
+    pixels, labels = torch.randn(30, 12), torch.randint(0, 4, (30,))
+    loss = Loss(name, torch.tensor([1.0, 2.0, 0.5, 1.5]) if weighted else None)
+    start = LinearClassifier((1, 3, 4), 4, init="normal", init_std=0.3)
+    config = OptimConfig(lr=0.1)
+    masks = torch.stack([torch.ones(30), (torch.arange(30) % 3 != 0).float(), torch.zeros(30)])
+    stack = stack_of([start] * 3, [loss] * 3, [config] * 3)
+    weight_gradient, bias_gradient, stats = stack.gradient(pixels, labels, labels, (masks, masks))
+    for index in range(2):
+        seen = masks[index].bool()
+        alone = stack_of([start], [loss], [config])
+        expected = alone.gradient(pixels[seen], labels[seen], labels[seen])
+        assert torch.allclose(weight_gradient[index], expected[0][0], atol=1e-6)
+        assert torch.allclose(bias_gradient[index], expected[1][0], atol=1e-6)
+        assert float(stats.loss_sum[index]) == pytest.approx(float(expected[2].loss_sum[0]), rel=1e-5)
+        assert float(stats.weight[index]) == pytest.approx(float(expected[2].weight[0]), rel=1e-6)
+        assert int(stats.correct[index]) == int(expected[2].correct[0])
+    assert not weight_gradient[2].any() and not bias_gradient[2].any()  # a batch it sees nothing of: no step
+    parts = [stack.gradient(pixels[part], labels[part], labels, (masks[:, part], masks))
+             for part in (slice(0, 13), slice(13, 30))]
+    assert torch.allclose(parts[0][0] + parts[1][0], weight_gradient, atol=1e-6)
+
+
+def test_masked_models_of_one_stack_train_as_each_alone():
+    """Two folds' models in one stack, each hidden the other's images, end where each ends trained alone."""
+    from imgcls.data.batches import make_batches, make_eval_batches
+    from imgcls.data.prepare import prepare
+    from imgcls.engine import Quiet, new_model
+    from imgcls.interrupt import StopRequest
+
+    cpu = torch.device("cpu")
+    config = build_config(None, {"limit": 300, "epochs": 2, "lr": 0.05, "batch_size": 32, "device": "cpu",
+                                 "schedule": "cosine"})
+    data = prepare(config.data, config.train.seed)
+    batches = make_batches(data, "train", 32, cpu, config.train.seed)
+    folds = [torch.arange(len(data.train)) % 2 == fold for fold in (0, 1)]
+
+    def trained(masks):
+        models = [new_model(config, data, None, len(batches), cpu) for _ in masks]
+        for model, mask in zip(models, masks):
+            model.sample_mask = mask
+        engine = Engine(models, data, batches, make_eval_batches(data, "val", cpu), cpu, None, StopRequest(), Quiet())
+        engine.train()
+        return engine
+
+    both = trained(folds)
+    for index, fold in enumerate(folds):
+        alone = trained([fold])
+        assert torch.allclose(both.stack.weight[index], alone.stack.weight[0], atol=1e-6)
+        for a, b in zip(both.models[index].progress.history, alone.models[0].progress.history, strict=True):
+            assert (a["train_top1"], a["val_top1"]) == (b["train_top1"], b["val_top1"])
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert not torch.allclose(both.stack.weight[0], both.stack.weight[1], atol=1e-3)

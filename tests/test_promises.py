@@ -69,11 +69,11 @@ def spy_on_steps(monkeypatch, before_step=None, after_step=None) -> None:
     """Wrap every training step of the engine (Engine.step); the callbacks get (engine, batch, rates)."""
     step = Engine.step
 
-    def wrapped(engine, *batch_and_rates):
-        *batch, rates = batch_and_rates
+    def wrapped(engine, pixels, labels, batch_labels, rates, masks=None):
+        batch = (pixels, labels, batch_labels)
         if before_step:
             before_step(engine, batch, rates)
-        stats = step(engine, *batch_and_rates)
+        stats = step(engine, *batch, rates, masks)
         if after_step:
             after_step(engine, batch, rates)
         return stats

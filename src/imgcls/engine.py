@@ -62,6 +62,7 @@ class Model:
     plateau: Plateau = field(default_factory=Plateau)
     progress: Progress = field(default_factory=Progress)
     diverged: str | None = None  # why, once it has
+    sample_mask: torch.Tensor | None = None  # (N,) its weight of each training image: 0 hides one from it
 
     @property
     def update(self) -> int:
@@ -117,6 +118,11 @@ class Engine:
         self.stack = Stack(weight, bias, [model.loss for model in models], hyper)
         self.autograd = any(model.config.train.gradient == "autograd" for model in models) or autocast is not None
         self.writes = shard.is_main  # under torchrun only the main process writes
+        self.masks = None if all(m.sample_mask is None for m in models) else torch.stack([
+            torch.ones(train_batches.num_images) if m.sample_mask is None else m.sample_mask.float()
+            for m in models]).to(device)  # (P, N)
+        if self.masks is not None and self.autograd:
+            raise UserError("sample masks train with the analytic gradient only; drop --gradient autograd and bf16")
 
     @property
     def single(self) -> bool:
@@ -184,19 +190,21 @@ class Engine:
         active = self.active()
         started = time.perf_counter() - self.models[active[0]].progress.seconds
         shown = 0.0  # when the view was last told: ten times a second is plenty
-        for pixels, labels, batch_labels in batches.epoch(epoch, start):
+        for pixels, labels, batch_labels, rows in batches.epoch(epoch, start):
             rates = [model.rate() for model in self.models]
             for index in active:
                 self.models[index].progress.note_rate(rates[index])
+            masks = self.batch_masks(rows, len(batch_labels))
             if len(labels) or world > 1:  # under torchrun every process takes part in each step
-                stats = self.step(pixels, labels, batch_labels, rates)
+                stats = self.step(pixels, labels, batch_labels, rates, masks)
                 sums[0].add_(stats.loss_sum)
                 sums[1].add_(stats.weight)
                 sums[2].add_(stats.correct)
             # else nothing readable in the whole batch (--skip-bad-images): no update, but still a step of the plan
             seconds = time.perf_counter() - started
+            seen = [len(labels)] * len(self.models) if masks is None else masks[0].sum(1).round().int().tolist()
             for index in active:
-                self.models[index].progress.advance(len(labels), seconds)
+                self.models[index].progress.advance(seen[index], seconds)
             step = self.models[active[0]].progress.step
             if step % sync_every == 0 or step == len(batches):
                 self.check_finite(sums, active)
@@ -215,14 +223,21 @@ class Engine:
         self.keep_sums(sums)
         return True
 
-    def step(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
-             rates: list[float]) -> StepStats:
+    def batch_masks(self, rows: torch.Tensor | None, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each model's sample mask at this batch's rows: (P, n) of this process's part, (P, N) of the whole."""
+        if self.masks is None:
+            return None
+        whole = self.masks.index_select(1, rows)
+        return whole[:, self.shard.part(size)], whole
+
+    def step(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor, rates: list[float],
+             masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepStats:
         """One SGD update of every model: the gradient of this process's part of the batch, summed over the
         processes of a torchrun world, then the update rule at each model's rate."""
         stack = self.stack
         weight_gradient, bias_gradient, stats = (
             stack.autograd_gradient(pixels, labels, batch_labels, self.autocast) if self.autograd
-            else stack.gradient(pixels, labels, batch_labels))
+            else stack.gradient(pixels, labels, batch_labels, masks))
         distributed.sum_across(weight_gradient, bias_gradient)
         stack.update(weight_gradient, bias_gradient, rates)
         return stats

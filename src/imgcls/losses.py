@@ -55,9 +55,11 @@ class Loss:
         total, weight = self.sum_and_weight(scores, targets)
         return total / mean_denominator(weight)
 
-    def weight_of(self, targets: torch.Tensor) -> torch.Tensor | float:
-        """The sum of the weights of these targets: the denominator of the weighted mean
-        (a plain count when unweighted, which costs the training step nothing)."""
+    def weight_of(self, targets: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor | float:
+        """The sum of the weights of these targets: the denominator of the weighted mean (a plain count when
+        unweighted, which costs the training step nothing); with masks (P, n), each model's sum (P,)."""
+        if masks is not None:
+            return masks.sum(1) if self.class_weights is None else masks @ self.class_weights.to(masks)[targets]
         if self.class_weights is None:
             return float(len(targets))
         return self.class_weights.to(targets.device)[targets].sum()
@@ -66,11 +68,12 @@ class Loss:
         """d(sum_i w[y_i] l_i)/d scores for (n, K) scores: the training step's own formula, for one model."""
         return self.stacked_loss_and_gradient(scores.t().unsqueeze(0), targets)[2][0].t()
 
-    def stacked_loss_and_gradient(self, scores: torch.Tensor, targets: torch.Tensor
+    def stacked_loss_and_gradient(self, scores: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor | None = None
                                   ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
         """For P models' scores (P, K, n): each model's weighted loss sum (P,), the sum of weights (the same for
-        all), and d(loss sum)/d scores (P, K, n) by the lecture's formulas, sharing one softmax: softmax(s) -
-        onehot(y) for ce and nll, 2 (s - onehot(y)) for mse, each sample's gradient times its class weight."""
+        all, without masks), and d(loss sum)/d scores (P, K, n) by the lecture's formulas, sharing one softmax:
+        softmax(s) - onehot(y) for ce and nll, 2 (s - onehot(y)) for mse, each sample's gradient times its class
+        weight, and times each model's mask (P, n) of the samples when given."""
         picked = targets.view(1, 1, -1).expand(len(scores), 1, -1)
         minus_one = torch.full(picked.shape, -1.0, dtype=scores.dtype, device=scores.device)
         if self.name == "mse":
@@ -81,6 +84,11 @@ class Loss:
             log_probs = torch.log_softmax(scores, 1)
             per_sample = log_probs.gather(1, picked).squeeze(1).neg_()
             gradient = log_probs.exp_().scatter_add_(1, picked, minus_one)
+        if masks is not None:  # each model's weight of each sample: its class weight times its mask
+            weights = masks if self.class_weights is None else \
+                masks * self.class_weights.to(scores.device, scores.dtype)[targets]
+            gradient.mul_(weights.unsqueeze(1))
+            return (per_sample * weights).sum(-1), weights.sum(-1), gradient
         if self.class_weights is None:
             return per_sample.sum(-1), self.weight_of(targets), gradient
         weights = self.class_weights.to(scores.device, scores.dtype)[targets]

@@ -61,10 +61,14 @@ class Stack:
         return torch.addmm(bias.reshape(-1, 1), weight.reshape(-1, features), pixels.t()).view(count, classes, -1)
 
     @torch.no_grad()
-    def gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
+    def gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
+                 masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
         """dL/dW (P, K, D) and dL/db (P, K) of each model's mean loss over the whole batch `batch_labels` (of
-        which `pixels`, `labels` may be this process's part), by the lecture's formula."""
+        which `pixels`, `labels` may be this process's part), by the lecture's formula. `masks`: each model's
+        weight of each sample, (P, n) of this part and (P, N) of the whole batch; 0 hides a sample from a model
+        (the folds of a cross-validation, in one stack)."""
+        if masks is not None:
+            return self._masked_gradient(pixels, labels, batch_labels, *masks)
         scores = self.scores(pixels)
         count, classes, _ = scores.shape
         sums = torch.empty(count, device=scores.device)
@@ -93,6 +97,25 @@ class Stack:
         bias_gradient = gradient.sum(2) if scale == 1.0 else gradient.sum(2).mul_(scale)
         stats = StepStats(sums, weights, (scores.max(1).indices == labels).sum(1))  # max: argmax over a middle dim is slow
         return weight_gradient.view_as(self.weight), bias_gradient, stats
+
+    def _masked_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
+                         mine: torch.Tensor, whole: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
+        """gradient() with each model's samples weighted by its mask: the mean over the samples it sees."""
+        scores = self.scores(pixels)
+        count, classes, _ = scores.shape
+        sums, weights = torch.empty(count, device=scores.device), torch.empty(count, device=scores.device)
+        gradient = torch.empty_like(scores)
+        for rows, loss in self.loss_groups:
+            group = scores.index_select(0, rows)
+            loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(group, labels, mine.index_select(0, rows))
+            group_gradient.div_(mean_denominator(loss.weight_of(batch_labels, whole.index_select(0, rows)))
+                                .view(-1, 1, 1))
+            gradient.index_copy_(0, rows, group_gradient)
+            sums.index_copy_(0, rows, loss_sum)
+            weights.index_copy_(0, rows, weight)
+        weight_gradient = torch.mm(gradient.view(count * classes, -1), pixels).view_as(self.weight)
+        correct = ((scores.max(1).indices == labels) & (mine > 0)).sum(1)
+        return weight_gradient, gradient.sum(2), StepStats(sums, weights, correct)
 
     def autograd_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
                           autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
@@ -157,7 +180,7 @@ class Stack:
         """Every model's metrics on every image of `batches` (the current weights, or the given ones)."""
         count, classes, _ = self.weight.shape
         accumulators = [MetricsAccumulator(classes, batches.device, superclass_of) for _ in range(count)]
-        for pixels, labels, _ in batches.epoch():
+        for pixels, labels, *_ in batches.epoch():
             scores = self.scores(pixels, weight, bias).float()
             for index, (accumulator, loss) in enumerate(zip(accumulators, self.losses)):
                 model_scores = scores[index].t()

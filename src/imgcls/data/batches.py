@@ -128,7 +128,7 @@ class Batches:
             pixels = self.images.index_select(0, image_order[rows][mine])
             if plan is not None:
                 pixels = plan.apply(pixels.view(-1, *self.image_shape), rows, mine).flatten(1)
-            return Batch(self.normalize(pixels), batch_labels[mine], batch_labels)
+            return Batch(self.normalize(pixels), batch_labels[mine], batch_labels, label_order[rows])
 
         return batch
 
