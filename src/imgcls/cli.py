@@ -298,15 +298,22 @@ def lr_find_command(
 
     _check_output_file("--figure", figure, "lr-find.png")
     resolved = build_config(config, parse_flags(options))
-    reporter = Reporter()
+    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
+    reporter = Reporter(quiet=not is_main)
     try:
         search = find_lr(resolved, reporter)
     except Interrupted as stopped:
-        err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
+        if is_main:
+            err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(130) from None
     except KeyboardInterrupt:
-        err.print("interrupted; nothing was written", soft_wrap=True, highlight=False, markup=False)
+        if is_main:
+            err.print("interrupted; nothing was written", soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(130) from None
+    finally:
+        distributed.teardown()
+    if not is_main:
+        return
     lr_search_figure(search.rows(), search.chosen, figure, search.epochs)
     reporter.show(lr_search_table(search.rows(), search.chosen), force=True)
     reporter.note(f"suggested --lr {search.chosen:g} (best validation top-1 after {search.epochs} epoch(s) of each "
