@@ -33,6 +33,27 @@ def template_weights(checkpoint: Checkpoint, space: str = "pixel") -> torch.Tens
     return weights / checkpoint.std.float() if resolved_space(space, checkpoint) == "pixel" else weights
 
 
+HIGH_FREQUENCY = 0.25  # cycles per pixel: above it, a template's power is speckle, not shape
+
+
+def high_frequency_share(templates: torch.Tensor, cutoff: float = HIGH_FREQUENCY) -> torch.Tensor:
+    """(K, C, H, W) -> (K,): the share of each template's power (2-D FFT of each channel, its mean removed,
+    summed over channels) at spatial frequencies above `cutoff`. White noise about 0.8, smooth shapes under 0.2."""
+    t = templates.double()
+    t = t - t.mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(t).abs().square().sum(1)  # (K, H, W)
+    fy, fx = torch.fft.fftfreq(t.shape[-2], dtype=torch.float64), torch.fft.fftfreq(t.shape[-1], dtype=torch.float64)
+    high = (fy[:, None].square() + fx[None, :].square()).sqrt() > cutoff
+    return power[:, high].sum(1) / power.flatten(1).sum(1).clamp_min(1e-300)
+
+
+def template_noise(checkpoint: Checkpoint) -> float:
+    """The median over classes of high_frequency_share: of W / std for colour inputs, of W for grey ones
+    (where a still rim pixel's huge W / std would be all the measure sees)."""
+    space = "pixel" if checkpoint.input_shape[0] == 3 else "input"
+    return float(high_frequency_share(template_weights(checkpoint, space)).quantile(0.5))  # as numpy.median
+
+
 def resolved_space(space: str, checkpoint: Checkpoint) -> str:
     """'auto': pixel space unless some pixels hardly vary in training (MNIST's rim under per-pixel
     standardization): W / std is huge there, a weight the pixel never uses, and takes the whole picture."""
