@@ -2,6 +2,7 @@
 a valid PNG of the size the figure code sets; report prints the run's summary and redraws them."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -36,7 +37,7 @@ def test_train_writes_the_three_figures_at_their_sizes(run):
     out, result = run
     assert png_size(out / CURVES) == pixels((14.0, 4.0))  # loss, top-1 and the learning rate
     assert png_size(out / CONFUSION) == pixels(confusion_figsize(10)) == (1050, 900)
-    assert png_size(out / TEMPLATES) == pixels(grid_figsize(10, "x"), GRID_DPI) == (1600, 210)
+    assert png_size(out / TEMPLATES) == pixels(grid_figsize(10, "x"), GRID_DPI) == (1040, 945)  # 4 x 3 cells
     assert "figures: curves.png, confusion.png, templates.png" in plain(result.output)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
@@ -71,7 +72,8 @@ def test_templates_grid_size(tmp_path, count, shape):
     images = torch.rand((count, *shape), generator=torch.Generator().manual_seed(0))
     save_grid(images, [f"class {i}" for i in range(count)], tmp_path / "grid.png")
     assert png_size(tmp_path / "grid.png") == pixels(grid_figsize(count), GRID_DPI)
-    assert grid_figsize(count)[1] == pytest.approx(1.8 * -(-count // 10) + 0.3)  # ten a row, one title line
+    columns = math.ceil(math.sqrt(count))  # about sqrt(K) a row, one title line
+    assert grid_figsize(count) == pytest.approx((2.6 * columns, 3.0 * -(-count // columns) + 0.45))
 
 
 @pytest.mark.parametrize("classes", [2, 10, 37, 160])
