@@ -685,6 +685,26 @@ def test_report_epochs_table_fits_the_width_and_never_cuts_a_number(width):
         assert "not shown at" in shown
 
 
+def test_sweep_table_at_80_columns_keeps_every_option_and_loss_whole():
+    """Points that differ only in weight decay, one of them diverged with a huge loss: every key=value and the loss
+    whole, lines of at most 80 characters."""
+    from imgcls.report import sweep_table
+
+    def record(point, decay, val, loss, diverged=False):
+        return {"point": point, "options": {"weight_decay": decay, "lr": 0.005}, "val_top1": val, "val_loss": loss,
+                "test_top1": val, "best_epoch": 3, "epochs_run": 5, "diverged": diverged}
+
+    records = [record(0, 0.0003, 0.41, 1.7), record(1, 0.03, 0.40, 1.71), record(2, 3.0, 0.1, 1061806524.0, True)]
+    console, text = _terminal(80)
+    console.print(sweep_table(records, best=0))
+    shown = plain(text.getvalue())
+    assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    for whole in ("weight_decay=0.0003", "weight_decay=0.03", "weight_decay=3.0", "lr=0.005", "1.0618e+09",
+                  "chosen", "diverged", "41.00%"):
+        assert whole in shown, shown
+    assert "…" not in shown
+
+
 def test_metrics_csv_holds_the_epochs_records(tiny_cifar_run):
     import csv
 

@@ -232,21 +232,27 @@ class Reporter:
             Console().print(renderable)
 
 
-def sweep_table(records: list[dict], best: int | None, limit: int = 20) -> Table:
-    """The points by validation top-1, best first (test shown, but not used to choose)."""
+def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: int | None = None) -> Table:
+    """The points by validation top-1, best first (test shown, but not used to choose). As wide as the terminal: a
+    point's options a line each, never cut inside key=value; columns that do not fit are left out, and named."""
     ranked = sorted(records, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0.0), r["val_loss"] or 0.0,
                                             r["point"]))
-    table = Table(title=f"sweep: {len(records)} points by validation top-1 (test not used to choose)")
-    for column in ("rank", "point (folder and options)", "epochs", "val top-1", "val loss", "test top-1", ""):
-        table.add_column(column, justify="left" if column.startswith("point") or not column else "right")
+    columns = [("rank", "right"), ("point (folder\nand options)", "left"), ("", "left"), ("val top-1", "right"),
+               ("val loss", "right"), ("epochs", "right"), ("test top-1", "right")]
+    rows = []
     for rank, record in enumerate(ranked[:limit], 1):
         mark = "chosen" if record["point"] == best else "diverged" if record["diverged"] else ""
-        options = f"{record['point']:03d} " + (" ".join(f"{name}={value}" for name, value in
-                                                        record["options"].items()) or "base")
-        table.add_row(str(rank), Text(options), f"{record['best_epoch'] or '-'}/{record['epochs_run']}",
-                      _percent(record["val_top1"]), _number(record["val_loss"]), _percent(record["test_top1"]), mark)
+        options = "\n".join([f"{record['point']:03d}", *(f"{name}={value}" for name, value in
+                                                         record["options"].items())]) if record["options"] else \
+            f"{record['point']:03d} base"
+        loss = "-" if record["val_loss"] is None else loss_text(record["val_loss"])
+        rows.append([str(rank), Text(options), mark, _percent(record["val_top1"]), loss,
+                     f"{record['best_epoch'] or '-'}/{record['epochs_run']}", _percent(record["test_top1"])])
+    title = f"sweep: {len(records)} points by validation top-1 (test not used to choose)"
+    table = fitted_table(title, columns, rows, width, keep=3)
     if len(ranked) > limit:
-        table.caption = f"{len(ranked) - limit} more in sweep.csv"
+        more = f"{len(ranked) - limit} more in sweep.csv"
+        table.caption = Text(f"{more}; {table.caption}") if table.caption else Text(more)
     return table
 
 
