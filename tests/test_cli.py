@@ -766,3 +766,38 @@ def test_a_words_file_that_misses_classes_is_refused_when_training(cli, tmp_path
     root = write_image_folder(tmp_path / "data", ID_FOLDER)
     (root / "train" / "classes.txt").write_text("goldfish\n")
     assert_user_error(train_id_folder(cli, root, tmp_path / "run"), "classes.txt", "names 1 classes", "3")
+
+
+def test_progress_bar_says_epoch_n_of_m_and_the_whole_run_s_eta_in_80_columns():
+    import time
+
+    from imgcls.report import Reporter
+
+    console, text = _terminal()
+    reporter = Reporter(console=console)
+    reporter.epoch_start(2, 352, epochs=100)
+    reporter.step(100, 2.5, 100.0, images=12800)
+    time.sleep(0.05)
+    reporter.step(200, 2.25, 1000.0, images=25600)
+    reporter.progress.refresh()
+    reporter.close()
+    shown = plain(text.getvalue())
+    assert "epoch 3/100" in shown and "200/352" in shown and "run ≤ " in shown and "eta" in shown
+    assert "…" not in shown and max(len(line) for line in shown.splitlines()) <= 80, shown
+
+
+def test_notes_wrap_between_words_on_a_terminal_and_stay_whole_in_a_pipe():
+    import io
+
+    from rich.console import Console
+
+    from imgcls.report import EPOCH_LEGEND, Reporter
+
+    console, text = _terminal()
+    Reporter(console=console).note(EPOCH_LEGEND)  # 85 characters
+    lines = plain(text.getvalue()).splitlines()
+    assert len(lines) == 2 and max(len(line) for line in lines) <= 80
+    assert " ".join(line.strip() for line in lines) == EPOCH_LEGEND  # cut between words, none split
+    piped = io.StringIO()
+    Reporter(console=Console(file=piped, width=80, color_system=None)).note(EPOCH_LEGEND)
+    assert piped.getvalue() == EPOCH_LEGEND + "\n"

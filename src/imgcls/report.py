@@ -102,11 +102,17 @@ class Reporter:
         self.task = None
         self.recent = RecentRate()
         self.legend_shown = False
+        self.epochs: int | None = None  # the run's most epochs, when the loop says (epoch_start)
+        self.run_start: tuple[float, int] | None = None  # (time, epoch) of this process's first epoch
+        self.epoch = 0
+        self.steps = 1
 
     def note(self, text: str | Text) -> None:
-        """A line as it is written (a str is not read as markup)."""
+        """A line as it is written (a str is not read as markup); on a terminal wrapped between words (the terminal
+        would cut them, and the live bar would overwrite a row it did not know of), whole in a pipe or a log."""
         if not self.quiet:
-            self.console.print(Text(text) if isinstance(text, str) else text, highlight=False, soft_wrap=True)
+            self.console.print(Text(text) if isinstance(text, str) else text, highlight=False,
+                               soft_wrap=not self.console.is_terminal)
 
     @contextmanager
     def decoding(self) -> Iterator[Callable[[int, int], None] | None]:
@@ -159,21 +165,44 @@ class Reporter:
                                 f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test{cached}"
                                 f"{skipped}{passed}"))
 
-    def epoch_start(self, epoch: int, steps: int) -> None:
+    def epoch_start(self, epoch: int, steps: int, epochs: int | None = None) -> None:
+        """A new bar for epoch `epoch` (from 0) of `steps` steps; epochs: the run's most epochs, for `epoch N/M`
+        and the whole run's ETA (an upper bound: early stopping may end it sooner)."""
         if self.quiet:
             return
+        self.epochs = epochs if epochs is not None else self.epochs
+        self.epoch, self.steps = epoch, max(steps, 1)
+        if self.run_start is None:
+            self.run_start = (time.perf_counter(), epoch)
         if self.progress is None:
             # loss and speed are text fields: blank until the first step, never a 'nan' a student reads as divergence
             self.progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=10), MofNCompleteColumn(),
                 TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+                TextColumn("eta"), TimeRemainingColumn(compact=True),
+                TextColumn("{task.fields[run]}"), console=self.console,
                 transient=True, speed_estimate_period=RECENT_SECONDS)
             self.progress.start()
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=steps, epoch=epoch + 1, loss="loss -", speed="")
+        shown = f"{epoch + 1}/{self.epochs}" if self.epochs else f"{epoch + 1}"
+        self.task = self.progress.add_task("train", total=steps, epoch=shown, loss="loss -", speed="",
+                                           run=self.run_eta(0))
         self.recent = RecentRate()
+
+    def run_eta(self, step: int) -> str:
+        """'run ≤ M:SS': the time the run's remaining epochs take at this process's pace so far ('' without
+        the run's length, or before its first step)."""
+        if not self.epochs or self.run_start is None:
+            return ""
+        started, first = self.run_start
+        done = self.epoch - first + step / self.steps
+        left = self.epochs - first - done
+        if done <= 0:
+            return ""
+        seconds = round((time.perf_counter() - started) / done * max(left, 0.0))
+        hours, rest = divmod(seconds, 3600)
+        return f"run ≤ {hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"run ≤ {rest // 60}:{rest % 60:02d}"
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
         """images: the images this epoch has seen so far; without it they are estimated from the epoch's
@@ -182,7 +211,8 @@ class Reporter:
             seen = images if images is not None else images_per_s * self.recent.elapsed()
             rate = self.recent.add(seen)
             speed = f"{rate:,.0f} img/s" if rate is not None else ""
-            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=speed)
+            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=speed,
+                                 run=self.run_eta(step))
 
     def epoch_done(self, record: dict, improved: bool) -> None:
         if not self.legend_shown:
