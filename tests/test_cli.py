@@ -155,8 +155,10 @@ def bracketed_run(cli, tmp_path_factory):
               for split, classes in SMALL_FOLDER.items()}
     data = write_image_folder(base / "data [/x]", layout)
     out = base / "run [/x]"
+    # nn.Linear's init: one epoch on random pixels from zeros leaves every probability at 33.3%, and the predict
+    # table's widths (what fits in 80 columns) with them
     result = cli("train", "--dataset", "imagefolder", "--data-dir", data, "--epochs", 1, "--device", "cpu",
-                 "--out", out)
+                 "--init", "default", "--out", out)
     return data, out, result
 
 
@@ -261,7 +263,8 @@ def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_se
     """A rate high enough that validation top-1 peaks early: best.safetensors must be that epoch, not the last."""
     out = tmp_path / "run"
     assert_ok(cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 8, "--batch-size", 32,
-                  "--lr", 0.05, "--schedule", "constant", "--weight-decay", 0, "--patience", 2, "--device", "cpu", "--out", out, "--quiet"))
+                  "--lr", 0.05, "--schedule", "constant", "--weight-decay", 0, "--patience", 2, "--device", "cpu", "--out", out, "--quiet",
+                  "--init", "default"))  # the rate was chosen for nn.Linear's init
     _, epochs, metrics = read_run(out)
     best = metrics["best_epoch"]
     rule = max(epochs, key=lambda e: (e["val_top1"], -e["val_loss"]))  # first of equals wins, as in training
@@ -801,3 +804,27 @@ def test_notes_wrap_between_words_on_a_terminal_and_stay_whole_in_a_pipe():
     piped = io.StringIO()
     Reporter(console=Console(file=piped, width=80, color_system=None)).note(EPOCH_LEGEND)
     assert piped.getvalue() == EPOCH_LEGEND + "\n"
+
+
+def test_a_three_class_run_names_its_top_k_top_3_never_top_5(cli, assert_ok, image_folder, tmp_path):
+    """With fewer than 5 classes top-k is top-3: the epoch lines, the tables, metrics.json, `report` and `eval` say
+    so (a run folder of older imgcls, with `top5` keys, still reads)."""
+    three = {split: {name: [(8, 8)] * count for name in ("ant", "bee", "cow")}
+             for split, count in (("train", 8), ("test", 3))}
+    root = image_folder(tmp_path / "data", three)
+    out = tmp_path / "run"
+    result = cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 2, "--batch-size", 4, "--lr",
+                 0.01, "--device", "cpu", "--out", out)
+    assert_ok(result)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["k"] == 3 and "top3" in metrics["test"] and "top5" not in metrics["test"]
+    shown = [plain(result.output), plain(cli("report", out, "--no-figures").output),
+             plain(cli("eval", out, "--device", "cpu").output), (out / "report.html").read_text()]
+    for text in shown:
+        assert "top-3" in text and "top-5" not in text and "top5" not in text
+    # an older run folder: metrics.json's top-k was `top5` whatever k was
+    metrics["test"]["top5"] = metrics["test"].pop("top3")
+    metrics["val"]["top5"] = metrics["val"].pop("top3")
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    older = plain(cli("report", out, "--no-figures").output)
+    assert "top-3" in older and "top-5" not in older

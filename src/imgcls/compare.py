@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable
+from imgcls.rundir import topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
 
@@ -66,7 +67,7 @@ def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
                "seconds": sum(record["seconds"] for record in summary.epochs)}
         for split in ("val", "test"):
             row[f"{split}_top1"] = metrics[split]["top1"] if metrics else None
-            row[f"{split}_topk"] = metrics[split]["top5"] if metrics else None
+            row[f"{split}_topk"] = topk_of(metrics[split]) if metrics else None
         row["k"] = metrics["test"]["k"] if metrics else None
         rows.append(row)
     return rows, keys

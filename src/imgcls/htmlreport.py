@@ -18,7 +18,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable, write_text_atomic
-from imgcls.rundir import RunDir
+from imgcls.rundir import RunDir, epoch_topk, topk_of
 
 GALLERY_WRONG = 12  # thumbnails of each kind: the page stays small and quick to write
 GALLERY_RIGHT = 12
@@ -170,6 +170,7 @@ def page_context(run_path: Path, class_names: Path | None = None) -> dict:
     return {"name": printable(summary.path.resolve().name), "path": printable(summary.path),
             "dataset": data.get("dataset", "?") if isinstance(data, dict) else "?",
             "config": config_rows(summary.config), "epochs": summary.epochs, "metrics": metrics,
+            "k": metrics["test"]["k"] if metrics else epoch_topk(summary.epochs[0])[0] if summary.epochs else 5,
             "diverged": summary.diverged, "per_class": per_class, "pairs": summary.pairs,
             "superclasses": summary.superclasses,
             "curves": _embedded(run.curves), "confusion": _embedded(run.confusion),
@@ -186,7 +187,7 @@ def render_page(context: dict) -> str:
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True)
     template = environment.from_string(files("imgcls").joinpath(TEMPLATE).read_text(encoding="utf-8"))
-    return template.render(**context)
+    return template.render(**context, topk_of=topk_of, epoch_topk=epoch_topk)
 
 
 def write_run_page(run_dir: Path, class_names: Path | None = None) -> Path:

@@ -22,11 +22,12 @@ def top_k(num_classes: int) -> int:
     return min(5, num_classes)
 
 
+
 @dataclass
 class Metrics:
     loss: float
     top1: float
-    top5: float  # top-k with k = min(5, classes); named top5 as everyone reads it
+    top5: float  # top-k with k = min(5, classes); metrics.json names it by its k (summary)
     k: int
     count: int
     per_class: list[float] = field(default_factory=list)
@@ -35,9 +36,10 @@ class Metrics:
     per_superclass: list[float] = field(default_factory=list)  # superclass top-1 of each superclass's images
 
     def summary(self) -> dict:
-        """The headline numbers, as metrics.json and `eval --json` write them."""
+        """The headline numbers, as metrics.json and `eval --json` write them; top-k as `top{k}` (`top3`)."""
         keys = ("loss", "top1", "top5", "k", "count", "superclass_top1")
-        return {k: v for k, v in asdict(self).items() if k in keys and v is not None}
+        return {(f"top{self.k}" if key == "top5" else key): value for key, value in asdict(self).items()
+                if key in keys and value is not None}
 
     def detail(self) -> dict:
         """Per class (and per superclass, when the dataset has them) and the confusion matrix: metrics.json's

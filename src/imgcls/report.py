@@ -36,16 +36,25 @@ RECENT_SECONDS = 5.0  # the progress bar's images/s and ETA are over about this 
 EPOCH_LEGEND = "each epoch: train loss, top-1; validation loss, top-1, top-5; seconds (* best so far)"
 
 
+def epoch_legend(k: int = 5) -> str:
+    """EPOCH_LEGEND with the run's top-k (top-3 for 3 classes)."""
+    return EPOCH_LEGEND.replace("top-5", f"top-{k}")
+
+
 def loss_text(loss: float) -> str:
     """Four decimals while a loss is small, five significant digits beyond (a diverging run stays on its line)."""
     return f"{loss:.4f}" if abs(loss) < 10 else f"{loss:.5g}"
 
 
-def epoch_line(record: dict, improved: bool) -> str:
-    """One epoch in under 80 columns (a wrapped line splits numbers); EPOCH_LEGEND names the numbers once."""
+def epoch_line(record: dict, improved: bool, k: int | None = None) -> str:
+    """One epoch in under 80 columns (a wrapped line splits numbers); epoch_legend names the numbers once.
+    k: the run's top-k, which names the record's val_top5 (default: the k of the record's own key)."""
+    from imgcls.rundir import epoch_topk
+
     mark = " *" if improved else ""
+    named, topk = epoch_topk(record)
     return (f"epoch {record['epoch']:>3}  train {loss_text(record['train_loss'])} {record['train_top1']:.2%}"
-            f"  val {loss_text(record['val_loss'])} {record['val_top1']:.2%} top-5 {record['val_top5']:.2%}"
+            f"  val {loss_text(record['val_loss'])} {record['val_top1']:.2%} top-{k or named} {topk:.2%}"
             f"  {record['seconds']:.1f}s{mark}")
 
 
@@ -106,6 +115,7 @@ class Reporter:
         self.run_start: tuple[float, int] | None = None  # (time, epoch) of this process's first epoch
         self.epoch = 0
         self.steps = 1
+        self.k: int | None = None  # the run's top-k, once data_ready has said how many classes
 
     def note(self, text: str | Text) -> None:
         """A line as it is written (a str is not read as markup); on a terminal wrapped between words (the terminal
@@ -157,6 +167,9 @@ class Reporter:
             yield lambda done, text: bar.update(task, completed=done, text=text)
 
     def data_ready(self, data: PreparedData) -> None:
+        from imgcls.metrics import top_k
+
+        self.k = top_k(len(data.classes))
         c, h, w = data.shape
         cached = ", from the decoded cache" if data.from_cache else ""
         skipped = f", {data.skipped} unreadable images skipped" if data.skipped else ""
@@ -217,8 +230,8 @@ class Reporter:
     def epoch_done(self, record: dict, improved: bool) -> None:
         if not self.legend_shown:
             self.legend_shown = True
-            self.note(EPOCH_LEGEND)
-        self.note(epoch_line(record, improved))
+            self.note(epoch_legend(self.k or 5))
+        self.note(epoch_line(record, improved, self.k))
 
     def close(self) -> None:
         if self.progress is not None:
@@ -231,10 +244,12 @@ class Reporter:
 
     def metrics_table(self, title: str, rows: dict[str, Metrics]) -> Table:
         table = Table(title=Text(title))
-        for column in ("split", "images", "loss", "top-1", "top-k"):
+        ks = {m.k for m in rows.values()}
+        for column in ("split", "images", "loss", "top-1", f"top-{ks.pop()}" if len(ks) == 1 else "top-k"):
             table.add_column(column, justify="right" if column != "split" else "left")
         for name, m in rows.items():
-            table.add_row(name, f"{m.count}", f"{m.loss:.4f}", f"{m.top1:.2%}", f"{m.top5:.2%} (k={m.k})")
+            table.add_row(name, f"{m.count}", f"{m.loss:.4f}", f"{m.top1:.2%}",
+                          f"{m.top5:.2%}" + ("" if len({r.k for r in rows.values()}) == 1 else f" (k={m.k})"))
             if m.superclass_top1 is not None:
                 table.add_row(f"{name} superclass", f"{m.count}", "", f"{m.superclass_top1:.2%}", "")
         return table

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from imgcls.files import printable
+from imgcls.rundir import epoch_topk, topk_of
 
 
 @dataclass
@@ -113,18 +114,21 @@ EPOCH_COLUMNS = [("epoch", "right"), ("train\nloss", "right"), ("train\ntop-1", 
                  ("lr\nlast", "right")]  # most important first: at a narrow terminal the last are left out
 
 
-def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None) -> Table:
-    """One row an epoch; at a narrow terminal the last columns are left out, never cut (report.fitted_table)."""
+def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None, k: int | None = None) -> Table:
+    """One row an epoch; at a narrow terminal the last columns are left out, never cut (report.fitted_table).
+    k: the run's top-k (metrics.json's; default: the k the records' key names)."""
     from imgcls.report import fitted_table
 
     rows = []
+    columns = [(f"val\ntop-{k or epoch_topk(epochs[0])[0]}", "right") if header == "val\ntop-k" else (header, justify)
+               for header, justify in EPOCH_COLUMNS] if epochs else EPOCH_COLUMNS
     for record in epochs:
         mark = " *" if record["epoch"] == best_epoch else ""
         lr_last = record.get("lr_last")
         rows.append([f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
-                     f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
+                     f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{epoch_topk(record)[1]:.2%}",
                      f"{record['lr']:.3g}", f"{record['seconds']:.2f}", "" if lr_last is None else f"{lr_last:.3g}"])
-    return fitted_table("epochs (* best validation top-1)", EPOCH_COLUMNS, rows, width, keep=5)
+    return fitted_table("epochs (* best validation top-1)", columns, rows, width, keep=5)
 
 
 def per_class_table(summary: RunSummary) -> Table:
@@ -164,7 +168,7 @@ def render(summary: RunSummary) -> Group:
     parts: list = [f"[bold]run[/] {path}", config_table(summary.config)]
     best = summary.metrics["best_epoch"] if summary.metrics else None
     if summary.epochs:
-        parts.append(epochs_table(summary.epochs, best))
+        parts.append(epochs_table(summary.epochs, best, k=summary.metrics["test"]["k"] if summary.metrics else None))
     if summary.metrics is None and summary.diverged:
         parts.append(f"[red]the run diverged:[/] {escape(summary.diverged)}\nResuming it would diverge again the "
                      f"same way; start a new run with a lower --lr: {escape(summary.retry)}")
@@ -176,7 +180,8 @@ def render(summary: RunSummary) -> Group:
     data = summary.config.get("data")
     dataset = data.get("dataset", "?") if isinstance(data, dict) else "?"
     rows = {split: Metrics(**{k: v for k, v in summary.metrics[split].items()
-                              if k in ("loss", "top1", "top5", "k", "count", "superclass_top1")})
+                              if k in ("loss", "top1", "k", "count", "superclass_top1")},
+                           top5=topk_of(summary.metrics[split]))
             for split in ("val", "test")}
     parts.append(Reporter().metrics_table(f"{printable(str(dataset))}: best epoch {best}", rows))
     if summary.metrics.get("test_detail", {}).get("per_class"):
