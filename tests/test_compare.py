@@ -129,3 +129,16 @@ def test_compare_at_80_columns_never_splits_a_value(cli, assert_ok, tiny_cifar_r
     assert any("weight_decay=0.0003" in line for line in lines), result.stdout
     assert any("weight_decay=0.03" in line for line in lines), result.stdout
     assert "…" not in result.stdout
+
+
+def test_compare_figure_names_runs_by_what_differs(two_runs, monkeypatch, tmp_path):
+    from imgcls import figures
+    from imgcls.compare import comparison_rows, draw_figure, load_runs
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure))
+    summaries = load_runs(list(two_runs))
+    rows, _ = comparison_rows(summaries)
+    draw_figure(summaries, rows, tmp_path / "compare.png")
+    legend = [text.get_text() for text in drawn[0].axes[0].get_legend().get_texts()]
+    assert legend == ["lr=0.001", "lr=0.1"]

@@ -127,10 +127,18 @@ def to_csv(rows: list[dict], keys: list[str]) -> str:
     return buffer.getvalue()
 
 
+def legend_label(row: dict) -> str:
+    """What sets a run apart, `weight_decay=0.0003 lr=0.1`, in the figure's legend; its folder name when the configs
+    are the same."""
+    names = short_names(list(row["options"]))
+    return " ".join(f"{names[key]}={_option(value)}" for key, value in row["options"].items()) or row["run"]
+
+
 def draw_figure(summaries, rows: list[dict], path: Path) -> Path | None:
-    """The overlaid validation curves; None when no run has finished an epoch (nothing to draw)."""
+    """The overlaid validation curves, each named by its differing options; None when no run has finished an
+    epoch (nothing to draw)."""
     from imgcls.figures import validation_curves
 
-    curves = [(row["run"], summary.epochs, row["best_epoch"]) for row, summary in zip(rows, summaries)
+    curves = [(printable(legend_label(row)), summary.epochs, row["best_epoch"]) for row, summary in zip(rows, summaries)
               if summary.epochs]
     return validation_curves(curves, path) if curves else None
