@@ -828,3 +828,25 @@ def test_a_three_class_run_names_its_top_k_top_3_never_top_5(cli, assert_ok, ima
     (out / "metrics.json").write_text(json.dumps(metrics))
     older = plain(cli("report", out, "--no-figures").output)
     assert "top-3" in older and "top-5" not in older
+
+
+def test_report_marks_changed_options_in_plain_text_and_shows_precision_recall_f1(cli, assert_ok, tiny_cifar_run,
+                                                                                   monkeypatch):
+    """Bold is lost in a log: a `*` marks what differs from the defaults. Precision, recall and F1 are in the
+    terminal too (`report`, `eval --per-class`), not only in report.html."""
+    monkeypatch.setenv("COLUMNS", "120")
+    out, _ = tiny_cifar_run
+    result = cli("report", out, "--no-figures")
+    assert_ok(result)
+    lines = plain(result.stdout).splitlines()
+    assert "config (*: not the default)" in plain(result.stdout)
+    assert any("*" in line and "optim.lr" in line and "0.005" in line for line in lines)  # given: changed
+    assert any("optim.momentum" in line and "*" not in line for line in lines)  # the default
+    metrics = json.loads((out / "metrics.json").read_text())
+    from imgcls.htmlreport import per_class_scores
+
+    scores = per_class_scores(metrics["test_detail"]["confusion"])
+    for shown in (plain(result.stdout), plain(cli("eval", out, "--device", "cpu", "--per-class").stdout)):
+        assert "precision" in shown and "F1" in shown
+        row = next(line for line in shown.splitlines() if "airplane" in line)
+        assert f"{scores[0]['precision']:.2%}" in row and f"{scores[0]['f1']:.3f}" in row

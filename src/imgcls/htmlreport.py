@@ -101,6 +101,8 @@ def load_gallery(run: RunDir) -> Gallery:
     if not run.best.is_file():
         return Gallery(note="no best.safetensors in the run folder: no model to score the test images with")
     checkpoint = ckpt.load(run.best)
+    if checkpoint.meta.get("config", {}).get("data", {}).get("dataset") == "features":
+        return Gallery(note="not drawn for --dataset features: its test split holds feature vectors, not images")
     if checkpoint.meta.get("config", {}).get("data", {}).get("stream"):
         return Gallery(note="not drawn for a --stream run: its test images are decoded from their files, which "
                             "would make writing this page as slow as a test evaluation")

@@ -255,11 +255,15 @@ class Reporter:
         return table
 
     def per_class_table(self, classes: list[str], metrics: Metrics) -> Table:
-        table = Table(title="per-class top-1")
-        table.add_column("class")
-        table.add_column("top-1", justify="right")
-        for name, accuracy in zip(classes, metrics.per_class):
-            table.add_row(Text(name), f"{accuracy:.2%}")
+        """Top-1 (the class's recall), precision and F1 of each class, from the confusion matrix."""
+        from imgcls.htmlreport import per_class_scores
+
+        table = Table(title="per class: top-1 is the class's recall")
+        for column in ("class", "images", "top-1", "precision", "F1"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for name, accuracy, score in zip(classes, metrics.per_class, per_class_scores(metrics.confusion)):
+            table.add_row(Text(name), str(score["support"]), f"{accuracy:.2%}", f"{score['precision']:.2%}",
+                          f"{score['f1']:.3f}")
         return table
 
     def superclass_table(self, rows: list[tuple[str, float]]) -> Table:

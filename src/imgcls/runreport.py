@@ -101,11 +101,13 @@ def config_rows(config: dict) -> list[tuple[str, str, bool]]:
 
 
 def config_table(config: dict) -> Table:
-    table = Table(title="config (bold: not the default)")
+    table = Table(title="config (*: not the default)")
+    table.add_column("")
     table.add_column("key")
     table.add_column("value")
     for key, value, changed in config_rows(config):
-        table.add_row(Text(printable(key)), Text(printable(value)), style="bold" if changed else "dim")
+        table.add_row("*" if changed else "", Text(printable(key)), Text(printable(value)),
+                      style="bold" if changed else "dim")
     return table
 
 
@@ -134,18 +136,24 @@ def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None =
 def per_class_table(summary: RunSummary) -> Table:
     detail = summary.metrics.get("test_detail", {})
     confusion = detail.get("confusion") or []
-    table = Table(title="per-class test top-1")
-    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right"),
-                            ("most often taken for", "left")):
+    from imgcls.htmlreport import per_class_scores
+
+    table = Table(title="per-class test top-1 (the class's recall), precision and F1")
+    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"),
+                            ("F1", "right"), ("most often taken for", "left")):
         table.add_column(column, justify=justify)
+    scores = per_class_scores(confusion)
     for index, (name, accuracy) in enumerate(zip(summary.classes, detail.get("per_class", []))):
         row = confusion[index] if index < len(confusion) else []
+        score = scores[index] if index < len(scores) else None
         others = [(count, j) for j, count in enumerate(row) if j != index and count > 0]
         mistaken = ""
         if others:
             count, j = max(others, key=lambda pair: (pair[0], -pair[1]))
             mistaken = f"{summary.classes[j]} ({count})"
-        table.add_row(Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}", Text(printable(mistaken)))
+        table.add_row(Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}",
+                      f"{score['precision']:.2%}" if score else "", f"{score['f1']:.3f}" if score else "",
+                      Text(printable(mistaken)))
     return table
 
 
