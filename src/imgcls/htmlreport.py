@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable, write_text_atomic
+from imgcls.metrics import per_class_scores
 from imgcls.rundir import RunDir, epoch_topk, topk_of
 
 GALLERY_WRONG = 12  # thumbnails of each kind: the page stays small and quick to write
@@ -25,23 +26,6 @@ GALLERY_RIGHT = 12
 THUMBNAIL_MAX = 96  # pixels a side; larger images are shrunk before they are embedded
 SCORE_CHUNK = 2048  # test images scored at once (bounded memory on large test splits)
 TEMPLATE = "runpage.html.j2"
-
-
-def per_class_scores(confusion: list[list[int]]) -> list[dict]:
-    """Precision, recall and F1 of every class from a confusion matrix (rows: true class, columns: predicted).
-
-    A class never predicted has precision 0, one without test images recall 0, and F1 is 0 when both are
-    (scikit-learn's zero_division=0)."""
-    k = len(confusion)
-    predicted = [sum(confusion[i][j] for i in range(k)) for j in range(k)]
-    scores = []
-    for i, row in enumerate(confusion):
-        hits, support = row[i], sum(row)
-        precision = hits / predicted[i] if predicted[i] else 0.0
-        recall = hits / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores.append({"precision": precision, "recall": recall, "f1": f1, "support": support})
-    return scores
 
 
 def gallery_picks(confidence, predicted, labels, wrong: int = GALLERY_WRONG, right: int = GALLERY_RIGHT):

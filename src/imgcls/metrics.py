@@ -23,6 +23,23 @@ def top_k(num_classes: int) -> int:
 
 
 
+def per_class_scores(confusion: list[list[int]]) -> list[dict]:
+    """Precision, recall and F1 of every class from a confusion matrix (rows: true class, columns: predicted).
+
+    A class never predicted has precision 0, one without test images recall 0, and F1 is 0 when both are
+    (scikit-learn's zero_division=0)."""
+    k = len(confusion)
+    predicted = [sum(confusion[i][j] for i in range(k)) for j in range(k)]
+    scores = []
+    for i, row in enumerate(confusion):
+        hits, support = row[i], sum(row)
+        precision = hits / predicted[i] if predicted[i] else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append({"precision": precision, "recall": recall, "f1": f1, "support": support})
+    return scores
+
+
 @dataclass
 class Metrics:
     loss: float

@@ -256,7 +256,7 @@ class Reporter:
 
     def per_class_table(self, classes: list[str], metrics: Metrics) -> Table:
         """Top-1 (the class's recall), precision and F1 of each class, from the confusion matrix."""
-        from imgcls.htmlreport import per_class_scores
+        from imgcls.metrics import per_class_scores
 
         table = Table(title="per class: top-1 is the class's recall")
         for column in ("class", "images", "top-1", "precision", "F1"):

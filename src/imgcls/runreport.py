@@ -136,7 +136,7 @@ def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None =
 def per_class_table(summary: RunSummary) -> Table:
     detail = summary.metrics.get("test_detail", {})
     confusion = detail.get("confusion") or []
-    from imgcls.htmlreport import per_class_scores
+    from imgcls.metrics import per_class_scores
 
     table = Table(title="per-class test top-1 (the class's recall), precision and F1")
     for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"),
