@@ -62,9 +62,9 @@ class TensorBoardReporter(Reporter):
         for key, tag in SCALARS.items():
             if key in record:
                 writer.add_scalar(tag, record[key], record["epoch"])
-        k, topk = epoch_topk(record)
-        if topk is not None:
-            writer.add_scalar(f"top{k}/val", topk, record["epoch"])
+        named, topk = epoch_topk(record)
+        if topk is not None:  # the run's k (data_ready), which a record's val_top5 may not name
+            writer.add_scalar(f"top{self.k or named}/val", topk, record["epoch"])
         writer.flush()
 
     def close(self) -> None:
