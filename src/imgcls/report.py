@@ -258,7 +258,7 @@ class Reporter:
         """Top-1 (the class's recall), precision and F1 of each class, from the confusion matrix."""
         from imgcls.metrics import per_class_scores
 
-        table = Table(title="per class: top-1 is the class's recall")
+        table = Table(title="per-class top-1 (the class's recall), precision and F1")
         for column in ("class", "images", "top-1", "precision", "F1"):
             table.add_column(column, justify="left" if column == "class" else "right")
         for name, accuracy, score in zip(classes, metrics.per_class, per_class_scores(metrics.confusion)):
