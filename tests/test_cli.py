@@ -155,8 +155,10 @@ def bracketed_run(cli, tmp_path_factory):
               for split, classes in SMALL_FOLDER.items()}
     data = write_image_folder(base / "data [/x]", layout)
     out = base / "run [/x]"
+    # nn.Linear's init: one epoch on random pixels from zeros leaves every probability at 33.3%, and the predict
+    # table's widths (what fits in 80 columns) with them
     result = cli("train", "--dataset", "imagefolder", "--data-dir", data, "--epochs", 1, "--device", "cpu",
-                 "--out", out)
+                 "--init", "default", "--out", out)
     return data, out, result
 
 
@@ -261,7 +263,8 @@ def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_se
     """A rate high enough that validation top-1 peaks early: best.safetensors must be that epoch, not the last."""
     out = tmp_path / "run"
     assert_ok(cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 8, "--batch-size", 32,
-                  "--lr", 0.05, "--schedule", "constant", "--weight-decay", 0, "--patience", 2, "--device", "cpu", "--out", out, "--quiet"))
+                  "--lr", 0.05, "--schedule", "constant", "--weight-decay", 0, "--patience", 2, "--device", "cpu", "--out", out, "--quiet",
+                  "--init", "default"))  # the rate was chosen for nn.Linear's init
     _, epochs, metrics = read_run(out)
     best = metrics["best_epoch"]
     rule = max(epochs, key=lambda e: (e["val_top1"], -e["val_loss"]))  # first of equals wins, as in training
@@ -685,6 +688,26 @@ def test_report_epochs_table_fits_the_width_and_never_cuts_a_number(width):
         assert "not shown at" in shown
 
 
+def test_sweep_table_at_80_columns_keeps_every_option_and_loss_whole():
+    """Points that differ only in weight decay, one of them diverged with a huge loss: every key=value and the loss
+    whole, lines of at most 80 characters."""
+    from imgcls.report import sweep_table
+
+    def record(point, decay, val, loss, diverged=False):
+        return {"point": point, "options": {"weight_decay": decay, "lr": 0.005}, "val_top1": val, "val_loss": loss,
+                "test_top1": val, "best_epoch": 3, "epochs_run": 5, "diverged": diverged}
+
+    records = [record(0, 0.0003, 0.41, 1.7), record(1, 0.03, 0.40, 1.71), record(2, 3.0, 0.1, 1061806524.0, True)]
+    console, text = _terminal(80)
+    console.print(sweep_table(records, best=0))
+    shown = plain(text.getvalue())
+    assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    for whole in ("weight_decay=0.0003", "weight_decay=0.03", "weight_decay=3.0", "lr=0.005", "1.0618e+09",
+                  "chosen", "diverged", "41.00%"):
+        assert whole in shown, shown
+    assert "…" not in shown
+
+
 def test_metrics_csv_holds_the_epochs_records(tiny_cifar_run):
     import csv
 
@@ -746,3 +769,84 @@ def test_a_words_file_that_misses_classes_is_refused_when_training(cli, tmp_path
     root = write_image_folder(tmp_path / "data", ID_FOLDER)
     (root / "train" / "classes.txt").write_text("goldfish\n")
     assert_user_error(train_id_folder(cli, root, tmp_path / "run"), "classes.txt", "names 1 classes", "3")
+
+
+def test_progress_bar_says_epoch_n_of_m_and_the_whole_run_s_eta_in_80_columns():
+    import time
+
+    from imgcls.report import Reporter
+
+    console, text = _terminal()
+    reporter = Reporter(console=console)
+    reporter.epoch_start(2, 352, epochs=100)
+    reporter.step(100, 2.5, 100.0, images=12800)
+    time.sleep(0.05)
+    reporter.step(200, 2.25, 1000.0, images=25600)
+    reporter.progress.refresh()
+    reporter.close()
+    shown = plain(text.getvalue())
+    assert "epoch 3/100" in shown and "200/352" in shown and "run ≤ " in shown and "eta" in shown
+    assert "…" not in shown and max(len(line) for line in shown.splitlines()) <= 80, shown
+
+
+def test_notes_wrap_between_words_on_a_terminal_and_stay_whole_in_a_pipe():
+    import io
+
+    from rich.console import Console
+
+    from imgcls.report import EPOCH_LEGEND, Reporter
+
+    console, text = _terminal()
+    Reporter(console=console).note(EPOCH_LEGEND)  # 85 characters
+    lines = plain(text.getvalue()).splitlines()
+    assert len(lines) == 2 and max(len(line) for line in lines) <= 80
+    assert " ".join(line.strip() for line in lines) == EPOCH_LEGEND  # cut between words, none split
+    piped = io.StringIO()
+    Reporter(console=Console(file=piped, width=80, color_system=None)).note(EPOCH_LEGEND)
+    assert piped.getvalue() == EPOCH_LEGEND + "\n"
+
+
+def test_a_three_class_run_names_its_top_k_top_3_never_top_5(cli, assert_ok, image_folder, tmp_path):
+    """With fewer than 5 classes top-k is top-3: the epoch lines, the tables, metrics.json, `report` and `eval` say
+    so (a run folder of older imgcls, with `top5` keys, still reads)."""
+    three = {split: {name: [(8, 8)] * count for name in ("ant", "bee", "cow")}
+             for split, count in (("train", 8), ("test", 3))}
+    root = image_folder(tmp_path / "data", three)
+    out = tmp_path / "run"
+    result = cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 2, "--batch-size", 4, "--lr",
+                 0.01, "--device", "cpu", "--out", out)
+    assert_ok(result)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["k"] == 3 and "top3" in metrics["test"] and "top5" not in metrics["test"]
+    shown = [plain(result.output), plain(cli("report", out, "--no-figures").output),
+             plain(cli("eval", out, "--device", "cpu").output), (out / "report.html").read_text()]
+    for text in shown:
+        assert "top-3" in text and "top-5" not in text and "top5" not in text
+    # an older run folder: metrics.json's top-k was `top5` whatever k was
+    metrics["test"]["top5"] = metrics["test"].pop("top3")
+    metrics["val"]["top5"] = metrics["val"].pop("top3")
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    older = plain(cli("report", out, "--no-figures").output)
+    assert "top-3" in older and "top-5" not in older
+
+
+def test_report_marks_changed_options_in_plain_text_and_shows_precision_recall_f1(cli, assert_ok, tiny_cifar_run,
+                                                                                   monkeypatch):
+    """Bold is lost in a log: a `*` marks what differs from the defaults. Precision, recall and F1 are in the
+    terminal too (`report`, `eval --per-class`), not only in report.html."""
+    monkeypatch.setenv("COLUMNS", "120")
+    out, _ = tiny_cifar_run
+    result = cli("report", out, "--no-figures")
+    assert_ok(result)
+    lines = plain(result.stdout).splitlines()
+    assert "config (*: not the default)" in plain(result.stdout)
+    assert any("*" in line and "optim.lr" in line and "0.005" in line for line in lines)  # given: changed
+    assert any("optim.momentum" in line and "*" not in line for line in lines)  # the default
+    metrics = json.loads((out / "metrics.json").read_text())
+    from imgcls.htmlreport import per_class_scores
+
+    scores = per_class_scores(metrics["test_detail"]["confusion"])
+    for shown in (plain(result.stdout), plain(cli("eval", out, "--device", "cpu", "--per-class").stdout)):
+        assert "precision" in shown and "F1" in shown
+        row = next(line for line in shown.splitlines() if "airplane" in line)
+        assert f"{scores[0]['precision']:.2%}" in row and f"{scores[0]['f1']:.3f}" in row

@@ -109,3 +109,36 @@ def test_differing_keys_and_labels(tmp_path):
     assert differing_keys([base, base]) == []
     assert labels([tmp_path / "a" / "run", tmp_path / "b" / "run", tmp_path / "c"]) == [
         str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"), "c"]
+
+
+def test_compare_at_80_columns_never_splits_a_value(cli, assert_ok, tiny_cifar_run, tmp_path, monkeypatch):
+    """Two runs that differ only in weight decay: both values whole, in lines of at most 80 characters (a column
+    that does not fit is left out, and the caption says so; an option is never folded inside its value)."""
+    runs = []
+    for name, decay in (("wd-small", 0.0003), ("wd-large", 0.03)):
+        run = _variant(tiny_cifar_run[0], tmp_path / name, 0.005, 0.25)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["optim"]["weight_decay"] = decay
+        (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        runs.append(run)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli("compare", *runs, "--no-figure")
+    assert_ok(result)
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    assert any("weight_decay=0.0003" in line for line in lines), result.stdout
+    assert any("weight_decay=0.03" in line for line in lines), result.stdout
+    assert "…" not in result.stdout
+
+
+def test_compare_figure_names_runs_by_what_differs(two_runs, monkeypatch, tmp_path):
+    from imgcls import figures
+    from imgcls.compare import comparison_rows, draw_figure, load_runs
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure))
+    summaries = load_runs(list(two_runs))
+    rows, _ = comparison_rows(summaries)
+    draw_figure(summaries, rows, tmp_path / "compare.png")
+    legend = [text.get_text() for text in drawn[0].axes[0].get_legend().get_texts()]
+    assert legend == ["lr=0.001", "lr=0.1"]

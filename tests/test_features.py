@@ -199,3 +199,9 @@ def test_predict_on_a_features_file_gives_each_rows_classes_as_numpy_does(cli, p
     assert [p["probability"] for p in predictions] == pytest.approx(probabilities.max(1).tolist(), abs=1e-5)
     np.savez(tmp_path / "narrow.npz", x=x[:, :5])
     assert_user_error(cli("predict", run, tmp_path / "narrow.npz", "--device", "cpu"), "5 features", "takes 24")
+
+
+def test_a_features_run_s_page_says_why_it_has_no_gallery(probe):
+    run, _, _ = probe
+    html = (run / "report.html").read_text()
+    assert "not drawn for --dataset features" in html and "--data-dir" not in html

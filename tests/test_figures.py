@@ -2,6 +2,7 @@
 a valid PNG of the size the figure code sets; report prints the run's summary and redraws them."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -36,7 +37,7 @@ def test_train_writes_the_three_figures_at_their_sizes(run):
     out, result = run
     assert png_size(out / CURVES) == pixels((14.0, 4.0))  # loss, top-1 and the learning rate
     assert png_size(out / CONFUSION) == pixels(confusion_figsize(10)) == (1050, 900)
-    assert png_size(out / TEMPLATES) == pixels(grid_figsize(10, "x"), GRID_DPI) == (1600, 210)
+    assert png_size(out / TEMPLATES) == pixels(grid_figsize(10, "x"), GRID_DPI) == (1040, 945)  # 4 x 3 cells
     assert "figures: curves.png, confusion.png, templates.png" in plain(result.output)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
@@ -71,7 +72,8 @@ def test_templates_grid_size(tmp_path, count, shape):
     images = torch.rand((count, *shape), generator=torch.Generator().manual_seed(0))
     save_grid(images, [f"class {i}" for i in range(count)], tmp_path / "grid.png")
     assert png_size(tmp_path / "grid.png") == pixels(grid_figsize(count), GRID_DPI)
-    assert grid_figsize(count)[1] == pytest.approx(1.8 * -(-count // 10) + 0.3)  # ten a row, one title line
+    columns = math.ceil(math.sqrt(count))  # about sqrt(K) a row, one title line
+    assert grid_figsize(count) == pytest.approx((2.6 * columns, 3.0 * -(-count // columns) + 0.45))
 
 
 @pytest.mark.parametrize("classes", [2, 10, 37, 160])
@@ -250,3 +252,29 @@ def test_report_names_what_is_wrong_in_an_epochs_file_of_the_wrong_shape(cli, ru
     shutil.copytree(out, damaged)
     (damaged / "epochs.jsonl").write_text(line + "\n")
     assert_user_error(cli("report", damaged), *words, "damaged")
+
+
+@pytest.mark.parametrize("grid", [{"lr": ["0.01", "0.1"], "weight_decay": ["0.0", "0.1"]}, {"lr": ["0.01", "0.1", "10"]},
+                                  {"lr": ["0.01", "10"], "weight_decay": ["0.0", "0.1", "0.2"], "epochs": ["2"]}])
+def test_sweep_figure_is_large_and_marks_a_diverged_point(tmp_path, monkeypatch, grid):
+    """A diverged point is drawn as diverged (its val top-1, none or that of its last good epoch, is not a score)."""
+    import itertools
+
+    from imgcls import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: (drawn.append(figure), path.write_bytes(b"")))
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    records = [{"point": i, "options": options, "val_top1": 0.055 if options["lr"] in ("0.1", "10") and i % 2 else 0.4,
+                "diverged": options["lr"] == "10" or (options["lr"] == "0.1" and i % 2 == 1)}
+               for i, options in enumerate(points)]
+    if len(points) == 3:  # the line: one diverged point, out of three
+        records[1]["diverged"] = False
+    figures.sweep_figure(records[:4] if len(grid) == 3 else records, grid, tmp_path / "sweep.png", best=0)
+    figure, = drawn
+    width, height = figure.get_size_inches() * figures.DPI
+    assert width >= 800 and height >= 500
+    texts = [t.get_text() for axis in figure.axes for t in axis.texts]
+    labels = [line.get_label() for axis in figure.axes for line in axis.lines]
+    assert "diverged" in " ".join(texts + labels)
+    assert "5.5" not in texts and "0.0" not in texts

@@ -162,3 +162,40 @@ def test_page_in_a_browser(browser, tiny_cifar_run, tmp_path):
     screenshot = tmp_path / "report.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 10_000
+
+
+def test_template_names_are_at_least_20_pixels_high_on_the_page(browser, tiny_cifar_run, tmp_path):
+    """The templates figure is shown large: in a screenshot of the page (1200 pixels wide), the first row of class
+    names is measured twice: by the figure's geometry (each name's text box, ascender to descender, as matplotlib
+    lays it out, scaled as the page shows the PNG) and by its ink (the dark pixels inside those boxes)."""
+    import io
+
+    import numpy as np
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    from imgcls.templates import GRID_DPI, grid_columns, grid_figure, grid_title
+
+    run = tiny_cifar_run[0]
+    classes = json.loads((run / "metrics.json").read_text())["classes"]
+    figure = grid_figure(torch.zeros(len(classes), 3, 32, 32), classes, grid_title("pixel", "each", "natural"))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    height = figure.get_figheight() * GRID_DPI
+    boxes = [text.get_window_extent(renderer) for text in figure.axes[0].texts[:grid_columns(len(classes))]]
+    browser.get((run / "report.html").as_uri())
+    image = browser.find_element("css selector", 'img[alt="class templates"]')
+    browser.execute_script("arguments[0].scrollIntoView(true)", image)
+    left, top, width, natural, ratio = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return [r.left, r.top, r.width, arguments[0].naturalWidth, window.devicePixelRatio]", image)
+    scale = width / natural * ratio  # screen pixels per PNG pixel
+    shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("L"))
+    for box in boxes:
+        assert box.height * scale >= 20, f"a name's text box is {box.height * scale:.1f} pixels high"
+    x0, x1 = round(left * ratio + boxes[0].x0 * scale), round(left * ratio + boxes[0].x1 * scale)
+    y0, y1 = (round(top * ratio + (height - box_y) * scale) for box_y in (boxes[0].y1, boxes[0].y0))
+    ink_rows = np.flatnonzero((shot[y0 - 2:y1 + 2, x0 - 2:x1 + 2] < 128).any(1))
+    ink = int(ink_rows[-1] - ink_rows[0] + 1)
+    assert classes[0] == "airplane" and ink >= 20, f"'{classes[0]}' is {ink} pixels high on the page"
+    Image.fromarray(shot).save(tmp_path / "templates-on-the-page.png")

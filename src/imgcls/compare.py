@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable
+from imgcls.rundir import topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
 
@@ -66,7 +67,7 @@ def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
                "seconds": sum(record["seconds"] for record in summary.epochs)}
         for split in ("val", "test"):
             row[f"{split}_top1"] = metrics[split]["top1"] if metrics else None
-            row[f"{split}_topk"] = metrics[split]["top5"] if metrics else None
+            row[f"{split}_topk"] = topk_of(metrics[split]) if metrics else None
         row["k"] = metrics["test"]["k"] if metrics else None
         rows.append(row)
     return rows, keys
@@ -80,31 +81,32 @@ def _option(value) -> str:
     return "null" if value is None else str(value)
 
 
-def compare_table(rows: list[dict], keys: list[str]):
-    from rich.table import Table
+def compare_table(rows: list[dict], keys: list[str], width: int | None = None):
+    """As wide as the terminal (80 columns when piped): a differing option a line, `key=value` never split, the
+    numbers never cut; the rightmost columns are left out while it is too wide, and the caption names them."""
     from rich.text import Text
+
+    from imgcls.report import fitted_table
 
     ks = sorted({row["k"] for row in rows if row["k"] is not None})
     topk = f"top-{ks[0]}" if len(ks) == 1 else "top-k"
     datasets = list(dict.fromkeys(str(row["dataset"]) for row in rows))
     same = f" on {datasets[0]}" if len(datasets) == 1 else ""  # one dataset: said once, in the title
-    table = Table(title=printable(f"{len(rows)} runs{same}" + ("" if keys else " (their configs are the same)")))
-    # headers on two lines and numbers on one: the run names and options get the width that is left
-    columns = ("run", *(() if same else ("dataset",)), "options\nthat differ", "best\nepoch", "val\ntop-1",
-               f"val\n{topk}", "test\ntop-1", f"test\n{topk}", "time")
-    for column in columns:
-        flexible = column in ("run", "options\nthat differ")
-        table.add_column(column, justify="left" if flexible or column == "dataset" else "right", overflow="fold",
-                         no_wrap=not flexible)
+    title = printable(f"{len(rows)} runs{same}" + ("" if keys else " (their configs are the same)"))
+    columns = [("run", "left"), ("options\nthat differ", "left"), ("best\nepoch", "right"), ("val\ntop-1", "right"),
+               ("test\ntop-1", "right"), (f"val\n{topk}", "right"), (f"test\n{topk}", "right"), ("time", "right")]
+    if not same:
+        columns.insert(2, ("dataset", "left"))
     names = short_names(keys)
+    table_rows = []
     for row in rows:
         options = "\n".join(f"{names[key]}={_option(row['options'][key])}" for key in keys)
         best = f"{row['best_epoch']} of {row['epochs']}" if row["finished"] else f"unfinished ({row['epochs']})"
-        cells = [Text(row["run"]), *(() if same else (Text(printable(str(row["dataset"]))),)), Text(printable(options)),
-                 best, *(_percent(row[name]) for name in ("val_top1", "val_topk", "test_top1", "test_topk")),
+        cells = [Text(row["run"]), Text(printable(options)), *(() if same else (Text(printable(str(row["dataset"]))),)),
+                 best, *(_percent(row[name]) for name in ("val_top1", "test_top1", "val_topk", "test_topk")),
                  f"{row['seconds']:.1f} s"]
-        table.add_row(*cells)
-    return table
+        table_rows.append(cells)
+    return fitted_table(title, columns, table_rows, width, keep=2)
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -125,10 +127,18 @@ def to_csv(rows: list[dict], keys: list[str]) -> str:
     return buffer.getvalue()
 
 
+def legend_label(row: dict) -> str:
+    """What sets a run apart, `weight_decay=0.0003 lr=0.1`, in the figure's legend; its folder name when the configs
+    are the same."""
+    names = short_names(list(row["options"]))
+    return " ".join(f"{names[key]}={_option(value)}" for key, value in row["options"].items()) or row["run"]
+
+
 def draw_figure(summaries, rows: list[dict], path: Path) -> Path | None:
-    """The overlaid validation curves; None when no run has finished an epoch (nothing to draw)."""
+    """The overlaid validation curves, each named by its differing options; None when no run has finished an
+    epoch (nothing to draw)."""
     from imgcls.figures import validation_curves
 
-    curves = [(row["run"], summary.epochs, row["best_epoch"]) for row, summary in zip(rows, summaries)
+    curves = [(printable(legend_label(row)), summary.epochs, row["best_epoch"]) for row, summary in zip(rows, summaries)
               if summary.epochs]
     return validation_curves(curves, path) if curves else None

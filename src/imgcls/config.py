@@ -156,7 +156,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    init: str = option("default", f"Weight init: {', '.join(INITS)}.", MODEL, choices=INITS)
+    init: str = option("zeros", "Weight init: zeros (smooth templates; the loss is convex), default "
+                                "(nn.Linear's uniform) or normal.", MODEL, choices=INITS)
     init_std: float = option(0.01, "Std of the normal init.", MODEL, check=(FINITE, POSITIVE))
 
 

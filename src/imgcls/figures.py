@@ -228,7 +228,9 @@ def sweep_figure(records: list[dict], grid: dict[str, list[str]], path: Path, be
     """Validation top-1 over a sweep's grid: a heat map for two options, a line against one (log-scaled when its
     values are numbers spread over a decade or more), else the points as bars, best first."""
     varied = [name for name, values in grid.items() if len(values) > 1]
-    value = {r["point"]: (r["val_top1"] or 0.0) * 100 for r in records}
+    # a diverged point has no score to draw: NaN, never 0 or the top-1 of its last good epoch; each kind marks it
+    value = {r["point"]: float("nan") if r["diverged"] or r["val_top1"] is None else r["val_top1"] * 100
+             for r in records}
     if len(varied) == 2 and len(records) == len(grid[varied[0]]) * len(grid[varied[1]]):
         return _sweep_heatmap(records, varied, grid, value, path)
     if len(varied) == 1 and len(records) == len(grid[varied[0]]):
@@ -237,18 +239,28 @@ def sweep_figure(records: list[dict], grid: dict[str, list[str]], path: Path, be
 
 
 def _sweep_heatmap(records, varied, grid, value, path: Path) -> Path:
+    import math
+
+    import matplotlib
+
     rows, columns = grid[varied[0]], grid[varied[1]]
-    figure = _figure((1.2 + 0.9 * len(columns), 1.2 + 0.6 * len(rows)))
+    figure = _figure((max(8.0, 3.0 + 1.3 * len(columns)), max(5.5, 2.0 + 0.8 * len(rows))))
     axis = figure.subplots()
-    cells = [[0.0] * len(columns) for _ in rows]
+    cells = [[math.nan] * len(columns) for _ in rows]
     for record in records:
         cells[rows.index(record["options"][varied[0]])][columns.index(record["options"][varied[1]])] = \
             value[record["point"]]
-    image = axis.imshow(cells, cmap="viridis", aspect="auto")
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # diverged cells: grey
+    image = axis.imshow(cells, cmap=colours, aspect="auto")
+    finite = [cell for row in cells for cell in row if not math.isnan(cell)] or [0.0]
+    dark = max(finite) - (max(finite) - min(finite)) / 3
     for i, row in enumerate(cells):
         for j, cell in enumerate(row):
-            axis.text(j, i, f"{cell:.1f}", ha="center", va="center", color="white" if cell < max(map(max, cells)) -
-                      (max(map(max, cells)) - min(map(min, cells))) / 3 else "black", fontsize=8)
+            if math.isnan(cell):
+                axis.text(j, i, "diverged", ha="center", va="center", color="tab:red", fontsize=11)
+            else:
+                axis.text(j, i, f"{cell:.1f}", ha="center", va="center", color="white" if cell < dark else "black",
+                          fontsize=11)
     axis.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     axis.set_yticks(range(len(rows)), rows)
     axis.set_xlabel(varied[1])
@@ -260,12 +272,19 @@ def _sweep_heatmap(records, varied, grid, value, path: Path) -> Path:
 
 
 def _sweep_line(records, name: str, values: list[str], value, path: Path, best: int | None) -> Path:
-    figure = _figure((6, 4))
+    import math
+
+    figure = _figure((9, 5.5))
     axis = figure.subplots()
     by_value = {record["options"][name]: record for record in records}
     numbers = _as_numbers(values)
     x = numbers if numbers is not None else list(range(len(values)))
-    axis.plot(x, [value[by_value[v]["point"]] for v in values], marker="o")
+    y = [value[by_value[v]["point"]] for v in values]
+    axis.plot(x, y, marker="o")  # a diverged point (NaN) breaks the line there
+    lost = [position for position, top1 in zip(x, y) if math.isnan(top1)]
+    if lost:
+        low = min((top1 for top1 in y if not math.isnan(top1)), default=0.0)
+        axis.plot(lost, [low] * len(lost), "x", color="tab:red", markersize=12, mew=2, label="diverged")
     if numbers is not None and min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
         axis.set_xscale("log")
     if numbers is None:
@@ -273,6 +292,7 @@ def _sweep_line(records, name: str, values: list[str], value, path: Path, best: 
     if best is not None:
         chosen = next(r for r in records if r["point"] == best)
         axis.axvline(x[values.index(chosen["options"][name])], color="grey", linestyle=":", label="chosen")
+    if best is not None or lost:
         axis.legend()
     axis.set_xlabel(name)
     axis.set_ylabel("validation top-1 (%)")
@@ -286,17 +306,23 @@ SWEEP_BARS = 40  # the best this many points: a bar a point beyond that is unrea
 
 
 def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
-    ranked = sorted(records, key=lambda r: -value[r["point"]])[:SWEEP_BARS]
-    figure = _figure((6, 1 + 0.3 * len(ranked)))
+    import math
+
+    ranked = sorted(records, key=lambda r: (math.isnan(value[r["point"]]), -value[r["point"]]))[:SWEEP_BARS]
+    figure = _figure((9, max(5.0, 1.5 + 0.4 * len(ranked))))
     axis = figure.subplots()
     labels = [" ".join(f"{k}={v}" for k, v in r["options"].items()) or "base" for r in ranked]
-    colors = ["tab:orange" if r["point"] == best else "tab:red" if r["diverged"] else "tab:blue" for r in ranked]
-    axis.barh(range(len(ranked)), [value[r["point"]] for r in ranked], color=colors)
-    axis.set_yticks(range(len(ranked)), labels, fontsize=7)
+    colors = ["tab:orange" if r["point"] == best else "tab:blue" for r in ranked]
+    axis.barh(range(len(ranked)), [0.0 if math.isnan(value[r["point"]]) else value[r["point"]] for r in ranked],
+              color=colors)
+    for position, record in enumerate(ranked):
+        if math.isnan(value[record["point"]]):
+            axis.text(0, position, " diverged", va="center", color="tab:red", fontsize=10)
+    axis.set_yticks(range(len(ranked)), labels, fontsize=9)
     axis.invert_yaxis()
     axis.set_xlabel("validation top-1 (%)")
     shown = "" if len(records) <= SWEEP_BARS else f", the best {SWEEP_BARS} of {len(records)}"
-    figure.suptitle(f"sweep: validation top-1 (orange: chosen{shown})")
+    figure.suptitle(f"sweep: validation top-1 (orange: chosen; red: diverged{shown})")
     _save(figure, path)
     return path
 

@@ -18,30 +18,14 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable, write_text_atomic
-from imgcls.rundir import RunDir
+from imgcls.metrics import per_class_scores
+from imgcls.rundir import RunDir, epoch_topk, topk_of
 
 GALLERY_WRONG = 12  # thumbnails of each kind: the page stays small and quick to write
 GALLERY_RIGHT = 12
 THUMBNAIL_MAX = 96  # pixels a side; larger images are shrunk before they are embedded
 SCORE_CHUNK = 2048  # test images scored at once (bounded memory on large test splits)
 TEMPLATE = "runpage.html.j2"
-
-
-def per_class_scores(confusion: list[list[int]]) -> list[dict]:
-    """Precision, recall and F1 of every class from a confusion matrix (rows: true class, columns: predicted).
-
-    A class never predicted has precision 0, one without test images recall 0, and F1 is 0 when both are
-    (scikit-learn's zero_division=0)."""
-    k = len(confusion)
-    predicted = [sum(confusion[i][j] for i in range(k)) for j in range(k)]
-    scores = []
-    for i, row in enumerate(confusion):
-        hits, support = row[i], sum(row)
-        precision = hits / predicted[i] if predicted[i] else 0.0
-        recall = hits / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores.append({"precision": precision, "recall": recall, "f1": f1, "support": support})
-    return scores
 
 
 def gallery_picks(confidence, predicted, labels, wrong: int = GALLERY_WRONG, right: int = GALLERY_RIGHT):
@@ -101,6 +85,8 @@ def load_gallery(run: RunDir) -> Gallery:
     if not run.best.is_file():
         return Gallery(note="no best.safetensors in the run folder: no model to score the test images with")
     checkpoint = ckpt.load(run.best)
+    if checkpoint.meta.get("config", {}).get("data", {}).get("dataset") == "features":
+        return Gallery(note="not drawn for --dataset features: its test split holds feature vectors, not images")
     if checkpoint.meta.get("config", {}).get("data", {}).get("stream"):
         return Gallery(note="not drawn for a --stream run: its test images are decoded from their files, which "
                             "would make writing this page as slow as a test evaluation")
@@ -170,6 +156,7 @@ def page_context(run_path: Path, class_names: Path | None = None) -> dict:
     return {"name": printable(summary.path.resolve().name), "path": printable(summary.path),
             "dataset": data.get("dataset", "?") if isinstance(data, dict) else "?",
             "config": config_rows(summary.config), "epochs": summary.epochs, "metrics": metrics,
+            "k": metrics["test"]["k"] if metrics else epoch_topk(summary.epochs[0])[0] if summary.epochs else 5,
             "diverged": summary.diverged, "per_class": per_class, "pairs": summary.pairs,
             "superclasses": summary.superclasses,
             "curves": _embedded(run.curves), "confusion": _embedded(run.confusion),
@@ -186,7 +173,7 @@ def render_page(context: dict) -> str:
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True)
     template = environment.from_string(files("imgcls").joinpath(TEMPLATE).read_text(encoding="utf-8"))
-    return template.render(**context)
+    return template.render(**context, topk_of=topk_of, epoch_topk=epoch_topk)
 
 
 def write_run_page(run_dir: Path, class_names: Path | None = None) -> Path:

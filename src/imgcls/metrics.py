@@ -22,11 +22,29 @@ def top_k(num_classes: int) -> int:
     return min(5, num_classes)
 
 
+
+def per_class_scores(confusion: list[list[int]]) -> list[dict]:
+    """Precision, recall and F1 of every class from a confusion matrix (rows: true class, columns: predicted).
+
+    A class never predicted has precision 0, one without test images recall 0, and F1 is 0 when both are
+    (scikit-learn's zero_division=0)."""
+    k = len(confusion)
+    predicted = [sum(confusion[i][j] for i in range(k)) for j in range(k)]
+    scores = []
+    for i, row in enumerate(confusion):
+        hits, support = row[i], sum(row)
+        precision = hits / predicted[i] if predicted[i] else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append({"precision": precision, "recall": recall, "f1": f1, "support": support})
+    return scores
+
+
 @dataclass
 class Metrics:
     loss: float
     top1: float
-    top5: float  # top-k with k = min(5, classes); named top5 as everyone reads it
+    top5: float  # top-k with k = min(5, classes); metrics.json names it by its k (summary)
     k: int
     count: int
     per_class: list[float] = field(default_factory=list)
@@ -35,9 +53,10 @@ class Metrics:
     per_superclass: list[float] = field(default_factory=list)  # superclass top-1 of each superclass's images
 
     def summary(self) -> dict:
-        """The headline numbers, as metrics.json and `eval --json` write them."""
+        """The headline numbers, as metrics.json and `eval --json` write them; top-k as `top{k}` (`top3`)."""
         keys = ("loss", "top1", "top5", "k", "count", "superclass_top1")
-        return {k: v for k, v in asdict(self).items() if k in keys and v is not None}
+        return {(f"top{self.k}" if key == "top5" else key): value for key, value in asdict(self).items()
+                if key in keys and value is not None}
 
     def detail(self) -> dict:
         """Per class (and per superclass, when the dataset has them) and the confusion matrix: metrics.json's

@@ -9,7 +9,7 @@ from torch import nn
 
 
 class LinearClassifier(nn.Module):
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, init: str = "default",
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, init: str = "zeros",
                  init_std: float = 0.01):
         super().__init__()
         self.linear = nn.Linear(math.prod(input_shape), num_classes)

@@ -36,16 +36,25 @@ RECENT_SECONDS = 5.0  # the progress bar's images/s and ETA are over about this 
 EPOCH_LEGEND = "each epoch: train loss, top-1; validation loss, top-1, top-5; seconds (* best so far)"
 
 
+def epoch_legend(k: int = 5) -> str:
+    """EPOCH_LEGEND with the run's top-k (top-3 for 3 classes)."""
+    return EPOCH_LEGEND.replace("top-5", f"top-{k}")
+
+
 def loss_text(loss: float) -> str:
     """Four decimals while a loss is small, five significant digits beyond (a diverging run stays on its line)."""
     return f"{loss:.4f}" if abs(loss) < 10 else f"{loss:.5g}"
 
 
-def epoch_line(record: dict, improved: bool) -> str:
-    """One epoch in under 80 columns (a wrapped line splits numbers); EPOCH_LEGEND names the numbers once."""
+def epoch_line(record: dict, improved: bool, k: int | None = None) -> str:
+    """One epoch in under 80 columns (a wrapped line splits numbers); epoch_legend names the numbers once.
+    k: the run's top-k, which names the record's val_top5 (default: the k of the record's own key)."""
+    from imgcls.rundir import epoch_topk
+
     mark = " *" if improved else ""
+    named, topk = epoch_topk(record)
     return (f"epoch {record['epoch']:>3}  train {loss_text(record['train_loss'])} {record['train_top1']:.2%}"
-            f"  val {loss_text(record['val_loss'])} {record['val_top1']:.2%} top-5 {record['val_top5']:.2%}"
+            f"  val {loss_text(record['val_loss'])} {record['val_top1']:.2%} top-{k or named} {topk:.2%}"
             f"  {record['seconds']:.1f}s{mark}")
 
 
@@ -102,11 +111,18 @@ class Reporter:
         self.task = None
         self.recent = RecentRate()
         self.legend_shown = False
+        self.epochs: int | None = None  # the run's most epochs, when the loop says (epoch_start)
+        self.run_start: tuple[float, int] | None = None  # (time, epoch) of this process's first epoch
+        self.epoch = 0
+        self.steps = 1
+        self.k: int | None = None  # the run's top-k, once data_ready has said how many classes
 
     def note(self, text: str | Text) -> None:
-        """A line as it is written (a str is not read as markup)."""
+        """A line as it is written (a str is not read as markup); on a terminal wrapped between words (the terminal
+        would cut them, and the live bar would overwrite a row it did not know of), whole in a pipe or a log."""
         if not self.quiet:
-            self.console.print(Text(text) if isinstance(text, str) else text, highlight=False, soft_wrap=True)
+            self.console.print(Text(text) if isinstance(text, str) else text, highlight=False,
+                               soft_wrap=not self.console.is_terminal)
 
     @contextmanager
     def decoding(self) -> Iterator[Callable[[int, int], None] | None]:
@@ -151,6 +167,9 @@ class Reporter:
             yield lambda done, text: bar.update(task, completed=done, text=text)
 
     def data_ready(self, data: PreparedData) -> None:
+        from imgcls.metrics import top_k
+
+        self.k = top_k(len(data.classes))
         c, h, w = data.shape
         cached = ", from the decoded cache" if data.from_cache else ""
         skipped = f", {data.skipped} unreadable images skipped" if data.skipped else ""
@@ -159,21 +178,44 @@ class Reporter:
                                 f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test{cached}"
                                 f"{skipped}{passed}"))
 
-    def epoch_start(self, epoch: int, steps: int) -> None:
+    def epoch_start(self, epoch: int, steps: int, epochs: int | None = None) -> None:
+        """A new bar for epoch `epoch` (from 0) of `steps` steps; epochs: the run's most epochs, for `epoch N/M`
+        and the whole run's ETA (an upper bound: early stopping may end it sooner)."""
         if self.quiet:
             return
+        self.epochs = epochs if epochs is not None else self.epochs
+        self.epoch, self.steps = epoch, max(steps, 1)
+        if self.run_start is None:
+            self.run_start = (time.perf_counter(), epoch)
         if self.progress is None:
             # loss and speed are text fields: blank until the first step, never a 'nan' a student reads as divergence
             self.progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=10), MofNCompleteColumn(),
                 TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+                TextColumn("eta"), TimeRemainingColumn(compact=True),
+                TextColumn("{task.fields[run]}"), console=self.console,
                 transient=True, speed_estimate_period=RECENT_SECONDS)
             self.progress.start()
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=steps, epoch=epoch + 1, loss="loss -", speed="")
+        shown = f"{epoch + 1}/{self.epochs}" if self.epochs else f"{epoch + 1}"
+        self.task = self.progress.add_task("train", total=steps, epoch=shown, loss="loss -", speed="",
+                                           run=self.run_eta(0))
         self.recent = RecentRate()
+
+    def run_eta(self, step: int) -> str:
+        """'run ≤ M:SS': the time the run's remaining epochs take at this process's pace so far ('' without
+        the run's length, or before its first step)."""
+        if not self.epochs or self.run_start is None:
+            return ""
+        started, first = self.run_start
+        done = self.epoch - first + step / self.steps
+        left = self.epochs - first - done
+        if done <= 0:
+            return ""
+        seconds = round((time.perf_counter() - started) / done * max(left, 0.0))
+        hours, rest = divmod(seconds, 3600)
+        return f"run ≤ {hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"run ≤ {rest // 60}:{rest % 60:02d}"
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
         """images: the images this epoch has seen so far; without it they are estimated from the epoch's
@@ -182,13 +224,14 @@ class Reporter:
             seen = images if images is not None else images_per_s * self.recent.elapsed()
             rate = self.recent.add(seen)
             speed = f"{rate:,.0f} img/s" if rate is not None else ""
-            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=speed)
+            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=speed,
+                                 run=self.run_eta(step))
 
     def epoch_done(self, record: dict, improved: bool) -> None:
         if not self.legend_shown:
             self.legend_shown = True
-            self.note(EPOCH_LEGEND)
-        self.note(epoch_line(record, improved))
+            self.note(epoch_legend(self.k or 5))
+        self.note(epoch_line(record, improved, self.k))
 
     def close(self) -> None:
         if self.progress is not None:
@@ -201,20 +244,26 @@ class Reporter:
 
     def metrics_table(self, title: str, rows: dict[str, Metrics]) -> Table:
         table = Table(title=Text(title))
-        for column in ("split", "images", "loss", "top-1", "top-k"):
+        ks = {m.k for m in rows.values()}
+        for column in ("split", "images", "loss", "top-1", f"top-{ks.pop()}" if len(ks) == 1 else "top-k"):
             table.add_column(column, justify="right" if column != "split" else "left")
         for name, m in rows.items():
-            table.add_row(name, f"{m.count}", f"{m.loss:.4f}", f"{m.top1:.2%}", f"{m.top5:.2%} (k={m.k})")
+            table.add_row(name, f"{m.count}", f"{m.loss:.4f}", f"{m.top1:.2%}",
+                          f"{m.top5:.2%}" + ("" if len({r.k for r in rows.values()}) == 1 else f" (k={m.k})"))
             if m.superclass_top1 is not None:
                 table.add_row(f"{name} superclass", f"{m.count}", "", f"{m.superclass_top1:.2%}", "")
         return table
 
     def per_class_table(self, classes: list[str], metrics: Metrics) -> Table:
-        table = Table(title="per-class top-1")
-        table.add_column("class")
-        table.add_column("top-1", justify="right")
-        for name, accuracy in zip(classes, metrics.per_class):
-            table.add_row(Text(name), f"{accuracy:.2%}")
+        """Top-1 (the class's recall), precision and F1 of each class, from the confusion matrix."""
+        from imgcls.metrics import per_class_scores
+
+        table = Table(title="per-class top-1 (the class's recall), precision and F1")
+        for column in ("class", "images", "top-1", "precision", "F1"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for name, accuracy, score in zip(classes, metrics.per_class, per_class_scores(metrics.confusion)):
+            table.add_row(Text(name), str(score["support"]), f"{accuracy:.2%}", f"{score['precision']:.2%}",
+                          f"{score['f1']:.3f}")
         return table
 
     def superclass_table(self, rows: list[tuple[str, float]]) -> Table:
@@ -232,21 +281,27 @@ class Reporter:
             Console().print(renderable)
 
 
-def sweep_table(records: list[dict], best: int | None, limit: int = 20) -> Table:
-    """The points by validation top-1, best first (test shown, but not used to choose)."""
+def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: int | None = None) -> Table:
+    """The points by validation top-1, best first (test shown, but not used to choose). As wide as the terminal: a
+    point's options a line each, never cut inside key=value; columns that do not fit are left out, and named."""
     ranked = sorted(records, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0.0), r["val_loss"] or 0.0,
                                             r["point"]))
-    table = Table(title=f"sweep: {len(records)} points by validation top-1 (test not used to choose)")
-    for column in ("rank", "point (folder and options)", "epochs", "val top-1", "val loss", "test top-1", ""):
-        table.add_column(column, justify="left" if column.startswith("point") or not column else "right")
+    columns = [("rank", "right"), ("point (folder\nand options)", "left"), ("", "left"), ("val top-1", "right"),
+               ("val loss", "right"), ("epochs", "right"), ("test top-1", "right")]
+    rows = []
     for rank, record in enumerate(ranked[:limit], 1):
         mark = "chosen" if record["point"] == best else "diverged" if record["diverged"] else ""
-        options = f"{record['point']:03d} " + (" ".join(f"{name}={value}" for name, value in
-                                                        record["options"].items()) or "base")
-        table.add_row(str(rank), Text(options), f"{record['best_epoch'] or '-'}/{record['epochs_run']}",
-                      _percent(record["val_top1"]), _number(record["val_loss"]), _percent(record["test_top1"]), mark)
+        options = "\n".join([f"{record['point']:03d}", *(f"{name}={value}" for name, value in
+                                                         record["options"].items())]) if record["options"] else \
+            f"{record['point']:03d} base"
+        loss = "-" if record["val_loss"] is None else loss_text(record["val_loss"])
+        rows.append([str(rank), Text(options), mark, _percent(record["val_top1"]), loss,
+                     f"{record['best_epoch'] or '-'}/{record['epochs_run']}", _percent(record["test_top1"])])
+    title = f"sweep: {len(records)} points by validation top-1 (test not used to choose)"
+    table = fitted_table(title, columns, rows, width, keep=3)
     if len(ranked) > limit:
-        table.caption = f"{len(ranked) - limit} more in sweep.csv"
+        more = f"{len(ranked) - limit} more in sweep.csv"
+        table.caption = Text(f"{more}; {table.caption}") if table.caption else Text(more)
     return table
 
 

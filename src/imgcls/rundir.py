@@ -18,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -168,8 +169,11 @@ class RunDir:
     def mark_diverged(self, why: str) -> None:
         write_text_atomic(self.diverged, why.rstrip() + "\n")
 
-    def write_epochs(self, history: list[dict]) -> None:
-        """The whole history each time: a resumed run rewrites the file, never duplicates a line."""
+    def write_epochs(self, history: list[dict], k: int | None = None) -> None:
+        """The whole history each time: a resumed run rewrites the file, never duplicates a line. k: the run's
+        top-k, which names the records' val_top5 in the files (`val_top3` for 3 classes)."""
+        if k is not None:
+            history = [topk_named(record, k) for record in history]
         write_text_atomic(self.epochs, "".join(json.dumps(record) + "\n" for record in history))
         write_text_atomic(self.metrics_csv, epochs_csv(history))
 
@@ -187,6 +191,7 @@ class RunDir:
                             f"damaged") from None
         for line, record in enumerate(records, 1):
             _check_fields(record, EPOCH_FIELDS, f"line {line}", self.epochs, OPTIONAL_EPOCH_FIELDS)
+            _check_topk(epoch_topk(record)[1], "val_top{k}", f"line {line}", self.epochs)
         return records
 
     def read_metrics(self, class_names: Path | None = None) -> dict | None:
@@ -376,11 +381,30 @@ def _same_file(path: Path, fd: int) -> bool:
 
 NUMBER, COUNT, MAPPING = "a number", "a whole number >= 0", "a JSON object"
 EPOCH_FIELDS = {"epoch": COUNT, "train_loss": NUMBER, "train_top1": NUMBER, "val_loss": NUMBER, "val_top1": NUMBER,
-                "val_top5": NUMBER, "lr": NUMBER, "seconds": NUMBER}
+                "lr": NUMBER, "seconds": NUMBER}  # and val_top{k} (older runs: val_top5), checked by _check_topk
 OPTIONAL_EPOCH_FIELDS = {"lr_last": NUMBER, "images_per_s": NUMBER}  # runs of older imgcls lack them
-SPLIT_FIELDS = {"loss": NUMBER, "top1": NUMBER, "top5": NUMBER, "k": COUNT, "count": COUNT}
+SPLIT_FIELDS = {"loss": NUMBER, "top1": NUMBER, "k": COUNT, "count": COUNT}  # and top{k} (older runs: top5)
 METRICS_FIELDS = {"best_epoch": COUNT, "val": MAPPING, "test": MAPPING, "classes": "a list of class names"}
 
+
+def topk_of(split: dict) -> float | None:
+    """A split's top-k in metrics.json, named by its k (`top3` for 3 classes); runs of older imgcls wrote `top5`
+    whatever k was."""
+    return split.get(f"top{split.get('k', 5)}", split.get("top5"))
+
+
+def epoch_topk(record: dict) -> tuple[int, float | None]:
+    """(k, validation top-k) of an epochs.jsonl record: `val_top{k}` (older runs: `val_top5`, whatever k was)."""
+    for key, value in record.items():
+        found = re.fullmatch(r"val_top(\d+)", key)
+        if found and key != "val_top1":
+            return int(found.group(1)), value
+    return 5, None
+
+
+def topk_named(record: dict, k: int) -> dict:
+    """An epoch record with its `val_top5` named by the run's k (`val_top3` for 3 classes), in its place."""
+    return {(f"val_top{k}" if key == "val_top5" else key): value for key, value in record.items()}
 
 def _is(value, kind: str) -> bool:
     if isinstance(value, bool):
@@ -416,10 +440,18 @@ def _check_fields(record, fields: dict, where: str, path: Path, optional: dict |
             raise _damaged(path, f"{where}: '{key}' is {_described(record[key])}, not {kind}")
 
 
+def _check_topk(value, key: str, where: str, path: Path) -> None:
+    if value is None:
+        raise _damaged(path, f"{where} lacks '{key}'")
+    if not _is(value, NUMBER):
+        raise _damaged(path, f"{where}: '{key}' is {_described(value)}, not {NUMBER}")
+
+
 def _check_metrics(metrics, path: Path) -> None:
     _check_fields(metrics, METRICS_FIELDS, "the file", path)
     for split in ("val", "test"):
         _check_fields(metrics[split], SPLIT_FIELDS, f"'{split}'", path)
+        _check_topk(topk_of(metrics[split]), f"top{metrics[split]['k']}", f"'{split}'", path)
         extra = metrics[split].get("superclass_top1")
         if extra is not None and not _is(extra, NUMBER):
             raise _damaged(path, f"'{split}': 'superclass_top1' is {_described(extra)}, not {NUMBER}")

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from imgcls.files import printable
+from imgcls.rundir import epoch_topk, topk_of
 
 
 @dataclass
@@ -100,11 +101,13 @@ def config_rows(config: dict) -> list[tuple[str, str, bool]]:
 
 
 def config_table(config: dict) -> Table:
-    table = Table(title="config (bold: not the default)")
+    table = Table(title="config (*: not the default)")
+    table.add_column("")
     table.add_column("key")
     table.add_column("value")
     for key, value, changed in config_rows(config):
-        table.add_row(Text(printable(key)), Text(printable(value)), style="bold" if changed else "dim")
+        table.add_row("*" if changed else "", Text(printable(key)), Text(printable(value)),
+                      style="bold" if changed else "dim")
     return table
 
 
@@ -113,35 +116,44 @@ EPOCH_COLUMNS = [("epoch", "right"), ("train\nloss", "right"), ("train\ntop-1", 
                  ("lr\nlast", "right")]  # most important first: at a narrow terminal the last are left out
 
 
-def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None) -> Table:
-    """One row an epoch; at a narrow terminal the last columns are left out, never cut (report.fitted_table)."""
+def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None, k: int | None = None) -> Table:
+    """One row an epoch; at a narrow terminal the last columns are left out, never cut (report.fitted_table).
+    k: the run's top-k (metrics.json's; default: the k the records' key names)."""
     from imgcls.report import fitted_table
 
     rows = []
+    columns = [(f"val\ntop-{k or epoch_topk(epochs[0])[0]}", "right") if header == "val\ntop-k" else (header, justify)
+               for header, justify in EPOCH_COLUMNS] if epochs else EPOCH_COLUMNS
     for record in epochs:
         mark = " *" if record["epoch"] == best_epoch else ""
         lr_last = record.get("lr_last")
         rows.append([f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
-                     f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{record['val_top5']:.2%}",
+                     f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{epoch_topk(record)[1]:.2%}",
                      f"{record['lr']:.3g}", f"{record['seconds']:.2f}", "" if lr_last is None else f"{lr_last:.3g}"])
-    return fitted_table("epochs (* best validation top-1)", EPOCH_COLUMNS, rows, width, keep=5)
+    return fitted_table("epochs (* best validation top-1)", columns, rows, width, keep=5)
 
 
 def per_class_table(summary: RunSummary) -> Table:
     detail = summary.metrics.get("test_detail", {})
     confusion = detail.get("confusion") or []
-    table = Table(title="per-class test top-1")
-    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right"),
-                            ("most often taken for", "left")):
+    from imgcls.metrics import per_class_scores
+
+    table = Table(title="per-class test top-1 (the class's recall), precision and F1")
+    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"),
+                            ("F1", "right"), ("most often taken for", "left")):
         table.add_column(column, justify=justify)
+    scores = per_class_scores(confusion)
     for index, (name, accuracy) in enumerate(zip(summary.classes, detail.get("per_class", []))):
         row = confusion[index] if index < len(confusion) else []
+        score = scores[index] if index < len(scores) else None
         others = [(count, j) for j, count in enumerate(row) if j != index and count > 0]
         mistaken = ""
         if others:
             count, j = max(others, key=lambda pair: (pair[0], -pair[1]))
             mistaken = f"{summary.classes[j]} ({count})"
-        table.add_row(Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}", Text(printable(mistaken)))
+        table.add_row(Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}",
+                      f"{score['precision']:.2%}" if score else "", f"{score['f1']:.3f}" if score else "",
+                      Text(printable(mistaken)))
     return table
 
 
@@ -164,7 +176,7 @@ def render(summary: RunSummary) -> Group:
     parts: list = [f"[bold]run[/] {path}", config_table(summary.config)]
     best = summary.metrics["best_epoch"] if summary.metrics else None
     if summary.epochs:
-        parts.append(epochs_table(summary.epochs, best))
+        parts.append(epochs_table(summary.epochs, best, k=summary.metrics["test"]["k"] if summary.metrics else None))
     if summary.metrics is None and summary.diverged:
         parts.append(f"[red]the run diverged:[/] {escape(summary.diverged)}\nResuming it would diverge again the "
                      f"same way; start a new run with a lower --lr: {escape(summary.retry)}")
@@ -176,7 +188,8 @@ def render(summary: RunSummary) -> Group:
     data = summary.config.get("data")
     dataset = data.get("dataset", "?") if isinstance(data, dict) else "?"
     rows = {split: Metrics(**{k: v for k, v in summary.metrics[split].items()
-                              if k in ("loss", "top1", "top5", "k", "count", "superclass_top1")})
+                              if k in ("loss", "top1", "k", "count", "superclass_top1")},
+                           top5=topk_of(summary.metrics[split]))
             for split in ("val", "test")}
     parts.append(Reporter().metrics_table(f"{printable(str(dataset))}: best epoch {best}", rows))
     if summary.metrics.get("test_detail", {}).get("per_class"):

@@ -22,7 +22,7 @@ MISSING = "--tensorboard needs the tensorboard package: pip install 'imgcls[tens
 
 # epochs.jsonl key -> TensorBoard tag
 SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_top1": "top1/train", "val_top1": "top1/val",
-           "val_top5": "topk/val", "lr": "lr", "lr_last": "lr_last", "images_per_s": "speed/images_per_s"}
+           "lr": "lr", "lr_last": "lr_last", "images_per_s": "speed/images_per_s"}
 
 
 def summary_writer_class():
@@ -57,9 +57,14 @@ class TensorBoardReporter(Reporter):
     def epoch_done(self, record: dict, improved: bool) -> None:
         super().epoch_done(record, improved)
         writer = self._writer()
+        from imgcls.rundir import epoch_topk
+
         for key, tag in SCALARS.items():
             if key in record:
                 writer.add_scalar(tag, record[key], record["epoch"])
+        named, topk = epoch_topk(record)
+        if topk is not None:  # the run's k (data_ready), which a record's val_top5 may not name
+            writer.add_scalar(f"top{self.k or named}/val", topk, record["epoch"])
         writer.flush()
 
     def close(self) -> None:
@@ -74,9 +79,10 @@ class TensorBoardReporter(Reporter):
         from imgcls.templates import display_images, enlarge
 
         run, writer = RunDir(Path(run_path)), self._writer()
-        for key in ("loss", "top1", "top5", "superclass_top1"):
+        k = test_summary.get("k", 5)
+        for key in ("loss", "top1", f"top{k}", "superclass_top1"):
             if key in test_summary:
-                writer.add_scalar(f"test/{'topk' if key == 'top5' else key}", test_summary[key], best_epoch)
+                writer.add_scalar(f"test/{key}", test_summary[key], best_epoch)
         templates = enlarge(display_images(ckpt.load(run.best).templates(), "each"), 128)
         writer.add_images("templates/each", templates, best_epoch, dataformats="NCHW")  # TensorBoard tiles them
         if run.templates.is_file():

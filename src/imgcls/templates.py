@@ -11,6 +11,7 @@ compared; `colours="natural"` keeps its channels as colours (min..max to black..
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -31,6 +32,27 @@ def template_weights(checkpoint: Checkpoint, space: str = "pixel") -> torch.Tens
     """(K, C, H, W): the rows of W (space="input"), or W / std, what is matched against raw pixels."""
     weights = checkpoint.templates()
     return weights / checkpoint.std.float() if resolved_space(space, checkpoint) == "pixel" else weights
+
+
+HIGH_FREQUENCY = 0.25  # cycles per pixel: above it, a template's power is speckle, not shape
+
+
+def high_frequency_share(templates: torch.Tensor, cutoff: float = HIGH_FREQUENCY) -> torch.Tensor:
+    """(K, C, H, W) -> (K,): the share of each template's power (2-D FFT of each channel, its mean removed,
+    summed over channels) at spatial frequencies above `cutoff`. White noise about 0.8, smooth shapes under 0.2."""
+    t = templates.double()
+    t = t - t.mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(t).abs().square().sum(1)  # (K, H, W)
+    fy, fx = torch.fft.fftfreq(t.shape[-2], dtype=torch.float64), torch.fft.fftfreq(t.shape[-1], dtype=torch.float64)
+    high = (fy[:, None].square() + fx[None, :].square()).sqrt() > cutoff
+    return power[:, high].sum(1) / power.flatten(1).sum(1).clamp_min(1e-300)
+
+
+def template_noise(checkpoint: Checkpoint) -> float:
+    """The median over classes of high_frequency_share: of W / std for colour inputs, of W for grey ones
+    (where a still rim pixel's huge W / std would be all the measure sees)."""
+    space = "pixel" if checkpoint.input_shape[0] == 3 else "input"
+    return float(high_frequency_share(template_weights(checkpoint, space)).quantile(0.5))  # as numpy.median
 
 
 def resolved_space(space: str, checkpoint: Checkpoint) -> str:
@@ -144,16 +166,29 @@ def grid_title(space: str, scale: str, colours: str) -> str:
 
 
 GRID_DPI = 100
-GRID_CELL = (1.6, 1.8)  # inches per template, its name above it: a template's longer side is 1.4 in, 140 pixels
-TITLE_LINE = 0.2  # inches a line of the title takes (10 points and its spacing), above the first row's names
-TITLE_CHARACTERS_PER_INCH = 12  # about, at 10 points: where the title wraps
+GRID_CELL = (2.6, 3.0)  # inches per template up to 100 classes, its name above it: the template's side is 2.4 in
+LABEL_POINTS = 20  # a class name's size: about 25 pixels from ascender to descender, readable when projected
+LABEL_BAND = 0.45  # inches above a template for its name
+TITLE_LINE = 0.3  # inches a line of the title takes (14 points and its spacing), above the first row's names
+TITLE_CHARACTERS_PER_INCH = 9  # about, at 14 points: where the title wraps
+
+
+def grid_columns(count: int) -> int:
+    """About sqrt(K) columns: a grid near square, its names large, rather than one long row."""
+    return max(1, math.ceil(math.sqrt(count)))
+
+
+def grid_shrink(count: int) -> float:
+    """Beyond 10 columns (100 classes) cells and names shrink, so the picture stays about 26 inches wide."""
+    return min(1.0, 10 / grid_columns(count))
 
 
 def grid_figsize(count: int, title: str = "class templates") -> tuple[float, float]:
-    """The labelled grid's size in inches: up to 10 templates a row, and the title's lines above them."""
-    columns = min(10, count)
+    """The labelled grid's size in inches: about sqrt(K) templates a row, and the title's lines above them."""
+    columns = grid_columns(count)
     rows = -(-count // columns)
-    return GRID_CELL[0] * columns, GRID_CELL[1] * rows + title_height(title_lines(title, GRID_CELL[0] * columns))
+    cell_w, cell_h = (side * grid_shrink(count) for side in GRID_CELL)
+    return cell_w * columns, cell_h * rows + title_height(title_lines(title, cell_w * columns))
 
 
 def title_lines(title: str, width: float) -> list[str]:
@@ -163,7 +198,7 @@ def title_lines(title: str, width: float) -> list[str]:
 
 
 def title_height(lines: list[str]) -> float:
-    return 0.1 + TITLE_LINE * max(1, len(lines))
+    return 0.15 + TITLE_LINE * max(1, len(lines))
 
 
 def save_grid(images: torch.Tensor, classes: list[str], path: Path, title: str = "class templates") -> None:
@@ -182,16 +217,17 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
     from matplotlib.figure import Figure
 
     count, channels, height, width = images.shape
-    columns = min(10, count)
+    columns = grid_columns(count)
     rows = -(-count // columns)
+    shrink = grid_shrink(count)
     fig_w, fig_h = grid_figsize(count, title)
     lines = title_lines(title, fig_w)
     band_top = title_height(lines)  # inches at the top for the title
     cell_w, cell_h = fig_w / columns, (fig_h - band_top) / rows  # inches
-    side = min(cell_w - 0.2, cell_h - 0.35)  # the template's longer side, inches; the rest: margins and its name
+    side = min(cell_w - 0.2 * shrink, cell_h - (LABEL_BAND + 0.1) * shrink)  # the template's longer side, inches
     unit = side / max(height, width)  # inches per template pixel, so the margins can be counted in pixels
     pad_w = max(1, round((cell_w - width * unit) / 2 / unit))
-    pad_bottom = max(1, round(0.05 / unit))
+    pad_bottom = max(1, round(0.1 * shrink / unit))
     band = max(2, round((cell_h - height * unit) / unit) - pad_bottom)  # room above each template for its name
     cell_rows, cell_columns = band + height + pad_bottom, 2 * pad_w + width
     mosaic = np.ones((rows * cell_rows, columns * cell_columns, 3), dtype=np.float32)  # white paper
@@ -202,10 +238,17 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
         row, column = divmod(index, columns)
         top, left = row * cell_rows + band, column * cell_columns + pad_w
         mosaic[top:top + height, left:left + width] = picture  # one grey channel spreads to all three
-        axis.text(left + width / 2 - 0.5, top - 0.5 - 0.03 / unit, name, ha="center", va="bottom", fontsize=8,
-                  clip_on=False)
+        axis.text(left + width / 2 - 0.5, top - 0.5 - 0.06 * shrink / unit, name, ha="center", va="bottom",
+                  fontsize=label_points(name, cell_w, shrink), clip_on=False)
     axis.imshow(mosaic, interpolation="nearest", vmin=0.0, vmax=1.0)
     axis.set_axis_off()
     if lines:
-        figure.text(0.5, 1.0 - (band_top / 2) / fig_h, "\n".join(lines), ha="center", va="center", fontsize=10)
+        figure.text(0.5, 1.0 - (band_top / 2) / fig_h, "\n".join(lines), ha="center", va="center",
+                    fontsize=14 * max(shrink, 0.7))
     return figure
+
+
+def label_points(name: str, cell_width: float, shrink: float) -> float:
+    """LABEL_POINTS, less for a name too long for its cell (about 0.6 em a character), never under 7 points."""
+    fits = cell_width * 72 / (0.6 * max(len(name), 1))
+    return max(7.0, min(LABEL_POINTS * shrink, fits))
