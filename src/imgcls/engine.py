@@ -31,7 +31,7 @@ from imgcls.data.types import PreparedData
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest
 from imgcls.losses import Loss, class_weights
-from imgcls.metrics import Metrics
+from imgcls.metrics import Metrics, top_k
 from imgcls.model import LinearClassifier
 from imgcls.progress import Progress
 from imgcls.resume import check_same_run, data_fingerprint, restore
@@ -186,8 +186,8 @@ class Engine:
         batches, world = self.train_batches, self.shard.world
         sums = self.running_sums()
         sync_every = 1 if self.device.type == "cpu" else 50  # reading the loss back waits for a GPU: do it rarely
-        self.view.epoch_start(epoch, len(batches))
         active = self.active()
+        self.view.epoch_start(epoch, len(batches), self.models[active[0]].config.train.epochs)
         started = time.perf_counter() - self.models[active[0]].progress.seconds
         shown = 0.0  # when the view was last told: ten times a second is plenty
         for pixels, labels, batch_labels, rows in batches.epoch(epoch, start):
@@ -321,7 +321,7 @@ class Engine:
         if run is not None and self.writes:
             if improved:
                 ckpt.save(run.best, self.checkpoint(index))
-            run.write_epochs(progress.history)
+            run.write_epochs(progress.history, k=top_k(len(self.data.classes)))
         return record, improved
 
     # --- the stack's state ---
@@ -395,7 +395,7 @@ class Quiet:
     def __init__(self, bar=None):
         self.bar, self.epoch, self.steps = bar, 0, 1
 
-    def epoch_start(self, epoch: int, steps: int) -> None:
+    def epoch_start(self, epoch: int, steps: int, epochs: int | None = None) -> None:
         self.epoch, self.steps = epoch, steps
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
