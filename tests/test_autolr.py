@@ -31,6 +31,8 @@ def test_lr_auto_is_recorded_and_a_rerun_from_config_yaml_gives_the_same_weights
     again = cli("train", "--config", tmp_path / "auto" / "config.yaml", "--out", tmp_path / "again")
     assert_ok(again)
     assert "--lr auto" not in again.stderr, "a recorded rate is not searched again"
+    assert (tmp_path / "auto" / "lr-search.png").stat().st_size > 10_000, "the search's figure is kept in the run"
+    assert not (tmp_path / "again" / "lr-search.png").exists()
     for name in ("best.safetensors", "last.safetensors"):
         a, b = (ckpt.load(tmp_path / run / name) for run in ("auto", "again"))
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), name

@@ -13,7 +13,7 @@ from conftest import (MNIST_EPOCHS, TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY
                       run_python, train_tiny_cifar, write_image_folder)
 from imgcls import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
-from imgcls.rundir import FIGURE_FILES, METRICS_CSV, REPORT_PAGE, RUN_FILES
+from imgcls.rundir import FIGURE_FILES, LR_SEARCH, METRICS_CSV, REPORT_PAGE, RUN_FILES
 
 SMALL_FOLDER = {
     "train": {"circle": [(8, 8)] * 6, "square": [(8, 8)] * 6, "star": [(8, 8)] * 6},
@@ -24,9 +24,11 @@ SMALL_FOLDER = {
 # --- train -> eval -> export-templates ----------------------------------------------------------
 
 def check_run_folder(out, epochs_wanted, val_count, test_count, classes):
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES
-                                                                                          + (REPORT_PAGE, METRICS_CSV))
     config, epochs, metrics = read_run(out)
+    searched = (LR_SEARCH,) if (out / LR_SEARCH).is_file() else ()  # --lr auto's figure
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES + FIGURE_FILES
+                                                                                          + (REPORT_PAGE, METRICS_CSV)
+                                                                                          + searched)
     assert [e["epoch"] for e in epochs] == list(range(1, epochs_wanted + 1))
     assert config["train"]["epochs"] == epochs_wanted and config["output"]["out"] is None  # repeats go elsewhere
     for split, count in (("val", val_count), ("test", test_count)):

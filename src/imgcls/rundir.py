@@ -47,7 +47,8 @@ CURVES, CONFUSION, TEMPLATES = "curves.png", "confusion.png", "templates.png"  #
 FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
 TENSORBOARD = "tensorboard"  # --tensorboard's event files (tboard.py)
 # What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
-OWN_FILES = (*RUN_FILES, METRICS_CSV, *FIGURE_FILES, REPORT_PAGE, DIVERGED)
+LR_SEARCH = "lr-search.png"  # --lr auto's search, drawn by figures.py as lr-find draws it
+OWN_FILES = (*RUN_FILES, METRICS_CSV, *FIGURE_FILES, LR_SEARCH, REPORT_PAGE, DIVERGED)
 OWN_FOLDERS = ("templates", TENSORBOARD)  # export-templates' output (the README's example) and --tensorboard's
 
 
@@ -71,6 +72,7 @@ class RunDir:
     curves = _file(CURVES)
     confusion = _file(CONFUSION)
     templates = _file(TEMPLATES)
+    lr_search = _file(LR_SEARCH)
     report_page = _file(REPORT_PAGE)
     tensorboard = _file(TENSORBOARD)
 

@@ -22,6 +22,7 @@ from imgcls.data.prepare import prepare
 from imgcls.data.types import PreparedData
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
 from imgcls.engine import Diverged, Engine, Interrupted, new_model  # noqa: F401 (Diverged: the CLI's)
+from imgcls.figures import lr_search_figure
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.lrsearch import CANDIDATES, LrSearch, search_lr
 from imgcls.metrics import Metrics
@@ -64,8 +65,8 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
     if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
         config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
                                             len(data.classes), device, shard.world)
-    if config.optim.lr == "auto":
-        choose_lr(config, data, batch_size, device, shard, reporter, stop, run)
+    search = choose_lr(config, data, batch_size, device, shard, reporter, stop, run) \
+        if config.optim.lr == "auto" else None
 
     train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard,
                                  augment=config.data.augment)
@@ -74,6 +75,8 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
     engine = Engine([model], data, train_batches, val_batches, device, run.last, stop, reporter, shard, autocast)
     if resume is None:
         engine.start_runs()
+        if search is not None and shard.is_main:
+            keep_search_figure(search, run, reporter)
     else:
         engine.resume()
         if shard.is_main and run.read_config().get("data", {}).get("data_dir") != config.data.data_dir:
@@ -110,7 +113,7 @@ def _stop_between_phases(stop: StopRequest, device: torch.device, run: RunDir, w
 
 
 def choose_lr(config: Config, data: PreparedData, batch_size: int, device: torch.device, shard: distributed.Shard,
-              reporter, stop: StopRequest, run: RunDir) -> None:
+              reporter, stop: StopRequest, run: RunDir) -> LrSearch:
     """--lr auto: the short stacked search on the validation split (lrsearch.py) sets the rate that config.yaml
     records, so `imgcls train --config RUN/config.yaml` repeats the run without searching again."""
     reporter.note(f"--lr auto: training {len(CANDIDATES)} rates from {min(CANDIDATES):g} to {max(CANDIDATES):g} "
@@ -123,6 +126,16 @@ def choose_lr(config: Config, data: PreparedData, batch_size: int, device: torch
     config.optim.lr = search.chosen
     reporter.note(f"--lr auto chose {search.chosen:g} (validation top-1 {_chosen_top1(search)} after "
                   f"{search.epochs} epoch(s), {search.seconds:.1f} s); config.yaml records it")
+    return search
+
+
+def keep_search_figure(search: LrSearch, run: RunDir, reporter) -> None:
+    """The search's figure in the run folder, as lr-find draws it; like the run's other figures, a failure is a
+    warning, never the run's end."""
+    try:
+        lr_search_figure(search.rows(), search.chosen, run.lr_search, search.epochs)
+    except Exception as error:  # noqa: BLE001 (a figure must not stop the training it describes)
+        reporter.note(f"warning: could not draw {run.lr_search} ({type(error).__name__}: {error})")
 
 
 def _chosen_top1(search: LrSearch) -> str:
