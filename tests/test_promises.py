@@ -213,16 +213,16 @@ def test_batch_size_makes_ceil_n_over_b_updates_an_epoch(batch_size, sizes, tiny
 
 def test_epochs_jsonl_records_each_epochs_training_loss_and_rate(tiny_folder, tmp_path, monkeypatch):
     """With one full batch an epoch, the epoch's training loss and top-1 are those of the weights before its
-    update, computed by hand; the keys are the README's."""
+    update, computed by hand; the keys are the README's (top-k named by its k: 3 classes, val_top3)."""
     run = recorded_run(monkeypatch, tiny_folder, tmp_path / "run", weight_decay=0.1, momentum=0.9)
-    assert [set(e) for e in run.epochs] == [{"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+    assert [set(e) for e in run.epochs] == [{"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top3",
                                              "lr", "lr_last", "seconds", "images_per_s"}] * TINY_RUN["epochs"]
     path = hand_sgd_path(run, lr=TINY_RUN["lr"], momentum=0.9, weight_decay=0.1)
     for record, update, (weight, bias) in zip(run.epochs, run.updates, path):
         scores = update.pixels.double() @ weight.T + bias
         assert record["train_loss"] == pytest.approx(float(F.cross_entropy(scores, update.labels)), rel=1e-5)
         assert record["train_top1"] == pytest.approx(float((scores.argmax(1) == update.labels).double().mean()))
-        assert record["lr"] == record["lr_last"] == TINY_RUN["lr"] and 0 <= record["val_top1"] <= record["val_top5"] <= 1
+        assert record["lr"] == record["lr_last"] == TINY_RUN["lr"] and 0 <= record["val_top1"] <= record["val_top3"] <= 1
 
 
 def test_the_run_folders_config_yaml_repeats_the_run(tiny_folder, tmp_path):
