@@ -398,6 +398,10 @@ def set_in(mapping: dict, path: str, value) -> None:
     ("resume.schedule.factor", -1.0, None, ["schedule state"]),
     ("resume.schedule.decayed", 7, None, ["schedule state"]),
     ("resume.diverged", 12, None, ["divergence note"]),
+    ("resume.diverged", "the loss became nan", None, ["diverged", "lower --lr"]),
+    ("resume.best_val", {"top1": None, "loss": None}, None, ["progress record"]),
+    ("resume.best_val", {"top1": "high", "loss": 1.0}, None, ["progress record"]),
+    ("resume.seen", 10 ** 30, None, ["progress record"]),
     ("step", 10 ** 9, None, ["step count"]),
     ("resume.lr_first", "fast", None, ["progress record"]),
 ])
@@ -538,3 +542,39 @@ def test_a_resumable_checkpoint_of_an_older_imgcls_is_refused_in_one_line(cli, i
     rewrite_last(interrupted_run, older)
     assert_user_error(cli("train", "--resume", interrupted_run, "--device", "cpu"), "last.safetensors",
                       "older imgcls", "best.safetensors is usable")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_command_starts_ends_it_with_one_message(signum, mnist_root, tmp_path):
+    """While Python, the command line and torch load (the first seconds), a Ctrl-C or SIGTERM is never lost and
+    never a traceback: exit 130 and a line saying so, and no half-written run."""
+    for delay in (0.1, 0.5, 1.0, 1.6):
+        out = tmp_path / f"run{delay}"
+        process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit",
+                               3000, "--epochs", 3, "--lr", 0.01, "--device", "cpu", "--out", out)
+        time.sleep(delay)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, (delay, process.returncode, stderr[-2000:])
+        assert "Traceback" not in stderr and "interrupted" in plain(stderr), (delay, stderr[-2000:])
+        assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_last_epoch_leaves_a_finished_run_and_says_how_to_draw_it(signum, mnist_root, tmp_path):
+    """The first Ctrl-C or SIGTERM during the final test evaluation or the figures: the evaluation finishes
+    (metrics.json), the figures wait for `imgcls report`, exit 130 with that said."""
+    out = tmp_path / "run"
+    process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 3000,
+                           "--epochs", 1, "--lr", 0.01, "--device", "cpu", "--out", out)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if plain(line).startswith("epoch   1"):
+            process.send_signal(signum)
+            break
+    rest = process.stderr.read()
+    process.wait(timeout=120)
+    text = plain("".join(lines) + rest)
+    assert process.returncode == 130 and "Traceback" not in text, text[-2000:]
+    assert (out / "metrics.json").is_file() and f"imgcls report {out}" in " ".join(text.split())

@@ -379,7 +379,8 @@ def test_resume_refuses_an_edited_point_or_sweep_yaml_and_an_older_sweep(tmp_pat
     config = yaml.safe_load(original)
     config["optim"]["lr"] = 0.3
     point.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert_user_error(cli("sweep", "--resume", tmp_path / "s"), "points/001/config.yaml", "optim.lr", "0.3")
+    assert_user_error(cli("sweep", "--resume", tmp_path / "s"), "points/001/config.yaml",
+                      "optim.lr is 0.3 in config.yaml but 0.1 in the sweep")
     point.write_text(original)
     spec_file = tmp_path / "s" / "sweep.yaml"
     spec_text = spec_file.read_text()

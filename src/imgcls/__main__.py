@@ -1,4 +1,20 @@
-from imgcls.cli import main
+"""`python -m imgcls` and the `imgcls` command. SIGTERM is taken as Ctrl-C from the first moment (each command then
+ends as it does on Ctrl-C: a training command by its signal rule, the others at once, writing nothing half-way),
+and a signal while the command line's own modules load ends quietly."""
+
+import signal
+import sys
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        from imgcls.cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    run()
+
 
 if __name__ == "__main__":  # not when a worker process imports this module
     main()

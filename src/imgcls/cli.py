@@ -107,7 +107,16 @@ def train(
 
 
 def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool) -> None:
-    """Train, then draw the figures; a Ctrl-C at any point says what the run folder holds and how to go on."""
+    """Train, then draw the figures, under one signal rule (interrupt.py) from the first import on: a Ctrl-C or
+    SIGTERM in any phase ends the work in flight, then says what the run folder holds and how to go on."""
+    from imgcls.interrupt import stop_on_signals
+
+    with stop_on_signals() as stop:
+        _train_and_report_under(resolved, resumed, target, quiet, overwrite, is_main, stop)
+
+
+def _train_and_report_under(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool,
+                            stop) -> None:
     from imgcls.report import Reporter
     from imgcls.train import Diverged, RunInterrupted
     from imgcls.train import train as run_training
@@ -121,8 +130,10 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
         finally:
             reporter.close()
             distributed.teardown()
-        if is_main:
+        if is_main and not stop.requested:
             _after_training(result, reporter, resolved.data.dataset, quiet)
+        if stop.requested:  # during the final evaluation or the figures: the run is finished, the figures wait
+            raise KeyboardInterrupt
     except RunInterrupted as stopped:
         if is_main and stopped.resumable:
             err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
@@ -212,6 +223,14 @@ def sweep(
     their product. Models that share batches train stacked: one matrix product per
     step for all of them. The sweep folder holds sweep.csv, sweep.json, sweep.png, a run folder per point, and
     `best`, the chosen run, which eval, predict, report and export-templates take like any run."""
+    from imgcls.interrupt import stop_on_signals
+
+    with stop_on_signals() as stop:  # the signal rule (interrupt.py) from the first import on
+        _sweep_under(config, overwrite, resume, quiet, options, stop)
+
+
+def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quiet: bool, options: dict,
+                 stop) -> None:
     from imgcls import sweep as sweeping
     from imgcls.report import Reporter
     from imgcls.sweepdir import SweepDir
@@ -229,6 +248,10 @@ def sweep(
     with target.locked() if is_main else contextlib.nullcontext():
         try:
             result = sweeping.run(target, spec, reporter, resume is not None)
+            if is_main and result.best is not None and not stop.requested:
+                _after_sweep(target.best.resolve(), reporter)
+            if stop.requested:  # the sweep is finished; its chosen run's figures wait
+                raise KeyboardInterrupt
         except sweeping.SweepInterrupted as stopped:
             if is_main:
                 err.print(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}", soft_wrap=True,
@@ -244,8 +267,6 @@ def sweep(
             raise typer.Exit(130) from None
         finally:
             distributed.teardown()
-        if is_main and result.best is not None:
-            _after_sweep(target.best.resolve(), reporter)
     if is_main:
         _sweep_summary(result, target, reporter, quiet)
 
@@ -727,6 +748,9 @@ def main() -> None:
         code = app(prog_name="imgcls", standalone_mode=False)
     except typer.Abort:  # end of input at a prompt
         sys.exit(1)
+    except KeyboardInterrupt:  # a command without a signal rule of its own (eval, report, ...): it wrote nothing
+        err.print("interrupted", soft_wrap=True, highlight=False, markup=False)  # half a file (writes are atomic)
+        distributed.exit_process(130)
     except Exception as error:
         if not _is_usage_error(error):
             raise

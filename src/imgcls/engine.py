@@ -149,6 +149,9 @@ class Engine:
             except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as error:
                 raise UserError(f"{self.state_file} cannot resume this run ({type(error).__name__}: "
                                 f"{str(error)[:200]}); it is damaged: start a new run") from None
+            if model.diverged is not None and self.single:
+                raise UserError(f"{self.state_file} cannot resume this run: it diverged ({model.diverged[:200]}), and "
+                                f"would diverge again: start a new run with a lower --lr")
             if model.diverged is not None:
                 self.stack.freeze(index, zero=True)
             elif not model.more_epochs():

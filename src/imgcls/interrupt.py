@@ -1,7 +1,7 @@
-"""Ctrl-C and SIGTERM during training: finish the step in flight, then stop cleanly.
-
-The first signal only raises a flag that the loop reads after each step; a second Ctrl-C
-falls back to Python's default and stops at once (the last epoch's checkpoint is still whole).
+"""Ctrl-C and SIGTERM, one rule for every phase of a training command: the first signal only raises a flag,
+which the loop reads after each step and each phase reads at its end (so the step or the unit of work in flight
+finishes, and what can be resumed is written); a second Ctrl-C or SIGTERM stops at once (the last epoch's
+checkpoints are still whole: every file is written atomically).
 """
 
 from __future__ import annotations
@@ -17,8 +17,16 @@ class StopRequest:
     requested: bool = False
 
 
+_active: StopRequest | None = None  # the request of the outermost stop_on_signals under way
+
+
 @contextmanager
 def stop_on_signals():
+    """The signal rule while the block runs; a nested use shares the outer one's request."""
+    global _active
+    if _active is not None:
+        yield _active
+        return
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request  # signal handlers can only be set from the main thread
@@ -26,11 +34,14 @@ def stop_on_signals():
 
     def handle(signum, frame):
         request.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second stops at once
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _active = request
     try:
         yield request
     finally:
+        _active = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -114,13 +114,15 @@ def _restore_progress(resume: ckpt.ResumeState, progress: Progress, device: torc
 def _check_restored(progress: Progress, epochs_done: int) -> None:
     """A damaged checkpoint can hold any JSON where these numbers belong: refuse what a run never writes."""
     fine = (_is_whole(progress.epoch) and _is_whole(progress.step) and _is_whole(progress.seen)
-            and _is_number(progress.seconds) and epochs_done == progress.epoch
+            and progress.seen < 2 ** 53 and _is_number(progress.seconds) and epochs_done == progress.epoch
             and (progress.lr_first is None or _is_number(progress.lr_first))
             and all(isinstance(record, dict) for record in progress.history)
             and (progress.best_epoch is None) == (progress.best_val is None)
             and (progress.best_epoch is None or (_is_whole(progress.best_epoch) and progress.best_epoch < epochs_done
                                                  and isinstance(progress.best_val, dict)
-                                                 and {"top1", "loss"} <= progress.best_val.keys())))
+                                                 and {"top1", "loss"} <= progress.best_val.keys()
+                                                 and all(_is_number(progress.best_val[key])
+                                                         for key in ("top1", "loss")))))
     if not fine:
         raise ValueError("its progress record (epoch, step, history, best epoch) is inconsistent")
 

@@ -33,7 +33,7 @@ from imgcls.memory import available_memory
 from imgcls.metrics import Metrics
 from imgcls.resume import config_changes
 from imgcls.sweepdir import SweepDir
-from imgcls.train import prepare_once, resolve_batch_size
+from imgcls.train import prepare_once, resolve_batch_size, stoppable
 
 SELECTED_BY = "validation top-1 (ties: the lower validation loss); the test split is reported for every point but " \
               "never used to choose"
@@ -120,7 +120,7 @@ def _finite_or_inf(value: float | None) -> float:
 def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: torch.device, resume: bool,
               stop: StopRequest, bar) -> list[dict]:
     config = group.configs[0]
-    data = prepare_once(config, shard)
+    data = prepare_once(config, shard, stoppable(None, stop))
     batch_size = resolve_batch_size(config, data, device, Quiet())
     features, classes = math.prod(data.shape), len(data.classes)
     check_group_fits(len(group.points), classes, features, batch_size, device)
@@ -156,7 +156,7 @@ def check_points_unedited(models: list[Model]) -> None:
     """A point's config.yaml says what the point is: a resume refuses one edited since the sweep wrote it."""
     for model in models:
         if model.run.config.is_file():
-            changed = config_changes(model.run.read_config(), model.config.to_dict())
+            changed = config_changes(model.config.to_dict(), model.run.read_config())
             if changed:
                 raise UserError(f"{model.run.config} no longer matches the sweep it belongs to: "
                                 f"{'; '.join(changed[:3])}; put it back as it was, or start a new sweep")
