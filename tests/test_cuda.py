@@ -41,8 +41,8 @@ def steps_on(device: torch.device, name: str, weighted: bool, nesterov: bool, mo
     rates = [config.lr / (index + 1) for index in range(models)]
 
     def step(pixels, labels, batch_labels):
-        weight_gradient, bias_gradient, stats = stack.gradient(pixels, labels, batch_labels)
-        stack.update(weight_gradient, bias_gradient, rates)
+        gradient, stats = stack.gradient(pixels, labels, batch_labels)
+        stack.update(gradient, rates)
         return stats
 
     return stack, step, Batches(data, normalization, 32, device, seed=1)

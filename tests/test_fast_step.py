@@ -79,15 +79,15 @@ def test_the_stack_s_step_makes_torchs_sgd_update(momentum, nesterov, weight_dec
     stack = stack_of([model], [loss], [config])
     optimizer = torch_sgd(model, config)
     for x, y in zip(pixels, labels):
-        wg, bg, got = stack.autograd_gradient(x, y, y) if gradient == "autograd" else stack.gradient(x, y, y)
-        stack.update(wg, bg, [config.lr])
+        found, got = stack.autograd_gradient(x, y, y) if gradient == "autograd" else stack.gradient(x, y, y)
+        stack.update(found, [config.lr])
         scores = model(x)
         loss_sum, weight = loss.sum_and_weight(scores, y)
         optimizer.zero_grad()
         (loss_sum / weight).backward()
         optimizer.step()
         assert float(got.loss_sum[0]) == pytest.approx(float(loss_sum.detach()), rel=1e-5)
-        assert float(got.weight[0]) == pytest.approx(float(weight), rel=1e-6)
+        assert float(torch.as_tensor(got.weight).reshape(-1)[0]) == pytest.approx(float(weight), rel=1e-6)
         assert int(got.correct[0]) == int((scores.argmax(1) == y).sum())
     assert torch.allclose(stack.weight[0], model.linear.weight, atol=1e-6)
     assert torch.allclose(stack.bias[0], model.linear.bias, atol=1e-6)
@@ -96,22 +96,23 @@ def test_the_stack_s_step_makes_torchs_sgd_update(momentum, nesterov, weight_dec
         assert torch.allclose(stack.velocity[0], buffer, atol=1e-6)
 
 
-def test_each_model_of_a_stack_makes_torchs_sgd_update_with_its_own_options():
+@pytest.mark.parametrize("momenta", [(0.9, 0.0, 0.5, 0.9), (0.9, 0.9, 0.9, 0.9)])  # the second: v takes G X in place
+def test_each_model_of_a_stack_makes_torchs_sgd_update_with_its_own_options(momenta):
     """Four models of different losses, rates, momentum, Nesterov and weight decay, stacked: each ends where
     torch.optim.SGD takes it alone."""
     torch.manual_seed(5)
     pixels, labels = torch.randn(5, 16, 12), torch.randint(0, 4, (5, 16))
-    configs = [OptimConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-               OptimConfig(lr=0.03, momentum=0.0, weight_decay=0.0),
-               OptimConfig(lr=0.3, momentum=0.5, weight_decay=0.1),
-               OptimConfig(lr=0.01, momentum=0.9, weight_decay=0.0)]
+    nesterov = len(set(momenta)) > 1
+    configs = [OptimConfig(lr=0.1, momentum=momenta[0], nesterov=nesterov, weight_decay=0.01),
+               OptimConfig(lr=0.03, momentum=momenta[1], weight_decay=0.0),
+               OptimConfig(lr=0.3, momentum=momenta[2], weight_decay=0.1),
+               OptimConfig(lr=0.01, momentum=momenta[3], weight_decay=0.0)]
     losses = [Loss("ce"), Loss("mse"), Loss("nll", torch.tensor([1.0, 2.0, 0.5, 1.0])), Loss("ce")]
     models = [LinearClassifier((1, 3, 4), 4, init="normal", init_std=0.2) for _ in configs]
     stack = stack_of(models, losses, configs)
     optimizers = [torch_sgd(model, config) for model, config in zip(models, configs)]
     for x, y in zip(pixels, labels):
-        wg, bg, _ = stack.gradient(x, y, y)
-        stack.update(wg, bg, [config.lr for config in configs])
+        stack.update(stack.gradient(x, y, y)[0], [config.lr for config in configs])
         for model, loss, optimizer in zip(models, losses, optimizers):
             optimizer.zero_grad()
             loss(model(x), y).backward()
@@ -214,7 +215,7 @@ def test_a_training_step_never_reads_a_number_back(weighted, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, read_back)
     for epoch in range(2):
         for pixels, labels, batch_labels, _ in batches.epoch(epoch):
-            stack.update(*stack.gradient(pixels, labels, batch_labels)[:2], [0.1])
+            stack.update(stack.gradient(pixels, labels, batch_labels)[0], [0.1])
     monkeypatch.undo()
     assert not torch.equal(stack.weight, torch.zeros_like(stack.weight))
 
@@ -230,13 +231,13 @@ def test_a_batch_of_only_zero_weight_classes_leaves_the_model_as_it_was(gradient
 
     def step(pixels, labels):
         found = stack.autograd_gradient if gradient == "autograd" else stack.gradient
-        weight_gradient, bias_gradient, stats = found(pixels, labels, labels)
-        stack.update(weight_gradient, bias_gradient, [0.5])
+        gradient_, stats = found(pixels, labels, labels)
+        stack.update(gradient_, [0.5])
         return stats
 
     labels = torch.zeros(4, dtype=torch.int64)
     stats = step(torch.randn(4, 4), labels)
-    assert float(stats.loss_sum[0]) == 0 and float(stats.weight[0]) == 0
+    assert float(stats.loss_sum[0]) == 0 and float(torch.as_tensor(stats.weight).reshape(-1)[0]) == 0
     assert torch.equal(before[0], stack.weight) and torch.equal(before[1], stack.bias)
     labels[0] = 1  # one image that counts: now the model does learn
     step(torch.randn(4, 4), labels)
@@ -269,20 +270,23 @@ def test_a_model_s_sample_mask_gives_the_gradient_of_the_samples_it_sees(name, w
     config = OptimConfig(lr=0.1)
     masks = torch.stack([torch.ones(30), (torch.arange(30) % 3 != 0).float(), torch.zeros(30)])
     stack = stack_of([start] * 3, [loss] * 3, [config] * 3)
-    weight_gradient, bias_gradient, stats = stack.gradient(pixels, labels, labels, (masks, masks))
+    found, stats = stack.gradient(pixels, labels, labels, (masks, masks))
+    found = found.products()
     for index in range(2):
         seen = masks[index].bool()
         alone = stack_of([start], [loss], [config])
-        expected = alone.gradient(pixels[seen], labels[seen], labels[seen])
-        assert torch.allclose(weight_gradient[index], expected[0][0], atol=1e-6)
-        assert torch.allclose(bias_gradient[index], expected[1][0], atol=1e-6)
-        assert float(stats.loss_sum[index]) == pytest.approx(float(expected[2].loss_sum[0]), rel=1e-5)
-        assert float(stats.weight[index]) == pytest.approx(float(expected[2].weight[0]), rel=1e-6)
-        assert int(stats.correct[index]) == int(expected[2].correct[0])
-    assert not weight_gradient[2].any() and not bias_gradient[2].any()  # a batch it sees nothing of: no step
-    parts = [stack.gradient(pixels[part], labels[part], labels, (masks[:, part], masks))
+        expected, expected_stats = alone.gradient(pixels[seen], labels[seen], labels[seen])
+        expected = expected.products()
+        assert torch.allclose(found.weight[index], expected.weight[0], atol=1e-6)
+        assert torch.allclose(found.bias[index], expected.bias[0], atol=1e-6)
+        assert float(stats.loss_sum[index]) == pytest.approx(float(expected_stats.loss_sum[0]), rel=1e-5)
+        assert float(stats.weight[index]) == pytest.approx(float(torch.as_tensor(expected_stats.weight).reshape(-1)[0]),
+                                                           rel=1e-6)
+        assert int(stats.correct[index]) == int(expected_stats.correct[0])
+    assert not found.weight[2].any() and not found.bias[2].any()  # a batch it sees nothing of: no step
+    parts = [stack.gradient(pixels[part], labels[part], labels, (masks[:, part], masks))[0].products()
              for part in (slice(0, 13), slice(13, 30))]
-    assert torch.allclose(parts[0][0] + parts[1][0], weight_gradient, atol=1e-6)
+    assert torch.allclose(parts[0].weight + parts[1].weight, found.weight, atol=1e-6)
 
 
 def test_masked_models_of_one_stack_train_as_each_alone():

@@ -238,11 +238,12 @@ class Engine:
         """One SGD update of every model: the gradient of this process's part of the batch, summed over the
         processes of a torchrun world, then the update rule at each model's rate."""
         stack = self.stack
-        weight_gradient, bias_gradient, stats = (
-            stack.autograd_gradient(pixels, labels, batch_labels, self.autocast) if self.autograd
-            else stack.gradient(pixels, labels, batch_labels, masks))
-        distributed.sum_across(weight_gradient, bias_gradient)
-        stack.update(weight_gradient, bias_gradient, rates)
+        gradient, stats = (stack.autograd_gradient(pixels, labels, batch_labels, self.autocast) if self.autograd
+                           else stack.gradient(pixels, labels, batch_labels, masks))
+        if self.shard.world > 1:
+            gradient = gradient.products()
+            distributed.sum_across(gradient.weight, gradient.bias)
+        stack.update(gradient, rates)
         return stats
 
     def running_sums(self) -> list[torch.Tensor]:
@@ -258,9 +259,12 @@ class Engine:
 
     def check_finite(self, sums: list[torch.Tensor], active: list[int]) -> None:
         """A model whose running loss is no longer finite, in any process, diverges in every process alike."""
-        infinite = (~torch.isfinite(sums[0])).to(torch.int32)
-        distributed.sum_across(infinite)  # a process whose part of the batch was empty still sees a finite 0
-        infinite = infinite.tolist()
+        if self.shard.world > 1:  # a process whose part of the batch was empty still sees a finite 0
+            infinite = (~torch.isfinite(sums[0])).to(torch.int32)
+            distributed.sum_across(infinite)
+            infinite = infinite.tolist()
+        else:
+            infinite = [not math.isfinite(value) for value in sums[0].tolist()]
         for index in active:
             if infinite[index]:
                 progress = self.models[index].progress

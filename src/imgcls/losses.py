@@ -50,6 +50,7 @@ class Loss:
         self.name = name
         self.per_sample = per_sample_loss(name)
         self.class_weights = class_weights
+        self._constants: dict = {}
 
     def __call__(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         total, weight = self.sum_and_weight(scores, targets)
@@ -75,7 +76,7 @@ class Loss:
         softmax(s) - onehot(y) for ce and nll, 2 (s - onehot(y)) for mse, each sample's gradient times its class
         weight, and times each model's mask (P, n) of the samples when given."""
         picked = targets.view(1, 1, -1).expand(len(scores), 1, -1)
-        minus_one = torch.full(picked.shape, -1.0, dtype=scores.dtype, device=scores.device)
+        minus_one = self._minus_one(scores).expand(picked.shape)
         if self.name == "mse":
             gradient = scores.clone().scatter_add_(1, picked, minus_one)  # s - onehot(y)
             per_sample = gradient.square().sum(1)
@@ -94,6 +95,13 @@ class Loss:
         weights = self.class_weights.to(scores.device, scores.dtype)[targets]
         gradient.mul_(weights)  # each sample's column
         return (per_sample * weights).sum(-1), weights.sum(), gradient
+
+    def _minus_one(self, like: torch.Tensor) -> torch.Tensor:
+        """A -1 of the scores' type and device, made once: the one-hot's subtraction reads it at every step."""
+        key = (like.dtype, like.device)
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(-1.0, dtype=like.dtype, device=like.device)
+        return self._constants[key]
 
     def sum_and_weight(self, scores: torch.Tensor,
                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:

@@ -25,8 +25,31 @@ from imgcls.metrics import Metrics, MetricsAccumulator
 class StepStats(NamedTuple):
     """Each model's loss sum over the batch, the sum of the samples' weights, and its correct top-1 count: (P,)."""
     loss_sum: torch.Tensor
-    weight: torch.Tensor
+    weight: torch.Tensor | float  # one number where it is every model's (the batch's size, without class weights)
     correct: torch.Tensor
+
+
+class Gradient(NamedTuple):
+    """dL/dW and dL/db of every model. The lecture's gradient keeps W's as the factors of its product,
+    dL/dW = scale * G X with G the loss's gradient in the scores, so that momentum can take the product in place;
+    autograd's, or one summed over processes, holds the products themselves."""
+    scores: torch.Tensor | None = None  # G, (P, K, n)
+    pixels: torch.Tensor | None = None  # X, (n, D)
+    scale: float = 1.0
+    weight: torch.Tensor | None = None  # dL/dW, (P, K, D)
+    bias: torch.Tensor | None = None  # dL/db, (P, K)
+
+    def products(self) -> Gradient:
+        """The same gradient with its products taken."""
+        if self.weight is not None:
+            return self
+        count, classes, size = self.scores.shape
+        weight = torch.mm(self.scores.view(count * classes, size), self.pixels).view(count, classes, -1)
+        bias = self.scores.sum(2)
+        if self.scale != 1.0:
+            weight.mul_(self.scale)
+            bias.mul_(self.scale)
+        return Gradient(weight=weight, bias=bias)
 
 
 class Hyper(NamedTuple):
@@ -62,7 +85,7 @@ class Stack:
 
     @torch.no_grad()
     def gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
-                 masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
+                 masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Gradient, StepStats]:
         """dL/dW (P, K, D) and dL/db (P, K) of each model's mean loss over the whole batch `batch_labels` (of
         which `pixels`, `labels` may be this process's part), by the lecture's formula. `masks`: each model's
         weight of each sample, (P, n) of this part and (P, N) of the whole batch; 0 hides a sample from a model
@@ -71,35 +94,38 @@ class Stack:
             return self._masked_gradient(pixels, labels, batch_labels, *masks)
         scores = self.scores(pixels)
         count, classes, _ = scores.shape
-        sums = torch.empty(count, device=scores.device)
-        weights = torch.empty(count, device=scores.device)
-        single = len(self.loss_groups) == 1
-        gradient = None if single else torch.empty_like(scores)
         scale = 1.0
-        for rows, loss in self.loss_groups:
-            loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(
-                scores if single else scores.index_select(0, rows), labels)
+        if len(self.loss_groups) == 1:  # every model the same loss: no gathering of rows
+            loss = self.losses[0]
+            sums, weights, gradient = loss.stacked_loss_and_gradient(scores, labels)
             denominator = mean_denominator(loss.weight_of(batch_labels))  # the mean over the whole batch
-            if single and not torch.is_tensor(denominator):
+            if torch.is_tensor(denominator):
+                gradient.div_(denominator)
+            else:
                 scale = 1.0 / denominator  # folded into the product below
-            else:
-                group_gradient.div_(denominator)
-            if single:
-                gradient = group_gradient
-            else:
-                gradient.index_copy_(0, rows, group_gradient)
+        else:
+            sums, weights, gradient = self._grouped_loss_and_gradient(scores, labels, batch_labels)
+        stats = StepStats(sums, weights, (scores.max(1).indices == labels).sum(1))  # max(1): faster than argmax(1)
+        return Gradient(gradient, pixels, scale), stats
+
+    def _grouped_loss_and_gradient(self, scores: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each loss (name and class weights) on the rows of its models: their loss sums, weight sums and mean
+        loss's gradient, put back in the stack's order."""
+        count = len(scores)
+        sums, weights = torch.empty(count, device=scores.device), torch.empty(count, device=scores.device)
+        gradient = torch.empty_like(scores)
+        for rows, loss in self.loss_groups:
+            loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(scores.index_select(0, rows), labels)
+            group_gradient.div_(mean_denominator(loss.weight_of(batch_labels)))  # the mean over the whole batch
+            gradient.index_copy_(0, rows, group_gradient)
             sums.index_copy_(0, rows, loss_sum)
             weights.index_copy_(0, rows, torch.as_tensor(weight, dtype=weights.dtype,
                                                          device=weights.device).expand(len(rows)))
-        flat = gradient.view(count * classes, -1)
-        weight_gradient = torch.mm(flat, pixels) if scale == 1.0 else torch.addmm(self.weight.view(count * classes, -1),
-                                                                                flat, pixels, beta=0, alpha=scale)
-        bias_gradient = gradient.sum(2) if scale == 1.0 else gradient.sum(2).mul_(scale)
-        stats = StepStats(sums, weights, (scores.max(1).indices == labels).sum(1))  # max: argmax over a middle dim is slow
-        return weight_gradient.view_as(self.weight), bias_gradient, stats
+        return sums, weights, gradient
 
     def _masked_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
-                         mine: torch.Tensor, whole: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
+                         mine: torch.Tensor, whole: torch.Tensor) -> tuple[Gradient, StepStats]:
         """gradient() with each model's samples weighted by its mask: the mean over the samples it sees."""
         scores = self.scores(pixels)
         count, classes, _ = scores.shape
@@ -113,12 +139,11 @@ class Stack:
             gradient.index_copy_(0, rows, group_gradient)
             sums.index_copy_(0, rows, loss_sum)
             weights.index_copy_(0, rows, weight)
-        weight_gradient = torch.mm(gradient.view(count * classes, -1), pixels).view_as(self.weight)
         correct = ((scores.max(1).indices == labels) & (mine > 0)).sum(1)
-        return weight_gradient, gradient.sum(2), StepStats(sums, weights, correct)
+        return Gradient(gradient, pixels), StepStats(sums, weights, correct)
 
     def autograd_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
-                          autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, StepStats]:
+                          autocast: torch.dtype | None = None) -> tuple[Gradient, StepStats]:
         """The same gradients from PyTorch's backward pass of each model's mean loss (and in bf16 under autocast)."""
         weight, bias = self.weight.detach().requires_grad_(), self.bias.detach().requires_grad_()
         with torch.autocast(pixels.device.type, dtype=autocast, enabled=autocast is not None):
@@ -131,14 +156,37 @@ class Stack:
             weights.append(torch.as_tensor(loss_weight, dtype=torch.float32, device=pixels.device))
         weight_gradient, bias_gradient = torch.autograd.grad(total, (weight, bias))
         correct = (scores.detach().max(1).indices == labels).sum(1)
-        return weight_gradient, bias_gradient, StepStats(torch.stack(sums).float(), torch.stack(weights), correct)
+        stats = StepStats(torch.stack(sums).float(), torch.stack(weights), correct)
+        return Gradient(weight=weight_gradient, bias=bias_gradient), stats
 
     @torch.no_grad()
-    def update(self, weight_gradient: torch.Tensor, bias_gradient: torch.Tensor, rates: Sequence[float]) -> None:
+    def update(self, gradient: Gradient, rates: Sequence[float]) -> None:
         """SGD's rule for every model at once, at the rates this update uses (none for a frozen model)."""
         rate = _column([0.0 if frozen else rate for rate, frozen in zip(rates, self.frozen)], self.weight)
-        self._update(self.weight, self.velocity, weight_gradient, rate, self.decay)
-        self._update(self.bias, self.bias_velocity, bias_gradient, rate, 0.0)
+        momentum = self.momentum
+        if gradient.weight is None and not torch.is_tensor(momentum) and momentum and \
+                not torch.is_tensor(self.nesterov) and not self.nesterov:
+            return self._momentum_update(gradient, momentum, rate)
+        gradient = gradient.products()
+        self._update(self.weight, self.velocity, gradient.weight, rate, self.decay)
+        self._update(self.bias, self.bias_velocity, gradient.bias, rate, 0.0)
+
+    def _momentum_update(self, gradient: Gradient, momentum: float, rate: torch.Tensor | float) -> None:
+        """The same rule where every model has the same (heavy-ball) momentum: v = momentum * v + g takes W's
+        gradient product in place, then v += weight_decay * W and W -= lr * v."""
+        count, classes, size = gradient.scores.shape
+        self.velocity.view(count * classes, -1).addmm_(gradient.scores.view(count * classes, size), gradient.pixels,
+                                                       beta=momentum, alpha=gradient.scale)
+        self.bias_velocity.mul_(momentum).add_(gradient.scores.sum(2), alpha=gradient.scale)
+        if torch.is_tensor(self.decay):
+            self.velocity.addcmul_(self.weight, self.decay.view(-1, 1, 1))
+        elif self.decay:
+            self.velocity.add_(self.weight, alpha=self.decay)
+        for param, velocity in ((self.weight, self.velocity), (self.bias, self.bias_velocity)):
+            if torch.is_tensor(rate):
+                param.addcmul_(velocity, rate.view((-1,) + (1,) * (param.dim() - 1)), value=-1.0)
+            else:
+                param.add_(velocity, alpha=-rate)
 
     def _update(self, param: torch.Tensor, velocity: torch.Tensor, gradient: torch.Tensor,
                 rate: torch.Tensor | float, decay: torch.Tensor | float) -> None:
