@@ -2,6 +2,7 @@
 ends as it does on Ctrl-C: a training command by its signal rule, the others at once, writing nothing half-way),
 and a signal while the command line's own modules load ends quietly."""
 
+import os
 import signal
 import sys
 
@@ -12,7 +13,8 @@ def main() -> None:
         from imgcls.cli import main as run
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        sys.stderr.flush()
+        os._exit(130)  # nothing to finalize: a half-imported module's clean-up must not change the exit
     run()
 
 
