@@ -77,6 +77,22 @@ def test_split_train_val_holds_out_part_of_the_limited_rows_disjointly():
     assert torch.bincount(labels[val], minlength=5).tolist() == [2] * 5
 
 
+def test_limit_keeps_at_most_n_and_refuses_exactly_what_is_too_few():
+    """--limit N uses at most N training images (here exactly N, stratified) for every N it accepts, and every N
+    it refuses is below the 2 a class it names as the least."""
+    from imgcls.errors import UserError
+
+    labels = torch.cat([torch.zeros(20), torch.ones(20), torch.full((7,), 2)]).long()
+    for limit in range(6, 47):
+        train, val = split_train_val(labels, 3, 0.2, limit, seed=0, name="x")
+        kept = torch.cat([train, val])
+        assert len(kept) == limit and len(set(kept.tolist())) == limit
+        assert torch.bincount(labels[kept], minlength=3).min() >= 2
+    for limit in (1, 3, 5):
+        with pytest.raises(UserError, match=f"--limit {limit} keeps too few .* at least 6"):
+            split_train_val(labels, 3, 0.2, limit, seed=0, name="x")
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
 def test_too_few_training_images_for_a_validation_split_on_either_path(tmp_path, fresh_cache, stream):
     """The one split function's check, reached through prepare() whether the pixels go to memory or stay in files."""

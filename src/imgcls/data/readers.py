@@ -35,6 +35,7 @@ from imgcls.data.decode import (
 )
 from imgcls.data.published import check_files, has_own_files, resolved_path
 from imgcls.data.registry import DatasetSpec, loose_names
+from imgcls.data.split import check_class_names
 from imgcls.data.types import DecodedSplit, ImageList
 from imgcls.errors import UserError
 
@@ -243,8 +244,10 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
 
 def _imagenet_listing(dataset) -> ImageList:
     paths = [path for path, _ in dataset.samples]
-    return ImageList(paths, FileReader(paths), list(dataset.targets),
-                     [names[0] for names in dataset.classes])
+    classes = [names[0] if isinstance(names, (tuple, list)) and names else names for names in dataset.classes]
+    meta = Path(dataset.root) / "meta.bin"
+    check_class_names("imagenet", classes, meta, f"delete {meta} to parse the devkit's meta.mat again")
+    return ImageList(paths, FileReader(paths), list(dataset.targets), classes)
 
 
 def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
