@@ -746,3 +746,26 @@ def test_a_words_file_that_misses_classes_is_refused_when_training(cli, tmp_path
     root = write_image_folder(tmp_path / "data", ID_FOLDER)
     (root / "train" / "classes.txt").write_text("goldfish\n")
     assert_user_error(train_id_folder(cli, root, tmp_path / "run"), "classes.txt", "names 1 classes", "3")
+
+
+def test_report_on_a_read_only_run_folder_still_prints_and_notes_the_figures(cli, small_run, monkeypatch):
+    """The figures cannot be redrawn in a read-only run folder: the report is printed all the same, with one
+    note line, and exit code 0."""
+    import errno
+    import tempfile
+
+    run = small_run[1]
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(**kw):
+        if str(kw.get("dir")) == str(run):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(**kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    result = cli("report", run)
+    assert result.exit_code == 0, plain(result.output)
+    assert "top-1" in plain(result.stdout).lower()
+    notes = [line for line in plain(result.stderr).splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "figures were not redrawn" in notes[0] and str(run) in notes[0], result.stderr
+    assert "Traceback" not in result.output

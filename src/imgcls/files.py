@@ -31,6 +31,48 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
+def check_output_file(option: str, path: Path, example: str) -> None:
+    """A file a command will write: not a folder, in a folder that exists and can be written."""
+    if path.is_dir():
+        raise UserError(f"{option} {printable(path)} is a folder; give a file name such as {printable(path / example)}")
+    if not path.parent.is_dir() and _nearest(path.parent).is_dir():
+        raise UserError(f"{option} {printable(path)}: the folder {printable(path.parent)} does not exist; create it "
+                        f"first")
+    _check_writable(option, path, _nearest(path.parent))
+
+
+def check_output_folder(option: str, path: Path) -> None:
+    """A folder a command will write files into (made, with its parents, if absent): not a file, and where it
+    can be made."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {printable(path)} is a file, not a folder; give a folder name (it is made if "
+                        f"absent)")
+    _check_writable(option, path, _nearest(path))
+
+
+def _nearest(path: Path) -> Path:
+    """The path itself, or its nearest ancestor, that exists."""
+    return next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
+
+
+def _check_writable(option: str, path: Path, existing: Path) -> None:
+    """`existing`, where `path` goes (or the nearest existing folder above it), is a folder one can write in."""
+    if not existing.is_dir():
+        raise UserError(f"{option} {printable(path)}: {printable(existing)} is a file, not a folder; choose a path in "
+                        f"a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = os.strerror(errno.EROFS) if _read_only(existing) else "permission denied"
+        raise UserError(f"{option} {printable(path)}: cannot write in {printable(existing)} ({why}); choose a "
+                        f"writable folder")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):
+        return False
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary_path), then move the finished file to `path`."""
     temporary = None
@@ -48,6 +90,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         temporary = None
         _fsync_folder(path.parent)  # the rename itself survives a power cut
     except OSError as error:
+        if temporary is None:  # no file could be made there at all (a folder one cannot create files in)
+            raise UserError(f"cannot write {printable(path)}: no file can be made in {printable(path.parent)} "
+                            f"({os.strerror(error.errno) if error.errno else error}); choose a writable folder") \
+                from None
         if error.errno not in ENVIRONMENT_ERRORS:
             raise
         raise UserError(f"cannot write {printable(path)} ({os.strerror(error.errno)}); any earlier "
