@@ -769,3 +769,10 @@ def test_report_on_a_read_only_run_folder_still_prints_and_notes_the_figures(cli
     notes = [line for line in plain(result.stderr).splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "figures were not redrawn" in notes[0] and str(run) in notes[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def test_report_of_a_sweep_folder_points_to_its_best_run_and_table(cli, tmp_path, assert_user_error):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.yaml").write_text("grid: {}\n")
+    assert_user_error(cli("report", sweep), "is a sweep folder", str(sweep / "best"), str(sweep / "sweep.csv"))

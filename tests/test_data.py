@@ -824,3 +824,15 @@ def test_the_normalizer_leaves_its_input_alone_and_gives_pixel_times_scale_minus
     already_float = raw.float()
     assert torch.allclose(normalize(already_float), expected, atol=1e-6)
     assert torch.equal(already_float, raw.float())  # not normalized in place
+
+
+def test_a_file_no_decoder_can_identify_is_named_without_internal_text(cli, tmp_path, fresh_cache, image_folder,
+                                                                      assert_user_error):
+    """A .tif that starts like a TIFF but is not one: Pillow's message names its buffer (<_io.BytesIO ...>)."""
+    root = image_folder(tmp_path / "data", SMALL)
+    bad = root / "train" / "ant" / "bad.tif"
+    bad.write_bytes(b"II*\x00" + bytes(range(256)) * 2)
+    line = assert_user_error(train_small(cli, root, tmp_path / "run"), str(bad), "not an image imgcls can read")
+    assert "BytesIO" not in line and " at 0x" not in line
+    assert "warning" not in plain(cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1,
+                                      "--device", "cpu", "--out", tmp_path / "run2").stderr).lower()

@@ -247,3 +247,11 @@ def test_predict_on_a_features_file_gives_each_rows_classes_as_numpy_does(cli, p
     assert [p["probability"] for p in predictions] == pytest.approx(probabilities.max(1).tolist(), abs=1e-5)
     np.savez(tmp_path / "narrow.npz", x=x[:, :5])
     assert_user_error(cli("predict", run, tmp_path / "narrow.npz", "--device", "cpu"), "5 features", "takes 24")
+
+
+def test_eval_on_features_whose_class_names_differ_says_which(cli, probe, tmp_path, assert_user_error):
+    run, arrays, _ = probe
+    other = write(tmp_path / "other.npz", **arrays, classes=np.array(["cat", "dog", "emu"]))
+    line = assert_user_error(cli("eval", run, "--data-dir", other, "--device", "cpu"), "class 2 is 'emu'",
+                             "checkpoint's is 'eel'")
+    assert "has 3 classes of" not in line

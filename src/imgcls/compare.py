@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable
+from imgcls.rundir import DIVERGED
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
 
@@ -62,6 +63,7 @@ def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
         row = {"run": label, "path": str(summary.path),
                "dataset": data.get("dataset") if isinstance(data, dict) else None,
                "options": {key: flat.get(key) for key in keys}, "finished": metrics is not None,
+               "diverged": (Path(summary.path) / DIVERGED).is_file(),
                "epochs": len(summary.epochs), "best_epoch": metrics["best_epoch"] if metrics else None,
                "seconds": sum(record["seconds"] for record in summary.epochs)}
         for split in ("val", "test"):
@@ -99,7 +101,8 @@ def compare_table(rows: list[dict], keys: list[str]):
     names = short_names(keys)
     for row in rows:
         options = "\n".join(f"{names[key]}={_option(row['options'][key])}" for key in keys)
-        best = f"{row['best_epoch']} of {row['epochs']}" if row["finished"] else f"unfinished ({row['epochs']})"
+        ended = "diverged" if row["diverged"] else "unfinished"
+        best = f"{row['best_epoch']} of {row['epochs']}" if row["finished"] else f"{ended} ({row['epochs']})"
         cells = [Text(row["run"]), *(() if same else (Text(printable(str(row["dataset"]))),)), Text(printable(options)),
                  best, *(_percent(row[name]) for name in ("val_top1", "val_topk", "test_top1", "test_topk")),
                  f"{row['seconds']:.1f} s"]
