@@ -407,3 +407,14 @@ def test_a_single_class_is_refused(cli, tmp_path, image_folder, assert_user_erro
     result = cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--device", "cpu", "--out",
                  tmp_path / "run")
     assert_user_error(result, str(root), "only the class 'only'", "needs at least 2 classes")
+
+
+def test_training_labels_all_of_one_class_are_refused(cli, tmp_path, assert_user_error, fresh_cache):
+    """MNIST names 10 classes, but files whose every label is 0 hold one: refused, not trained to 100%."""
+    raw = write_idx(tmp_path / "data", "MNIST")
+    for split, count in (("train", 60), ("t10k", 20)):
+        path = raw / f"{split}-labels-idx1-ubyte"
+        path.write_bytes(path.read_bytes()[:8] + bytes(count))
+    result = cli("train", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--epochs", 1, "--device", "cpu",
+                 "--out", tmp_path / "run")
+    assert_user_error(result, str(tmp_path / "data"), "all of one class ('0')", "at least 2 classes")

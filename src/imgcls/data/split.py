@@ -103,6 +103,10 @@ def check_labels(name: str, classes: list, splits: dict[str, torch.Tensor], wher
             raise UserError(f"{name}: {split} label {int(labels[row])} (row {row}) in {where} is not a class index "
                             f"0..{len(classes) - 1} of its {len(classes)} classes; fix or drop that row")
     trained = torch.bincount(splits["train"], minlength=len(classes)) > 0
+    if int(trained.sum()) < 2:
+        present = shown(classes[int(trained.nonzero()[0])]) if trained.any() else "none"
+        raise UserError(f"{name}: the training {unit} in {where} are all of one class ({present}); a classifier needs "
+                        f"at least 2 classes")
     for split, labels in splits.items():
         untrained = labels[~trained[labels]]
         if len(untrained):
