@@ -418,3 +418,39 @@ def test_training_labels_all_of_one_class_are_refused(cli, tmp_path, assert_user
     result = cli("train", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--epochs", 1, "--device", "cpu",
                  "--out", tmp_path / "run")
     assert_user_error(result, str(tmp_path / "data"), "all of one class ('0')", "at least 2 classes")
+
+
+def _cifar100_meta_names(root, names):
+    import pickle
+
+    path = root / "cifar-100-python" / "meta"
+    meta = pickle.loads(path.read_bytes())
+    meta["fine_label_names"] = names
+    path.write_bytes(pickle.dumps(meta, protocol=2))
+
+
+def _cifar100_entry(root, key, change):
+    import pickle
+
+    path = root / "cifar-100-python" / "train"
+    entry = pickle.loads(path.read_bytes())
+    entry[key] = change(entry[key])
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: [2.5, *labels[1:]]), ("labels are float64",)),
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: ["cat", *labels[1:]]), ("labels are <U",)),
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: [None, *labels[1:]]),
+     ("labels are a mix of", "NoneType")),
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: [*labels, 0]), ("200 images have 201 labels",)),
+    (lambda root: _cifar100_entry(root, "data", lambda data: data.astype(np.float32)), ("images are float32",)),
+    (lambda root: _cifar100_meta_names(root, list(range(100))), ("class 0", "named 0, not text")),
+], ids=["label-float", "label-text", "label-none", "labels-long", "data-float", "names-ints"])
+def test_arrays_torchvision_reads_are_checked_before_use(damage, words, cli, tmp_path, assert_user_error,
+                                                         fresh_cache):
+    write("cifar100", tmp_path)
+    damage(tmp_path)
+    result = cli("train", "--dataset", "cifar100", "--data-dir", tmp_path, "--epochs", 1, "--device", "cpu", "--out",
+                 tmp_path / "run")
+    assert_user_error(result, "cifar100", str(tmp_path), *words)
