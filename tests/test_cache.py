@@ -65,11 +65,20 @@ def _no_checksums(entry):
     (entry / "meta.json").write_text(json.dumps(meta))
 
 
+def _fifo(entry):
+    """A FIFO in an array's place: opening it would wait for a writer forever."""
+    import os
+
+    (entry / "images.npy").unlink()
+    os.mkfifo(entry / "images.npy")
+
+
 @pytest.mark.parametrize("damage, why", [
     (_rows_255, "images.npy does not match its CRC-32"), (_labels(99), "labels.npy does not match its CRC-32"),
     (_labels(-1), "labels.npy does not match its CRC-32"), (_classes_altered, "meta.json does not match its CRC-32"),
-    (_huge_std, "do not match their CRC-32"), (_no_checksums, "an older imgcls made it")],
-    ids=["rows-255", "label-99", "label-minus-1", "classes", "std-1e30", "no-checksums"])
+    (_huge_std, "do not match their CRC-32"), (_no_checksums, "an older imgcls made it"),
+    (_fifo, "images.npy is not a file")],
+    ids=["rows-255", "label-99", "label-minus-1", "classes", "std-1e30", "no-checksums", "fifo"])
 def test_a_damaged_entry_is_noticed_and_rebuilt_with_a_note(cli, tmp_path, fresh_cache, assert_ok, damage, why):
     """Whatever was changed in a warm entry (pixels, labels, class names, the kept normalization), the next run
     says so in one note and trains on what the source files hold, as the first run did."""

@@ -32,6 +32,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import zipfile
 import zlib
@@ -48,6 +49,7 @@ from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
 
 CACHE_FORMAT = 1
+ENTRY_FILES = ("meta.json", "images.npy", "labels.npy")
 ENTRY_NAME = re.compile(r"[0-9a-f]{24}")
 STAGING_NAME = re.compile(r"\.(?P<key>[0-9a-f]{24})\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.building")
 
@@ -76,10 +78,10 @@ def fingerprint(paths: list[Path]) -> list[list]:
 
 def _identity(path: str) -> list:
     try:
-        stat = os.stat(path)
+        status = os.stat(path)
     except OSError:  # a symlink to nothing: the reader says so, if it is an image
         return [path, None, None, None]
-    return [path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    return [path, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
 def cache_key(identity: dict) -> str:
@@ -116,6 +118,8 @@ def load_or_derive(entry_dir: Path | None, settings: dict, derive: Callable[[], 
 
 
 def _read_derived(path: Path, settings: str) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
     try:
         with np.load(path, allow_pickle=False) as stored:
             if "settings" not in stored.files or str(stored["settings"]) != settings:
@@ -144,10 +148,14 @@ def note(text: str) -> None:
 
 def file_crc(path: Path) -> int:
     """CRC-32 of a file's bytes, read through a memory map (no copy; a warm entry's pages are mapped anyway)."""
-    with open(path, "rb") as file:
-        if os.fstat(file.fileno()).st_size == 0:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO in its place must not wait forever
+    with open(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if status.st_size == 0:
             return 0
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
             return zlib.crc32(view)
 
 
@@ -213,6 +221,9 @@ def _read_entry(entry_dir: Path) -> DecodedSplit | str | None:
     """The entry's split; None when there is no entry, or why it cannot be used (a damaged one)."""
     if not (entry_dir / "meta.json").exists():
         return None
+    odd = next((name for name in ENTRY_FILES if not (entry_dir / name).is_file()), None)
+    if odd is not None:  # a folder or FIFO in a file's place: never opened (a FIFO would wait for a writer)
+        return f"{odd} is not a file"
     try:
         meta = json.loads((entry_dir / "meta.json").read_text())
         crc = meta.get("crc32")
@@ -253,7 +264,7 @@ def _write_entry(entry_dir: Path, identity: dict, split: DecodedSplit) -> Decode
         meta["crc32"] = {name: file_crc(staging / name) for name in ("images.npy", "labels.npy")}
         meta["crc32"]["meta"] = _meta_crc(meta)
         (staging / "meta.json").write_text(json.dumps(meta))
-        for name in ("images.npy", "labels.npy", "meta.json"):
+        for name in ENTRY_FILES:
             with open(staging / name, "rb") as f:
                 os.fsync(f.fileno())
         return _publish(staging, entry_dir)
