@@ -199,8 +199,11 @@ def test_a_npy_file_named_npz_and_bad_safetensors_metadata_are_named(cli, assert
     (tmp_path / "one.npy").rename(tmp_path / "one.npz")
     save_file({"x_train": x.astype(np.float32), "y_train": y, "x_test": x[:20].astype(np.float32),
                "y_test": y[:20]}, str(tmp_path / "meta.safetensors"), metadata={"classes": "cat, dog, eel"})
+    save_file({"x_train": x.astype(np.float32), "y_train": y, "x_test": x[:20].astype(np.float32),
+               "y_test": y[:20]}, str(tmp_path / "null.safetensors"), metadata={"classes": "null"})
     for name, words in (("one.npz", ("single numpy array (.npy)", "numpy.savez")),
-                        ("meta.safetensors", ("'classes' is not a JSON list", "json.dumps"))):
+                        ("meta.safetensors", ("'classes' is not a JSON list", "json.dumps")),
+                        ("null.safetensors", ("'classes' is not a JSON list", "it is None"))):
         result = cli("train", "--dataset", "features", "--data-dir", tmp_path / name, "--epochs", 1, "--device",
                      "cpu", "--out", tmp_path / "run")
         assert_user_error(result, str(tmp_path / name), *words)

@@ -85,10 +85,14 @@ def _read_safetensors(path: Path, names):
     if "classes" not in metadata:
         return arrays, None
     try:
-        return arrays, json.loads(metadata["classes"])
+        classes = json.loads(metadata["classes"])
+        why = "" if isinstance(classes, list) else f"it is {shown(classes)}"
     except ValueError as error:
-        raise UserError(f"features file {path}: its metadata's 'classes' is not a JSON list of class names ({error}); "
-                        f"save it as json.dumps([name, ...])") from None
+        why = str(error)
+    if why:
+        raise UserError(f"features file {path}: its metadata's 'classes' is not a JSON list of class names ({why}); "
+                        f"save it as json.dumps([name, ...])")
+    return arrays, classes
 
 
 def load_features(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]:
