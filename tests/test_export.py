@@ -139,3 +139,21 @@ def test_output_paths_that_cannot_be_written_are_one_line(cli, assert_user_error
     assert_user_error(cli("export", run, "--format", "npz", "--out", tmp_path / "m.npz"), str(tmp_path / "m.npz"),
                       "no file can be made in", "choose a writable folder")
     assert not list(tmp_path.glob("m.*"))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "npz"])
+def test_export_to_a_disk_that_fills_up_is_one_line_not_an_abort(small_run, tmp_path, fmt):
+    """A file-size limit makes every write past 2 kB fail as a full disk would (EFBIG): torch.jit.save's own writer
+    aborted the whole process there; now each format ends in one error line and leaves no file."""
+    from conftest import run_python
+
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)); sys.argv = ['imgcls'] + sys.argv[1:]; "
+            "from imgcls.cli import main; main()")
+    out = tmp_path / f"model.{fmt}"
+    result = run_python("-c", code, "export", small_run[1], "--format", fmt, "--out", out)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "terminate called" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(out) in errors[0] and "File too large" in errors[0], result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))

@@ -15,6 +15,7 @@ and works offline, where the default torch.export-based exporter of torch >= 2.9
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -103,7 +104,9 @@ def _write_torchscript(checkpoint: Checkpoint, path: Path) -> None:
     scripted = _quietly(lambda: torch.jit.script(RawInputClassifier(checkpoint).eval()))
     extra = {f"{key}.txt": value for key, value in _metadata(checkpoint).items()}
     extra["classes.txt"] = "".join(f"{name}\n" for name in checkpoint.classes)  # the README's classes.txt
-    _quietly(lambda: torch.jit.save(scripted, str(path), _extra_files=extra))
+    buffer = io.BytesIO()  # torch.jit.save's own file writer aborts the process on a full disk: Python writes it
+    _quietly(lambda: torch.jit.save(scripted, buffer, _extra_files=extra))
+    path.write_bytes(buffer.getvalue())
 
 
 def _write_npz(checkpoint: Checkpoint, path: Path) -> None:
