@@ -826,13 +826,18 @@ def test_the_normalizer_leaves_its_input_alone_and_gives_pixel_times_scale_minus
     assert torch.equal(already_float, raw.float())  # not normalized in place
 
 
+@pytest.mark.parametrize("name, data, words", [
+    ("bad.tif", b"II*\x00" + bytes(range(256)) * 2, ("not an image imgcls can read", "damaged")),
+    ("bad.gif", b"GIF89a" + bytes(range(50)), ("damaged or not a whole image file",)),
+])
 def test_a_file_no_decoder_can_identify_is_named_without_internal_text(cli, tmp_path, fresh_cache, image_folder,
-                                                                      assert_user_error):
-    """A .tif that starts like a TIFF but is not one: Pillow's message names its buffer (<_io.BytesIO ...>)."""
+                                                                      assert_user_error, name, data, words):
+    """A .tif that starts like a TIFF but is not one: Pillow's message names its buffer (<_io.BytesIO ...>); a
+    broken GIF: giflib's function name and code only."""
     root = image_folder(tmp_path / "data", SMALL)
-    bad = root / "train" / "ant" / "bad.tif"
-    bad.write_bytes(b"II*\x00" + bytes(range(256)) * 2)
-    line = assert_user_error(train_small(cli, root, tmp_path / "run"), str(bad), "not an image imgcls can read")
+    bad = root / "train" / "ant" / name
+    bad.write_bytes(data)
+    line = assert_user_error(train_small(cli, root, tmp_path / "run"), str(bad), *words)
     assert "BytesIO" not in line and " at 0x" not in line
     assert "warning" not in plain(cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1,
                                       "--device", "cpu", "--out", tmp_path / "run2").stderr).lower()

@@ -543,6 +543,8 @@ def error_reason(error: BaseException) -> str:
         return error.strerror
     text = (str(error).strip() or type(error).__name__).splitlines()[0]
     if re.match(r"cannot identify image file <", text):  # Pillow names its buffer, not the file
-        return "not an image imgcls can read: neither torchvision nor Pillow knows its format"
+        return "not an image imgcls can read: damaged, or in a format none of its decoders knows"
+    if re.search(r"\(\) failed|failed with error code", text):  # a C decoder's own words (DGifOpenFileName, WebP)
+        return f"damaged or not a whole image file (the decoder says: {text})"
     text = re.sub(r"^\w+, \S+\.(?:cpp|cu|h):\d+, ", "", text)
     return re.sub(r"\s*(?:at )?\"?\S+\.(?:cpp|cu|h)\"?:\d+,?", "", text).strip() or type(error).__name__
