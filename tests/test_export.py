@@ -2,6 +2,7 @@
 onnxruntime and torch.jit.load, not by imgcls); the npz arrays give them through the lecture's formula in numpy."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -157,3 +158,21 @@ def test_export_to_a_disk_that_fills_up_is_one_line_not_an_abort(small_run, tmp_
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(out) in errors[0] and "File too large" in errors[0], result.stderr
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_device_a_special_folder_or_a_name_too_long_is_one_line(cli, assert_user_error, small_run, tmp_path):
+    """--out /dev/null once replaced the device with a regular file (an atomic write renames over its target)."""
+    import stat
+
+    run = small_run[1]
+    for fmt in ("npz", "torchscript"):
+        assert_user_error(cli("export", run, "--format", fmt, "--out", "/dev/null"), "/dev/null", "is a device",
+                          "not a file")
+    assert_user_error(cli("compare", run, run, "--no-figure", "--csv", "/dev/null"), "--csv /dev/null", "a device")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert_user_error(cli("export-templates", run, "--out", "/proc/imgcls-templates"), "/proc/imgcls-templates",
+                      "cannot be made")
+    long = tmp_path / ("n" * 300)
+    for args in (("export", run, "--format", "npz", "--out", long), ("export-templates", run, "--out", long),
+                 ("compare", run, run, "--no-figure", "--csv", long)):
+        assert_user_error(cli(*args), str(long), "too long")

@@ -4,6 +4,7 @@ so `--help` and flag errors answer at once.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -40,11 +41,16 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UserError as error:
+        except (UserError, OSError) as error:
             from imgcls.files import (
                 printable,  # a file name that is not UTF-8 is shown, not a crash
             )
 
+            if isinstance(error, OSError):  # a path too long for the system, wherever it is first used
+                if error.errno != errno.ENAMETOOLONG:
+                    raise
+                error = (f"{printable(error.filename or 'a path')}: the name is too long for the file system; "
+                         f"choose a shorter one")
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
@@ -380,13 +386,13 @@ def export_templates_command(
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
     from imgcls.data.features import require_image_model
-    from imgcls.files import check_output_folder
+    from imgcls.files import make_output_folder
     from imgcls.templates import export_templates
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
-    check_output_folder("--out", out)
+    make_output_folder("--out", out)
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
                                colours=colours, clip=clip)
     Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)

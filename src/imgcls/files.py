@@ -32,22 +32,36 @@ def _host() -> str:
 
 
 def check_output_file(option: str, path: Path, example: str) -> None:
-    """A file a command will write: not a folder, in a folder that exists and can be written."""
+    """A file a command will write: not a folder (nor a device or FIFO), in a folder that exists and can be
+    written."""
     if path.is_dir():
         raise UserError(f"{option} {printable(path)} is a folder; give a file name such as {printable(path / example)}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{option} {printable(path)} is {_kind(path)}, not a file; give a file name such as "
+                        f"{printable(path.parent / example)}")
     if not path.parent.is_dir() and _nearest(path.parent).is_dir():
         raise UserError(f"{option} {printable(path)}: the folder {printable(path.parent)} does not exist; create it "
                         f"first")
     _check_writable(option, path, _nearest(path.parent))
 
 
-def check_output_folder(option: str, path: Path) -> None:
-    """A folder a command will write files into (made, with its parents, if absent): not a file, and where it
-    can be made."""
+def make_output_folder(option: str, path: Path) -> None:
+    """The folder a command will write files into, made (with its parents) if absent; anything in the way (a
+    file, a read-only or special file system) is one UserError."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {printable(path)} is a file, not a folder; give a folder name (it is made if "
                         f"absent)")
     _check_writable(option, path, _nearest(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{option} {printable(path)}: the folder cannot be made ({error.strerror or error}); choose "
+                        f"a writable folder") from None
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def _nearest(path: Path) -> Path:
@@ -77,6 +91,8 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary_path), then move the finished file to `path`."""
     temporary = None
     try:
+        if path.exists() and not path.is_file():  # renaming over a device or FIFO would replace it
+            raise UserError(f"cannot write {printable(path)}: it is {_kind(path)}, not a file; choose a file name")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp",
                                          dir=path.parent)
