@@ -144,8 +144,8 @@ def test_output_paths_that_cannot_be_written_are_one_line(cli, assert_user_error
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx", "npz"])
 def test_export_to_a_disk_that_fills_up_is_one_line_not_an_abort(small_run, tmp_path, fmt):
-    """A file-size limit makes every write past 2 kB fail as a full disk would (EFBIG): torch.jit.save's own writer
-    aborted the whole process there; now each format ends in one error line and leaves no file."""
+    """A file-size limit makes every write past 2 kB fail as a full disk would (EFBIG): each format ends in one
+    error line, not an abort of the process, and leaves no file."""
     from conftest import run_python
 
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
@@ -161,7 +161,7 @@ def test_export_to_a_disk_that_fills_up_is_one_line_not_an_abort(small_run, tmp_
 
 
 def test_a_device_a_special_folder_or_a_name_too_long_is_one_line(cli, assert_user_error, small_run, tmp_path):
-    """--out /dev/null once replaced the device with a regular file (an atomic write renames over its target)."""
+    """A device at --out is refused, not renamed over (an atomic write replaces its target)."""
     import stat
 
     run = small_run[1]

@@ -159,8 +159,8 @@ def test_features_file_mistakes_are_one_error_line(cli, assert_user_error, tmp_p
 
 
 def test_features_labels_are_bounded_before_anything_is_allocated(cli, assert_user_error, tmp_path):
-    """A huge label without a `classes` array (it once grew the process to 23 GB), a uint64 label past int64 (it
-    wrapped round to a negative number), a test label no training row has, a training label with none: each named."""
+    """A huge label without a `classes` array (bounded before any list of names is made), a uint64 label past int64,
+    a test label no training row has, a training label with none: each named."""
     import resource
 
     x, y = blobs(60, 5, 0)

@@ -5,8 +5,8 @@ the split, the image size, and the identity (path, size, modification and change
 source file, so a changed source is decoded again, even one edited and given back its old
 modification time (`touch -r`): that still changes its ctime. An entry is built in a staging
 folder and renamed into place only when complete, so a half-written entry is never read; an
-entry's meta.json holds a CRC-32 of each of its arrays and of itself, checked on every read (a tenth of a
-second for CIFAR-10's 180 MB): an entry that fails it, or that has none (made by an older imgcls), is
+entry's meta.json holds a CRC-32 of each of its arrays and of itself, checked on every read (cheap beside
+the memory map's own reading): an entry that fails it, or that has none (made by an older imgcls), is
 decoded again, with a note saying why. When two processes build the same entry at once, the one that
 renames second uses the first one's entry.
 
