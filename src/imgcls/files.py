@@ -49,7 +49,8 @@ def make_output_folder(option: str, path: Path) -> None:
     """The folder a command will write files into, made (with its parents) if absent; anything in the way (a
     file, a read-only or special file system) is one UserError."""
     if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {printable(path)} is a file, not a folder; give a folder name (it is made if "
+        what = "a file" if path.is_file() else _kind(path)
+        raise UserError(f"{option} {printable(path)} is {what}, not a folder; give a folder name (it is made if "
                         f"absent)")
     _check_writable(option, path, _nearest(path))
     try:
