@@ -62,7 +62,8 @@ def make_output_folder(option: str, path: Path) -> None:
 
 def _kind(path: Path) -> str:
     mode = path.stat().st_mode
-    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+        "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def _nearest(path: Path) -> Path:
@@ -76,12 +77,12 @@ def _check_writable(option: str, path: Path, existing: Path) -> None:
         raise UserError(f"{option} {printable(path)}: {printable(existing)} is a file, not a folder; choose a path in "
                         f"a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        why = os.strerror(errno.EROFS) if _read_only(existing) else "permission denied"
+        why = os.strerror(errno.EROFS) if on_read_only_file_system(existing) else "permission denied"
         raise UserError(f"{option} {printable(path)}: cannot write in {printable(existing)} ({why}); choose a "
                         f"writable folder")
 
 
-def _read_only(path: Path) -> bool:
+def on_read_only_file_system(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except (AttributeError, OSError):

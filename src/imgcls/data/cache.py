@@ -47,6 +47,7 @@ import torch
 from imgcls.data.readers import walk_files
 from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
+from imgcls.files import on_read_only_file_system
 
 CACHE_FORMAT = 1
 ENTRY_FILES = ("meta.json", "images.npy", "labels.npy")
@@ -188,14 +189,7 @@ def _make_cache_dir(cache_dir: Path) -> None:
             raise OSError(errno.ENOTDIR, "not a folder")
         cache_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(cache_dir, os.W_OK | os.X_OK):
-            raise OSError(errno.EROFS if _read_only(cache_dir) else errno.EACCES, "not writable")
-
-
-def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (AttributeError, OSError):
-        return False
+            raise OSError(errno.EROFS if on_read_only_file_system(cache_dir) else errno.EACCES, "not writable")
 
 
 WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
