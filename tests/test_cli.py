@@ -536,7 +536,8 @@ def test_eval_against_data_with_other_classes(cli, tmp_path, assert_user_error, 
     other = write_image_folder(tmp_path / "other", {
         split: {"x" + name: sizes for name, sizes in classes.items()} for split, classes in SMALL_FOLDER.items()})
     assert_user_error(cli("eval", tmp_path / "run", "--data-dir", other, "--device", "cpu"),
-                      "checkpoint was trained on imagefolder", "3 classes", "--data-dir")
+                      "checkpoint was trained on imagefolder", "its class 0 is 'xcircle'", "checkpoint's is 'circle'",
+                      "--data-dir")
 
 
 @pytest.mark.parametrize("args, words", [

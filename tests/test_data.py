@@ -89,7 +89,7 @@ def test_limit_keeps_at_most_n_and_refuses_exactly_what_is_too_few():
         assert len(kept) == limit and len(set(kept.tolist())) == limit
         assert torch.bincount(labels[kept], minlength=3).min() >= 2
     for limit in (1, 3, 5):
-        with pytest.raises(UserError, match=f"--limit {limit} keeps too few .* at least 6"):
+        with pytest.raises(UserError, match=f"x: {limit} training images for 3 classes are too few .* at least 6$"):
             split_train_val(labels, 3, 0.2, limit, seed=0, name="x")
 
 

@@ -63,8 +63,8 @@ def split_train_val(labels: torch.Tensor, num_classes: int, val_split: float, li
     """(train rows, validation rows) of a training split with these labels, each ascending. Too few images to
     hold out one or more of each class is the user's mistake: `name`, `unit` and `more` word its message."""
     if limit is not None and limit < 2 * num_classes:
-        raise UserError(f"{name}: --limit {limit} keeps too few training {unit} for {num_classes} classes to hold out "
-                        f"a validation split; raise --limit to at least {2 * num_classes}")
+        raise UserError(f"{name}: {limit} training {unit} for {num_classes} classes are too few to hold out a "
+                        f"validation split; raise --limit to at least {2 * num_classes}")
     rows = limited_rows(labels, limit, seed)
     rows = torch.arange(len(labels)) if rows is None else rows
     if len(rows) < 2 * num_classes:
