@@ -211,12 +211,6 @@ class RunDir:
         from imgcls.yamlfile import read_yaml
 
         if not self.config.is_file():
-            from imgcls.sweepdir import BEST, SPEC, TABLE
-
-            if (self.path / SPEC).is_file():
-                raise UserError(f"{printable(self.path)} is a sweep folder, not a run folder: pass its chosen run, "
-                                f"{printable(self.path / BEST)}, or read every point's results in "
-                                f"{printable(self.path / TABLE)}")
             raise UserError(f"{printable(self.path)} is not a run folder (no config.yaml); pass the --out folder of "
                             f"a training run")
         config = read_yaml(self.config, printable(self.config), "the run folder is damaged")
