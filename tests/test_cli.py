@@ -541,7 +541,8 @@ def test_eval_against_data_with_other_classes(cli, tmp_path, assert_user_error, 
     other = write_image_folder(tmp_path / "other", {
         split: {"x" + name: sizes for name, sizes in classes.items()} for split, classes in SMALL_FOLDER.items()})
     assert_user_error(cli("eval", tmp_path / "run", "--data-dir", other, "--device", "cpu"),
-                      "checkpoint was trained on imagefolder", "3 classes", "--data-dir")
+                      "checkpoint was trained on imagefolder", "its class 0 is 'xcircle'", "checkpoint's is 'circle'",
+                      "--data-dir")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -852,3 +853,33 @@ def test_report_marks_changed_options_in_plain_text_and_shows_precision_recall_f
         assert "precision" in shown and "F1" in shown
         row = next(line for line in shown.splitlines() if "airplane" in line)
         assert f"{scores[0]['precision']:.2%}" in row and f"{scores[0]['f1']:.3f}" in row
+
+
+def test_report_on_a_read_only_run_folder_still_prints_and_notes_the_figures(cli, small_run, monkeypatch):
+    """The figures cannot be redrawn in a read-only run folder: the report is printed all the same, with one
+    note line, and exit code 0."""
+    import errno
+    import tempfile
+
+    run = small_run[1]
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(**kw):
+        if str(kw.get("dir")) == str(run):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(**kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    result = cli("report", run)
+    assert result.exit_code == 0, plain(result.output)
+    assert "top-1" in plain(result.stdout).lower()
+    notes = [line for line in plain(result.stderr).splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "figures were not redrawn" in notes[0] and str(run) in notes[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_report_of_a_sweep_folder_points_to_its_best_run_and_table(cli, tmp_path, assert_user_error):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.yaml").write_text("grid: {}\n")
+    assert_user_error(cli("report", sweep), "is a sweep folder", str(sweep / "best"), str(sweep / "sweep.csv"))

@@ -11,6 +11,7 @@ import struct
 import pytest
 import yaml
 
+from conftest import plain
 from imgcls.compare import differing_keys, labels
 
 
@@ -85,6 +86,17 @@ def test_unfinished_run_is_shown_as_such(cli, assert_ok, two_runs):
     unfinished = shown["runs"][1]
     assert not unfinished["finished"] and unfinished["test_top1"] is None and unfinished["best_epoch"] is None
     assert "unfinished (2)" in cli("compare", first, second, "--no-figure").stdout
+
+
+def test_a_diverged_run_is_shown_as_diverged_not_unfinished(cli, assert_ok, two_runs):
+    first, second = two_runs
+    (second / "metrics.json").unlink()
+    (second / "diverged.txt").write_text("the loss became NaN at epoch 1\n")
+    result = cli("compare", first, second, "--no-figure", "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["runs"][1]["diverged"] is True
+    table = plain(cli("compare", first, second, "--no-figure").stdout)
+    assert "diverged (2)" in table and "unfinished" not in table
 
 
 @pytest.mark.parametrize("mistake, words", [

@@ -541,3 +541,22 @@ def test_print_config_prints_the_resolved_yaml_and_writes_nothing(cli, tmp_path,
     assert config["data"]["dataset"] == "mnist" and config["output"]["out"] == str(out)
     assert not out.exists()
     assert "--print-config" in plain(cli("train", "--help").output)
+
+
+def test_a_log_range_whose_values_meet_at_six_digits_keeps_more(tmp_path):
+    from imgcls.config import settings
+    from imgcls.grid import parse_values
+
+    values = parse_values(settings()["lr"], "1:1.000001:5")
+    assert len(set(values)) == 5 and values[0] == 1.0 and values[-1] == 1.000001
+    assert parse_values(settings()["lr"], "1e-4:1:5") == [0.0001, 0.001, 0.01, 0.1, 1.0]  # still 6 digits
+
+
+def test_a_log_range_with_equal_ends_says_so(cli, tmp_path, assert_user_error):
+    assert_user_error(cli("sweep", "--dataset", "cifar10-sample", "--lr", "0.1:0.1:3", "--out", tmp_path / "s"),
+                      "--lr", "0.1:0.1:3", "not distinct", "widen the range")
+
+
+def test_config_naming_a_folder_says_it_is_a_folder(cli, tmp_path, assert_user_error):
+    assert_user_error(cli("train", "--config", tmp_path, "--out", tmp_path / "run"), f"config file {tmp_path}",
+                      "is a folder, not a file")

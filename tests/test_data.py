@@ -77,6 +77,22 @@ def test_split_train_val_holds_out_part_of_the_limited_rows_disjointly():
     assert torch.bincount(labels[val], minlength=5).tolist() == [2] * 5
 
 
+def test_limit_keeps_at_most_n_and_refuses_exactly_what_is_too_few():
+    """--limit N uses at most N training images (here exactly N, stratified) for every N it accepts, and every N
+    it refuses is below the 2 a class it names as the least."""
+    from imgcls.errors import UserError
+
+    labels = torch.cat([torch.zeros(20), torch.ones(20), torch.full((7,), 2)]).long()
+    for limit in range(6, 47):
+        train, val = split_train_val(labels, 3, 0.2, limit, seed=0, name="x")
+        kept = torch.cat([train, val])
+        assert len(kept) == limit and len(set(kept.tolist())) == limit
+        assert torch.bincount(labels[kept], minlength=3).min() >= 2
+    for limit in (1, 3, 5):
+        with pytest.raises(UserError, match=f"x: {limit} training images for 3 classes are too few .* at least 6$"):
+            split_train_val(labels, 3, 0.2, limit, seed=0, name="x")
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
 def test_too_few_training_images_for_a_validation_split_on_either_path(tmp_path, fresh_cache, stream):
     """The one split function's check, reached through prepare() whether the pixels go to memory or stay in files."""
@@ -808,3 +824,20 @@ def test_the_normalizer_leaves_its_input_alone_and_gives_pixel_times_scale_minus
     already_float = raw.float()
     assert torch.allclose(normalize(already_float), expected, atol=1e-6)
     assert torch.equal(already_float, raw.float())  # not normalized in place
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("bad.tif", b"II*\x00" + bytes(range(256)) * 2, ("not an image imgcls can read", "damaged")),
+    ("bad.gif", b"GIF89a" + bytes(range(50)), ("damaged or not a whole image file",)),
+])
+def test_a_file_no_decoder_can_identify_is_named_without_internal_text(cli, tmp_path, fresh_cache, image_folder,
+                                                                      assert_user_error, name, data, words):
+    """A .tif that starts like a TIFF but is not one: Pillow's message names its buffer (<_io.BytesIO ...>); a
+    broken GIF: giflib's function name and code only."""
+    root = image_folder(tmp_path / "data", SMALL)
+    bad = root / "train" / "ant" / name
+    bad.write_bytes(data)
+    line = assert_user_error(train_small(cli, root, tmp_path / "run"), str(bad), *words)
+    assert "BytesIO" not in line and " at 0x" not in line
+    assert "warning" not in plain(cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1,
+                                      "--device", "cpu", "--out", tmp_path / "run2").stderr).lower()

@@ -314,3 +314,143 @@ def test_class_names_in_the_files_must_be_the_datasets(tmp_path, assert_user_err
     result = cli("train", "--dataset", "stl10", "--data-dir", tmp_path, "--epochs", 1, "--device", "cpu", "--out",
                  tmp_path / "run")
     assert_user_error(result, "does not hold stl10", "truck, ship, monkey")
+
+
+def write_idx(root, folder: str, train: int = 60, test: int = 20, first_label: int = 0):
+    """ROOT/FOLDER/raw/ as torchvision's MNIST reads it: valid idx files of `train` and `test` random images,
+    labels i % 10 except the first training label, `first_label`."""
+    import struct
+
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count, dtype=np.uint8) % 10
+        if split == "train":
+            labels[0] = first_label
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">4B3I", 0, 0, 8, 3, count, 28, 28)
+                                                         + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">4BI", 0, 0, 8, 1, count) + labels.tobytes())
+    return raw
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_idx_label_outside_0_to_9_is_named_not_a_traceback(name, folder, cli, tmp_path, assert_user_error,
+                                                            fresh_cache):
+    raw = write_idx(tmp_path / "data", folder, first_label=200)
+    present, damaged = presence(cli, tmp_path / "data", name)
+    assert present is None and "train-labels-idx1-ubyte" in damaged and "label 200 at item 0" in damaged
+    result = cli("train", "--dataset", name, "--data-dir", tmp_path / "data", "--epochs", 1, "--lr", 0.01,
+                 "--device", "cpu", "--out", tmp_path / "run")
+    assert_user_error(result, str(raw / "train-labels-idx1-ubyte"), "label 200 at item 0", "0..9")
+
+
+def test_stl10_label_outside_1_to_10_names_the_value(cli, tmp_path, assert_user_error, fresh_cache):
+    write("stl10", tmp_path)
+    labels = tmp_path / "stl10_binary" / "test_y.bin"
+    values = bytearray(labels.read_bytes())
+    values[3] = 55
+    labels.write_bytes(bytes(values))
+    result = cli("train", "--dataset", "stl10", "--data-dir", tmp_path, "--epochs", 1, "--device", "cpu", "--out",
+                 tmp_path / "run")
+    assert_user_error(result, str(labels), "label 55 at item 3", "1..10")
+
+
+def _cifar100_label(root, value):
+    import pickle
+
+    path = root / "cifar-100-python" / "train"
+    entry = pickle.loads(path.read_bytes())
+    entry["fine_labels"][4] = value
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+def _svhn_label(root, value):
+    from scipy.io import loadmat, savemat
+
+    path = root / "test_32x32.mat"
+    mat = loadmat(str(path))
+    mat["y"][4, 0] = value
+    savemat(str(path), {"X": mat["X"], "y": mat["y"]}, do_compression=True)
+
+
+@pytest.mark.parametrize("name, damage, value, split", [("cifar100", _cifar100_label, 100, "train"),
+                                                        ("cifar100", _cifar100_label, -1, "train"),
+                                                        ("svhn", _svhn_label, 11, "test")])
+def test_label_outside_the_classes_is_named_in_every_format(name, damage, value, split, cli, tmp_path,
+                                                            assert_user_error, fresh_cache):
+    write(name, tmp_path)
+    damage(tmp_path, value)
+    result = cli("train", "--dataset", name, "--data-dir", tmp_path, "--epochs", 1, "--device", "cpu", "--out",
+                 tmp_path / "run")
+    assert_user_error(result, f"{split} label {value} (row 4)", str(tmp_path), "not a class index")
+    assert not (tmp_path / "run").exists()
+
+
+def test_imagenet_class_names_that_are_not_text_are_refused_before_training(cli, tmp_path, assert_user_error,
+                                                                           fresh_cache):
+    """torchvision's own ImageNet test fixture writes meta.bin with integer class ids: refused, naming meta.bin."""
+    import torch
+
+    write("imagenet", tmp_path)
+    wnids = sorted(wnid for _, wnid, _ in fx.IMAGENET_LEAVES)
+    torch.save(({wnid: [i] for i, wnid in enumerate(wnids)}, []), tmp_path / "meta.bin")
+    result = cli("train", "--dataset", "imagenet", "--data-dir", tmp_path, "--epochs", 1, "--device", "cpu",
+                 "--image-size", 16, "--out", tmp_path / "run")
+    assert_user_error(result, str(tmp_path / "meta.bin"), "class 0", "named 0, not text", "delete")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_single_class_is_refused(cli, tmp_path, image_folder, assert_user_error, fresh_cache):
+    root = image_folder(tmp_path / "data", {"train": {"only": [(8, 8)] * 6}, "test": {"only": [(8, 8)] * 2}})
+    result = cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--device", "cpu", "--out",
+                 tmp_path / "run")
+    assert_user_error(result, str(root), "only the class 'only'", "needs at least 2 classes")
+
+
+def test_training_labels_all_of_one_class_are_refused(cli, tmp_path, assert_user_error, fresh_cache):
+    """MNIST names 10 classes, but files whose every label is 0 hold one: refused, not trained to 100%."""
+    raw = write_idx(tmp_path / "data", "MNIST")
+    for split, count in (("train", 60), ("t10k", 20)):
+        path = raw / f"{split}-labels-idx1-ubyte"
+        path.write_bytes(path.read_bytes()[:8] + bytes(count))
+    result = cli("train", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--epochs", 1, "--device", "cpu",
+                 "--out", tmp_path / "run")
+    assert_user_error(result, str(tmp_path / "data"), "all of one class ('0')", "at least 2 classes")
+
+
+def _cifar100_meta_names(root, names):
+    import pickle
+
+    path = root / "cifar-100-python" / "meta"
+    meta = pickle.loads(path.read_bytes())
+    meta["fine_label_names"] = names
+    path.write_bytes(pickle.dumps(meta, protocol=2))
+
+
+def _cifar100_entry(root, key, change):
+    import pickle
+
+    path = root / "cifar-100-python" / "train"
+    entry = pickle.loads(path.read_bytes())
+    entry[key] = change(entry[key])
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: [2.5, *labels[1:]]), ("labels are float64",)),
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: ["cat", *labels[1:]]), ("labels are <U",)),
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: [None, *labels[1:]]),
+     ("labels are a mix of", "NoneType")),
+    (lambda root: _cifar100_entry(root, "fine_labels", lambda labels: [*labels, 0]), ("200 images have 201 labels",)),
+    (lambda root: _cifar100_entry(root, "data", lambda data: data.astype(np.float32)), ("images are float32",)),
+    (lambda root: _cifar100_meta_names(root, list(range(100))), ("class 0", "named 0, not text")),
+], ids=["label-float", "label-text", "label-none", "labels-long", "data-float", "names-ints"])
+def test_arrays_torchvision_reads_are_checked_before_use(damage, words, cli, tmp_path, assert_user_error,
+                                                         fresh_cache):
+    write("cifar100", tmp_path)
+    damage(tmp_path)
+    result = cli("train", "--dataset", "cifar100", "--data-dir", tmp_path, "--epochs", 1, "--device", "cpu", "--out",
+                 tmp_path / "run")
+    assert_user_error(result, "cifar100", str(tmp_path), *words)

@@ -158,6 +158,57 @@ def test_features_file_mistakes_are_one_error_line(cli, assert_user_error, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_features_labels_are_bounded_before_anything_is_allocated(cli, assert_user_error, tmp_path):
+    """A huge label without a `classes` array (bounded before any list of names is made), a uint64 label past int64,
+    a test label no training row has, a training label with none: each named."""
+    import resource
+
+    x, y = blobs(60, 5, 0)
+    good = dict(x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+
+    def check(name, *words, **arrays):
+        result = cli("train", "--dataset", "features", "--data-dir", write(tmp_path / name, **{**good, **arrays}),
+                     "--epochs", 1, "--device", "cpu", "--out", tmp_path / "run")
+        assert_user_error(result, str(tmp_path / name), *words)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    huge = y.copy()
+    huge[0] = 10 ** 12
+    check("huge.npz", "y_train has the label 1000000000000", "60 rows", "without a 'classes' array", y_train=huge)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # kB: no list of 10**12 names
+    wraps = y.astype(np.uint64)
+    wraps[3] = 2 ** 63 + 5
+    check("wraps.npz", f"label is {2 ** 63 + 5} in y_train", "3 class names", y_train=wraps,
+          classes=np.array(CLASSES))
+    check("wraps-bare.npz", f"y_train has the label {2 ** 63 + 5}", y_train=wraps)
+    unseen = y[:20].copy()
+    unseen[5] = 7
+    check("unseen.npz", "y_test has the label 7", "no training row has", y_test=unseen)
+    gap = np.where(y == 1, 2, y)
+    check("gap.npz", "no training row has the label 1", y_train=gap, y_test=gap[:20])
+    check("one.npz", "only the class 'cat'", "at least 2 classes", y_train=np.zeros(60, int),
+          y_test=np.zeros(20, int), classes=np.array(["cat"]))
+    check("names.npz", "class 0", "named 1, not text", classes=np.array([1, 7, 3]))
+
+
+def test_a_npy_file_named_npz_and_bad_safetensors_metadata_are_named(cli, assert_user_error, tmp_path):
+    from safetensors.numpy import save_file
+
+    x, y = blobs(60, 5, 0)
+    np.save(tmp_path / "one.npy", x)
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    save_file({"x_train": x.astype(np.float32), "y_train": y, "x_test": x[:20].astype(np.float32),
+               "y_test": y[:20]}, str(tmp_path / "meta.safetensors"), metadata={"classes": "cat, dog, eel"})
+    save_file({"x_train": x.astype(np.float32), "y_train": y, "x_test": x[:20].astype(np.float32),
+               "y_test": y[:20]}, str(tmp_path / "null.safetensors"), metadata={"classes": "null"})
+    for name, words in (("one.npz", ("single numpy array (.npy)", "numpy.savez")),
+                        ("meta.safetensors", ("'classes' is not a JSON list", "json.dumps")),
+                        ("null.safetensors", ("'classes' is not a JSON list", "it is None"))):
+        result = cli("train", "--dataset", "features", "--data-dir", tmp_path / name, "--epochs", 1, "--device",
+                     "cpu", "--out", tmp_path / "run")
+        assert_user_error(result, str(tmp_path / name), *words)
+
+
 def test_image_commands_say_a_features_checkpoint_is_not_an_image_model(cli, assert_user_error, probe, tmp_path,
                                                                         image_folder):
     run = probe[0]
@@ -205,3 +256,11 @@ def test_a_features_run_s_page_says_why_it_has_no_gallery(probe):
     run, _, _ = probe
     html = (run / "report.html").read_text()
     assert "not drawn for --dataset features" in html and "--data-dir" not in html
+
+
+def test_eval_on_features_whose_class_names_differ_says_which(cli, probe, tmp_path, assert_user_error):
+    run, arrays, _ = probe
+    other = write(tmp_path / "other.npz", **arrays, classes=np.array(["cat", "dog", "emu"]))
+    line = assert_user_error(cli("eval", run, "--data-dir", other, "--device", "cpu"), "class 2 is 'emu'",
+                             "checkpoint's is 'eel'")
+    assert "has 3 classes of" not in line

@@ -309,3 +309,19 @@ def test_class_names_file_renames_the_classes_of_predict_and_eval(cli, tiny_cifa
     short.write_text("only\ntwo\n")
     result = cli("predict", out, folder, "--device", "cpu", "--class-names", short)
     assert result.exit_code == 2 and "error:" in plain(result.stderr)
+
+
+def test_a_terminal_that_cannot_show_a_class_name_gets_it_escaped(cli, tmp_path, image_folder):
+    """PYTHONIOENCODING=ascii and non-ASCII class names: report and predict print, escaping what cannot be shown."""
+    from conftest import run_imgcls, train_image_folder
+
+    root = image_folder(tmp_path / "data", {split: {"café": [(8, 8)] * count, "über": [(8, 8)] * count}
+                                            for split, count in (("train", 6), ("test", 2))})
+    run = tmp_path / "run"
+    assert train_image_folder(cli, root, run, "--quiet").exit_code == 0
+    ascii_only = {"PYTHONIOENCODING": "ascii"}
+    image = sorted((root / "test" / "café").glob("*.png"))[0]
+    for args in (("report", run, "--no-figures"), ("predict", run, image)):
+        result = run_imgcls(*args, env=ascii_only)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert "caf\\xe9" in result.stdout or "\\xfcber" in result.stdout, result.stdout

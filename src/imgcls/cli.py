@@ -5,6 +5,7 @@ so `--help` and flag errors answer at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import sys
@@ -19,6 +20,7 @@ from imgcls import __version__, distributed, jsontext
 from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
+from imgcls.files import check_output_file as _check_output_file
 from imgcls.flags import with_config_flags, with_grid_flags
 from imgcls.options import RUN, or_list
 
@@ -40,11 +42,16 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UserError as error:
+        except (UserError, OSError) as error:
             from imgcls.files import (
                 printable,  # a file name that is not UTF-8 is shown, not a crash
             )
 
+            if isinstance(error, OSError):  # a path too long for the system, wherever it is first used
+                if error.errno != errno.ENAMETOOLONG:
+                    raise
+                error = (f"{printable(error.filename or 'a path')}: the name is too long for the file system; "
+                         f"choose a shorter one")
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
@@ -431,11 +438,13 @@ def export_templates_command(
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
     from imgcls.data.features import require_image_model
+    from imgcls.files import make_output_folder
     from imgcls.templates import export_templates
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
+    make_output_folder("--out", out)
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
                                colours=colours, clip=clip)
     Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
@@ -488,17 +497,22 @@ def report_command(
     from imgcls.runreport import load_run, render
 
     summary = load_run(run_dir, pairs, class_names)
-    written = []
+    written, unwritten = [], None
     if figures:
         from imgcls.figures import write_run_figures
 
-        remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
-        written = write_run_figures(run_dir, class_names)
+        try:
+            remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
+            written = write_run_figures(run_dir, class_names)
+        except UserError as error:  # a read-only run folder: the report is still worth printing
+            unwritten = f"note: the figures were not redrawn: {error}"
     page = None
     if html:
         from imgcls.htmlreport import write_run_page
 
         page = write_run_page(run_dir, class_names)
+    if unwritten:
+        err.print(unwritten, highlight=False, soft_wrap=True, markup=False)
     if as_json:
         print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written],
                               **({"html": str(page)} if page else {})}))
@@ -510,14 +524,6 @@ def report_command(
                       markup=False)
     if page:
         console.print(f"web page: {printable(page)}", highlight=False, soft_wrap=True, markup=False)
-
-
-def _check_output_file(option: str, path: Path, example: str) -> None:
-    """A file a command will write: not a folder, in a folder that exists."""
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a folder; give a file name such as {path / example}")
-    if not path.parent.is_dir():
-        raise UserError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
 
 
 @app.command("compare", epilog="Example: imgcls compare runs/cifar10-lr01 runs/cifar10-lr001 --figure compare.png "
@@ -744,6 +750,9 @@ def root(version: Annotated[bool, typer.Option("--version", callback=version_cal
 def main() -> None:
     """The `imgcls` command. Click's usage errors (a flag's value of the wrong type, an unknown option or
     command) end like our own: one `error:` line, exit code 2."""
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a class's name gets it escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = app(prog_name="imgcls", standalone_mode=False)
     except typer.Abort:  # end of input at a prompt

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.files import printable
-from imgcls.rundir import topk_of
+from imgcls.rundir import DIVERGED, topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
 
@@ -63,6 +63,7 @@ def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
         row = {"run": label, "path": str(summary.path),
                "dataset": data.get("dataset") if isinstance(data, dict) else None,
                "options": {key: flat.get(key) for key in keys}, "finished": metrics is not None,
+               "diverged": (Path(summary.path) / DIVERGED).is_file(),
                "epochs": len(summary.epochs), "best_epoch": metrics["best_epoch"] if metrics else None,
                "seconds": sum(record["seconds"] for record in summary.epochs)}
         for split in ("val", "test"):
@@ -101,7 +102,8 @@ def compare_table(rows: list[dict], keys: list[str], width: int | None = None):
     table_rows = []
     for row in rows:
         options = "\n".join(f"{names[key]}={_option(row['options'][key])}" for key in keys)
-        best = f"{row['best_epoch']} of {row['epochs']}" if row["finished"] else f"unfinished ({row['epochs']})"
+        ended = "diverged" if row["diverged"] else "unfinished"
+        best = f"{row['best_epoch']} of {row['epochs']}" if row["finished"] else f"{ended} ({row['epochs']})"
         cells = [Text(row["run"]), Text(printable(options)), *(() if same else (Text(printable(str(row["dataset"]))),)),
                  best, *(_percent(row[name]) for name in ("val_top1", "test_top1", "val_topk", "test_topk")),
                  f"{row['seconds']:.1f} s"]

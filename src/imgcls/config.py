@@ -319,7 +319,8 @@ def _apply(config: Config, section: str, key: str, value: Any) -> None:
 
 def apply_file(config: Config, path: Path, names: dict[str, str] | None = None) -> None:
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass the path of a YAML file such as configs/cifar10.yaml")
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"config file {path} {state}; pass the path of a YAML file such as configs/cifar10.yaml")
     loaded = read_yaml(path, f"config file {path}", "fix the file or start from configs/") or {}
     if not isinstance(loaded, dict):
         raise UserError(f"config file {path} must be a mapping of sections (data:, optim:, ...)")

@@ -10,7 +10,7 @@ from imgcls.data.batches import make_eval_batches
 from imgcls.data.prepare import prepare
 from imgcls.data.types import Normalization
 from imgcls.device import cpu_threads, resolve_device
-from imgcls.errors import UserError
+from imgcls.errors import UserError, shown
 from imgcls.losses import Loss, class_weights
 from imgcls.metrics import Metrics
 from imgcls.stacked import Hyper, Stack
@@ -28,6 +28,17 @@ def data_config_of(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> DataCon
     return saved_config(checkpoint, data_dir).data
 
 
+def _difference(checkpoint: ckpt.Checkpoint, data) -> str:
+    """What differs between a checkpoint's classes and input shape and the data's, in a few words."""
+    trained, found = checkpoint.classes, data.classes
+    if tuple(data.shape) != checkpoint.input_shape:
+        return f"its inputs are {tuple(data.shape)}, the checkpoint's {checkpoint.input_shape}"
+    if len(trained) != len(found):
+        return f"it has {len(found)} classes, the checkpoint {len(trained)}"
+    index = next(i for i, (a, b) in enumerate(zip(trained, found)) if a != b)
+    return f"its class {index} is {shown(found[index])} where the checkpoint's is {shown(trained[index])}"
+
+
 def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str | None, device_name: str) -> Metrics:
     shard, device = distributed.setup(resolve_device(device_name))
     config = saved_config(checkpoint, data_dir)
@@ -38,9 +49,8 @@ def evaluate_checkpoint(checkpoint: ckpt.Checkpoint, split: str, data_dir: str |
         raise UserError(f"{what}; point --data-dir at the {checkpoint.meta['dataset']} data this checkpoint was "
                         f"trained on") from None
     if data.classes != checkpoint.classes or tuple(data.shape) != checkpoint.input_shape:
-        raise UserError(f"the checkpoint was trained on {checkpoint.meta['dataset']} ({len(checkpoint.classes)} classes, "
-                        f"{checkpoint.input_shape}) but the data found has {len(data.classes)} classes of "
-                        f"{data.shape}; point --data-dir at the dataset it was trained on")
+        raise UserError(f"the checkpoint was trained on {checkpoint.meta['dataset']} but the data found differs: "
+                        f"{_difference(checkpoint, data)}; point --data-dir at the dataset it was trained on")
     batches = make_eval_batches(data, split, device, shard)
     weights = class_weights(config.loss.class_weights, data.train.labels, len(data.classes), device)
     # as training measured it: a stack of one model, on the run's own thread count (the sums' order, and so

@@ -15,6 +15,7 @@ and works offline, where the default torch.export-based exporter of torch >= 2.9
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from imgcls.checkpoint import Checkpoint
 from imgcls.data.features import is_features_model
 from imgcls.data.types import Normalization
 from imgcls.errors import UserError
-from imgcls.files import write_atomic
+from imgcls.files import check_output_file, write_atomic
 
 FORMATS = ("onnx", "torchscript", "npz")
 ONNX_OPSET = 17
@@ -56,22 +57,20 @@ def example_input(checkpoint: Checkpoint, count: int = 2) -> torch.Tensor:
 
 def export(checkpoint: Checkpoint, fmt: str, out: Path) -> None:
     writers = {"onnx": _write_onnx, "torchscript": _write_torchscript, "npz": _write_npz}
-    _check_out(out)
+    check_output_file("--out", out, "model.onnx")
     write_atomic(out, lambda temporary: writers[fmt](checkpoint, temporary))
 
 
-def _check_out(out: Path) -> None:
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+def input_scale(checkpoint: Checkpoint) -> float:
+    """What the input is divided by before the normalization: pixels / 255; features as they are (data.features)."""
+    return 1.0 if is_features_model(checkpoint) else 255.0
 
 
 def _metadata(checkpoint: Checkpoint) -> dict[str, str]:
     kind = "float32 features (N, D)" if is_features_model(checkpoint) else "uint8 pixels (N, C, H, W), 0..255"
     return {"classes": json.dumps(checkpoint.classes), "input": kind,
-            "input_shape": json.dumps(list(checkpoint.input_shape)), "dataset": checkpoint.meta["dataset"],
-            "producer": f"imgcls {__version__}"}
+            "input_shape": json.dumps(list(checkpoint.input_shape)), "input_scale": f"{input_scale(checkpoint):g}",
+            "dataset": checkpoint.meta["dataset"], "producer": f"imgcls {__version__}"}
 
 
 def _quietly(action):
@@ -104,7 +103,10 @@ def _write_onnx(checkpoint: Checkpoint, path: Path) -> None:
 def _write_torchscript(checkpoint: Checkpoint, path: Path) -> None:
     scripted = _quietly(lambda: torch.jit.script(RawInputClassifier(checkpoint).eval()))
     extra = {f"{key}.txt": value for key, value in _metadata(checkpoint).items()}
-    _quietly(lambda: torch.jit.save(scripted, str(path), _extra_files=extra))
+    extra["classes.txt"] = "".join(f"{name}\n" for name in checkpoint.classes)  # the README's classes.txt
+    buffer = io.BytesIO()  # torch.jit.save's own file writer aborts the process on a full disk: Python writes it
+    _quietly(lambda: torch.jit.save(scripted, buffer, _extra_files=extra))
+    path.write_bytes(buffer.getvalue())
 
 
 def _write_npz(checkpoint: Checkpoint, path: Path) -> None:
@@ -112,9 +114,9 @@ def _write_npz(checkpoint: Checkpoint, path: Path) -> None:
 
     # A features model keeps its statistics on the 0..1 scale of images (data.features): here they are in the
     # features' own units, with input_scale 1, so that the formula reads the same for both.
-    scale = 255.0 if is_features_model(checkpoint) else 1.0
+    scale = 255.0 / input_scale(checkpoint)
     arrays = {"W": checkpoint.weight.float().numpy(), "b": checkpoint.bias.float().numpy(),
               "mean": (checkpoint.mean.float() * scale).numpy(), "std": (checkpoint.std.float() * scale).numpy(),
-              "classes": np.array(checkpoint.classes), "input_scale": np.float32(255.0 / scale)}
+              "classes": np.array(checkpoint.classes), "input_scale": np.float32(input_scale(checkpoint))}
     with open(path, "wb") as file:  # a file object: np.savez would add .npz to a temporary's name
         np.savez(file, **arrays)

@@ -31,10 +31,70 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
+def check_output_file(option: str, path: Path, example: str) -> None:
+    """A file a command will write: not a folder (nor a device or FIFO), in a folder that exists and can be
+    written."""
+    if path.is_dir():
+        raise UserError(f"{option} {printable(path)} is a folder; give a file name such as {printable(path / example)}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{option} {printable(path)} is {_kind(path)}, not a file; give a file name such as "
+                        f"{printable(path.parent / example)}")
+    if not path.parent.is_dir() and _nearest(path.parent).is_dir():
+        raise UserError(f"{option} {printable(path)}: the folder {printable(path.parent)} does not exist; create it "
+                        f"first")
+    _check_writable(option, path, _nearest(path.parent))
+
+
+def make_output_folder(option: str, path: Path) -> None:
+    """The folder a command will write files into, made (with its parents) if absent; anything in the way (a
+    file, a read-only or special file system) is one UserError."""
+    if path.exists() and not path.is_dir():
+        what = "a file" if path.is_file() else _kind(path)
+        raise UserError(f"{option} {printable(path)} is {what}, not a folder; give a folder name (it is made if "
+                        f"absent)")
+    _check_writable(option, path, _nearest(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{option} {printable(path)}: the folder cannot be made ({error.strerror or error}); choose "
+                        f"a writable folder") from None
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+        "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
+def _nearest(path: Path) -> Path:
+    """The path itself, or its nearest ancestor, that exists."""
+    return next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
+
+
+def _check_writable(option: str, path: Path, existing: Path) -> None:
+    """`existing`, where `path` goes (or the nearest existing folder above it), is a folder one can write in."""
+    if not existing.is_dir():
+        raise UserError(f"{option} {printable(path)}: {printable(existing)} is a file, not a folder; choose a path in "
+                        f"a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = os.strerror(errno.EROFS) if on_read_only_file_system(existing) else "permission denied"
+        raise UserError(f"{option} {printable(path)}: cannot write in {printable(existing)} ({why}); choose a "
+                        f"writable folder")
+
+
+def on_read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):
+        return False
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary_path), then move the finished file to `path`."""
     temporary = None
     try:
+        if path.exists() and not path.is_file():  # renaming over a device or FIFO would replace it
+            raise UserError(f"cannot write {printable(path)}: it is {_kind(path)}, not a file; choose a file name")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp",
                                          dir=path.parent)
@@ -48,6 +108,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         temporary = None
         _fsync_folder(path.parent)  # the rename itself survives a power cut
     except OSError as error:
+        if temporary is None:  # no file could be made there at all (a folder one cannot create files in)
+            raise UserError(f"cannot write {printable(path)}: no file can be made in {printable(path.parent)} "
+                            f"({os.strerror(error.errno) if error.errno else error}); choose a writable folder") \
+                from None
         if error.errno not in ENVIRONMENT_ERRORS:
             raise
         raise UserError(f"cannot write {printable(path)} ({os.strerror(error.errno)}); any earlier "

@@ -143,8 +143,17 @@ def _log_range(setting: Setting, text: str) -> list[float]:
     if number == 1:
         return [low_value]
     step = (math.log10(high_value) - math.log10(low_value)) / (number - 1)
-    # rounded to 6 significant digits: config.yaml and the tables then show 0.001, not 0.0010000000000000002
-    return [float(f"{10 ** (math.log10(low_value) + i * step):.6g}") for i in range(number)]
+    exact = [10 ** (math.log10(low_value) + i * step) for i in range(number)]
+    # rounded to 6 significant digits (config.yaml and the tables then show 0.001, not 0.0010000000000000002),
+    # or to as many more as keep a narrow range's values apart
+    for digits in range(6, 18):
+        values = [float(f"{value:.{digits}g}") for value in exact]
+        if len(set(values)) == len(values):
+            break
+    if len(set(values)) < len(values):
+        raise UserError(f"{setting.flag} {shown(text)} gives {number} values that are not distinct (START and STOP "
+                        f"are equal, or too close for {number} points); widen the range or lower COUNT")
+    return values
 
 
 def _takes_decimals(setting: Setting) -> bool:

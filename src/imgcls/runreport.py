@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from imgcls.errors import UserError
 from imgcls.files import printable
 from imgcls.rundir import epoch_topk, topk_of
 
@@ -72,11 +73,22 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 
     return cells[:count]
 
 
+def _not_a_sweep(run) -> None:
+    """A sweep's folder is no run's: point to the run it chose and to its table."""
+    from imgcls.sweepdir import BEST, SPEC, TABLE
+
+    path = run.path
+    if (path / SPEC).is_file() and not run.config.is_file():
+        raise UserError(f"{printable(path)} is a sweep folder, not a run folder: pass its chosen run, "
+                        f"{printable(path / BEST)}, or read every point's results in {printable(path / TABLE)}")
+
+
 def load_run(path: Path, pairs: int = 5, class_names: Path | None = None) -> RunSummary:
     """The run folder's files; class_names: a names file (classnames.py) the classes are shown by."""
     from imgcls.rundir import RunDir
 
     run = RunDir.existing(path)
+    _not_a_sweep(run)
     config, metrics, diverged = run.read_config(), run.read_metrics(class_names), run.read_diverged()
     summary = RunSummary(run.path, config, run.read_epochs(), metrics, diverged=diverged,
                          retry=run.retry_command() if diverged else "")

@@ -5,14 +5,16 @@ the split, the image size, and the identity (path, size, modification and change
 source file, so a changed source is decoded again, even one edited and given back its old
 modification time (`touch -r`): that still changes its ctime. An entry is built in a staging
 folder and renamed into place only when complete, so a half-written entry is never read; an
-entry whose files do not match its own metadata is ignored and rebuilt. When two processes build
-the same entry at once, the one that renames second uses the first one's entry.
+entry's meta.json holds a CRC-32 of each of its arrays and of itself, checked on every read (cheap beside
+the memory map's own reading): an entry that fails it, or that has none (made by an older imgcls), is
+decoded again, with a note saying why. When two processes build the same entry at once, the one that
+renames second uses the first one's entry.
 
 Beside a training split's images an entry keeps what is computed from them and a few settings (the
 validation split's rows, the normalization): `load_or_derive`, one file per set of settings, named by
 their hash and holding them, written whole under a temporary name. An entry made before these were
-kept has none, and they are computed and added; a file that cannot be read, or holds other settings or
-other arrays than asked for, is computed again, never used.
+kept has none, and they are computed and added; a file that cannot be read, fails its CRC-32, or holds
+other settings or other arrays than asked for, is computed again, never used.
 
 Only what imgcls made is ever listed or removed: entries (a 24-hex-digit name holding imgcls's
 meta.json) and staging folders (.<key>.<host>.<pid>.<random>.building). A staging folder whose
@@ -24,12 +26,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import secrets
 import shutil
 import socket
+import stat
+import sys
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +47,10 @@ import torch
 from imgcls.data.readers import walk_files
 from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
+from imgcls.files import on_read_only_file_system
 
 CACHE_FORMAT = 1
+ENTRY_FILES = ("meta.json", "images.npy", "labels.npy")
 ENTRY_NAME = re.compile(r"[0-9a-f]{24}")
 STAGING_NAME = re.compile(r"\.(?P<key>[0-9a-f]{24})\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.building")
 
@@ -71,10 +79,10 @@ def fingerprint(paths: list[Path]) -> list[list]:
 
 def _identity(path: str) -> list:
     try:
-        stat = os.stat(path)
+        status = os.stat(path)
     except OSError:  # a symlink to nothing: the reader says so, if it is an image
         return [path, None, None, None]
-    return [path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    return [path, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
 def cache_key(identity: dict) -> str:
@@ -102,7 +110,8 @@ def load_or_derive(entry_dir: Path | None, settings: dict, derive: Callable[[], 
     if (entry_dir / "meta.json").is_file():
         staging = entry_dir / f".{path.stem}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.npz"
         try:
-            np.savez(staging, settings=np.array(text), **{name: value.numpy() for name, value in values.items()})
+            arrays = {name: value.numpy() for name, value in values.items()}
+            np.savez(staging, settings=np.array(text), crc32=np.array(_values_crc(arrays), dtype=np.int64), **arrays)
             os.replace(staging, path)
         except OSError:  # a cache that cannot be written (read-only, shared): computed again next time
             staging.unlink(missing_ok=True)
@@ -110,20 +119,61 @@ def load_or_derive(entry_dir: Path | None, settings: dict, derive: Callable[[], 
 
 
 def _read_derived(path: Path, settings: str) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
     try:
         with np.load(path, allow_pickle=False) as stored:
             if "settings" not in stored.files or str(stored["settings"]) != settings:
                 return None
-            return {name: torch.from_numpy(stored[name]) for name in stored.files if name != "settings"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            values = {name: stored[name] for name in stored.files if name not in ("settings", "crc32")}
+            if "crc32" not in stored.files or int(stored["crc32"]) != _values_crc(values):
+                note(f"{path} is damaged (its values do not match their CRC-32); computing them again")
+                return None
+            return {name: torch.from_numpy(value) for name, value in values.items()}
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
         return None
+
+
+def _values_crc(values: dict[str, np.ndarray]) -> int:
+    crc = 0
+    for name in sorted(values):
+        crc = zlib.crc32(f"{name}{values[name].dtype.str}{values[name].shape}".encode(), crc)
+        crc = zlib.crc32(np.ascontiguousarray(values[name]).tobytes(), crc)
+    return crc
+
+
+def note(text: str) -> None:
+    """One line on stderr about the cache (a damaged entry set right), whatever the command."""
+    print(f"note: {text}", file=sys.stderr)
+
+
+def file_crc(path: Path) -> int:
+    """CRC-32 of a file's bytes, read through a memory map (no copy; a warm entry's pages are mapped anyway)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO in its place must not wait forever
+    with open(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if status.st_size == 0:
+            return 0
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
+            return zlib.crc32(view)
+
+
+def _meta_crc(meta: dict) -> int:
+    return zlib.crc32(json.dumps({k: v for k, v in meta.items() if k != "crc32"}, sort_keys=True).encode())
 
 
 def load_or_build(cache_dir: Path, identity: dict, build: Callable[[], DecodedSplit]) -> tuple[DecodedSplit, bool]:
     """The cached split for this identity, decoding it with `build` first when absent. Returns (split, was_cached)."""
     entry_dir = cache_dir / cache_key(identity)
+    if entry_dir.is_symlink() or (entry_dir.exists() and not entry_dir.is_dir()):
+        raise UserError(f"the decoded-dataset cache entry {entry_dir} is not a folder, as imgcls makes its entries; "
+                        f"delete it, or set IMGCLS_CACHE to another folder")
     cached = _read_entry(entry_dir)
-    if cached is not None:
+    if isinstance(cached, str):
+        note(f"the decoded-dataset cache entry {entry_dir} is damaged ({cached}); decoding the split again")
+    elif cached is not None:
         return cached, True
     _make_cache_dir(cache_dir)  # before decoding: a cache that cannot be written is said at once
     split = build()
@@ -139,14 +189,7 @@ def _make_cache_dir(cache_dir: Path) -> None:
             raise OSError(errno.ENOTDIR, "not a folder")
         cache_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(cache_dir, os.W_OK | os.X_OK):
-            raise OSError(errno.EROFS if _read_only(cache_dir) else errno.EACCES, "not writable")
-
-
-def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (AttributeError, OSError):
-        return False
+            raise OSError(errno.EROFS if on_read_only_file_system(cache_dir) else errno.EACCES, "not writable")
 
 
 WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
@@ -168,17 +211,31 @@ def cache_write_errors(cache_dir: Path):
                         f"to a writable folder") from None
 
 
-def _read_entry(entry_dir: Path) -> DecodedSplit | None:
+def _read_entry(entry_dir: Path) -> DecodedSplit | str | None:
+    """The entry's split; None when there is no entry, or why it cannot be used (a damaged one)."""
+    if not (entry_dir / "meta.json").exists():
+        return None
+    odd = next((name for name in ENTRY_FILES if not (entry_dir / name).is_file()), None)
+    if odd is not None:  # a folder or FIFO in a file's place: never opened (a FIFO would wait for a writer)
+        return f"{odd} is not a file"
     try:
         meta = json.loads((entry_dir / "meta.json").read_text())
+        crc = meta.get("crc32")
+        if crc is None:
+            return "it has no checksums: an older imgcls made it"
+        if crc.get("meta") != _meta_crc(meta):
+            return "meta.json does not match its CRC-32"
+        for name in ("images.npy", "labels.npy"):
+            if file_crc(entry_dir / name) != crc.get(name):
+                return f"{name} does not match its CRC-32"
         images = np.load(entry_dir / "images.npy", mmap_mode="r")
         labels = np.load(entry_dir / "labels.npy")
         shape, classes, skipped = meta["shape"], meta["classes"], meta["skipped"]
         passed_over = meta.get("passed_over", 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"it cannot be read: {type(error).__name__}"
     if list(images.shape) != shape or len(labels) != shape[0] or images.dtype != np.uint8:
-        return None
+        return "its arrays do not match its meta.json"
     # The memory map is read-only; torch warns about that but never writes through it.
     import warnings
 
@@ -198,8 +255,10 @@ def _write_entry(entry_dir: Path, identity: dict, split: DecodedSplit) -> Decode
         meta = {"format": CACHE_FORMAT, "shape": list(split.images.shape), "classes": split.classes,
                 "skipped": split.skipped, "passed_over": split.passed_over,
                 "identity": {k: v for k, v in identity.items() if k != "source"}}
+        meta["crc32"] = {name: file_crc(staging / name) for name in ("images.npy", "labels.npy")}
+        meta["crc32"]["meta"] = _meta_crc(meta)
         (staging / "meta.json").write_text(json.dumps(meta))
-        for name in ("images.npy", "labels.npy", "meta.json"):
+        for name in ENTRY_FILES:
             with open(staging / name, "rb") as f:
                 os.fsync(f.fileno())
         return _publish(staging, entry_dir)
@@ -216,7 +275,7 @@ def _publish(staging: Path, entry_dir: Path) -> DecodedSplit | None:
             if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
         winner = _read_entry(entry_dir)  # another process's complete entry, or a damaged one of the same key
-        if winner is not None:
+        if isinstance(winner, DecodedSplit):
             return winner
         shutil.rmtree(entry_dir, ignore_errors=True)
     return None  # damaged again each time: leave this split uncached

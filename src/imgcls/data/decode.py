@@ -427,6 +427,8 @@ def _pillow():
 
     # Images between Pillow's warning and its limit are fine here: no warning line per image.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    # nor Pillow's notes on damaged files ("Corrupt EXIF data"): a file it cannot read is named in the error
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     return Image
 
 
@@ -540,5 +542,9 @@ def error_reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    if re.match(r"cannot identify image file <", text):  # Pillow names its buffer, not the file
+        return "not an image imgcls can read: damaged, or in a format none of its decoders knows"
+    if re.search(r"\(\) failed|failed with error code", text):  # a C decoder's own words (DGifOpenFileName, WebP)
+        return f"damaged or not a whole image file (the decoder says: {text})"
     text = re.sub(r"^\w+, \S+\.(?:cpp|cu|h):\d+, ", "", text)
     return re.sub(r"\s*(?:at )?\"?\S+\.(?:cpp|cu|h)\"?:\d+,?", "", text).strip() or type(error).__name__

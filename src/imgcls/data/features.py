@@ -29,9 +29,9 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.readers import resolve_data_dir
 from imgcls.data.registry import FEATURES_SUFFIXES
-from imgcls.data.split import limited_rows, split_train_val
+from imgcls.data.split import check_class_names, check_labels, limited_rows, split_train_val
 from imgcls.data.types import LabelledImages, Normalization, PreparedData
-from imgcls.errors import UserError
+from imgcls.errors import UserError, shown
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 CHUNK_VALUES = 1 << 22  # numbers handled at a time (32 MB in float64) where a whole-array temporary would
@@ -65,6 +65,11 @@ def read_arrays(path: Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarra
 
 
 def _read_npz(path: Path, names):
+    with open(path, "rb") as file:
+        start = file.read(6)
+    if start == b"\x93NUMPY":  # np.load would read the one array, not an archive of them
+        raise UserError(f"features file {path} is a single numpy array (.npy), not an .npz archive of arrays; save "
+                        f"the features with numpy.savez(FILE.npz, x_train=..., y_train=..., x_test=..., y_test=...)")
     with np.load(path, allow_pickle=False) as npz:  # never unpickle: a features file cannot run code
         arrays = {name: npz[name] for name in names if name in npz.files}
         classes = npz["classes"].tolist() if "classes" in npz.files else None
@@ -77,7 +82,16 @@ def _read_safetensors(path: Path, names):
     with safe_open(str(path), framework="numpy") as file:
         arrays = {name: file.get_tensor(name) for name in names if name in file.keys()}
         metadata = file.metadata() or {}
-    classes = json.loads(metadata["classes"]) if "classes" in metadata else None
+    if "classes" not in metadata:
+        return arrays, None
+    try:
+        classes = json.loads(metadata["classes"])
+        why = "" if isinstance(classes, list) else f"it is {shown(classes)}"
+    except ValueError as error:
+        why = str(error)
+    if why:
+        raise UserError(f"features file {path}: its metadata's 'classes' is not a JSON list of class names ({why}); "
+                        f"save it as json.dumps([name, ...])")
     return arrays, classes
 
 
@@ -96,6 +110,8 @@ def load_features(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tenso
         if f"x_{split}" in arrays:
             splits[split] = (_features(path, split, arrays.pop(f"x_{split}")),
                              _labels(path, split, arrays.pop(f"y_{split}")))
+    classes = _class_names(path, classes, {split: y for split, (_, y) in splits.items()})
+    splits = {split: (x, torch.from_numpy(y.astype(np.int64))) for split, (x, y) in splits.items()}
     widths = {split: x.shape[1] for split, (x, _) in splits.items()}
     if len(set(widths.values())) > 1:
         shown = ", ".join(f"x_{split} {width}" for split, width in widths.items())
@@ -105,7 +121,9 @@ def load_features(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tenso
         if len(x) != len(y):
             raise UserError(f"features file {path}: x_{split} has {len(x)} rows but y_{split} {len(y)} labels; "
                             f"give one label per row")
-    return splits, _class_names(path, classes, splits)
+    check_labels("features", classes, {split: y for split, (_, y) in splits.items()}, f"features file {path}",
+                 unit="rows")
+    return splits, classes
 
 
 def _features(path: Path, split: str, x: np.ndarray) -> torch.Tensor:
@@ -130,24 +148,45 @@ def _features(path: Path, split: str, x: np.ndarray) -> torch.Tensor:
     return features
 
 
-def _labels(path: Path, split: str, y: np.ndarray) -> torch.Tensor:
+def _labels(path: Path, split: str, y: np.ndarray) -> np.ndarray:
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise UserError(f"features file {path}: y_{split} is {y.dtype} of shape {y.shape}; labels must be one whole "
                         f"class index per row, (N,) of integers")
     if len(y) and y.min() < 0:
         raise UserError(f"features file {path}: y_{split} has the label {y.min()}; class indices start at 0")
-    return torch.from_numpy(y.astype(np.int64))
+    return y
 
 
-def _class_names(path: Path, classes, splits) -> list[str]:
-    largest = max(int(y.max()) for _, y in splits.values())
-    if classes is None:
-        return [str(i) for i in range(largest + 1)]
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
-        raise UserError(f"features file {path}: 'classes' is not a list of distinct class names")
-    if largest >= len(classes):
-        raise UserError(f"features file {path}: a label is {largest} but there are {len(classes)} class names; "
-                        f"labels index 'classes', 0 to {len(classes) - 1}")
+def _class_names(path: Path, classes, labels: dict[str, np.ndarray]) -> list[str]:
+    """The class names; without a `classes` array, "0".."K-1" for the labels 0..K-1 of the training rows, each of
+    which must have one (K is bounded by the rows before any list of K is made). Labels are compared as read, so
+    that a huge one cannot wrap round when made int64."""
+    given = classes is not None
+    if not given:
+        train = labels["train"]
+        largest = train.max() if len(train) else 0
+        if largest >= len(train):
+            raise UserError(f"features file {path}: y_train has the label {largest}, but {len(train)} rows cannot hold "
+                            f"every class 0..{largest}; without a 'classes' array the labels must be 0..K-1, each on "
+                            f"some training row: renumber them, or add classes")
+        classes = [str(i) for i in range(int(largest) + 1)]
+        absent = np.flatnonzero(np.bincount(train.astype(np.int64), minlength=len(classes)) == 0)
+        if len(absent):
+            raise UserError(f"features file {path}: no training row has the label {absent[0]} (y_train's labels run to "
+                            f"{largest}); without a 'classes' array the labels must be 0..K-1, each on some training "
+                            f"row: renumber them, or add classes")
+    elif not isinstance(classes, list):
+        raise UserError(f"features file {path}: 'classes' is {shown(classes)}, not a list of class names")
+    else:
+        check_class_names("features", classes, f"features file {path}", "save 'classes' as distinct names, one a class")
+    for split, y in labels.items():
+        if len(y) and y.max() >= len(classes):
+            if given:
+                raise UserError(f"features file {path}: a label is {y.max()} in y_{split} but there are {len(classes)} "
+                                f"class names; labels index 'classes', 0 to {len(classes) - 1}")
+            raise UserError(f"features file {path}: y_{split} has the label {y.max()}, which no training row has "
+                            f"(y_train's labels are 0..{len(classes) - 1}); a model cannot learn a class it has no "
+                            f"examples of: drop those rows, or add training rows of it")
     return classes
 
 

@@ -48,6 +48,15 @@ def check_idx(paths: list[Path]) -> None:
         count, label_count = _idx_count(images, 3, 28 * 28), _idx_count(labels, 1, 1)
         if count != label_count:
             raise Damaged(labels, f"{label_count:,} labels for the {count:,} images of {images.name}")
+        _check_label_bytes(labels, labels.read_bytes()[8:], range(10))  # 60 kB at most
+
+
+def _check_label_bytes(path: Path, values: bytes, allowed: range) -> None:
+    """One byte a label, each in `allowed`: the first one outside is named with its place."""
+    if not values or (min(values) in allowed and max(values) in allowed):
+        return
+    bad = next(i for i, value in enumerate(values) if value not in allowed)
+    raise Damaged(path, f"label {values[bad]} at item {bad:,}, where labels are {allowed.start}..{allowed.stop - 1}")
 
 
 def check_pickle(paths: list[Path]) -> None:
@@ -97,9 +106,10 @@ def check_stl(paths: list[Path]) -> None:
         labels = named.get(images.name.replace("_X.bin", "_y.bin"))  # unlabeled_X.bin has none
         if labels is not None:
             values, count = labels.read_bytes(), size // STL_IMAGE_BYTES  # a few kB
-            if len(values) != count or not 1 <= min(values, default=1) <= max(values, default=1) <= 10:
+            if len(values) != count:
                 raise Damaged(labels, f"{len(values):,} bytes where {count:,} labels in 1..10 are expected for the "
                                       f"images of {images.name}")
+            _check_label_bytes(labels, values, range(1, 11))
 
 
 def check_imagenet(paths: list[Path]) -> None:

@@ -27,7 +27,7 @@ from imgcls.data.readers import (
     source_paths,
 )
 from imgcls.data.registry import SPECS, DatasetSpec
-from imgcls.data.split import split_train_val
+from imgcls.data.split import check_labels, split_train_val
 from imgcls.data.stream import prepare_streamed
 from imgcls.data.types import (
     DecodedSplit,
@@ -80,6 +80,8 @@ def _prepare_in_memory(spec: DatasetSpec, config: DataConfig, seed: int,
     train_full, train_cached, entry = _load_decoded(config, "train", progress)
     test, test_cached = load_decoded(config, "test", progress)
     check_same_classes(spec.name, train_full.classes, test.classes)
+    check_labels(spec.name, train_full.classes, {"train": train_full.labels, "test": test.labels},
+                 resolve_data_dir(config))
     check_same_shape(spec.name, tuple(train_full.images.shape[1:]), tuple(test.images.shape[1:]))
     train_index, val_index = _cached_split(spec, config, seed, train_full, entry)
     # Copied out of the decoded split only when their pixels are used: eval of the test split never does

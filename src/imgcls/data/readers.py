@@ -35,6 +35,7 @@ from imgcls.data.decode import (
 )
 from imgcls.data.published import check_files, has_own_files, resolved_path
 from imgcls.data.registry import DatasetSpec, loose_names
+from imgcls.data.split import check_class_names
 from imgcls.data.types import DecodedSplit, ImageList
 from imgcls.errors import UserError
 
@@ -243,8 +244,10 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
 
 def _imagenet_listing(dataset) -> ImageList:
     paths = [path for path, _ in dataset.samples]
-    return ImageList(paths, FileReader(paths), list(dataset.targets),
-                     [names[0] for names in dataset.classes])
+    classes = [names[0] if isinstance(names, (tuple, list)) and names else names for names in dataset.classes]
+    meta = Path(dataset.root) / "meta.bin"
+    check_class_names("imagenet", classes, meta, f"delete {meta} to parse the devkit's meta.mat again")
+    return ImageList(paths, FileReader(paths), list(dataset.targets), classes)
 
 
 def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
@@ -255,13 +258,35 @@ def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int
         listing = _imagenet_listing(dataset)
         images, labels, skipped = decode_all(listing, image_size, skip_bad, progress)
         return DecodedSplit(images, labels, listing.classes, skipped)
-    images = _as_nchw(dataset.data)
-    labels = torch.as_tensor(getattr(dataset, "targets", None) if hasattr(dataset, "targets") else dataset.labels)
+    images, labels = _checked_arrays(spec, root, split, dataset)
     if image_size is not None:  # resized in chunks of 4096, each in float32
         check_fits_memory(image_size, (len(images) + 4 * 4096) * images.shape[1] * image_size ** 2,
                           f"{len(images)} images")
         images = torch.cat([resize(chunk, image_size) for chunk in images.split(4096)])
     return DecodedSplit(images.contiguous(), labels.to(torch.int64), list(spec.classes))
+
+
+def _checked_arrays(spec: DatasetSpec, root: Path, split: str, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (N, C, H, W) and labels torchvision read from the files, as bytes and whole numbers, one label an
+    image: anything else is a damaged copy, named (the label values themselves are split.check_labels's)."""
+    import numpy as np
+
+    data = np.asarray(dataset.data)
+    raw = np.asarray(dataset.targets if hasattr(dataset, "targets") else dataset.labels)
+    damaged = f"{spec.name} at {root} is damaged: its {split} split's"
+    if data.dtype != np.uint8 or data.ndim not in (3, 4):
+        raise UserError(f"{damaged} images are {data.dtype} of shape {data.shape}, not bytes of (N, H, W) or "
+                        f"(N, C, H, W); fetch the files again")
+    if raw.ndim != 1 or raw.dtype.kind not in "iu":
+        kind = raw.dtype if raw.dtype.kind != "O" else "a mix of " + ", ".join(sorted({type(v).__name__ for v in
+                                                                                    raw.ravel()[:1000]}))
+        raise UserError(f"{damaged} labels are {kind} of shape {raw.shape}, not one whole number an image; fetch the "
+                        f"files again")
+    if len(raw) != len(data):
+        raise UserError(f"{damaged} {len(data):,} images have {len(raw):,} labels; fetch the files again")
+    if raw.dtype == np.uint64 and len(raw) and raw.max() > np.iinfo(np.int64).max:
+        raise UserError(f"{damaged} labels hold {raw.max()}, not a class index; fetch the files again")
+    return _as_nchw(data), torch.from_numpy(raw.astype(np.int64))
 
 
 def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool):
@@ -330,6 +355,8 @@ def _check_class_names(spec: DatasetSpec, dataset, root: Path) -> None:
     """Where torchvision reads the class names from the dataset's own files (CIFAR's meta, STL-10's
     class_names.txt), they must be ours, in our order: labels are indices into them."""
     found = getattr(dataset, "classes", None) if spec.names_in_files else None
+    if found is not None:
+        check_class_names(spec.name, list(found), root, "fetch the dataset's files again")
     if found and loose_names(found) != loose_names(spec.classes):
         raise UserError(f"{root} does not hold {spec.name}: its files name the classes {', '.join(found[:6])}, ... "
                         f"where {spec.name} has {', '.join(spec.classes[:6])}, ...; use --dataset imagefolder for "

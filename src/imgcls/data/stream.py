@@ -41,7 +41,7 @@ from imgcls.data.readers import (
     resolve_data_dir,
 )
 from imgcls.data.registry import DatasetSpec
-from imgcls.data.split import split_train_val
+from imgcls.data.split import check_labels, split_train_val
 from imgcls.data.types import Batch, ImageList, Normalization, PreparedData
 from imgcls.distributed import Shard
 from imgcls.errors import UserError
@@ -168,6 +168,9 @@ def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
     root = resolve_data_dir(config)
     train_list, test_list = (list_images(spec, root, split, config.download) for split in ("train", "test"))
     check_same_classes(spec.name, train_list.classes, test_list.classes)
+    check_labels(spec.name, train_list.classes, {split: torch.as_tensor(listing.labels, dtype=torch.int64)
+                                                 for split, listing in (("train", train_list), ("test", test_list))},
+                 root)
     train_rows, val_rows = split_train_val(torch.as_tensor(train_list.labels, dtype=torch.int64),
                                            len(train_list.classes), config.val_split, config.limit, seed,
                                            name=spec.name)
