@@ -120,3 +120,16 @@ def test_a_signal_during_the_rate_search_stops_within_seconds_and_writes_nothing
     assert "Traceback" not in text and "learning-rate search" in text.splitlines()[-1]
     assert "nothing was written" in text.splitlines()[-1]
     assert not (out / "config.yaml").exists() and not (out / "last.safetensors").exists()
+
+
+def test_lr_find_draws_in_out_and_refuses_a_figure_it_cannot_write(cli, tmp_path, monkeypatch, assert_ok,
+                                                                   assert_user_error):
+    monkeypatch.chdir(tmp_path)
+    assert_ok(cli("lr-find", "--epochs", 1, "--limit", 300, "--device", "cpu", "--out", tmp_path / "search"))
+    assert (tmp_path / "search" / "lr-find.png").stat().st_size > 10_000
+    assert not (tmp_path / "lr-find.png").exists(), "--out says where, not the current folder"
+    assert_user_error(cli("lr-find", "--epochs", 1, "--figure", tmp_path / "x.jpg"), "x.jpg", "PNG", ".png")
+    (tmp_path / "a-file").write_text("")
+    assert_user_error(cli("lr-find", "--epochs", 1, "--figure", tmp_path / "a-file" / "lr.png"), "--figure",
+                      "a-file")
+    assert not (tmp_path / "x.jpg").exists()

@@ -401,3 +401,11 @@ def test_a_one_point_sweep_is_imgcls_train_bit_for_bit(tmp_path):
     for name in ("best.safetensors", "last.safetensors"):
         a, b = ckpt.load(alone.run_dir.path / name), ckpt.load(tmp_path / "sweep" / "points" / "000" / name)
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), name
+
+
+def test_a_sweep_refused_before_any_point_trained_leaves_the_folder_free(cli, tmp_path, assert_ok, assert_user_error):
+    out = tmp_path / "s"
+    assert_user_error(cli("sweep", "--lr", "0.01,0.1", "--epochs", 1, "--limit", 300, "--class-weights", "1,2,3",
+                          "--device", "cpu", "--out", out), "--class-weights", "10 classes")
+    assert not (out / "sweep.yaml").exists()
+    assert_ok(cli("sweep", "--lr", "0.01,0.1", "--epochs", 1, "--limit", 300, "--device", "cpu", "--out", out, "-q"))

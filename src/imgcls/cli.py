@@ -21,6 +21,7 @@ from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
 from imgcls.files import check_output_file as _check_output_file
+from imgcls.files import make_output_folder
 from imgcls.flags import with_config_flags, with_grid_flags
 from imgcls.options import RUN, or_list
 
@@ -311,8 +312,9 @@ def _after_sweep(best_run: Path, reporter) -> None:
 @with_config_flags
 def lr_find_command(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
-    figure: Annotated[Path, typer.Option(help="Where to draw validation loss and top-1 against the rate.",
-                                         rich_help_panel=RUN)] = Path("lr-find.png"),
+    figure: Annotated[Optional[Path], typer.Option(help="Where to draw validation loss and top-1 against the rate "
+                                                        "(a .png; default: lr-find.png in --out, else here).",
+                                                   rich_help_panel=RUN)] = None,
     **options,  # a flag per config field (with_config_flags), None where not given
 ) -> None:
     """Suggest a learning rate: 11 rates from 1e-5 to 1 trained stacked for a short run, measured on validation.
@@ -324,8 +326,8 @@ def lr_find_command(
     from imgcls.report import Reporter, lr_search_table
     from imgcls.train import find_lr
 
-    _check_output_file("--figure", figure, "lr-find.png")
     resolved = build_config(config, parse_flags(options))
+    figure = _lr_find_figure(figure, resolved.output.out)
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
     reporter = Reporter(quiet=not is_main)
     try:
@@ -346,6 +348,19 @@ def lr_find_command(
     reporter.show(lr_search_table(search.rows(), search.chosen), force=True)
     reporter.note(f"suggested --lr {search.chosen:g} (best validation top-1 after {search.epochs} epoch(s) of each "
                   f"rate, {search.seconds:.1f} s); figure: {figure}")
+
+
+def _lr_find_figure(figure: Path | None, out: str | None) -> Path:
+    """Where lr-find draws: --figure, else lr-find.png in --out (made if absent), else in this folder; a PNG."""
+    if figure is None:
+        if out is not None:
+            make_output_folder("--out", Path(out))
+        figure = Path(out or ".") / "lr-find.png"
+    if figure.suffix.lower() != ".png":
+        raise UserError(f"--figure {figure}: lr-find draws a PNG; give a name ending in .png, such as "
+                        f"{figure.with_suffix('.png').name}")
+    _check_output_file("--figure", figure, "lr-find.png")
+    return figure
 
 
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")
@@ -438,7 +453,6 @@ def export_templates_command(
         raise UserError(f"--size must be at least 1 pixel, not {size}")
     from imgcls import checkpoint as ckpt
     from imgcls.data.features import require_image_model
-    from imgcls.files import make_output_folder
     from imgcls.templates import export_templates
 
     loaded = ckpt.load(checkpoint)

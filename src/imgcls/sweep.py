@@ -250,7 +250,12 @@ def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     if not resume and shard.is_main:
         sweep.start(spec)
     distributed.barrier()
-    result = run_sweep(sweep, groups, reporter, shard, device, resume)
+    try:
+        result = run_sweep(sweep, groups, reporter, shard, device, resume)
+    except UserError:
+        if not resume and shard.is_main:
+            sweep.remove_if_untrained()
+        raise
     if shard.is_main:
         shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
         sweep_figure(result.records, shown_grid, sweep.figure, result.best)

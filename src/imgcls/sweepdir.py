@@ -87,6 +87,17 @@ class SweepDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.spec, yaml.safe_dump(spec, sort_keys=False))
 
+    def remove_if_untrained(self) -> None:
+        """A sweep refused before any point trained (a setting its data rejects, the memory check) leaves no
+        files: the corrected command may then use the same folder."""
+        import shutil
+
+        if any((self.path / POINTS).glob("*")) or any((self.path / RESUME).glob("*.safetensors")):
+            return
+        self.spec.unlink(missing_ok=True)
+        for name in (POINTS, RESUME):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+
     def read_spec(self) -> dict:
         spec = read_yaml(self.spec, f"{self.spec}", "start a new sweep")
         if not isinstance(spec, dict) or not isinstance(spec.get("base"), dict) or \
