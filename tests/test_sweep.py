@@ -409,3 +409,20 @@ def test_a_sweep_refused_before_any_point_trained_leaves_the_folder_free(cli, tm
                           "--device", "cpu", "--out", out), "--class-weights", "10 classes")
     assert not (out / "sweep.yaml").exists()
     assert_ok(cli("sweep", "--lr", "0.01,0.1", "--epochs", 1, "--limit", 300, "--device", "cpu", "--out", out, "-q"))
+
+
+def test_a_three_class_sweep_names_its_top3(tmp_path):
+    from torchvision.io import write_png
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 20), ("test", 6)):
+        for name in ("ant", "bee", "cat"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for index in range(count):
+                write_png(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=generator),
+                          str(tmp_path / "data" / split / name / f"{index:03d}.png"))
+    run_sweep(tmp_path / "s", dataset="imagefolder", data_dir=str(tmp_path / "data"), lr="0.001,0.01")
+    header = (tmp_path / "s" / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert "val_top3" in header and "test_top3" in header and not any("top5" in column for column in header)
+    points = json.loads((tmp_path / "s" / "sweep.json").read_text())["points"]
+    assert all("val_top3" in point and "val_top5" not in point for point in points)

@@ -59,12 +59,12 @@ def epoch_line(record: dict, improved: bool, k: int | None = None) -> str:
 
 
 def fitted_table(title: str | Text, columns: list[tuple[str, str]], rows: list[list], width: int | None = None,
-                 keep: int = 1, fold_first: bool = False) -> Table:
+                 keep: int = 1, fold_first: bool = False, whole: str = "a wider terminal shows them") -> Table:
     """A table no wider than `width` (default: the terminal's, 80 when piped): numbers are never cut or
     wrapped; while it is too wide the rightmost columns after the first `keep` are left out, and the
     caption names them. columns: (header, justify), most important first; rows: cells in that order.
     fold_first: the first column holds names (file paths) that may fold onto more lines, in at most half
-    the width, rather than be cut."""
+    the width, rather than be cut. whole: where the columns left out can be seen."""
     width = width or Console().width
     shown = len(columns)
     while True:
@@ -78,7 +78,7 @@ def fitted_table(title: str | Text, columns: list[tuple[str, str]], rows: list[l
             table.add_row(*row[:shown])
         if shown < len(columns):
             left_out = ", ".join(header.replace("\n", " ") for header, _ in columns[shown:])
-            table.caption = Text(f"not shown at {width} columns: {left_out} (a wider terminal or --json shows them)")
+            table.caption = Text(f"not shown at {width} columns: {left_out} ({whole})")
         if shown <= keep or Console(width=10_000).measure(table).maximum <= width:
             return table
         shown -= 1
@@ -258,13 +258,13 @@ class Reporter:
         """Top-1 (the class's recall), precision and F1 of each class, from the confusion matrix."""
         from imgcls.metrics import per_class_scores
 
-        table = Table(title="per-class top-1 (the class's recall), precision and F1")
-        for column in ("class", "images", "top-1", "precision", "F1"):
-            table.add_column(column, justify="left" if column == "class" else "right")
-        for name, accuracy, score in zip(classes, metrics.per_class, per_class_scores(metrics.confusion)):
-            table.add_row(Text(name), str(score["support"]), f"{accuracy:.2%}", f"{score['precision']:.2%}",
-                          f"{score['f1']:.3f}")
-        return table
+        columns = [("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"),
+                   ("F1", "right")]
+        rows = [[Text(name), str(score["support"]), f"{accuracy:.2%}", f"{score['precision']:.2%}",
+                 f"{score['f1']:.3f}"]
+                for name, accuracy, score in zip(classes, metrics.per_class, per_class_scores(metrics.confusion))]
+        return fitted_table("per-class top-1 (the class's recall), precision and F1", columns, rows, keep=3,
+                            fold_first=True, whole="a wider terminal or --json shows them")
 
     def superclass_table(self, rows: list[tuple[str, float]]) -> Table:
         """Each superclass's top-1 at the superclass level (CIFAR-100's 20): a prediction of any of its classes
@@ -298,7 +298,7 @@ def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: i
         rows.append([str(rank), Text(options), mark, _percent(record["val_top1"]), loss,
                      f"{record['best_epoch'] or '-'}/{record['epochs_run']}", _percent(record["test_top1"])])
     title = f"sweep: {len(records)} points by validation top-1 (test not used to choose)"
-    table = fitted_table(title, columns, rows, width, keep=3)
+    table = fitted_table(title, columns, rows, width, keep=3, whole="sweep.csv holds them")
     if len(ranked) > limit:
         more = f"{len(ranked) - limit} more in sweep.csv"
         table.caption = Text(f"{more}; {table.caption}") if table.caption else Text(more)

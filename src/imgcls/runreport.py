@@ -17,6 +17,7 @@ from rich.text import Text
 
 from imgcls.errors import UserError
 from imgcls.files import printable
+from imgcls.report import fitted_table
 from imgcls.rundir import epoch_topk, topk_of
 
 
@@ -131,8 +132,6 @@ EPOCH_COLUMNS = [("epoch", "right"), ("train\nloss", "right"), ("train\ntop-1", 
 def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None, k: int | None = None) -> Table:
     """One row an epoch; at a narrow terminal the last columns are left out, never cut (report.fitted_table).
     k: the run's top-k (metrics.json's; default: the k the records' key names)."""
-    from imgcls.report import fitted_table
-
     rows = []
     columns = [(f"val\ntop-{k or epoch_topk(epochs[0])[0]}", "right") if header == "val\ntop-k" else (header, justify)
                for header, justify in EPOCH_COLUMNS] if epochs else EPOCH_COLUMNS
@@ -150,10 +149,9 @@ def per_class_table(summary: RunSummary) -> Table:
     confusion = detail.get("confusion") or []
     from imgcls.metrics import per_class_scores
 
-    table = Table(title="per-class test top-1 (the class's recall), precision and F1")
-    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"),
-                            ("F1", "right"), ("most often taken for", "left")):
-        table.add_column(column, justify=justify)
+    columns = [("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"), ("F1", "right"),
+               ("most often taken for", "left")]
+    rows = []
     scores = per_class_scores(confusion)
     for index, (name, accuracy) in enumerate(zip(summary.classes, detail.get("per_class", []))):
         row = confusion[index] if index < len(confusion) else []
@@ -163,21 +161,20 @@ def per_class_table(summary: RunSummary) -> Table:
         if others:
             count, j = max(others, key=lambda pair: (pair[0], -pair[1]))
             mistaken = f"{summary.classes[j]} ({count})"
-        table.add_row(Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}",
-                      f"{score['precision']:.2%}" if score else "", f"{score['f1']:.3f}" if score else "",
-                      Text(printable(mistaken)))
-    return table
+        rows.append([Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}",
+                     f"{score['precision']:.2%}" if score else "", f"{score['f1']:.3f}" if score else "",
+                     Text(printable(mistaken))])
+    return fitted_table("per-class test top-1 (the class's recall), precision and F1", columns, rows, keep=3,
+                        fold_first=True, whole="a wider terminal or --json shows them")
 
 
 def pairs_table(pairs: list[dict]) -> Table:
-    table = Table(title="most confused class pairs (test split)")
-    for column, justify in (("true class", "left"), ("predicted as", "left"), ("images", "right"),
-                            ("share of the true class", "right")):
-        table.add_column(column, justify=justify)
-    for pair in pairs:
-        table.add_row(Text(printable(pair["true"])), Text(printable(pair["predicted"])), str(pair["count"]),
-                      f"{pair['share']:.1%}")
-    return table
+    columns = [("true class", "left"), ("predicted as", "left"), ("images", "right"),
+               ("share of the true class", "right")]
+    rows = [[Text(printable(pair["true"])), Text(printable(pair["predicted"])), str(pair["count"]),
+             f"{pair['share']:.1%}"] for pair in pairs]
+    return fitted_table("most confused class pairs (test split)", columns, rows, keep=2, fold_first=True,
+                        whole="a wider terminal or --json shows them")
 
 
 def render(summary: RunSummary) -> Group:

@@ -30,7 +30,7 @@ from imgcls.errors import UserError
 from imgcls.grid import Point, describe, group_key, point_config
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.memory import available_memory
-from imgcls.metrics import Metrics
+from imgcls.metrics import Metrics, top_k
 from imgcls.resume import config_changes
 from imgcls.sweepdir import SweepDir
 from imgcls.train import prepare_once, resolve_batch_size, stoppable
@@ -186,11 +186,14 @@ def finish_group(group: Group, engine: Engine, test_batches) -> list[dict]:
     """Every point's best checkpoint measured on validation and test (one product for all), metrics.json for each
     that did not diverge, and each point's record for the sweep's table."""
     results = engine.finish(test_batches)
-    return [point_record(point, group.number, model, *(result or (None, None)))
+    k = top_k(len(engine.data.classes))
+    return [point_record(point, group.number, model, *(result or (None, None)), k=k)
             for point, model, result in zip(group.points, engine.models, results)]
 
 
-def point_record(point: Point, group: int, model: Model, val: Metrics | None, test: Metrics | None) -> dict:
+def point_record(point: Point, group: int, model: Model, val: Metrics | None, test: Metrics | None,
+                 k: int = 5) -> dict:
+    """The point's row of sweep.json and sweep.csv; top-k named by the data's k (val_top3 for 3 classes)."""
     history = model.progress.history
     best_epoch = model.progress.best_epoch
     record = {"point": point.index, "group": group, "options": {k: describe(v) for k, v in point.values.items()},
@@ -200,7 +203,8 @@ def point_record(point: Point, group: int, model: Model, val: Metrics | None, te
     for split, metrics in (("val", val), ("test", test)):
         for key in ("top1", "top5", "loss"):
             value = None if metrics is None else getattr(metrics, key)
-            record[f"{split}_{key}"] = value if value is None or math.isfinite(value) else None
+            name = f"top{k}" if key == "top5" else key
+            record[f"{split}_{name}"] = value if value is None or math.isfinite(value) else None
     return record
 
 

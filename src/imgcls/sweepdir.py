@@ -134,12 +134,15 @@ class SweepDir:
 
 def _csv(records: list[dict]) -> str:
     options = sorted({name for record in records for name in record["options"]})
+    topk = next((key[len("val_"):] for key in records[0] if key.startswith("val_top") and key != "val_top1"), "top5") \
+        if records else "top5"  # the data's k: top3 for 3 classes
+    columns = [column.replace("top5", topk) for column in CSV_COLUMNS[2:]]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS[:2], *options, *CSV_COLUMNS[2:]])
+    writer.writerow([*CSV_COLUMNS[:2], *options, *columns])
     for record in records:
         shown = [record["options"].get(name, "") for name in options]
-        writer.writerow([record["point"], record["group"], *shown, *(_cell(record.get(c)) for c in CSV_COLUMNS[2:])])
+        writer.writerow([record["point"], record["group"], *shown, *(_cell(record.get(c)) for c in columns)])
     return out.getvalue()
 
 

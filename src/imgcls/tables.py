@@ -96,4 +96,4 @@ def predictions_table(loaded, items: list) -> Table:
     title = (f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}: top-{k} of {len(loaded.classes)} classes; "
              f"images in {printable(folder)}")
     return fitted_table(title, [("image", "left")] + [(f"#{rank}", "left") for rank in range(1, k + 1)], rows, keep=2,
-                        fold_first=True)
+                        fold_first=True, whole="a wider terminal, --json or --csv shows them")
