@@ -683,7 +683,7 @@ def datasets_command(
     console = Console()
     console.print(datasets_table(root, infos))
     for line in superclass_lines(infos):
-        console.print(line, soft_wrap=True, highlight=False, markup=False)
+        console.print(Text(line), highlight=False)  # wrapped between the names, at the terminal's width
 
 
 @app.command("gradcheck", epilog="Example: imgcls gradcheck --loss ce --batch-size 8 --classes 10 --features 192")
