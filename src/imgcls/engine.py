@@ -400,14 +400,15 @@ class Quiet:
     """A view that shows nothing: the rate search's, or a group of a sweep with a bar of its own."""
 
     def __init__(self, bar=None):
-        self.bar, self.epoch, self.steps = bar, 0, 1
+        self.bar, self.epoch, self.steps, self.epochs = bar, 0, 1, None
 
     def epoch_start(self, epoch: int, steps: int, epochs: int | None = None) -> None:
-        self.epoch, self.steps = epoch, steps
+        self.epoch, self.steps, self.epochs = epoch, steps, epochs
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
         if self.bar is not None:
-            self.bar(self.epoch + step / self.steps, f"epoch {self.epoch + 1}")
+            most = "" if self.epochs is None else f"/{self.epochs}"
+            self.bar(self.epoch + step / self.steps, f"epoch {self.epoch + 1}{most}")
 
     def epoch_done(self, record: dict, improved: bool) -> None:
         pass

@@ -57,7 +57,7 @@ def example_input(checkpoint: Checkpoint, count: int = 2) -> torch.Tensor:
 
 def export(checkpoint: Checkpoint, fmt: str, out: Path) -> None:
     writers = {"onnx": _write_onnx, "torchscript": _write_torchscript, "npz": _write_npz}
-    check_output_file("--out", out, "model.onnx")
+    check_output_file("--out", out, {"onnx": "model.onnx", "torchscript": "model.pt", "npz": "model.npz"}[fmt])
     write_atomic(out, lambda temporary: writers[fmt](checkpoint, temporary))
 
 

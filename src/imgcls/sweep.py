@@ -96,8 +96,9 @@ def run_sweep(sweep: SweepDir, groups: list[Group], reporter, shard: distributed
     with reporter.sweep_bar(total) as bar, stop_on_signals() as stop:
         done = 0.0
         for group in groups:
+            where = f"group {group.number + 1}/{len(groups)}, " if len(groups) > 1 else ""
             records += run_group(sweep, group, shard, device, resume, stop,
-                                 lambda fraction, text: bar(done + fraction, text))
+                                 lambda fraction, text: bar(done + fraction, where + text))
             done += group.epochs
     records.sort(key=lambda record: record["point"])
     best = select(records)
