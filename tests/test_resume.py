@@ -551,8 +551,8 @@ def test_a_signal_while_the_command_starts_ends_it_with_one_message(signum, mnis
     for delay in (0.1, 0.5, 1.0, 1.6):
         out = tmp_path / f"run{delay}"
         process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit",
-                               3000, "--epochs", 3, "--lr", 0.01, "--device", "cpu", "--out", out)
-        time.sleep(delay)
+                               3000, "--epochs", 3, "--batch-size", 1, "--lr", 0.01, "--device", "cpu", "--out", out)
+        time.sleep(delay)  # online SGD: 8,100 steps, still training at the last of these moments
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 130, (delay, process.returncode, stderr[-2000:])
