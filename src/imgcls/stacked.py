@@ -108,16 +108,20 @@ class Stack:
         stats = StepStats(sums, weights, (scores.max(1).indices == labels).sum(1))  # max(1): faster than argmax(1)
         return Gradient(gradient, pixels, scale), stats
 
-    def _grouped_loss_and_gradient(self, scores: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor
+    def _grouped_loss_and_gradient(self, scores: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
+                                   masks: tuple[torch.Tensor, torch.Tensor] | None = None
                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each loss (name and class weights) on the rows of its models: their loss sums, weight sums and mean
-        loss's gradient, put back in the stack's order."""
+        """Each loss (name and class weights) on the rows of its models, with their masks if any: their loss sums,
+        weight sums and mean loss's gradient, put back in the stack's order."""
         count = len(scores)
         sums, weights = torch.empty(count, device=scores.device), torch.empty(count, device=scores.device)
         gradient = torch.empty_like(scores)
         for rows, loss in self.loss_groups:
-            loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(scores.index_select(0, rows), labels)
-            group_gradient.div_(mean_denominator(loss.weight_of(batch_labels)))  # the mean over the whole batch
+            mine, whole = (None, None) if masks is None else (mask.index_select(0, rows) for mask in masks)
+            loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(scores.index_select(0, rows), labels,
+                                                                              mine)
+            denominator = mean_denominator(loss.weight_of(batch_labels, whole))  # the mean over the whole batch
+            group_gradient.div_(denominator if whole is None else denominator.view(-1, 1, 1))
             gradient.index_copy_(0, rows, group_gradient)
             sums.index_copy_(0, rows, loss_sum)
             weights.index_copy_(0, rows, torch.as_tensor(weight, dtype=weights.dtype,
@@ -128,17 +132,7 @@ class Stack:
                          mine: torch.Tensor, whole: torch.Tensor) -> tuple[Gradient, StepStats]:
         """gradient() with each model's samples weighted by its mask: the mean over the samples it sees."""
         scores = self.scores(pixels)
-        count, classes, _ = scores.shape
-        sums, weights = torch.empty(count, device=scores.device), torch.empty(count, device=scores.device)
-        gradient = torch.empty_like(scores)
-        for rows, loss in self.loss_groups:
-            group = scores.index_select(0, rows)
-            loss_sum, weight, group_gradient = loss.stacked_loss_and_gradient(group, labels, mine.index_select(0, rows))
-            group_gradient.div_(mean_denominator(loss.weight_of(batch_labels, whole.index_select(0, rows)))
-                                .view(-1, 1, 1))
-            gradient.index_copy_(0, rows, group_gradient)
-            sums.index_copy_(0, rows, loss_sum)
-            weights.index_copy_(0, rows, weight)
+        sums, weights, gradient = self._grouped_loss_and_gradient(scores, labels, batch_labels, (mine, whole))
         correct = ((scores.max(1).indices == labels) & (mine > 0)).sum(1)
         return Gradient(gradient, pixels), StepStats(sums, weights, correct)
 
