@@ -1,7 +1,7 @@
 """Checkpoints: one safetensors file that carries everything needed to use the model alone.
 
 Tensors: the weights and the normalization statistics (and, in a resumable checkpoint, the
-optimizer's momentum buffers and the epoch's running sums). Metadata: one JSON string with
+momentum of W and b and the epoch's running sums; a stack's models may share one file). Metadata: one JSON string with
 the dataset, class names, input shape, resolved config, seed, epoch and format version.
 Loading never unpickles anything, so a checkpoint cannot run code.
 """

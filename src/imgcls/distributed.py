@@ -1,8 +1,9 @@
-"""Several processes under torchrun: PyTorch's own DistributedDataParallel does the work.
+"""Several processes under torchrun: each computes the gradient of its part of every global batch, and the
+gradients are summed across them (engine.py), so every process makes the same update.
 
 torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; we join its process
-group (NCCL on GPUs, gloo on CPUs) and nothing else: no launcher, no all-reduce of our own
-for gradients. Outside torchrun every function here is a no-op for a world of one.
+group (NCCL on GPUs, gloo on CPUs) and nothing else: no launcher of our own. Outside torchrun every
+function here is a no-op for a world of one.
 
 torch is imported by the functions that use it, not by the module: the command line ends every command
 (`--help` too) through exit_process, and must not wait for torch to do so; nor for Python to tear torch
@@ -88,7 +89,7 @@ def barrier() -> None:
 
 
 def sum_across(*tensors: torch.Tensor) -> None:
-    """Sum each tensor over all processes, in place (metrics; gradients are DDP's business)."""
+    """Sum each tensor over all processes, in place (gradients, metrics, running sums)."""
     if active():
         import torch.distributed as dist
 

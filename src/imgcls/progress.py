@@ -1,6 +1,6 @@
 """Where a run is: the epoch and step under way, the epoch's running sums, and the history so far.
 
-Everything besides the model, optimizer and scheduler that a resumed run needs, in one place that the
+Everything besides the weights, momentum and schedule that a resumed run needs, in one place that the
 training loop (engine.py) fills and the resume code (resume.py) restores.
 """
 
@@ -15,7 +15,7 @@ from imgcls import distributed
 
 @dataclass
 class Progress:
-    """Where a run is: everything besides the model and optimizer that a resumed run needs."""
+    """Where a run is: everything besides the weights and momentum that a resumed run needs."""
 
     epoch: int = 0  # the epoch under way, from 0
     step: int = 0  # the next step of that epoch

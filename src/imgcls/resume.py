@@ -1,7 +1,7 @@
 """Resuming a run: a resumable checkpoint is checked whole before any of it is used.
 
 It must belong to this run (the config and the data it was trained on, except where they
-live), and every piece of optimizer, scheduler and progress state must be one that a run
+live), and every piece of momentum, schedule and progress state must be one that a run
 writes: a damaged or crafted file is refused with one line, never half-restored.
 """
 

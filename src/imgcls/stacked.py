@@ -72,9 +72,6 @@ class Stack:
         self.decay = _column([h.weight_decay for h in hyper], weight)
         self.frozen = [False] * len(hyper)  # stopped early or diverged: rate 0 from now on
 
-    def __len__(self) -> int:
-        return len(self.weight)
-
     def scores(self, pixels: torch.Tensor, weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         """Every model's scores, (P, K, n), from one product: the stack's weights, or the given ones."""
@@ -177,10 +174,7 @@ class Stack:
         elif self.decay:
             self.velocity.add_(self.weight, alpha=self.decay)
         for param, velocity in ((self.weight, self.velocity), (self.bias, self.bias_velocity)):
-            if torch.is_tensor(rate):
-                param.addcmul_(velocity, rate.view((-1,) + (1,) * (param.dim() - 1)), value=-1.0)
-            else:
-                param.add_(velocity, alpha=-rate)
+            _descend(param, velocity, rate)
 
     def _update(self, param: torch.Tensor, velocity: torch.Tensor, gradient: torch.Tensor,
                 rate: torch.Tensor | float, decay: torch.Tensor | float) -> None:
@@ -191,9 +185,9 @@ class Stack:
         elif decay:
             gradient.add_(param, alpha=decay)
         direction = gradient
-        if torch.is_tensor(momentum) or momentum:
-            momentum = momentum.view(shape) if torch.is_tensor(momentum) else momentum
-            if torch.is_tensor(momentum):  # v = momentum * v + d
+        if torch.is_tensor(momentum) or momentum:  # v = momentum * v + d
+            if torch.is_tensor(momentum):
+                momentum = momentum.view(shape)
                 velocity.mul_(momentum).add_(gradient)
             else:
                 torch.add(gradient, velocity, alpha=momentum, out=velocity)
@@ -203,10 +197,7 @@ class Stack:
                 direction = gradient.add_(velocity * momentum)
             else:
                 direction = velocity
-        if torch.is_tensor(rate):
-            param.addcmul_(direction, rate.view(shape), value=-1.0)
-        else:
-            param.add_(direction, alpha=-rate)
+        _descend(param, direction, rate)
 
     def freeze(self, index: int, zero: bool = False) -> None:
         """No more updates for this model (stopped early, or diverged: then its rows are zeroed, so that its NaNs
@@ -228,6 +219,14 @@ class Stack:
                 model_scores = scores[index].t()
                 accumulator.add(model_scores, labels, *loss.sum_and_weight(model_scores, labels))
         return [accumulator.result() for accumulator in accumulators]
+
+
+def _descend(param: torch.Tensor, direction: torch.Tensor, rate: torch.Tensor | float) -> None:
+    """param -= rate * direction, each model at its own rate (a (P,) column) or all at one."""
+    if torch.is_tensor(rate):
+        param.addcmul_(direction, rate.view((-1,) + (1,) * (param.dim() - 1)), value=-1.0)
+    else:
+        param.add_(direction, alpha=-rate)
 
 
 def _column(values: list[float], like: torch.Tensor) -> torch.Tensor | float:
