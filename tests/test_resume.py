@@ -72,7 +72,8 @@ class InterruptAt:
 
 def make_config(mnist_root, out: Path, variant: str):
     flags = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": LIMIT, "epochs": EPOCHS, "batch_size": BATCH,
-             "lr": 0.02, "weight_decay": 0.001, "seed": 5, "device": "cpu", "out": str(out), **VARIANTS[variant]}
+             "lr": 0.02, "weight_decay": 0.001, "seed": 5, "device": "cpu", "out": str(out), "refit": False,
+             **VARIANTS[variant]}
     return build_config(None, flags)
 
 

@@ -280,7 +280,8 @@ def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quie
 
 
 def _sweep_summary(result, target, reporter, quiet: bool) -> None:
-    """The points by validation top-1, the choice, and (--quiet) the JSON summary; exit 2 if every point diverged."""
+    """The points by validation loss, the choice and its refit, and (--quiet) the JSON summary; exit 2 if every
+    point diverged."""
     from imgcls.report import sweep_table
 
     reporter.show(sweep_table(result.records, result.best))
@@ -291,9 +292,15 @@ def _sweep_summary(result, target, reporter, quiet: bool) -> None:
     chosen = f"chosen by validation: point {result.best:03d} ({target.best} -> {target.best.resolve().name})"
     reporter.note(f"{chosen}; {count} point{'s' if count != 1 else ''} in {result.seconds:.1f} s; table: "
                   f"{target.table}")
+    summary = {"best_point": result.best, "sweep_dir": str(target.path), "best_run": str(target.best)}
+    if result.refit is not None:
+        refit = result.refit
+        reporter.note(f"refit of point {refit['point']:03d} on all {refit['images']:,} training images for "
+                      f"{refit['epochs']} epoch(s): test top-1 {refit['test']['top1']:.2%}; the sweep's model: "
+                      f"{target.path / refit['run'] / 'best.safetensors'}")
+        summary["refit_run"] = str(target.path / refit["run"])
     if quiet:
-        print(jsontext.dumps({"best_point": result.best, "sweep_dir": str(target.path),
-                              "best_run": str(target.best)}))
+        print(jsontext.dumps(summary))
 
 
 def _after_sweep(best_run: Path, reporter) -> None:
@@ -344,10 +351,10 @@ def lr_find_command(
         distributed.teardown()
     if not is_main:
         return
-    lr_search_figure(search.rows(), search.chosen, figure, search.epochs)
-    reporter.show(lr_search_table(search.rows(), search.chosen), force=True)
-    reporter.note(f"suggested --lr {search.chosen:g} (best validation top-1 after {search.epochs} epoch(s) of each "
-                  f"rate, {search.seconds:.1f} s); figure: {figure}")
+    lr_search_figure(search.rows, figure, search.how)
+    reporter.show(lr_search_table(search.rows), force=True)
+    reporter.note(f"suggested --lr {search.lr:g} --weight-decay {search.weight_decay:.3g} (lowest held-out loss: "
+                  f"{search.how}; {search.seconds:.1f} s); figure: {figure}")
 
 
 def _lr_find_figure(figure: Path | None, out: str | None) -> Path:

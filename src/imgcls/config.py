@@ -125,6 +125,28 @@ def lr_problem(value: float | str, name: str) -> str | None:
     return FINITE(value, name) or POSITIVE(value, name)
 
 
+def decay_problem(value: float | str, name: str) -> str | None:
+    if isinstance(value, str):
+        return None if value == "auto" else f"{name} must be a number or 'auto', not {shown(value)}"
+    return FINITE(value, name) or must(lambda decay: decay >= 0, "0 or more")(value, name)
+
+
+def parse_epochs(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text.strip()  # 'auto', or a mistake that validation names
+
+
+def epochs_problem(value: int | str, name: str) -> str | None:
+    if isinstance(value, str):
+        return None if value == "auto" else f"{name} must be a whole number or 'auto', not {shown(value)}"
+    return None if value >= 1 else f"{name} must be at least 1, not {shown(value)}"
+
+
+AUTO_EPOCHS, AUTO_UPDATES = 100, 10_000  # epochs auto: 100, or more where an epoch is a few updates
+
+
 SEED_RANGE = must(lambda seed: 0 <= seed < 2 ** 32, "in [0, 2^32)")  # torch refuses seeds past 2^64 with a traceback
 POSITIVE = must(lambda value: value > 0, "greater than 0")
 
@@ -171,21 +193,23 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float | str = option("auto", "Learning rate, or 'auto': the best of a short stacked search on the validation "
-                                     "split (imgcls lr-find shows it); the chosen rate is written to config.yaml.",
+    lr: float | str = option("auto", "Learning rate, or 'auto': the lowest held-out loss of a stacked search (5-fold "
+                                     "cross-validation on small data; imgcls lr-find shows it); the chosen rate is "
+                                     "written to config.yaml.",
                              OPTIMIZATION, check=lr_problem, parse=parse_lr)
     batch_size: int | str = option(128, "N, 1 (online SGD), 'full' (gradient descent) or 'auto'.", OPTIMIZATION,
                                    check=batch_size_problem, parse=parse_batch_size)
     momentum: float = option(0.9, "SGD momentum.", OPTIMIZATION, check=must(lambda m: 0 <= m < 1, "in [0, 1)"))
     nesterov: bool = option(False, "Nesterov momentum.", OPTIMIZATION)
-    weight_decay: float = option(0.01, "L2 penalty on W.", OPTIMIZATION,
-                                 check=(FINITE, must(lambda decay: decay >= 0, "0 or more")))
+    weight_decay: float | str = option("auto", "L2 penalty on W, or 'auto': searched with the rate (see --lr); "
+                                               "the chosen value is written to config.yaml.", OPTIMIZATION,
+                                       check=decay_problem, parse=parse_lr)
 
 
 @dataclass
 class ScheduleConfig:
     schedule: str = option("plateau", f"{or_list(SCHEDULES)}; plateau: the rate times --step-gamma after --patience "
-                                      "epochs without a better val top-1, twice, then stop.", OPTIMIZATION,
+                                      "epochs without a lower validation loss, twice, then stop.", OPTIMIZATION,
                            choices=SCHEDULES)
     warmup_epochs: float = option(0.0, "Linear warmup length in epochs.", OPTIMIZATION,
                                   check=(FINITE, must(lambda epochs: 0 <= epochs <= MAX_EPOCHS,
@@ -198,12 +222,15 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = option(100, "Epochs to train (at most, with --patience).", OPTIMIZATION,
-                         check=must(lambda epochs: epochs >= 1, "at least 1"))
-    patience: int | None = option(5, "Stop after N epochs without a better val top-1 (plateau: decay first); "
+    epochs: int | str = option("auto", f"Epochs to train (at most, with --patience); auto: {AUTO_EPOCHS}, or "
+                                       f"enough for {AUTO_UPDATES:,} updates on small data.", OPTIMIZATION,
+                               check=epochs_problem, parse=parse_epochs)
+    patience: int | None = option(5, "Stop after N epochs without a lower validation loss (plateau: decay first); "
                                      "'none': never.",
                                   OPTIMIZATION, check=must(lambda epochs: epochs >= 1, "at least 1 epoch"),
                                   parse=parse_optional_count)
+    refit: bool = option(True, "After choosing (settings, epochs), train again on all training images, validation "
+                               "part included, as scikit-learn's LogisticRegressionCV(refit=True).", OPTIMIZATION)
     seed: int = option(0, "Seed for init, split and order.", RUN, check=SEED_RANGE)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", RUN, check=device_problem)
     precision: str = option("fp32", f"{or_list(PRECISIONS)} (CUDA).", RUN, choices=PRECISIONS)

@@ -31,7 +31,7 @@ from imgcls.data.types import PreparedData
 from imgcls.errors import UserError
 from imgcls.interrupt import StopRequest
 from imgcls.losses import Loss, class_weights
-from imgcls.metrics import Metrics, top_k
+from imgcls.metrics import Metrics, better, pooled, top_k
 from imgcls.model import LinearClassifier
 from imgcls.progress import Progress
 from imgcls.resume import check_same_run, data_fingerprint, restore
@@ -63,6 +63,10 @@ class Model:
     progress: Progress = field(default_factory=Progress)
     diverged: str | None = None  # why, once it has
     sample_mask: torch.Tensor | None = None  # (N,) its weight of each training image: 0 hides one from it
+    heldout: torch.Tensor | None = None  # (N,) booleans: the evaluation images that are its (its fold)
+    group: int | None = None  # models of one group (the folds of one setting) share the pooled held-out metrics
+    last_epoch: int | None = None  # a refit stops after this many epochs, the number its selection chose
+    factors: list[float] | None = None  # a refit's plateau factor of each epoch, as its selection had them
 
     @property
     def update(self) -> int:
@@ -73,10 +77,11 @@ class Model:
         return self.schedule.rate(self.update, self.plateau.factor)
 
     def more_epochs(self) -> bool:
-        return self.diverged is None and self.progress.epoch < self.config.train.epochs and not self.finished_early()
+        epochs = min(self.config.train.epochs, self.last_epoch or self.config.train.epochs)
+        return self.diverged is None and self.progress.epoch < epochs and not self.finished_early()
 
     def finished_early(self) -> bool:
-        """Early stopping: `patience` epochs in a row without a better validation top-1 (with the plateau schedule,
+        """Early stopping: `patience` epochs in a row without a lower validation loss (with the plateau schedule,
         after its last decay)."""
         if self.config.schedule.schedule == "plateau":
             return self.plateau.exhausted
@@ -121,6 +126,7 @@ class Engine:
         self.masks = None if all(m.sample_mask is None for m in models) else torch.stack([
             torch.ones(train_batches.num_images) if m.sample_mask is None else m.sample_mask.float()
             for m in models]).to(device)  # (P, N)
+        self.heldout = None if models[0].heldout is None else torch.stack([m.heldout for m in models]).to(device)
         if self.masks is not None and self.autograd:
             raise UserError("sample masks train with the analytic gradient only; drop --gradient autograd and bf16")
 
@@ -292,11 +298,12 @@ class Engine:
         """Validation for every model at once; each model's epoch recorded, its best kept; then the stack's state,
         written last, so that a crash anywhere here resumes by redoing this epoch's end."""
         active = self.active()
-        metrics = self.stack.evaluate(self.val_batches, self.data.superclass_of)
+        metrics = [None] * len(self.models) if self.val_batches is None else self.pooled(
+            self.stack.evaluate(self.val_batches, self.data.superclass_of, heldout=self.heldout))
         records = {}
         for index in active:
             val = metrics[index]
-            if not math.isfinite(val.loss):
+            if val is not None and not math.isfinite(val.loss):
                 progress = self.models[index].progress
                 self.diverge(index, f"the validation loss became {val.loss} after epoch {progress.epoch + 1}, step "
                                     f"{progress.step}")
@@ -308,22 +315,37 @@ class Engine:
         if self.single and records:
             self.view.epoch_done(*records[0])
 
-    def end_model_epoch(self, index: int, val: Metrics) -> tuple[dict, bool]:
+    def pooled(self, metrics: list[Metrics]) -> list[Metrics]:
+        """Each model's held-out metrics, pooled over its group: the folds of one setting rank and stop as one."""
+        groups: dict[int, list[int]] = {}
+        for index, model in enumerate(self.models):
+            if model.group is not None:
+                groups.setdefault(model.group, []).append(index)
+        for members in groups.values():
+            together = pooled([metrics[index] for index in members])
+            for index in members:
+                metrics[index] = together
+        return metrics
+
+    def end_model_epoch(self, index: int, val: Metrics | None) -> tuple[dict, bool]:
+        """One model's epoch recorded; `val` None: a refit's, with no held-out images (its last epoch is kept)."""
         model = self.models[index]
         progress, run = model.progress, model.run
         train_loss, train_top1, seen = progress.totals()
-        record = {"epoch": progress.epoch + 1, "train_loss": train_loss, "train_top1": train_top1,
-                  "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5, "lr": progress.lr_first,
-                  "lr_last": progress.lr_last, "seconds": progress.seconds,
-                  "images_per_s": seen / max(progress.seconds, 1e-9)}
-        best = progress.best_val
-        improved = best is None or (val.top1, -val.loss) > (best["top1"], -best["loss"])
+        record = {"epoch": progress.epoch + 1, "train_loss": train_loss, "train_top1": train_top1}
+        if val is not None:
+            record.update(val_loss=val.loss, val_top1=val.top1, val_top5=val.top5)
+        record.update(lr=progress.lr_first, lr_last=progress.lr_last, seconds=progress.seconds,
+                      images_per_s=seen / max(progress.seconds, 1e-9))
+        improved = val is None or better(val, progress.best_val)
         progress.history.append(record)
         if improved:
-            progress.best_epoch, progress.best_val = progress.epoch, val.summary()
+            progress.best_epoch, progress.best_val = progress.epoch, None if val is None else val.summary()
         progress.epoch += 1
         progress.start_epoch(self.device)
-        if model.config.schedule.schedule == "plateau":
+        if model.factors is not None:
+            model.plateau.factor = model.factors[min(progress.epoch, len(model.factors) - 1)]
+        elif model.config.schedule.schedule == "plateau":
             model.plateau.epoch_end(improved, model.config.train.patience, model.config.schedule.step_gamma)
         if run is not None and self.writes:
             if improved:

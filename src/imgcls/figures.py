@@ -334,26 +334,33 @@ def _as_numbers(values: list[str]) -> list[float] | None:
         return None
 
 
-def lr_search_figure(rows: list[dict], chosen: float, path: Path, epochs: int) -> Path:
-    """Validation loss and top-1 against the learning rate (log scale), each rate trained for `epochs`; diverged
-    rates are marked on the axis, the chosen one by a line."""
+def lr_search_figure(rows: list[dict], path: Path, how: str) -> Path:
+    """Held-out loss and top-1 against the learning rate (log scale), one line per weight decay; diverged
+    settings are left out, the chosen one is ringed."""
     figure = _figure((10, 4))
     axes = figure.subplots(1, 2)
-    finite = [row for row in rows if row["val_top1"] is not None and not row["diverged"]]
-    for axis, key, label, scale in ((axes[0], "val_loss", "validation loss", 1.0),
-                                    (axes[1], "val_top1", "validation top-1 (%)", 100.0)):
-        axis.plot([row["lr"] for row in finite], [row[key] * scale for row in finite], marker="o")
+    chosen = next((row["lr"], row["weight_decay"]) for row in rows if row["chosen"])
+    first = rows[0]["stage"]  # the stage that tried every setting
+    rows = [dict(row, chosen=(row["lr"], row["weight_decay"]) == chosen) for row in rows if row["stage"] == first]
+    decays = sorted({row["weight_decay"] for row in rows})
+    for axis, key, label, scale in ((axes[0], "val_loss", "held-out loss", 1.0),
+                                    (axes[1], "val_top1", "held-out top-1 (%)", 100.0)):
+        for decay in decays:
+            finite = [row for row in rows if row["weight_decay"] == decay and row[key] is not None
+                      and not row["diverged"]]
+            axis.plot([row["lr"] for row in finite], [row[key] * scale for row in finite], marker="o",
+                      label=f"weight decay {decay:g}")
         for row in rows:
-            if row["diverged"] or row["val_top1"] is None:
-                axis.axvline(row["lr"], color="tab:red", alpha=0.3)
-        axis.axvline(chosen, color="grey", linestyle=":", label=f"chosen {chosen:g}")
+            if row["chosen"] and row[key] is not None:
+                axis.plot([row["lr"]], [row[key] * scale], marker="o", markersize=14, fillstyle="none",
+                          color="black", label="chosen")
         axis.set_xscale("log")
         if key == "val_loss":
             axis.set_yscale("log")  # a diverging rate's loss would flatten the others' into a line
         axis.set_xlabel("learning rate")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(f"learning-rate search: each rate trained {epochs} epoch(s), stacked (red: diverged)")
+    axes[0].legend(fontsize="small")
+    figure.suptitle(f"search, stacked: {how}")
     _save(figure, path)
     return path

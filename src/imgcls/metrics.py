@@ -67,6 +67,27 @@ class Metrics:
         return detail
 
 
+def pooled(folds: list[Metrics]) -> Metrics:
+    """The headline metrics of the folds of a cross-validation as one held-out set: each fold weighs by its
+    images (the per-class figures and confusion are left empty)."""
+    count = sum(fold.count for fold in folds)
+    def mean(key: str) -> float:
+        return sum(getattr(fold, key) * fold.count for fold in folds) / max(count, 1)
+    superclass = None if folds[0].superclass_top1 is None else mean("superclass_top1")
+    return Metrics(mean("loss"), mean("top1"), mean("top5"), folds[0].k, count, superclass_top1=superclass)
+
+
+THRESHOLD = 1e-4  # a relative fall smaller than this is no better (torch's ReduceLROnPlateau's default)
+
+
+def better(val: Metrics | dict, best: dict | None) -> bool:
+    """The choice statistic of every choice imgcls makes on validation (the best epoch, early stopping, the
+    settings of the default search and of a sweep): a lower validation loss. Unlike top-1, it moves with
+    every image's confidence, so a few dozen validation images still rank settings; see docs/selection.md."""
+    loss = val["loss"] if isinstance(val, dict) else val.loss
+    return best is None or loss < best["loss"] * (1 - THRESHOLD)
+
+
 class MetricsAccumulator:
     def __init__(self, num_classes: int, device: torch.device, superclass_of: list[int] | None = None):
         self.num_classes = num_classes

@@ -7,6 +7,8 @@ paths, names in checkpoints) reaches rich as Text, never as markup: "cat [domest
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -51,11 +53,12 @@ def epoch_line(record: dict, improved: bool, k: int | None = None) -> str:
     k: the run's top-k, which names the record's val_top5 (default: the k of the record's own key)."""
     from imgcls.rundir import epoch_topk
 
-    mark = " *" if improved else ""
+    line = f"epoch {record['epoch']:>3}  train {loss_text(record['train_loss'])} {record['train_top1']:.2%}"
+    if "val_loss" not in record:  # a refit's epoch: no held-out images
+        return f"{line}  (refit on all training images)  {record['seconds']:.1f}s"
     named, topk = epoch_topk(record)
-    return (f"epoch {record['epoch']:>3}  train {loss_text(record['train_loss'])} {record['train_top1']:.2%}"
-            f"  val {loss_text(record['val_loss'])} {record['val_top1']:.2%} top-{k or named} {topk:.2%}"
-            f"  {record['seconds']:.1f}s{mark}")
+    return (f"{line}  val {loss_text(record['val_loss'])} {record['val_top1']:.2%} top-{k or named} {topk:.2%}"
+            f"  {record['seconds']:.1f}s{' *' if improved else ''}")
 
 
 def fitted_table(title: str | Text, columns: list[tuple[str, str]], rows: list[list], width: int | None = None,
@@ -282,12 +285,12 @@ class Reporter:
 
 
 def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: int | None = None) -> Table:
-    """The points by validation top-1, best first (test shown, but not used to choose). As wide as the terminal: a
+    """The points by validation loss, best first (test shown, but not used to choose). As wide as the terminal: a
     point's options a line each, never cut inside key=value; columns that do not fit are left out, and named."""
-    ranked = sorted(records, key=lambda r: (r["val_top1"] is None, -(r["val_top1"] or 0.0), r["val_loss"] or 0.0,
-                                            r["point"]))
-    columns = [("rank", "right"), ("point (folder\nand options)", "left"), ("", "left"), ("val top-1", "right"),
-               ("val loss", "right"), ("epochs", "right"), ("test top-1", "right")]
+    ranked = sorted(records, key=lambda r: (r["val_loss"] is None or r["diverged"],
+                                            math.inf if r["val_loss"] is None else r["val_loss"], r["point"]))
+    columns = [("rank", "right"), ("point (folder\nand options)", "left"), ("", "left"), ("val loss", "right"),
+               ("val top-1", "right"), ("epochs", "right"), ("test top-1", "right")]
     rows = []
     for rank, record in enumerate(ranked[:limit], 1):
         mark = "chosen" if record["point"] == best else "diverged" if record["diverged"] else ""
@@ -295,7 +298,7 @@ def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: i
                                                          record["options"].items())]) if record["options"] else \
             f"{record['point']:03d} base"
         loss = "-" if record["val_loss"] is None else loss_text(record["val_loss"])
-        rows.append([str(rank), Text(options), mark, _percent(record["val_top1"]), loss,
+        rows.append([str(rank), Text(options), mark, loss, _percent(record["val_top1"]),
                      f"{record['best_epoch'] or '-'}/{record['epochs_run']}", _percent(record["test_top1"])])
     title = f"sweep: {len(records)} points by validation top-1 (test not used to choose)"
     table = fitted_table(title, columns, rows, width, keep=3, whole="sweep.csv holds them")
@@ -313,11 +316,13 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def lr_search_table(rows: list[dict], chosen: float) -> Table:
-    table = Table(title="learning-rate search (validation)")
-    for column in ("lr", "val loss", "val top-1", ""):
+def lr_search_table(rows: list[dict]) -> Table:
+    """The search's settings, lowest held-out loss first."""
+    table = Table(title="search (held-out loss chooses)")
+    for column in ("lr", "weight decay", "loss", "top-1", "epochs", ""):
         table.add_column(column, justify="left" if not column else "right")
-    for row in rows:
-        mark = "suggested" if row["lr"] == chosen else "diverged" if row["diverged"] else ""
-        table.add_row(f"{row['lr']:g}", _number(row["val_loss"]), _percent(row["val_top1"]), mark)
+    for row in sorted(rows, key=lambda row: (row["val_loss"] is None or row["diverged"], row["val_loss"] or 0)):
+        mark = "chosen" if row["chosen"] else "diverged" if row["diverged"] else ""
+        table.add_row(f"{row['lr']:g}", f"{row['weight_decay']:g}", _number(row["val_loss"]),
+                      _percent(row["val_top1"]), str(row["epochs"] or "-"), mark)
     return table

@@ -3,9 +3,10 @@
     config.yaml        the resolved config; `imgcls train --config RUN/config.yaml` repeats the run (in a new folder)
     epochs.jsonl       one JSON object per epoch (train loss and top-1, validation metrics, rate, time)
     metrics.csv        the same records as a CSV table, one row an epoch, epochs.jsonl's keys as its columns
-    metrics.json       {"val": {...}, "test": {...}} for the best epoch, fractions in [0, 1]
-    best.safetensors   the checkpoint with the best validation top-1
+    metrics.json       {"val": {...}, "test": {...}}: held-out figures of the chosen epoch, test of the kept model
+    best.safetensors   the run's model: the refit on all training images (--no-refit: the best validation epoch)
     last.safetensors   the checkpoint after the last epoch
+    selection.json     what the run chose on held-out images (settings, epochs) before its refit
     diverged.txt       only after training diverged: why (resuming would diverge again)
 
 While a run (or its resumption) is under way, its process holds an advisory lock on .imgcls.lock in the
@@ -38,7 +39,8 @@ from imgcls.files import (
 
 CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
 BEST, LAST = "best.safetensors", "last.safetensors"
-RUN_FILES = (CONFIG, EPOCHS, METRICS, BEST, LAST)
+SELECTION, REFIT = "selection.json", "refit.safetensors"  # what the run chose; the refit's state while under way
+RUN_FILES = (CONFIG, EPOCHS, METRICS, BEST, LAST, SELECTION, REFIT)
 METRICS_CSV = "metrics.csv"  # epochs.jsonl as a table, for a spreadsheet
 DIVERGED = "diverged.txt"
 REPORT_PAGE = "report.html"  # htmlreport.py's page of the run
@@ -68,6 +70,8 @@ class RunDir:
     metrics_csv = _file(METRICS_CSV)
     best = _file(BEST)
     last = _file(LAST)
+    selection = _file(SELECTION)
+    refit = _file(REFIT)
     diverged = _file(DIVERGED)
     curves = _file(CURVES)
     confusion = _file(CONFUSION)
@@ -128,7 +132,8 @@ class RunDir:
         return f"; pass --overwrite to replace it{resume}, or choose another --out"
 
     def resumable(self) -> bool:
-        return self.last.is_file() and not self.metrics.is_file() and not self.diverged.is_file()
+        return (self.last.is_file() or self.selection.is_file()) and not self.metrics.is_file() \
+            and not self.diverged.is_file()
 
     def start(self) -> None:
         """Create the folder, clearing a previous run's files (allowed by for_new_run's check); anything else
@@ -152,9 +157,9 @@ class RunDir:
     @classmethod
     def open_for_resume(cls, path: Path) -> RunDir:
         run = cls(Path(path))
-        if not run.config.is_file() or not run.last.is_file():
-            raise UserError(f"--resume {path}: not a run folder with config.yaml and last.safetensors; pass the --out "
-                            f"folder of an interrupted run")
+        if not run.config.is_file() or not (run.last.is_file() or run.selection.is_file()):
+            raise UserError(f"--resume {path}: not a run folder with config.yaml and last.safetensors (or "
+                            f"selection.json); pass the --out folder of an interrupted run")
         if run.metrics.is_file():
             raise UserError(f"--resume {path}: that run has already finished (metrics.json exists); start a new run")
         if run.diverged.is_file():
@@ -178,6 +183,24 @@ class RunDir:
             history = [topk_named(record, k) for record in history]
         write_text_atomic(self.epochs, "".join(json.dumps(record) + "\n" for record in history))
         write_text_atomic(self.metrics_csv, epochs_csv(history))
+
+    def write_selection(self, chosen: dict) -> None:
+        write_json_atomic(self.selection, chosen)
+
+    def read_selection(self) -> dict | None:
+        """What a run chose before its refit; None before it has chosen. A damaged file is refused in one line."""
+        if not self.selection.is_file():
+            return None
+        try:
+            chosen = json.loads(self.selection.read_text())
+            if not (isinstance(chosen["epochs"], int) and chosen["epochs"] >= 1 and isinstance(chosen["val"], dict)
+                    and isinstance(chosen["how"], str)
+                    and (chosen["factors"] is None or all(isinstance(f, (int, float)) for f in chosen["factors"]))):
+                raise ValueError("a field has the wrong type")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{printable(self.selection)} is damaged ({error}); start the run again with "
+                            f"--overwrite") from None
+        return chosen
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics, metrics)

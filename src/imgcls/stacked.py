@@ -209,15 +209,19 @@ class Stack:
 
     @torch.inference_mode()
     def evaluate(self, batches, superclass_of: list[int] | None = None, weight: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None) -> list[Metrics]:
-        """Every model's metrics on every image of `batches` (the current weights, or the given ones)."""
+                 bias: torch.Tensor | None = None, heldout: torch.Tensor | None = None) -> list[Metrics]:
+        """Every model's metrics on every image of `batches` (the current weights, or the given ones); with
+        `heldout` (P, N) of booleans, each model's on its own rows only (its fold of a cross-validation)."""
         count, classes, _ = self.weight.shape
         accumulators = [MetricsAccumulator(classes, batches.device, superclass_of) for _ in range(count)]
-        for pixels, labels, *_ in batches.epoch():
+        for pixels, labels, _, rows in batches.epoch():
             scores = self.scores(pixels, weight, bias).float()
             for index, (accumulator, loss) in enumerate(zip(accumulators, self.losses)):
-                model_scores = scores[index].t()
-                accumulator.add(model_scores, labels, *loss.sum_and_weight(model_scores, labels))
+                model_scores, model_labels = scores[index].t(), labels
+                if heldout is not None:
+                    mine = heldout[index].index_select(0, rows)
+                    model_scores, model_labels = model_scores[mine], labels[mine]
+                accumulator.add(model_scores, model_labels, *loss.sum_and_weight(model_scores, model_labels))
         return [accumulator.result() for accumulator in accumulators]
 
 

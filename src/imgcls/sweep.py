@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from imgcls import distributed
-from imgcls.config import Config
+from imgcls.config import AUTO_EPOCHS, Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.device import cpu_threads, resolve_device, step_threads
 from imgcls.engine import Engine, Interrupted, Model, Quiet, new_model
@@ -32,10 +32,11 @@ from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.memory import available_memory
 from imgcls.metrics import Metrics, top_k
 from imgcls.resume import config_changes
-from imgcls.sweepdir import SweepDir
-from imgcls.train import prepare_once, resolve_batch_size, stoppable
+from imgcls.sweepdir import REFIT, SweepDir
+from imgcls.selection import DECAYS, rates
+from imgcls.train import prepare_once, refit, resolve_batch_size, resolve_epochs, stoppable, write_refit_metrics
 
-SELECTED_BY = "validation top-1 (ties: the lower validation loss); the test split is reported for every point but " \
+SELECTED_BY = "the lowest validation loss (ties: the earlier point); the test split is reported for every point but " \
               "never used to choose"
 
 
@@ -49,7 +50,9 @@ class Group:
 
     @property
     def epochs(self) -> int:
-        return self.configs[0].train.epochs
+        """At most (the progress bar's length): --epochs auto is resolved with the data, in run_group."""
+        epochs = self.configs[0].train.epochs
+        return AUTO_EPOCHS if epochs == "auto" else epochs
 
 
 @dataclass
@@ -59,6 +62,7 @@ class SweepResult:
     best: int | None  # the chosen point's index; None when every point diverged
     seconds: float = 0.0
     groups: list[Group] = field(default_factory=list)
+    refit: dict | None = None  # the chosen point's refit on all training images: its folder and test figures
 
 
 class SweepInterrupted(Exception):
@@ -71,9 +75,6 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for point in points:
         config = point_config(base, point)
-        if config.optim.lr == "auto":
-            raise UserError("a sweep searches the learning rate itself: give --lr values, e.g. --lr 1e-4:1:9 "
-                            "(imgcls lr-find suggests a range)")
         if config.output.tensorboard:
             raise UserError("a sweep writes no TensorBoard events; drop --tensorboard (compare its points with "
                             "`imgcls compare DIR/points/000 DIR/points/001 ...`)")
@@ -106,12 +107,12 @@ def run_sweep(sweep: SweepDir, groups: list[Group], reporter, shard: distributed
 
 
 def select(records: list[dict]) -> int | None:
-    """The point with the best validation top-1, ties to the lower validation loss, then to the earlier point.
-    Only validation is read; a diverged point is never chosen."""
-    eligible = [r for r in records if not r["diverged"] and r["val_top1"] is not None]
+    """The point with the lowest validation loss (metrics.better's statistic), ties to the earlier point. Only
+    validation is read; a diverged point is never chosen."""
+    eligible = [r for r in records if not r["diverged"] and r["val_loss"] is not None]
     if not eligible:
         return None
-    return max(eligible, key=lambda r: (r["val_top1"], -_finite_or_inf(r["val_loss"]), -r["point"]))["point"]
+    return min(eligible, key=lambda r: (_finite_or_inf(r["val_loss"]), r["point"]))["point"]
 
 
 def _finite_or_inf(value: float | None) -> float:
@@ -131,6 +132,7 @@ def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: t
                                         device, shard.world)
         for point_config_ in group.configs:
             point_config_.train.threads = threads
+            resolve_epochs(point_config_, math.ceil(len(data.train) / batch_size))
         train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard,
                                      augment=config.data.augment)
         models = [new_model(point_config_, data, sweep.point(point.index), len(train_batches), device)
@@ -209,10 +211,43 @@ def point_record(point: Point, group: int, model: Model, val: Metrics | None, te
     return record
 
 
+def refit_best(sweep: SweepDir, result: SweepResult, reporter, shard: distributed.Shard,
+               device: torch.device) -> dict:
+    """The chosen point trained again on every training image for its best epochs, with the rates it had (train.py's
+    refit), in SWEEP/refit: the sweep's model. Resumable, as a run's refit is."""
+    point = sweep.point(result.best)
+    config = Config.from_dict(point.read_config(), str(point.config))  # its resolved epochs and threads
+    run = sweep.refit
+    with cpu_threads(config.train.threads), stop_on_signals() as stop:
+        data = prepare_once(config, shard, stoppable(None, stop))
+        batch_size = resolve_batch_size(config, data, device, Quiet())
+        chosen = run.read_selection()
+        if chosen is None:
+            epochs = next(record["best_epoch"] for record in result.records if record["point"] == result.best)
+            history = point.read_epochs()
+            chosen = {"epochs": epochs, "factors": [r["lr"] / float(config.optim.lr) for r in history][:epochs],
+                      "val": point.read_metrics()["val"], "how": f"the validation split, as point {result.best} of "
+                                                                 f"the sweep"}
+            if shard.is_main:
+                run.start()
+                run.write_config(config.to_dict())
+                run.write_selection(chosen)
+        try:
+            test, _, _ = refit(config, data, batch_size, device, shard, run, stop, reporter, chosen)
+        except Interrupted:
+            raise SweepInterrupted(sweep) from None
+    images = len(data.train) + len(data.val)
+    if shard.is_main:
+        write_refit_metrics(run, data, chosen, test, {}, images)
+    return {"run": REFIT, "point": result.best, "epochs": chosen["epochs"], "images": images, "test": test.summary()}
+
+
 def write_results(result: SweepResult, grid: dict) -> None:
     summary = {"selected_by": SELECTED_BY, "test_used_for_selection": False, "best_point": result.best,
                "grid": {name: [describe(v) for v in values] for name, values in grid.items()},
                "groups": len(result.groups), "seconds": round(result.seconds, 3)}
+    if result.refit is not None:
+        summary["refit"] = result.refit
     if result.best is not None:
         result.sweep.link_best(result.best)
     result.sweep.write_results(result.records, summary)
@@ -229,6 +264,9 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
     singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
     base = build_config(config_file, singles)
     grid = {name: values for name, values in axes.items() if len(values) > 1}
+    for name, values in (("lr", rates(base)), ("weight_decay", DECAYS)):  # 'auto': the default search's values
+        if getattr(base.optim, name) == "auto" and name not in grid:
+            grid[name] = list(values)
     sweep = SweepDir.for_new_sweep(base.output.out, base.data.dataset, overwrite, check)
     base.output.out = None
     return sweep, {"base": base.to_dict(), "grid": grid}
@@ -261,6 +299,8 @@ def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
         if not resume and shard.is_main:
             sweep.remove_if_untrained()
         raise
+    if result.best is not None and groups[0].configs[0].train.refit:
+        result.refit = refit_best(sweep, result, reporter, shard, device)
     if shard.is_main:
         shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
         sweep_figure(result.records, shown_grid, sweep.figure, result.best)

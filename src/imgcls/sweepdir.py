@@ -9,6 +9,8 @@
     sweep.csv      the same records as a table
     sweep.png      validation top-1 over the grid (figures.py)
     best           a link to the chosen point's run folder, which also holds its figures and report.html
+    refit/         the chosen point trained again on all training images for its best epochs (--no-refit: none),
+                   a run folder whose best.safetensors is the sweep's model
 
 While a sweep is under way its process holds the lock on .imgcls.lock here, as a run does in its folder.
 """
@@ -31,8 +33,8 @@ from imgcls.rundir import RunDir
 from imgcls.yamlfile import read_yaml
 
 SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST = "sweep.yaml", "sweep.json", "sweep.csv", "sweep.png", "points", "best"
-RESUME = "resume"
-OWN = (SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST, RESUME)
+RESUME, REFIT = "resume", "refit"
+OWN = (SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST, RESUME, REFIT)
 CSV_COLUMNS = ("point", "group", "best_epoch", "epochs_run", "val_top1", "val_top5", "val_loss", "test_top1",
                "test_top5", "test_loss", "diverged", "seconds")
 
@@ -46,6 +48,7 @@ class SweepDir:
     table = property(lambda self: self.path / TABLE)
     figure = property(lambda self: self.path / FIGURE)
     best = property(lambda self: self.path / BEST)
+    refit = property(lambda self: RunDir(self.path / REFIT))
 
     @classmethod
     def for_new_sweep(cls, out: str | None, dataset: str, overwrite: bool, check: bool = True) -> SweepDir:

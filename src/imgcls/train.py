@@ -1,5 +1,6 @@
-"""`imgcls train` read top to bottom: device and data, the batch size and threads, the learning rate (searched
-with --lr auto), then one model trained by the engine (engine.py, P = 1), and last the test split, once.
+"""`imgcls train` read top to bottom: device and data, the batch size and threads; the search of the settings left
+'auto' (selection.py); the fit on the training part, whose validation split chooses the epochs (skipped where
+cross-validation chose them); the refit on all training images; and last the test split, once.
 
 A run can stop at any moment (Ctrl-C, SIGTERM): the step in flight finishes, the run's last.safetensors is
 written, and `imgcls train --resume RUN_DIR` carries on to the same weights and metrics, bit for bit on the CPU.
@@ -10,23 +11,27 @@ main process writes the run folder.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
 
-from imgcls import distributed
-from imgcls.config import Config
+from imgcls import checkpoint as ckpt
+from imgcls import distributed, selection
+from imgcls.config import AUTO_EPOCHS, AUTO_UPDATES, Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.decode import ProgressCallback
 from imgcls.data.prepare import prepare
+from imgcls.data.registry import SPECS
+from imgcls.data.split import joined
 from imgcls.data.types import PreparedData
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
 from imgcls.engine import Diverged, Engine, Interrupted, new_model  # noqa: F401 (Diverged: the CLI's)
 from imgcls.figures import lr_search_figure
 from imgcls.interrupt import StopRequest, stop_on_signals
-from imgcls.lrsearch import CANDIDATES, LrSearch, search_lr
-from imgcls.metrics import Metrics
+from imgcls.metrics import Metrics, top_k
 from imgcls.rundir import RunDir
+from imgcls.selection import Selection, cross_validates
 
 
 @dataclass
@@ -65,33 +70,190 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
     if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
         config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
                                             len(data.classes), device, shard.world)
-    search = choose_lr(config, data, batch_size, device, shard, reporter, stop, run) \
-        if config.optim.lr == "auto" else None
+        resolve_epochs(config, math.ceil(len(data.train) / batch_size))
+    phases = Phases(config, data, batch_size, device, shard, run, stop, reporter, autocast)
+    chosen = run.read_selection() if resume is not None else None  # a resumed run's choices are made
+    if chosen is None:
+        search = phases.search() if resume is None and needs_search(config, data) else None
+        if search is not None and search.epochs is not None and config.train.refit:
+            chosen = phases.choose(search.epochs, search.factors, search.val, search.how, search.history)
+        else:
+            fit = phases.fit(resume is not None)
+            if not config.train.refit:
+                return fit
+            chosen = phases.choose(fit.best_epoch, _factors(fit.history, config), fit.val.summary(),
+                                   f"the {fit.val.count:,} validation images")
+    return phases.refit(chosen)
 
-    train_batches = make_batches(data, "train", batch_size, device, config.train.seed, shard=shard,
-                                 augment=config.data.augment)
-    val_batches = make_eval_batches(data, "val", device, shard)
-    model = new_model(config, data, run, len(train_batches), device)
-    engine = Engine([model], data, train_batches, val_batches, device, run.last, stop, reporter, shard, autocast)
-    if resume is None:
-        engine.start_runs()
-        if search is not None and shard.is_main:
-            keep_search_figure(search, run, reporter)
-    else:
+
+def needs_search(config: Config, data: PreparedData) -> bool:
+    """The grid runs for a setting left 'auto', and on small data with a refit for its epochs (cross-validated)."""
+    return "auto" in (config.optim.lr, config.optim.weight_decay) or (config.train.refit and cross_validates(data))
+
+
+def resolve_epochs(config: Config, steps_per_epoch: int) -> None:
+    """--epochs auto: AUTO_EPOCHS, or AUTO_UPDATES updates where an epoch is a few (small data converges in
+    updates, not epochs); config.yaml records the number."""
+    if config.train.epochs == "auto":
+        config.train.epochs = max(AUTO_EPOCHS, math.ceil(AUTO_UPDATES / max(steps_per_epoch, 1)))
+
+
+def _factors(history: list[dict], config: Config) -> list[float]:
+    """The plateau schedule's factor of each epoch, which a refit replays (other schedules are closed forms)."""
+    return [record["lr"] / float(config.optim.lr) for record in history]
+
+
+@dataclass
+class Phases:
+    """The stages of a run after its data: the search, the fit on the training part, the refit on all."""
+
+    config: Config
+    data: PreparedData
+    batch_size: int
+    device: torch.device
+    shard: distributed.Shard
+    run: RunDir
+    stop: StopRequest
+    reporter: object
+    autocast: torch.dtype | None
+    seconds: dict = field(default_factory=dict)
+
+    def search(self) -> Selection:
+        """The grid (selection.py): sets the rate and weight decay that config.yaml records, so that
+        `imgcls train --config RUN/config.yaml` repeats the run without searching them again."""
+        config, reporter = self.config, self.reporter
+        reporter.note(f"searching {_grid_words(config)} stacked, by held-out loss ({_held_out_words(self.data)})")
+        try:
+            search = selection.search(config, self.data, self.batch_size, self.device, self.stop, self.shard)
+        except Interrupted:
+            raise RunInterrupted("interrupted during the search of --lr/--weight-decay auto; nothing was written: "
+                                 "run the command again", self.run, False) from None
+        config.optim.lr, config.optim.weight_decay = search.lr, search.weight_decay
+        row = search.chosen_row()
+        top1 = "-" if row["val_top1"] is None else f"{row['val_top1']:.2%}"
+        reporter.note(f"chose lr {search.lr:g}, weight decay {search.weight_decay:.3g} (held-out loss "
+                      f"{row['val_loss']:.4f}, top-1 {top1}; {search.seconds:.1f} s); config.yaml records them")
+        self.seconds["search"] = search.seconds
+        self.search_result = search
+        return search
+
+    def start_run(self) -> None:
+        if self.shard.is_main:
+            self.run.start()
+            self.run.write_config(self.config.to_dict())
+            search = getattr(self, "search_result", None)
+            if search is not None:
+                keep_search_figure(search, self.run, self.reporter)
+
+    def fit(self, resumed: bool) -> RunResult:
+        """One model on the training part, its epochs chosen on the validation split: the whole run with
+        --no-refit; with a refit, where its epochs come from."""
+        config, data, run, device, shard = self.config, self.data, self.run, self.device, self.shard
+        started = time.perf_counter()
+        train_batches = make_batches(data, "train", self.batch_size, device, config.train.seed, shard=shard,
+                                     augment=config.data.augment)
+        val_batches = make_eval_batches(data, "val", device, shard)
+        model = new_model(config, data, run, len(train_batches), device)
+        engine = Engine([model], data, train_batches, val_batches, device, run.last, self.stop, self.reporter,
+                        shard, self.autocast)
+        if not resumed:
+            self.start_run()
+        else:
+            engine.resume()
+            if shard.is_main and run.read_config().get("data", {}).get("data_dir") != config.data.data_dir:
+                run.write_config(config.to_dict())  # the data was moved: the next resume looks where it is now
+            self.reporter.note(f"resuming {run.path} at epoch {model.progress.epoch + 1}, step {model.progress.step}")
+        try:
+            engine.train()
+        except Interrupted as stopped:
+            raise RunInterrupted(str(stopped), run, True) from None
+        if model.finished_early():
+            decayed = " after the last decay of the rate" if config.schedule.schedule == "plateau" else ""
+            self.reporter.note(f"stopped early: no lower validation loss for {config.train.patience} epochs{decayed}")
+        self.seconds["fit"] = time.perf_counter() - started
+        if config.train.refit:
+            return RunResult(run, model.progress.best_epoch + 1, Metrics(**_summary_fields(model.progress.best_val)),
+                             None, train_batches.batch_size, model.progress.history)
+        val, test = engine.finish(make_eval_batches(data, "test", device, shard))[0]
+        return RunResult(run, model.progress.best_epoch + 1, val, test, train_batches.batch_size,
+                         model.progress.history)
+
+    def choose(self, epochs: int, factors: list[float] | None, val: dict, how: str,
+               history: list[dict] | None = None) -> dict:
+        """What the refit will train: selection.json, written before it starts (a resumed refit reads it).
+        `history`: cross-validation's epochs of the chosen setting, which epochs.jsonl then shows."""
+        chosen = {"epochs": epochs, "factors": factors[:epochs] if factors else None, "val": val, "how": how,
+                  "seconds": self.seconds}
+        if not self.run.config.is_file():
+            self.start_run()
+        if self.shard.is_main:
+            if history is not None:
+                self.run.write_epochs(history, k=top_k(len(self.data.classes)))
+            self.run.write_selection(chosen)
+        return chosen
+
+    def refit(self, chosen: dict) -> RunResult:
+        started = time.perf_counter()
+        test, history, batch_size = refit(self.config, self.data, self.batch_size, self.device, self.shard, self.run,
+                                          self.stop, self.reporter, chosen, self.autocast)
+        if self.shard.is_main:
+            seconds = {**chosen.get("seconds", {}), **self.seconds, "refit": time.perf_counter() - started}
+            write_refit_metrics(self.run, self.data, chosen, test, seconds, len(self.data.train) + len(self.data.val))
+        distributed.barrier()
+        return RunResult(self.run, chosen["epochs"], Metrics(**_summary_fields(chosen["val"])), test, batch_size,
+                         history)
+
+
+def refit(config: Config, data: PreparedData, batch_size: int, device: torch.device, shard: distributed.Shard,
+          run: RunDir, stop: StopRequest, view, chosen: dict, autocast: torch.dtype | None = None
+          ) -> tuple[Metrics, list[dict], int]:
+    """The chosen settings for the chosen epochs (selection.json's) on every training image, validation part
+    included, with the rates the choice had epoch by epoch: the run's model, best.safetensors, whose metadata keeps
+    the held-out figures that chose it. Resumable from run.refit, which becomes last.safetensors at the end.
+    Returns its test metrics, its epochs and its batch size."""
+    everything = joined(data)
+    batches = make_batches(everything, "train", batch_size, device, config.train.seed, shard=shard,
+                           augment=config.data.augment)
+    model = new_model(config, everything, None, len(batches), device)
+    model.last_epoch, model.factors = chosen["epochs"], chosen["factors"]
+    if model.factors:
+        model.plateau.factor = model.factors[0]
+    view.note(f"refit: {chosen['epochs']} epoch(s) on all {len(everything.train):,} training images (epochs and "
+              f"settings chosen on {chosen['how']})")
+    engine = Engine([model], everything, batches, None, device, run.refit, stop, view, shard, autocast)
+    if run.refit.is_file():
         engine.resume()
-        if shard.is_main and run.read_config().get("data", {}).get("data_dir") != config.data.data_dir:
-            run.write_config(config.to_dict())  # the data was moved: the next resume looks where it is now
-        reporter.note(f"resuming {run.path} at epoch {model.progress.epoch + 1}, step {model.progress.step}")
     try:
         engine.train()
     except Interrupted as stopped:
         raise RunInterrupted(str(stopped), run, True) from None
+    test = engine.stack.evaluate(make_eval_batches(data, "test", device, shard), data.superclass_of)[0]
+    if shard.is_main:
+        checkpoint = engine.checkpoint(0)
+        checkpoint.meta["val"] = chosen["val"]
+        ckpt.save(run.best, checkpoint)
+        run.refit.replace(run.last)
+    distributed.barrier()
+    return test, model.progress.history, batches.batch_size
 
-    if model.finished_early():
-        decayed = " after the last decay of the rate" if config.schedule.schedule == "plateau" else ""
-        reporter.note(f"stopped early: no better validation top-1 for {config.train.patience} epochs{decayed}")
-    val, test = engine.finish(make_eval_batches(data, "test", device, shard))[0]
-    return RunResult(run, model.progress.best_epoch + 1, val, test, train_batches.batch_size, model.progress.history)
+
+def _summary_fields(summary: dict) -> dict:
+    """A Metrics of the headline numbers of a summary (metrics.json's val)."""
+    k = summary.get("k", 5)
+    return {"loss": summary["loss"], "top1": summary["top1"], "top5": summary.get(f"top{k}", summary["top1"]),
+            "k": k, "count": summary.get("count", 0), "superclass_top1": summary.get("superclass_top1")}
+
+
+def write_refit_metrics(run: RunDir, data: PreparedData, chosen: dict, test: Metrics, seconds: dict,
+                        images: int) -> None:
+    metrics = {"best_epoch": chosen["epochs"], "val": chosen["val"], "test": test.summary(),
+               "test_detail": test.detail(), "classes": data.classes,
+               "refit": {"images": images, "epochs": chosen["epochs"], "chosen_on": chosen["how"]},
+               "seconds": seconds}
+    superclasses = SPECS[data.dataset].superclass_names()
+    if superclasses:
+        metrics["superclasses"] = superclasses
+    run.write_metrics(metrics)
 
 
 def stoppable(progress: ProgressCallback | None, stop: StopRequest) -> ProgressCallback:
@@ -112,38 +274,31 @@ def _stop_between_phases(stop: StopRequest, device: torch.device, run: RunDir, w
         raise RunInterrupted(f"interrupted {when}; {kept}", run, resumed)
 
 
-def choose_lr(config: Config, data: PreparedData, batch_size: int, device: torch.device, shard: distributed.Shard,
-              reporter, stop: StopRequest, run: RunDir) -> LrSearch:
-    """--lr auto: the short stacked search on the validation split (lrsearch.py) sets the rate that config.yaml
-    records, so `imgcls train --config RUN/config.yaml` repeats the run without searching again."""
-    reporter.note(f"--lr auto: training {len(CANDIDATES)} rates from {min(CANDIDATES):g} to {max(CANDIDATES):g} "
-                  f"stacked, to pick one by validation top-1")
-    try:
-        search = search_lr(config, data, batch_size, device, stop, shard)
-    except Interrupted:
-        raise RunInterrupted("interrupted during the learning-rate search (--lr auto); nothing was written: run "
-                             "the command again", run, False) from None
-    config.optim.lr = search.chosen
-    reporter.note(f"--lr auto chose {search.chosen:g} (validation top-1 {_chosen_top1(search)} after "
-                  f"{search.epochs} epoch(s), {search.seconds:.1f} s); config.yaml records it")
-    return search
-
-
-def keep_search_figure(search: LrSearch, run: RunDir, reporter) -> None:
+def keep_search_figure(search: Selection, run: RunDir, reporter) -> None:
     """The search's figure in the run folder, as lr-find draws it; like the run's other figures, a failure is a
     warning, never the run's end."""
     try:
-        lr_search_figure(search.rows(), search.chosen, run.lr_search, search.epochs)
+        lr_search_figure(search.rows, run.lr_search, search.how)
     except Exception as error:  # noqa: BLE001 (a figure must not stop the training it describes)
         reporter.note(f"warning: could not draw {run.lr_search} ({type(error).__name__}: {error})")
 
 
-def _chosen_top1(search: LrSearch) -> str:
-    top1 = search.val_top1[search.lrs.index(search.chosen)]
-    return "-" if top1 is None else f"{top1:.2%}"
+def _grid_words(config: Config) -> str:
+    rates, decays = selection.rates(config), sorted({decay for _, decay in selection.grid(config)})
+    return (f"{len(rates) * len(decays)} settings (lr {_span(rates)} x weight decay {_span(decays)})")
 
 
-def find_lr(config: Config, reporter) -> LrSearch:
+def _span(values) -> str:
+    return f"{min(values):g}" if len(values) == 1 else f"{min(values):g} to {max(values):g}"
+
+
+def _held_out_words(data: PreparedData) -> str:
+    if cross_validates(data):
+        return f"{selection.FOLDS}-fold cross-validation of all {len(data.train) + len(data.val):,} images"
+    return f"at most {selection.SEARCH_IMAGES:,} training images, on the validation split"
+
+
+def find_lr(config: Config, reporter) -> Selection:
     """`imgcls lr-find`: the data as `imgcls train` would load it, then the search alone."""
     with cpu_threads(config.train.threads), stop_on_signals() as stop:
         shard, device = distributed.setup(resolve_device(config.train.device))
@@ -151,12 +306,13 @@ def find_lr(config: Config, reporter) -> LrSearch:
             data = prepare_once(config, shard, stoppable(decoding_progress, stop))
         reporter.data_ready(data)
         batch_size = resolve_batch_size(config, data, device, reporter)
-        step_threads(config.train.threads, batch_size, math.prod(data.shape), len(data.classes) * len(CANDIDATES),
-                     device, shard.world)
+        step_threads(config.train.threads, batch_size, math.prod(data.shape),
+                     len(data.classes) * len(selection.grid(config)), device, shard.world)
+        resolve_epochs(config, math.ceil(len(data.train) / batch_size))
         try:
-            return search_lr(config, data, batch_size, device, stop, shard)
+            return selection.search(config, data, batch_size, device, stop, shard)
         except Interrupted:
-            raise Interrupted("interrupted during the learning-rate search; nothing was written") from None
+            raise Interrupted("interrupted during the search; nothing was written") from None
 
 
 def prepare_once(config: Config, shard: distributed.Shard, progress: ProgressCallback | None = None) -> PreparedData:

@@ -67,9 +67,10 @@ class Batches:
 
     def __init__(self, data: LabelledImages, normalization: Normalization, batch_size: int, device: torch.device,
                  seed: int = 0, shuffle: bool = True, shard: Shard = Shard(), augment: Augmentation | None = None):
+        self.first_row = 0  # evaluation batches: the row of the split this process's part starts at
         if not shuffle:
             part = shard.part(len(data))
-            data = LabelledImages(data.images[part], data.labels[part])
+            data, self.first_row = LabelledImages(data.images[part], data.labels[part]), part.start
         self.device = device
         self.image_shape = tuple(data.images.shape[1:])  # the rows below are flattened; augmenting needs (C, H, W)
         self.images = place_images(data.images, device).flatten(1)
@@ -110,7 +111,9 @@ class Batches:
     def _in_order(self, start_step: int) -> Iterator[Batch]:
         for step in range(start_step, len(self)):
             rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
-            yield Batch(self.normalize(self.images[rows]), self.labels[rows], self.labels[rows])
+            numbers = torch.arange(rows.start, rows.start + len(self.labels[rows]), device=self.labels.device)
+            yield Batch(self.normalize(self.images[rows]), self.labels[rows], self.labels[rows],
+                        numbers + self.first_row)
 
     def _shuffled(self, epoch: int) -> Callable[[int], Batch]:
         """The batch of each step of epoch `epoch`, as a function of the step (any thread may call it)."""

@@ -6,8 +6,11 @@ to choose anything.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from imgcls.data.types import LabelledImages
 from imgcls.errors import UserError, shown
 
 
@@ -114,3 +117,38 @@ def check_labels(name: str, classes: list, splits: dict[str, torch.Tensor], wher
             raise UserError(f"{name}: the {split} split has the label {label} ({shown(classes[label])}) in {where}, "
                             f"which no training {unit[:-1]} has; a model cannot learn a class it has no examples of: "
                             f"add training {unit} of it, or drop those rows")
+
+
+def folds(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Each image's fold, 0 .. count-1, for a stratified cross-validation: every class's images, in a seeded
+    order, dealt to the folds in turn, so that each fold holds its share of every class."""
+    generator = torch.Generator().manual_seed(seed)
+    fold = torch.empty(len(labels), dtype=torch.int64)
+    for label in labels.unique():
+        members = (labels == label).nonzero().squeeze(1)
+        fold[members[torch.randperm(len(members), generator=generator)]] = torch.arange(len(members)) % count
+    return fold
+
+
+def with_training(data, train):
+    """The data with `train` as its training split and no validation images (what a cross-validation and a
+    refit train on: they hold their own images out, or none)."""
+    empty = LabelledImages(torch.empty((0, *data.shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+    return dataclasses.replace(data, train=train, val=empty)
+
+
+def joined(data):
+    """The training and validation images as one training split: what a refit trains on, after the choices."""
+    train, val = data.train, data.val
+    if hasattr(train, "listing"):  # --stream: files still to decode, listed in one listing
+        return with_training(data, dataclasses.replace(train, index=torch.cat([train.index, val.index])))
+    return with_training(data, LabelledImages(torch.cat([train.images, val.images]),
+                                              torch.cat([train.labels, val.labels])))
+
+
+def subset(data, rows: torch.Tensor):
+    """The data with these rows of its training split as the training split (the search's on large data)."""
+    train = data.train
+    if hasattr(train, "listing"):
+        return dataclasses.replace(data, train=train.subset(rows))
+    return dataclasses.replace(data, train=LabelledImages(train.images[rows], train.labels[rows]))

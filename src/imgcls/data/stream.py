@@ -149,8 +149,7 @@ class StreamingBatches:
             if draws is not None:
                 pixels = self._augmented(pixels, draws, step, len(rows))
             rows = rows.to(self.device)
-            yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows],
-                        rows if self.shuffle else None)
+            yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows], rows)
 
     def _augmented(self, pixels: torch.Tensor, draws, step: int, global_size: int) -> torch.Tensor:
         """This process's part of global batch `step`, augmented with its positions' draws. An image skipped as

@@ -79,7 +79,7 @@ class Batch(NamedTuple):
     pixels: torch.Tensor  # normalized float (b, C*H*W): this process's part of the batch
     labels: torch.Tensor  # (b,)
     batch_labels: torch.Tensor  # the labels of the whole global batch, for averaging the loss over it
-    rows: torch.Tensor | None = None  # training batches: the whole global batch's rows of the training set
+    rows: torch.Tensor | None = None  # the split's rows: the whole global batch's (training), this part's (evaluation)
 
 
 class BatchSource(Protocol):
