@@ -86,9 +86,10 @@ TINY_CIFAR_EPOCHS = 3
 
 
 def train_tiny_cifar(cli, data_dir, out, *extra, epochs: int = TINY_CIFAR_EPOCHS):
-    """`imgcls train` on a tiny CIFAR-10 folder with the settings the tests share."""
+    """`imgcls train` on a tiny CIFAR-10 folder with the settings the tests share: one run on its training part,
+    its best validation epoch kept (--no-refit; test_selection.py holds the default's search and refit)."""
     return cli("train", "--dataset", "cifar10", "--data-dir", data_dir, "--epochs", epochs, "--batch-size", 32,
-               "--lr", 0.005, "--device", "cpu", "--out", out, *extra)
+               "--lr", 0.005, "--weight-decay", 0.01, "--no-refit", "--device", "cpu", "--out", out, *extra)
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +109,8 @@ def mnist_run(cli, mnist_root, tmp_path_factory):
     """One finished run on 600 MNIST images, (run folder, CLI result), shared by the modules that only read it."""
     out = tmp_path_factory.mktemp("runs") / "mnist"
     result = cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 600, "--epochs", MNIST_EPOCHS,
-                 "--momentum", 0.5, "--lr", 0.05, "--batch-size", 32, "--seed", 3, "--device", "cpu", "--out", out,
-                 "--quiet")
+                 "--momentum", 0.5, "--lr", 0.05, "--weight-decay", 0.01, "--no-refit", "--batch-size", 32, "--seed", 3,
+                 "--device", "cpu", "--out", out, "--quiet")
     assert result.exit_code == 0, plain(result.output)
     return out, result
 
@@ -157,9 +158,9 @@ TWO_SHAPES = {"train": {"circle": [(8, 8)] * 6, "square": [(8, 8)] * 6}, "test":
 
 
 def train_image_folder(cli, root, out, *extra):
-    """`imgcls train` on an image folder for one epoch, in batches of 4, on the CPU."""
+    """`imgcls train` on an image folder for one epoch, in batches of 4, on the CPU, on its training part."""
     return cli("train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--batch-size", 4,
-               "--device", "cpu", "--out", out, *extra)
+               "--weight-decay", 0.01, "--no-refit", "--device", "cpu", "--out", out, *extra)
 
 
 @pytest.fixture(scope="session")

@@ -241,7 +241,8 @@ def test_streamed_batches_are_augmented_as_the_batches_in_memory(tmp_path, fresh
 
 def augmented_config(mnist_root, out, augment: str | None):
     flags = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": LIMIT, "epochs": 2, "batch_size": BATCH,
-             "lr": 0.02, "weight_decay": 0.001, "seed": 5, "device": "cpu", "out": str(out), "augment": augment}
+             "lr": 0.02, "weight_decay": 0.001, "seed": 5, "device": "cpu", "out": str(out), "augment": augment,
+             "refit": False}
     return build_config(None, flags)
 
 

@@ -262,19 +262,19 @@ def test_train_config_of_a_run_repeats_it_in_a_new_folder(cli, tiny_cifar_sessio
 
 
 def test_best_checkpoint_is_the_best_epoch_and_patience_stops(cli, tiny_cifar_session, tmp_path, assert_ok):
-    """A rate high enough that validation top-1 peaks early: best.safetensors must be that epoch, not the last."""
+    """A rate high enough that the validation loss bottoms out early: best.safetensors must be that epoch."""
     out = tmp_path / "run"
     assert_ok(cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", 8, "--batch-size", 32,
-                  "--lr", 0.05, "--schedule", "constant", "--weight-decay", 0, "--patience", 2, "--device", "cpu", "--out", out, "--quiet",
-                  "--init", "default"))  # the rate was chosen for nn.Linear's init
+                  "--lr", 0.05, "--schedule", "constant", "--weight-decay", 0, "--patience", 2, "--no-refit",
+                  "--device", "cpu", "--out", out, "--quiet", "--init", "default"))  # the rate suits nn.Linear's init
     _, epochs, metrics = read_run(out)
     best = metrics["best_epoch"]
-    rule = max(epochs, key=lambda e: (e["val_top1"], -e["val_loss"]))  # first of equals wins, as in training
+    rule = min(epochs, key=lambda e: e["val_loss"])  # the lowest validation loss; first of equals wins
     assert best == rule["epoch"]
     assert best < len(epochs), "precondition: this run's best epoch should not be its last; change --lr"
-    # stopped early: exactly `patience` epochs without a better val top-1 after the best
+    # stopped early: exactly `patience` epochs without a lower validation loss after the best
     assert len(epochs) == best + 2 < 8
-    assert all((e["val_top1"], -e["val_loss"]) <= (rule["val_top1"], -rule["val_loss"]) for e in epochs[best:])
+    assert all(e["val_loss"] >= rule["val_loss"] * (1 - 1e-4) for e in epochs[best:])
     result = cli("eval", out / "best.safetensors", "--split", "val", "--device", "cpu", "--json")
     assert result.exit_code == 0, plain(result.output)
     assert json.loads(result.stdout)["val"]["top1"] == pytest.approx(epochs[best - 1]["val_top1"], abs=1e-9)

@@ -26,9 +26,10 @@ def test_defaults_without_file_or_flags():
     config = build_config(None, {})
     assert config == Config()
     assert config.data.dataset == "cifar10-sample"
-    # no tuning flags: the rate is searched (--lr auto), and early stopping ends the run within a cap
-    assert config.optim.lr == "auto" and config.optim.batch_size == 128
-    assert config.train.epochs == 100 and config.train.patience == 5 and config.schedule.schedule == "plateau"
+    # no tuning flags: the rate and decay are searched, early stopping ends the run within a cap, then a refit
+    assert config.optim.lr == "auto" and config.optim.weight_decay == "auto" and config.optim.batch_size == 128
+    assert config.train.epochs == "auto" and config.train.patience == 5 and config.schedule.schedule == "plateau"
+    assert config.train.refit is True
 
 
 def test_file_values_override_defaults(tmp_path):
@@ -71,7 +72,7 @@ def test_int_is_accepted_for_float(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, value, words", [
-    ("optim", "weight_decay", "fast", ["optim.weight_decay", "float", "fast"]),
+    ("optim", "weight_decay", "fast", ["optim.weight_decay", "a number", "'auto'", "fast"]),
     ("optim", "lr", "fast", ["optim.lr", "a number", "'auto'", "fast"]),
     ("train", "epochs", 2.5, ["train.epochs", "int"]),
     ("optim", "nesterov", "yes please", ["optim.nesterov", "bool"]),
@@ -363,7 +364,7 @@ def test_from_dict_checks_types_and_rules_and_names_its_source():
     with pytest.raises(UserError, match="unknown config key 'optim.lookahead' in the checkpoint"):
         Config.from_dict(later, "the checkpoint")
     assert Config.from_dict(later, "the checkpoint", strict=False).optim.lr == 0.5
-    with pytest.raises(UserError, match="config key 'optim.weight_decay' must be float"):
+    with pytest.raises(UserError, match="optim.weight_decay in the checkpoint must be a number or 'auto'"):
         Config.from_dict({"optim": {"weight_decay": "fast"}}, "the checkpoint", strict=False)
     with pytest.raises(UserError, match="the checkpoint must be a mapping of sections"):
         Config.from_dict([1, 2], "the checkpoint")
@@ -491,9 +492,9 @@ def test_bad_flags_are_user_errors(cli, args, words, assert_user_error, tmp_path
 @pytest.mark.parametrize("content, words", [
     ({"optim": {"lrate": 0.1}}, ["unknown config key 'optim.lrate'", "did you mean 'lr'"]),
     ({"optimizer": {"lr": 0.1}}, ["unknown config section 'optimizer'", "did you mean 'optim'"]),
-    ({"optim": {"weight_decay": "fast"}}, ["optim.weight_decay", "float", "fast"]),
+    ({"optim": {"weight_decay": "fast"}}, ["optim.weight_decay", "'auto'", "fast"]),
     ({"optim": {"lr": "fast"}}, ["optim.lr", "'auto'", "fast"]),
-    ({"train": {"epochs": "ten"}}, ["train.epochs", "int"]),
+    ({"train": {"epochs": "ten"}}, ["train.epochs", "whole number", "'auto'", "ten"]),
 ])
 def test_bad_config_files_are_user_errors(cli, tmp_path, content, words, assert_user_error):
     path = tmp_path / "bad.yaml"

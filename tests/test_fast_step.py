@@ -267,11 +267,15 @@ def test_a_model_s_sample_mask_gives_the_gradient_of_the_samples_it_sees(name, w
     pixels, labels = torch.randn(30, 12), torch.randint(0, 4, (30,))
     loss = Loss(name, torch.tensor([1.0, 2.0, 0.5, 1.5]) if weighted else None)
     start = LinearClassifier((1, 3, 4), 4, init="normal", init_std=0.3)
-    config = OptimConfig(lr=0.1)
+    config = OptimConfig(lr=0.1, weight_decay=0.01)
     masks = torch.stack([torch.ones(30), (torch.arange(30) % 3 != 0).float(), torch.zeros(30)])
     stack = stack_of([start] * 3, [loss] * 3, [config] * 3)
     found, stats = stack.gradient(pixels, labels, labels, (masks, masks))
     found = found.products()
+    by_autograd, autograd_stats = stack.autograd_gradient(pixels, labels, labels, masks=(masks, masks))
+    assert torch.allclose(by_autograd.weight, found.weight, atol=1e-6)  # --gradient autograd sees what it sees
+    assert torch.allclose(autograd_stats.loss_sum, stats.loss_sum, rtol=1e-5)
+    assert torch.equal(autograd_stats.correct, stats.correct)
     for index in range(2):
         seen = masks[index].bool()
         alone = stack_of([start], [loss], [config])
@@ -297,8 +301,8 @@ def test_masked_models_of_one_stack_train_as_each_alone():
     from imgcls.interrupt import StopRequest
 
     cpu = torch.device("cpu")
-    config = build_config(None, {"limit": 300, "epochs": 2, "lr": 0.05, "batch_size": 32, "device": "cpu",
-                                 "schedule": "cosine"})
+    config = build_config(None, {"limit": 300, "epochs": 2, "lr": 0.05, "weight_decay": 0.01, "batch_size": 32,
+                                 "device": "cpu", "schedule": "cosine"})
     data = prepare(config.data, config.train.seed)
     batches = make_batches(data, "train", 32, cpu, config.train.seed)
     folds = [torch.arange(len(data.train)) % 2 == fold for fold in (0, 1)]

@@ -26,7 +26,7 @@ def blobs(n: int, width: int, seed: int, dtype=np.float64, offset=500.0, spread=
 
 def train(cli, data, out, *extra):
     result = cli("train", "--dataset", "features", "--data-dir", data, "--epochs", 4, "--batch-size", 32,
-                 "--lr", 0.05, "--device", "cpu", "--out", out, "--quiet", *extra)
+                 "--lr", 0.05, "--weight-decay", 0.01, "--no-refit", "--device", "cpu", "--out", out, "--quiet", *extra)
     assert result.exit_code == 0, plain(result.output)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -162,7 +162,7 @@ def test_every_config_field_is_a_flag_of_train_with_its_help_and_default(cli, mo
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["train", "--epochs", "abc"], ["--epochs", "imgcls train --help"]),
+    (["train", "--seed", "abc"], ["--seed", "imgcls train --help"]),
     (["train", "--nosuch", "1"], ["--nosuch"]),
     (["trian"], ["Did you mean 'train'"]),
     (["train", "--epochs"], ["--epochs", "requires an argument"]),

@@ -36,7 +36,8 @@ SHAPE = (3, 4, 5)
 TRAIN_COUNTS = {"ant": 7, "bee": 5, "cat": 4}  # minus one validation image each: 13 training images
 TRAIN_IMAGES = 13
 TINY_RUN = {"dataset": "imagefolder", "epochs": 3, "batch_size": "full", "lr": 0.5, "momentum": 0.0,
-            "weight_decay": 0.0, "schedule": "constant", "init": "normal", "init_std": 0.1, "device": "cpu"}
+            "weight_decay": 0.0, "schedule": "constant", "init": "normal", "init_std": 0.1, "device": "cpu",
+            "refit": False}  # the run on the training part, whose every epoch these promises read
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def test_a_stop_is_obeyed_when_every_epoch_is_one_batch(mnist_root, tmp_path):
     def config(folder: Path):
         return build_config(None, {"dataset": "mnist", "data_dir": str(mnist_root), "limit": LIMIT, "epochs": EPOCHS,
                                    "batch_size": "full", "lr": 0.5, "momentum": 0.9, "seed": 5, "device": "cpu",
-                                   "out": str(folder)})
+                                   "weight_decay": 0.01, "refit": False, "out": str(folder)})
 
     train(config(whole), Reporter(quiet=True))
     with pytest.raises(Interrupted), InterruptAt(0, 1, signal.SIGTERM):
@@ -234,7 +234,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_epoch_stays_whole(mnist_root
 
 def cli_train(cli, mnist_root, out, *extra):
     return cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", LIMIT, "--epochs", EPOCHS,
-               "--batch-size", BATCH, "--lr", 0.02, "--seed", 5, "--device", "cpu", "--out", out, "--quiet", *extra)
+               "--batch-size", BATCH, "--lr", 0.02, "--weight-decay", 0.01, "--no-refit", "--seed", 5, "--device", "cpu",
+               "--out", out, "--quiet", *extra)
 
 
 @pytest.fixture
@@ -328,7 +329,7 @@ def test_divergence_after_good_epochs_keeps_their_checkpoints(cli, mnist_root, t
     error = assert_user_error(
         cli("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", LIMIT, "--epochs", 40,
             "--batch-size", "full", "--loss", "mse", "--schedule", "constant", "--momentum", 0, "--weight-decay", 0,
-            "--lr", 8, "--patience", "none", "--device", "cpu", "--out", out, "--quiet"),
+            "--lr", 8, "--patience", "none", "--no-refit", "--device", "cpu", "--out", out, "--quiet"),
         "loss became", "step 1", "lower --lr")
     failed_epoch = int(error.split("epoch ")[1].split(",")[0])
     assert failed_epoch > 2, error
@@ -347,8 +348,10 @@ def test_sigterm_to_a_real_process_then_resume(cli, mnist_root, tmp_path, assert
     """SIGTERM once the first epoch is written: exit 130 with the command to resume; the resumed run ends with
     the weights of the same run uninterrupted."""
     flags = {"dataset": "mnist", "data_dir": str(mnist_root), "limit": 1000, "epochs": 5, "batch_size": 1,
-             "lr": 0.002, "momentum": 0.5, "seed": 2, "device": "cpu"}  # 900 steps an epoch: about 0.4 s
-    args = [str(part) for name, value in flags.items() for part in (f"--{name.replace('_', '-')}", value)]
+             "lr": 0.002, "weight_decay": 0.01, "momentum": 0.5, "seed": 2, "device": "cpu",
+             "refit": False}  # 900 steps an epoch: about 0.4 s
+    args = [str(part) for name, value in flags.items() if name != "refit"
+            for part in (f"--{name.replace('_', '-')}", value)] + ["--no-refit"]
     out = tmp_path / "killed"
     process = start_python("-m", "imgcls", "train", *args, "--out", out)
     deadline = time.monotonic() + 120
@@ -441,7 +444,7 @@ def test_resume_refuses_changed_data_and_follows_moved_data(cli, image_folder, t
     root = image_folder(tmp_path / "data", {split: {name: [(8, 8)] * count for name in ("a", "b", "c")}
                                             for split, count in (("train", 12), ("test", 4))})
     flags = {"dataset": "imagefolder", "data_dir": str(root), "epochs": 2, "batch_size": 4, "lr": 0.05,
-             "momentum": 0.9, "seed": 3, "device": "cpu"}
+             "weight_decay": 0.01, "momentum": 0.9, "seed": 3, "device": "cpu", "refit": False}
     train(build_config(None, {**flags, "out": str(tmp_path / "whole")}), Reporter(quiet=True))
     out = tmp_path / "run"
     with pytest.raises(Interrupted), InterruptAt(0, 3):
@@ -552,7 +555,8 @@ def test_a_signal_while_the_command_starts_ends_it_with_one_message(signum, mnis
     for delay in (0.1, 0.5, 1.0, 1.6):
         out = tmp_path / f"run{delay}"
         process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit",
-                               3000, "--epochs", 3, "--batch-size", 1, "--lr", 0.01, "--device", "cpu", "--out", out)
+                               3000, "--epochs", 3, "--batch-size", 1, "--lr", 0.01, "--weight-decay", 0.01,
+                               "--no-refit", "--device", "cpu", "--out", out)
         time.sleep(delay)  # online SGD: 8,100 steps, still training at the last of these moments
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=120)
@@ -567,7 +571,8 @@ def test_a_signal_after_the_last_epoch_leaves_a_finished_run_and_says_how_to_dra
     (metrics.json), the figures wait for `imgcls report`, exit 130 with that said."""
     out = tmp_path / "run"
     process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 3000,
-                           "--epochs", 1, "--lr", 0.01, "--device", "cpu", "--out", out)
+                           "--epochs", 1, "--lr", 0.01, "--weight-decay", 0.01, "--no-refit", "--device", "cpu",
+                           "--out", out)
     lines = []
     for line in process.stderr:
         lines.append(line)

@@ -85,13 +85,13 @@ def test_given_values_are_fixed_and_the_rest_searched():
 
 
 def test_on_larger_data_the_search_takes_a_subset_and_scales_the_decay_to_the_run(monkeypatch):
-    """C = 1 / (wd * n): a decay chosen on n_s images becomes wd * n_s / n on the run's n training images."""
+    """A decay chosen on n_s images becomes wd * sqrt(n_s / n) on the run's n training images."""
     monkeypatch.setattr(selection, "CV_COST", 100)
     monkeypatch.setattr(selection, "SEARCH_IMAGES", 200)
     search, data = search_of()
     assert search.epochs is None and search.val is None, "the run's validation split chooses the epochs"
     chosen = next(row for row in search.rows if row["chosen"])
-    assert search.weight_decay == pytest.approx(chosen["weight_decay"] * 200 / len(data.train))
+    assert search.weight_decay == pytest.approx(chosen["weight_decay"] * (200 / len(data.train)) ** 0.5)
     assert "200 training images" in search.how and f"{len(data.val)} validation images" in search.how
 
 

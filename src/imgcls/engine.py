@@ -127,8 +127,6 @@ class Engine:
             torch.ones(train_batches.num_images) if m.sample_mask is None else m.sample_mask.float()
             for m in models]).to(device)  # (P, N)
         self.heldout = None if models[0].heldout is None else torch.stack([m.heldout for m in models]).to(device)
-        if self.masks is not None and self.autograd:
-            raise UserError("sample masks train with the analytic gradient only; drop --gradient autograd and bf16")
 
     @property
     def single(self) -> bool:
@@ -244,8 +242,8 @@ class Engine:
         """One SGD update of every model: the gradient of this process's part of the batch, summed over the
         processes of a torchrun world, then the update rule at each model's rate."""
         stack = self.stack
-        gradient, stats = (stack.autograd_gradient(pixels, labels, batch_labels, self.autocast) if self.autograd
-                           else stack.gradient(pixels, labels, batch_labels, masks))
+        gradient, stats = (stack.autograd_gradient(pixels, labels, batch_labels, self.autocast, masks)
+                           if self.autograd else stack.gradient(pixels, labels, batch_labels, masks))
         if self.shard.world > 1:
             gradient = gradient.products()
             distributed.sum_across(gradient.weight, gradient.bias)

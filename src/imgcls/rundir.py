@@ -40,7 +40,8 @@ from imgcls.files import (
 CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
 BEST, LAST = "best.safetensors", "last.safetensors"
 SELECTION, REFIT = "selection.json", "refit.safetensors"  # what the run chose; the refit's state while under way
-RUN_FILES = (CONFIG, EPOCHS, METRICS, BEST, LAST, SELECTION, REFIT)
+RUN_FILES = (CONFIG, EPOCHS, METRICS, BEST, LAST)
+REFIT_FILES = (SELECTION, REFIT)
 METRICS_CSV = "metrics.csv"  # epochs.jsonl as a table, for a spreadsheet
 DIVERGED = "diverged.txt"
 REPORT_PAGE = "report.html"  # htmlreport.py's page of the run
@@ -50,7 +51,7 @@ FIGURE_FILES = (CURVES, CONFUSION, TEMPLATES)
 TENSORBOARD = "tensorboard"  # --tensorboard's event files (tboard.py)
 # What a run folder may hold that imgcls wrote: a new run there replaces these and nothing else.
 LR_SEARCH = "lr-search.png"  # --lr auto's search, drawn by figures.py as lr-find draws it
-OWN_FILES = (*RUN_FILES, METRICS_CSV, *FIGURE_FILES, LR_SEARCH, REPORT_PAGE, DIVERGED)
+OWN_FILES = (*RUN_FILES, *REFIT_FILES, METRICS_CSV, *FIGURE_FILES, LR_SEARCH, REPORT_PAGE, DIVERGED)
 OWN_FOLDERS = ("templates", TENSORBOARD)  # export-templates' output (the README's example) and --tensorboard's
 
 
@@ -89,7 +90,7 @@ class RunDir:
         return run
 
     def is_run(self) -> bool:
-        return any((self.path / name).exists() for name in (*RUN_FILES, DIVERGED))
+        return any((self.path / name).exists() for name in (*RUN_FILES, *REFIT_FILES, DIVERGED))
 
     def foreign_entries(self) -> list[str]:
         """What the folder holds that imgcls did not write (everything, in a folder that holds no run)."""

@@ -6,8 +6,8 @@
   each fold a model with its own sample mask, a setting's folds ranked and stopped as one; the choice is a
   setting and its number of epochs, and the run then refits on all the images (train.py);
 - larger data: each setting trains on a stratified subset of at most SEARCH_IMAGES training images, measured
-  on the validation split; the weight decay found is scaled to the run's images (C = 1 / (wd * n) is kept), and
-  the run's own validation split chooses its epochs.
+  on the validation split; the weight decay found is scaled to the run's n images by sqrt(n_s / n) (docs/selection.md
+  says why), and the run's own validation split chooses its epochs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.split import folds, joined, limited_rows, subset
 from imgcls.data.types import PreparedData
-from imgcls.engine import Engine, Model, Quiet, new_model
+from imgcls.engine import Diverged, Engine, Model, Quiet, new_model
 from imgcls.interrupt import StopRequest
 
 RATES = tuple(10.0 ** exponent for exponent in range(-4, 1))  # 1e-4 ... 1 by decades; mse: a decade lower
@@ -91,9 +91,12 @@ def search(config: Config, data: PreparedData, batch_size: int, device: torch.de
                          patience="same" if place.cross_validates else None)
     finals = [_row(rate, decay, members, "decays") for (rate, decay), members in zip(settings, second)]
     ranked = [i for i, row in enumerate(finals) if _ranked(row)]
+    if not ranked:
+        tried = ", ".join(f"{rate:g}" for rate in rates(config))
+        raise Diverged(f"training diverged for every setting searched (lr {tried}): nothing was written; lower --lr "
+                       f"and start again")
     # the lowest held-out loss; among equals the stronger decay, then the lower rate
-    chosen = min(ranked, key=lambda i: (finals[i]["val_loss"], -finals[i]["weight_decay"], finals[i]["lr"])) \
-        if ranked else 0
+    chosen = min(ranked, key=lambda i: (finals[i]["val_loss"], -finals[i]["weight_decay"], finals[i]["lr"]))
     chosen = distributed.from_main(chosen)  # every process trains with the main one's choice
     for index, row in enumerate(finals):
         row["chosen"] = index == chosen
@@ -105,8 +108,8 @@ def search(config: Config, data: PreparedData, batch_size: int, device: torch.de
         selection.factors = [record["lr"] / rate for record in lead.progress.history]
         selection.val = lead.progress.best_val
         selection.history = lead.progress.history
-    else:  # C = 1 / (wd * n) kept from the subset to the run's training images
-        selection.weight_decay = decay * len(place.data.train) / len(data.train)
+    else:  # from the subset's images to the run's: half way (in log) from keeping wd to keeping C = 1 / (wd * n)
+        selection.weight_decay = decay * math.sqrt(len(place.data.train) / len(data.train))
     return selection
 
 

@@ -134,19 +134,25 @@ class Stack:
         return Gradient(gradient, pixels), StepStats(sums, weights, correct)
 
     def autograd_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
-                          autocast: torch.dtype | None = None) -> tuple[Gradient, StepStats]:
-        """The same gradients from PyTorch's backward pass of each model's mean loss (and in bf16 under autocast)."""
+                          autocast: torch.dtype | None = None,
+                          masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Gradient, StepStats]:
+        """The same gradients from PyTorch's backward pass of each model's mean loss (and in bf16 under autocast),
+        over the samples each model's mask lets it see."""
         weight, bias = self.weight.detach().requires_grad_(), self.bias.detach().requires_grad_()
         with torch.autocast(pixels.device.type, dtype=autocast, enabled=autocast is not None):
             scores = self.scores(pixels, weight, bias)
         sums, weights, total = [], [], 0
         for index, loss in enumerate(self.losses):
-            loss_sum, loss_weight = loss.sum_and_weight(scores[index].t(), labels)
-            total = total + loss_sum / mean_denominator(loss.weight_of(batch_labels))
+            seen = slice(None) if masks is None else masks[0][index] > 0
+            loss_sum, loss_weight = loss.sum_and_weight(scores[index].t()[seen], labels[seen])
+            whole = None if masks is None else masks[1][index:index + 1]
+            denominator = loss.weight_of(batch_labels, whole)
+            total = total + loss_sum / mean_denominator(denominator if masks is None else denominator[0])
             sums.append(loss_sum.detach())
             weights.append(torch.as_tensor(loss_weight, dtype=torch.float32, device=pixels.device))
         weight_gradient, bias_gradient = torch.autograd.grad(total, (weight, bias))
-        correct = (scores.detach().max(1).indices == labels).sum(1)
+        right = scores.detach().max(1).indices == labels
+        correct = (right if masks is None else right & (masks[0] > 0)).sum(1)
         stats = StepStats(torch.stack(sums).float(), torch.stack(weights), correct)
         return Gradient(weight=weight_gradient, bias=bias_gradient), stats
 
