@@ -324,10 +324,10 @@ def lr_find_command(
                                                    rich_help_panel=RUN)] = None,
     **options,  # a flag per config field (with_config_flags), None where not given
 ) -> None:
-    """Suggest a learning rate: 11 rates from 1e-5 to 1 trained stacked for a short run, measured on validation.
+    """Suggest a learning rate and weight decay: the default search, a grid trained stacked, by held-out loss.
 
-    This is what --lr auto does before `imgcls train`; the suggestion is the rate with the best validation top-1.
-    Nothing but the figure is written."""
+    This is what --lr auto and --weight-decay auto do before `imgcls train` (5-fold cross-validation on small
+    data); the suggestion is the setting with the lowest held-out loss. Nothing but the figure is written."""
     from imgcls.engine import Interrupted
     from imgcls.figures import lr_search_figure
     from imgcls.report import Reporter, lr_search_table
