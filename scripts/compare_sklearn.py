@@ -88,7 +88,8 @@ def proportional(labels: np.ndarray, total: int, rng) -> np.ndarray:
 def draw(labels: np.ndarray, rule, rng) -> np.ndarray:
     if rule == "all":
         return np.arange(len(labels))
-    return per_class(labels, rule["per_class"], rng) if "per_class" in rule else proportional(labels, rule["total"], rng)
+    return per_class(labels, rule["per_class"], rng) if "per_class" in rule else \
+        proportional(labels, rule["total"], rng)
 
 
 def split_into_200(labels: np.ndarray, rng) -> np.ndarray:
@@ -106,10 +107,9 @@ def resize(images, side: int):
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resize as tv_resize
 
-    if images.shape[-1] == side:
-        return images
-    return torch.cat([tv_resize(chunk, [side, side], interpolation=InterpolationMode.BILINEAR, antialias=True)
-                      for chunk in images.split(2048)])
+    return images if images.shape[-1] == side else torch.cat(
+        [tv_resize(chunk, [side, side], interpolation=InterpolationMode.BILINEAR, antialias=True)
+         for chunk in images.split(2048)])
 
 
 def build(name: str, setdir: Path) -> Path:
@@ -124,7 +124,8 @@ def build(name: str, setdir: Path) -> Path:
         (train_files, train_y, names), (test_files, test_y, _) = cifar_files("train"), cifar_files("test")
         train_y, test_y = split_into_200(train_y, rng), split_into_200(test_y, rng)  # train's deal, then test's
         classes = [f"{names[k // 20]}-{k % 20:02d}" for k in range(200)]
-        for part, files, y, rule in (("train", train_files, train_y, train_rule), ("test", test_files, test_y, test_rule)):
+        for part, files, y, rule in (("train", train_files, train_y, train_rule),
+                                     ("test", test_files, test_y, test_rule)):
             rows = draw(y, rule, rng)
             split[part] = (resize(decode(files, rows), side), y[rows])
     elif source == "cifar10":
@@ -145,19 +146,14 @@ def build(name: str, setdir: Path) -> Path:
     return path
 
 
-def fingerprint(path: Path) -> str:
-    """A hash of the four arrays: a set rebuilt differently is not matched with scikit-learn's cached results."""
+def describe(path: Path) -> dict:
+    """The set's sizes, and a hash of its four arrays (a set rebuilt differently must not meet cached results)."""
     digest = hashlib.sha256()
     with np.load(path) as f:
         for key in ("x_train", "y_train", "x_test", "y_test"):
             digest.update(np.ascontiguousarray(f[key]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def describe(path: Path) -> dict:
-    with np.load(path) as f:
         return {"train": len(f["y_train"]), "test": len(f["y_test"]), "D": int(f["x_train"].shape[1]),
-                "classes": len(f["classes"])}
+                "classes": len(f["classes"]), "fingerprint": digest.hexdigest()[:16]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,7 +209,8 @@ def sklearn_set(path: Path, src: Path) -> dict:
 
     with np.load(path) as f:
         x, y, classes = f["x_train"].astype(np.float64), f["y_train"], f["classes"]
-    out = {"fingerprint": fingerprint(path), "max_iter": MAX_ITER, "grid": GRID}
+    out = {"fingerprint": describe(path)["fingerprint"], "max_iter": MAX_ITER, "grid": GRID,
+           "load_before": os.getloadavg()[0]}  # a shared machine: say how busy it was
 
     started = time.perf_counter()
     default = LogisticRegression(max_iter=MAX_ITER)
@@ -228,7 +225,9 @@ def sklearn_set(path: Path, src: Path) -> dict:
     model, search, solutions = LogisticRegression(max_iter=MAX_ITER, warm_start=True), [], []
     for c in GRID:
         model.set_params(C=c)
-        search.append({"C": c, **fit(model, x_train, y[train]), "val_top1": scores(model, x_val, y[val])["top1"]})
+        tick = time.perf_counter()
+        search.append({"C": c, **fit(model, x_train, y[train]), "seconds": time.perf_counter() - tick,
+                       "val_top1": scores(model, x_val, y[val])["top1"]})
         solutions.append((model.coef_.copy(), model.intercept_.copy()))
         print(f"  C={c:g}: val top-1 {search[-1]['val_top1']:.4f}, {search[-1]['n_iter']} iterations", flush=True)
     best = max(range(len(GRID)), key=lambda i: (search[i]["val_top1"], -i))  # ties: the smaller C, as np.argmax
@@ -255,33 +254,35 @@ def run_imgcls(path: Path, run: Path, src: Path, *flags: str) -> dict:
     if not (record.exists() and (run / "metrics.json").exists()):
         command = [sys.executable, "-m", "imgcls", "train", "--dataset", "features", "--data-dir", str(path),
                    "--out", str(run), "--overwrite", "-q", *flags]
-        started = time.perf_counter()
+        started, load = time.perf_counter(), os.getloadavg()[0]  # a shared machine: say how busy it was
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
         seconds = time.perf_counter() - started
         if done.returncode != 0:
             sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-        record.write_text(json.dumps({"command": command[1:], "seconds": seconds}))
+        record.write_text(json.dumps({"command": command[1:], "seconds": seconds, "load_before": load}))
     import yaml
 
     metrics = json.loads((run / "metrics.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     epochs = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines() if line.strip()]
     fit_epochs = [e for e in epochs if e.get("phase", "fit") == "fit"]  # a refit's records, if any, say so
-    return {"seconds": json.loads(record.read_text())["seconds"], "top1": metrics["test"]["top1"],
+    timed = json.loads(record.read_text())
+    return {"seconds": timed["seconds"], "load_before": timed.get("load_before"), "top1": metrics["test"]["top1"],
             "top5": metrics["test"].get("top5"), "phases": metrics.get("seconds"), "epochs": len(epochs),
-            "fit_epochs": len(fit_epochs), "lr": config["optim"]["lr"],
-            "weight_decay": config["optim"]["weight_decay"], "run": str(run)}
+            "fit_epochs": len(fit_epochs), "val_count": metrics.get("val", {}).get("count"),
+            "lr": config["optim"]["lr"], "weight_decay": config["optim"]["weight_decay"], "run": str(run)}
 
 
-def timing(setdir: Path, src: Path) -> dict:
-    """(a) defaults on the 60,000-image set against (b) one train at (a)'s chosen rate and decay for (a)'s fit epochs."""
+def timing(setdir: Path, src: Path, label: str) -> dict:
+    """(a) defaults on the 60,000-image set, against (b) one train at (a)'s chosen rate and decay for (a)'s fit
+    epochs: what choosing the hyperparameters costs."""
     path = build(TIMING_SET, setdir)
-    a = run_imgcls(path, setdir / "runs" / "timing-defaults", src)
+    a = run_imgcls(path, setdir / "runs" / label / "timing-defaults", src)
     help_text = subprocess.run([sys.executable, "-m", "imgcls", "train", "--help"], capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(src), "COLUMNS": "200"}).stdout
     fixed = ["--lr", str(a["lr"]), "--weight-decay", str(a["weight_decay"]), "--epochs", str(a["fit_epochs"]),
              "--patience", "none"] + (["--no-refit"] if "--no-refit" in help_text else [])
-    b = run_imgcls(path, setdir / "runs" / "timing-fixed", src, *fixed)
+    b = run_imgcls(path, setdir / "runs" / label / "timing-fixed", src, *fixed)
     return {"defaults": a, "fixed": b, "fixed_flags": fixed, "ratio": a["seconds"] / b["seconds"]}
 
 
@@ -310,10 +311,11 @@ def table(names: list[str], sizes: dict, sk: dict, ours: dict, label: str) -> st
         if m and s:  # within one SE of imgcls's own accuracy, or above
             cells[10] = "yes" if m["top1"] >= s["tuned"]["top1"] - se(m["top1"], n) else "no"
         lines.append("| " + " | ".join(cells) + " |")
-    notes = (f"\nSE = sqrt(p(1-p)/n_test). scikit-learn: lbfgs, at most {MAX_ITER} iterations († LogisticRegression() "
-             f"stopped there, not converged); C from {GRID[0]:g} to {GRID[-1]:g} chosen on imgcls's validation rows, "
-             f"refit on all training rows. Seconds: imgcls the whole command (reading, search, training, test, "
-             f"figures); scikit-learn standardization + fit (+ search and refit), test scoring excluded.")
+    notes = (f"\nSE = sqrt(p(1-p)/n_test). scikit-learn: lbfgs, at most {MAX_ITER} iterations († "
+             f"LogisticRegression() stopped there, not converged); C from {GRID[0]:g} to {GRID[-1]:g} chosen on "
+             f"imgcls's validation rows, refit on all training rows. Seconds: imgcls the whole command (reading, "
+             f"search, training, test, figures); scikit-learn standardization + fit (+ search and refit), test scoring "
+             f"excluded.")
     return "\n".join(lines) + "\n" + notes + "\n"
 
 
@@ -330,7 +332,7 @@ def main() -> None:
     setdir, src = args.setdir.resolve(), args.src.resolve()
 
     if args.timing:
-        result = timing(setdir, src)
+        result = timing(setdir, src, args.label)
         (setdir / f"timing-{args.label}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
         return
@@ -347,7 +349,7 @@ def main() -> None:
         path = build(name, setdir)
         sizes[name] = describe(path)
         print(f"{name}: {sizes[name]} ({time.perf_counter() - started:.0f} s to build or find)", flush=True)
-        if name in sk and sk[name]["fingerprint"] != fingerprint(path):
+        if name in sk and sk[name]["fingerprint"] != sizes[name]["fingerprint"]:
             sys.exit(f"{path} is not the set {sk_file} was fitted on; move one of them away")
         if args.only != "imgcls" and name not in sk:  # cached: the sets and the grid are fixed
             sk[name] = sklearn_set(path, src)
