@@ -264,12 +264,14 @@ def run_imgcls(path: Path, run: Path, src: Path, *flags: str) -> dict:
 
     metrics = json.loads((run / "metrics.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
-    epochs = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines() if line.strip()]
-    fit_epochs = [e for e in epochs if e.get("phase", "fit") == "fit"]  # a refit's records, if any, say so
+    lines = (run / "epochs.jsonl").read_text().splitlines() if (run / "epochs.jsonl").exists() else []
+    logged, refit, phases = len([x for x in lines if x.strip()]), metrics.get("refit"), metrics.get("seconds") or {}
+    # With a refit, epochs.jsonl holds the fit's epochs; where cross-validation chose (no fit phase), its history
+    fit_epochs = logged if refit is None or "fit" in phases else refit["epochs"]
     timed = json.loads(record.read_text())
     return {"seconds": timed["seconds"], "load_before": timed.get("load_before"), "top1": metrics["test"]["top1"],
-            "top5": metrics["test"].get("top5"), "phases": metrics.get("seconds"), "epochs": len(epochs),
-            "fit_epochs": len(fit_epochs), "val_count": metrics.get("val", {}).get("count"),
+            "top5": metrics["test"].get("top5"), "phases": phases or None, "refit": refit, "logged_epochs": logged,
+            "fit_epochs": fit_epochs, "val_count": metrics.get("val", {}).get("count"),
             "lr": config["optim"]["lr"], "weight_decay": config["optim"]["weight_decay"], "run": str(run)}
 
 
