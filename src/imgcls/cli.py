@@ -392,6 +392,10 @@ def eval_command(
     from imgcls.report import Reporter
 
     loaded = ckpt.load(checkpoint)
+    if split != "test" and loaded.meta.get("refit") and distributed.is_main_process():
+        err.print(f"note: this model was refit on the training and validation images, so its {split} figures are "
+                  f"not held out; the run's metrics.json keeps the held-out figures that chose it",
+                  soft_wrap=True, highlight=False, markup=False)
     try:
         metrics = evaluate_checkpoint(loaded, split, data_dir, device)
     finally:

@@ -15,7 +15,7 @@ import functools
 import math
 import os
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from imgcls.options import (
     MODEL,
     OPTIMIZATION,
     RUN,
+    Check,
     Setting,
     declared,
     is_union,
@@ -112,36 +113,23 @@ def device_problem(device: str, name: str) -> str | None:
     return f"unknown device {shown(device)}; choose auto, cpu, cuda or cuda:N"
 
 
-def parse_lr(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text.strip()  # 'auto', or a mistake that validation names
+def number_or_word(kind: type) -> Callable[[str], Any]:
+    """A flag's text as a `kind` of number, or as a word: 'auto', or a mistake that validation names."""
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            return text.strip()
+    return parse
 
 
-def lr_problem(value: float | str, name: str) -> str | None:
-    if isinstance(value, str):
-        return None if value == "auto" else f"{name} must be a number or 'auto', not {shown(value)}"
-    return FINITE(value, name) or POSITIVE(value, name)
-
-
-def decay_problem(value: float | str, name: str) -> str | None:
-    if isinstance(value, str):
-        return None if value == "auto" else f"{name} must be a number or 'auto', not {shown(value)}"
-    return FINITE(value, name) or must(lambda decay: decay >= 0, "0 or more")(value, name)
-
-
-def parse_epochs(text: str) -> int | str:
-    try:
-        return int(text)
-    except ValueError:
-        return text.strip()  # 'auto', or a mistake that validation names
-
-
-def epochs_problem(value: int | str, name: str) -> str | None:
-    if isinstance(value, str):
-        return None if value == "auto" else f"{name} must be a whole number or 'auto', not {shown(value)}"
-    return None if value >= 1 else f"{name} must be at least 1, not {shown(value)}"
+def or_auto(check: Check, what: str = "a number") -> Check:
+    """`check` for a number; of words, 'auto' alone passes."""
+    def problem(value: Any, name: str) -> str | None:
+        if isinstance(value, str):
+            return None if value == "auto" else f"{name} must be {what} or 'auto', not {shown(value)}"
+        return check(value, name)
+    return problem
 
 
 AUTO_EPOCHS, AUTO_UPDATES = 100, 10_000  # epochs auto: 100, or more where an epoch is a few updates
@@ -149,6 +137,7 @@ AUTO_EPOCHS, AUTO_UPDATES = 100, 10_000  # epochs auto: 100, or more where an ep
 
 SEED_RANGE = must(lambda seed: 0 <= seed < 2 ** 32, "in [0, 2^32)")  # torch refuses seeds past 2^64 with a traceback
 POSITIVE = must(lambda value: value > 0, "greater than 0")
+NOT_NEGATIVE = must(lambda value: value >= 0, "0 or more")
 
 
 @dataclass
@@ -196,14 +185,16 @@ class OptimConfig:
     lr: float | str = option("auto", "Learning rate, or 'auto': the lowest held-out loss of a stacked search (5-fold "
                                      "cross-validation on small data; imgcls lr-find shows it); the chosen rate is "
                                      "written to config.yaml.",
-                             OPTIMIZATION, check=lr_problem, parse=parse_lr)
+                             OPTIMIZATION, check=or_auto(lambda lr, name: FINITE(lr, name) or POSITIVE(lr, name)),
+                             parse=number_or_word(float))
     batch_size: int | str = option(128, "N, 1 (online SGD), 'full' (gradient descent) or 'auto'.", OPTIMIZATION,
                                    check=batch_size_problem, parse=parse_batch_size)
     momentum: float = option(0.9, "SGD momentum.", OPTIMIZATION, check=must(lambda m: 0 <= m < 1, "in [0, 1)"))
     nesterov: bool = option(False, "Nesterov momentum.", OPTIMIZATION)
     weight_decay: float | str = option("auto", "L2 penalty on W, or 'auto': searched with the rate (see --lr); "
                                                "the chosen value is written to config.yaml.", OPTIMIZATION,
-                                       check=decay_problem, parse=parse_lr)
+                                       check=or_auto(lambda wd, name: FINITE(wd, name) or NOT_NEGATIVE(wd, name)),
+                                       parse=number_or_word(float))
 
 
 @dataclass
@@ -224,7 +215,8 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int | str = option("auto", f"Epochs to train (at most, with --patience); auto: {AUTO_EPOCHS}, or "
                                        f"enough for {AUTO_UPDATES:,} updates on small data.", OPTIMIZATION,
-                               check=epochs_problem, parse=parse_epochs)
+                               check=or_auto(must(lambda epochs: epochs >= 1, "at least 1"), "a whole number"),
+                               parse=number_or_word(int))
     patience: int | None = option(5, "Stop after N epochs without a lower validation loss (plateau: decay first); "
                                      "'none': never.",
                                   OPTIMIZATION, check=must(lambda epochs: epochs >= 1, "at least 1 epoch"),

@@ -231,6 +231,7 @@ def refit(config: Config, data: PreparedData, batch_size: int, device: torch.dev
     if shard.is_main:
         checkpoint = engine.checkpoint(0)
         checkpoint.meta["val"] = chosen["val"]
+        checkpoint.meta["refit"] = True  # trained on the validation images too: eval says so
         ckpt.save(run.best, checkpoint)
         run.refit.replace(run.last)
     distributed.barrier()
