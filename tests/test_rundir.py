@@ -108,7 +108,7 @@ def test_every_file_it_names_is_one_a_new_run_replaces(run):
     """A new run in the folder clears imgcls's own files: a file RunDir names but OWN_FILES left out would outlive
     the run it belongs to."""
     named = [getattr(run, name) for name, value in vars(RunDir).items() if isinstance(value, property)]
-    assert len(named) == 13
+    assert len(named) == 15
     assert all(path.parent == run.path and path.name in (*OWN_FILES, *OWN_FOLDERS) for path in named)
     assert {path.name for path in named} >= {*RUN_FILES, *FIGURE_FILES, REPORT_PAGE}
 

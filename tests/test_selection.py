@@ -141,7 +141,7 @@ def test_no_refit_keeps_the_best_validation_epoch(cli, tmp_path, assert_ok):
     assert "searching" not in plain(result.stderr), "nothing to search: no cross-validation without a refit"
 
 
-@pytest.mark.parametrize("refit_step", [1, 3])  # the very first step, and mid-epoch
+@pytest.mark.parametrize("refit_step", [1, 3, 8])  # the very first step, mid-epoch, and in the second epoch
 def test_a_refit_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypatch, refit_step):
     """The refit's state is refit.safetensors while it runs; selection.json keeps what was chosen, so a resumed run
     goes straight on with the refit and ends where an unbroken one does, bit for bit."""
@@ -150,8 +150,9 @@ def test_a_refit_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypa
     from imgcls.rundir import RunDir
     from imgcls.train import Interrupted, train
 
-    flags = {"limit": 600, "epochs": 3, "batch_size": 128, "lr": 0.01, "weight_decay": 0.01, "device": "cpu"}
+    flags = {"limit": 600, "epochs": 4, "batch_size": 128, "lr": 0.001, "weight_decay": 0.01, "device": "cpu"}
     train(build_config(None, {**flags, "out": str(tmp_path / "whole")}), Reporter(quiet=True))
+    assert json.loads((tmp_path / "whole" / "selection.json").read_text())["epochs"] >= 2, "precondition"
     step, count = Engine.step, []
 
     def counted(engine, *args, **kwargs):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import multiprocessing
 import os
 import re
@@ -31,7 +33,10 @@ def test_streaming_trains_to_the_same_weights_and_metrics(cli, tiny_cifar_sessio
     memory, stream = (ckpt.load(tmp_path / name / "last.safetensors") for name in ("memory", "stream"))
     assert torch.allclose(memory.weight, stream.weight, atol=1e-6)
     assert torch.allclose(memory.mean, stream.mean) and torch.allclose(memory.std, stream.std)
-    assert (tmp_path / "memory" / "metrics.json").read_text() == (tmp_path / "stream" / "metrics.json").read_text()
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("memory", "stream")]
+    for each in metrics:
+        each.pop("seconds", None)  # the phases' wall times
+    assert metrics[0] == metrics[1]
 
 
 def test_make_batches_batches_each_split_the_way_prepare_chose(tmp_path, fresh_cache):
@@ -189,7 +194,8 @@ def test_sigterm_to_the_whole_process_group_checkpoints_a_streaming_run(tiny_cif
     """What a scheduler or systemd does: SIGTERM to every process of the job, the DataLoader workers too."""
     out = tmp_path / "run"
     process = start_python("-m", "imgcls", "train", *train_args(tiny_cifar_session, out, "--stream")[1:],
-                           "--epochs", "1000", "--batch-size", "1", "--limit", "24",
+                           "--epochs", "1000", "--batch-size", "1", "--limit", "24", "--lr", "0.01",
+                           "--weight-decay", "0.01", "--no-refit",
                            stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180

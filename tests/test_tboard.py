@@ -16,7 +16,7 @@ EPOCHS = 2
 def tb_run(cli, tiny_cifar_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("tb") / "run"
     result = cli("train", "--dataset", "cifar10", "--data-dir", tiny_cifar_session, "--epochs", EPOCHS,
-                 "--batch-size", 32, "--device", "cpu", "--out", out, "--tensorboard")
+                 "--batch-size", 32, "--no-refit", "--device", "cpu", "--out", out, "--tensorboard")
     assert result.exit_code == 0, plain(result.output)
     return out, result
 

@@ -353,8 +353,11 @@ def lr_find_command(
         return
     lr_search_figure(search.rows, figure, search.how)
     reporter.show(lr_search_table(search.rows), force=True)
-    reporter.note(f"suggested --lr {search.lr:g} --weight-decay {search.weight_decay:.3g} (lowest held-out loss: "
-                  f"{search.how}; {search.seconds:.1f} s); figure: {figure}")
+    row = search.chosen_row()
+    scaled = "" if search.weight_decay == row["weight_decay"] else \
+        f"; the decay {row['weight_decay']:g} found on the search's images, scaled to the run's"
+    reporter.note(f"suggested --lr {search.lr:g} --weight-decay {search.weight_decay:g} (lowest held-out loss: "
+                  f"{search.how}{scaled}; {search.seconds:.1f} s); figure: {figure}")
 
 
 def _lr_find_figure(figure: Path | None, out: str | None) -> Path:
@@ -392,7 +395,8 @@ def eval_command(
     from imgcls.report import Reporter
 
     loaded = ckpt.load(checkpoint)
-    if split != "test" and loaded.meta.get("refit") and distributed.is_main_process():
+    refit = loaded.meta.get("refit") or (loaded.meta.get("data_fingerprint") or {}).get("counts", [0, 1])[1:2] == [0]
+    if split != "test" and refit and distributed.is_main_process():
         err.print(f"note: this model was refit on the training and validation images, so its {split} figures are "
                   f"not held out; the run's metrics.json keeps the held-out figures that chose it",
                   soft_wrap=True, highlight=False, markup=False)

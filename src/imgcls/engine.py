@@ -76,9 +76,13 @@ class Model:
     def rate(self) -> float:
         return self.schedule.rate(self.update, self.plateau.factor)
 
+    @property
+    def epochs(self) -> int:
+        """The most epochs it trains: the config's, or a refit's chosen number."""
+        return min(self.config.train.epochs, self.last_epoch or self.config.train.epochs)
+
     def more_epochs(self) -> bool:
-        epochs = min(self.config.train.epochs, self.last_epoch or self.config.train.epochs)
-        return self.diverged is None and self.progress.epoch < epochs and not self.finished_early()
+        return self.diverged is None and self.progress.epoch < self.epochs and not self.finished_early()
 
     def finished_early(self) -> bool:
         """Early stopping: `patience` epochs in a row without a lower validation loss (with the plateau schedule,
@@ -194,7 +198,7 @@ class Engine:
         sums = self.running_sums()
         sync_every = 1 if self.device.type == "cpu" else 50  # reading the loss back waits for a GPU: do it rarely
         active = self.active()
-        self.view.epoch_start(epoch, len(batches), self.models[active[0]].config.train.epochs)
+        self.view.epoch_start(epoch, len(batches), self.models[active[0]].epochs)
         started = time.perf_counter() - self.models[active[0]].progress.seconds
         shown = 0.0  # when the view was last told: ten times a second is plenty
         for pixels, labels, batch_labels, rows in batches.epoch(epoch, start):
@@ -337,8 +341,8 @@ class Engine:
                       images_per_s=seen / max(progress.seconds, 1e-9))
         improved = val is None or better(val, progress.best_val)
         progress.history.append(record)
-        if improved:
-            progress.best_epoch, progress.best_val = progress.epoch, None if val is None else val.summary()
+        if improved and val is not None:  # a refit keeps no best: its last epoch is the run's model
+            progress.best_epoch, progress.best_val = progress.epoch, val.summary()
         progress.epoch += 1
         progress.start_epoch(self.device)
         if model.factors is not None:

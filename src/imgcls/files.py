@@ -89,6 +89,17 @@ def on_read_only_file_system(path: Path) -> bool:
         return False
 
 
+def move(source: Path, target: Path) -> None:
+    """os.replace, with a full disk or a read-only folder one error line (target is left as it was)."""
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRORS:
+            raise
+        raise UserError(f"cannot write {printable(target)} ({os.strerror(error.errno)}); it is left as it was: free "
+                        f"some space or choose a writable folder, then try again") from None
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary_path), then move the finished file to `path`."""
     temporary = None

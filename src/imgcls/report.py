@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 
 RECENT_SECONDS = 5.0  # the progress bar's images/s and ETA are over about this many seconds, not the whole epoch
-EPOCH_LEGEND = "each epoch: train loss, top-1; validation loss, top-1, top-5; seconds (* best so far)"
+EPOCH_LEGEND = "each epoch: train loss, top-1; validation loss, top-1, top-5; seconds (* lowest loss so far)"
+REFIT_LEGEND = "each epoch of the refit: train loss, top-1; seconds (no held-out images: the last epoch is kept)"
 
 
 def epoch_legend(k: int = 5) -> str:
@@ -113,7 +114,7 @@ class Reporter:
         self.progress: Progress | None = None
         self.task = None
         self.recent = RecentRate()
-        self.legend_shown = False
+        self.legend_shown: str | None = None  # the legend above the epoch lines now
         self.epochs: int | None = None  # the run's most epochs, when the loop says (epoch_start)
         self.run_start: tuple[float, int] | None = None  # (time, epoch) of this process's first epoch
         self.epoch = 0
@@ -231,9 +232,10 @@ class Reporter:
                                  run=self.run_eta(step))
 
     def epoch_done(self, record: dict, improved: bool) -> None:
-        if not self.legend_shown:
-            self.legend_shown = True
-            self.note(epoch_legend(self.k or 5))
+        legend = epoch_legend(self.k or 5) if "val_loss" in record else REFIT_LEGEND
+        if self.legend_shown != legend:
+            self.legend_shown = legend
+            self.note(legend)
         self.note(epoch_line(record, improved, self.k))
 
     def close(self) -> None:
@@ -300,7 +302,7 @@ def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: i
         loss = "-" if record["val_loss"] is None else loss_text(record["val_loss"])
         rows.append([str(rank), Text(options), mark, loss, _percent(record["val_top1"]),
                      f"{record['best_epoch'] or '-'}/{record['epochs_run']}", _percent(record["test_top1"])])
-    title = f"sweep: {len(records)} points by validation top-1 (test not used to choose)"
+    title = f"sweep: {len(records)} points by validation loss (test not used to choose)"
     table = fitted_table(title, columns, rows, width, keep=3, whole="sweep.csv holds them")
     if len(ranked) > limit:
         more = f"{len(ranked) - limit} more in sweep.csv"
@@ -318,11 +320,13 @@ def _number(value: float | None) -> str:
 
 def lr_search_table(rows: list[dict]) -> Table:
     """The search's settings, lowest held-out loss first."""
-    table = Table(title="search (held-out loss chooses)")
-    for column in ("lr", "weight decay", "loss", "top-1", "epochs", ""):
-        table.add_column(column, justify="left" if not column else "right")
-    for row in sorted(rows, key=lambda row: (row["val_loss"] is None or row["diverged"], row["val_loss"] or 0)):
+    table = Table(title="search (held-out loss chooses; stage rates: every setting, short; decays: each decay at "
+                        "its rate, longer)")
+    for column in ("stage", "lr", "weight decay", "loss", "top-1", "epochs", ""):
+        table.add_column(column, justify="left" if column in ("", "stage") else "right")
+    for row in sorted(rows, key=lambda row: (row["stage"] != "decays", row["val_loss"] is None or row["diverged"],
+                                             row["val_loss"] or 0)):
         mark = "chosen" if row["chosen"] else "diverged" if row["diverged"] else ""
-        table.add_row(f"{row['lr']:g}", f"{row['weight_decay']:g}", _number(row["val_loss"]),
+        table.add_row(row["stage"], f"{row['lr']:g}", f"{row['weight_decay']:g}", _number(row["val_loss"]),
                       _percent(row["val_top1"]), str(row["epochs"] or "-"), mark)
     return table

@@ -194,10 +194,12 @@ class RunDir:
             return None
         try:
             chosen = json.loads(self.selection.read_text())
+            factors = chosen["factors"]
             if not (isinstance(chosen["epochs"], int) and chosen["epochs"] >= 1 and isinstance(chosen["val"], dict)
                     and isinstance(chosen["how"], str)
-                    and (chosen["factors"] is None or all(isinstance(f, (int, float)) for f in chosen["factors"]))):
-                raise ValueError("a field has the wrong type")
+                    and (factors is None or (isinstance(factors, list) and len(factors) == chosen["epochs"] and all(
+                        isinstance(f, (int, float)) and 0 < f < float("inf") for f in factors)))):
+                raise ValueError("a field is not what a run writes")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UserError(f"{printable(self.selection)} is damaged ({error}); start the run again with "
                             f"--overwrite") from None

@@ -141,7 +141,7 @@ def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None =
         rows.append([f"{record['epoch']}{mark}", f"{record['train_loss']:.4f}", f"{record['train_top1']:.2%}",
                      f"{record['val_loss']:.4f}", f"{record['val_top1']:.2%}", f"{epoch_topk(record)[1]:.2%}",
                      f"{record['lr']:.3g}", f"{record['seconds']:.2f}", "" if lr_last is None else f"{lr_last:.3g}"])
-    return fitted_table("epochs (* best validation top-1)", columns, rows, width, keep=5)
+    return fitted_table("epochs (* lowest validation loss)", columns, rows, width, keep=5)
 
 
 def per_class_table(summary: RunSummary) -> Table:
@@ -200,6 +200,11 @@ def render(summary: RunSummary) -> Group:
                               if k in ("loss", "top1", "k", "count", "superclass_top1")},
                            top5=topk_of(summary.metrics[split]))
             for split in ("val", "test")}
+    refit = summary.metrics.get("refit")
+    if isinstance(refit, dict):  # the epochs above are what chose; the model is the refit on every training image
+        parts.append(f"refit on all {refit.get('images', '?')} training images for {refit.get('epochs', '?')} "
+                     f"epoch(s), chosen on {escape(str(refit.get('chosen_on', '?')))}: the val row holds those "
+                     f"held-out figures, the test row the refit model's")
     parts.append(Reporter().metrics_table(f"{printable(str(dataset))}: best epoch {best}", rows))
     if summary.metrics.get("test_detail", {}).get("per_class"):
         parts.append(per_class_table(summary))

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.files import printable, write_json_atomic, write_text_atomic
+from imgcls.files import move, printable, write_json_atomic, write_text_atomic
 from imgcls.rundir import RunDir
 from imgcls.yamlfile import read_yaml
 
@@ -127,7 +127,7 @@ class SweepDir:
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(Path(POINTS) / f"{index:03d}")
         _remove_copied_folder(self.best)  # a link or a file is replaced below in one step
-        temporary.replace(self.best)
+        move(temporary, self.best)
 
     @contextmanager
     def locked(self) -> Iterator[SweepDir]:

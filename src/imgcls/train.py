@@ -27,7 +27,9 @@ from imgcls.data.split import joined
 from imgcls.data.types import PreparedData
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
 from imgcls.engine import Diverged, Engine, Interrupted, new_model  # noqa: F401 (Diverged: the CLI's)
+from imgcls.errors import UserError
 from imgcls.figures import lr_search_figure
+from imgcls.files import move
 from imgcls.interrupt import StopRequest, stop_on_signals
 from imgcls.metrics import Metrics, top_k
 from imgcls.rundir import RunDir
@@ -72,7 +74,13 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
                                             len(data.classes), device, shard.world)
         resolve_epochs(config, math.ceil(len(data.train) / batch_size))
     phases = Phases(config, data, batch_size, device, shard, run, stop, reporter, autocast)
-    chosen = run.read_selection() if resume is not None else None  # a resumed run's choices are made
+    chosen = None
+    if resume is not None:  # a resumed run's choices are made: config.yaml and selection.json hold them
+        _check_chosen(config, run)
+        chosen = run.read_selection()
+        if chosen is not None and chosen["epochs"] > config.train.epochs:
+            raise UserError(f"{run.selection} says {chosen['epochs']} epochs, more than the {config.train.epochs} of "
+                            f"{run.config}; it is damaged: start the run again with --overwrite")
     if chosen is None:
         search = phases.search() if resume is None and needs_search(config, data) else None
         if search is not None and search.epochs is not None and config.train.refit:
@@ -86,6 +94,15 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
     return phases.refit(chosen)
 
 
+def _check_chosen(config: Config, run: RunDir) -> None:
+    """A run's config.yaml records what it chose: 'auto' there was put back by hand."""
+    auto = [name for name, value in (("optim.lr", config.optim.lr), ("optim.weight_decay", config.optim.weight_decay),
+                                     ("train.epochs", config.train.epochs)) if value == "auto"]
+    if auto:
+        raise UserError(f"{run.config} says {auto[0]}: auto, but a run records the values it chose; put the number "
+                        f"back, or start a new run (--overwrite) to choose again")
+
+
 def needs_search(config: Config, data: PreparedData) -> bool:
     """The grid runs for a setting left 'auto', and on small data with a refit for its epochs (cross-validated)."""
     return "auto" in (config.optim.lr, config.optim.weight_decay) or (config.train.refit and cross_validates(data))
@@ -94,8 +111,9 @@ def needs_search(config: Config, data: PreparedData) -> bool:
 def resolve_epochs(config: Config, steps_per_epoch: int) -> None:
     """--epochs auto: AUTO_EPOCHS, or AUTO_UPDATES updates where an epoch is a few (small data converges in
     updates, not epochs); config.yaml records the number."""
-    if config.train.epochs == "auto":
-        config.train.epochs = max(AUTO_EPOCHS, math.ceil(AUTO_UPDATES / max(steps_per_epoch, 1)))
+    if config.train.epochs == "auto":  # a schedule with a horizon (cosine, step, ...) decays over AUTO_EPOCHS
+        plateau = config.schedule.schedule == "plateau"
+        config.train.epochs = max(AUTO_EPOCHS, math.ceil(AUTO_UPDATES / max(steps_per_epoch, 1)) if plateau else 0)
 
 
 def _factors(history: list[dict], config: Config) -> list[float]:
@@ -117,12 +135,15 @@ class Phases:
     reporter: object
     autocast: torch.dtype | None
     seconds: dict = field(default_factory=dict)
+    search_result: Selection | None = None
 
     def search(self) -> Selection:
         """The grid (selection.py): sets the rate and weight decay that config.yaml records, so that
         `imgcls train --config RUN/config.yaml` repeats the run without searching them again."""
         config, reporter = self.config, self.reporter
-        reporter.note(f"searching {_grid_words(config)} stacked, by held-out loss ({_held_out_words(self.data)})")
+        what = f"searching {_grid_words(config)}" if len(selection.grid(config)) > 1 else \
+            f"choosing the epochs of lr {config.optim.lr:g}, weight decay {config.optim.weight_decay:g}"
+        reporter.note(f"{what} by held-out loss ({_held_out_words(self.data)})")
         try:
             search = selection.search(config, self.data, self.batch_size, self.device, self.stop, self.shard)
         except Interrupted:
@@ -131,7 +152,9 @@ class Phases:
         config.optim.lr, config.optim.weight_decay = search.lr, search.weight_decay
         row = search.chosen_row()
         top1 = "-" if row["val_top1"] is None else f"{row['val_top1']:.2%}"
-        reporter.note(f"chose lr {search.lr:g}, weight decay {search.weight_decay:.3g} (held-out loss "
+        scaled = "" if search.weight_decay == row["weight_decay"] else \
+            f" ({row['weight_decay']:g} on the search's images, scaled to the run's)"
+        reporter.note(f"chose lr {search.lr:g}, weight decay {search.weight_decay:g}{scaled} (held-out loss "
                       f"{row['val_loss']:.4f}, top-1 {top1}; {search.seconds:.1f} s); config.yaml records them")
         self.seconds["search"] = search.seconds
         self.search_result = search
@@ -141,9 +164,11 @@ class Phases:
         if self.shard.is_main:
             self.run.start()
             self.run.write_config(self.config.to_dict())
-            search = getattr(self, "search_result", None)
-            if search is not None:
-                keep_search_figure(search, self.run, self.reporter)
+
+    def keep_figure(self) -> None:
+        """The search's figure, drawn once what resumes the run is written (it takes a second)."""
+        if self.search_result is not None and self.shard.is_main:
+            keep_search_figure(self.search_result, self.run, self.reporter)
 
     def fit(self, resumed: bool) -> RunResult:
         """One model on the training part, its epochs chosen on the validation split: the whole run with
@@ -158,6 +183,9 @@ class Phases:
                         shard, self.autocast)
         if not resumed:
             self.start_run()
+            if self.search_result is not None:
+                engine.save()  # stopped before its first epoch's end, the run resumes here, not from a new search
+            self.keep_figure()
         else:
             engine.resume()
             if shard.is_main and run.read_config().get("data", {}).get("data_dir") != config.data.data_dir:
@@ -184,12 +212,15 @@ class Phases:
         `history`: cross-validation's epochs of the chosen setting, which epochs.jsonl then shows."""
         chosen = {"epochs": epochs, "factors": factors[:epochs] if factors else None, "val": val, "how": how,
                   "seconds": self.seconds}
-        if not self.run.config.is_file():
+        started = not self.run.config.is_file()
+        if started:
             self.start_run()
         if self.shard.is_main:
             if history is not None:
                 self.run.write_epochs(history, k=top_k(len(self.data.classes)))
             self.run.write_selection(chosen)
+        if started:
+            self.keep_figure()
         return chosen
 
     def refit(self, chosen: dict) -> RunResult:
@@ -222,7 +253,10 @@ def refit(config: Config, data: PreparedData, batch_size: int, device: torch.dev
               f"settings chosen on {chosen['how']})")
     engine = Engine([model], everything, batches, None, device, run.refit, stop, view, shard, autocast)
     if run.refit.is_file():
-        engine.resume()
+        try:
+            engine.resume()
+        except UserError as error:
+            raise UserError(f"{error}; or delete {run.refit} and --resume again, which redoes the refit") from None
     try:
         engine.train()
     except Interrupted as stopped:
@@ -233,7 +267,7 @@ def refit(config: Config, data: PreparedData, batch_size: int, device: torch.dev
         checkpoint.meta["val"] = chosen["val"]
         checkpoint.meta["refit"] = True  # trained on the validation images too: eval says so
         ckpt.save(run.best, checkpoint)
-        run.refit.replace(run.last)
+        move(run.refit, run.last)
     distributed.barrier()
     return test, model.progress.history, batches.batch_size
 

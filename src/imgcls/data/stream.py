@@ -72,10 +72,11 @@ class StreamedImages:
         return StreamedImages(self.listing, self.index[rows], self.image_size, self.channels, self.skip_bad,
                               self.shape)
 
-    def decode(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None]:
-        """The images at these rows as uint8 (b, C, H, W) with their labels; an error message instead of
-        raising, because an exception from a worker process reaches the user with its traceback."""
-        images, labels = [], []
+    def decode(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None, list[int]]:
+        """The images at these rows as uint8 (b, C, H, W) with their labels, and the rows decoded (all but the
+        unreadable ones --skip-bad-images passes over); an error message instead of raising, because an exception
+        from a worker process reaches the user with its traceback."""
+        images, labels, kept = [], [], []
         for row in rows:
             position = int(self.index[row])
             name = self.listing.names[position]
@@ -85,19 +86,20 @@ class StreamedImages:
                 if self.skip_bad:
                     continue
                 return torch.empty(0), torch.empty(0), (f"cannot read image {name} ({error_reason(error)}); "
-                                                        f"fix or remove it, or pass --skip-bad-images")
+                                                        f"fix or remove it, or pass --skip-bad-images"), []
             wanted = self.shape or (images[0].shape if images else None)
             if wanted is not None and image.shape[-2:] != wanted[-2:]:
                 return torch.empty(0), torch.empty(0), (f"image {name} is {size_text(image.shape)}, the others "
                                                         f"{size_text(wanted)}; pass --image-size N to resize them "
-                                                        f"all to NxN")
+                                                        f"all to NxN"), []
             images.append(image)
             labels.append(self.listing.labels[position])
+            kept.append(row)
         if not images:  # every image of the batch unreadable (--skip-bad-images): an empty batch
             height, width = self.shape[1:] if self.shape else (1, 1)
             return (torch.empty((0, self.channels, height, width), dtype=torch.uint8),
-                    torch.empty(0, dtype=torch.int64), None)
-        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None
+                    torch.empty(0, dtype=torch.int64), None, kept)
+        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None, kept
 
 
 class _RowsDataset(torch.utils.data.Dataset):
@@ -143,11 +145,13 @@ class StreamingBatches:
         draws = self.augment.plan(self.num_images, self.seed, epoch, self.device) if self.augment else None
         with stop_signals_blocked():  # iter() forks the workers; a SIGTERM to the group must not catch one early
             parts = iter(loader)
-        for step, ((pixels, labels, error), rows) in enumerate(zip(parts, plan), start_step):
+        for step, ((pixels, labels, error, kept), rows) in enumerate(zip(parts, plan), start_step):
             if error is not None:
                 raise UserError(error)
             if draws is not None:
                 pixels = self._augmented(pixels, draws, step, len(rows))
+            if len(kept) < len(rows) and (self.shard.world == 1 or not self.shuffle):
+                rows = torch.as_tensor(kept, dtype=torch.int64)  # the batch is the images that could be read
             rows = rows.to(self.device)
             yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows], rows)
 
