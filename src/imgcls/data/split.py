@@ -146,9 +146,8 @@ def joined(data):
                                               torch.cat([train.labels, val.labels])))
 
 
-def subset(data, rows: torch.Tensor):
-    """The data with these rows of its training split as the training split (the search's on large data)."""
-    train = data.train
-    if hasattr(train, "listing"):
-        return dataclasses.replace(data, train=train.subset(rows))
-    return dataclasses.replace(data, train=LabelledImages(train.images[rows], train.labels[rows]))
+def rows_of(split, rows: torch.Tensor):
+    """These rows of a split, in memory or (--stream) files still to decode."""
+    if hasattr(split, "listing"):
+        return split.subset(rows)
+    return LabelledImages(split.images[rows], split.labels[rows])
