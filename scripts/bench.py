@@ -11,7 +11,7 @@ One run, one dataset (a CIFAR-10 JPEG image folder), these measurements in order
    arithmetic alone), (b) starting from the decoded uint8 images, converted and normalized in the
    step (as the issue's own floor was measured). Several rounds; medians, and the median of each
    round's epoch/floor ratio (all met the same load).
-4. end to end: imgcls.train.train() with the shipped CIFAR-10 config (warm cache), against
+4. end to end: imgcls.training.train.train() with the shipped CIFAR-10 config (warm cache), against
    scikit-learn's LogisticRegression on the same per-pixel standardized pixels.
 5. decoding: all 60,000 JPEGs by imgcls's decoder (worker processes), in images/s per core, against a
    one-thread loop of torchvision's read_file + decode_jpeg on a sample, in the same run.
@@ -62,11 +62,11 @@ from imgcls.data.batches import make_batches
 from imgcls.data.normalize import fit_normalization
 from imgcls.data.prepare import prepare
 from imgcls.data.types import LabelledImages, PreparedData
-from imgcls.device import step_threads
-from imgcls.engine import Engine, Quiet, new_model
-from imgcls.interrupt import StopRequest
-from imgcls.model import LinearClassifier
-from imgcls.train import train
+from imgcls.training.device import step_threads
+from imgcls.training.engine import Engine, Quiet, new_model
+from imgcls.training.interrupt import StopRequest
+from imgcls.linear.model import LinearClassifier
+from imgcls.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
@@ -512,7 +512,7 @@ def bench_decode(data_dir: Path) -> DecodeRate:
 # Run in the child: note when the first training step starts (train_one_epoch makes its step first), then imgcls.
 FIRST_STEP_PROBE = """
 import sys, time
-import imgcls.train as t
+import imgcls.training.train as t
 make_step = t.make_step
 def probe(*args, **kwargs):
     if not getattr(probe, "seen", False):
@@ -520,7 +520,7 @@ def probe(*args, **kwargs):
         print(f"FIRST_STEP {time.time()!r}", file=sys.stderr, flush=True)
     return make_step(*args, **kwargs)
 t.make_step = probe
-from imgcls.cli import main
+from imgcls.cli.app import main
 sys.argv = ["imgcls", *sys.argv[1:]]
 main()
 """
@@ -546,7 +546,7 @@ def bench_process(config_path: Path, data_dir: Path, device_arg: str, cold: bool
 
 
 def bench_end_to_end(config_path: Path, data_dir: Path, device_arg: str) -> EndToEnd:
-    """imgcls.train.train() with the shipped config, wall time from prepare() (warm cache) to the test metrics."""
+    """imgcls.training.train.train() with the shipped config, wall time from prepare() (warm cache) to the test metrics."""
     out = tempfile.mkdtemp(prefix="imgcls-bench-run-")
     flags = {"dataset": "cifar10", "data_dir": str(data_dir), "device": device_arg, "out": out}
     found = config_path.is_file()

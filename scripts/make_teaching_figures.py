@@ -34,7 +34,7 @@ def main() -> None:
     runs = parser.parse_args().runs
     from typer.testing import CliRunner
 
-    from imgcls.cli import app
+    from imgcls.cli.app import app
 
     shutil.rmtree(runs, ignore_errors=True)
     for arguments in commands(runs=runs):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 
 
 def small_folder(source: Path, target: Path, per_class: int) -> Path:

@@ -192,7 +192,7 @@ def cli():
     """cli(*args) runs `imgcls ARGS` in-process and returns typer's Result (stdout and stderr kept apart)."""
     from typer.testing import CliRunner
 
-    from imgcls.cli import app
+    from imgcls.cli.app import app
 
     runner = CliRunner()
 

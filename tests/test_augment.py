@@ -9,7 +9,7 @@ import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import plain, write_image_folder
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls.config import DataConfig, build_config
 from imgcls.data.augment import Augmentation, augment_batch, canonical_augmentation, parse_augmentation
 from imgcls.data.batches import Batches, epoch_permutation, make_batches, make_eval_batches
@@ -18,8 +18,8 @@ from imgcls.data.prepare import prepare
 from imgcls.data.types import LabelledImages, Normalization
 from imgcls.distributed import Shard
 from imgcls.errors import UserError
-from imgcls.report import Reporter
-from imgcls.train import Interrupted, train
+from imgcls.report.report import Reporter
+from imgcls.training.train import Interrupted, train
 from test_resume import BATCH, LIMIT, InterruptAt, assert_same_run, resume
 
 CPU = torch.device("cpu")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TWO_SHAPES, RunsCode, write_image_folder
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 
 
 def test_the_pickle_payload_is_live(tmp_path):

@@ -11,9 +11,9 @@ import torch
 
 from conftest import (MNIST_EPOCHS, TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, plain, read_run,
                       run_python, train_tiny_cifar, write_image_folder)
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS
-from imgcls.rundir import FIGURE_FILES, LR_SEARCH, METRICS_CSV, REPORT_PAGE, RUN_FILES
+from imgcls.runs.rundir import FIGURE_FILES, LR_SEARCH, METRICS_CSV, REPORT_PAGE, RUN_FILES
 
 SMALL_FOLDER = {
     "train": {"circle": [(8, 8)] * 6, "square": [(8, 8)] * 6, "star": [(8, 8)] * 6},
@@ -312,11 +312,11 @@ def test_overwrite_replaces_a_run(cli, tiny_cifar_session, tmp_path, assert_user
 
 
 @pytest.mark.parametrize("where, words, then", [
-    ("imgcls.train.prepare_once", ["interrupted before training began", "nothing was written",
+    ("imgcls.training.train.prepare_once", ["interrupted before training began", "nothing was written",
                                    "run the same command again"], None),
-    ("imgcls.engine.Engine.finish", ["training finished and checkpoints are whole", "final test evaluation",
+    ("imgcls.training.engine.Engine.finish", ["training finished and checkpoints are whole", "final test evaluation",
                              "imgcls train --resume"], "resume"),
-    ("imgcls.figures.write_run_figures", ["the run is finished", "interrupted while drawing figures",
+    ("imgcls.report.figures.write_run_figures", ["the run is finished", "interrupted while drawing figures",
                                           "imgcls report"], "report"),
 ])
 def test_ctrl_c_outside_the_training_loop_says_where_the_run_stands(cli, tiny_cifar_session, tmp_path, monkeypatch,
@@ -351,7 +351,7 @@ def test_a_diverged_run_is_never_offered_resume_but_a_lower_lr(cli, tiny_cifar_s
                                                                   assert_user_error):
     """The validation loss becomes NaN after epoch 2 (as a too-high --lr makes it): epoch 1's checkpoints stay,
     and every later message says how to go on: a new run with a lower --lr, since resuming repeats the NaN."""
-    from imgcls.stacked import Stack
+    from imgcls.linear.stacked import Stack
 
     real_evaluate, calls = Stack.evaluate, []
 
@@ -627,7 +627,7 @@ def _terminal(width: int = 80):
 
 
 def test_progress_bar_shows_no_nan_before_the_first_step_and_has_an_eta():
-    from imgcls.report import Reporter
+    from imgcls.report.report import Reporter
 
     console, text = _terminal()
     reporter = Reporter(console=console)
@@ -643,7 +643,7 @@ def test_progress_bar_shows_no_nan_before_the_first_step_and_has_an_eta():
 
 
 def test_progress_bar_speed_is_recent_not_cumulative():
-    from imgcls.report import RECENT_SECONDS, RecentRate
+    from imgcls.report.report import RECENT_SECONDS, RecentRate
 
     rate = RecentRate()
     start = rate.started
@@ -661,7 +661,7 @@ def test_progress_bar_speed_is_recent_not_cumulative():
          seconds=99999.9),
 ])
 def test_epoch_line_fits_80_columns_and_holds_every_number(record):
-    from imgcls.report import epoch_line, loss_text
+    from imgcls.report.report import epoch_line, loss_text
 
     line = epoch_line(record, improved=True)
     assert len(line) <= 80, line
@@ -674,7 +674,7 @@ def test_epoch_line_fits_80_columns_and_holds_every_number(record):
 
 @pytest.mark.parametrize("width", [60, 80, 120])
 def test_report_epochs_table_fits_the_width_and_never_cuts_a_number(width):
-    from imgcls.runreport import epochs_table
+    from imgcls.report.runreport import epochs_table
 
     record = dict(epoch=12, train_loss=1.23456, train_top1=0.41234, val_loss=1.5555, val_top1=0.40123,
                   val_top5=0.891, lr=0.0012345, lr_last=0.001, seconds=123.45)
@@ -694,7 +694,7 @@ def test_report_epochs_table_fits_the_width_and_never_cuts_a_number(width):
 def test_sweep_table_at_80_columns_keeps_every_option_and_loss_whole():
     """Points that differ only in weight decay, one of them diverged with a huge loss: every key=value and the loss
     whole, lines of at most 80 characters."""
-    from imgcls.report import sweep_table
+    from imgcls.report.report import sweep_table
 
     def record(point, decay, val, loss, diverged=False):
         return {"point": point, "options": {"weight_decay": decay, "lr": 0.005}, "val_top1": val, "val_loss": loss,
@@ -777,7 +777,7 @@ def test_a_words_file_that_misses_classes_is_refused_when_training(cli, tmp_path
 def test_progress_bar_says_epoch_n_of_m_and_the_whole_run_s_eta_in_80_columns():
     import time
 
-    from imgcls.report import Reporter
+    from imgcls.report.report import Reporter
 
     console, text = _terminal()
     reporter = Reporter(console=console)
@@ -797,7 +797,7 @@ def test_notes_wrap_between_words_on_a_terminal_and_stay_whole_in_a_pipe():
 
     from rich.console import Console
 
-    from imgcls.report import EPOCH_LEGEND, Reporter
+    from imgcls.report.report import EPOCH_LEGEND, Reporter
 
     console, text = _terminal()
     Reporter(console=console).note(EPOCH_LEGEND)  # 85 characters
@@ -846,7 +846,7 @@ def test_report_marks_changed_options_in_plain_text_and_shows_precision_recall_f
     assert any("*" in line and "optim.lr" in line and "0.005" in line for line in lines)  # given: changed
     assert any("optim.momentum" in line and "*" not in line for line in lines)  # the default
     metrics = json.loads((out / "metrics.json").read_text())
-    from imgcls.htmlreport import per_class_scores
+    from imgcls.report.htmlreport import per_class_scores
 
     scores = per_class_scores(metrics["test_detail"]["confusion"])
     for shown in (plain(result.stdout), plain(cli("eval", out, "--device", "cpu", "--per-class").stdout)):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import plain
-from imgcls.compare import differing_keys, labels
+from imgcls.report.compare import differing_keys, labels
 
 
 def _variant(source, target, lr: float, test_top1: float, epochs: int | None = None):
@@ -144,8 +144,8 @@ def test_compare_at_80_columns_never_splits_a_value(cli, assert_ok, tiny_cifar_r
 
 
 def test_compare_figure_names_runs_by_what_differs(two_runs, monkeypatch, tmp_path):
-    from imgcls import figures
-    from imgcls.compare import comparison_rows, draw_figure, load_runs
+    from imgcls.report import figures
+    from imgcls.report.compare import comparison_rows, draw_figure, load_runs
 
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure))

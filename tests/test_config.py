@@ -546,7 +546,7 @@ def test_print_config_prints_the_resolved_yaml_and_writes_nothing(cli, tmp_path,
 
 def test_a_log_range_whose_values_meet_at_six_digits_keeps_more(tmp_path):
     from imgcls.config import settings
-    from imgcls.grid import parse_values
+    from imgcls.training.grid import parse_values
 
     values = parse_values(settings()["lr"], "1:1.000001:5")
     assert len(set(values)) == 5 and values[0] == 1.0 and values[-1] == 1.000001

@@ -10,11 +10,11 @@ import torch
 from imgcls.config import OptimConfig, build_config
 from imgcls.data.batches import Batches
 from imgcls.data.types import LabelledImages, Normalization
-from imgcls.losses import Loss
-from imgcls.model import LinearClassifier
-from imgcls.report import Reporter
-from imgcls.stacked import Hyper, Stack
-from imgcls.train import train
+from imgcls.linear.losses import Loss
+from imgcls.linear.model import LinearClassifier
+from imgcls.report.report import Reporter
+from imgcls.linear.stacked import Hyper, Stack
+from imgcls.training.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -90,7 +90,7 @@ def test_a_run_trains_on_the_gpu_as_on_the_cpu(precision, mnist_root, tmp_path):
 
 
 def test_a_sweep_trains_on_the_gpu_as_on_the_cpu(mnist_root, tmp_path):
-    from imgcls import sweep as sweeping
+    from imgcls.training import sweep as sweeping
     from imgcls.config import settings
 
     results = {}

@@ -495,8 +495,8 @@ def test_eval_of_the_test_split_copies_no_training_images_and_fits_no_normalizat
     import json
 
     import imgcls.data.prepare as prepare_module
-    import imgcls.evaluate as evaluate_module
-    from imgcls import checkpoint as ckpt
+    import imgcls.runs.evaluate as evaluate_module
+    from imgcls.runs import checkpoint as ckpt
 
     root = image_folder(tmp_path / "data", SMALL)
     result = train_small(cli, root, tmp_path / "run", "--class-weights", "balanced")  # weights from train labels
@@ -516,7 +516,7 @@ def test_eval_of_the_test_split_copies_no_training_images_and_fits_no_normalizat
 def test_a_warm_run_takes_the_split_and_statistics_from_the_cache_and_trains_the_same_weights(
         cli, tmp_path, fresh_cache, image_folder, monkeypatch):
     import imgcls.data.prepare as prepare_module
-    from imgcls import checkpoint as ckpt
+    from imgcls.runs import checkpoint as ckpt
 
     root = image_folder(tmp_path / "data", SMALL)
     cold = train_small(cli, root, tmp_path / "cold")
@@ -602,7 +602,7 @@ def test_dangling_symlinks_and_symlink_loops_are_named_or_skipped(cli, tmp_path,
 def test_a_gif_is_an_image_everywhere_and_other_files_are_counted(tmp_path, fresh_cache, image_folder):
     from PIL import Image
 
-    from imgcls.predict import list_images
+    from imgcls.runs.predict import list_images
 
     root = image_folder(tmp_path / "data", SMALL)
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "train" / "ant" / "zero.gif")
@@ -612,7 +612,7 @@ def test_a_gif_is_an_image_everywhere_and_other_files_are_counted(tmp_path, fres
     assert len(list_images([root / "train"])) == 9
     from rich.console import Console
 
-    from imgcls.report import Reporter
+    from imgcls.report.report import Reporter
 
     console = Console(record=True, width=200)
     Reporter(console=console).data_ready(data)

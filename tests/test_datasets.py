@@ -39,9 +39,9 @@ def md5_not_checked(monkeypatch):
 def no_run_figures(monkeypatch):
     """train draws curves, the confusion matrix and the templates after training: with CIFAR-100's 100 classes
     that is most of a test's time, and test_figures.py tests them. The models and metrics are unchanged."""
-    import imgcls.figures
+    import imgcls.report.figures
 
-    monkeypatch.setattr(imgcls.figures, "write_run_figures", lambda run_dir: [])
+    monkeypatch.setattr(imgcls.report.figures, "write_run_figures", lambda run_dir: [])
 
 
 def write(name, root):
@@ -202,7 +202,7 @@ def test_dataset_facts_come_from_the_spec_not_its_name(tmp_path):
     another name are treated alike."""
     import dataclasses
 
-    from imgcls.catalog import _image_folder, presence
+    from imgcls.data.catalog import _image_folder, presence
     from imgcls.data.readers import list_images, source_kind
     from imgcls.data.registry import SPECS
 

@@ -236,7 +236,7 @@ def test_ctrl_c_while_workers_decode_stops_them_all(cifar_files, small_chunks):
 def test_the_decoding_bar_shows_images_a_second_and_is_silent_when_quiet():
     from rich.console import Console
 
-    from imgcls.report import Reporter
+    from imgcls.report.report import Reporter
 
     with Reporter(quiet=True).decoding() as progress:
         assert progress is None

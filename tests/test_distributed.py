@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_python, start_python
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 
 # About 2500 images: 2227 train (batches of 6 split 3/3, the last one 1 image split 0/1) and 275
 # validation images, an odd count, so neither divides evenly between two processes. Small batches
@@ -128,7 +128,7 @@ def test_under_torchrun_the_process_ends_without_finalizing_python(world, tmp_pa
     """Gloo's worker threads can abort a finalizing interpreter; under torchrun (as everywhere) imgcls ends with
     os._exit, after flushing what it printed, and keeps its exit code."""
     code = ("import atexit, sys\natexit.register(lambda: print('finalized'))\n"
-            "sys.argv = ['imgcls', *sys.argv[1:]]\nfrom imgcls.cli import main\nmain()\n")
+            "sys.argv = ['imgcls', *sys.argv[1:]]\nfrom imgcls.cli.app import main\nmain()\n")
     env = {"WORLD_SIZE": world, "RANK": "0"}
     version = run_python("-c", code, "--version", env=env)
     missing = run_python("-c", code, "eval", tmp_path / "none.safetensors", env=env)

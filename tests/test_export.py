@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import plain
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls.data.readers import read_image_file
-from imgcls.predict import normalized, predict, prepare_image
+from imgcls.runs.predict import normalized, predict, prepare_image
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_output_paths_that_cannot_be_written_are_one_line(cli, assert_user_error
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(read_only)
                         else real_access(path, mode, **kw))
-    monkeypatch.setattr("imgcls.files.on_read_only_file_system", lambda path: True)
+    monkeypatch.setattr("imgcls.runs.files.on_read_only_file_system", lambda path: True)
     assert_user_error(cli(*templates, read_only / "tpl"), str(read_only), "read-only file system")
     assert_user_error(cli("export", run, "--format", "npz", "--out", read_only / "m.npz"), str(read_only),
                       "read-only file system")
@@ -150,7 +150,7 @@ def test_export_to_a_disk_that_fills_up_is_one_line_not_an_abort(small_run, tmp_
 
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)); sys.argv = ['imgcls'] + sys.argv[1:]; "
-            "from imgcls.cli import main; main()")
+            "from imgcls.cli.app import main; main()")
     out = tmp_path / f"model.{fmt}"
     result = run_python("-c", code, "export", small_run[1], "--format", fmt, "--out", out)
     assert result.returncode == 2, result.stderr

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import run_python
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls.config import OptimConfig, build_config
-from imgcls.losses import Loss
-from imgcls.model import LinearClassifier
-from imgcls.engine import Engine
-from imgcls.report import Reporter
-from imgcls.stacked import Hyper, Stack
-from imgcls.train import train
+from imgcls.linear.losses import Loss
+from imgcls.linear.model import LinearClassifier
+from imgcls.training.engine import Engine
+from imgcls.report.report import Reporter
+from imgcls.linear.stacked import Hyper, Stack
+from imgcls.training.train import train
 
 
 @pytest.mark.parametrize("name", ["ce", "nll", "mse"])
@@ -125,7 +125,7 @@ def test_each_model_of_a_stack_makes_torchs_sgd_update_with_its_own_options(mome
 def test_a_run_on_cached_data_never_imports_torchs_compiler(cli, mnist_root, tmp_path, assert_ok):
     """torch._dynamo takes 2-3 s to import on these CPUs; a run whose data is cached (torchvision, which imports
     it, only reads files) must not import it."""
-    code = ("import sys\nfrom imgcls.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcls')\n"
+    code = ("import sys\nfrom imgcls.cli.app import app\ntry:\n    app(sys.argv[1:], prog_name='imgcls')\n"
             "except SystemExit as e:\n    code = e.code\nprint(code, 'torch._dynamo' in sys.modules)")
     args = ("train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit", 300, "--epochs", 2, "--device", "cpu",
             "--out", tmp_path / "run", "--overwrite", "--quiet")
@@ -157,7 +157,7 @@ def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mni
                                                                              faster_on_all_cores):
     import yaml
 
-    from imgcls import device
+    from imgcls.training import device
 
     seen = []
     step = Engine.step
@@ -178,8 +178,8 @@ def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mni
 
 
 def test_step_threads_keeps_a_given_count_and_a_gpu_run_s(monkeypatch):
-    from imgcls import device
-    from imgcls.device import BIG_PRODUCT, step_threads
+    from imgcls.training import device
+    from imgcls.training.device import BIG_PRODUCT, step_threads
 
     monkeypatch.setattr(device, "_clearly_faster", lambda *args: pytest.fail("timed without need"))
     before = torch.get_num_threads()
@@ -246,7 +246,7 @@ def test_a_batch_of_only_zero_weight_classes_leaves_the_model_as_it_was(gradient
 
 
 def test_choosing_the_thread_count_draws_nothing_from_the_run_s_random_numbers():
-    from imgcls.device import step_threads
+    from imgcls.training.device import step_threads
 
     before = torch.get_num_threads()
     torch.manual_seed(5)
@@ -297,8 +297,8 @@ def test_masked_models_of_one_stack_train_as_each_alone():
     """Two folds' models in one stack, each hidden the other's images, end where each ends trained alone."""
     from imgcls.data.batches import make_batches, make_eval_batches
     from imgcls.data.prepare import prepare
-    from imgcls.engine import Quiet, new_model
-    from imgcls.interrupt import StopRequest
+    from imgcls.training.engine import Quiet, new_model
+    from imgcls.training.interrupt import StopRequest
 
     cpu = torch.device("cpu")
     config = build_config(None, {"limit": 300, "epochs": 2, "lr": 0.05, "weight_decay": 0.01, "batch_size": 32,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import plain
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls.data.features import keep_rows_in_place, split_in_place
 
 CLASSES = ["cat", "dog", "eel"]

@@ -10,10 +10,10 @@ from PIL import Image
 
 from conftest import TINY_CIFAR_EPOCHS, TINY_TEST_PER_CLASS, plain
 from imgcls.data.registry import CIFAR10_CLASSES
-from imgcls.figures import DPI, confusion_figsize, confusion_heatmap, learning_curves, write_run_figures
-from imgcls.rundir import CONFUSION, CURVES, FIGURE_FILES, TEMPLATES
-from imgcls.runreport import confused_pairs
-from imgcls.templates import GRID_DPI, grid_figsize, save_grid
+from imgcls.report.figures import DPI, confusion_figsize, confusion_heatmap, learning_curves, write_run_figures
+from imgcls.runs.rundir import CONFUSION, CURVES, FIGURE_FILES, TEMPLATES
+from imgcls.report.runreport import confused_pairs
+from imgcls.report.templates import GRID_DPI, grid_figsize, save_grid
 
 
 def pixels(figsize, dpi=DPI):
@@ -260,7 +260,7 @@ def test_sweep_figure_is_large_and_marks_a_diverged_point(tmp_path, monkeypatch,
     """A diverged point is drawn as diverged (its val top-1, none or that of its last good epoch, is not a score)."""
     import itertools
 
-    from imgcls import figures
+    from imgcls.report import figures
 
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda figure, path: (drawn.append(figure), path.write_bytes(b"")))

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from conftest import plain, write_image_folder
 from imgcls.config import Config, build_config, sections
 from imgcls.errors import UserError
-from imgcls.figures import write_run_figures as REAL_WRITE_RUN_FIGURES  # no_figures replaces the module's
-from imgcls.rundir import RUN_FILES
+from imgcls.report.figures import write_run_figures as REAL_WRITE_RUN_FIGURES  # no_figures replaces the module's
+from imgcls.runs.rundir import RUN_FILES
 
 CASES: Counter = Counter()
 WORKED: Counter = Counter()
@@ -82,11 +82,11 @@ def no_figures():
     """The figures drawn after training take seconds each (matplotlib) and are not what is fuzzed here."""
     patch = pytest.MonkeyPatch()
     try:
-        import imgcls.figures
+        import imgcls.report.figures
     except ImportError:
         pass
     else:
-        patch.setattr(imgcls.figures, "write_run_figures", lambda path, *args, **kwargs: [], raising=False)
+        patch.setattr(imgcls.report.figures, "write_run_figures", lambda path, *args, **kwargs: [], raising=False)
     yield
     patch.undo()
 

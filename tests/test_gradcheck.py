@@ -8,9 +8,9 @@ import torch
 from torch.nn import functional as F
 
 from conftest import plain
-from imgcls import gradcheck
+from imgcls.linear import gradcheck
 from imgcls.config import LOSSES
-from imgcls.gradcheck import (DEFAULT_TOLERANCE, Comparison, GradcheckResult, analytic_gradients,
+from imgcls.linear.gradcheck import (DEFAULT_TOLERANCE, Comparison, GradcheckResult, analytic_gradients,
                               autograd_gradients, gradient_check, make_batch, mean_loss, relative_difference)
 
 
@@ -94,7 +94,7 @@ def test_relative_difference():
 
 
 def test_mean_loss_is_the_training_loss():
-    from imgcls.losses import Loss
+    from imgcls.linear.losses import Loss
 
     weight, bias, x, y = make_batch(6, 3, 4, seed=0)
     scores = (x @ weight.T + bias).float()
@@ -154,9 +154,9 @@ def test_gradcheck_user_errors(cli, args, words, assert_user_error):
 
 
 def test_a_gradcheck_larger_than_memory_is_refused_before_allocating(cli, monkeypatch, assert_user_error):
-    import imgcls.memory
+    import imgcls.training.memory
 
-    monkeypatch.setattr(imgcls.memory, "available_memory", lambda: 10 ** 6)  # 1 MB
+    monkeypatch.setattr(imgcls.training.memory, "available_memory", lambda: 10 ** 6)  # 1 MB
     assert_user_error(cli("gradcheck", "--features", 20000), "--features 20000", "more than the 0.0 GB available")
 
 

@@ -6,7 +6,7 @@ import typer
 
 from conftest import plain, run_imgcls, run_python
 from imgcls import __version__
-from imgcls.cli import app
+from imgcls.cli.app import app
 
 
 def command_paths(command=None, prefix=()):
@@ -45,7 +45,7 @@ def test_new_commands_answer_help_and_datasets_without_torch(tmp_path):
     """Like train's and eval's, the help of the new commands answers without importing torch; so does datasets."""
     argvs = [[name, "--help"] for name in ("report", "predict", "datasets", "gradcheck")]
     argvs.append(["datasets", "--data-dir", str(tmp_path), "--json"])
-    code = ("import sys\nfrom imgcls.cli import app\nfor argv in %r:\n    try:\n        app(argv, prog_name='imgcls')\n"
+    code = ("import sys\nfrom imgcls.cli.app import app\nfor argv in %r:\n    try:\n        app(argv, prog_name='imgcls')\n"
             "    except SystemExit as e:\n        assert not e.code, (argv, e.code)\n"
             "print('torch' in sys.modules)" % argvs)
     done = run_python("-c", code)
@@ -119,7 +119,7 @@ def test_importing_the_cli_does_not_import_torch():
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--lr", "0"], ["eval", "--help"]])
 def test_help_and_flag_errors_answer_without_torch(argv):
-    code = ("import sys\nfrom imgcls.cli import app\ntry:\n    app(%r, prog_name='imgcls')\nexcept SystemExit as e:\n"
+    code = ("import sys\nfrom imgcls.cli.app import app\ntry:\n    app(%r, prog_name='imgcls')\nexcept SystemExit as e:\n"
             "    code = e.code\nprint('torch' in sys.modules, code)" % argv)
     done = run_python("-c", code)
     last = done.stdout.strip().splitlines()[-1]

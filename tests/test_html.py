@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from imgcls.htmlreport import GALLERY_RIGHT, GALLERY_WRONG, gallery_picks, per_class_scores
+from imgcls.report.htmlreport import GALLERY_RIGHT, GALLERY_WRONG, gallery_picks, per_class_scores
 
 # rows: true class, columns: predicted
 CONFUSION = [[5, 1, 0],
@@ -106,8 +106,8 @@ def test_report_html_of_a_folder_that_is_no_run(cli, assert_user_error, tmp_path
 
 
 def test_a_page_that_fails_is_a_warning(tmp_path, capsys):
-    from imgcls.cli import _write_page_or_warn
-    from imgcls.report import Reporter
+    from imgcls.cli.app import _write_page_or_warn
+    from imgcls.report.report import Reporter
 
     _write_page_or_warn(tmp_path / "gone", Reporter(quiet=True))
     assert "warning: could not write report.html" in capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_template_names_are_at_least_20_pixels_high_on_the_page(browser, tiny_ci
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
-    from imgcls.templates import GRID_DPI, grid_columns, grid_figure, grid_title
+    from imgcls.report.templates import GRID_DPI, grid_columns, grid_figure, grid_title
 
     run = tiny_cifar_run[0]
     classes = json.loads((run / "metrics.json").read_text())["classes"]

@@ -7,7 +7,7 @@ from torch import nn
 
 from imgcls.config import LOSSES
 from imgcls.errors import UserError
-from imgcls.losses import PER_SAMPLE_LOSSES, Loss, class_weights, per_sample_loss
+from imgcls.linear.losses import PER_SAMPLE_LOSSES, Loss, class_weights, per_sample_loss
 
 
 def random_batch(n=37, k=10, seed=0):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from imgcls.data.registry import SPECS
-from imgcls.losses import Loss
-from imgcls.metrics import MetricsAccumulator, topk_correct, top_k
+from imgcls.linear.losses import Loss
+from imgcls.linear.metrics import MetricsAccumulator, topk_correct, top_k
 
 # Six rows over 7 classes; the target's rank in each row is given in the comment.
 SCORES = torch.tensor([
@@ -103,7 +103,7 @@ def test_cifar100_superclass_mapping_is_the_datasets():
 def test_per_superclass_top1_counts_any_class_of_the_true_superclass_as_right():
     """Classes 0, 1 form superclass 0 and classes 2, 3 superclass 1. By hand: superclass 0's four images are
     predicted 0, 1, 2, 1 (three within it: 3/4); superclass 1's two are predicted 3 and 0 (1/2)."""
-    from imgcls.metrics import MetricsAccumulator
+    from imgcls.linear.metrics import MetricsAccumulator
 
     accumulator = MetricsAccumulator(4, torch.device("cpu"), [0, 0, 1, 1])
     targets = torch.tensor([0, 0, 1, 1, 2, 3])

@@ -12,9 +12,9 @@ import torch
 from torchvision.io import write_png
 
 from conftest import TINY_TEST_PER_CLASS, plain
-from imgcls.checkpoint import Checkpoint
+from imgcls.runs.checkpoint import Checkpoint
 from imgcls.data.registry import CIFAR10_CLASSES
-from imgcls.predict import list_images, prepare_image
+from imgcls.runs.predict import list_images, prepare_image
 
 GREY_CLASSES = ("dark", "light", "striped")
 
@@ -88,11 +88,11 @@ def test_predict_agrees_with_eval_image_for_image(cli, which, cifar_run, grey_ru
 def test_probabilities_are_those_of_the_training_pipeline(cli, which, cifar_run, grey_run, tiny_cifar_session):
     """The softmax of the scores the model gives the test split as training and eval prepared it (decoded
     cache, Batches' normalization), image for image, to float precision."""
-    from imgcls import checkpoint as ckpt
+    from imgcls.runs import checkpoint as ckpt
     from imgcls.data.batches import Batches
     from imgcls.data.prepare import prepare
     from imgcls.data.types import Normalization
-    from imgcls.evaluate import data_config_of
+    from imgcls.runs.evaluate import data_config_of
 
     out, test_dir = (cifar_run, tiny_cifar_session / "test") if which == "cifar" else (grey_run[0], grey_run[1] / "test")
     loaded = ckpt.load(out / "best.safetensors")

@@ -23,13 +23,13 @@ from torchvision.io import write_png
 from torchvision.transforms.v2.functional import resize as tv_resize
 
 from conftest import plain, write_image_folder
-from imgcls import checkpoint as ckpt
-from imgcls import engine as engine_module
+from imgcls.runs import checkpoint as ckpt
+from imgcls.training import engine as engine_module
 from imgcls.config import build_config
-from imgcls.report import Reporter
-from imgcls.rundir import RunDir
-from imgcls.engine import Engine
-from imgcls.train import Interrupted, train
+from imgcls.report.report import Reporter
+from imgcls.runs.rundir import RunDir
+from imgcls.training.engine import Engine
+from imgcls.training.train import Interrupted, train
 
 # Three classes of unequal size (balanced class weights then differ) and non-square 4x5 colour images.
 SHAPE = (3, 4, 5)
@@ -392,7 +392,7 @@ def non_square_run(tiny_folder, tmp_path_factory) -> Path:
 def test_predict_resizes_a_non_square_image_antialiased(height, width, non_square_run, cli, tmp_path):
     """An image of another size is resized to the model's 4x5 with torchvision's antialiased resize, then scored:
     predict's probabilities are the softmax of W x + b on those pixels, normalized with the run's statistics."""
-    from imgcls.predict import prepare_image
+    from imgcls.runs.predict import prepare_image
 
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     path = tmp_path / "photo.png"

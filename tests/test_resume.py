@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from conftest import plain, start_python
-from imgcls import checkpoint as ckpt
-from imgcls.engine import Engine
+from imgcls.runs import checkpoint as ckpt
+from imgcls.training.engine import Engine
 from imgcls.config import build_config
-from imgcls.report import Reporter
-from imgcls.rundir import RunDir
-from imgcls.train import Interrupted, train
+from imgcls.report.report import Reporter
+from imgcls.runs.rundir import RunDir
+from imgcls.training.train import Interrupted, train
 
 LIMIT, BATCH, EPOCHS = 600, 32, 3  # 540 training images: 17 steps an epoch, the last one of 28 images
 STEPS = 17

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import start_python, train_image_folder
 from imgcls.errors import UserError
-from imgcls.rundir import FIGURE_FILES, OWN_FILES, OWN_FOLDERS, REPORT_PAGE, RUN_FILES, RunDir
+from imgcls.runs.rundir import FIGURE_FILES, OWN_FILES, OWN_FOLDERS, REPORT_PAGE, RUN_FILES, RunDir
 
 EPOCH = {"epoch": 1, "train_loss": 2.0, "train_top1": 0.25, "val_loss": 1.5, "val_top1": 0.5, "val_top5": 0.75,
          "lr": 0.1, "seconds": 1.5, "lr_last": 0.05}
@@ -173,7 +173,7 @@ def test_a_folder_that_is_not_a_run_is_refused_and_overwrite_keeps_what_imgcls_d
 
 def hold_run_folder(folder: Path) -> subprocess.Popen:
     """Another process that holds `folder` as a run does, until its stdin closes."""
-    code = ("import sys; from pathlib import Path; from imgcls.rundir import RunDir\n"
+    code = ("import sys; from pathlib import Path; from imgcls.runs.rundir import RunDir\n"
             "with RunDir(Path(sys.argv[1])).locked():\n    print('locked', flush=True); sys.stdin.read()")
     holder = start_python("-c", code, folder, stdin=subprocess.PIPE, stderr=None)
     assert holder.stdout.readline().strip() == "locked"
@@ -209,7 +209,7 @@ def test_a_run_folder_in_use_by_another_process_is_refused_naming_it(cli, small_
 
 def start_writer(folder: Path) -> subprocess.Popen:
     """A process part-way through writing folder/curves.png (atomically), waiting there."""
-    code = ("import sys, time; from pathlib import Path; from imgcls.files import write_atomic\n"
+    code = ("import sys, time; from pathlib import Path; from imgcls.runs.files import write_atomic\n"
             "def slow(temporary):\n    temporary.write_bytes(b'half a png'); print('writing', flush=True); "
             "time.sleep(120)\n"
             "write_atomic(Path(sys.argv[1]) / 'curves.png', slow)")

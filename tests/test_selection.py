@@ -14,18 +14,18 @@ import torch
 import yaml
 
 from conftest import plain, start_python
-from imgcls import checkpoint as ckpt
-from imgcls import selection
+from imgcls.runs import checkpoint as ckpt
+from imgcls.training import selection
 from imgcls.config import ScheduleConfig, build_config
 from imgcls.data.batches import Batches
 from imgcls.data.prepare import prepare
 from imgcls.data.split import folds
 from imgcls.data.types import LabelledImages, Normalization
-from imgcls.interrupt import StopRequest
-from imgcls.losses import Loss
-from imgcls.metrics import better, pooled
-from imgcls.schedule import Plateau, Schedule
-from imgcls.stacked import Hyper, Stack
+from imgcls.training.interrupt import StopRequest
+from imgcls.linear.losses import Loss
+from imgcls.linear.metrics import better, pooled
+from imgcls.linear.schedule import Plateau, Schedule
+from imgcls.linear.stacked import Hyper, Stack
 
 EPOCHS = "3"
 SMALL = ("--limit", "600", "--epochs", EPOCHS, "--device", "cpu")  # 600 images: cross-validated
@@ -145,10 +145,10 @@ def test_no_refit_keeps_the_best_validation_epoch(cli, tmp_path, assert_ok):
 def test_a_refit_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypatch, refit_step):
     """The refit's state is refit.safetensors while it runs; selection.json keeps what was chosen, so a resumed run
     goes straight on with the refit and ends where an unbroken one does, bit for bit."""
-    from imgcls.engine import Engine
-    from imgcls.report import Reporter
-    from imgcls.rundir import RunDir
-    from imgcls.train import Interrupted, train
+    from imgcls.training.engine import Engine
+    from imgcls.report.report import Reporter
+    from imgcls.runs.rundir import RunDir
+    from imgcls.training.train import Interrupted, train
 
     flags = {"limit": 600, "epochs": 4, "batch_size": 128, "lr": 0.001, "weight_decay": 0.01, "device": "cpu"}
     train(build_config(None, {**flags, "out": str(tmp_path / "whole")}), Reporter(quiet=True))
@@ -179,7 +179,7 @@ def test_a_refit_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypa
 
 
 def test_epochs_auto_is_at_least_100_or_ten_thousand_updates(cli, tmp_path, assert_ok):
-    from imgcls.train import resolve_epochs
+    from imgcls.training.train import resolve_epochs
 
     config = build_config(None, {})
     resolve_epochs(config, steps_per_epoch=3)

@@ -14,7 +14,7 @@ import time
 import torch
 
 from conftest import start_python
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls.data.batches import Batches
 from imgcls.data.decode import decode_image_bytes, ignore_stop_signals, stop_signals_blocked
 from imgcls.data.stream import StreamedImages, StreamingBatches

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgcls import checkpoint as ckpt
-from imgcls import sweep as sweeping
+from imgcls.runs import checkpoint as ckpt
+from imgcls.training import sweep as sweeping
 from imgcls.config import build_config, settings
-from imgcls.grid import Point, parse_values
-from imgcls.engine import Engine
-from imgcls.report import Reporter
-from imgcls.selection import DECAYS
-from imgcls.sweepdir import SweepDir
-from imgcls.train import train
+from imgcls.training.grid import Point, parse_values
+from imgcls.training.engine import Engine
+from imgcls.report.report import Reporter
+from imgcls.training.selection import DECAYS
+from imgcls.runs.sweepdir import SweepDir
+from imgcls.training.train import train
 
 EPOCHS = 3
 
@@ -281,7 +281,7 @@ def fail_write(monkeypatch, at: int, error: BaseException) -> dict:
             raise error
         return real(source, target)
 
-    monkeypatch.setattr("imgcls.files.os.replace", replace)
+    monkeypatch.setattr("imgcls.runs.files.os.replace", replace)
     return count
 
 

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, read_image
 
-from imgcls.checkpoint import Checkpoint
+from imgcls.runs.checkpoint import Checkpoint
 from imgcls.data.registry import CIFAR10_CLASSES, DIGITS, FASHION_CLASSES
 from imgcls.errors import UserError
-from imgcls.templates import (NEGATIVE, POSITIVE, display_images, enlarge, export_templates, file_stem,
+from imgcls.report.templates import (NEGATIVE, POSITIVE, display_images, enlarge, export_templates, file_stem,
                               grid_figure, resolved_space, template_weights)
 
 
@@ -109,9 +109,9 @@ def test_grid_only_writes_just_the_grid(tmp_path):
 
 
 def test_a_size_beyond_memory_is_refused_before_writing(tmp_path, monkeypatch):
-    import imgcls.memory
+    import imgcls.training.memory
 
-    monkeypatch.setattr(imgcls.memory, "available_memory", lambda: 2 * 10 ** 9)  # 2 GB
+    monkeypatch.setattr(imgcls.training.memory, "available_memory", lambda: 2 * 10 ** 9)  # 2 GB
     checkpoint = make_checkpoint(CIFAR10_CLASSES, (3, 32, 32))
     with pytest.raises(UserError, match=r"--size 20000 \(templates of 20000x20000 pixels\) would need about 17 GB "
                                         r"of memory, more than the 2.0 GB available; use a smaller --size"):
@@ -188,7 +188,7 @@ def test_clip_keeps_a_few_extreme_pixels_from_taking_the_whole_range():
 def test_grid_thumbnails_are_at_least_128_pixels(tmp_path):
     from PIL import Image as PILImage
 
-    from imgcls.templates import save_grid
+    from imgcls.report.templates import save_grid
 
     save_grid(torch.zeros(3, 1, 28, 28), ["a", "b", "c"], tmp_path / "g.png", "t")  # black squares on white
     import numpy as np
@@ -213,7 +213,7 @@ def test_grid_title_stays_above_the_first_row_of_names():
 # (imports here, not at the top, so that moving these tests in was one hunk at the end of the file)
 
 from conftest import plain  # noqa: E402
-from imgcls import checkpoint as ckpt  # noqa: E402
+from imgcls.runs import checkpoint as ckpt  # noqa: E402
 
 
 def test_export_templates_shared_scale(cli, tiny_cifar_run, tmp_path):
@@ -236,7 +236,7 @@ def test_export_templates_shared_scale(cli, tiny_cifar_run, tmp_path):
 def test_export_templates_grid_only_and_size(cli, tiny_cifar_run, tmp_path):
     from PIL import Image
 
-    from imgcls.templates import GRID_DPI, grid_figsize
+    from imgcls.report.templates import GRID_DPI, grid_figsize
 
     out, _ = tiny_cifar_run
     result = cli("export-templates", out, "--out", tmp_path / "grid", "--grid-only")
@@ -293,7 +293,7 @@ def test_export_templates_of_cifar_from_the_run_folder(cli, tiny_cifar_run, tmp_
 def test_the_first_readme_command_gives_smooth_templates(cli, tmp_path):
     """`imgcls train` with every default (the embedded sample, --lr auto): the zero init leaves no speckle in W
     where training moves it little (nn.Linear's uniform init left 0.69 of the power above 0.25 cycles/pixel)."""
-    from imgcls.templates import high_frequency_share, template_noise
+    from imgcls.report.templates import high_frequency_share, template_noise
 
     result = cli("train", "--out", tmp_path / "run", "--device", "cpu", "--quiet")
     assert result.exit_code == 0, plain(result.output)

@@ -10,7 +10,7 @@ import sys
 def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        from imgcls.cli import main as run
+        from imgcls.cli.app import main as run
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.stderr.flush()

@@ -36,7 +36,7 @@ from imgcls.options import (
     option,
     or_list,
 )
-from imgcls.yamlfile import read_yaml
+from imgcls.runs.yamlfile import read_yaml
 
 # the choices of the options that name a thing; every user of the names reads them here
 LOSSES = ("ce", "nll", "mse")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from imgcls.classnames import named_classes, names_file_beside
+from imgcls.data.classnames import named_classes, names_file_beside
 from imgcls.config import DataConfig, default_data_dir
 from imgcls.data.decode import (
     ProgressCallback,

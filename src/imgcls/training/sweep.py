@@ -24,17 +24,17 @@ import torch
 from imgcls import distributed
 from imgcls.config import AUTO_EPOCHS, Config
 from imgcls.data.batches import make_batches, make_eval_batches
-from imgcls.device import cpu_threads, resolve_device, step_threads
-from imgcls.engine import Engine, Interrupted, Model, Quiet, new_model
+from imgcls.training.device import cpu_threads, resolve_device, step_threads
+from imgcls.training.engine import Engine, Interrupted, Model, Quiet, new_model
 from imgcls.errors import UserError
-from imgcls.grid import Point, describe, group_key, point_config
-from imgcls.interrupt import StopRequest, stop_on_signals
-from imgcls.memory import available_memory
-from imgcls.metrics import Metrics, top_k
-from imgcls.resume import config_changes
-from imgcls.sweepdir import REFIT, SweepDir
-from imgcls.selection import DECAYS, rates
-from imgcls.train import prepare_once, refit, resolve_batch_size, resolve_epochs, stoppable, write_refit_metrics
+from imgcls.training.grid import Point, describe, group_key, point_config
+from imgcls.training.interrupt import StopRequest, stop_on_signals
+from imgcls.training.memory import available_memory
+from imgcls.linear.metrics import Metrics, top_k
+from imgcls.training.resume import config_changes
+from imgcls.runs.sweepdir import REFIT, SweepDir
+from imgcls.training.selection import DECAYS, rates
+from imgcls.training.train import prepare_once, refit, resolve_batch_size, resolve_epochs, stoppable, write_refit_metrics
 
 SELECTED_BY = "the lowest validation loss (ties: the earlier point); the test split is reported for every point but " \
               "never used to choose"
@@ -258,7 +258,7 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
     options given several make the grid. `check`: refuse a folder that holds other files (the main process's
     job: under torchrun the others take its folder)."""
     from imgcls.config import GIVEN_NONE, build_config
-    from imgcls.grid import parse_axes
+    from imgcls.training.grid import parse_axes
 
     axes = parse_axes(flags)
     singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
@@ -273,7 +273,7 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
 
 
 def groups_of(spec: dict) -> list[Group]:
-    from imgcls.grid import grid_points
+    from imgcls.training.grid import grid_points
 
     base = Config.from_dict(spec["base"], "sweep.yaml's base")
     grid = spec["grid"]
@@ -285,7 +285,7 @@ def groups_of(spec: dict) -> list[Group]:
 def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     """Train the grid (or the rest of it), then write the figure, sweep.csv, the link to the best and sweep.json.
     Under torchrun every process trains its part of each batch; the main one writes."""
-    from imgcls.figures import sweep_figure
+    from imgcls.report.figures import sweep_figure
 
     groups = groups_of(spec)
     shard, device = distributed.setup(resolve_device(groups[0].configs[0].train.device))

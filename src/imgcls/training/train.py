@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from imgcls import checkpoint as ckpt
-from imgcls import distributed, selection
+from imgcls.runs import checkpoint as ckpt
+from imgcls import distributed
+from imgcls.training import selection
 from imgcls.config import AUTO_EPOCHS, AUTO_UPDATES, Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.decode import ProgressCallback
@@ -25,15 +26,15 @@ from imgcls.data.prepare import prepare
 from imgcls.data.registry import SPECS
 from imgcls.data.split import joined
 from imgcls.data.types import PreparedData
-from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
-from imgcls.engine import Diverged, Engine, Interrupted, new_model  # noqa: F401 (Diverged: the CLI's)
+from imgcls.training.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
+from imgcls.training.engine import Diverged, Engine, Interrupted, new_model  # noqa: F401 (Diverged: the CLI's)
 from imgcls.errors import UserError
-from imgcls.figures import lr_search_figure
-from imgcls.files import move
-from imgcls.interrupt import StopRequest, stop_on_signals
-from imgcls.metrics import Metrics, top_k
-from imgcls.rundir import RunDir
-from imgcls.selection import Selection, cross_validates
+from imgcls.report.figures import lr_search_figure
+from imgcls.runs.files import move
+from imgcls.training.interrupt import StopRequest, stop_on_signals
+from imgcls.linear.metrics import Metrics, top_k
+from imgcls.runs.rundir import RunDir
+from imgcls.training.selection import Selection, cross_validates
 
 
 @dataclass

@@ -16,9 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from imgcls.errors import UserError
-from imgcls.files import printable
-from imgcls.report import fitted_table
-from imgcls.rundir import epoch_topk, topk_of
+from imgcls.runs.files import printable
+from imgcls.report.report import fitted_table
+from imgcls.runs.rundir import epoch_topk, topk_of
 
 
 @dataclass
@@ -76,7 +76,7 @@ def confused_pairs(confusion: list[list[int]], classes: list[str], count: int = 
 
 def _not_a_sweep(run) -> None:
     """A sweep's folder is no run's: point to the run it chose and to its table."""
-    from imgcls.sweepdir import BEST, SPEC, TABLE
+    from imgcls.runs.sweepdir import BEST, SPEC, TABLE
 
     path = run.path
     if (path / SPEC).is_file() and not run.config.is_file():
@@ -86,7 +86,7 @@ def _not_a_sweep(run) -> None:
 
 def load_run(path: Path, pairs: int = 5, class_names: Path | None = None) -> RunSummary:
     """The run folder's files; class_names: a names file (classnames.py) the classes are shown by."""
-    from imgcls.rundir import RunDir
+    from imgcls.runs.rundir import RunDir
 
     run = RunDir.existing(path)
     _not_a_sweep(run)
@@ -147,7 +147,7 @@ def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None =
 def per_class_table(summary: RunSummary) -> Table:
     detail = summary.metrics.get("test_detail", {})
     confusion = detail.get("confusion") or []
-    from imgcls.metrics import per_class_scores
+    from imgcls.linear.metrics import per_class_scores
 
     columns = [("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"), ("F1", "right"),
                ("most often taken for", "left")]
@@ -178,8 +178,8 @@ def pairs_table(pairs: list[dict]) -> Table:
 
 
 def render(summary: RunSummary) -> Group:
-    from imgcls.metrics import Metrics
-    from imgcls.report import Reporter
+    from imgcls.linear.metrics import Metrics
+    from imgcls.report.report import Reporter
 
     path = escape(printable(summary.path))
     parts: list = [f"[bold]run[/] {path}", config_table(summary.config)]

@@ -12,15 +12,15 @@ import io
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.files import printable
-from imgcls.rundir import DIVERGED, topk_of
+from imgcls.runs.files import printable
+from imgcls.runs.rundir import DIVERGED, topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
 
 
 def load_runs(paths: list[Path]):
     """load_run of every folder; fewer than two, or one folder twice, is a mistake."""
-    from imgcls.runreport import load_run
+    from imgcls.report.runreport import load_run
 
     if len(paths) < 2:
         raise UserError(f"compare needs at least two run folders, got {len(paths)}; e.g. imgcls compare runs/a runs/b")
@@ -87,7 +87,7 @@ def compare_table(rows: list[dict], keys: list[str], width: int | None = None):
     numbers never cut; the rightmost columns are left out while it is too wide, and the caption names them."""
     from rich.text import Text
 
-    from imgcls.report import fitted_table
+    from imgcls.report.report import fitted_table
 
     ks = sorted({row["k"] for row in rows if row["k"] is not None})
     topk = f"top-{ks[0]}" if len(ks) == 1 else "top-k"
@@ -139,7 +139,7 @@ def legend_label(row: dict) -> str:
 def draw_figure(summaries, rows: list[dict], path: Path) -> Path | None:
     """The overlaid validation curves, each named by its differing options; None when no run has finished an
     epoch (nothing to draw)."""
-    from imgcls.figures import validation_curves
+    from imgcls.report.figures import validation_curves
 
     curves = [(printable(legend_label(row)), summary.epochs, row["best_epoch"]) for row, summary in zip(rows, summaries)
               if summary.epochs]

@@ -16,17 +16,19 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from imgcls import __version__, distributed, jsontext
+from imgcls import __version__, distributed
+
+from imgcls.runs import jsontext
 from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
-from imgcls.files import check_output_file as _check_output_file
-from imgcls.files import make_output_folder
-from imgcls.flags import with_config_flags, with_grid_flags
+from imgcls.runs.files import check_output_file as _check_output_file
+from imgcls.runs.files import make_output_folder
+from imgcls.cli.flags import with_config_flags, with_grid_flags
 from imgcls.options import RUN, or_list
 
 if TYPE_CHECKING:  # imported for real inside the commands: --help must not wait for torch
-    from imgcls.report import Reporter
+    from imgcls.report.report import Reporter
 
 app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
@@ -44,7 +46,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except (UserError, OSError) as error:
-            from imgcls.files import (
+            from imgcls.runs.files import (
                 printable,  # a file name that is not UTF-8 is shown, not a crash
             )
 
@@ -67,7 +69,7 @@ ClassNamesOption = Annotated[Optional[Path], typer.Option(
 def _rename_classes(loaded, class_names: Path | None) -> None:
     """The checkpoint's classes shown by the names in --class-names (when given)."""
     if class_names is not None:
-        from imgcls.classnames import named_classes
+        from imgcls.data.classnames import named_classes
 
         loaded.meta["classes"] = named_classes(loaded.classes, class_names)
 
@@ -91,7 +93,7 @@ def train(
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
     flags = parse_flags(options)
     run_dir = None
-    from imgcls.rundir import RunDir
+    from imgcls.runs.rundir import RunDir
 
     if resume is not None:
         config, flags = _resume_config(resume, config, flags)
@@ -117,7 +119,7 @@ def train(
 def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool) -> None:
     """Train, then draw the figures, under one signal rule (interrupt.py) from the first import on: a Ctrl-C or
     SIGTERM in any phase ends the work in flight, then says what the run folder holds and how to go on."""
-    from imgcls.interrupt import stop_on_signals
+    from imgcls.training.interrupt import stop_on_signals
 
     with stop_on_signals() as stop:
         _train_and_report_under(resolved, resumed, target, quiet, overwrite, is_main, stop)
@@ -125,9 +127,9 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
 
 def _train_and_report_under(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool,
                             stop) -> None:
-    from imgcls.report import Reporter
-    from imgcls.train import Diverged, RunInterrupted
-    from imgcls.train import train as run_training
+    from imgcls.report.report import Reporter
+    from imgcls.training.train import Diverged, RunInterrupted
+    from imgcls.training.train import train as run_training
 
     reporter = Reporter(quiet or not is_main)
     try:
@@ -159,14 +161,14 @@ def _train_and_report_under(resolved: Config, resumed, target, quiet: bool, over
 
 def _tensorboard_reporter(quiet: bool, target, fresh: bool) -> Reporter:
     """A fresh run replaces the event files of the run it replaces; anything else is added to."""
-    from imgcls.tboard import TensorBoardReporter
+    from imgcls.report.tboard import TensorBoardReporter
 
     return TensorBoardReporter(target.path, fresh=fresh, quiet=quiet)
 
 
 def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
     """The run's figures beside its metrics, the end of its TensorBoard log, and the summary."""
-    from imgcls.figures import write_run_figures
+    from imgcls.report.figures import write_run_figures
 
     path = result.run_dir.path
     try:
@@ -187,7 +189,7 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
 
 def _write_page_or_warn(path: Path, reporter) -> None:
     """report.html beside the figures; like them, a failure is a warning: the run itself is saved and whole."""
-    from imgcls.htmlreport import write_run_page
+    from imgcls.report.htmlreport import write_run_page
 
     try:
         page = write_run_page(path)
@@ -231,7 +233,7 @@ def sweep(
     their product. Models that share batches train stacked: one matrix product per
     step for all of them. The sweep folder holds sweep.csv, sweep.json, sweep.png, a run folder per point, and
     `best`, the chosen run, which eval, predict, report and export-templates take like any run."""
-    from imgcls.interrupt import stop_on_signals
+    from imgcls.training.interrupt import stop_on_signals
 
     with stop_on_signals() as stop:  # the signal rule (interrupt.py) from the first import on
         _sweep_under(config, overwrite, resume, quiet, options, stop)
@@ -239,9 +241,9 @@ def sweep(
 
 def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quiet: bool, options: dict,
                  stop) -> None:
-    from imgcls import sweep as sweeping
-    from imgcls.report import Reporter
-    from imgcls.sweepdir import SweepDir
+    from imgcls.training import sweep as sweeping
+    from imgcls.report.report import Reporter
+    from imgcls.runs.sweepdir import SweepDir
 
     if resume is not None:
         given = sorted(settings()[name].flag for name, value in options.items() if value is not None)
@@ -282,7 +284,7 @@ def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quie
 def _sweep_summary(result, target, reporter, quiet: bool) -> None:
     """The points by validation loss, the choice and its refit, and (--quiet) the JSON summary; exit 2 if every
     point diverged."""
-    from imgcls.report import sweep_table
+    from imgcls.report.report import sweep_table
 
     reporter.show(sweep_table(result.records, result.best))
     count = len(result.records)
@@ -304,7 +306,7 @@ def _sweep_summary(result, target, reporter, quiet: bool) -> None:
 
 
 def _after_sweep(best_run: Path, reporter) -> None:
-    from imgcls.figures import write_run_figures
+    from imgcls.report.figures import write_run_figures
 
     try:
         write_run_figures(best_run)
@@ -328,10 +330,10 @@ def lr_find_command(
 
     This is what --lr auto and --weight-decay auto do before `imgcls train` (5-fold cross-validation on small
     data); the suggestion is the setting with the lowest held-out loss. Nothing but the figure is written."""
-    from imgcls.engine import Interrupted
-    from imgcls.figures import lr_search_figure
-    from imgcls.report import Reporter, lr_search_table
-    from imgcls.train import find_lr
+    from imgcls.training.engine import Interrupted
+    from imgcls.report.figures import lr_search_figure
+    from imgcls.report.report import Reporter, lr_search_table
+    from imgcls.training.train import find_lr
 
     resolved = build_config(config, parse_flags(options))
     figure = _lr_find_figure(figure, resolved.output.out)
@@ -390,9 +392,9 @@ def eval_command(
     from imgcls.errors import check_choice
 
     check_choice("split", split, ("test", "val", "train"))
-    from imgcls import checkpoint as ckpt
-    from imgcls.evaluate import evaluate_checkpoint
-    from imgcls.report import Reporter
+    from imgcls.runs import checkpoint as ckpt
+    from imgcls.runs.evaluate import evaluate_checkpoint
+    from imgcls.report.report import Reporter
 
     loaded = ckpt.load(checkpoint)
     refit = loaded.meta.get("refit") or (loaded.meta.get("data_fingerprint") or {}).get("counts", [0, 1])[1:2] == [0]
@@ -457,7 +459,7 @@ def export_templates_command(
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
     from imgcls.errors import check_choice
-    from imgcls.templates import COLOURS, SPACES
+    from imgcls.report.templates import COLOURS, SPACES
 
     check_choice("scale", scale, ("each", "shared"))
     check_choice("space", space, SPACES)
@@ -466,9 +468,9 @@ def export_templates_command(
         raise UserError(f"--clip must be at least 0 and under 0.5 (a share of the values at each end), not {clip}")
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
-    from imgcls import checkpoint as ckpt
+    from imgcls.runs import checkpoint as ckpt
     from imgcls.data.features import require_image_model
-    from imgcls.templates import export_templates
+    from imgcls.report.templates import export_templates
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
@@ -490,11 +492,11 @@ def export_command(
 ) -> None:
     """Write a trained model for use without imgcls: ONNX, TorchScript or numpy arrays."""
     from imgcls.errors import check_choice
-    from imgcls.export import FORMATS
+    from imgcls.runs.export import FORMATS
 
     check_choice("format", fmt, FORMATS)
-    from imgcls import checkpoint as ckpt
-    from imgcls.export import export, is_features_model
+    from imgcls.runs import checkpoint as ckpt
+    from imgcls.runs.export import export, is_features_model
 
     loaded = ckpt.load(checkpoint)
     export(loaded, fmt, out)
@@ -522,13 +524,13 @@ def report_command(
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
         raise UserError(f"--pairs must be 0 or more, not {pairs}")
-    from imgcls.files import printable, remove_stale_temporaries
-    from imgcls.runreport import load_run, render
+    from imgcls.runs.files import printable, remove_stale_temporaries
+    from imgcls.report.runreport import load_run, render
 
     summary = load_run(run_dir, pairs, class_names)
     written, unwritten = [], None
     if figures:
-        from imgcls.figures import write_run_figures
+        from imgcls.report.figures import write_run_figures
 
         try:
             remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
@@ -537,7 +539,7 @@ def report_command(
             unwritten = f"note: the figures were not redrawn: {error}"
     page = None
     if html:
-        from imgcls.htmlreport import write_run_page
+        from imgcls.report.htmlreport import write_run_page
 
         page = write_run_page(run_dir, class_names)
     if unwritten:
@@ -577,14 +579,14 @@ def compare_command(
         _check_output_file("--figure", figure, "compare.png")
     if csv_file is not None:
         _check_output_file("--csv", csv_file, "runs.csv")
-    from imgcls.compare import (
+    from imgcls.report.compare import (
         compare_table,
         comparison_rows,
         draw_figure,
         load_runs,
         to_csv,
     )
-    from imgcls.files import printable, write_text_atomic
+    from imgcls.runs.files import printable, write_text_atomic
 
     summaries = load_runs(run_dirs)
     rows, keys = comparison_rows(summaries)
@@ -625,15 +627,15 @@ def predict_command(
     from imgcls.config import check_device_name
 
     check_device_name(device)
-    from imgcls import checkpoint as ckpt
-    from imgcls.files import printable
-    from imgcls.predict import to_csv
+    from imgcls.runs import checkpoint as ckpt
+    from imgcls.runs.files import printable
+    from imgcls.runs.predict import to_csv
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     result = _predictions(loaded, images, top_k, device, skip_bad_images)
     if csv_file is not None:
-        from imgcls.files import write_text_atomic
+        from imgcls.runs.files import write_text_atomic
 
         # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
         write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
@@ -642,7 +644,7 @@ def predict_command(
                               "predictions": [p.as_dict() for p in result.items],
                               "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
         return
-    from imgcls.tables import predictions_table
+    from imgcls.report.tables import predictions_table
 
     Console().print(predictions_table(loaded, result.items))
     if csv_file is not None:
@@ -654,8 +656,8 @@ def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_i
     """The top-k of each image (or of each row of one features file, for a features model); the images skipped
     and resized are told on stderr."""
     from imgcls.data.features import is_features_model, require_image_model
-    from imgcls.files import printable
-    from imgcls.predict import list_images, predict, predict_features
+    from imgcls.runs.files import printable
+    from imgcls.runs.predict import list_images, predict, predict_features
 
     if is_features_model(loaded):
         if len(images) != 1 or images[0].suffix.lower() not in (".npz", ".safetensors"):
@@ -685,7 +687,7 @@ def datasets_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """The named datasets: classes, image shape, sizes, and whether each is in the data dir."""
-    from imgcls.catalog import dataset_infos
+    from imgcls.data.catalog import dataset_infos
     from imgcls.config import default_data_dir
 
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
@@ -693,7 +695,7 @@ def datasets_command(
     if as_json:
         print(json.dumps({"data_dir": str(root), "datasets": [info.as_dict() for info in infos]}))
         return
-    from imgcls.tables import datasets_table, superclass_lines
+    from imgcls.report.tables import datasets_table, superclass_lines
 
     console = Console()
     console.print(datasets_table(root, infos))
@@ -716,7 +718,7 @@ def gradcheck_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Check the gradient of the loss three ways (finite differences, the formula, autograd); exit 1 if they differ."""
-    from imgcls import gradcheck
+    from imgcls.linear import gradcheck
 
     gradcheck.check_arguments(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
@@ -725,7 +727,7 @@ def gradcheck_command(
 
         print(jsontext.dumps({**asdict(result), "passed": result.passed}))
     else:
-        from imgcls.tables import gradcheck_table
+        from imgcls.report.tables import gradcheck_table
 
         Console().print(gradcheck_table(result))
     worst = result.worst
@@ -746,7 +748,7 @@ def gradcheck_command(
 def cache_info() -> None:
     """List the decoded datasets in the cache and their sizes (only what imgcls made is listed)."""
     from imgcls.config import default_cache_dir
-    from imgcls.tables import cache_table
+    from imgcls.report.tables import cache_table
 
     Console().print(cache_table(default_cache_dir()))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.files import (
+from imgcls.runs.files import (
     printable,
     remove_stale_temporaries,
     write_json_atomic,
@@ -234,14 +234,14 @@ class RunDir:
                 from None
         _check_metrics(metrics, self.metrics)
         if class_names is not None:
-            from imgcls.classnames import named_classes
+            from imgcls.data.classnames import named_classes
 
             metrics["classes"] = named_classes(metrics["classes"], class_names)
         return metrics
 
     def read_config(self) -> dict:
         """config.yaml as the run saved it, read by the config's own bounded loader ({} if it holds no mapping)."""
-        from imgcls.yamlfile import read_yaml
+        from imgcls.runs.yamlfile import read_yaml
 
         if not self.config.is_file():
             raise UserError(f"{printable(self.path)} is not a run folder (no config.yaml); pass the --out folder of "

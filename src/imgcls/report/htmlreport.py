@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.files import printable, write_text_atomic
-from imgcls.metrics import per_class_scores
-from imgcls.rundir import RunDir, epoch_topk, topk_of
+from imgcls.runs.files import printable, write_text_atomic
+from imgcls.linear.metrics import per_class_scores
+from imgcls.runs.rundir import RunDir, epoch_topk, topk_of
 
 GALLERY_WRONG = 12  # thumbnails of each kind: the page stays small and quick to write
 GALLERY_RIGHT = 12
@@ -80,7 +80,7 @@ class Gallery:
 def load_gallery(run: RunDir) -> Gallery:
     """Score the run's test split with its best checkpoint and pick the gallery's images. Without the data (moved,
     deleted, a --stream run) the page goes without a gallery and says why."""
-    from imgcls import checkpoint as ckpt
+    from imgcls.runs import checkpoint as ckpt
 
     if not run.best.is_file():
         return Gallery(note="no best.safetensors in the run folder: no model to score the test images with")
@@ -110,7 +110,7 @@ def _test_split(checkpoint):
     import dataclasses
 
     from imgcls.data.prepare import load_decoded
-    from imgcls.evaluate import data_config_of
+    from imgcls.runs.evaluate import data_config_of
 
     config = dataclasses.replace(data_config_of(checkpoint, None), download=False)
     split, _ = load_decoded(config, "test")
@@ -124,7 +124,7 @@ def _scores(checkpoint, images):
     """The probability of each image's predicted class, and that class, as `predict` computes them."""
     import torch
 
-    from imgcls.predict import normalized
+    from imgcls.runs.predict import normalized
 
     model = checkpoint.model().eval()
     confidence, predicted = [], []
@@ -143,7 +143,7 @@ def _embedded(path: Path) -> str | None:
 
 def page_context(run_path: Path, class_names: Path | None = None) -> dict:
     """Everything the template shows, from the run folder (and, for the gallery, its test split)."""
-    from imgcls.runreport import config_rows, load_run
+    from imgcls.report.runreport import config_rows, load_run
 
     summary = load_run(run_path, class_names=class_names)
     run = RunDir(summary.path)
@@ -172,7 +172,7 @@ def render_page(context: dict) -> str:
     # autoescape: class names and config values come from the user's folders and may hold <, & or quotes
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True)
-    template = environment.from_string(files("imgcls").joinpath(TEMPLATE).read_text(encoding="utf-8"))
+    template = environment.from_string(files("imgcls.report").joinpath(TEMPLATE).read_text(encoding="utf-8"))
     return template.render(**context, topk_of=topk_of, epoch_topk=epoch_topk)
 
 

@@ -12,12 +12,12 @@ import math
 
 import torch
 
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.types import PreparedData
 from imgcls.errors import UserError
-from imgcls.progress import Progress
+from imgcls.training.progress import Progress
 
 # Where a run's inputs live, not what they are: a resumed run may find them elsewhere.
 LOCATION_KEYS = {("train", "device"), ("data", "data_dir"), ("output", "out")}

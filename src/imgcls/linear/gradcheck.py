@@ -39,7 +39,7 @@ AnalyticFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], 
 
 def mean_loss(name: str) -> LossFn:
     """The loss imgcls trains with (losses.per_sample_loss), averaged over the batch, in the input's precision."""
-    from imgcls.losses import per_sample_loss
+    from imgcls.linear.losses import per_sample_loss
 
     per_sample = per_sample_loss(name)
     return lambda scores, targets: per_sample(scores, targets).mean()
@@ -49,7 +49,7 @@ def analytic_gradients(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor
                        loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
     """dL/dW (K, D) and dL/db (K,) of the mean loss, by the formulas above; no autograd. d_scores is
     Loss.score_gradient, the very formula the analytic training step uses, so this checks training's code."""
-    from imgcls.losses import Loss
+    from imgcls.linear.losses import Loss
 
     if loss not in LOSSES:
         raise ValueError(f"no analytic gradient for loss {loss}")
@@ -197,7 +197,7 @@ def check_arguments(loss: str, batch_size: int, classes: int, features: int, coo
 def check_size(batch_size: int, classes: int, features: int, coordinates: int) -> None:
     """Refuse at once, as a UserError, a problem too large for this machine's memory or for a check that
     ends within minutes."""
-    from imgcls.memory import check_fits_memory
+    from imgcls.training.memory import check_fits_memory
 
     sizes = f"--batch-size {batch_size}, --classes {classes} and --features {features}"
     checked = min(coordinates, classes * features)

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.report import Reporter
-from imgcls.rundir import RunDir
+from imgcls.report.report import Reporter
+from imgcls.runs.rundir import RunDir
 
 MISSING = "--tensorboard needs the tensorboard package: pip install 'imgcls[tensorboard]'"
 
@@ -57,7 +57,7 @@ class TensorBoardReporter(Reporter):
     def epoch_done(self, record: dict, improved: bool) -> None:
         super().epoch_done(record, improved)
         writer = self._writer()
-        from imgcls.rundir import epoch_topk
+        from imgcls.runs.rundir import epoch_topk
 
         for key, tag in SCALARS.items():
             if key in record:
@@ -75,8 +75,8 @@ class TensorBoardReporter(Reporter):
     def run_finished(self, run_path: Path, best_epoch: int, test_summary: dict) -> None:
         """The test metrics of the chosen epoch, and the templates of its checkpoint; then close, and say how to
         look at the log."""
-        from imgcls import checkpoint as ckpt
-        from imgcls.templates import display_images, enlarge
+        from imgcls.runs import checkpoint as ckpt
+        from imgcls.report.templates import display_images, enlarge
 
         run, writer = RunDir(Path(run_path)), self._writer()
         k = test_summary.get("k", 5)

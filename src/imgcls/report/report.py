@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from imgcls.data.types import PreparedData
-    from imgcls.metrics import Metrics
+    from imgcls.linear.metrics import Metrics
 
 
 RECENT_SECONDS = 5.0  # the progress bar's images/s and ETA are over about this many seconds, not the whole epoch
@@ -52,7 +52,7 @@ def loss_text(loss: float) -> str:
 def epoch_line(record: dict, improved: bool, k: int | None = None) -> str:
     """One epoch in under 80 columns (a wrapped line splits numbers); epoch_legend names the numbers once.
     k: the run's top-k, which names the record's val_top5 (default: the k of the record's own key)."""
-    from imgcls.rundir import epoch_topk
+    from imgcls.runs.rundir import epoch_topk
 
     line = f"epoch {record['epoch']:>3}  train {loss_text(record['train_loss'])} {record['train_top1']:.2%}"
     if "val_loss" not in record:  # a refit's epoch: no held-out images
@@ -171,7 +171,7 @@ class Reporter:
             yield lambda done, text: bar.update(task, completed=done, text=text)
 
     def data_ready(self, data: PreparedData) -> None:
-        from imgcls.metrics import top_k
+        from imgcls.linear.metrics import top_k
 
         self.k = top_k(len(data.classes))
         c, h, w = data.shape
@@ -261,7 +261,7 @@ class Reporter:
 
     def per_class_table(self, classes: list[str], metrics: Metrics) -> Table:
         """Top-1 (the class's recall), precision and F1 of each class, from the confusion matrix."""
-        from imgcls.metrics import per_class_scores
+        from imgcls.linear.metrics import per_class_scores
 
         columns = [("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"),
                    ("F1", "right")]

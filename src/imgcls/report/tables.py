@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
-from imgcls.files import printable
-from imgcls.report import fitted_table
+from imgcls.runs.files import printable
+from imgcls.report.report import fitted_table
 
 if TYPE_CHECKING:
-    from imgcls.catalog import DatasetInfo
-    from imgcls.gradcheck import GradcheckResult
+    from imgcls.data.catalog import DatasetInfo
+    from imgcls.linear.gradcheck import GradcheckResult
 
 
 def datasets_table(root: Path, infos: list[DatasetInfo]) -> Table:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from imgcls.errors import UserError
-from imgcls.files import write_atomic
-from imgcls.rundir import RunDir
+from imgcls.runs.files import write_atomic
+from imgcls.runs.rundir import RunDir
 
 FORMAT_VERSION = 2  # 2: a resumable checkpoint holds imgcls's own update rule's state (no torch optimizer's)
 MODEL_FORMAT = 1  # a checkpoint of the model alone is read by every imgcls since the first
@@ -86,7 +86,7 @@ class Checkpoint:
                            [self.state[name] for name in RUNNING_SUMS], progress, saved["diverged"])
 
     def model(self):
-        from imgcls.model import LinearClassifier
+        from imgcls.linear.model import LinearClassifier
 
         model = LinearClassifier(self.input_shape, len(self.classes))
         model.linear.weight.data.copy_(self.weight)

@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config, DataConfig
 from imgcls.data.batches import make_eval_batches
 from imgcls.data.prepare import prepare
 from imgcls.data.types import Normalization
-from imgcls.device import cpu_threads, resolve_device
+from imgcls.training.device import cpu_threads, resolve_device
 from imgcls.errors import UserError, shown
-from imgcls.losses import Loss, class_weights
-from imgcls.metrics import Metrics
-from imgcls.stacked import Hyper, Stack
+from imgcls.linear.losses import Loss, class_weights
+from imgcls.linear.metrics import Metrics
+from imgcls.linear.stacked import Hyper, Stack
 
 
 def saved_config(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> Config:

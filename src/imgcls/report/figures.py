@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.files import printable, write_atomic
-from imgcls.rundir import RunDir
+from imgcls.runs.files import printable, write_atomic
+from imgcls.runs.rundir import RunDir
 
 DPI = 100
 CURVES_FIGSIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels
@@ -138,7 +138,7 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
 def templates_grid(checkpoint, path: Path) -> Path:
     """templates.py's labelled grid of every class's template with export-templates' defaults (space and
     colours "auto", each to its own range), templates.grid_figsize(K, title) at GRID_DPI."""
-    from imgcls.templates import (
+    from imgcls.report.templates import (
         CLIP,
         display_images,
         grid_title,
@@ -187,11 +187,11 @@ def write_run_figures(run_dir: Path, class_names: Path | None = None) -> list[Pa
 
 
 def _best_checkpoint(run: RunDir, class_names: Path | None):
-    from imgcls import checkpoint as ckpt
+    from imgcls.runs import checkpoint as ckpt
 
     best = ckpt.load(run.best)
     if class_names is not None:
-        from imgcls.classnames import named_classes
+        from imgcls.data.classnames import named_classes
 
         best.meta["classes"] = named_classes(best.classes, class_names)
     return best

@@ -28,9 +28,9 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.files import move, printable, write_json_atomic, write_text_atomic
-from imgcls.rundir import RunDir
-from imgcls.yamlfile import read_yaml
+from imgcls.runs.files import move, printable, write_json_atomic, write_text_atomic
+from imgcls.runs.rundir import RunDir
+from imgcls.runs.yamlfile import read_yaml
 
 SPEC, RESULTS, TABLE, FIGURE, POINTS, BEST = "sweep.yaml", "sweep.json", "sweep.csv", "sweep.png", "points", "best"
 RESUME, REFIT = "resume", "refit"

@@ -24,8 +24,8 @@ from imgcls.config import Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.split import folds, joined, limited_rows, rows_of
 from imgcls.data.types import PreparedData
-from imgcls.engine import Diverged, Engine, Model, Quiet, new_model
-from imgcls.interrupt import StopRequest
+from imgcls.training.engine import Diverged, Engine, Model, Quiet, new_model
+from imgcls.training.interrupt import StopRequest
 
 RATES = tuple(10.0 ** exponent for exponent in range(-4, 1))  # 1e-4 ... 1 by decades; mse: a decade lower
 DECAYS = tuple(10.0 ** exponent for exponent in range(-4, 2))  # 1e-4 ... 10: C = 1 / (wd * n) over 5 decades

@@ -23,21 +23,21 @@ from pathlib import Path
 
 import torch
 
-from imgcls import checkpoint as ckpt
+from imgcls.runs import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.registry import SPECS
 from imgcls.data.types import PreparedData
 from imgcls.errors import UserError
-from imgcls.interrupt import StopRequest
-from imgcls.losses import Loss, class_weights
-from imgcls.metrics import Metrics, better, pooled, top_k
-from imgcls.model import LinearClassifier
-from imgcls.progress import Progress
-from imgcls.resume import check_same_run, data_fingerprint, restore
-from imgcls.rundir import RunDir
-from imgcls.schedule import Plateau, Schedule
-from imgcls.stacked import Hyper, Stack, StepStats
+from imgcls.training.interrupt import StopRequest
+from imgcls.linear.losses import Loss, class_weights
+from imgcls.linear.metrics import Metrics, better, pooled, top_k
+from imgcls.linear.model import LinearClassifier
+from imgcls.training.progress import Progress
+from imgcls.training.resume import check_same_run, data_fingerprint, restore
+from imgcls.runs.rundir import RunDir
+from imgcls.linear.schedule import Plateau, Schedule
+from imgcls.linear.stacked import Hyper, Stack, StepStats
 
 
 class Diverged(UserError):

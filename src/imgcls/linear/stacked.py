@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import torch
 
-from imgcls.losses import Loss, mean_denominator
-from imgcls.metrics import Metrics, MetricsAccumulator
+from imgcls.linear.losses import Loss, mean_denominator
+from imgcls.linear.metrics import Metrics, MetricsAccumulator
 
 
 class StepStats(NamedTuple):

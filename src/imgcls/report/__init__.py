@@ -1,0 +1,1 @@
+"""What a run shows: the terminal, figures, templates, the web page, TensorBoard, comparisons."""
