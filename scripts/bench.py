@@ -62,7 +62,7 @@ from imgcls.data.batches import make_batches
 from imgcls.data.normalize import fit_normalization
 from imgcls.data.prepare import prepare
 from imgcls.data.types import LabelledImages, PreparedData
-from imgcls.training.device import step_threads
+from imgcls.device import step_threads
 from imgcls.training.engine import Engine, Quiet, new_model
 from imgcls.training.interrupt import StopRequest
 from imgcls.linear.model import LinearClassifier

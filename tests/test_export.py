@@ -131,7 +131,7 @@ def test_output_paths_that_cannot_be_written_are_one_line(cli, assert_user_error
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(read_only)
                         else real_access(path, mode, **kw))
-    monkeypatch.setattr("imgcls.runs.files.on_read_only_file_system", lambda path: True)
+    monkeypatch.setattr("imgcls.files.on_read_only_file_system", lambda path: True)
     assert_user_error(cli(*templates, read_only / "tpl"), str(read_only), "read-only file system")
     assert_user_error(cli("export", run, "--format", "npz", "--out", read_only / "m.npz"), str(read_only),
                       "read-only file system")

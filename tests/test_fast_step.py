@@ -157,7 +157,7 @@ def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mni
                                                                              faster_on_all_cores):
     import yaml
 
-    from imgcls.training import device
+    from imgcls import device
 
     seen = []
     step = Engine.step
@@ -178,8 +178,8 @@ def test_without_threads_a_run_picks_the_faster_count_and_keeps_it_on_resume(mni
 
 
 def test_step_threads_keeps_a_given_count_and_a_gpu_run_s(monkeypatch):
-    from imgcls.training import device
-    from imgcls.training.device import BIG_PRODUCT, step_threads
+    from imgcls import device
+    from imgcls.device import BIG_PRODUCT, step_threads
 
     monkeypatch.setattr(device, "_clearly_faster", lambda *args: pytest.fail("timed without need"))
     before = torch.get_num_threads()
@@ -246,7 +246,7 @@ def test_a_batch_of_only_zero_weight_classes_leaves_the_model_as_it_was(gradient
 
 
 def test_choosing_the_thread_count_draws_nothing_from_the_run_s_random_numbers():
-    from imgcls.training.device import step_threads
+    from imgcls.device import step_threads
 
     before = torch.get_num_threads()
     torch.manual_seed(5)

@@ -17,7 +17,7 @@ import torch
 from conftest import run_python, train_image_folder, train_tiny_cifar
 from imgcls.runs import checkpoint as ckpt
 from imgcls.errors import UserError
-from imgcls.runs.files import write_atomic, write_json_atomic, write_text_atomic
+from imgcls.files import write_atomic, write_json_atomic, write_text_atomic
 
 
 def no_temporary_files(folder: Path) -> bool:
@@ -77,7 +77,7 @@ def test_a_full_disk_is_a_user_error_and_leaves_the_previous_file_whole(previous
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(f"imgcls.runs.files.os.{call}", full)
+    monkeypatch.setattr(f"imgcls.files.os.{call}", full)
     with pytest.raises(UserError, match="No space left on device") as raised:
         write_text_atomic(previous, '{"good": false}')
     monkeypatch.undo()
@@ -90,7 +90,7 @@ def test_an_unexpected_os_error_keeps_its_traceback_and_still_cleans_up(previous
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr("imgcls.runs.files.os.replace", broken)
+    monkeypatch.setattr("imgcls.files.os.replace", broken)
     with pytest.raises(OSError, match="I/O error"):
         write_text_atomic(previous, "{}")
     monkeypatch.undo()
@@ -114,7 +114,7 @@ def test_a_full_disk_during_training_keeps_the_last_good_checkpoint_and_the_run_
         return real_replace(source, target)
 
     out = tmp_path / "run"
-    monkeypatch.setattr("imgcls.runs.files.os.replace", replace)
+    monkeypatch.setattr("imgcls.files.os.replace", replace)
     assert_user_error(train_tiny_cifar(cli, tiny_cifar_session, out, epochs=3), "cannot write", "last.safetensors",
                       "No space left on device")
     monkeypatch.undo()
@@ -143,7 +143,7 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_clear_error(small_run
     before = target.read_bytes()
     code = ("import resource, signal, sys\n"
             "from pathlib import Path\n"
-            "from imgcls import checkpoint as ckpt\n"
+            "from imgcls.runs import checkpoint as ckpt\n"
             "from imgcls.errors import UserError\n"
             "saved = ckpt.load(Path(sys.argv[1]))\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"

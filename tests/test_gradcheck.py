@@ -154,9 +154,9 @@ def test_gradcheck_user_errors(cli, args, words, assert_user_error):
 
 
 def test_a_gradcheck_larger_than_memory_is_refused_before_allocating(cli, monkeypatch, assert_user_error):
-    import imgcls.training.memory
+    import imgcls.memory
 
-    monkeypatch.setattr(imgcls.training.memory, "available_memory", lambda: 10 ** 6)  # 1 MB
+    monkeypatch.setattr(imgcls.memory, "available_memory", lambda: 10 ** 6)  # 1 MB
     assert_user_error(cli("gradcheck", "--features", 20000), "--features 20000", "more than the 0.0 GB available")
 
 

@@ -112,7 +112,7 @@ def test_python_m_imgcls_version():
 
 
 def test_importing_the_cli_does_not_import_torch():
-    done = run_python("-c", "import sys; from imgcls import cli; print('torch' in sys.modules)")
+    done = run_python("-c", "import sys; from imgcls.cli import app; print('torch' in sys.modules)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 

@@ -94,3 +94,23 @@ def test_no_module_of_the_package_is_part_of_an_import_cycle():
 
 def test_the_data_types_import_nothing_of_the_package():
     assert import_graph()["imgcls.data.types"] == set()
+
+
+LAYERS = ["linear", "data", "runs", "training", "report", "cli"]  # each imports only the ones before it
+BELOW = {"linear": set(), "data": set(), "runs": {"linear", "data"}, "training": {"linear", "data", "runs"},
+         "report": {"linear", "data", "runs"}, "cli": set(LAYERS) - {"cli"}}
+
+
+def test_every_package_imports_only_the_packages_below_it():
+    """The layout is the architecture: the lecture's mathematics (linear/) and the data at the bottom, then what
+    runs leave on disk, the training, the reports, the command line; the top-level modules serve all of them."""
+    wrong = []
+    for module, targets in import_graph().items():
+        parts = module.split(".")
+        if len(parts) < 3 or parts[1] not in BELOW:
+            continue
+        for target in targets:
+            layer = target.split(".")[1] if target.count(".") >= 1 else None
+            if layer in BELOW and layer != parts[1] and layer not in BELOW[parts[1]]:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, wrong

@@ -209,7 +209,7 @@ def test_a_run_folder_in_use_by_another_process_is_refused_naming_it(cli, small_
 
 def start_writer(folder: Path) -> subprocess.Popen:
     """A process part-way through writing folder/curves.png (atomically), waiting there."""
-    code = ("import sys, time; from pathlib import Path; from imgcls.runs.files import write_atomic\n"
+    code = ("import sys, time; from pathlib import Path; from imgcls.files import write_atomic\n"
             "def slow(temporary):\n    temporary.write_bytes(b'half a png'); print('writing', flush=True); "
             "time.sleep(120)\n"
             "write_atomic(Path(sys.argv[1]) / 'curves.png', slow)")

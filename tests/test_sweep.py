@@ -281,7 +281,7 @@ def fail_write(monkeypatch, at: int, error: BaseException) -> dict:
             raise error
         return real(source, target)
 
-    monkeypatch.setattr("imgcls.runs.files.os.replace", replace)
+    monkeypatch.setattr("imgcls.files.os.replace", replace)
     return count
 
 

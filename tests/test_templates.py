@@ -109,9 +109,9 @@ def test_grid_only_writes_just_the_grid(tmp_path):
 
 
 def test_a_size_beyond_memory_is_refused_before_writing(tmp_path, monkeypatch):
-    import imgcls.training.memory
+    import imgcls.memory
 
-    monkeypatch.setattr(imgcls.training.memory, "available_memory", lambda: 2 * 10 ** 9)  # 2 GB
+    monkeypatch.setattr(imgcls.memory, "available_memory", lambda: 2 * 10 ** 9)  # 2 GB
     checkpoint = make_checkpoint(CIFAR10_CLASSES, (3, 32, 32))
     with pytest.raises(UserError, match=r"--size 20000 \(templates of 20000x20000 pixels\) would need about 17 GB "
                                         r"of memory, more than the 2.0 GB available; use a smaller --size"):

@@ -22,8 +22,8 @@ from imgcls.runs import jsontext
 from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError
-from imgcls.runs.files import check_output_file as _check_output_file
-from imgcls.runs.files import make_output_folder
+from imgcls.files import check_output_file as _check_output_file
+from imgcls.files import make_output_folder
 from imgcls.cli.flags import with_config_flags, with_grid_flags
 from imgcls.options import RUN, or_list
 
@@ -46,7 +46,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except (UserError, OSError) as error:
-            from imgcls.runs.files import (
+            from imgcls.files import (
                 printable,  # a file name that is not UTF-8 is shown, not a crash
             )
 
@@ -524,7 +524,7 @@ def report_command(
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
         raise UserError(f"--pairs must be 0 or more, not {pairs}")
-    from imgcls.runs.files import printable, remove_stale_temporaries
+    from imgcls.files import printable, remove_stale_temporaries
     from imgcls.report.runreport import load_run, render
 
     summary = load_run(run_dir, pairs, class_names)
@@ -586,7 +586,7 @@ def compare_command(
         load_runs,
         to_csv,
     )
-    from imgcls.runs.files import printable, write_text_atomic
+    from imgcls.files import printable, write_text_atomic
 
     summaries = load_runs(run_dirs)
     rows, keys = comparison_rows(summaries)
@@ -628,14 +628,14 @@ def predict_command(
 
     check_device_name(device)
     from imgcls.runs import checkpoint as ckpt
-    from imgcls.runs.files import printable
+    from imgcls.files import printable
     from imgcls.runs.predict import to_csv
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     result = _predictions(loaded, images, top_k, device, skip_bad_images)
     if csv_file is not None:
-        from imgcls.runs.files import write_text_atomic
+        from imgcls.files import write_text_atomic
 
         # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
         write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
@@ -656,7 +656,7 @@ def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_i
     """The top-k of each image (or of each row of one features file, for a features model); the images skipped
     and resized are told on stderr."""
     from imgcls.data.features import is_features_model, require_image_model
-    from imgcls.runs.files import printable
+    from imgcls.files import printable
     from imgcls.runs.predict import list_images, predict, predict_features
 
     if is_features_model(loaded):

@@ -47,7 +47,7 @@ import torch
 from imgcls.data.readers import walk_files
 from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
-from imgcls.runs.files import on_read_only_file_system
+from imgcls.files import on_read_only_file_system
 
 CACHE_FORMAT = 1
 ENTRY_FILES = ("meta.json", "images.npy", "labels.npy")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.runs.files import printable
+from imgcls.files import printable
 
 NAMES_FILES = ("words.txt", "classes.txt")  # looked for beside the class folders, in this order
 

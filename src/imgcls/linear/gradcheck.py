@@ -197,7 +197,7 @@ def check_arguments(loss: str, batch_size: int, classes: int, features: int, coo
 def check_size(batch_size: int, classes: int, features: int, coordinates: int) -> None:
     """Refuse at once, as a UserError, a problem too large for this machine's memory or for a check that
     ends within minutes."""
-    from imgcls.training.memory import check_fits_memory
+    from imgcls.memory import check_fits_memory
 
     sizes = f"--batch-size {batch_size}, --classes {classes} and --features {features}"
     checked = min(coordinates, classes * features)

@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.runs.files import printable
+from imgcls.files import printable
 from imgcls.runs.rundir import DIVERGED, topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.runs.files import printable, write_atomic
+from imgcls.files import printable, write_atomic
 from imgcls.runs.rundir import RunDir
 
 DPI = 100

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.errors import UserError
-from imgcls.runs.files import printable, write_text_atomic
+from imgcls.files import printable, write_text_atomic
 from imgcls.linear.metrics import per_class_scores
 from imgcls.runs.rundir import RunDir, epoch_topk, topk_of
 

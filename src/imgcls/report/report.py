@@ -121,6 +121,24 @@ class Reporter:
         self.steps = 1
         self.k: int | None = None  # the run's top-k, once data_ready has said how many classes
 
+    def search_figure(self, path: Path, rows: list[dict], how: str) -> None:
+        """The default search's figure in a run folder, as lr-find draws it."""
+        from imgcls.report.figures import lr_search_figure
+
+        self._drawn(path, lambda: lr_search_figure(rows, path, how))
+
+    def sweep_figure(self, path: Path, records: list[dict], grid: dict, best: int | None) -> None:
+        from imgcls.report.figures import sweep_figure
+
+        self._drawn(path, lambda: sweep_figure(records, grid, path, best))
+
+    def _drawn(self, path: Path, draw: Callable[[], object]) -> None:
+        """Like a run's other figures, one that fails is a warning, never the end of what it describes."""
+        try:
+            draw()
+        except Exception as error:  # noqa: BLE001
+            self.note(f"warning: could not draw {path} ({type(error).__name__}: {error})")
+
     def note(self, text: str | Text) -> None:
         """A line as it is written (a str is not read as markup); on a terminal wrapped between words (the terminal
         would cut them, and the live bar would overwrite a row it did not know of), whole in a pipe or a log."""

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from imgcls.errors import UserError
-from imgcls.runs.files import printable
+from imgcls.files import printable
 from imgcls.report.report import fitted_table
 from imgcls.runs.rundir import epoch_topk, topk_of
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
-from imgcls.runs.files import printable
+from imgcls.files import printable
 from imgcls.report.report import fitted_table
 
 if TYPE_CHECKING:

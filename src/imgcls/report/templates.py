@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from imgcls.runs.checkpoint import Checkpoint
-from imgcls.runs.files import write_atomic
+from imgcls.files import write_atomic
 
 GRID_STEM = "templates"  # the labelled grid; a class of that name gets its index as a prefix
 SPACES = ("auto", "pixel", "input")
@@ -121,7 +121,7 @@ def file_stem(name: str) -> str:
 def check_size_fits(shape: tuple[int, ...], size: int) -> None:
     """Refuse a --size whose one enlarged template cannot be made in memory: a float32 image and two
     temporaries of its size, its 8-bit pixels, and the PNG encoder's copy."""
-    from imgcls.training.memory import check_fits_memory
+    from imgcls.memory import check_fits_memory
 
     channels, height, width = shape[-3:]
     factor = enlargement(shape, size)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from imgcls.errors import UserError
-from imgcls.runs.files import write_atomic
+from imgcls.files import write_atomic
 from imgcls.runs.rundir import RunDir
 
 FORMAT_VERSION = 2  # 2: a resumable checkpoint holds imgcls's own update rule's state (no torch optimizer's)

@@ -9,7 +9,7 @@ from imgcls.config import Config, DataConfig
 from imgcls.data.batches import make_eval_batches
 from imgcls.data.prepare import prepare
 from imgcls.data.types import Normalization
-from imgcls.training.device import cpu_threads, resolve_device
+from imgcls.device import cpu_threads, resolve_device
 from imgcls.errors import UserError, shown
 from imgcls.linear.losses import Loss, class_weights
 from imgcls.linear.metrics import Metrics

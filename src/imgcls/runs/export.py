@@ -28,7 +28,7 @@ from imgcls.runs.checkpoint import Checkpoint
 from imgcls.data.features import is_features_model
 from imgcls.data.types import Normalization
 from imgcls.errors import UserError
-from imgcls.runs.files import check_output_file, write_atomic
+from imgcls.files import check_output_file, write_atomic
 
 FORMATS = ("onnx", "torchscript", "npz")
 ONNX_OPSET = 17

@@ -100,7 +100,7 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
             skip_bad: bool = False, chunk: int = 1024) -> Predictions:
     from imgcls.data.decode import error_reason
     from imgcls.data.readers import read_image_file
-    from imgcls.training.device import resolve_device
+    from imgcls.device import resolve_device
 
     device = resolve_device(device_name)
     model = checkpoint.model().to(device).eval()
@@ -129,7 +129,7 @@ def predict_features(checkpoint: Checkpoint, path: Path, k: int = 5, device_name
                      chunk: int = 4096) -> Predictions:
     """A features model's top-k for each row of a features file, named FILE[row], normalized as in training."""
     from imgcls.data.features import rows_to_predict
-    from imgcls.training.device import resolve_device
+    from imgcls.device import resolve_device
 
     device = resolve_device(device_name)
     model = checkpoint.model().to(device).eval()

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.runs.files import (
+from imgcls.files import (
     printable,
     remove_stale_temporaries,
     write_json_atomic,

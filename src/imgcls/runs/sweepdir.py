@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import UserError
-from imgcls.runs.files import move, printable, write_json_atomic, write_text_atomic
+from imgcls.files import move, printable, write_json_atomic, write_text_atomic
 from imgcls.runs.rundir import RunDir
 from imgcls.runs.yamlfile import read_yaml
 

@@ -24,12 +24,12 @@ import torch
 from imgcls import distributed
 from imgcls.config import AUTO_EPOCHS, Config
 from imgcls.data.batches import make_batches, make_eval_batches
-from imgcls.training.device import cpu_threads, resolve_device, step_threads
+from imgcls.device import cpu_threads, resolve_device, step_threads
 from imgcls.training.engine import Engine, Interrupted, Model, Quiet, new_model
 from imgcls.errors import UserError
 from imgcls.training.grid import Point, describe, group_key, point_config
 from imgcls.training.interrupt import StopRequest, stop_on_signals
-from imgcls.training.memory import available_memory
+from imgcls.memory import available_memory
 from imgcls.linear.metrics import Metrics, top_k
 from imgcls.training.resume import config_changes
 from imgcls.runs.sweepdir import REFIT, SweepDir
@@ -285,8 +285,6 @@ def groups_of(spec: dict) -> list[Group]:
 def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     """Train the grid (or the rest of it), then write the figure, sweep.csv, the link to the best and sweep.json.
     Under torchrun every process trains its part of each batch; the main one writes."""
-    from imgcls.report.figures import sweep_figure
-
     groups = groups_of(spec)
     shard, device = distributed.setup(resolve_device(groups[0].configs[0].train.device))
     sweep = SweepDir(Path(distributed.from_main(str(sweep.path))))  # the main process's folder, on every process
@@ -303,6 +301,6 @@ def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
         result.refit = refit_best(sweep, result, reporter, shard, device)
     if shard.is_main:
         shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
-        sweep_figure(result.records, shown_grid, sweep.figure, result.best)
+        reporter.sweep_figure(sweep.figure, result.records, shown_grid, result.best)
         write_results(result, spec["grid"])  # sweep.json last: a sweep that has it is finished, and --resume refuses it
     return result

@@ -26,11 +26,10 @@ from imgcls.data.prepare import prepare
 from imgcls.data.registry import SPECS
 from imgcls.data.split import joined
 from imgcls.data.types import PreparedData
-from imgcls.training.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
+from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
 from imgcls.training.engine import Diverged, Engine, Interrupted, new_model  # noqa: F401 (Diverged: the CLI's)
 from imgcls.errors import UserError
-from imgcls.report.figures import lr_search_figure
-from imgcls.runs.files import move
+from imgcls.files import move
 from imgcls.training.interrupt import StopRequest, stop_on_signals
 from imgcls.linear.metrics import Metrics, top_k
 from imgcls.runs.rundir import RunDir
@@ -311,12 +310,8 @@ def _stop_between_phases(stop: StopRequest, device: torch.device, run: RunDir, w
 
 
 def keep_search_figure(search: Selection, run: RunDir, reporter) -> None:
-    """The search's figure in the run folder, as lr-find draws it; like the run's other figures, a failure is a
-    warning, never the run's end."""
-    try:
-        lr_search_figure(search.rows, run.lr_search, search.how)
-    except Exception as error:  # noqa: BLE001 (a figure must not stop the training it describes)
-        reporter.note(f"warning: could not draw {run.lr_search} ({type(error).__name__}: {error})")
+    """The search's figure in the run folder, as lr-find draws it (the reporter draws: figures are its)."""
+    reporter.search_figure(run.lr_search, search.rows, search.how)
 
 
 def _grid_words(config: Config) -> str:
