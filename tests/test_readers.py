@@ -115,3 +115,26 @@ def test_download_without_a_network(cli, tmp_path, monkeypatch, assert_user_erro
         assert_user_error(cli("train", "--dataset", dataset, "--data-dir", tmp_path / dataset, "--download",
                               "--out", tmp_path / "run"), f"could not download {dataset}", "--data-dir")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_zip_reader_opens_its_own_archive_in_every_process(tmp_path):
+    """Forked decoding workers that shared the parent's open archive moved each other's read position ("bad magic
+    number", now and then); each process opens its own, and the reader survives pickling for a worker pool."""
+    import multiprocessing
+    import pickle
+    import zipfile
+
+    from imgcls.data.readers import ZipReader
+
+    path = tmp_path / "a.zip"
+    members = {f"train/c/{i}.bin": bytes([i]) * (1000 + i) for i in range(8)}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    names = list(members)
+    reader = ZipReader(path, names)
+    assert reader(0) == members[names[0]]  # the parent has its archive open
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map(reader, range(8))
+    assert got == list(members.values())
+    assert pickle.loads(pickle.dumps(reader))(5) == members[names[5]]

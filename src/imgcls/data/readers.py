@@ -186,12 +186,30 @@ class FileReader:
         return read_image_file(self.paths[index])
 
 
+class ZipReader:
+    """Reads the i-th of these members of a zip archive, with an archive opened by this process: forked decoding
+    workers that shared one open file would move each other's read position (a "bad magic number")."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path, self.names, self.opened = path, names, (None, None)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "opened": (None, None)}  # a worker opens its own
+
+    def __call__(self, index: int) -> bytes:
+        pid, archive = self.opened
+        if pid != os.getpid():
+            archive = zipfile.ZipFile(self.path)
+            self.opened = (os.getpid(), archive)
+        return archive.read(self.names[index])
+
+
 def _list_zip(path: Path, split: str) -> ImageList:
-    archive = zipfile.ZipFile(path)
-    names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and not n.endswith("/"))
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and not n.endswith("/"))
     classes = sorted({n.split("/")[1] for n in names})
     labels = [classes.index(n.split("/")[1]) for n in names]
-    return ImageList([f"{path.name}:{n}" for n in names], lambda i: archive.read(names[i]), labels, classes)
+    return ImageList([f"{path.name}:{n}" for n in names], ZipReader(path, names), labels, classes)
 
 
 def decode_all(listing: ImageList, image_size: int | None, skip_bad: bool,
