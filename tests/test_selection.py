@@ -50,6 +50,11 @@ def test_the_search_is_recorded_and_a_rerun_from_config_yaml_gives_the_same_weig
     assert set(metrics["seconds"]) == {"search", "refit"}
     assert (tmp_path / "auto" / "lr-search.png").stat().st_size > 10_000, "the search's figure is kept in the run"
     assert not (tmp_path / "auto" / "refit.safetensors").exists(), "the refit's state becomes last.safetensors"
+    for name in ("best.safetensors", "last.safetensors"):  # both are the refit, trained on the validation images
+        evaluated = cli("eval", tmp_path / "auto" / name, "--split", "val", "--device", "cpu")
+        assert_ok(evaluated)
+        assert "not held out" in plain(evaluated.stderr), name
+    assert "not held out" not in plain(cli("eval", tmp_path / "auto", "--device", "cpu").stderr), "test is"
     again = cli("train", "--config", tmp_path / "auto" / "config.yaml", "--out", tmp_path / "again")
     assert_ok(again)
     assert "choosing the epochs of lr" in plain(again.stderr), "recorded settings are not searched again, only epochs"

@@ -397,8 +397,7 @@ def eval_command(
     from imgcls.report.report import Reporter
 
     loaded = ckpt.load(checkpoint)
-    refit = loaded.meta.get("refit") or (loaded.meta.get("data_fingerprint") or {}).get("counts", [0, 1])[1:2] == [0]
-    if split != "test" and refit and distributed.is_main_process():
+    if split != "test" and loaded.meta.get("refit") and distributed.is_main_process():
         err.print(f"note: this model was refit on the training and validation images, so its {split} figures are "
                   f"not held out; the run's metrics.json keeps the held-out figures that chose it",
                   soft_wrap=True, highlight=False, markup=False)

@@ -52,6 +52,14 @@ class Metrics:
     superclass_top1: float | None = None
     per_superclass: list[float] = field(default_factory=list)  # superclass top-1 of each superclass's images
 
+    @classmethod
+    def of_summary(cls, summary: dict) -> Metrics:
+        """The headline numbers back from a summary (metrics.json's val or test); top-k under `top{k}`, or `top5`
+        as runs of older imgcls wrote it whatever k was."""
+        k = summary.get("k", 5)
+        return cls(summary["loss"], summary["top1"], summary.get(f"top{k}", summary.get("top5")), k,
+                   summary.get("count", 0), superclass_top1=summary.get("superclass_top1"))
+
     def summary(self) -> dict:
         """The headline numbers, as metrics.json and `eval --json` write them; top-k as `top{k}` (`top3`)."""
         keys = ("loss", "top1", "top5", "k", "count", "superclass_top1")

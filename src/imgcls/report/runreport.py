@@ -196,10 +196,7 @@ def render(summary: RunSummary) -> Group:
         return Group(*parts)
     data = summary.config.get("data")
     dataset = data.get("dataset", "?") if isinstance(data, dict) else "?"
-    rows = {split: Metrics(**{k: v for k, v in summary.metrics[split].items()
-                              if k in ("loss", "top1", "k", "count", "superclass_top1")},
-                           top5=topk_of(summary.metrics[split]))
-            for split in ("val", "test")}
+    rows = {split: Metrics.of_summary(summary.metrics[split]) for split in ("val", "test")}
     refit = summary.metrics.get("refit")
     if isinstance(refit, dict):  # the epochs above are what chose; the model is the refit on every training image
         parts.append(f"refit on all {refit.get('images', '?')} training images for {refit.get('epochs', '?')} "

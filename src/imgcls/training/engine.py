@@ -66,7 +66,7 @@ class Model:
     heldout: torch.Tensor | None = None  # (N,) booleans: the evaluation images that are its (its fold)
     group: int | None = None  # models of one group (the folds of one setting) share the pooled held-out metrics
     last_epoch: int | None = None  # a refit stops after this many epochs, the number its selection chose
-    factors: list[float] | None = None  # a refit's plateau factor of each epoch, as its selection had them
+    factors: list[float] | None = None  # a refit's rate factor of each epoch (rate_factors), replayed
 
     @property
     def update(self) -> int:
@@ -74,7 +74,9 @@ class Model:
         return self.progress.epoch * self.schedule.steps_per_epoch + self.progress.step
 
     def rate(self) -> float:
-        return self.schedule.rate(self.update, self.plateau.factor)
+        factor = self.plateau.factor if self.factors is None else \
+            self.factors[min(self.progress.epoch, len(self.factors) - 1)]
+        return self.schedule.rate(self.update, factor)
 
     @property
     def epochs(self) -> int:
@@ -345,9 +347,7 @@ class Engine:
             progress.best_epoch, progress.best_val = progress.epoch, val.summary()
         progress.epoch += 1
         progress.start_epoch(self.device)
-        if model.factors is not None:
-            model.plateau.factor = model.factors[min(progress.epoch, len(model.factors) - 1)]
-        elif model.config.schedule.schedule == "plateau":
+        if model.factors is None and model.config.schedule.schedule == "plateau":
             model.plateau.epoch_end(improved, model.config.train.patience, model.config.schedule.step_gamma)
         if run is not None and self.writes:
             if improved:
@@ -365,6 +365,8 @@ class Engine:
                 "superclass_of": data.superclass_of, "config": model.config.to_dict(),
                 "seed": model.config.train.seed, "epoch": progress.epoch, "step": progress.step,
                 "val": progress.best_val, "data_fingerprint": data_fingerprint(data)}
+        if self.val_batches is None:  # a refit: trained on the validation images too (eval says so)
+            meta["refit"] = True
         checkpoint = ckpt.Checkpoint(stack.weight[index].clone(), stack.bias[index].clone(),
                                      data.normalization.mean, data.normalization.std, meta)
         if resumable:
@@ -406,18 +408,27 @@ class Engine:
             if model.diverged is None and self.writes:
                 if model.run.last != self.state_file:  # a sweep's point: its final weights, as a run keeps them
                     ckpt.save(model.run.last, self.checkpoint(index))
-                write_final_metrics(model, self.data, val[index], test[index])
+                write_final_metrics(model.run, self.data, model.progress.best_epoch + 1, val[index].summary(),
+                                    test[index])
         return results
 
 
-def write_final_metrics(model: Model, data: PreparedData, val: Metrics, test: Metrics) -> None:
-    """metrics.json: the best epoch's validation and test metrics; a finished run is one that has it."""
-    metrics = {"best_epoch": model.progress.best_epoch + 1, "val": val.summary(), "test": test.summary(),
-               "test_detail": test.detail(), "classes": data.classes}
+def rate_factors(history: list[dict], rate: float, epochs: int) -> list[float]:
+    """The first `epochs` epochs' rates (epochs.jsonl's lr) as factors of the base rate: what a refit replays, so
+    that it decays where the run that chose it did (the plateau schedule's decays)."""
+    return [record["lr"] / rate for record in history[:epochs]]
+
+
+def write_final_metrics(run: RunDir, data: PreparedData, best_epoch: int, val: dict, test: Metrics,
+                        **more) -> None:
+    """metrics.json: the chosen epoch's validation figures (a summary) and the kept model's test metrics, and
+    `more` (a refit's); a finished run is one that has it."""
+    metrics = {"best_epoch": best_epoch, "val": val, "test": test.summary(), "test_detail": test.detail(),
+               "classes": data.classes, **more}
     superclasses = SPECS[data.dataset].superclass_names()
     if superclasses:
         metrics["superclasses"] = superclasses
-    model.run.write_metrics(metrics)
+    run.write_metrics(metrics)
 
 
 class Quiet:

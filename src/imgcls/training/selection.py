@@ -49,7 +49,6 @@ class Selection:
     seconds: float
     epochs: int | None = None  # cross-validation: the epochs chosen, which the refit trains
     history: list[dict] | None = None  # ... the chosen setting's epochs (its pooled held-out figures)
-    factors: list[float] | None = None  # ... and its plateau factor in each of them
     val: dict | None = None  # cross-validation: the chosen setting's pooled held-out metrics
 
     def chosen_row(self) -> dict:
@@ -106,7 +105,6 @@ def search(config: Config, data: PreparedData, batch_size: int, device: torch.de
     selection = Selection(rows + finals, rate, decay, place.how, time.perf_counter() - started)
     if place.cross_validates:
         selection.epochs = None if lead.progress.best_epoch is None else lead.progress.best_epoch + 1
-        selection.factors = [record["lr"] / rate for record in lead.progress.history]
         selection.val = lead.progress.best_val
         selection.history = lead.progress.history
     else:  # from the subset's images to the run's: half way (in log) from keeping wd to keeping C = 1 / (wd * n)

@@ -34,7 +34,15 @@ from imgcls.linear.metrics import Metrics, top_k
 from imgcls.training.resume import config_changes
 from imgcls.runs.sweepdir import REFIT, SweepDir
 from imgcls.training.selection import DECAYS, rates
-from imgcls.training.train import prepare_once, refit, resolve_batch_size, resolve_epochs, stoppable, write_refit_metrics
+from imgcls.training.train import (
+    choice,
+    prepare_once,
+    refit,
+    resolve_batch_size,
+    resolve_epochs,
+    stoppable,
+    write_refit_metrics,
+)
 
 SELECTED_BY = "the lowest validation loss (ties: the earlier point); the test split is reported for every point but " \
               "never used to choose"
@@ -224,10 +232,8 @@ def refit_best(sweep: SweepDir, result: SweepResult, reporter, shard: distribute
         chosen = run.read_selection()
         if chosen is None:
             epochs = next(record["best_epoch"] for record in result.records if record["point"] == result.best)
-            history = point.read_epochs()
-            chosen = {"epochs": epochs, "factors": [r["lr"] / float(config.optim.lr) for r in history][:epochs],
-                      "val": point.read_metrics()["val"], "how": f"the validation split, as point {result.best} of "
-                                                                 f"the sweep"}
+            chosen = choice(epochs, point.read_epochs(), float(config.optim.lr), point.read_metrics()["val"],
+                            f"the validation split, as point {result.best} of the sweep")
             if shard.is_main:
                 run.start()
                 run.write_config(config.to_dict())
@@ -238,7 +244,7 @@ def refit_best(sweep: SweepDir, result: SweepResult, reporter, shard: distribute
             raise SweepInterrupted(sweep) from None
     images = len(data.train) + len(data.val)
     if shard.is_main:
-        write_refit_metrics(run, data, chosen, test, {}, images)
+        write_refit_metrics(run, data, chosen, test, {})
     return {"run": REFIT, "point": result.best, "epochs": chosen["epochs"], "images": images, "test": test.summary()}
 
 

@@ -23,11 +23,17 @@ from imgcls.config import AUTO_EPOCHS, AUTO_UPDATES, Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.decode import ProgressCallback
 from imgcls.data.prepare import prepare
-from imgcls.data.registry import SPECS
 from imgcls.data.split import joined
 from imgcls.data.types import PreparedData
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
-from imgcls.training.engine import Diverged, Engine, Interrupted, new_model  # noqa: F401 (Diverged: the CLI's)
+from imgcls.training.engine import (  # noqa: F401 (Diverged: the CLI's)
+    Diverged,
+    Engine,
+    Interrupted,
+    new_model,
+    rate_factors,
+    write_final_metrics,
+)
 from imgcls.errors import UserError
 from imgcls.files import move
 from imgcls.training.interrupt import StopRequest, stop_on_signals
@@ -84,13 +90,14 @@ def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, sto
     if chosen is None:
         search = phases.search() if resume is None and needs_search(config, data) else None
         if search is not None and search.epochs is not None and config.train.refit:
-            chosen = phases.choose(search.epochs, search.factors, search.val, search.how, search.history)
+            chosen = phases.choose(choice(search.epochs, search.history, search.lr, search.val, search.how),
+                                   search.history)
         else:
             fit = phases.fit(resume is not None)
             if not config.train.refit:
                 return fit
-            chosen = phases.choose(fit.best_epoch, _factors(fit.history, config), fit.val.summary(),
-                                   f"the {fit.val.count:,} validation images")
+            chosen = phases.choose(choice(fit.best_epoch, fit.history, float(config.optim.lr), fit.val.summary(),
+                                          f"the {fit.val.count:,} validation images"))
     return phases.refit(chosen)
 
 
@@ -116,9 +123,10 @@ def resolve_epochs(config: Config, steps_per_epoch: int) -> None:
         config.train.epochs = max(AUTO_EPOCHS, math.ceil(AUTO_UPDATES / max(steps_per_epoch, 1)) if plateau else 0)
 
 
-def _factors(history: list[dict], config: Config) -> list[float]:
-    """The plateau schedule's factor of each epoch, which a refit replays (other schedules are closed forms)."""
-    return [record["lr"] / float(config.optim.lr) for record in history]
+def choice(epochs: int, history: list[dict], rate: float, val: dict, how: str) -> dict:
+    """What a refit trains (selection.json): the chosen epochs, the rate factors of the run that chose them, the
+    held-out figures that chose them, and on what."""
+    return {"epochs": epochs, "factors": rate_factors(history, rate, epochs), "val": val, "how": how}
 
 
 @dataclass
@@ -200,18 +208,16 @@ class Phases:
             self.reporter.note(f"stopped early: no lower validation loss for {config.train.patience} epochs{decayed}")
         self.seconds["fit"] = time.perf_counter() - started
         if config.train.refit:
-            return RunResult(run, model.progress.best_epoch + 1, Metrics(**_summary_fields(model.progress.best_val)),
-                             None, train_batches.batch_size, model.progress.history)
+            return RunResult(run, model.progress.best_epoch + 1, Metrics.of_summary(model.progress.best_val), None,
+                             train_batches.batch_size, model.progress.history)
         val, test = engine.finish(make_eval_batches(data, "test", device, shard))[0]
         return RunResult(run, model.progress.best_epoch + 1, val, test, train_batches.batch_size,
                          model.progress.history)
 
-    def choose(self, epochs: int, factors: list[float] | None, val: dict, how: str,
-               history: list[dict] | None = None) -> dict:
-        """What the refit will train: selection.json, written before it starts (a resumed refit reads it).
-        `history`: cross-validation's epochs of the chosen setting, which epochs.jsonl then shows."""
-        chosen = {"epochs": epochs, "factors": factors[:epochs] if factors else None, "val": val, "how": how,
-                  "seconds": self.seconds}
+    def choose(self, chosen: dict, history: list[dict] | None = None) -> dict:
+        """selection.json, written before the refit starts (a resumed refit reads it). `history`: cross-validation's
+        epochs of the chosen setting, which epochs.jsonl then shows."""
+        chosen = {**chosen, "seconds": self.seconds}
         started = not self.run.config.is_file()
         if started:
             self.start_run()
@@ -229,10 +235,9 @@ class Phases:
                                           self.stop, self.reporter, chosen, self.autocast)
         if self.shard.is_main:
             seconds = {**chosen.get("seconds", {}), **self.seconds, "refit": time.perf_counter() - started}
-            write_refit_metrics(self.run, self.data, chosen, test, seconds, len(self.data.train) + len(self.data.val))
+            write_refit_metrics(self.run, self.data, chosen, test, seconds)
         distributed.barrier()
-        return RunResult(self.run, chosen["epochs"], Metrics(**_summary_fields(chosen["val"])), test, batch_size,
-                         history)
+        return RunResult(self.run, chosen["epochs"], Metrics.of_summary(chosen["val"]), test, batch_size, history)
 
 
 def refit(config: Config, data: PreparedData, batch_size: int, device: torch.device, shard: distributed.Shard,
@@ -247,8 +252,6 @@ def refit(config: Config, data: PreparedData, batch_size: int, device: torch.dev
                            augment=config.data.augment)
     model = new_model(config, everything, None, len(batches), device)
     model.last_epoch, model.factors = chosen["epochs"], chosen["factors"]
-    if model.factors:
-        model.plateau.factor = model.factors[0]
     view.note(f"refit: {chosen['epochs']} epoch(s) on all {len(everything.train):,} training images (epochs and "
               f"settings chosen on {chosen['how']})")
     engine = Engine([model], everything, batches, None, device, run.refit, stop, view, shard, autocast)
@@ -265,30 +268,16 @@ def refit(config: Config, data: PreparedData, batch_size: int, device: torch.dev
     if shard.is_main:
         checkpoint = engine.checkpoint(0)
         checkpoint.meta["val"] = chosen["val"]
-        checkpoint.meta["refit"] = True  # trained on the validation images too: eval says so
         ckpt.save(run.best, checkpoint)
         move(run.refit, run.last)
     distributed.barrier()
     return test, model.progress.history, batches.batch_size
 
 
-def _summary_fields(summary: dict) -> dict:
-    """A Metrics of the headline numbers of a summary (metrics.json's val)."""
-    k = summary.get("k", 5)
-    return {"loss": summary["loss"], "top1": summary["top1"], "top5": summary.get(f"top{k}", summary["top1"]),
-            "k": k, "count": summary.get("count", 0), "superclass_top1": summary.get("superclass_top1")}
-
-
-def write_refit_metrics(run: RunDir, data: PreparedData, chosen: dict, test: Metrics, seconds: dict,
-                        images: int) -> None:
-    metrics = {"best_epoch": chosen["epochs"], "val": chosen["val"], "test": test.summary(),
-               "test_detail": test.detail(), "classes": data.classes,
-               "refit": {"images": images, "epochs": chosen["epochs"], "chosen_on": chosen["how"]},
-               "seconds": seconds}
-    superclasses = SPECS[data.dataset].superclass_names()
-    if superclasses:
-        metrics["superclasses"] = superclasses
-    run.write_metrics(metrics)
+def write_refit_metrics(run: RunDir, data: PreparedData, chosen: dict, test: Metrics, seconds: dict) -> None:
+    """metrics.json of a refit run: the held-out figures that chose it, the refit's test, and what it was."""
+    refit = {"images": len(data.train) + len(data.val), "epochs": chosen["epochs"], "chosen_on": chosen["how"]}
+    write_final_metrics(run, data, chosen["epochs"], chosen["val"], test, refit=refit, seconds=seconds)
 
 
 def stoppable(progress: ProgressCallback | None, stop: StopRequest) -> ProgressCallback:
