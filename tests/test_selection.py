@@ -183,6 +183,49 @@ def test_a_refit_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypa
     assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["val"] == metrics[1]["val"]
 
 
+@pytest.mark.parametrize("damage, words", [
+    (lambda chosen: chosen.update(factors=[-1.0] * chosen["epochs"]), ["selection.json", "damaged", "--overwrite"]),
+    (lambda chosen: chosen.update(factors=[1.0]), ["selection.json", "damaged"]),
+    (lambda chosen: chosen.update(epochs=10 ** 9, factors=None), ["selection.json", "epochs", "damaged"]),
+    (lambda chosen: chosen.pop("val"), ["selection.json", "damaged"]),
+    ("lr: auto", ["config.yaml", "optim.lr: auto", "put the number back"]),
+    ("weight_decay: auto", ["config.yaml", "optim.weight_decay: auto"]),
+])
+def test_a_damaged_choice_is_refused_on_resume_in_one_line(cli, tmp_path, monkeypatch, damage, words,
+                                                          assert_user_error):
+    """What a refit resumes from (selection.json, and the values config.yaml records) is checked: a hand-edited
+    or damaged one is one error line and exit 2, never a traceback or a refit at a wrong rate."""
+    from imgcls.training.engine import Engine
+    from imgcls.report.report import Reporter
+    from imgcls.training.train import Interrupted, train
+
+    step = Engine.step
+
+    def stop_in_the_refit(engine, *args, **kwargs):
+        stats = step(engine, *args, **kwargs)
+        if engine.val_batches is None:
+            signal.raise_signal(signal.SIGINT)
+        return stats
+
+    monkeypatch.setattr(Engine, "step", stop_in_the_refit)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(build_config(None, {"limit": 300, "epochs": 3, "lr": 0.001, "weight_decay": 0.01, "device": "cpu",
+                                  "out": str(out)}), Reporter(quiet=True))
+    monkeypatch.undo()
+    if isinstance(damage, str):
+        key = damage.split(":")[0]
+        text = (out / "config.yaml").read_text()
+        (out / "config.yaml").write_text("\n".join(f"  {damage}" if line.strip().startswith(f"{key}:") else line
+                                                   for line in text.splitlines()) + "\n")
+    else:
+        chosen = json.loads((out / "selection.json").read_text())
+        damage(chosen)
+        (out / "selection.json").write_text(json.dumps(chosen))
+    assert_user_error(cli("train", "--resume", out, "--device", "cpu"), *words)
+    assert not (out / "metrics.json").exists()
+
+
 def test_epochs_auto_is_at_least_100_or_ten_thousand_updates(cli, tmp_path, assert_ok):
     from imgcls.training.train import resolve_epochs
 
