@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -254,12 +255,13 @@ def run_imgcls(path: Path, run: Path, src: Path, *flags: str) -> dict:
     if not (record.exists() and (run / "metrics.json").exists()):
         command = [sys.executable, "-m", "imgcls", "train", "--dataset", "features", "--data-dir", str(path),
                    "--out", str(run), "--overwrite", "-q", *flags]
-        started, load = time.perf_counter(), os.getloadavg()[0]  # a shared machine: say how busy it was
+        started, load, cpu = time.perf_counter(), os.getloadavg()[0], _child_cpu()  # a shared machine: say how busy
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)})
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _child_cpu() - cpu
         if done.returncode != 0:
             sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-        record.write_text(json.dumps({"command": command[1:], "seconds": seconds, "load_before": load}))
+        record.write_text(json.dumps({"command": command[1:], "seconds": seconds, "cpu_seconds": cpu,
+                                      "load_before": load}))
     import yaml
 
     metrics = json.loads((run / "metrics.json").read_text())
@@ -269,7 +271,8 @@ def run_imgcls(path: Path, run: Path, src: Path, *flags: str) -> dict:
     # With a refit, epochs.jsonl holds the fit's epochs; where cross-validation chose (no fit phase), its history
     fit_epochs = logged if refit is None or "fit" in phases else refit["epochs"]
     timed = json.loads(record.read_text())
-    return {"seconds": timed["seconds"], "load_before": timed.get("load_before"), "top1": metrics["test"]["top1"],
+    return {"seconds": timed["seconds"], "cpu_seconds": timed.get("cpu_seconds"),
+            "load_before": timed.get("load_before"), "top1": metrics["test"]["top1"],
             "top5": metrics["test"].get("top5"), "phases": phases or None, "refit": refit, "logged_epochs": logged,
             "fit_epochs": fit_epochs, "val_count": metrics.get("val", {}).get("count"),
             "lr": config["optim"]["lr"], "weight_decay": config["optim"]["weight_decay"], "run": str(run)}
@@ -285,7 +288,15 @@ def timing(setdir: Path, src: Path, label: str) -> dict:
     fixed = ["--lr", str(a["lr"]), "--weight-decay", str(a["weight_decay"]), "--epochs", str(a["fit_epochs"]),
              "--patience", "none"] + (["--no-refit"] if "--no-refit" in help_text else [])
     b = run_imgcls(path, setdir / "runs" / label / "timing-fixed", src, *fixed)
-    return {"defaults": a, "fixed": b, "fixed_flags": fixed, "ratio": a["seconds"] / b["seconds"]}
+    return {"defaults": a, "fixed": b, "fixed_flags": fixed, "ratio": a["seconds"] / b["seconds"],
+            "cpu_ratio": a["cpu_seconds"] / b["cpu_seconds"]}
+
+
+def _child_cpu() -> float:
+    """User + system seconds of this process's finished children: a cost that another job beside it barely moves
+    (run with OMP_NUM_THREADS=1, so no thread spins while it waits for a core)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------------------------------------------------------

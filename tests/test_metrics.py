@@ -5,7 +5,7 @@ import torch
 
 from imgcls.data.registry import SPECS
 from imgcls.linear.losses import Loss
-from imgcls.linear.metrics import MetricsAccumulator, topk_correct, top_k
+from imgcls.linear.metrics import MetricsAccumulator, pooled, topk_correct, top_k
 
 # Six rows over 7 classes; the target's rank in each row is given in the comment.
 SCORES = torch.tensor([
@@ -74,6 +74,26 @@ def test_two_batches_equal_one_batch():
     assert (a.top1, a.top5, a.count) == (b.top1, b.top5, b.count)
     assert a.loss == pytest.approx(b.loss, rel=1e-6)  # float32 sums, added in another order
     assert a.count == 50 and sum(map(sum, a.confusion)) == 50
+
+
+def test_the_loss_standard_error_is_the_images_spread_and_pools_over_folds_as_one_set():
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(60, 10, generator=generator)
+    targets = torch.randint(0, 10, (60,), generator=generator)
+    loss = Loss("ce")
+    each = loss.per_sample(scores, targets).double()
+    folds = []
+    for rows in (slice(0, 25), slice(25, 60)):
+        accumulator = MetricsAccumulator(10, torch.device("cpu"))
+        accumulator.add(scores[rows], targets[rows], *loss.sum_and_weight(scores[rows], targets[rows]),
+                        losses=loss.per_sample(scores[rows], targets[rows]))
+        folds.append(accumulator.result())
+        count = rows.stop - rows.start
+        assert folds[-1].loss_se == pytest.approx(each[rows].std(unbiased=False).item() / count ** 0.5, rel=1e-5)
+    together = pooled(folds)
+    assert together.loss == pytest.approx(each.mean().item(), rel=1e-5)
+    assert together.loss_se == pytest.approx(each.std(unbiased=False).item() / 60 ** 0.5, rel=1e-4)
+    assert together.summary()["loss_se"] == together.loss_se
 
 
 def test_superclass_accuracy_on_a_hand_made_mapping():

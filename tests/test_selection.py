@@ -63,7 +63,7 @@ def test_the_search_is_recorded_and_a_rerun_from_config_yaml_gives_the_same_weig
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias), name
 
 
-def test_the_search_chooses_each_decays_rate_then_the_lowest_held_out_loss():
+def test_cross_validation_chooses_each_decays_rate_then_the_lowest_held_out_loss():
     search, _ = search_of()
     first = [row for row in search.rows if row["stage"] == "rates"]
     final = [row for row in search.rows if row["stage"] == "decays"]
@@ -74,9 +74,21 @@ def test_the_search_chooses_each_decays_rate_then_the_lowest_held_out_loss():
         assert row["lr"] == min(mine, key=lambda r: r["val_loss"])["lr"]
     chosen = [row for row in final if row["chosen"]]
     assert len(chosen) == 1 and chosen[0]["val_loss"] == min(r["val_loss"] for r in final if not r["diverged"])
+    assert 0 < chosen[0]["val_loss_se"] < chosen[0]["val_loss"]
     assert (search.lr, search.weight_decay, search.epochs) == (chosen[0]["lr"], chosen[0]["weight_decay"],
                                                                chosen[0]["epochs"])
     assert search.val["count"] == 600, "every image is held out once"
+
+
+@pytest.mark.parametrize("stronger_loss, chosen_decay", [(1.04, 0.1), (1.06, 0.01)])
+def test_the_one_standard_error_rule_takes_the_strongest_decay_the_noise_cannot_tell_from_the_best(stronger_loss,
+                                                                                                  chosen_decay):
+    rows = [{"lr": 0.1, "weight_decay": 0.001, "val_loss": 1.02, "val_loss_se": 0.05},
+            {"lr": 0.1, "weight_decay": 0.01, "val_loss": 1.0, "val_loss_se": 0.05},
+            {"lr": 0.01, "weight_decay": 0.1, "val_loss": stronger_loss, "val_loss_se": 0.05},
+            {"lr": 0.01, "weight_decay": 1.0, "val_loss": 0.9, "val_loss_se": 0.05}]  # diverged: not ranked
+    assert rows[selection.choose(rows, [0, 1, 2], one_se=True)]["weight_decay"] == chosen_decay
+    assert rows[selection.choose(rows, [0, 1, 2], one_se=False)]["weight_decay"] == 0.01
 
 
 def test_given_values_are_fixed_and_the_rest_searched():
@@ -97,6 +109,10 @@ def test_on_larger_data_the_search_takes_a_subset_and_scales_the_decay_to_the_ru
     assert search.epochs is None and search.val is None, "the run's validation split chooses the epochs"
     chosen = next(row for row in search.rows if row["chosen"])
     assert search.weight_decay == pytest.approx(chosen["weight_decay"] * (200 / len(data.train)) ** 0.5)
+    final = [row for row in search.rows if row["stage"] == "decays" and not row["diverged"]]
+    best = min(final, key=lambda row: row["val_loss"])  # the subset's few updates: the one-standard-error rule
+    near = [row for row in final if row["val_loss"] <= best["val_loss"] + best["val_loss_se"]]
+    assert chosen["weight_decay"] == max(row["weight_decay"] for row in near)
     assert "200 training images" in search.how and f"{len(data.val)} validation images" in search.how
 
 

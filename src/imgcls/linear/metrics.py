@@ -5,6 +5,7 @@ Everything is accumulated as counts on the device and read back once per evaluat
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -51,6 +52,7 @@ class Metrics:
     confusion: list[list[int]] = field(default_factory=list)  # rows: true class, columns: predicted
     superclass_top1: float | None = None
     per_superclass: list[float] = field(default_factory=list)  # superclass top-1 of each superclass's images
+    loss_se: float | None = None  # the standard error of `loss`, from the images' spread (class weights aside)
 
     @classmethod
     def of_summary(cls, summary: dict) -> Metrics:
@@ -62,7 +64,7 @@ class Metrics:
 
     def summary(self) -> dict:
         """The headline numbers, as metrics.json and `eval --json` write them; top-k as `top{k}` (`top3`)."""
-        keys = ("loss", "top1", "top5", "k", "count", "superclass_top1")
+        keys = ("loss", "loss_se", "top1", "top5", "k", "count", "superclass_top1")
         return {(f"top{self.k}" if key == "top5" else key): value for key, value in asdict(self).items()
                 if key in keys and value is not None}
 
@@ -82,7 +84,15 @@ def pooled(folds: list[Metrics]) -> Metrics:
     def mean(key: str) -> float:
         return sum(getattr(fold, key) * fold.count for fold in folds) / max(count, 1)
     superclass = None if folds[0].superclass_top1 is None else mean("superclass_top1")
-    return Metrics(mean("loss"), mean("top1"), mean("top5"), folds[0].k, count, superclass_top1=superclass)
+    loss, se = mean("loss"), None
+    if all(fold.loss_se is not None for fold in folds):  # the folds' second moments pooled, then the spread
+        square = sum((fold.loss_se ** 2 * fold.count + fold.loss ** 2) * fold.count for fold in folds)
+        se = _standard_error(square / max(count, 1) - loss ** 2, count)
+    return Metrics(loss, mean("top1"), mean("top5"), folds[0].k, count, superclass_top1=superclass, loss_se=se)
+
+
+def _standard_error(variance: float, count: int) -> float:
+    return math.sqrt(max(variance, 0.0) / max(count, 1))
 
 
 THRESHOLD = 1e-4  # a relative fall smaller than this is no better (torch's ReduceLROnPlateau's default)
@@ -101,13 +111,18 @@ class MetricsAccumulator:
         self.num_classes = num_classes
         self.k = top_k(num_classes)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.square_sum = torch.zeros((), dtype=torch.float64, device=device)  # of each image's loss
         self.weight_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.topk = torch.zeros((), dtype=torch.int64, device=device)
         self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
         self.superclass_of = torch.tensor(superclass_of, device=device) if superclass_of else None
 
-    def add(self, scores: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor, weight: torch.Tensor) -> None:
+    def add(self, scores: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor, weight: torch.Tensor,
+            losses: torch.Tensor | None = None) -> None:
+        """A batch's counts; `losses`, each image's loss, for the standard error of the mean loss."""
         self.loss_sum += loss_sum.double()
+        if losses is not None:
+            self.square_sum += losses.double().square().sum()
         self.weight_sum += weight
         self.topk += topk_correct(scores, targets, self.k)
         predicted = scores.argmax(dim=1)
@@ -115,9 +130,9 @@ class MetricsAccumulator:
 
     def result(self) -> Metrics:
         """The metrics over everything added, here and (under torchrun) in every other process."""
-        loss_sum, weight_sum, topk, confusion = (t.clone() for t in (self.loss_sum, self.weight_sum, self.topk,
-                                                                      self.confusion))
-        sum_across(loss_sum, weight_sum, topk, confusion)
+        loss_sum, square_sum, weight_sum, topk, confusion = (
+            t.clone() for t in (self.loss_sum, self.square_sum, self.weight_sum, self.topk, self.confusion))
+        sum_across(loss_sum, square_sum, weight_sum, topk, confusion)
         confusion = confusion.view(self.num_classes, self.num_classes).cpu()
         count = int(confusion.sum())
         per_class_total = confusion.sum(1).clamp_min(1)
@@ -126,8 +141,9 @@ class MetricsAccumulator:
             by_superclass = superclass_confusion(confusion, self.superclass_of.cpu())
             superclass = float(by_superclass.diag().sum()) / max(count, 1)
             per_superclass = (by_superclass.diag().double() / by_superclass.sum(1).clamp_min(1)).tolist()
+        loss = float(loss_sum) / max(float(weight_sum), 1e-12)
         return Metrics(
-            loss=float(loss_sum) / max(float(weight_sum), 1e-12),
+            loss=loss,
             top1=float(confusion.diag().sum()) / max(count, 1),
             top5=float(topk) / max(count, 1),
             k=self.k,
@@ -136,6 +152,7 @@ class MetricsAccumulator:
             confusion=confusion.tolist(),
             superclass_top1=superclass,
             per_superclass=per_superclass,
+            loss_se=_standard_error(float(square_sum) / max(count, 1) - loss ** 2, count) if square_sum else None,
         )
 
 

@@ -227,7 +227,8 @@ class Stack:
                 if heldout is not None:
                     mine = heldout[index].index_select(0, rows)
                     model_scores, model_labels = model_scores[mine], labels[mine]
-                accumulator.add(model_scores, model_labels, *loss.sum_and_weight(model_scores, model_labels))
+                accumulator.add(model_scores, model_labels, *loss.sum_and_weight(model_scores, model_labels),
+                                losses=loss.per_sample(model_scores.float(), model_labels))
         return [accumulator.result() for accumulator in accumulators]
 
 

@@ -95,8 +95,9 @@ def search(config: Config, data: PreparedData, batch_size: int, device: torch.de
         tried = ", ".join(f"{rate:g}" for rate in rates(config))
         raise Diverged(f"training diverged for every setting searched (lr {tried}): nothing was written; lower --lr "
                        f"and start again")
-    # the lowest held-out loss; among equals the stronger decay, then the lower rate
-    chosen = min(ranked, key=lambda i: (finals[i]["val_loss"], -finals[i]["weight_decay"], finals[i]["lr"]))
+    # cross-validation trains each setting to its best epoch: the lowest loss, as LogisticRegressionCV; the subset's
+    # few updates barely separate the decays: the one-standard-error rule
+    chosen = choose(finals, ranked, one_se=not place.cross_validates)
     chosen = distributed.from_main(chosen)  # every process trains with the main one's choice
     for index, row in enumerate(finals):
         row["chosen"] = index == chosen
@@ -155,6 +156,15 @@ class _Place:
         return per_setting
 
 
+def choose(rows: list[dict], ranked: list[int], one_se: bool) -> int:
+    """The lowest held-out loss or, `one_se`, the strongest weight decay within one standard error of it (the
+    one-standard-error rule of Hastie et al.: the simplest model the held-out loss cannot tell from the best)."""
+    best = min(ranked, key=lambda i: (rows[i]["val_loss"], -rows[i]["weight_decay"], rows[i]["lr"]))
+    limit = rows[best]["val_loss"] + ((rows[best]["val_loss_se"] or 0.0) if one_se else 0.0)
+    return max((i for i in ranked if rows[i]["val_loss"] <= limit),
+               key=lambda i: (rows[i]["weight_decay"], -rows[i]["val_loss"], -rows[i]["lr"]))
+
+
 def _ranked(row: dict) -> bool:
     return row["val_loss"] is not None and not row["diverged"]
 
@@ -175,6 +185,7 @@ def _row(rate: float, decay: float, members: list[Model], stage: str) -> dict:
     best = members[0].progress.best_val
     return {"stage": stage, "lr": rate, "weight_decay": decay, "chosen": False,
             "val_loss": None if best is None else best["loss"],
+            "val_loss_se": None if best is None else best.get("loss_se"),
             "val_top1": None if best is None else best["top1"],
             "epochs": None if members[0].progress.best_epoch is None else members[0].progress.best_epoch + 1,
             "diverged": any(model.diverged is not None for model in members)}
