@@ -1,8 +1,5 @@
-"""`imgcls compare RUN RUN ...`: runs side by side, read from their folders as `report` reads them.
-
-A row a run: the options that differ between the runs, the best epoch, its top-1 and top-k, the time; and one
-figure with their validation curves overlaid.
-"""
+"""`imgcls compare RUN RUN ...`: runs side by side, read from their folders as `report` reads them: a row a run
+(the options that differ, the best epoch, its top-1 and top-k, the time) and their validation curves overlaid."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from rich.text import Text
 from imgcls.errors import UserError
 from imgcls.files import printable
 from imgcls.report.report import fitted_table, percent
-from imgcls.runs.rundir import DIVERGED, topk_of
+from imgcls.runs.rundir import topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
 
@@ -61,11 +58,9 @@ def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
     rows = []
     for label, summary in zip(labels([s.path for s in summaries]), summaries):
         flat, metrics = flat_config(summary.config), summary.metrics
-        data = summary.config.get("data")
-        row = {"run": label, "path": str(summary.path),
-               "dataset": data.get("dataset") if isinstance(data, dict) else None,
+        row = {"run": label, "path": str(summary.path), "dataset": flat.get("data.dataset"),
                "options": {key: flat.get(key) for key in keys}, "finished": metrics is not None,
-               "diverged": (Path(summary.path) / DIVERGED).is_file(),
+               "diverged": summary.diverged is not None,
                "epochs": len(summary.epochs), "best_epoch": metrics["best_epoch"] if metrics else None,
                "seconds": sum(record["seconds"] for record in summary.epochs)}
         for split in ("val", "test"):

@@ -93,21 +93,19 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
     if counts.shape != (k, k):
         raise ValueError(f"a confusion matrix of shape {counts.shape} does not fit {k} classes")
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    figsize = confusion_figsize(k)
-    figure = _figure(figsize, layout=None)  # placed by hand: a layout engine measures every label, twice
-    fontsize = max(3.0, min(9.0, 0.6 * 72 * 0.8 * figsize[1] / k))  # a name fits in its row: 60% of its height
+    w, h = confusion_figsize(k)
+    figure = _figure((w, h), layout=None)  # placed by hand: a layout engine measures every label, twice
+    fontsize = max(3.0, min(9.0, 0.6 * 72 * 0.8 * h / k))  # a name fits in its row: 60% of its height
     rotation = 45 if k <= 10 else 90
     longest = max(len(name) for name in classes) if k <= NAME_UP_TO else 4
     names = longest * fontsize * 0.6 / 72 + 0.1  # inches a class name takes
     left, bottom = names + 0.45, names * (0.75 if rotation == 45 else 1.0) + 0.45
     top, right = 0.45, 1.5  # the title; the colour bar and its label
-    side = max(0.5, min(figsize[0] - left - right, figsize[1] - bottom - top))
-    w, h = figsize
+    side = max(0.5, min(w - left - right, h - bottom - top))
     axis = figure.add_axes((left / w, bottom / h, side / w, side / h))
     bar = figure.add_axes(((left + side + 0.15) / w, bottom / h, 0.2 / w, side / h))
     image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
-    colour_bar = figure.colorbar(image, cax=bar)
-    colour_bar.set_label("share of the true class")
+    figure.colorbar(image, cax=bar, label="share of the true class")
     if k <= NAME_UP_TO:
         axis.set_xticks(range(k), classes, rotation=rotation, ha="right" if rotation == 45 else "center",
                         rotation_mode="anchor" if rotation == 45 else "default", fontsize=fontsize)

@@ -31,10 +31,6 @@ REFIT_LEGEND = "each epoch of the refit: train loss, top-1; seconds (no held-out
 WIDER = "a wider terminal or --json shows them"
 
 
-def epoch_legend(k: int = 5) -> str:
-    return EPOCH_LEGEND.replace("top-5", f"top-{k}")
-
-
 def loss_text(loss: float) -> str:
     """Four decimals while a loss is small, five significant digits beyond (a diverging run stays on its line)."""
     return f"{loss:.4f}" if abs(loss) < 10 else f"{loss:.5g}"
@@ -133,8 +129,7 @@ class Reporter:
         self.legend_shown: str | None = None  # the legend above the epoch lines now
         self.epochs: int | None = None  # the run's most epochs, when the loop says (epoch_start)
         self.run_start: tuple[float, int] | None = None  # (time, epoch) of this process's first epoch
-        self.epoch = 0
-        self.steps = 1
+        self.epoch, self.steps = 0, 1
         self.k: int | None = None  # the run's top-k, once data_ready has said how many classes
 
     def search_figure(self, path: Path, rows: list[dict], how: str) -> None:
@@ -162,7 +157,7 @@ class Reporter:
                                soft_wrap=not self.console.is_terminal)
 
     def _bar(self, *columns, **options) -> Progress:
-        return Progress(*columns, console=self.console, transient=True, **options)
+        return Progress(*columns, console=self.console, transient=True, disable=self.quiet, **options)
 
     @contextmanager
     def decoding(self) -> Iterator[Callable[[int, int], None] | None]:
@@ -194,9 +189,6 @@ class Reporter:
     @contextmanager
     def sweep_bar(self, total: float) -> Iterator[Callable[[float, str], None]]:
         """One bar over a whole sweep in epochs, told (epochs done, a fraction included, what is under way)."""
-        if self.quiet:
-            yield lambda done, text: None
-            return
         bar = self._bar(TextColumn("sweep {task.fields[text]}"), BarColumn(bar_width=24),
                         TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("eta"),
                         TimeRemainingColumn())
@@ -260,7 +252,7 @@ class Reporter:
                                  speed=_speed(self.recent.add(seen)), run=self.run_eta(step))
 
     def epoch_done(self, record: dict, improved: bool) -> None:
-        legend = epoch_legend(self.k or 5) if "val_loss" in record else REFIT_LEGEND
+        legend = EPOCH_LEGEND.replace("top-5", f"top-{self.k or 5}") if "val_loss" in record else REFIT_LEGEND
         if self.legend_shown != legend:
             self.legend_shown = legend
             self.note(legend)
@@ -292,12 +284,9 @@ class Reporter:
 
     def superclass_table(self, rows: list[tuple[str, float]]) -> Table:
         """Each superclass's top-1 at its level: a prediction of any of its classes counts as right."""
-        table = Table(title="per-superclass top-1 (any class of the superclass counts)")
-        table.add_column("superclass")
-        table.add_column("top-1", justify="right")
-        for name, accuracy in rows:
-            table.add_row(Text(name), f"{accuracy:.2%}")
-        return table
+        return fitted_table("per-superclass top-1 (any class of the superclass counts)",
+                            [("superclass", "left"), ("top-1", "right")],
+                            [[Text(name), f"{accuracy:.2%}"] for name, accuracy in rows], keep=2, fold_first=True)
 
     def show(self, renderable, force: bool = False) -> None:
         if force or not self.quiet:

@@ -171,7 +171,7 @@ def _grid_layout(count: int, title: str) -> tuple[int, int, float, float, float,
 def grid_figsize(count: int, title: str = "class templates") -> tuple[float, float]:
     """The labelled grid's size in inches: about sqrt(K) templates a row, and the title's lines above them."""
     _, rows, _, width, cell_h, lines = _grid_layout(count, title)
-    return width, cell_h * rows + 0.15 + TITLE_LINE * max(1, len(lines))
+    return width, cell_h * rows + (0.15 + TITLE_LINE * max(1, len(lines)))
 
 
 def save_grid(images: torch.Tensor, classes: list[str], path: Path, title: str = "class templates") -> None:
@@ -182,8 +182,8 @@ def save_grid(images: torch.Tensor, classes: list[str], path: Path, title: str =
 def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class templates"):
     """All the templates as one picture (square pixels, names above them), not an axes each: a hundred classes draw
     in a fraction of a second. The title has its own band at the top, never over the first row's names."""
-    import numpy as np
     from matplotlib.figure import Figure
+    from torchvision.utils import make_grid
 
     count, _, height, width = images.shape
     columns, rows, shrink, fig_w, cell_h, lines = _grid_layout(count, title)
@@ -196,18 +196,18 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
     pad_bottom = max(1, round(0.1 * shrink / unit))
     band = max(2, round((cell_h - height * unit) / unit) - pad_bottom)  # room above each template for its name
     cell_rows, cell_columns = band + height + pad_bottom, 2 * pad_w + width
-    mosaic = np.ones((rows * cell_rows, columns * cell_columns, 3), dtype=np.float32)  # white paper
+    cells = torch.nn.functional.pad(images.float(), (pad_w, pad_w, band, pad_bottom), value=1.0)  # white paper
+    mosaic = make_grid(cells, nrow=columns, padding=0, pad_value=1.0).permute(1, 2, 0)  # grey spreads to RGB
     figure = Figure(figsize=(fig_w, fig_h), dpi=GRID_DPI)
     axis = figure.add_axes((0.0, 0.0, 1.0, 1.0 - band_top / fig_h))
-    for index, (picture, name) in enumerate(zip(images.permute(0, 2, 3, 1).float().numpy(), classes)):
+    for index, name in enumerate(classes):
         row, column = divmod(index, columns)
         top, left = row * cell_rows + band, column * cell_columns + pad_w
-        mosaic[top:top + height, left:left + width] = picture  # one grey channel spreads to all three
         # LABEL_POINTS, less for a name too long for its cell (about 0.6 em a character), never under 7 points
         points = max(7.0, min(LABEL_POINTS * shrink, cell_w * 72 / (0.6 * max(len(name), 1))))
         axis.text(left + width / 2 - 0.5, top - 0.5 - 0.06 * shrink / unit, name, ha="center", va="bottom",
                   fontsize=points, clip_on=False)
-    axis.imshow(mosaic, interpolation="nearest", vmin=0.0, vmax=1.0)
+    axis.imshow(mosaic.numpy(), interpolation="nearest", vmin=0.0, vmax=1.0)
     axis.set_axis_off()
     if lines:
         figure.text(0.5, 1.0 - (band_top / 2) / fig_h, "\n".join(lines), ha="center", va="center",
