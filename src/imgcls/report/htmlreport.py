@@ -123,9 +123,8 @@ def page_context(run_path: Path, class_names: Path | None = None) -> dict:
 
     summary = load_run(run_path, class_names=class_names)
     run = RunDir(summary.path)
-    per_class = [{"name": name, **scores, "top1": top1} for name, scores, top1 in
-                 zip(summary.classes, per_class_scores(summary.detail.get("confusion") or []),
-                     summary.detail.get("per_class", []))]
+    per_class = [{"name": name, **scores} for name, scores in
+                 zip(summary.classes, per_class_scores(summary.detail.get("confusion") or []))]
     return {"name": printable(summary.path.resolve().name), "path": printable(summary.path),
             "dataset": summary.dataset, "config": config_rows(summary.config), "epochs": summary.epochs,
             "metrics": summary.metrics, "k": summary.k, "diverged": summary.diverged, "per_class": per_class,

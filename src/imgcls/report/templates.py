@@ -1,9 +1,6 @@
-"""The picture of what a linear classifier learned: each class's row of W as an image.
-
-The model scores standardized pixels, x = (p - mean) / std, so W . x = (W / std) . p - W . (mean / std): matched
-against the raw pixels, as the lecture draws it, the template is W / std (space "pixel"); space "input" shows W.
-Colours "natural" keep a template's channels (min..max to black..white); "diverging" shows its sign, the channels
-averaged: blue -, white 0, red +. Scale "each" gives each template its own range, "shared" one range for all.
+"""Each class's row of W as an image. The model scores standardized pixels x = (p - mean) / std, so W . x =
+(W / std) . p - W . (mean / std): matched against raw pixels, as the lecture draws it, the template is W / std
+(space "pixel"; "input" shows W). Colours "natural" keep its channels, "diverging" its sign (blue -, white 0, red +).
 """
 
 from __future__ import annotations
@@ -68,8 +65,9 @@ def resolved_colours(colours: str, channels: int) -> str:
 
 def display_images(weights: torch.Tensor, scale: str = "each", colours: str = "natural",
                    clip: float = 0.0) -> torch.Tensor:
-    """(K, C, H, W) weights -> float in [0, 1]: (K, C, H, W) natural, (K, 3, H, W) diverging. clip: the share of
-    values at each end that saturate, so that a few extreme pixels (MNIST's rim) do not take the whole range."""
+    """(K, C, H, W) weights -> float in [0, 1]: (K, C, H, W) natural, (K, 3, H, W) diverging; scale "each": each its
+    own range, "shared": one range, so strengths compare. clip: the share of values at each end that saturate, so
+    that a few extreme pixels (MNIST's rim) do not take the whole range."""
     if resolved_colours(colours, weights.shape[1]) == "diverging":
         return diverging(weights.mean(1), scale, clip)
     flat = weights.flatten(1)
