@@ -99,9 +99,6 @@ class RecentRate:
         self.started = time.perf_counter()
         self.readings: deque[tuple[float, float]] = deque([(self.started, 0.0)])
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
     def add(self, images: float, now: float | None = None) -> float | None:
         now = time.perf_counter() if now is None else now
         self.readings.append((now, images))
@@ -243,11 +240,11 @@ class Reporter:
         return f"run ≤ {hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"run ≤ {rest // 60}:{rest % 60:02d}"
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
-        """images: seen this epoch so far (default: estimated from the epoch's average rate images_per_s)."""
+        """images: seen this epoch so far, for the recent rate (without them the epoch's average, images_per_s)."""
         if self.progress is not None:
-            seen = images if images is not None else images_per_s * self.recent.elapsed()
-            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}",
-                                 speed=_speed(self.recent.add(seen)), run=self.run_eta(step))
+            rate = self.recent.add(images) if images is not None else images_per_s
+            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=_speed(rate),
+                                 run=self.run_eta(step))
 
     def epoch_done(self, record: dict, improved: bool) -> None:
         legend = EPOCH_LEGEND.replace("top-5", f"top-{self.k or 5}") if "val_loss" in record else REFIT_LEGEND
