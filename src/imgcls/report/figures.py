@@ -185,13 +185,13 @@ def sweep_figure(records: list[dict], grid: dict[str, list[str]], path: Path, be
     value = {r["point"]: float("nan") if r["diverged"] or r["val_top1"] is None else r["val_top1"] * 100
              for r in records}
     if len(varied) == 2 and len(records) == len(grid[varied[0]]) * len(grid[varied[1]]):
-        return _sweep_heatmap(records, varied, grid, value, path)
+        return _save(_sweep_heatmap(records, varied, grid, value), path)
     if len(varied) == 1 and len(records) == len(grid[varied[0]]):
-        return _sweep_line(records, varied[0], grid[varied[0]], value, path, best)
-    return _sweep_bars(records, value, path, best)
+        return _save(_sweep_line(records, varied[0], grid[varied[0]], value, best), path)
+    return _save(_sweep_bars(records, value, best), path)
 
 
-def _sweep_heatmap(records, varied, grid, value, path: Path) -> Path:
+def _sweep_heatmap(records, varied, grid, value):
     import matplotlib
 
     rows, columns = grid[varied[0]], grid[varied[1]]
@@ -216,10 +216,10 @@ def _sweep_heatmap(records, varied, grid, value, path: Path) -> Path:
     axis.set_ylabel(varied[0])
     figure.colorbar(image, ax=axis, label="validation top-1 (%)")
     figure.suptitle("sweep: validation top-1")
-    return _save(figure, path)
+    return figure
 
 
-def _sweep_line(records, name: str, values: list[str], value, path: Path, best: int | None) -> Path:
+def _sweep_line(records, name: str, values: list[str], value, best: int | None):
     figure = _figure((9, 5.5))
     axis = figure.subplots()
     by_value = {record["options"][name]: record for record in records}
@@ -244,13 +244,13 @@ def _sweep_line(records, name: str, values: list[str], value, path: Path, best: 
     axis.set_ylabel("validation top-1 (%)")
     axis.grid(alpha=0.3)
     figure.suptitle("sweep: validation top-1")
-    return _save(figure, path)
+    return figure
 
 
 SWEEP_BARS = 40  # the best this many points: a bar a point beyond that is unreadable (sweep.csv has them all)
 
 
-def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
+def _sweep_bars(records, value, best: int | None):
     ranked = sorted(records, key=lambda r: (math.isnan(value[r["point"]]), -value[r["point"]]))[:SWEEP_BARS]
     figure = _figure((9, max(5.0, 1.5 + 0.4 * len(ranked))))
     axis = figure.subplots()
@@ -266,7 +266,7 @@ def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
     axis.set_xlabel("validation top-1 (%)")
     shown = "" if len(records) <= SWEEP_BARS else f", the best {SWEEP_BARS} of {len(records)}"
     figure.suptitle(f"sweep: validation top-1 (orange: chosen; red: diverged{shown})")
-    return _save(figure, path)
+    return figure
 
 
 def _as_numbers(values: list[str]) -> list[float] | None:
