@@ -1,9 +1,5 @@
-"""`imgcls compare RUN RUN ...`: runs side by side.
-
-One row per run: its dataset, the config options whose values differ between the runs, the best epoch,
-validation and test top-1 and top-k of that epoch, and the training time; and one figure with their
-validation curves overlaid. Only the run folders' own files are read, as `report` reads them.
-"""
+"""`imgcls compare RUN RUN ...`: runs side by side, read from their folders as `report` reads them: a row a run
+(the options that differ, the best epoch, its top-1 and top-k, the time) and their validation curves overlaid."""
 
 from __future__ import annotations
 
@@ -11,9 +7,12 @@ import csv
 import io
 from pathlib import Path
 
+from rich.text import Text
+
 from imgcls.errors import UserError
 from imgcls.files import printable
-from imgcls.runs.rundir import DIVERGED, topk_of
+from imgcls.report.report import fitted_table, percent
+from imgcls.runs.rundir import topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
 
@@ -42,7 +41,7 @@ def flat_config(config: dict) -> dict[str, object]:
 def differing_keys(configs: list[dict]) -> list[str]:
     """The config keys whose values are not the same in every run (a key some runs lack counts as differing)."""
     flats = [flat_config(config) for config in configs]
-    keys = list(dict.fromkeys(key for flat in flats for key in flat))
+    keys = dict.fromkeys(key for flat in flats for key in flat)
     missing = object()
     return [key for key in keys if len({repr(flat.get(key, missing)) for flat in flats}) > 1]
 
@@ -54,16 +53,14 @@ def labels(paths: list[Path]) -> list[str]:
 
 
 def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
-    """One dict per run (accuracies as fractions, None where the run did not finish), and the differing keys."""
+    """A dict a run (accuracies as fractions, None where the run did not finish), and the differing keys."""
     keys = differing_keys([summary.config for summary in summaries])
     rows = []
     for label, summary in zip(labels([s.path for s in summaries]), summaries):
         flat, metrics = flat_config(summary.config), summary.metrics
-        data = summary.config.get("data")
-        row = {"run": label, "path": str(summary.path),
-               "dataset": data.get("dataset") if isinstance(data, dict) else None,
+        row = {"run": label, "path": str(summary.path), "dataset": flat.get("data.dataset"),
                "options": {key: flat.get(key) for key in keys}, "finished": metrics is not None,
-               "diverged": (Path(summary.path) / DIVERGED).is_file(),
+               "diverged": summary.diverged is not None,
                "epochs": len(summary.epochs), "best_epoch": metrics["best_epoch"] if metrics else None,
                "seconds": sum(record["seconds"] for record in summary.epochs)}
         for split in ("val", "test"):
@@ -74,23 +71,21 @@ def comparison_rows(summaries) -> tuple[list[dict], list[str]]:
     return rows, keys
 
 
-def _percent(value) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
 def _option(value) -> str:
     return "null" if value is None else str(value)
 
 
+def options_text(options: dict, separator: str) -> str:
+    """`lr=0.1`, each key by its last part ('optim.lr' -> 'lr') where no other key ends the same way."""
+    ends = [key.rsplit(".", 1)[-1] for key in options]
+    return separator.join(f"{end if ends.count(end) == 1 else key}={_option(value)}"
+                          for end, (key, value) in zip(ends, options.items()))
+
+
 def compare_table(rows: list[dict], keys: list[str], width: int | None = None):
-    """As wide as the terminal (80 columns when piped): a differing option a line, `key=value` never split, the
-    numbers never cut; the rightmost columns are left out while it is too wide, and the caption names them."""
-    from rich.text import Text
-
-    from imgcls.report.report import fitted_table
-
-    ks = sorted({row["k"] for row in rows if row["k"] is not None})
-    topk = f"top-{ks[0]}" if len(ks) == 1 else "top-k"
+    """As wide as the terminal: a differing option a line, `key=value` never split, numbers never cut."""
+    ks = {row["k"] for row in rows if row["k"] is not None}
+    topk = f"top-{min(ks)}" if len(ks) == 1 else "top-k"
     datasets = list(dict.fromkeys(str(row["dataset"]) for row in rows))
     same = f" on {datasets[0]}" if len(datasets) == 1 else ""  # one dataset: said once, in the title
     title = printable(f"{len(rows)} runs{same}" + ("" if keys else " (their configs are the same)"))
@@ -98,27 +93,19 @@ def compare_table(rows: list[dict], keys: list[str], width: int | None = None):
                ("test\ntop-1", "right"), (f"val\n{topk}", "right"), (f"test\n{topk}", "right"), ("time", "right")]
     if not same:
         columns.insert(2, ("dataset", "left"))
-    names = short_names(keys)
     table_rows = []
     for row in rows:
-        options = "\n".join(f"{names[key]}={_option(row['options'][key])}" for key in keys)
         ended = "diverged" if row["diverged"] else "unfinished"
         best = f"{row['best_epoch']} of {row['epochs']}" if row["finished"] else f"{ended} ({row['epochs']})"
-        cells = [Text(row["run"]), Text(printable(options)), *(() if same else (Text(printable(str(row["dataset"]))),)),
-                 best, *(_percent(row[name]) for name in ("val_top1", "test_top1", "val_topk", "test_topk")),
-                 f"{row['seconds']:.1f} s"]
-        table_rows.append(cells)
+        table_rows.append([Text(row["run"]), Text(printable(options_text(row["options"], "\n"))),
+                           *(() if same else (Text(printable(str(row["dataset"]))),)), best,
+                           *(percent(row[name]) for name in ("val_top1", "test_top1", "val_topk", "test_topk")),
+                           f"{row['seconds']:.1f} s"])
     return fitted_table(title, columns, table_rows, width, keep=2)
 
 
-def short_names(keys: list[str]) -> dict[str, str]:
-    """'optim.lr' -> 'lr' where no other key ends the same way: narrower table cells."""
-    ends = [key.rsplit(".", 1)[-1] for key in keys]
-    return {key: end if ends.count(end) == 1 else key for key, end in zip(keys, ends)}
-
-
 def to_csv(rows: list[dict], keys: list[str]) -> str:
-    """One line per run; accuracies as fractions, empty where the run did not finish."""
+    """A line a run; accuracies as fractions, empty where the run did not finish."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fixed = ("best_epoch", "epochs", "val_top1", "val_topk", "test_top1", "test_topk", "k", "seconds")
@@ -129,18 +116,11 @@ def to_csv(rows: list[dict], keys: list[str]) -> str:
     return buffer.getvalue()
 
 
-def legend_label(row: dict) -> str:
-    """What sets a run apart, `weight_decay=0.0003 lr=0.1`, in the figure's legend; its folder name when the configs
-    are the same."""
-    names = short_names(list(row["options"]))
-    return " ".join(f"{names[key]}={_option(value)}" for key, value in row["options"].items()) or row["run"]
-
-
 def draw_figure(summaries, rows: list[dict], path: Path) -> Path | None:
-    """The overlaid validation curves, each named by its differing options; None when no run has finished an
-    epoch (nothing to draw)."""
+    """The overlaid validation curves, each named by its differing options (or its folder when the configs are the
+    same); None when no run has finished an epoch."""
     from imgcls.report.figures import validation_curves
 
-    curves = [(printable(legend_label(row)), summary.epochs, row["best_epoch"]) for row, summary in zip(rows, summaries)
-              if summary.epochs]
+    curves = [(printable(options_text(row["options"], " ") or row["run"]), summary.epochs, row["best_epoch"])
+              for row, summary in zip(rows, summaries) if summary.epochs]
     return validation_curves(curves, path) if curves else None

@@ -1,16 +1,11 @@
-"""The run's pictures, for people who would rather look than read.
-
-    curves.png      learning curves: train and validation loss and top-1 per epoch, best epoch marked, and
-                    the learning rate of each epoch's first and last update
-    confusion.png   the test split's confusion matrix as a labelled heat map (rows: true class)
-    templates.png   every class's template (its row of W as an image), labelled
-
-Drawn with matplotlib's Agg backend on Figure objects (no pyplot state, no display needed), at a
-fixed size in pixels (figsize x DPI, no tight bounding box), and written atomically.
+"""The run's pictures, for people who would rather look than read: learning curves, the confusion matrix as a
+heat map, the templates grid; a sweep's and a search's figures. Drawn on matplotlib Figure objects (no pyplot
+state, no display), at a fixed size in pixels, and written atomically.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from imgcls.errors import UserError
@@ -25,27 +20,25 @@ NAME_UP_TO = 150  # classes; beyond that the confusion matrix is labelled with c
 
 
 def confusion_figsize(num_classes: int) -> tuple[float, float]:
-    """Grows with the number of classes so that their names stay readable; whole pixels at DPI."""
+    """Grows with the number of classes so that their names stay readable."""
     side = min(max(4.0 + 0.5 * num_classes, 6.0), 24.0)
     return side + 1.5, side  # the extra width holds the colour bar
 
 
 def _figure(figsize: tuple[float, float], layout: str | None = "constrained"):
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, dpi=DPI, layout=layout)
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure, path: Path) -> Path:
     write_atomic(path, lambda temporary: figure.savefig(temporary, format="png", dpi=DPI))
+    return path
 
 
 def learning_curves(epochs: list[dict], path: Path, best_epoch: int | None = None, title: str = "") -> Path:
-    """Loss and top-1 per epoch, train and validation, from epochs.jsonl's records; and the learning
-    rate when the records have it (lr: the epoch's first update, lr_last: its last)."""
+    """Loss and top-1 per epoch, train and validation, from epochs.jsonl's records; and the learning rate when the
+    records have it (lr: the epoch's first update, lr_last: its last)."""
     if not epochs:
         raise ValueError("no epochs to plot")
     with_lr = all("lr" in record for record in epochs)
@@ -60,22 +53,22 @@ def learning_curves(epochs: list[dict], path: Path, best_epoch: int | None = Non
                       label="train (running, during the epoch)" if split == "train" else "validation")
         if best_epoch is not None:
             axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
-        _epoch_axis(axis, x, label)
+        _epoch_axis(axis, label)
     if with_lr:
         _lr_panel(axes[2], epochs, x, marker)
     figure.suptitle(title or "learning curves")
-    _save(figure, path)
-    return path
+    return _save(figure, path)
 
 
-def _epoch_axis(axis, x: list[int], label: str) -> None:
+def _epoch_axis(axis, label: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axis.set_xlabel("epoch")
     axis.set_ylabel(label)
     axis.set_title(label.split(" (")[0])
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    if len(x) <= 20:
-        axis.set_xticks(x)
 
 
 def _lr_panel(axis, epochs: list[dict], x: list[int], marker) -> None:
@@ -88,7 +81,7 @@ def _lr_panel(axis, epochs: list[dict], x: list[int], marker) -> None:
     positive = [value for value in first if value > 0]
     if positive and max(positive) > 10 * min(positive) and len(positive) == len(first):
         axis.set_yscale("log")
-    _epoch_axis(axis, x, "learning rate")
+    _epoch_axis(axis, "learning rate")
 
 
 def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
@@ -100,21 +93,19 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
     if counts.shape != (k, k):
         raise ValueError(f"a confusion matrix of shape {counts.shape} does not fit {k} classes")
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    figsize = confusion_figsize(k)
-    figure = _figure(figsize, layout=None)  # placed by hand: a layout engine measures every label, twice
-    fontsize = max(3.0, min(9.0, 0.6 * 72 * 0.8 * figsize[1] / k))  # a name fits in its row: 60% of its height
+    w, h = confusion_figsize(k)
+    figure = _figure((w, h), layout=None)  # placed by hand: a layout engine measures every label, twice
+    fontsize = max(3.0, min(9.0, 0.6 * 72 * 0.8 * h / k))  # a name fits in its row: 60% of its height
     rotation = 45 if k <= 10 else 90
     longest = max(len(name) for name in classes) if k <= NAME_UP_TO else 4
     names = longest * fontsize * 0.6 / 72 + 0.1  # inches a class name takes
     left, bottom = names + 0.45, names * (0.75 if rotation == 45 else 1.0) + 0.45
     top, right = 0.45, 1.5  # the title; the colour bar and its label
-    side = max(0.5, min(figsize[0] - left - right, figsize[1] - bottom - top))
-    w, h = figsize
+    side = max(0.5, min(w - left - right, h - bottom - top))
     axis = figure.add_axes((left / w, bottom / h, side / w, side / h))
     bar = figure.add_axes(((left + side + 0.15) / w, bottom / h, 0.2 / w, side / h))
     image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
-    colour_bar = figure.colorbar(image, cax=bar)
-    colour_bar.set_label("share of the true class")
+    figure.colorbar(image, cax=bar, label="share of the true class")
     if k <= NAME_UP_TO:
         axis.set_xticks(range(k), classes, rotation=rotation, ha="right" if rotation == 45 else "center",
                         rotation_mode="anchor" if rotation == 45 else "default", fontsize=fontsize)
@@ -131,38 +122,15 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
                     axis.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                               color="white" if shares[i, j] > 0.5 else "black")
     axis.set_title(title or "confusion matrix")
-    _save(figure, path)
-    return path
-
-
-def templates_grid(checkpoint, path: Path) -> Path:
-    """templates.py's labelled grid of every class's template with export-templates' defaults (space and
-    colours "auto", each to its own range), templates.grid_figsize(K, title) at GRID_DPI."""
-    from imgcls.report.templates import (
-        CLIP,
-        display_images,
-        grid_title,
-        resolved_colours,
-        resolved_space,
-        save_grid,
-        template_weights,
-    )
-
-    space = resolved_space("auto", checkpoint)
-    weights = template_weights(checkpoint, space)
-    title = grid_title(space, "each", resolved_colours("auto", weights.shape[1]))
-    shown = display_images(weights, "each", "auto", CLIP)
-    write_atomic(path, lambda temporary: save_grid(shown, checkpoint.classes, temporary, title))
-    return path
+    return _save(figure, path)
 
 
 def write_run_figures(run_dir: Path, class_names: Path | None = None) -> list[Path]:
-    """Draw every figure the run folder has the files for; returns the paths written. class_names: a
-    names file (classnames.py) the figures label the classes by.
+    """Draw every figure the run folder has the files for, the classes named by class_names (a names file); the
+    paths written. A folder without epochs.jsonl, metrics.json or best.safetensors is not a run: a UserError."""
+    from imgcls.report.templates import export_templates
+    from imgcls.runs import checkpoint as ckpt
 
-    curves.png needs epochs.jsonl, confusion.png metrics.json (a finished run), templates.png
-    best.safetensors. A folder with none of them is not a run folder: a UserError.
-    """
     run = RunDir.existing(run_dir)
     metrics, epochs = run.read_metrics(class_names), run.read_epochs()
     if not epochs and metrics is None and not run.best.is_file():
@@ -180,26 +148,19 @@ def write_run_figures(run_dir: Path, class_names: Path | None = None) -> list[Pa
         written.append(confusion_heatmap(metrics["test_detail"]["confusion"], metrics["classes"], run.confusion,
                                          title))
     if run.best.is_file():
-        best = _best_checkpoint(run, class_names)
+        best = ckpt.load(run.best)
+        if class_names is not None:
+            from imgcls.data.classnames import named_classes
+
+            best.meta["classes"] = named_classes(best.classes, class_names)
         if best.meta["dataset"] != "features":  # a features model's rows of W are not pictures
-            written.append(templates_grid(best, run.templates))
+            written += export_templates(best, run.path, grid_only=True)  # templates.png, export-templates' defaults
     return written
 
 
-def _best_checkpoint(run: RunDir, class_names: Path | None):
-    from imgcls.runs import checkpoint as ckpt
-
-    best = ckpt.load(run.best)
-    if class_names is not None:
-        from imgcls.data.classnames import named_classes
-
-        best.meta["classes"] = named_classes(best.classes, class_names)
-    return best
-
-
 def validation_curves(runs: list[tuple[str, list[dict], int | None]], path: Path) -> Path:
-    """Several runs' validation loss and top-1 per epoch overlaid, each run's best epoch ringed;
-    runs: (label, epochs.jsonl's records, best epoch or None)."""
+    """Several runs' validation loss and top-1 per epoch overlaid, each run's best epoch ringed; runs: (label,
+    epochs.jsonl's records, best epoch or None)."""
     figure = _figure(CURVES_FIGSIZE)
     loss_axis, top1_axis = figure.subplots(1, 2)
     for label, epochs, best_epoch in runs:
@@ -210,18 +171,10 @@ def validation_curves(runs: list[tuple[str, list[dict], int | None]], path: Path
             if best_epoch in x:
                 axis.plot([best_epoch], [values[x.index(best_epoch)]], "o", markersize=9, fillstyle="none",
                           color=line.get_color())
-    from matplotlib.ticker import MaxNLocator
-
     for axis, label in ((loss_axis, "validation loss"), (top1_axis, "validation top-1 accuracy (%)")):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(label)
-        axis.set_title(label.split(" (")[0])
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        _epoch_axis(axis, label)
     figure.suptitle(f"validation curves of {len(runs)} runs (rings: each run's best epoch)")
-    _save(figure, path)
-    return path
+    return _save(figure, path)
 
 
 def sweep_figure(records: list[dict], grid: dict[str, list[str]], path: Path, best: int | None = None) -> Path:
@@ -232,15 +185,13 @@ def sweep_figure(records: list[dict], grid: dict[str, list[str]], path: Path, be
     value = {r["point"]: float("nan") if r["diverged"] or r["val_top1"] is None else r["val_top1"] * 100
              for r in records}
     if len(varied) == 2 and len(records) == len(grid[varied[0]]) * len(grid[varied[1]]):
-        return _sweep_heatmap(records, varied, grid, value, path)
+        return _save(_sweep_heatmap(records, varied, grid, value), path)
     if len(varied) == 1 and len(records) == len(grid[varied[0]]):
-        return _sweep_line(records, varied[0], grid[varied[0]], value, path, best)
-    return _sweep_bars(records, value, path, best)
+        return _save(_sweep_line(records, varied[0], grid[varied[0]], value, best), path)
+    return _save(_sweep_bars(records, value, best), path)
 
 
-def _sweep_heatmap(records, varied, grid, value, path: Path) -> Path:
-    import math
-
+def _sweep_heatmap(records, varied, grid, value):
     import matplotlib
 
     rows, columns = grid[varied[0]], grid[varied[1]]
@@ -256,24 +207,19 @@ def _sweep_heatmap(records, varied, grid, value, path: Path) -> Path:
     dark = max(finite) - (max(finite) - min(finite)) / 3
     for i, row in enumerate(cells):
         for j, cell in enumerate(row):
-            if math.isnan(cell):
-                axis.text(j, i, "diverged", ha="center", va="center", color="tab:red", fontsize=11)
-            else:
-                axis.text(j, i, f"{cell:.1f}", ha="center", va="center", color="white" if cell < dark else "black",
-                          fontsize=11)
+            text, colour = ("diverged", "tab:red") if math.isnan(cell) else \
+                (f"{cell:.1f}", "white" if cell < dark else "black")
+            axis.text(j, i, text, ha="center", va="center", color=colour, fontsize=11)
     axis.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     axis.set_yticks(range(len(rows)), rows)
     axis.set_xlabel(varied[1])
     axis.set_ylabel(varied[0])
     figure.colorbar(image, ax=axis, label="validation top-1 (%)")
     figure.suptitle("sweep: validation top-1")
-    _save(figure, path)
-    return path
+    return figure
 
 
-def _sweep_line(records, name: str, values: list[str], value, path: Path, best: int | None) -> Path:
-    import math
-
+def _sweep_line(records, name: str, values: list[str], value, best: int | None):
     figure = _figure((9, 5.5))
     axis = figure.subplots()
     by_value = {record["options"][name]: record for record in records}
@@ -298,16 +244,13 @@ def _sweep_line(records, name: str, values: list[str], value, path: Path, best: 
     axis.set_ylabel("validation top-1 (%)")
     axis.grid(alpha=0.3)
     figure.suptitle("sweep: validation top-1")
-    _save(figure, path)
-    return path
+    return figure
 
 
 SWEEP_BARS = 40  # the best this many points: a bar a point beyond that is unreadable (sweep.csv has them all)
 
 
-def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
-    import math
-
+def _sweep_bars(records, value, best: int | None):
     ranked = sorted(records, key=lambda r: (math.isnan(value[r["point"]]), -value[r["point"]]))[:SWEEP_BARS]
     figure = _figure((9, max(5.0, 1.5 + 0.4 * len(ranked))))
     axis = figure.subplots()
@@ -323,8 +266,7 @@ def _sweep_bars(records, value, path: Path, best: int | None) -> Path:
     axis.set_xlabel("validation top-1 (%)")
     shown = "" if len(records) <= SWEEP_BARS else f", the best {SWEEP_BARS} of {len(records)}"
     figure.suptitle(f"sweep: validation top-1 (orange: chosen; red: diverged{shown})")
-    _save(figure, path)
-    return path
+    return figure
 
 
 def _as_numbers(values: list[str]) -> list[float] | None:
@@ -362,5 +304,4 @@ def lr_search_figure(rows: list[dict], path: Path, how: str) -> Path:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     figure.suptitle(f"search, stacked: {how}")
-    _save(figure, path)
-    return path
+    return _save(figure, path)

@@ -1,18 +1,10 @@
-"""RUN/report.html: a run as one self-contained web page.
-
-The config, learning curves, per-class precision/recall/F1, the confusion matrix, the templates,
-the most confused pairs, and a gallery of test images: the ones the model got most confidently
-wrong and the most typical right ones. Every picture is embedded as a data: URI (base64 PNG) and
-the style sheet is inline, so the one file can be mailed or archived and still shows everything.
-
-The figures are the run folder's own PNGs (figures.py draws them); the gallery scores the run's test
-split, read as `eval` reads it (through the decoded cache), with the best checkpoint.
-"""
+"""RUN/report.html: a run as one self-contained web page (pictures as data: URIs, the style inline), to mail or
+archive: the run folder's figures and tables, and a gallery of the test images the best checkpoint got most
+confidently wrong and most typically right."""
 
 from __future__ import annotations
 
 import base64
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,22 +44,14 @@ def png_data_uri(data: bytes) -> str:
 
 def thumbnail(image) -> str:
     """A uint8 (C, H, W) image as a PNG data URI, shrunk to THUMBNAIL_MAX pixels a side if larger."""
-    import numpy as np
-    from matplotlib.image import imsave
+    from torchvision.io import encode_png
+    from torchvision.transforms.v2.functional import resize
 
-    side = max(image.shape[-2:])
-    if side > THUMBNAIL_MAX:
-        from torchvision.transforms.v2.functional import resize
-
-        h, w = image.shape[-2:]
+    h, w = image.shape[-2:]
+    if max(h, w) > THUMBNAIL_MAX:
+        side = max(h, w)
         image = resize(image, [max(1, h * THUMBNAIL_MAX // side), max(1, w * THUMBNAIL_MAX // side)], antialias=True)
-    pixels = image.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    if pixels.shape[2] == 1:
-        imsave(buffer, pixels[:, :, 0], format="png", cmap="gray", vmin=0, vmax=255)
-    else:
-        imsave(buffer, np.ascontiguousarray(pixels), format="png")
-    return png_data_uri(buffer.getvalue())
+    return png_data_uri(encode_png(image.contiguous()).numpy().tobytes())
 
 
 @dataclass
@@ -78,16 +62,16 @@ class Gallery:
 
 
 def load_gallery(run: RunDir) -> Gallery:
-    """Score the run's test split with its best checkpoint and pick the gallery's images. Without the data (moved,
-    deleted, a --stream run) the page goes without a gallery and says why."""
+    """The test split scored by the best checkpoint, and the gallery's picks; without the data, a note why not."""
     from imgcls.runs import checkpoint as ckpt
 
     if not run.best.is_file():
         return Gallery(note="no best.safetensors in the run folder: no model to score the test images with")
     checkpoint = ckpt.load(run.best)
-    if checkpoint.meta.get("config", {}).get("data", {}).get("dataset") == "features":
+    data = checkpoint.meta.get("config", {}).get("data", {})
+    if data.get("dataset") == "features":
         return Gallery(note="not drawn for --dataset features: its test split holds feature vectors, not images")
-    if checkpoint.meta.get("config", {}).get("data", {}).get("stream"):
+    if data.get("stream"):
         return Gallery(note="not drawn for a --stream run: its test images are decoded from their files, which "
                             "would make writing this page as slow as a test evaluation")
     try:
@@ -127,18 +111,10 @@ def _scores(checkpoint, images):
     from imgcls.runs.predict import normalized
 
     model = checkpoint.model().eval()
-    confidence, predicted = [], []
     with torch.inference_mode():
-        for chunk in images.split(SCORE_CHUNK):
-            probabilities = torch.softmax(model(normalized(chunk, checkpoint, torch.device("cpu"))).double(), dim=1)
-            top = probabilities.max(dim=1)
-            confidence.append(top.values)
-            predicted.append(top.indices)
-    return torch.cat(confidence), torch.cat(predicted)
-
-
-def _embedded(path: Path) -> str | None:
-    return png_data_uri(path.read_bytes()) if path.is_file() else None
+        tops = [torch.softmax(model(normalized(chunk, checkpoint, torch.device("cpu"))).double(), dim=1).max(dim=1)
+                for chunk in images.split(SCORE_CHUNK)]
+    return torch.cat([top.values for top in tops]), torch.cat([top.indices for top in tops])
 
 
 def page_context(run_path: Path, class_names: Path | None = None) -> dict:
@@ -147,33 +123,24 @@ def page_context(run_path: Path, class_names: Path | None = None) -> dict:
 
     summary = load_run(run_path, class_names=class_names)
     run = RunDir(summary.path)
-    metrics = summary.metrics
-    detail = (metrics or {}).get("test_detail", {})
-    confusion = detail.get("confusion") or []
-    per_class = [{"name": name, **scores, "top1": top1} for name, scores, top1 in
-                 zip(summary.classes, per_class_scores(confusion), detail.get("per_class", []))]
-    data = summary.config.get("data")
+    per_class = [{"name": name, **scores} for name, scores in
+                 zip(summary.classes, per_class_scores(summary.detail.get("confusion") or []))]
     return {"name": printable(summary.path.resolve().name), "path": printable(summary.path),
-            "dataset": data.get("dataset", "?") if isinstance(data, dict) else "?",
-            "config": config_rows(summary.config), "epochs": summary.epochs, "metrics": metrics,
-            "k": metrics["test"]["k"] if metrics else epoch_topk(summary.epochs[0])[0] if summary.epochs else 5,
-            "diverged": summary.diverged, "per_class": per_class, "pairs": summary.pairs,
-            "superclasses": summary.superclasses,
-            "curves": _embedded(run.curves), "confusion": _embedded(run.confusion),
-            "templates": _embedded(run.templates),
-            "gallery": load_gallery(run) if metrics else Gallery(note="the run did not finish")}
+            "dataset": summary.dataset, "config": config_rows(summary.config), "epochs": summary.epochs,
+            "metrics": summary.metrics, "k": summary.k, "diverged": summary.diverged, "per_class": per_class,
+            "pairs": summary.pairs, "superclasses": summary.superclasses,
+            **{name: png_data_uri(path.read_bytes()) if path.is_file() else None
+               for name, path in (("curves", run.curves), ("confusion", run.confusion), ("templates", run.templates))},
+            "gallery": load_gallery(run) if summary.metrics else Gallery(note="the run did not finish")}
 
 
 def render_page(context: dict) -> str:
-    from importlib.resources import files
-
     import jinja2
 
     # autoescape: class names and config values come from the user's folders and may hold <, & or quotes
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                                     lstrip_blocks=True)
-    template = environment.from_string(files("imgcls.report").joinpath(TEMPLATE).read_text(encoding="utf-8"))
-    return template.render(**context, topk_of=topk_of, epoch_topk=epoch_topk)
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("imgcls.report", ""), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template(TEMPLATE).render(**context, topk_of=topk_of, epoch_topk=epoch_topk)
 
 
 def write_run_page(run_dir: Path, class_names: Path | None = None) -> Path:

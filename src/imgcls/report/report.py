@@ -1,14 +1,10 @@
-"""What the terminal shows: a progress bar per epoch, a line per epoch, summary tables.
-
-`Reporter(quiet=True)` shows nothing but errors, for scripts. Text that comes from the user (class names,
-paths, names in checkpoints) reaches rich as Text, never as markup: "cat [domestic]" would lose its
-"[domestic]" as a style tag, and a path holding "[/x]" would stop the program with a MarkupError.
+"""What the terminal shows: progress bars, a line per epoch, summary tables (rich). Text from the user (class names,
+paths) reaches rich as Text, never as markup: "cat [domestic]" would lose "[domestic]" as a style tag.
 """
 
 from __future__ import annotations
 
 import math
-
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -16,14 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -37,11 +26,7 @@ if TYPE_CHECKING:
 RECENT_SECONDS = 5.0  # the progress bar's images/s and ETA are over about this many seconds, not the whole epoch
 EPOCH_LEGEND = "each epoch: train loss, top-1; validation loss, top-1, top-5; seconds (* lowest loss so far)"
 REFIT_LEGEND = "each epoch of the refit: train loss, top-1; seconds (no held-out images: the last epoch is kept)"
-
-
-def epoch_legend(k: int = 5) -> str:
-    """EPOCH_LEGEND with the run's top-k (top-3 for 3 classes)."""
-    return EPOCH_LEGEND.replace("top-5", f"top-{k}")
+WIDER = "a wider terminal or --json shows them"
 
 
 def loss_text(loss: float) -> str:
@@ -50,8 +35,7 @@ def loss_text(loss: float) -> str:
 
 
 def epoch_line(record: dict, improved: bool, k: int | None = None) -> str:
-    """One epoch in under 80 columns (a wrapped line splits numbers); epoch_legend names the numbers once.
-    k: the run's top-k, which names the record's val_top5 (default: the k of the record's own key)."""
+    """One epoch in under 80 columns (a wrapped line splits numbers); k: the run's top-k (default: the record's)."""
     from imgcls.runs.rundir import epoch_topk
 
     line = f"epoch {record['epoch']:>3}  train {loss_text(record['train_loss'])} {record['train_top1']:.2%}"
@@ -64,14 +48,11 @@ def epoch_line(record: dict, improved: bool, k: int | None = None) -> str:
 
 def fitted_table(title: str | Text, columns: list[tuple[str, str]], rows: list[list], width: int | None = None,
                  keep: int = 1, fold_first: bool = False, whole: str = "a wider terminal shows them") -> Table:
-    """A table no wider than `width` (default: the terminal's, 80 when piped): numbers are never cut or
-    wrapped; while it is too wide the rightmost columns after the first `keep` are left out, and the
-    caption names them. columns: (header, justify), most important first; rows: cells in that order.
-    fold_first: the first column holds names (file paths) that may fold onto more lines, in at most half
-    the width, rather than be cut. whole: where the columns left out can be seen."""
+    """A table no wider than `width` (default: the terminal's): numbers are never cut; the rightmost columns after
+    the first `keep` are left out while it is too wide, and the caption names them and `whole`, where they are.
+    columns: (header, justify), most important first; fold_first: the first column's names may fold."""
     width = width or Console().width
-    shown = len(columns)
-    while True:
+    for shown in range(len(columns), 0, -1):
         table = Table(title=title if isinstance(title, Text) else Text(title))
         for index, (header, justify) in enumerate(columns[:shown]):
             if index == 0 and fold_first:
@@ -84,8 +65,31 @@ def fitted_table(title: str | Text, columns: list[tuple[str, str]], rows: list[l
             left_out = ", ".join(header.replace("\n", " ") for header, _ in columns[shown:])
             table.caption = Text(f"not shown at {width} columns: {left_out} ({whole})")
         if shown <= keep or Console(width=10_000).measure(table).maximum <= width:
-            return table
-        shown -= 1
+            break
+    return table
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def per_class_table(classes: list[str], top1: list[float], confusion: list[list[int]], title: str,
+                    taken_for: bool = True) -> Table:
+    """Each class's top-1 (its recall), precision, F1 and (taken_for) the class it is most often taken for."""
+    from imgcls.files import printable
+    from imgcls.linear.metrics import per_class_scores
+
+    columns = [("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"), ("F1", "right"),
+               ("most often taken for", "left")]
+    rows, scores = [], per_class_scores(confusion)
+    for index, (name, accuracy) in enumerate(zip(classes, top1)):
+        row, score = (confusion[index], scores[index]) if index < len(confusion) else ([], None)
+        # the largest count off the diagonal, the first such class on a tie
+        most, other = max(((n, -j) for j, n in enumerate(row) if j != index and n > 0), default=(0, 0))
+        rows.append([Text(printable(name)), str(sum(row)) if row else "", f"{accuracy:.2%}",
+                     f"{score['precision']:.2%}" if score else "", f"{score['f1']:.3f}" if score else "",
+                     Text(printable(f"{classes[-other]} ({most})" if most else ""))])
+    return fitted_table(title, columns[:6 if taken_for else 5], rows, keep=3, fold_first=True, whole=WIDER)
 
 
 class RecentRate:
@@ -94,9 +98,6 @@ class RecentRate:
     def __init__(self):
         self.started = time.perf_counter()
         self.readings: deque[tuple[float, float]] = deque([(self.started, 0.0)])
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
 
     def add(self, images: float, now: float | None = None) -> float | None:
         now = time.perf_counter() if now is None else now
@@ -107,7 +108,13 @@ class RecentRate:
         return (images - before) / (now - then) if now > then else None
 
 
+def _speed(rate: float | None) -> str:
+    return f"{rate:,.0f} img/s" if rate is not None else ""
+
+
 class Reporter:
+    """The terminal of a command; quiet=True shows nothing but errors, for scripts."""
+
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
         self.console = console or Console(stderr=True)
@@ -117,12 +124,10 @@ class Reporter:
         self.legend_shown: str | None = None  # the legend above the epoch lines now
         self.epochs: int | None = None  # the run's most epochs, when the loop says (epoch_start)
         self.run_start: tuple[float, int] | None = None  # (time, epoch) of this process's first epoch
-        self.epoch = 0
-        self.steps = 1
+        self.epoch, self.steps = 0, 1
         self.k: int | None = None  # the run's top-k, once data_ready has said how many classes
 
     def search_figure(self, path: Path, rows: list[dict], how: str) -> None:
-        """The default search's figure in a run folder, as lr-find draws it."""
         from imgcls.report.figures import lr_search_figure
 
         self._drawn(path, lambda: lr_search_figure(rows, path, how))
@@ -133,29 +138,32 @@ class Reporter:
         self._drawn(path, lambda: sweep_figure(records, grid, path, best))
 
     def _drawn(self, path: Path, draw: Callable[[], object]) -> None:
-        """Like a run's other figures, one that fails is a warning, never the end of what it describes."""
+        """A figure that fails is a warning, never the end of what it describes."""
         try:
             draw()
         except Exception as error:  # noqa: BLE001
             self.note(f"warning: could not draw {path} ({type(error).__name__}: {error})")
 
     def note(self, text: str | Text) -> None:
-        """A line as it is written (a str is not read as markup); on a terminal wrapped between words (the terminal
-        would cut them, and the live bar would overwrite a row it did not know of), whole in a pipe or a log."""
+        """A line as written (a str is not markup); wrapped between words on a terminal (which would cut them, under
+        a live bar that does not know of the extra row), whole in a pipe or a log."""
         if not self.quiet:
             self.console.print(Text(text) if isinstance(text, str) else text, highlight=False,
                                soft_wrap=not self.console.is_terminal)
 
+    def _bar(self, *columns, **options) -> Progress:
+        return Progress(*columns, console=self.console, transient=True, disable=self.quiet, **options)
+
     @contextmanager
     def decoding(self) -> Iterator[Callable[[int, int], None] | None]:
-        """A bar while image files are decoded: the callback is told (images decoded, images in all), and a
-        new count from 0 starts a new bar (the test split after the training split). None when quiet."""
+        """A bar while image files are decoded, told (images decoded, images in all); a count from 0 starts a new
+        bar (the test split after the training split). None when quiet."""
         if self.quiet:
             yield None
             return
-        bar = Progress(TextColumn("decoding"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                       TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
-                       TimeRemainingColumn(), console=self.console, transient=True)
+        bar = self._bar(TextColumn("decoding"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                        TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn())
         shown = {}  # the split's task and its RecentRate
 
         def update(done: int, total: int) -> None:
@@ -165,8 +173,7 @@ class Reporter:
                 if shown:
                     bar.remove_task(shown["task"])
                 shown.update(task=bar.add_task("decode", total=total, speed=""), recent=RecentRate())
-            rate = shown["recent"].add(done)
-            bar.update(shown["task"], completed=done, speed=f"{rate:,.0f} img/s" if rate is not None else "")
+            bar.update(shown["task"], completed=done, speed=_speed(shown["recent"].add(done)))
 
         try:
             yield update
@@ -176,14 +183,10 @@ class Reporter:
 
     @contextmanager
     def sweep_bar(self, total: float) -> Iterator[Callable[[float, str], None]]:
-        """One bar over a whole sweep, in epochs of its groups: the callback is told (epochs done, a fraction
-        included, and what is under way)."""
-        if self.quiet:
-            yield lambda done, text: None
-            return
-        bar = Progress(TextColumn("sweep {task.fields[text]}"), BarColumn(bar_width=24),
-                       TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("eta"),
-                       TimeRemainingColumn(), console=self.console, transient=True)
+        """One bar over a whole sweep in epochs, told (epochs done, a fraction included, what is under way)."""
+        bar = self._bar(TextColumn("sweep {task.fields[text]}"), BarColumn(bar_width=24),
+                        TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn())
         task = bar.add_task("sweep", total=total, text="")
         with bar:
             yield lambda done, text: bar.update(task, completed=done, text=text)
@@ -211,12 +214,11 @@ class Reporter:
             self.run_start = (time.perf_counter(), epoch)
         if self.progress is None:
             # loss and speed are text fields: blank until the first step, never a 'nan' a student reads as divergence
-            self.progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=10), MofNCompleteColumn(),
-                TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                TextColumn("eta"), TimeRemainingColumn(compact=True),
-                TextColumn("{task.fields[run]}"), console=self.console,
-                transient=True, speed_estimate_period=RECENT_SECONDS)
+            self.progress = self._bar(TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=10),
+                                      MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                                      TextColumn("{task.fields[speed]}"), TextColumn("eta"),
+                                      TimeRemainingColumn(compact=True), TextColumn("{task.fields[run]}"),
+                                      speed_estimate_period=RECENT_SECONDS)
             self.progress.start()
         if self.task is not None:
             self.progress.remove_task(self.task)
@@ -226,31 +228,26 @@ class Reporter:
         self.recent = RecentRate()
 
     def run_eta(self, step: int) -> str:
-        """'run ≤ M:SS': the time the run's remaining epochs take at this process's pace so far ('' without
-        the run's length, or before its first step)."""
+        """'run ≤ M:SS': the run's remaining epochs at this process's pace so far ('' before it is known)."""
         if not self.epochs or self.run_start is None:
             return ""
         started, first = self.run_start
         done = self.epoch - first + step / self.steps
-        left = self.epochs - first - done
         if done <= 0:
             return ""
-        seconds = round((time.perf_counter() - started) / done * max(left, 0.0))
+        seconds = round((time.perf_counter() - started) / done * max(self.epochs - first - done, 0.0))
         hours, rest = divmod(seconds, 3600)
         return f"run ≤ {hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"run ≤ {rest // 60}:{rest % 60:02d}"
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
-        """images: the images this epoch has seen so far; without it they are estimated from the epoch's
-        average rate (images_per_s) and the time since epoch_start. The bar shows the recent rate."""
+        """images: seen this epoch so far, for the recent rate (without them the epoch's average, images_per_s)."""
         if self.progress is not None:
-            seen = images if images is not None else images_per_s * self.recent.elapsed()
-            rate = self.recent.add(seen)
-            speed = f"{rate:,.0f} img/s" if rate is not None else ""
-            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=speed,
+            rate = self.recent.add(images) if images is not None else images_per_s
+            self.progress.update(self.task, completed=step, loss=f"loss {loss:.4f}", speed=_speed(rate),
                                  run=self.run_eta(step))
 
     def epoch_done(self, record: dict, improved: bool) -> None:
-        legend = epoch_legend(self.k or 5) if "val_loss" in record else REFIT_LEGEND
+        legend = EPOCH_LEGEND.replace("top-5", f"top-{self.k or 5}") if "val_loss" in record else REFIT_LEGEND
         if self.legend_shown != legend:
             self.legend_shown = legend
             self.note(legend)
@@ -262,42 +259,29 @@ class Reporter:
             self.progress = None
 
     def run_finished(self, run_path: Path, best_epoch: int, test_summary: dict) -> None:
-        """The run is written and whole (its metrics, checkpoints and figures): a reporter that keeps a log of its
-        own (TensorBoardReporter) ends it here; this one has shown everything already."""
+        """The run is written and whole: a reporter with a log of its own (TensorBoardReporter) ends it here."""
 
     def metrics_table(self, title: str, rows: dict[str, Metrics]) -> Table:
-        table = Table(title=Text(title))
         ks = {m.k for m in rows.values()}
-        for column in ("split", "images", "loss", "top-1", f"top-{ks.pop()}" if len(ks) == 1 else "top-k"):
+        table = Table(title=Text(title))
+        for column in ("split", "images", "loss", "top-1", f"top-{min(ks)}" if len(ks) == 1 else "top-k"):
             table.add_column(column, justify="right" if column != "split" else "left")
         for name, m in rows.items():
             table.add_row(name, f"{m.count}", f"{m.loss:.4f}", f"{m.top1:.2%}",
-                          f"{m.top5:.2%}" + ("" if len({r.k for r in rows.values()}) == 1 else f" (k={m.k})"))
+                          f"{m.top5:.2%}" + ("" if len(ks) == 1 else f" (k={m.k})"))
             if m.superclass_top1 is not None:
                 table.add_row(f"{name} superclass", f"{m.count}", "", f"{m.superclass_top1:.2%}", "")
         return table
 
     def per_class_table(self, classes: list[str], metrics: Metrics) -> Table:
-        """Top-1 (the class's recall), precision and F1 of each class, from the confusion matrix."""
-        from imgcls.linear.metrics import per_class_scores
-
-        columns = [("class", "left"), ("images", "right"), ("top-1", "right"), ("precision", "right"),
-                   ("F1", "right")]
-        rows = [[Text(name), str(score["support"]), f"{accuracy:.2%}", f"{score['precision']:.2%}",
-                 f"{score['f1']:.3f}"]
-                for name, accuracy, score in zip(classes, metrics.per_class, per_class_scores(metrics.confusion))]
-        return fitted_table("per-class top-1 (the class's recall), precision and F1", columns, rows, keep=3,
-                            fold_first=True, whole="a wider terminal or --json shows them")
+        return per_class_table(classes, metrics.per_class, metrics.confusion,
+                               "per-class top-1 (the class's recall), precision and F1", taken_for=False)
 
     def superclass_table(self, rows: list[tuple[str, float]]) -> Table:
-        """Each superclass's top-1 at the superclass level (CIFAR-100's 20): a prediction of any of its classes
-        counts as right for its images."""
-        table = Table(title="per-superclass top-1 (any class of the superclass counts)")
-        table.add_column("superclass")
-        table.add_column("top-1", justify="right")
-        for name, accuracy in rows:
-            table.add_row(Text(name), f"{accuracy:.2%}")
-        return table
+        """Each superclass's top-1 at its level: a prediction of any of its classes counts as right."""
+        return fitted_table("per-superclass top-1 (any class of the superclass counts)",
+                            [("superclass", "left"), ("top-1", "right")],
+                            [[Text(name), f"{accuracy:.2%}"] for name, accuracy in rows], keep=2, fold_first=True)
 
     def show(self, renderable, force: bool = False) -> None:
         if force or not self.quiet:
@@ -305,8 +289,7 @@ class Reporter:
 
 
 def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: int | None = None) -> Table:
-    """The points by validation loss, best first (test shown, but not used to choose). As wide as the terminal: a
-    point's options a line each, never cut inside key=value; columns that do not fit are left out, and named."""
+    """The points by validation loss, best first (test shown, not used to choose); a point's options a line each."""
     ranked = sorted(records, key=lambda r: (r["val_loss"] is None or r["diverged"],
                                             math.inf if r["val_loss"] is None else r["val_loss"], r["point"]))
     columns = [("rank", "right"), ("point (folder\nand options)", "left"), ("", "left"), ("val loss", "right"),
@@ -314,26 +297,17 @@ def sweep_table(records: list[dict], best: int | None, limit: int = 20, width: i
     rows = []
     for rank, record in enumerate(ranked[:limit], 1):
         mark = "chosen" if record["point"] == best else "diverged" if record["diverged"] else ""
-        options = "\n".join([f"{record['point']:03d}", *(f"{name}={value}" for name, value in
-                                                         record["options"].items())]) if record["options"] else \
-            f"{record['point']:03d} base"
+        options = "".join(f"\n{name}={value}" for name, value in record["options"].items()) or " base"
         loss = "-" if record["val_loss"] is None else loss_text(record["val_loss"])
-        rows.append([str(rank), Text(options), mark, loss, _percent(record["val_top1"]),
-                     f"{record['best_epoch'] or '-'}/{record['epochs_run']}", _percent(record["test_top1"])])
+        rows.append([str(rank), Text(f"{record['point']:03d}{options}"), mark, loss,
+                     percent(record["val_top1"]), f"{record['best_epoch'] or '-'}/{record['epochs_run']}",
+                     percent(record["test_top1"])])
     title = f"sweep: {len(records)} points by validation loss (test not used to choose)"
     table = fitted_table(title, columns, rows, width, keep=3, whole="sweep.csv holds them")
     if len(ranked) > limit:
         more = f"{len(ranked) - limit} more in sweep.csv"
         table.caption = Text(f"{more}; {table.caption}") if table.caption else Text(more)
     return table
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def lr_search_table(rows: list[dict]) -> Table:
@@ -345,6 +319,7 @@ def lr_search_table(rows: list[dict]) -> Table:
     for row in sorted(rows, key=lambda row: (row["stage"] != "decays", row["val_loss"] is None or row["diverged"],
                                              row["val_loss"] or 0)):
         mark = "chosen" if row["chosen"] else "diverged" if row["diverged"] else ""
-        table.add_row(row["stage"], f"{row['lr']:g}", f"{row['weight_decay']:g}", _number(row["val_loss"]),
-                      _percent(row["val_top1"]), str(row["epochs"] or "-"), mark)
+        loss = "-" if row["val_loss"] is None else f"{row['val_loss']:.4f}"
+        table.add_row(row["stage"], f"{row['lr']:g}", f"{row['weight_decay']:g}", loss, percent(row["val_top1"]),
+                      str(row["epochs"] or "-"), mark)
     return table

@@ -1,5 +1,4 @@
-"""The tables the commands print (datasets, gradcheck, cache info, predict); training's own tables are in
-report.py. As there, text from the user (paths, class names) reaches rich as Text, never as markup."""
+"""The tables of datasets, gradcheck, cache info and predict; as in report.py, user text reaches rich as Text."""
 
 from __future__ import annotations
 

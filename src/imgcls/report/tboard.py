@@ -1,13 +1,5 @@
-"""Optional TensorBoard logging (`imgcls train --tensorboard`), into RUN_DIR/tensorboard/.
-
-Per epoch: the scalars of epochs.jsonl (loss and top-1 of train and validation, validation top-k,
-learning rate, images/s). At the end, at the best epoch's step: the test split's metrics and the
-class templates (templates/grid: the labelled templates.png; templates/each: all of them enlarged,
-tiled by TensorBoard). Look with `tensorboard --logdir RUN_DIR/tensorboard`.
-
-The tensorboard package is an optional extra (`pip install 'imgcls[tensorboard]'`); it is imported
-only when asked for, and its absence is a UserError before anything is trained.
-"""
+"""`imgcls train --tensorboard`: epochs.jsonl's scalars, then the test metrics and the templates, in
+RUN_DIR/tensorboard/. tensorboard is an optional extra: its absence is a UserError before anything is trained."""
 
 from __future__ import annotations
 
@@ -25,26 +17,20 @@ SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_top1": "to
            "lr": "lr", "lr_last": "lr_last", "images_per_s": "speed/images_per_s"}
 
 
-def summary_writer_class():
-    """torch's SummaryWriter, or a UserError saying how to install tensorboard."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError(MISSING) from None
-    return SummaryWriter
-
-
 class TensorBoardReporter(Reporter):
-    """A Reporter that also writes TensorBoard events. The writer (and its folder) is created at the
-    first finished epoch, once training has accepted the run folder; a fresh run first removes the
-    event files an earlier run left in the same folder, a resumed run adds to them."""
+    """A Reporter that also writes TensorBoard events, from the first finished epoch on (once training has accepted
+    the run folder); a fresh run first removes an earlier run's event files, a resumed run adds to them."""
 
     def __init__(self, run_path: Path, fresh: bool, quiet: bool = False, console=None):
         super().__init__(quiet, console)
         self.log_dir = RunDir(Path(run_path)).tensorboard
         self.fresh = fresh
         self.writer = None
-        self.writer_class = summary_writer_class()  # fails now, before training, if tensorboard is missing
+        try:  # fails now, before training, if tensorboard is missing
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError(MISSING) from None
+        self.writer_class = SummaryWriter
 
     def _writer(self):
         if self.writer is None:
@@ -73,8 +59,7 @@ class TensorBoardReporter(Reporter):
             self.writer.flush()
 
     def run_finished(self, run_path: Path, best_epoch: int, test_summary: dict) -> None:
-        """The test metrics of the chosen epoch, and the templates of its checkpoint; then close, and say how to
-        look at the log."""
+        """The chosen epoch's test metrics and templates (each enlarged, tiled by TensorBoard; and templates.png)."""
         from imgcls.runs import checkpoint as ckpt
         from imgcls.report.templates import display_images, enlarge
 
