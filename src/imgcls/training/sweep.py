@@ -1,15 +1,9 @@
-"""`imgcls sweep`: a grid of models, each group of them trained stacked in one pass over the data, and the point
-that validation prefers.
+"""`imgcls sweep`: a grid of models and the point that validation prefers.
 
-Read top to bottom: the grid's points are grouped by what their batches depend on (grid.py); each group loads its
-data once and trains all its models at once (stacked.py), each model in its own run folder written exactly as
-`imgcls train` writes one (checkpoints every epoch, early stopping, divergence); then every point's best checkpoint
-is measured on the validation and test splits, validation alone chooses, and the sweep folder (sweepdir.py) gets
-the table, the figure and a link to the chosen run.
-
-A model that diverges is marked so and stops; the others go on. Each group's whole state is one file,
-resume/group-NNN.safetensors, written atomically after every epoch and when Ctrl-C or SIGTERM stops the sweep
-(after the step in flight), so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep, whenever it stopped.
+The points are grouped by what their batches depend on (grid.py); each group loads its data once and trains its
+models stacked (engine.py), each in a run folder of its own written as `imgcls train` writes one. Validation alone
+chooses; the sweep folder (sweepdir.py) gets the table, the figure and a link to the chosen run. A group's state is
+one file, resume/group-NNN.safetensors, so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep.
 """
 
 from __future__ import annotations
@@ -34,15 +28,7 @@ from imgcls.linear.metrics import Metrics, top_k
 from imgcls.training.resume import config_changes
 from imgcls.runs.sweepdir import REFIT, SweepDir
 from imgcls.training.selection import DECAYS, rates
-from imgcls.training.train import (
-    choice,
-    prepare_once,
-    refit,
-    resolve_batch_size,
-    resolve_epochs,
-    stoppable,
-    write_refit_metrics,
-)
+from imgcls.training.train import Phases, choice, prepare_once, resolve_batch_size, resolve_epochs, stoppable
 
 SELECTED_BY = "the lowest validation loss (ties: the earlier point); the test split is reported for every point but " \
               "never used to choose"
@@ -89,11 +75,9 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
         if config.train.precision != "fp32" or config.train.gradient != "analytic":
             raise UserError("a sweep trains its models stacked with the analytic float32 step; drop --precision and "
                             "--gradient (train the chosen point with them afterwards)")
-        key = group_key(config)
-        if key not in groups:
-            groups[key] = Group(len(groups), [], [])
-        groups[key].points.append(point)
-        groups[key].configs.append(config)
+        group = groups.setdefault(group_key(config), Group(len(groups), [], []))
+        group.points.append(point)
+        group.configs.append(config)
     return list(groups.values())
 
 
@@ -116,15 +100,9 @@ def run_sweep(sweep: SweepDir, groups: list[Group], reporter, shard: distributed
 
 def select(records: list[dict]) -> int | None:
     """The point with the lowest validation loss (metrics.better's statistic), ties to the earlier point. Only
-    validation is read; a diverged point is never chosen."""
-    eligible = [r for r in records if not r["diverged"] and r["val_loss"] is not None]
-    if not eligible:
-        return None
-    return min(eligible, key=lambda r: (_finite_or_inf(r["val_loss"]), r["point"]))["point"]
-
-
-def _finite_or_inf(value: float | None) -> float:
-    return math.inf if value is None or not math.isfinite(value) else value
+    validation is read; a diverged point is never chosen (point_record makes a non-finite loss None)."""
+    eligible = [(r["val_loss"], r["point"]) for r in records if not r["diverged"] and r["val_loss"] is not None]
+    return min(eligible)[1] if eligible else None
 
 
 def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: torch.device, resume: bool,
@@ -160,7 +138,10 @@ def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: t
             engine.train()
         except Interrupted:
             raise SweepInterrupted(sweep) from None
-        return finish_group(group, engine, make_eval_batches(data, "test", device, shard))
+        results = engine.finish(make_eval_batches(data, "test", device, shard))  # metrics.json of each point
+        k = top_k(len(data.classes))
+        return [point_record(point, group.number, model, *(result or (None, None)), k=k)
+                for point, model, result in zip(group.points, engine.models, results)]
 
 
 def check_points_unedited(models: list[Model]) -> None:
@@ -193,15 +174,6 @@ def check_group_fits(points: int, classes: int, features: int, batch_size: int, 
                         f"{available / 1e9:.1f} GB available; about {fit} points fit at once: give fewer values")
 
 
-def finish_group(group: Group, engine: Engine, test_batches) -> list[dict]:
-    """Every point's best checkpoint measured on validation and test (one product for all), metrics.json for each
-    that did not diverge, and each point's record for the sweep's table."""
-    results = engine.finish(test_batches)
-    k = top_k(len(engine.data.classes))
-    return [point_record(point, group.number, model, *(result or (None, None)), k=k)
-            for point, model, result in zip(group.points, engine.models, results)]
-
-
 def point_record(point: Point, group: int, model: Model, val: Metrics | None, test: Metrics | None,
                  k: int = 5) -> dict:
     """The point's row of sweep.json and sweep.csv; top-k named by the data's k (val_top3 for 3 classes)."""
@@ -225,38 +197,19 @@ def refit_best(sweep: SweepDir, result: SweepResult, reporter, shard: distribute
     refit), in SWEEP/refit: the sweep's model. Resumable, as a run's refit is."""
     point = sweep.point(result.best)
     config = Config.from_dict(point.read_config(), str(point.config))  # its resolved epochs and threads
-    run = sweep.refit
     with cpu_threads(config.train.threads), stop_on_signals() as stop:
         data = prepare_once(config, shard, stoppable(None, stop))
-        batch_size = resolve_batch_size(config, data, device, Quiet())
-        chosen = run.read_selection()
-        if chosen is None:
-            epochs = next(record["best_epoch"] for record in result.records if record["point"] == result.best)
-            chosen = choice(epochs, point.read_epochs(), float(config.optim.lr), point.read_metrics()["val"],
-                            f"the validation split, as point {result.best} of the sweep")
-            if shard.is_main:
-                run.start()
-                run.write_config(config.to_dict())
-                run.write_selection(chosen)
+        phases = Phases(config, data, resolve_batch_size(config, data, device, Quiet()), device, shard, sweep.refit,
+                        stop, reporter)
+        chosen = sweep.refit.read_selection() or phases.choose(choice(
+            result.records[result.best]["best_epoch"], point.read_epochs(), float(config.optim.lr),
+            point.read_metrics()["val"], f"the validation split, as point {result.best} of the sweep"))
         try:
-            test, _, _ = refit(config, data, batch_size, device, shard, run, stop, reporter, chosen)
+            test = phases.refit(chosen).test
         except Interrupted:
             raise SweepInterrupted(sweep) from None
-    images = len(data.train) + len(data.val)
-    if shard.is_main:
-        write_refit_metrics(run, data, chosen, test, {})
-    return {"run": REFIT, "point": result.best, "epochs": chosen["epochs"], "images": images, "test": test.summary()}
-
-
-def write_results(result: SweepResult, grid: dict) -> None:
-    summary = {"selected_by": SELECTED_BY, "test_used_for_selection": False, "best_point": result.best,
-               "grid": {name: [describe(v) for v in values] for name, values in grid.items()},
-               "groups": len(result.groups), "seconds": round(result.seconds, 3)}
-    if result.refit is not None:
-        summary["refit"] = result.refit
-    if result.best is not None:
-        result.sweep.link_best(result.best)
-    result.sweep.write_results(result.records, summary)
+    return {"run": REFIT, "point": result.best, "epochs": chosen["epochs"], "images": len(data.train) + len(data.val),
+            "test": test.summary()}
 
 
 def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool = True) -> tuple[SweepDir, dict]:
@@ -308,5 +261,11 @@ def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     if shard.is_main:
         shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
         reporter.sweep_figure(sweep.figure, result.records, shown_grid, result.best)
-        write_results(result, spec["grid"])  # sweep.json last: a sweep that has it is finished, and --resume refuses it
+        summary = {"selected_by": SELECTED_BY, "test_used_for_selection": False, "best_point": result.best,
+                   "grid": shown_grid, "groups": len(result.groups), "seconds": round(result.seconds, 3)}
+        if result.refit is not None:
+            summary["refit"] = result.refit
+        if result.best is not None:
+            sweep.link_best(result.best)
+        sweep.write_results(result.records, summary)  # sweep.json last: a finished sweep has it; --resume refuses it
     return result
