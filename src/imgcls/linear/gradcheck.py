@@ -147,7 +147,7 @@ def make_batch(batch_size: int, classes: int, features: int, seed: int,
 
 def check_arguments(loss: str, batch_size: int, classes: int, features: int, coordinates: int, seed: int,
                     eps: float, tolerance: float) -> None:
-    """`imgcls gradcheck`'s values, a mistake refused as a UserError naming its flag; then the size."""
+    """`imgcls gradcheck`'s values, a mistake refused as a UserError naming its flag; then the problem's size."""
     check_choice("loss", loss, LOSSES)
     check_seed(seed)
     for name, value, low in (("--batch-size", batch_size, 1), ("--classes", classes, 2), ("--features", features, 1),
@@ -157,11 +157,7 @@ def check_arguments(loss: str, batch_size: int, classes: int, features: int, coo
     for name, value in (("--eps", eps), ("--tolerance", tolerance)):
         if not 0 < value < math.inf:
             raise UserError(f"{name} must be a finite number greater than 0, not {value}")
-    check_size(batch_size, classes, features, coordinates)
-
-
-def check_size(batch_size: int, classes: int, features: int, coordinates: int) -> None:
-    """Refuse at once a problem too large for this machine's memory or for a check that ends within minutes."""
+    # refused at once: a problem too large for this machine's memory, or for a check that ends within minutes
     sizes = f"--batch-size {batch_size}, --classes {classes} and --features {features}"
     checked = min(coordinates, classes * features)
     # float64: the batch, and about 16 copies of W (gradients, differences, ranking); 200 bytes a named coordinate

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from imgcls import distributed
-from imgcls.config import AUTO_EPOCHS, Config
+from imgcls.config import AUTO_EPOCHS, GIVEN_NONE, Config, build_config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.device import cpu_threads, resolve_device, step_threads
 from imgcls.training.engine import Engine, Interrupted, Model, Quiet, new_model
 from imgcls.errors import UserError
-from imgcls.training.grid import Point, describe, group_key, point_config
+from imgcls.training.grid import Point, describe, grid_points, group_key, parse_axes, point_config
 from imgcls.training.interrupt import StopRequest, stop_on_signals
 from imgcls.memory import available_memory
 from imgcls.linear.metrics import Metrics, top_k
@@ -79,23 +79,6 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
         group.points.append(point)
         group.configs.append(config)
     return list(groups.values())
-
-
-def run_sweep(sweep: SweepDir, groups: list[Group], reporter, shard: distributed.Shard, device: torch.device,
-              resume: bool = False) -> SweepResult:
-    started = time.perf_counter()
-    records: list[dict] = []
-    total = sum(group.epochs for group in groups)
-    with reporter.sweep_bar(total) as bar, stop_on_signals() as stop:
-        done = 0.0
-        for group in groups:
-            where = f"group {group.number + 1}/{len(groups)}, " if len(groups) > 1 else ""
-            records += run_group(sweep, group, shard, device, resume, stop,
-                                 lambda fraction, text: bar(done + fraction, where + text))
-            done += group.epochs
-    records.sort(key=lambda record: record["point"])
-    best = select(records)
-    return SweepResult(sweep, records, best, time.perf_counter() - started, groups)
 
 
 def select(records: list[dict]) -> int | None:
@@ -216,9 +199,6 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
     """A new sweep's folder and spec: options given one value join the base config (defaults, then --config);
     options given several make the grid. `check`: refuse a folder that holds other files (the main process's
     job: under torchrun the others take its folder)."""
-    from imgcls.config import GIVEN_NONE, build_config
-    from imgcls.training.grid import parse_axes
-
     axes = parse_axes(flags)
     singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
     base = build_config(config_file, singles)
@@ -232,8 +212,6 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
 
 
 def groups_of(spec: dict) -> list[Group]:
-    from imgcls.training.grid import grid_points
-
     base = Config.from_dict(spec["base"], "sweep.yaml's base")
     grid = spec["grid"]
     if not all(isinstance(values, list) and values for values in grid.values()):
@@ -250,12 +228,20 @@ def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     if not resume and shard.is_main:
         sweep.start(spec)
     distributed.barrier()
+    started, records, done = time.perf_counter(), [], 0.0
     try:
-        result = run_sweep(sweep, groups, reporter, shard, device, resume)
+        with reporter.sweep_bar(sum(group.epochs for group in groups)) as bar, stop_on_signals() as stop:
+            for group in groups:
+                where = f"group {group.number + 1}/{len(groups)}, " if len(groups) > 1 else ""
+                records += run_group(sweep, group, shard, device, resume, stop,
+                                     lambda fraction, text: bar(done + fraction, where + text))
+                done += group.epochs
     except UserError:
         if not resume and shard.is_main:
             sweep.remove_if_untrained()
         raise
+    records.sort(key=lambda record: record["point"])
+    result = SweepResult(sweep, records, select(records), time.perf_counter() - started, groups)
     if result.best is not None and groups[0].configs[0].train.refit:
         result.refit = refit_best(sweep, result, reporter, shard, device)
     if shard.is_main:

@@ -39,7 +39,6 @@ class RunResult:
     best_epoch: int  # counted from 1, as printed
     val: Metrics
     test: Metrics
-    batch_size: int
     history: list[dict] = field(default_factory=list)
 
 
@@ -204,9 +203,9 @@ class Phases:
         progress = model.progress
         if config.train.refit:
             return RunResult(run, progress.best_epoch + 1, Metrics.of_summary(progress.best_val), None,
-                             train_batches.batch_size, progress.history)
+                             progress.history)
         val, test = engine.finish(make_eval_batches(data, "test", device, shard))[0]
-        return RunResult(run, progress.best_epoch + 1, val, test, train_batches.batch_size, progress.history)
+        return RunResult(run, progress.best_epoch + 1, val, test, progress.history)
 
     def choose(self, chosen: dict, history: list[dict] | None = None) -> dict:
         """selection.json, written before the refit starts (a resumed refit reads it). `history`: cross-validation's
@@ -257,8 +256,7 @@ class Phases:
             refit = {"images": len(everything.train), "epochs": chosen["epochs"], "chosen_on": chosen["how"]}
             write_final_metrics(run, data, chosen["epochs"], chosen["val"], test, refit=refit, seconds=seconds)
         distributed.barrier()
-        return RunResult(run, chosen["epochs"], Metrics.of_summary(chosen["val"]), test, batches.batch_size,
-                         model.progress.history)
+        return RunResult(run, chosen["epochs"], Metrics.of_summary(chosen["val"]), test, model.progress.history)
 
 
 def _span(values) -> str:
