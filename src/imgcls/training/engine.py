@@ -58,7 +58,7 @@ class Model:
     heldout: torch.Tensor | None = None  # (N,) booleans: the evaluation images that are its (its fold)
     group: int | None = None  # models of one group (the folds of one setting) share the pooled held-out metrics
     last_epoch: int | None = None  # a refit stops after this many epochs, the number its selection chose
-    factors: list[float] | None = None  # a refit's rate factor of each epoch (rate_factors), replayed
+    factors: list[float] | None = None  # a refit's rate factor of each epoch (choice()'s), replayed
 
     def rate(self) -> float:
         """The rate of the update under way: the schedule's, times the plateau's factor or a refit's replayed one."""
@@ -305,11 +305,8 @@ class Engine:
 
     def pooled(self, metrics: list[Metrics]) -> list[Metrics]:
         """Each model's held-out metrics, pooled over its group: the folds of one setting rank and stop as one."""
-        groups: dict[int, list[int]] = {}
-        for index, model in enumerate(self.models):
-            if model.group is not None:
-                groups.setdefault(model.group, []).append(index)
-        for members in groups.values():
+        for group in {model.group for model in self.models} - {None}:
+            members = [index for index, model in enumerate(self.models) if model.group == group]
             together = pooled([metrics[index] for index in members])
             for index in members:
                 metrics[index] = together
@@ -360,11 +357,9 @@ class Engine:
 
     def save(self) -> None:
         """The whole stack's resumable state, one file written atomically; the running sums are the world's."""
-        for model in self.models:
-            progress = model.progress
+        for progress in (model.progress for model in self.models):
             seen = torch.tensor(progress.seen, device=self.device)
-            totals = [progress.loss_sum, progress.weight_sum, progress.correct, seen]
-            distributed.sum_across(*totals)
+            distributed.sum_across(progress.loss_sum, progress.weight_sum, progress.correct, seen)
             progress.seen = int(seen)
         if self.state_file is not None and self.writes:
             ckpt.save_stack(self.state_file, [self.checkpoint(index, resumable=True)

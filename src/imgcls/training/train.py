@@ -52,36 +52,32 @@ class RunInterrupted(Interrupted):
 
 def train(config: Config, reporter, overwrite: bool = False, resume: RunDir | None = None) -> RunResult:
     with cpu_threads(config.train.threads), stop_on_signals() as stop:
-        return _train(config, reporter, overwrite, resume, stop)
-
-
-def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, stop: StopRequest) -> RunResult:
-    shard, device = distributed.setup(resolve_device(config.train.device))
-    autocast = set_precision(config.train.precision, device)
-    run = resume or distributed.from_main(RunDir.for_new_run(config.output.out, config.data.dataset, overwrite))
-    data = load_data(config, shard, stop, reporter)
-    if distributed.any_process(stop.requested, device):  # the signal rule, before anything new is written
-        kept = "the run folder is as it was" if resume is not None else "nothing was written"
-        raise RunInterrupted(f"interrupted while the data was loaded; {kept}", run, resume is not None)
-    batch_size = resolve_batch_size(config, data, device, reporter)
-    if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
-        config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
-                                            len(data.classes), device, shard.world)
-        resolve_epochs(config, math.ceil(len(data.train) / batch_size))
-    phases = Phases(config, data, batch_size, device, shard, run, stop, reporter, autocast)
-    chosen = None if resume is None else read_choice(config, run)
-    if chosen is None:
-        search = phases.search() if resume is None and needs_search(config, data) else None
-        if search is not None and search.epochs is not None and config.train.refit:
-            chosen = phases.choose(choice(search.epochs, search.history, search.lr, search.val, search.how),
-                                   search.history)
-        else:
-            fit = phases.fit(resume is not None)
-            if not config.train.refit:
-                return fit
-            chosen = phases.choose(choice(fit.best_epoch, fit.history, float(config.optim.lr), fit.val.summary(),
-                                          f"the {fit.val.count:,} validation images"))
-    return phases.refit(chosen)
+        shard, device = distributed.setup(resolve_device(config.train.device))
+        autocast = set_precision(config.train.precision, device)
+        run = resume or distributed.from_main(RunDir.for_new_run(config.output.out, config.data.dataset, overwrite))
+        data = load_data(config, shard, stop, reporter)
+        if distributed.any_process(stop.requested, device):  # the signal rule, before anything new is written
+            kept = "the run folder is as it was" if resume is not None else "nothing was written"
+            raise RunInterrupted(f"interrupted while the data was loaded; {kept}", run, resume is not None)
+        batch_size = resolve_batch_size(config, data, device, reporter)
+        if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
+            config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
+                                                len(data.classes), device, shard.world)
+            resolve_epochs(config, math.ceil(len(data.train) / batch_size))
+        phases = Phases(config, data, batch_size, device, shard, run, stop, reporter, autocast)
+        chosen = None if resume is None else read_choice(config, run)
+        if chosen is None:
+            search = phases.search() if resume is None and needs_search(config, data) else None
+            if search is not None and search.epochs is not None and config.train.refit:
+                chosen = phases.choose(choice(search.epochs, search.history, search.lr, search.val, search.how),
+                                       search.history)
+            else:
+                fit = phases.fit(resume is not None)
+                if not config.train.refit:
+                    return fit
+                chosen = phases.choose(choice(fit.best_epoch, fit.history, float(config.optim.lr), fit.val.summary(),
+                                              f"the {fit.val.count:,} validation images"))
+        return phases.refit(chosen)
 
 
 def read_choice(config: Config, run: RunDir) -> dict | None:
@@ -143,8 +139,8 @@ class Phases:
             what = f"searching {len(rates) * len(decays)} settings (lr {_span(rates)} x weight decay {_span(decays)})"
         else:
             what = f"choosing the epochs of lr {config.optim.lr:g}, weight decay {config.optim.weight_decay:g}"
-        held_out = f"{selection.FOLDS}-fold cross-validation of all {len(data.train) + len(data.val):,} images" \
-            if cross_validates(data) else f"at most {selection.SEARCH_IMAGES:,} training images, on the validation split"
+        held_out = f"{selection.FOLDS}-fold cross-validation of all {len(data.train) + len(data.val):,} images" if \
+            cross_validates(data) else f"at most {selection.SEARCH_IMAGES:,} training images, on the validation split"
         self.reporter.note(f"{what} by held-out loss ({held_out})")
         try:
             search = selection.search(config, data, self.batch_size, self.device, self.stop, self.shard)
