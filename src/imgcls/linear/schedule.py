@@ -1,9 +1,6 @@
-"""The learning rate of every update, as a closed-form function of the update's number.
-
-Each schedule is the formula torch.optim.lr_scheduler documents for it (LinearLR warmup, StepLR, CosineAnnealingLR,
-OneCycleLR with its defaults); `plateau` (the default) multiplies the rate by `gamma` when validation stops
-improving. Weight decay is the L2 penalty on W only: the bias is not regularized, as in the lecture.
-"""
+"""The learning rate of every update in closed form: each schedule is the formula torch.optim.lr_scheduler
+documents for it (LinearLR warmup, StepLR, CosineAnnealingLR, OneCycleLR with its defaults); `plateau`, the
+default, multiplies the rate by `gamma` when validation stops improving (PlateauLR)."""
 
 from __future__ import annotations
 
@@ -19,23 +16,16 @@ def _cosine(start: float, end: float, fraction: float) -> float:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The rate of update `u` (counted from 0 over the whole run) for a base rate and a run's length."""
+    """The rate of each update (counted from 0 over the whole run) for a base rate and a run's length."""
 
     config: ScheduleConfig
     base: float
     steps_per_epoch: int
     epochs: int
 
-    @property
-    def total(self) -> int:
-        return self.steps_per_epoch * self.epochs
-
-    @property
-    def warmup(self) -> int:
-        return min(round(self.config.warmup_epochs * self.steps_per_epoch), self.total - 1)
-
     def rate(self, update: int, plateau_factor: float = 1.0) -> float:
-        name, base, total, warmup = self.config.schedule, self.base, self.total, self.warmup
+        name, base, total = self.config.schedule, self.base, self.steps_per_epoch * self.epochs
+        warmup = min(round(self.config.warmup_epochs * self.steps_per_epoch), total - 1)
         if name == "plateau":
             return base * plateau_factor
         if name == "onecycle":  # rise from base/25 for its share (the warmup, else 30%), then anneal to base/25e4

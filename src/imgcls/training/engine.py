@@ -1,17 +1,10 @@
-"""The one training loop: epochs of SGD steps for a stack of P models (stacked.py), each kept as a run of its own.
+"""The one training loop: epochs of SGD steps for a stack of P models (stacked.py), each a run of its own.
 
-`imgcls train` is P = 1, the learning-rate search of `--lr auto` and `lr-find` and each group of `imgcls sweep`
-are P > 1. Read top to bottom: the models and their stack, resuming, the epochs (steps, then validation and
-each model's epoch end), the stack's checkpoint, and the test split at the end.
-
-Guarantees, for every P:
-- Resumable state is always whole: the whole stack's state is one file (a run's last.safetensors, a sweep's
-  resume/group-NNN.safetensors), written atomically after each epoch and when stopped, and resuming from it ends
-  bit for bit where an unbroken run ends, whatever killed the process and whenever.
-- One signal rule: the first Ctrl-C or SIGTERM finishes the step in flight, writes the stack's state, and stops.
-- Under torchrun each process computes its part of every global batch's gradient for all P models, and the
-  gradients are summed across processes: every process makes the same update.
-- A model whose loss or weights stop being finite stops alone (zeroed, marked diverged); a single run ends there.
+`imgcls train` is P = 1; the search of `--lr auto`, `lr-find` and each group of `imgcls sweep` are P > 1. The
+stack's whole state is one file, written atomically after each epoch and when the first Ctrl-C or SIGTERM stops
+it after the step in flight, so a resume ends bit for bit where an unbroken run ends. Under torchrun each process
+takes its part of every batch and the gradients are summed, so all make the same update. A model whose loss stops
+being finite stops alone (zeroed, marked diverged); a single run ends there.
 """
 
 from __future__ import annotations
@@ -52,11 +45,10 @@ class Interrupted(Exception):
 
 @dataclass
 class Model:
-    """One model of the stack, a run of its own: its config, run folder (None: it keeps no files, as the rate
-    search's candidates), loss, schedule, and where it is."""
+    """One model of the stack, a run of its own: its config, run folder, loss, schedule, and where it is."""
 
     config: Config
-    run: RunDir | None
+    run: RunDir | None  # None: it keeps no files (the rate search's candidates)
     loss: Loss
     schedule: Schedule
     plateau: Plateau = field(default_factory=Plateau)
@@ -66,17 +58,13 @@ class Model:
     heldout: torch.Tensor | None = None  # (N,) booleans: the evaluation images that are its (its fold)
     group: int | None = None  # models of one group (the folds of one setting) share the pooled held-out metrics
     last_epoch: int | None = None  # a refit stops after this many epochs, the number its selection chose
-    factors: list[float] | None = None  # a refit's rate factor of each epoch (rate_factors), replayed
-
-    @property
-    def update(self) -> int:
-        """The number of the update under way, counted over the whole run."""
-        return self.progress.epoch * self.schedule.steps_per_epoch + self.progress.step
+    factors: list[float] | None = None  # a refit's rate factor of each epoch (choice()'s), replayed
 
     def rate(self) -> float:
-        factor = self.plateau.factor if self.factors is None else \
-            self.factors[min(self.progress.epoch, len(self.factors) - 1)]
-        return self.schedule.rate(self.update, factor)
+        """The rate of the update under way: the schedule's, times the plateau's factor or a refit's replayed one."""
+        epoch, step = self.progress.epoch, self.progress.step
+        factor = self.plateau.factor if self.factors is None else self.factors[min(epoch, len(self.factors) - 1)]
+        return self.schedule.rate(epoch * self.schedule.steps_per_epoch + step, factor)
 
     @property
     def epochs(self) -> int:
@@ -105,12 +93,6 @@ def new_model(config: Config, data: PreparedData, run: RunDir | None, steps_per_
     return model
 
 
-def initial_weights(config: Config, data: PreparedData) -> LinearClassifier:
-    """The starting W and b as the config draws them, from the run's seed alone."""
-    torch.manual_seed(config.train.seed)
-    return LinearClassifier(data.shape, len(data.classes), config.model.init, config.model.init_std)
-
-
 # --- the engine ---------------------------------------------------------------------------------------------------
 
 class Engine:
@@ -122,9 +104,13 @@ class Engine:
         self.models, self.data, self.device, self.shard = models, data, device, shard
         self.train_batches, self.val_batches = train_batches, val_batches
         self.state_file, self.stop, self.view, self.autocast = state_file, stop, view, autocast
-        starts = [initial_weights(model.config, data) for model in models]
-        weight = torch.stack([start.linear.weight.detach() for start in starts]).to(device)
-        bias = torch.stack([start.linear.bias.detach() for start in starts]).to(device)
+        starts = []
+        for model in models:  # W and b drawn from each run's seed alone, as a run trained alone draws them
+            torch.manual_seed(model.config.train.seed)
+            starts.append(LinearClassifier(data.shape, len(data.classes), model.config.model.init,
+                                           model.config.model.init_std).linear)
+        weight = torch.stack([start.weight.detach() for start in starts]).to(device)
+        bias = torch.stack([start.bias.detach() for start in starts]).to(device)
         hyper = [Hyper(m.config.optim.momentum, m.config.optim.nesterov, m.config.optim.weight_decay) for m in models]
         self.stack = Stack(weight, bias, [model.loss for model in models], hyper)
         self.autograd = any(model.config.train.gradient == "autograd" for model in models) or autocast is not None
@@ -181,18 +167,18 @@ class Engine:
     # --- the epochs ---
 
     def train(self) -> None:
-        """Epochs of steps, each followed by validation and every model's epoch end, until every model is done."""
+        """Epochs of steps, each followed by validation and every model's epoch end, until every model is done;
+        a signal saves the state (end_epoch saves it too), then raises Interrupted."""
         while self.active():
             lead = self.models[self.active()[0]].progress
-            if not self.train_epoch(lead.epoch, lead.step):
+            finished = self.train_epoch(lead.epoch, lead.step)
+            if finished:
+                self.end_epoch()
+            else:
                 self.save()
-                raise self.interrupted(lead)
-            self.end_epoch()
-            if self.active() and distributed.any_process(self.stop.requested, self.device):
-                raise self.interrupted(lead)  # end_epoch has just saved the state
-
-    def interrupted(self, lead: Progress) -> Interrupted:
-        return Interrupted(f"interrupted at epoch {lead.epoch + 1}, step {lead.step} of {len(self.train_batches)}")
+            if not finished or (self.active() and distributed.any_process(self.stop.requested, self.device)):
+                raise Interrupted(f"interrupted at epoch {lead.epoch + 1}, step {lead.step} of "
+                                  f"{len(self.train_batches)}")
 
     def train_epoch(self, epoch: int, start: int) -> bool:
         """The rest of this epoch's ceil(N/B) steps; False if asked to stop part-way."""
@@ -268,13 +254,11 @@ class Engine:
             progress.loss_sum, progress.weight_sum, progress.correct = (column[index].clone() for column in sums)
 
     def check_finite(self, sums: list[torch.Tensor], active: list[int]) -> None:
-        """A model whose running loss is no longer finite, in any process, diverges in every process alike."""
-        if self.shard.world > 1:  # a process whose part of the batch was empty still sees a finite 0
-            infinite = (~torch.isfinite(sums[0])).to(torch.int32)
-            distributed.sum_across(infinite)
-            infinite = infinite.tolist()
-        else:
-            infinite = [not math.isfinite(value) for value in sums[0].tolist()]
+        """A model whose running loss is no longer finite, in any process, diverges in every process alike (a
+        process whose part of the batch was empty still sees a finite 0)."""
+        infinite = (~torch.isfinite(sums[0])).to(torch.int32)
+        distributed.sum_across(infinite)
+        infinite = infinite.tolist()
         for index in active:
             if infinite[index]:
                 progress = self.models[index].progress
@@ -321,11 +305,8 @@ class Engine:
 
     def pooled(self, metrics: list[Metrics]) -> list[Metrics]:
         """Each model's held-out metrics, pooled over its group: the folds of one setting rank and stop as one."""
-        groups: dict[int, list[int]] = {}
-        for index, model in enumerate(self.models):
-            if model.group is not None:
-                groups.setdefault(model.group, []).append(index)
-        for members in groups.values():
+        for group in {model.group for model in self.models} - {None}:
+            members = [index for index, model in enumerate(self.models) if model.group == group]
             together = pooled([metrics[index] for index in members])
             for index in members:
                 metrics[index] = together
@@ -371,17 +352,14 @@ class Engine:
                                      data.normalization.mean, data.normalization.std, meta)
         if resumable:
             checkpoint.add_resume_state((stack.velocity[index].clone(), stack.bias_velocity[index].clone()),
-                                        model.plateau.state(),
-                                        progress, model.diverged)
+                                        model.plateau.state(), progress, model.diverged)
         return checkpoint
 
     def save(self) -> None:
         """The whole stack's resumable state, one file written atomically; the running sums are the world's."""
-        for model in self.models:
-            progress = model.progress
+        for progress in (model.progress for model in self.models):
             seen = torch.tensor(progress.seen, device=self.device)
-            totals = [progress.loss_sum, progress.weight_sum, progress.correct, seen]
-            distributed.sum_across(*totals)
+            distributed.sum_across(progress.loss_sum, progress.weight_sum, progress.correct, seen)
             progress.seen = int(seen)
         if self.state_file is not None and self.writes:
             ckpt.save_stack(self.state_file, [self.checkpoint(index, resumable=True)
@@ -413,16 +391,10 @@ class Engine:
         return results
 
 
-def rate_factors(history: list[dict], rate: float, epochs: int) -> list[float]:
-    """The first `epochs` epochs' rates (epochs.jsonl's lr) as factors of the base rate: what a refit replays, so
-    that it decays where the run that chose it did (the plateau schedule's decays)."""
-    return [record["lr"] / rate for record in history[:epochs]]
-
-
 def write_final_metrics(run: RunDir, data: PreparedData, best_epoch: int, val: dict, test: Metrics,
                         **more) -> None:
-    """metrics.json: the chosen epoch's validation figures (a summary) and the kept model's test metrics, and
-    `more` (a refit's); a finished run is one that has it."""
+    """metrics.json: the chosen epoch's validation summary, the kept model's test metrics, and `more` (a refit's);
+    a finished run is one that has it."""
     metrics = {"best_epoch": best_epoch, "val": val, "test": test.summary(), "test_detail": test.detail(),
                "classes": data.classes, **more}
     superclasses = SPECS[data.dataset].superclass_names()

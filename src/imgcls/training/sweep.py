@@ -1,15 +1,9 @@
-"""`imgcls sweep`: a grid of models, each group of them trained stacked in one pass over the data, and the point
-that validation prefers.
+"""`imgcls sweep`: a grid of models and the point that validation prefers.
 
-Read top to bottom: the grid's points are grouped by what their batches depend on (grid.py); each group loads its
-data once and trains all its models at once (stacked.py), each model in its own run folder written exactly as
-`imgcls train` writes one (checkpoints every epoch, early stopping, divergence); then every point's best checkpoint
-is measured on the validation and test splits, validation alone chooses, and the sweep folder (sweepdir.py) gets
-the table, the figure and a link to the chosen run.
-
-A model that diverges is marked so and stops; the others go on. Each group's whole state is one file,
-resume/group-NNN.safetensors, written atomically after every epoch and when Ctrl-C or SIGTERM stops the sweep
-(after the step in flight), so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep, whenever it stopped.
+The points are grouped by what their batches depend on (grid.py); each group loads its data once and trains its
+models stacked (engine.py), each in a run folder of its own written as `imgcls train` writes one. Validation alone
+chooses; the sweep folder (sweepdir.py) gets the table, the figure and a link to the chosen run. A group's state is
+one file, resume/group-NNN.safetensors, so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep.
 """
 
 from __future__ import annotations
@@ -22,27 +16,19 @@ from pathlib import Path
 import torch
 
 from imgcls import distributed
-from imgcls.config import AUTO_EPOCHS, Config
+from imgcls.config import AUTO_EPOCHS, GIVEN_NONE, Config, build_config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.device import cpu_threads, resolve_device, step_threads
 from imgcls.training.engine import Engine, Interrupted, Model, Quiet, new_model
 from imgcls.errors import UserError
-from imgcls.training.grid import Point, describe, group_key, point_config
+from imgcls.training.grid import Point, describe, grid_points, group_key, parse_axes, point_config
 from imgcls.training.interrupt import StopRequest, stop_on_signals
 from imgcls.memory import available_memory
 from imgcls.linear.metrics import Metrics, top_k
 from imgcls.training.resume import config_changes
 from imgcls.runs.sweepdir import REFIT, SweepDir
 from imgcls.training.selection import DECAYS, rates
-from imgcls.training.train import (
-    choice,
-    prepare_once,
-    refit,
-    resolve_batch_size,
-    resolve_epochs,
-    stoppable,
-    write_refit_metrics,
-)
+from imgcls.training.train import Phases, choice, prepare_once, resolve_batch_size, resolve_epochs, stoppable
 
 SELECTED_BY = "the lowest validation loss (ties: the earlier point); the test split is reported for every point but " \
               "never used to choose"
@@ -89,42 +75,17 @@ def make_groups(base: Config, points: list[Point]) -> list[Group]:
         if config.train.precision != "fp32" or config.train.gradient != "analytic":
             raise UserError("a sweep trains its models stacked with the analytic float32 step; drop --precision and "
                             "--gradient (train the chosen point with them afterwards)")
-        key = group_key(config)
-        if key not in groups:
-            groups[key] = Group(len(groups), [], [])
-        groups[key].points.append(point)
-        groups[key].configs.append(config)
+        group = groups.setdefault(group_key(config), Group(len(groups), [], []))
+        group.points.append(point)
+        group.configs.append(config)
     return list(groups.values())
-
-
-def run_sweep(sweep: SweepDir, groups: list[Group], reporter, shard: distributed.Shard, device: torch.device,
-              resume: bool = False) -> SweepResult:
-    started = time.perf_counter()
-    records: list[dict] = []
-    total = sum(group.epochs for group in groups)
-    with reporter.sweep_bar(total) as bar, stop_on_signals() as stop:
-        done = 0.0
-        for group in groups:
-            where = f"group {group.number + 1}/{len(groups)}, " if len(groups) > 1 else ""
-            records += run_group(sweep, group, shard, device, resume, stop,
-                                 lambda fraction, text: bar(done + fraction, where + text))
-            done += group.epochs
-    records.sort(key=lambda record: record["point"])
-    best = select(records)
-    return SweepResult(sweep, records, best, time.perf_counter() - started, groups)
 
 
 def select(records: list[dict]) -> int | None:
     """The point with the lowest validation loss (metrics.better's statistic), ties to the earlier point. Only
-    validation is read; a diverged point is never chosen."""
-    eligible = [r for r in records if not r["diverged"] and r["val_loss"] is not None]
-    if not eligible:
-        return None
-    return min(eligible, key=lambda r: (_finite_or_inf(r["val_loss"]), r["point"]))["point"]
-
-
-def _finite_or_inf(value: float | None) -> float:
-    return math.inf if value is None or not math.isfinite(value) else value
+    validation is read; a diverged point is never chosen (point_record makes a non-finite loss None)."""
+    eligible = [(r["val_loss"], r["point"]) for r in records if not r["diverged"] and r["val_loss"] is not None]
+    return min(eligible)[1] if eligible else None
 
 
 def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: torch.device, resume: bool,
@@ -160,7 +121,10 @@ def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: t
             engine.train()
         except Interrupted:
             raise SweepInterrupted(sweep) from None
-        return finish_group(group, engine, make_eval_batches(data, "test", device, shard))
+        results = engine.finish(make_eval_batches(data, "test", device, shard))  # metrics.json of each point
+        k = top_k(len(data.classes))
+        return [point_record(point, group.number, model, *(result or (None, None)), k=k)
+                for point, model, result in zip(group.points, engine.models, results)]
 
 
 def check_points_unedited(models: list[Model]) -> None:
@@ -193,15 +157,6 @@ def check_group_fits(points: int, classes: int, features: int, batch_size: int, 
                         f"{available / 1e9:.1f} GB available; about {fit} points fit at once: give fewer values")
 
 
-def finish_group(group: Group, engine: Engine, test_batches) -> list[dict]:
-    """Every point's best checkpoint measured on validation and test (one product for all), metrics.json for each
-    that did not diverge, and each point's record for the sweep's table."""
-    results = engine.finish(test_batches)
-    k = top_k(len(engine.data.classes))
-    return [point_record(point, group.number, model, *(result or (None, None)), k=k)
-            for point, model, result in zip(group.points, engine.models, results)]
-
-
 def point_record(point: Point, group: int, model: Model, val: Metrics | None, test: Metrics | None,
                  k: int = 5) -> dict:
     """The point's row of sweep.json and sweep.csv; top-k named by the data's k (val_top3 for 3 classes)."""
@@ -225,47 +180,25 @@ def refit_best(sweep: SweepDir, result: SweepResult, reporter, shard: distribute
     refit), in SWEEP/refit: the sweep's model. Resumable, as a run's refit is."""
     point = sweep.point(result.best)
     config = Config.from_dict(point.read_config(), str(point.config))  # its resolved epochs and threads
-    run = sweep.refit
     with cpu_threads(config.train.threads), stop_on_signals() as stop:
         data = prepare_once(config, shard, stoppable(None, stop))
-        batch_size = resolve_batch_size(config, data, device, Quiet())
-        chosen = run.read_selection()
-        if chosen is None:
-            epochs = next(record["best_epoch"] for record in result.records if record["point"] == result.best)
-            chosen = choice(epochs, point.read_epochs(), float(config.optim.lr), point.read_metrics()["val"],
-                            f"the validation split, as point {result.best} of the sweep")
-            if shard.is_main:
-                run.start()
-                run.write_config(config.to_dict())
-                run.write_selection(chosen)
+        phases = Phases(config, data, resolve_batch_size(config, data, device, Quiet()), device, shard, sweep.refit,
+                        stop, reporter)
+        chosen = sweep.refit.read_selection() or phases.choose(choice(
+            result.records[result.best]["best_epoch"], point.read_epochs(), float(config.optim.lr),
+            point.read_metrics()["val"], f"the validation split, as point {result.best} of the sweep"))
         try:
-            test, _, _ = refit(config, data, batch_size, device, shard, run, stop, reporter, chosen)
+            test = phases.refit(chosen).test
         except Interrupted:
             raise SweepInterrupted(sweep) from None
-    images = len(data.train) + len(data.val)
-    if shard.is_main:
-        write_refit_metrics(run, data, chosen, test, {})
-    return {"run": REFIT, "point": result.best, "epochs": chosen["epochs"], "images": images, "test": test.summary()}
-
-
-def write_results(result: SweepResult, grid: dict) -> None:
-    summary = {"selected_by": SELECTED_BY, "test_used_for_selection": False, "best_point": result.best,
-               "grid": {name: [describe(v) for v in values] for name, values in grid.items()},
-               "groups": len(result.groups), "seconds": round(result.seconds, 3)}
-    if result.refit is not None:
-        summary["refit"] = result.refit
-    if result.best is not None:
-        result.sweep.link_best(result.best)
-    result.sweep.write_results(result.records, summary)
+    return {"run": REFIT, "point": result.best, "epochs": chosen["epochs"], "images": len(data.train) + len(data.val),
+            "test": test.summary()}
 
 
 def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool = True) -> tuple[SweepDir, dict]:
     """A new sweep's folder and spec: options given one value join the base config (defaults, then --config);
     options given several make the grid. `check`: refuse a folder that holds other files (the main process's
     job: under torchrun the others take its folder)."""
-    from imgcls.config import GIVEN_NONE, build_config
-    from imgcls.training.grid import parse_axes
-
     axes = parse_axes(flags)
     singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
     base = build_config(config_file, singles)
@@ -279,8 +212,6 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
 
 
 def groups_of(spec: dict) -> list[Group]:
-    from imgcls.training.grid import grid_points
-
     base = Config.from_dict(spec["base"], "sweep.yaml's base")
     grid = spec["grid"]
     if not all(isinstance(values, list) and values for values in grid.values()):
@@ -297,16 +228,30 @@ def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     if not resume and shard.is_main:
         sweep.start(spec)
     distributed.barrier()
+    started, records, done = time.perf_counter(), [], 0.0
     try:
-        result = run_sweep(sweep, groups, reporter, shard, device, resume)
+        with reporter.sweep_bar(sum(group.epochs for group in groups)) as bar, stop_on_signals() as stop:
+            for group in groups:
+                where = f"group {group.number + 1}/{len(groups)}, " if len(groups) > 1 else ""
+                records += run_group(sweep, group, shard, device, resume, stop,
+                                     lambda fraction, text: bar(done + fraction, where + text))
+                done += group.epochs
     except UserError:
         if not resume and shard.is_main:
             sweep.remove_if_untrained()
         raise
+    records.sort(key=lambda record: record["point"])
+    result = SweepResult(sweep, records, select(records), time.perf_counter() - started, groups)
     if result.best is not None and groups[0].configs[0].train.refit:
         result.refit = refit_best(sweep, result, reporter, shard, device)
     if shard.is_main:
         shown_grid = {name: [describe(v) for v in values] for name, values in spec["grid"].items()}
         reporter.sweep_figure(sweep.figure, result.records, shown_grid, result.best)
-        write_results(result, spec["grid"])  # sweep.json last: a sweep that has it is finished, and --resume refuses it
+        summary = {"selected_by": SELECTED_BY, "test_used_for_selection": False, "best_point": result.best,
+                   "grid": shown_grid, "groups": len(result.groups), "seconds": round(result.seconds, 3)}
+        if result.refit is not None:
+            summary["refit"] = result.refit
+        if result.best is not None:
+            sweep.link_best(result.best)
+        sweep.write_results(result.records, summary)  # sweep.json last: a finished sweep has it; --resume refuses it
     return result

@@ -2,10 +2,8 @@
 'auto' (selection.py); the fit on the training part, whose validation split chooses the epochs (skipped where
 cross-validation chose them); the refit on all training images; and last the test split, once.
 
-A run can stop at any moment (Ctrl-C, SIGTERM): the step in flight finishes, the run's last.safetensors is
-written, and `imgcls train --resume RUN_DIR` carries on to the same weights and metrics, bit for bit on the CPU.
-Under torchrun the same code runs in every process; each takes its part of every global batch, and only the
-main process writes the run folder.
+A signal stops a run after the step in flight with its state written, and `--resume` ends bit for bit where an
+unbroken run ends. Under torchrun every process takes its part of each batch; only the main one writes.
 """
 
 from __future__ import annotations
@@ -16,9 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from imgcls.runs import checkpoint as ckpt
 from imgcls import distributed
-from imgcls.training import selection
 from imgcls.config import AUTO_EPOCHS, AUTO_UPDATES, Config
 from imgcls.data.batches import make_batches, make_eval_batches
 from imgcls.data.decode import ProgressCallback
@@ -26,19 +22,14 @@ from imgcls.data.prepare import prepare
 from imgcls.data.split import joined
 from imgcls.data.types import PreparedData
 from imgcls.device import auto_batch_size, cpu_threads, resolve_device, set_precision, step_threads
-from imgcls.training.engine import (  # noqa: F401 (Diverged: the CLI's)
-    Diverged,
-    Engine,
-    Interrupted,
-    new_model,
-    rate_factors,
-    write_final_metrics,
-)
 from imgcls.errors import UserError
 from imgcls.files import move
-from imgcls.training.interrupt import StopRequest, stop_on_signals
 from imgcls.linear.metrics import Metrics, top_k
+from imgcls.runs import checkpoint as ckpt
 from imgcls.runs.rundir import RunDir
+from imgcls.training import selection
+from imgcls.training.engine import Diverged, Engine, Interrupted, new_model, write_final_metrics  # noqa: F401 (CLI's)
+from imgcls.training.interrupt import StopRequest, stop_on_signals
 from imgcls.training.selection import Selection, cross_validates
 
 
@@ -48,7 +39,6 @@ class RunResult:
     best_epoch: int  # counted from 1, as printed
     val: Metrics
     test: Metrics
-    batch_size: int
     history: list[dict] = field(default_factory=list)
 
 
@@ -62,52 +52,47 @@ class RunInterrupted(Interrupted):
 
 def train(config: Config, reporter, overwrite: bool = False, resume: RunDir | None = None) -> RunResult:
     with cpu_threads(config.train.threads), stop_on_signals() as stop:
-        return _train(config, reporter, overwrite, resume, stop)
+        shard, device = distributed.setup(resolve_device(config.train.device))
+        autocast = set_precision(config.train.precision, device)
+        run = resume or distributed.from_main(RunDir.for_new_run(config.output.out, config.data.dataset, overwrite))
+        data = load_data(config, shard, stop, reporter)
+        if distributed.any_process(stop.requested, device):  # the signal rule, before anything new is written
+            kept = "the run folder is as it was" if resume is not None else "nothing was written"
+            raise RunInterrupted(f"interrupted while the data was loaded; {kept}", run, resume is not None)
+        batch_size = resolve_batch_size(config, data, device, reporter)
+        if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
+            config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
+                                                len(data.classes), device, shard.world)
+            resolve_epochs(config, math.ceil(len(data.train) / batch_size))
+        phases = Phases(config, data, batch_size, device, shard, run, stop, reporter, autocast)
+        chosen = None if resume is None else read_choice(config, run)
+        if chosen is None:
+            search = phases.search() if resume is None and needs_search(config, data) else None
+            if search is not None and search.epochs is not None and config.train.refit:
+                chosen = phases.choose(choice(search.epochs, search.history, search.lr, search.val, search.how),
+                                       search.history)
+            else:
+                fit = phases.fit(resume is not None)
+                if not config.train.refit:
+                    return fit
+                chosen = phases.choose(choice(fit.best_epoch, fit.history, float(config.optim.lr), fit.val.summary(),
+                                              f"the {fit.val.count:,} validation images"))
+        return phases.refit(chosen)
 
 
-def _train(config: Config, reporter, overwrite: bool, resume: RunDir | None, stop: StopRequest) -> RunResult:
-    shard, device = distributed.setup(resolve_device(config.train.device))
-    autocast = set_precision(config.train.precision, device)
-    run = resume or distributed.from_main(RunDir.for_new_run(config.output.out, config.data.dataset, overwrite))
-    with reporter.decoding() as decoding_progress:
-        data = prepare_once(config, shard, stoppable(decoding_progress, stop))
-    reporter.data_ready(data)
-    _stop_between_phases(stop, device, run, "while the data was loaded", resume is not None)
-
-    batch_size = resolve_batch_size(config, data, device, reporter)
-    if resume is None:  # a resumed run keeps its count; None (a run of an older imgcls) is torch's default
-        config.train.threads = step_threads(config.train.threads, batch_size, math.prod(data.shape),
-                                            len(data.classes), device, shard.world)
-        resolve_epochs(config, math.ceil(len(data.train) / batch_size))
-    phases = Phases(config, data, batch_size, device, shard, run, stop, reporter, autocast)
-    chosen = None
-    if resume is not None:  # a resumed run's choices are made: config.yaml and selection.json hold them
-        _check_chosen(config, run)
-        chosen = run.read_selection()
-        if chosen is not None and chosen["epochs"] > config.train.epochs:
-            raise UserError(f"{run.selection} says {chosen['epochs']} epochs, more than the {config.train.epochs} of "
-                            f"{run.config}; it is damaged: start the run again with --overwrite")
-    if chosen is None:
-        search = phases.search() if resume is None and needs_search(config, data) else None
-        if search is not None and search.epochs is not None and config.train.refit:
-            chosen = phases.choose(choice(search.epochs, search.history, search.lr, search.val, search.how),
-                                   search.history)
-        else:
-            fit = phases.fit(resume is not None)
-            if not config.train.refit:
-                return fit
-            chosen = phases.choose(choice(fit.best_epoch, fit.history, float(config.optim.lr), fit.val.summary(),
-                                          f"the {fit.val.count:,} validation images"))
-    return phases.refit(chosen)
-
-
-def _check_chosen(config: Config, run: RunDir) -> None:
-    """A run's config.yaml records what it chose: 'auto' there was put back by hand."""
+def read_choice(config: Config, run: RunDir) -> dict | None:
+    """A resumed run's choices are made: config.yaml records its values ('auto' there was put back by hand) and
+    selection.json what its refit trains."""
     auto = [name for name, value in (("optim.lr", config.optim.lr), ("optim.weight_decay", config.optim.weight_decay),
                                      ("train.epochs", config.train.epochs)) if value == "auto"]
     if auto:
         raise UserError(f"{run.config} says {auto[0]}: auto, but a run records the values it chose; put the number "
                         f"back, or start a new run (--overwrite) to choose again")
+    chosen = run.read_selection()
+    if chosen is not None and chosen["epochs"] > config.train.epochs:
+        raise UserError(f"{run.selection} says {chosen['epochs']} epochs, more than the {config.train.epochs} of "
+                        f"{run.config}; it is damaged: start the run again with --overwrite")
+    return chosen
 
 
 def needs_search(config: Config, data: PreparedData) -> bool:
@@ -124,9 +109,9 @@ def resolve_epochs(config: Config, steps_per_epoch: int) -> None:
 
 
 def choice(epochs: int, history: list[dict], rate: float, val: dict, how: str) -> dict:
-    """What a refit trains (selection.json): the chosen epochs, the rate factors of the run that chose them, the
-    held-out figures that chose them, and on what."""
-    return {"epochs": epochs, "factors": rate_factors(history, rate, epochs), "val": val, "how": how}
+    """What a refit trains (selection.json): the chosen epochs, the held-out figures that chose them and on what,
+    and the chooser's rate of each epoch as a factor of its base rate, so that the refit decays where it did."""
+    return {"epochs": epochs, "factors": [record["lr"] / rate for record in history[:epochs]], "val": val, "how": how}
 
 
 @dataclass
@@ -141,19 +126,24 @@ class Phases:
     run: RunDir
     stop: StopRequest
     reporter: object
-    autocast: torch.dtype | None
+    autocast: torch.dtype | None = None
     seconds: dict = field(default_factory=dict)
     search_result: Selection | None = None
 
     def search(self) -> Selection:
         """The grid (selection.py): sets the rate and weight decay that config.yaml records, so that
         `imgcls train --config RUN/config.yaml` repeats the run without searching them again."""
-        config, reporter = self.config, self.reporter
-        what = f"searching {_grid_words(config)}" if len(selection.grid(config)) > 1 else \
-            f"choosing the epochs of lr {config.optim.lr:g}, weight decay {config.optim.weight_decay:g}"
-        reporter.note(f"{what} by held-out loss ({_held_out_words(self.data)})")
+        config, data = self.config, self.data
+        if len(selection.grid(config)) > 1:
+            rates, decays = selection.rates(config), sorted({decay for _, decay in selection.grid(config)})
+            what = f"searching {len(rates) * len(decays)} settings (lr {_span(rates)} x weight decay {_span(decays)})"
+        else:
+            what = f"choosing the epochs of lr {config.optim.lr:g}, weight decay {config.optim.weight_decay:g}"
+        held_out = f"{selection.FOLDS}-fold cross-validation of all {len(data.train) + len(data.val):,} images" if \
+            cross_validates(data) else f"at most {selection.SEARCH_IMAGES:,} training images, on the validation split"
+        self.reporter.note(f"{what} by held-out loss ({held_out})")
         try:
-            search = selection.search(config, self.data, self.batch_size, self.device, self.stop, self.shard)
+            search = selection.search(config, data, self.batch_size, self.device, self.stop, self.shard)
         except Interrupted:
             raise RunInterrupted("interrupted during the search of --lr/--weight-decay auto; nothing was written: "
                                  "run the command again", self.run, False) from None
@@ -162,8 +152,8 @@ class Phases:
         top1 = "-" if row["val_top1"] is None else f"{row['val_top1']:.2%}"
         scaled = "" if search.weight_decay == row["weight_decay"] else \
             f" ({row['weight_decay']:g} on the search's images, scaled to the run's)"
-        reporter.note(f"chose lr {search.lr:g}, weight decay {search.weight_decay:g}{scaled} (held-out loss "
-                      f"{row['val_loss']:.4f}, top-1 {top1}; {search.seconds:.1f} s); config.yaml records them")
+        self.reporter.note(f"chose lr {search.lr:g}, weight decay {search.weight_decay:g}{scaled} (held-out loss "
+                           f"{row['val_loss']:.4f}, top-1 {top1}; {search.seconds:.1f} s); config.yaml records them")
         self.seconds["search"] = search.seconds
         self.search_result = search
         return search
@@ -176,7 +166,7 @@ class Phases:
     def keep_figure(self) -> None:
         """The search's figure, drawn once what resumes the run is written (it takes a second)."""
         if self.search_result is not None and self.shard.is_main:
-            keep_search_figure(self.search_result, self.run, self.reporter)
+            self.reporter.search_figure(self.run.lr_search, self.search_result.rows, self.search_result.how)
 
     def fit(self, resumed: bool) -> RunResult:
         """One model on the training part, its epochs chosen on the validation split: the whole run with
@@ -185,20 +175,19 @@ class Phases:
         started = time.perf_counter()
         train_batches = make_batches(data, "train", self.batch_size, device, config.train.seed, shard=shard,
                                      augment=config.data.augment)
-        val_batches = make_eval_batches(data, "val", device, shard)
         model = new_model(config, data, run, len(train_batches), device)
-        engine = Engine([model], data, train_batches, val_batches, device, run.last, self.stop, self.reporter,
-                        shard, self.autocast)
-        if not resumed:
-            self.start_run()
-            if self.search_result is not None:
-                engine.save()  # stopped before its first epoch's end, the run resumes here, not from a new search
-            self.keep_figure()
-        else:
+        engine = Engine([model], data, train_batches, make_eval_batches(data, "val", device, shard), device, run.last,
+                        self.stop, self.reporter, shard, self.autocast)
+        if resumed:
             engine.resume()
             if shard.is_main and run.read_config().get("data", {}).get("data_dir") != config.data.data_dir:
                 run.write_config(config.to_dict())  # the data was moved: the next resume looks where it is now
             self.reporter.note(f"resuming {run.path} at epoch {model.progress.epoch + 1}, step {model.progress.step}")
+        else:
+            self.start_run()
+            if self.search_result is not None:  # stopped before its first epoch's end, it resumes here, not searching
+                engine.save()
+            self.keep_figure()
         try:
             engine.train()
         except Interrupted as stopped:
@@ -207,12 +196,12 @@ class Phases:
             decayed = " after the last decay of the rate" if config.schedule.schedule == "plateau" else ""
             self.reporter.note(f"stopped early: no lower validation loss for {config.train.patience} epochs{decayed}")
         self.seconds["fit"] = time.perf_counter() - started
+        progress = model.progress
         if config.train.refit:
-            return RunResult(run, model.progress.best_epoch + 1, Metrics.of_summary(model.progress.best_val), None,
-                             train_batches.batch_size, model.progress.history)
+            return RunResult(run, progress.best_epoch + 1, Metrics.of_summary(progress.best_val), None,
+                             progress.history)
         val, test = engine.finish(make_eval_batches(data, "test", device, shard))[0]
-        return RunResult(run, model.progress.best_epoch + 1, val, test, train_batches.batch_size,
-                         model.progress.history)
+        return RunResult(run, progress.best_epoch + 1, val, test, progress.history)
 
     def choose(self, chosen: dict, history: list[dict] | None = None) -> dict:
         """selection.json, written before the refit starts (a resumed refit reads it). `history`: cross-validation's
@@ -230,54 +219,67 @@ class Phases:
         return chosen
 
     def refit(self, chosen: dict) -> RunResult:
+        """The chosen settings for the chosen epochs on every training image, validation part included, replaying
+        the chooser's rates: the run's model, best.safetensors, whose metadata keeps the held-out figures that chose
+        it. Resumable from run.refit, which becomes last.safetensors at the end."""
+        config, data, run, device, shard = self.config, self.data, self.run, self.device, self.shard
         started = time.perf_counter()
-        test, history, batch_size = refit(self.config, self.data, self.batch_size, self.device, self.shard, self.run,
-                                          self.stop, self.reporter, chosen, self.autocast)
-        if self.shard.is_main:
-            seconds = {**chosen.get("seconds", {}), **self.seconds, "refit": time.perf_counter() - started}
-            write_refit_metrics(self.run, self.data, chosen, test, seconds)
-        distributed.barrier()
-        return RunResult(self.run, chosen["epochs"], Metrics.of_summary(chosen["val"]), test, batch_size, history)
-
-
-def refit(config: Config, data: PreparedData, batch_size: int, device: torch.device, shard: distributed.Shard,
-          run: RunDir, stop: StopRequest, view, chosen: dict, autocast: torch.dtype | None = None
-          ) -> tuple[Metrics, list[dict], int]:
-    """The chosen settings for the chosen epochs (selection.json's) on every training image, validation part
-    included, with the rates the choice had epoch by epoch: the run's model, best.safetensors, whose metadata keeps
-    the held-out figures that chose it. Resumable from run.refit, which becomes last.safetensors at the end.
-    Returns its test metrics, its epochs and its batch size."""
-    everything = joined(data)
-    batches = make_batches(everything, "train", batch_size, device, config.train.seed, shard=shard,
-                           augment=config.data.augment)
-    model = new_model(config, everything, None, len(batches), device)
-    model.last_epoch, model.factors = chosen["epochs"], chosen["factors"]
-    view.note(f"refit: {chosen['epochs']} epoch(s) on all {len(everything.train):,} training images (epochs and "
-              f"settings chosen on {chosen['how']})")
-    engine = Engine([model], everything, batches, None, device, run.refit, stop, view, shard, autocast)
-    if run.refit.is_file():
+        everything = joined(data)
+        batches = make_batches(everything, "train", self.batch_size, device, config.train.seed, shard=shard,
+                               augment=config.data.augment)
+        model = new_model(config, everything, None, len(batches), device)
+        model.last_epoch, model.factors = chosen["epochs"], chosen["factors"]
+        self.reporter.note(f"refit: {chosen['epochs']} epoch(s) on all {len(everything.train):,} training images "
+                           f"(epochs and settings chosen on {chosen['how']})")
+        engine = Engine([model], everything, batches, None, device, run.refit, self.stop, self.reporter, shard,
+                        self.autocast)
+        if run.refit.is_file():
+            try:
+                engine.resume()
+            except UserError as error:
+                raise UserError(f"{error}; or delete {run.refit} and --resume again, which redoes the refit") from None
         try:
-            engine.resume()
-        except UserError as error:
-            raise UserError(f"{error}; or delete {run.refit} and --resume again, which redoes the refit") from None
-    try:
-        engine.train()
-    except Interrupted as stopped:
-        raise RunInterrupted(str(stopped), run, True) from None
-    test = engine.stack.evaluate(make_eval_batches(data, "test", device, shard), data.superclass_of)[0]
-    if shard.is_main:
-        checkpoint = engine.checkpoint(0)
-        checkpoint.meta["val"] = chosen["val"]
-        ckpt.save(run.best, checkpoint)
-        move(run.refit, run.last)
-    distributed.barrier()
-    return test, model.progress.history, batches.batch_size
+            engine.train()
+        except Interrupted as stopped:
+            raise RunInterrupted(str(stopped), run, True) from None
+        test = engine.stack.evaluate(make_eval_batches(data, "test", device, shard), data.superclass_of)[0]
+        if shard.is_main:
+            checkpoint = engine.checkpoint(0)
+            checkpoint.meta["val"] = chosen["val"]
+            ckpt.save(run.best, checkpoint)
+            move(run.refit, run.last)
+            seconds = {**chosen.get("seconds", {}), **self.seconds, "refit": time.perf_counter() - started}
+            refit = {"images": len(everything.train), "epochs": chosen["epochs"], "chosen_on": chosen["how"]}
+            write_final_metrics(run, data, chosen["epochs"], chosen["val"], test, refit=refit, seconds=seconds)
+        distributed.barrier()
+        return RunResult(run, chosen["epochs"], Metrics.of_summary(chosen["val"]), test, model.progress.history)
 
 
-def write_refit_metrics(run: RunDir, data: PreparedData, chosen: dict, test: Metrics, seconds: dict) -> None:
-    """metrics.json of a refit run: the held-out figures that chose it, the refit's test, and what it was."""
-    refit = {"images": len(data.train) + len(data.val), "epochs": chosen["epochs"], "chosen_on": chosen["how"]}
-    write_final_metrics(run, data, chosen["epochs"], chosen["val"], test, refit=refit, seconds=seconds)
+def _span(values) -> str:
+    return f"{min(values):g}" if len(values) == 1 else f"{min(values):g} to {max(values):g}"
+
+
+def find_lr(config: Config, reporter) -> Selection:
+    """`imgcls lr-find`: the data as `imgcls train` would load it, then the search alone."""
+    with cpu_threads(config.train.threads), stop_on_signals() as stop:
+        shard, device = distributed.setup(resolve_device(config.train.device))
+        data = load_data(config, shard, stop, reporter)
+        batch_size = resolve_batch_size(config, data, device, reporter)
+        step_threads(config.train.threads, batch_size, math.prod(data.shape),
+                     len(data.classes) * len(selection.grid(config)), device, shard.world)
+        resolve_epochs(config, math.ceil(len(data.train) / batch_size))
+        try:
+            return selection.search(config, data, batch_size, device, stop, shard)
+        except Interrupted:
+            raise Interrupted("interrupted during the search; nothing was written") from None
+
+
+def load_data(config: Config, shard: distributed.Shard, stop: StopRequest, reporter) -> PreparedData:
+    """The dataset decoded with the reporter's progress bar, then announced."""
+    with reporter.decoding() as progress:
+        data = prepare_once(config, shard, stoppable(progress, stop))
+    reporter.data_ready(data)
+    return data
 
 
 def stoppable(progress: ProgressCallback | None, stop: StopRequest) -> ProgressCallback:
@@ -289,50 +291,6 @@ def stoppable(progress: ProgressCallback | None, stop: StopRequest) -> ProgressC
         if progress is not None:
             progress(done, total)
     return update
-
-
-def _stop_between_phases(stop: StopRequest, device: torch.device, run: RunDir, when: str, resumed: bool) -> None:
-    """The signal rule between phases that write nothing: stop now, and say that nothing new was kept."""
-    if distributed.any_process(stop.requested, device):
-        kept = "the run folder is as it was" if resumed else "nothing was written"
-        raise RunInterrupted(f"interrupted {when}; {kept}", run, resumed)
-
-
-def keep_search_figure(search: Selection, run: RunDir, reporter) -> None:
-    """The search's figure in the run folder, as lr-find draws it (the reporter draws: figures are its)."""
-    reporter.search_figure(run.lr_search, search.rows, search.how)
-
-
-def _grid_words(config: Config) -> str:
-    rates, decays = selection.rates(config), sorted({decay for _, decay in selection.grid(config)})
-    return (f"{len(rates) * len(decays)} settings (lr {_span(rates)} x weight decay {_span(decays)})")
-
-
-def _span(values) -> str:
-    return f"{min(values):g}" if len(values) == 1 else f"{min(values):g} to {max(values):g}"
-
-
-def _held_out_words(data: PreparedData) -> str:
-    if cross_validates(data):
-        return f"{selection.FOLDS}-fold cross-validation of all {len(data.train) + len(data.val):,} images"
-    return f"at most {selection.SEARCH_IMAGES:,} training images, on the validation split"
-
-
-def find_lr(config: Config, reporter) -> Selection:
-    """`imgcls lr-find`: the data as `imgcls train` would load it, then the search alone."""
-    with cpu_threads(config.train.threads), stop_on_signals() as stop:
-        shard, device = distributed.setup(resolve_device(config.train.device))
-        with reporter.decoding() as decoding_progress:
-            data = prepare_once(config, shard, stoppable(decoding_progress, stop))
-        reporter.data_ready(data)
-        batch_size = resolve_batch_size(config, data, device, reporter)
-        step_threads(config.train.threads, batch_size, math.prod(data.shape),
-                     len(data.classes) * len(selection.grid(config)), device, shard.world)
-        resolve_epochs(config, math.ceil(len(data.train) / batch_size))
-        try:
-            return selection.search(config, data, batch_size, device, stop, shard)
-        except Interrupted:
-            raise Interrupted("interrupted during the search; nothing was written") from None
 
 
 def prepare_once(config: Config, shard: distributed.Shard, progress: ProgressCallback | None = None) -> PreparedData:
