@@ -1,34 +1,29 @@
-"""The command line: parse, call, print. No torch import happens before a command runs,
-so `--help` and flag errors answer at once.
-"""
+"""The command line: parse, call, print. Torch is imported inside the commands, so that `--help` and flag errors
+answer at once."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from imgcls import __version__, distributed
-
-from imgcls.runs import jsontext
-from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
+from imgcls.cli.flags import with_config_flags
+from imgcls.config import (LOSSES, RUN, Config, build_config, check_device_name, default_cache_dir, default_data_dir,
+                           or_list, parse_flags, settings)
 from imgcls.data.registry import SPECS
-from imgcls.errors import UserError
-from imgcls.files import check_output_file as _check_output_file
-from imgcls.files import make_output_folder
-from imgcls.cli.flags import with_config_flags, with_grid_flags
-from imgcls.options import RUN, or_list
-
-if TYPE_CHECKING:  # imported for real inside the commands: --help must not wait for torch
-    from imgcls.report.report import Reporter
+from imgcls.errors import UserError, check_choice
+from imgcls.files import check_output_file, make_output_folder, printable, write_text_atomic
+from imgcls.runs import jsontext
 
 app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
@@ -39,6 +34,11 @@ app.add_typer(cache_app, name="cache")
 err = Console(stderr=True)
 
 
+def say(text: str, console: Console = err) -> None:
+    """A line as it is: no rich markup or highlighting in a path or a class name."""
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
 def user_errors(command):
     """A user's mistake ends as one line on stderr and exit code 2, never a traceback."""
     @functools.wraps(command)
@@ -46,15 +46,12 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except (UserError, OSError) as error:
-            from imgcls.files import (
-                printable,  # a file name that is not UTF-8 is shown, not a crash
-            )
-
             if isinstance(error, OSError):  # a path too long for the system, wherever it is first used
                 if error.errno != errno.ENAMETOOLONG:
                     raise
                 error = (f"{printable(error.filename or 'a path')}: the name is too long for the file system; "
                          f"choose a shorter one")
+            # printable: a file name that is not UTF-8 is shown, not a crash
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
@@ -67,7 +64,6 @@ ClassNamesOption = Annotated[Optional[Path], typer.Option(
 
 
 def _rename_classes(loaded, class_names: Path | None) -> None:
-    """The checkpoint's classes shown by the names in --class-names (when given)."""
     if class_names is not None:
         from imgcls.data.classnames import named_classes
 
@@ -122,63 +118,38 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
     from imgcls.training.interrupt import stop_on_signals
 
     with stop_on_signals() as stop:
-        _train_and_report_under(resolved, resumed, target, quiet, overwrite, is_main, stop)
+        from imgcls.report.report import Reporter
+        from imgcls.report.tboard import TensorBoardReporter
+        from imgcls.training.train import RunInterrupted, train
 
-
-def _train_and_report_under(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool,
-                            stop) -> None:
-    from imgcls.report.report import Reporter
-    from imgcls.training.train import Diverged, RunInterrupted
-    from imgcls.training.train import train as run_training
-
-    reporter = Reporter(quiet or not is_main)
-    try:
-        if resolved.output.tensorboard and is_main:
-            reporter = _tensorboard_reporter(quiet, target, fresh=resumed is None and target.is_run())
+        reporter = Reporter(quiet or not is_main)
         try:
-            result = run_training(resolved, reporter, overwrite=overwrite, resume=resumed)
-        finally:
-            reporter.close()
-            distributed.teardown()
-        if is_main and not stop.requested:
-            _after_training(result, reporter, resolved.data.dataset, quiet)
-        if stop.requested:  # during the final evaluation or the figures: the run is finished, the figures wait
-            raise KeyboardInterrupt
-    except RunInterrupted as stopped:
-        if is_main and stopped.resumable:
-            err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
-                      f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False, markup=False)
-        elif is_main:
-            err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-        if is_main:
-            err.print(target.interrupted_state(resumed is not None), soft_wrap=True, highlight=False)
-        raise typer.Exit(130) from None
-    except Diverged:  # the engine has marked the run folder: its checkpoints would diverge again
-        raise
-
-
-def _tensorboard_reporter(quiet: bool, target, fresh: bool) -> Reporter:
-    """A fresh run replaces the event files of the run it replaces; anything else is added to."""
-    from imgcls.report.tboard import TensorBoardReporter
-
-    return TensorBoardReporter(target.path, fresh=fresh, quiet=quiet)
+            if resolved.output.tensorboard and is_main:  # a fresh run replaces the event files of the one it replaces
+                reporter = TensorBoardReporter(target.path, fresh=resumed is None and target.is_run(), quiet=quiet)
+            try:
+                result = train(resolved, reporter, overwrite=overwrite, resume=resumed)
+            finally:
+                reporter.close()
+                distributed.teardown()
+            if is_main and not stop.requested:
+                _after_training(result, reporter, resolved.data.dataset, quiet)
+            if stop.requested:  # during the final evaluation or the figures: the run is finished, the figures wait
+                raise KeyboardInterrupt
+        except RunInterrupted as stopped:
+            if is_main:
+                say(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n  imgcls train "
+                    f"--resume {stopped.run_dir.path}" if stopped.resumable else str(stopped))
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+            if is_main:
+                say(target.interrupted_state(resumed is not None))
+            raise typer.Exit(130) from None
 
 
 def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
     """The run's figures beside its metrics, the end of its TensorBoard log, and the summary."""
-    from imgcls.report.figures import write_run_figures
-
     path = result.run_dir.path
-    try:
-        written = write_run_figures(path)
-    except Exception as error:  # the run is saved and whole: a figure that fails must not make it look failed
-        err.print(f"warning: could not draw the figures ({type(error).__name__}: {error}); `imgcls report {path}` "
-                  f"tries again", soft_wrap=True, highlight=False, markup=False)
-    else:
-        reporter.note("figures: " + ", ".join(p.name for p in written))
-    _write_page_or_warn(path, reporter)
+    _figures_or_warn(path, reporter)
     reporter.run_finished(path, result.best_epoch, result.test.summary())
     reporter.show(reporter.metrics_table(f"{dataset}: best epoch {result.best_epoch}",
                                          {"val": result.val, "test": result.test}))
@@ -187,15 +158,27 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
         print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(), "run_dir": str(path)}))
 
 
+def _figures_or_warn(path: Path, reporter, what: str = "the figures") -> None:
+    """A run's figures and report.html; a failure is a warning, not an error: the run itself is saved and whole."""
+    from imgcls.report.figures import write_run_figures
+
+    try:
+        written = write_run_figures(path)
+    except Exception as error:
+        say(f"warning: could not draw {what} ({type(error).__name__}: {error}); `imgcls report {path}` tries again")
+    else:
+        reporter.note("figures: " + ", ".join(p.name for p in written))
+    _write_page_or_warn(path, reporter)
+
+
 def _write_page_or_warn(path: Path, reporter) -> None:
-    """report.html beside the figures; like them, a failure is a warning: the run itself is saved and whole."""
     from imgcls.report.htmlreport import write_run_page
 
     try:
         page = write_run_page(path)
     except Exception as error:
-        err.print(f"warning: could not write report.html ({type(error).__name__}: {error}); `imgcls report {path} "
-                  f"--html` tries again", soft_wrap=True, highlight=False)
+        say(f"warning: could not write report.html ({type(error).__name__}: {error}); `imgcls report {path} --html` "
+            f"tries again")
     else:
         reporter.note(f"web page: {page}")
 
@@ -215,7 +198,7 @@ def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path
 
 @app.command(epilog="Example: imgcls sweep --config configs/cifar10.yaml --lr 1e-3:1e-1:5 --weight-decay 0,1e-4,1e-3")
 @user_errors
-@with_grid_flags
+@functools.partial(with_config_flags, grid=True)
 def sweep(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config: the base of every point; "
                                                                           "flags override it.")] = None,
@@ -241,39 +224,36 @@ def sweep(
 
 def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quiet: bool, options: dict,
                  stop) -> None:
-    from imgcls.training import sweep as sweeping
     from imgcls.report.report import Reporter
     from imgcls.runs.sweepdir import SweepDir
+    from imgcls.training import sweep as sweeping
 
-    if resume is not None:
+    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
+    if resume is None:
+        target, spec = sweeping.plan(config, options, overwrite, check=is_main)
+    else:
         given = sorted(settings()[name].flag for name, value in options.items() if value is not None)
         if config is not None or given:
             raise UserError(f"--resume continues a sweep with its saved grid; drop {', '.join(given) or '--config'}")
         target = SweepDir.for_resume(resume)
         spec = target.read_spec()
-    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
-    if resume is None:
-        target, spec = sweeping.plan(config, options, overwrite, check=is_main)
     reporter = Reporter(quiet or not is_main)
     with target.locked() if is_main else contextlib.nullcontext():
         try:
             result = sweeping.run(target, spec, reporter, resume is not None)
             if is_main and result.best is not None and not stop.requested:
-                _after_sweep(target.best.resolve(), reporter)
+                _figures_or_warn(target.best.resolve(), reporter, "the chosen run's figures")
             if stop.requested:  # the sweep is finished; its chosen run's figures wait
                 raise KeyboardInterrupt
         except sweeping.SweepInterrupted as stopped:
             if is_main:
-                err.print(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}", soft_wrap=True,
-                          highlight=False, markup=False)
+                say(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}")
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
-            done = target.results.is_file()
             if is_main:
-                err.print(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` "
-                          f"draws them" if done else f"interrupted while loading data or measuring the points; "
-                          f"`imgcls sweep --resume {target.path}` goes on from the last finished epoch",
-                          soft_wrap=True, highlight=False, markup=False)
+                say(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` draws "
+                    f"them" if target.results.is_file() else f"interrupted while loading data or measuring the "
+                    f"points; `imgcls sweep --resume {target.path}` goes on from the last finished epoch")
             raise typer.Exit(130) from None
         finally:
             distributed.teardown()
@@ -305,17 +285,6 @@ def _sweep_summary(result, target, reporter, quiet: bool) -> None:
         print(jsontext.dumps(summary))
 
 
-def _after_sweep(best_run: Path, reporter) -> None:
-    from imgcls.report.figures import write_run_figures
-
-    try:
-        write_run_figures(best_run)
-    except Exception as error:  # the sweep is saved and whole: a figure that fails must not make it look failed
-        err.print(f"warning: could not draw the chosen run's figures ({type(error).__name__}: {error}); `imgcls "
-                  f"report {best_run}` tries again", soft_wrap=True, highlight=False, markup=False)
-    _write_page_or_warn(best_run, reporter)
-
-
 @app.command("lr-find", epilog="Example: imgcls lr-find --config configs/cifar10.yaml --figure lr.png")
 @user_errors
 @with_config_flags
@@ -330,24 +299,24 @@ def lr_find_command(
 
     This is what --lr auto and --weight-decay auto do before `imgcls train` (5-fold cross-validation on small
     data); the suggestion is the setting with the lowest held-out loss. Nothing but the figure is written."""
-    from imgcls.training.engine import Interrupted
     from imgcls.report.figures import lr_search_figure
     from imgcls.report.report import Reporter, lr_search_table
+    from imgcls.training.engine import Interrupted
     from imgcls.training.train import find_lr
 
     resolved = build_config(config, parse_flags(options))
-    figure = _lr_find_figure(figure, resolved.output.out)
+    if figure is None:  # lr-find.png in --out (made if absent), else here
+        if resolved.output.out is not None:
+            make_output_folder("--out", Path(resolved.output.out))
+        figure = Path(resolved.output.out or ".") / "lr-find.png"
+    _check_figure(figure, "lr-find.png")
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
     reporter = Reporter(quiet=not is_main)
     try:
         search = find_lr(resolved, reporter)
-    except Interrupted as stopped:
+    except (Interrupted, KeyboardInterrupt) as stopped:
         if is_main:
-            err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:
-        if is_main:
-            err.print("interrupted; nothing was written", soft_wrap=True, highlight=False, markup=False)
+            say(str(stopped) if isinstance(stopped, Interrupted) else "interrupted; nothing was written")
         raise typer.Exit(130) from None
     finally:
         distributed.teardown()
@@ -362,17 +331,11 @@ def lr_find_command(
                   f"{search.how}{scaled}; {search.seconds:.1f} s); figure: {figure}")
 
 
-def _lr_find_figure(figure: Path | None, out: str | None) -> Path:
-    """Where lr-find draws: --figure, else lr-find.png in --out (made if absent), else in this folder; a PNG."""
-    if figure is None:
-        if out is not None:
-            make_output_folder("--out", Path(out))
-        figure = Path(out or ".") / "lr-find.png"
+def _check_figure(figure: Path, example: str) -> None:
     if figure.suffix.lower() != ".png":
-        raise UserError(f"--figure {figure}: lr-find draws a PNG; give a name ending in .png, such as "
+        raise UserError(f"--figure {figure}: the figure is a PNG; give a name ending in .png, such as "
                         f"{figure.with_suffix('.png').name}")
-    _check_output_file("--figure", figure, "lr-find.png")
-    return figure
+    check_output_file("--figure", figure, example)
 
 
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")
@@ -389,18 +352,15 @@ def eval_command(
     class_names: ClassNamesOption = None,
 ) -> None:
     """Recompute a checkpoint's metrics on a split of its dataset."""
-    from imgcls.errors import check_choice
-
     check_choice("split", split, ("test", "val", "train"))
+    from imgcls.report.report import Reporter
     from imgcls.runs import checkpoint as ckpt
     from imgcls.runs.evaluate import evaluate_checkpoint
-    from imgcls.report.report import Reporter
 
     loaded = ckpt.load(checkpoint)
     if split != "test" and loaded.meta.get("refit") and distributed.is_main_process():
-        err.print(f"note: this model was refit on the training and validation images, so its {split} figures are "
-                  f"not held out; the run's metrics.json keeps the held-out figures that chose it",
-                  soft_wrap=True, highlight=False, markup=False)
+        say(f"note: this model was refit on the training and validation images, so its {split} figures are not held "
+            f"out; the run's metrics.json keeps the held-out figures that chose it")
     try:
         metrics = evaluate_checkpoint(loaded, split, data_dir, device)
     finally:
@@ -467,9 +427,9 @@ def export_templates_command(
         raise UserError(f"--clip must be at least 0 and under 0.5 (a share of the values at each end), not {clip}")
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
-    from imgcls.runs import checkpoint as ckpt
     from imgcls.data.features import require_image_model
     from imgcls.report.templates import export_templates
+    from imgcls.runs import checkpoint as ckpt
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
@@ -477,7 +437,7 @@ def export_templates_command(
     make_output_folder("--out", out)
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
                                colours=colours, clip=clip)
-    Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
+    say(f"wrote {len(written)} PNGs to {out}", Console())
 
 
 @app.command("export", epilog="Example: imgcls export runs/cifar10/best.safetensors --format onnx --out cifar10.onnx")
@@ -490,19 +450,16 @@ def export_command(
     out: Annotated[Path, typer.Option(help="The file to write.")],
 ) -> None:
     """Write a trained model for use without imgcls: ONNX, TorchScript or numpy arrays."""
-    from imgcls.errors import check_choice
-    from imgcls.runs.export import FORMATS
+    from imgcls.runs import checkpoint as ckpt
+    from imgcls.runs.export import FORMATS, export, is_features_model
 
     check_choice("format", fmt, FORMATS)
-    from imgcls.runs import checkpoint as ckpt
-    from imgcls.runs.export import export, is_features_model
 
     loaded = ckpt.load(checkpoint)
     export(loaded, fmt, out)
     takes = "float32 features (N, D)" if is_features_model(loaded) else \
         "uint8 pixels (N, {}, {}, {})".format(*loaded.input_shape)
-    Console().print(f"wrote {out} ({fmt}, {len(loaded.classes)} classes; input: {takes})", highlight=False,
-                    soft_wrap=True, markup=False)
+    say(f"wrote {out} ({fmt}, {len(loaded.classes)} classes; input: {takes})", Console())
 
 
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
@@ -523,26 +480,22 @@ def report_command(
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
         raise UserError(f"--pairs must be 0 or more, not {pairs}")
-    from imgcls.files import printable, remove_stale_temporaries
+    from imgcls.files import remove_stale_temporaries
+    from imgcls.report.figures import write_run_figures
+    from imgcls.report.htmlreport import write_run_page
     from imgcls.report.runreport import load_run, render
 
     summary = load_run(run_dir, pairs, class_names)
     written, unwritten = [], None
     if figures:
-        from imgcls.report.figures import write_run_figures
-
         try:
             remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
             written = write_run_figures(run_dir, class_names)
         except UserError as error:  # a read-only run folder: the report is still worth printing
             unwritten = f"note: the figures were not redrawn: {error}"
-    page = None
-    if html:
-        from imgcls.report.htmlreport import write_run_page
-
-        page = write_run_page(run_dir, class_names)
+    page = write_run_page(run_dir, class_names) if html else None
     if unwritten:
-        err.print(unwritten, highlight=False, soft_wrap=True, markup=False)
+        say(unwritten)
     if as_json:
         print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written],
                               **({"html": str(page)} if page else {})}))
@@ -550,10 +503,9 @@ def report_command(
     console = Console()
     console.print(render(summary))
     if written:
-        console.print("figures: " + ", ".join(printable(p) for p in written), highlight=False, soft_wrap=True,
-                      markup=False)
+        say("figures: " + ", ".join(printable(p) for p in written), console)
     if page:
-        console.print(f"web page: {printable(page)}", highlight=False, soft_wrap=True, markup=False)
+        say(f"web page: {printable(page)}", console)
 
 
 @app.command("compare", epilog="Example: imgcls compare runs/cifar10-lr01 runs/cifar10-lr001 --figure compare.png "
@@ -572,20 +524,10 @@ def compare_command(
     """Runs side by side: dataset, the options that differ, best epoch, val and test top-1/top-k, time; and one
     figure of their validation curves."""
     if not no_figure:
-        if figure.suffix.lower() != ".png":
-            raise UserError(f"--figure {figure}: the figure is a PNG; give a name ending in .png, such as "
-                            f"{figure.with_suffix('.png')}")
-        _check_output_file("--figure", figure, "compare.png")
+        _check_figure(figure, "compare.png")
     if csv_file is not None:
-        _check_output_file("--csv", csv_file, "runs.csv")
-    from imgcls.report.compare import (
-        compare_table,
-        comparison_rows,
-        draw_figure,
-        load_runs,
-        to_csv,
-    )
-    from imgcls.files import printable, write_text_atomic
+        check_output_file("--csv", csv_file, "runs.csv")
+    from imgcls.report.compare import compare_table, comparison_rows, draw_figure, load_runs, to_csv
 
     summaries = load_runs(run_dirs)
     rows, keys = comparison_rows(summaries)
@@ -599,7 +541,7 @@ def compare_command(
     console.print(compare_table(rows, keys))
     for what, path in (("figure", drawn), ("table", csv_file)):
         if path is not None:
-            console.print(f"{what}: {printable(path)}", highlight=False, soft_wrap=True, markup=False)
+            say(f"{what}: {printable(path)}", console)
 
 
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
@@ -622,40 +564,31 @@ def predict_command(
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {top_k}")
     if csv_file is not None:
-        _check_output_file("--csv", csv_file, "predictions.csv")
-    from imgcls.config import check_device_name
-
+        check_output_file("--csv", csv_file, "predictions.csv")
     check_device_name(device)
+    from imgcls.report.tables import predictions_table
     from imgcls.runs import checkpoint as ckpt
-    from imgcls.files import printable
     from imgcls.runs.predict import to_csv
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     result = _predictions(loaded, images, top_k, device, skip_bad_images)
-    if csv_file is not None:
-        from imgcls.files import write_text_atomic
-
-        # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
+    if csv_file is not None:  # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
         write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
     if as_json:
         print(jsontext.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
                               "predictions": [p.as_dict() for p in result.items],
                               "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
         return
-    from imgcls.report.tables import predictions_table
-
     Console().print(predictions_table(loaded, result.items))
     if csv_file is not None:
-        err.print(f"wrote {len(result.items)} rows to {printable(csv_file)}", highlight=False, soft_wrap=True,
-                  markup=False)
+        say(f"wrote {len(result.items)} rows to {printable(csv_file)}")
 
 
 def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_images: bool):
     """The top-k of each image (or of each row of one features file, for a features model); the images skipped
     and resized are told on stderr."""
     from imgcls.data.features import is_features_model, require_image_model
-    from imgcls.files import printable
     from imgcls.runs.predict import list_images, predict, predict_features
 
     if is_features_model(loaded):
@@ -668,13 +601,13 @@ def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_i
         paths = list_images(images)
         result = predict(loaded, paths, top_k, device, skip_bad_images)
     for name, why in result.skipped:
-        err.print(f"skipped {printable(name)}: cannot read it ({why})", soft_wrap=True, highlight=False, markup=False)
+        say(f"skipped {printable(name)}: cannot read it ({why})")
     if not result.items:
         raise UserError(f"no readable image among the {len(paths)} given")
     if result.resized:
         c, h, w = loaded.input_shape
         were = "image was" if result.resized == 1 else "images were"
-        err.print(f"note: {result.resized} {were} not {h}x{w} and resized to the model's input size", highlight=False)
+        say(f"note: {result.resized} {were} not {h}x{w} and resized to the model's input size")
     return result
 
 
@@ -687,7 +620,6 @@ def datasets_command(
 ) -> None:
     """The named datasets: classes, image shape, sizes, and whether each is in the data dir."""
     from imgcls.data.catalog import dataset_infos
-    from imgcls.config import default_data_dir
 
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     infos = dataset_infos(root)
@@ -722,9 +654,7 @@ def gradcheck_command(
     gradcheck.check_arguments(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     if as_json:
-        from dataclasses import asdict
-
-        print(jsontext.dumps({**asdict(result), "passed": result.passed}))
+        print(jsontext.dumps({**dataclasses.asdict(result), "passed": result.passed}))
     else:
         from imgcls.report.tables import gradcheck_table
 
@@ -738,15 +668,13 @@ def gradcheck_command(
                   soft_wrap=True)
         raise typer.Exit(1)
     if not as_json:
-        err.print(f"gradient check passed: largest relative difference {worst.max_relative:.2e} <= {tolerance:g}",
-                  highlight=False)
+        say(f"gradient check passed: largest relative difference {worst.max_relative:.2e} <= {tolerance:g}")
 
 
 @cache_app.command("info", epilog="Example: imgcls cache info")
 @user_errors
 def cache_info() -> None:
     """List the decoded datasets in the cache and their sizes (only what imgcls made is listed)."""
-    from imgcls.config import default_cache_dir
     from imgcls.report.tables import cache_table
 
     Console().print(cache_table(default_cache_dir()))

@@ -21,9 +21,7 @@ class YamlRefused(Exception):
 
 
 def read_yaml(path: Path, name: str, fix: str) -> Any:
-    """The one document of a YAML file, read safely: no Python tags (yaml's safe loader), and bounded, so a
-    small hostile file cannot take the memory or time that an alias bomb ("billion laughs") or deep nesting
-    would. Every problem is a UserError '<name> ...; <fix>' (name: "config file x.yaml", say)."""
+    """The one document of a YAML file, read safely; every problem is a UserError '<name> ...; <fix>'."""
     import yaml
 
     try:
@@ -46,8 +44,7 @@ def read_yaml(path: Path, name: str, fix: str) -> Any:
 
 @functools.cache
 def _bounded_loader() -> type:
-    """yaml's safe loader, refusing documents past the MAX_YAML_* bounds (made on first use: yaml is
-    imported only by the commands that read it)."""
+    """yaml's safe loader, refusing documents past the MAX_YAML_* bounds (made on first use: yaml is slow to import)."""
     import yaml
 
     class BoundedLoader(yaml.SafeLoader):
@@ -82,9 +79,8 @@ def _bounded_loader() -> type:
 
 
 def _expanded_size(root) -> float:
-    """How many nodes a composed YAML document has once every alias is copied out (aliases share one node:
-    nine aliases to a list of nine aliases... are 9^n values); infinite when a collection holds itself.
-    Counted without recursion, each shared node once."""
+    """How many nodes a composed document has once every alias is copied out (nine aliases to a list of nine
+    aliases... are 9^n values), infinite when a collection holds itself; counted without recursion."""
     import yaml
 
     def children(node) -> list:
