@@ -50,12 +50,12 @@ def must(test: Callable[[Any], bool], phrase: str) -> Check:
     return lambda value, name: None if test(value) else f"{name} must be {phrase}, not {shown(value)}"
 
 
-def or_auto(check: Check, what: str = "a number") -> Check:
-    """`check` for a number; of words, 'auto' alone passes."""
+def or_auto(*checks: Check, what: str = "a number") -> Check:
+    """`checks` for a number, in order; of words, 'auto' alone passes."""
     def problem(value: Any, name: str) -> str | None:
         if isinstance(value, str):
             return None if value == "auto" else f"{name} must be {what} or 'auto', not {shown(value)}"
-        return check(value, name)
+        return next(filter(None, (check(value, name) for check in checks)), None)
     return problem
 
 
@@ -217,14 +217,15 @@ class DataConfig:
     limit: int | None = option(None, "Use at most N training images (stratified).", DATA, shown_default="all",
                                check=must(lambda count: count >= 2, "at least 2 images"))
     skip_bad_images: bool = option(False, "Skip unreadable images instead of stopping.", DATA)
-    stream: bool = option(False, "Decode batches from the files in worker processes (image folders too large for "
-                                 "memory).", DATA)
+    stream: bool = option(
+        False, "Decode batches from the files in worker processes (image folders too large for memory).", DATA)
 
 
 @dataclass
 class ModelConfig:
-    init: str = option("zeros", "Weight init: zeros (smooth templates; the loss is convex), default "
-                                "(nn.Linear's uniform) or normal.", MODEL, choices=INITS)
+    init: str = option(
+        "zeros", "Weight init: zeros (smooth templates; the loss is convex), default (nn.Linear's uniform) or normal.",
+        MODEL, choices=INITS)
     init_std: float = option(0.01, "Std of the normal init.", MODEL, check=(FINITE, POSITIVE))
 
 
@@ -238,52 +239,48 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float | str = option("auto", "Learning rate, or 'auto': the lowest held-out loss of a stacked search (5-fold "
-                                     "cross-validation on small data; imgcls lr-find shows it); the chosen rate is "
-                                     "written to config.yaml.",
-                             OPTIMIZATION, check=or_auto(lambda lr, name: FINITE(lr, name) or POSITIVE(lr, name)),
-                             parse=number_or_word(float))
+    lr: float | str = option(
+        "auto", "Learning rate, or 'auto': the lowest held-out loss of a stacked search (5-fold cross-validation on "
+        "small data; imgcls lr-find shows it); the chosen rate is written to config.yaml.", OPTIMIZATION,
+        check=or_auto(FINITE, POSITIVE), parse=number_or_word(float))
     batch_size: int | str = option(128, "N, 1 (online SGD), 'full' (gradient descent) or 'auto'.", OPTIMIZATION,
                                    check=batch_size_problem, parse=parse_batch_size)
     momentum: float = option(0.9, "SGD momentum.", OPTIMIZATION, check=must(lambda m: 0 <= m < 1, "in [0, 1)"))
     nesterov: bool = option(False, "Nesterov momentum.", OPTIMIZATION)
-    weight_decay: float | str = option("auto", "L2 penalty on W, or 'auto': searched with the rate (see --lr); "
-                                               "the chosen value is written to config.yaml.", OPTIMIZATION,
-                                       check=or_auto(lambda wd, name: FINITE(wd, name) or NOT_NEGATIVE(wd, name)),
-                                       parse=number_or_word(float))
+    weight_decay: float | str = option(
+        "auto", "L2 penalty on W, or 'auto': searched with the rate (see --lr); the chosen value is written to "
+        "config.yaml.", OPTIMIZATION, check=or_auto(FINITE, NOT_NEGATIVE), parse=number_or_word(float))
 
 
 @dataclass
 class ScheduleConfig:
-    schedule: str = option("plateau", f"{or_list(SCHEDULES)}; plateau: the rate times --step-gamma after --patience "
-                                      "epochs without a lower validation loss, twice, then stop.", OPTIMIZATION,
-                           choices=SCHEDULES)
-    warmup_epochs: float = option(0.0, "Linear warmup length in epochs.", OPTIMIZATION,
-                                  check=(FINITE, must(lambda epochs: 0 <= epochs <= MAX_EPOCHS,
-                                                      f"between 0 and {MAX_EPOCHS:,}")))
-    step_epochs: int = option(10, "Step schedule: decay every N epochs.", OPTIMIZATION,
-                              check=AT_LEAST_ONE)
+    schedule: str = option(
+        "plateau", f"{or_list(SCHEDULES)}; plateau: the rate times --step-gamma after --patience epochs without a "
+        "lower validation loss, twice, then stop.", OPTIMIZATION, choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "Linear warmup length in epochs.", OPTIMIZATION, check=(
+        FINITE, must(lambda epochs: 0 <= epochs <= MAX_EPOCHS, f"between 0 and {MAX_EPOCHS:,}")))
+    step_epochs: int = option(10, "Step schedule: decay every N epochs.", OPTIMIZATION, check=AT_LEAST_ONE)
     step_gamma: float = option(0.1, "Step and plateau schedules: decay factor.", OPTIMIZATION,
                                check=must(lambda gamma: 0 < gamma <= 1, "in (0, 1]"))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int | str = option("auto", f"Epochs to train (at most, with --patience); auto: {AUTO_EPOCHS}, or "
-                                       f"enough for {AUTO_UPDATES:,} updates on small data.", OPTIMIZATION,
-                               check=or_auto(AT_LEAST_ONE, "a whole number"),
-                               parse=number_or_word(int))
-    patience: int | None = option(5, "Stop after N epochs without a lower validation loss (plateau: decay first); "
-                                     "'none': never.",
-                                  OPTIMIZATION, check=must(lambda epochs: epochs >= 1, "at least 1 epoch"),
-                                  parse=parse_optional_count)
-    refit: bool = option(True, "After choosing (settings, epochs), train again on all training images, validation "
-                               "part included, as scikit-learn's LogisticRegressionCV(refit=True).", OPTIMIZATION)
+    epochs: int | str = option(
+        "auto", f"Epochs to train (at most, with --patience); auto: {AUTO_EPOCHS}, or enough for {AUTO_UPDATES:,} "
+        "updates on small data.", OPTIMIZATION, check=or_auto(AT_LEAST_ONE, what="a whole number"),
+        parse=number_or_word(int))
+    patience: int | None = option(
+        5, "Stop after N epochs without a lower validation loss (plateau: decay first); 'none': never.", OPTIMIZATION,
+        check=must(lambda epochs: epochs >= 1, "at least 1 epoch"), parse=parse_optional_count)
+    refit: bool = option(
+        True, "After choosing (settings, epochs), train again on all training images, validation part included, as "
+        "scikit-learn's LogisticRegressionCV(refit=True).", OPTIMIZATION)
     seed: int = option(0, "Seed for init, split and order.", RUN, check=SEED_RANGE)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", RUN, check=device_problem)
     precision: str = option("fp32", f"{or_list(PRECISIONS)} (CUDA).", RUN, choices=PRECISIONS)
-    # DDP always uses autograd
-    gradient: str = option("analytic", "analytic (the lecture's formula) or autograd.", RUN, choices=GRADIENTS)
+    gradient: str = option("analytic", "analytic (the lecture's formula) or autograd.", RUN,  # DDP: always autograd
+                           choices=GRADIENTS)
     threads: int | None = option(
         None, "CPU threads{default}; 1 is faster while other programs keep the cores busy.", RUN,
         shown_default="all cores", check=must(lambda count: 1 <= count <= MAX_THREADS, f"between 1 and {MAX_THREADS}"))
