@@ -448,7 +448,8 @@ def validate(config: Config, names: Mapping[str, str] | None = None) -> None:
     flag by default). The augmentation is written back in its one spelling (None for none)."""
     names = names or {}
     for key, setting in settings().items():
-        _refuse(setting.problem(getattr(getattr(config, setting.section), key), names.get(key)))
+        if problem := setting.problem(getattr(getattr(config, setting.section), key), names.get(key)):
+            raise UserError(problem)
 
     def name(key: str) -> str:
         return names.get(key) or settings()[key].flag
@@ -469,17 +470,13 @@ def validate(config: Config, names: Mapping[str, str] | None = None) -> None:
         raise UserError(f"{name('nesterov')} needs a {wanted} above 0")
 
 
-def check_seed(seed: int) -> None:
-    _refuse(settings()["seed"].problem(seed))
-
-
-def check_device_name(device: str) -> None:
-    _refuse(settings()["device"].problem(device))
-
-
-def _refuse(problem: str | None) -> None:
-    if problem:
+def check(key: str, value: Any) -> None:
+    """A field's checks, for a value that another command takes (gradcheck's --seed, eval's --device)."""
+    if problem := settings()[key].problem(value):
         raise UserError(problem)
+
+
+check_seed, check_device_name = functools.partial(check, "seed"), functools.partial(check, "device")
 
 
 def default_data_dir() -> Path:

@@ -57,10 +57,14 @@ def user_errors(command):
     return wrapper
 
 
-# Readable names for id-named classes (n01443537 -> goldfish), the same option on every command that shows classes
+# The options several commands share, each said once. --class-names: readable names for id-named classes
+# (n01443537 -> goldfish).
 ClassNamesOption = Annotated[Optional[Path], typer.Option(
     "--class-names", help="Show the classes by the names in this file: words.txt (id<TAB>name, a line a class "
                           "folder) or classes.txt (one name a line, in class order).")]
+CheckpointArgument = Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object, not as tables.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
 def _rename_classes(loaded, class_names: Path | None) -> None:
@@ -80,17 +84,17 @@ def train(
                                                         "config.", rich_help_panel=RUN)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON metrics.",
                                         rich_help_panel=RUN)] = False,
+    # in no panel, beside --config: in the Run panel, its long help would widen the columns
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML (the "
                                                "defaults, then --config, then the flags) and exit; nothing is "
                                                "trained or written. Example: imgcls train -c my.yaml --lr 0.1 "
-                                               "--print-config")] = False,  # beside --config: the RUN panel's columns would widen
+                                               "--print-config")] = False,
     **options,  # a flag per config field (with_config_flags), None where not given
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
-    flags = parse_flags(options)
-    run_dir = None
     from imgcls.runs.rundir import RunDir
 
+    flags, run_dir = parse_flags(options), None
     if resume is not None:
         config, flags = _resume_config(resume, config, flags)
         run_dir = RunDir.open_for_resume(resume)
@@ -105,10 +109,7 @@ def train(
     if target is None and is_main:  # the folder is checked and named now, so that it can be locked
         target = RunDir.for_new_run(resolved.output.out, resolved.data.dataset, overwrite)
         resolved.output.out = str(target.path)
-    if not is_main:
-        _train_and_report(resolved, run_dir, None, quiet, overwrite, is_main)
-        return
-    with target.locked():
+    with target.locked() if is_main else contextlib.nullcontext():
         _train_and_report(resolved, run_dir, target, quiet, overwrite, is_main)
 
 
@@ -341,12 +342,12 @@ def _check_figure(figure: Path, example: str) -> None:
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")
 @user_errors
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset is, if not where training found it.")]
     = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    device: DeviceOption = "auto",
+    as_json: JsonOption = False,
     per_class: Annotated[bool, typer.Option(help="Also show per-class top-1 (with --json: and the confusion "
                                                  "matrix).")] = False,
     class_names: ClassNamesOption = None,
@@ -398,7 +399,7 @@ def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
                                          "words.txt")
 @user_errors
 def export_templates_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     out: Annotated[Path, typer.Option(help="Folder for the PNGs.")],
     size: Annotated[int, typer.Option(help="Enlarge each template to about this many pixels a side.")] = 128,
     scale: Annotated[str, typer.Option(help="'each': every template to its own range; 'shared': one range.")]
@@ -417,7 +418,6 @@ def export_templates_command(
     class_names: ClassNamesOption = None,
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
-    from imgcls.errors import check_choice
     from imgcls.report.templates import COLOURS, SPACES
 
     check_choice("scale", scale, ("each", "shared"))
@@ -443,7 +443,7 @@ def export_templates_command(
 @app.command("export", epilog="Example: imgcls export runs/cifar10/best.safetensors --format onnx --out cifar10.onnx")
 @user_errors
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript (raw uint8 pixels (N, C, H, W) in, "
                                                       "normalization inside, scores out), or npz (W, b, mean, std, "
                                                       "classes for numpy).")],
@@ -471,7 +471,7 @@ def report_command(
     pairs: Annotated[int, typer.Option(help="How many of the most confused class pairs to list.")] = 5,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Redraw curves.png, confusion.png and "
                                                                          "templates.png in the run folder.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    as_json: JsonOption = False,
     html: Annotated[bool, typer.Option("--html", help="Also write RUN_DIR/report.html, the run as one self-contained "
                                                       "web page (with a gallery of test images, when the data "
                                                       "is where training found it).")] = False,
@@ -517,7 +517,7 @@ def compare_command(
     figure: Annotated[Path, typer.Option(help="Where to draw the runs' validation curves, overlaid (a .png).")]
     = Path("compare.png"),
     no_figure: Annotated[bool, typer.Option("--no-figure", help="Draw no figure.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table to this CSV file, one row "
                                                                    "per run.")] = None,
 ) -> None:
@@ -548,14 +548,14 @@ def compare_command(
                                 "predictions.csv")
 @user_errors
 def predict_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them (searched recursively).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to list per image (at most all of them).")]
     = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the predictions to this CSV file, "
                                                                    "one row per image.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images/--no-skip-bad-images",
                                                   help="Skip unreadable images instead of stopping.")] = False,
     class_names: ClassNamesOption = None,
@@ -573,7 +573,7 @@ def predict_command(
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     result = _predictions(loaded, images, top_k, device, skip_bad_images)
-    if csv_file is not None:  # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
+    if csv_file is not None:  # a file name that is not UTF-8 goes into the CSV as its bytes, as the file system has it
         write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
     if as_json:
         print(jsontext.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
@@ -616,7 +616,7 @@ def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_i
 def datasets_command(
     data_dir: Annotated[Optional[str], typer.Option(help="Where to look for the datasets \\[default: $IMGCLS_DATA, "
                                                          "else ~/.cache/imgcls/data].")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The named datasets: classes, image shape, sizes, and whether each is in the data dir."""
     from imgcls.data.catalog import dataset_infos
@@ -646,7 +646,7 @@ def gradcheck_command(
     eps: Annotated[float, typer.Option(help="Finite-difference step h.")] = 1e-5,
     tolerance: Annotated[float, typer.Option(help="Largest relative difference allowed.")] = 1e-5,
     seed: Annotated[int, typer.Option(help="Seed of the random batch and of the coordinates.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Check the gradient of the loss three ways (finite differences, the formula, autograd); exit 1 if they differ."""
     from imgcls.linear import gradcheck
