@@ -343,20 +343,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """A YAML value as the field's type: an int is taken where a float is wanted, and so is a number YAML 1.1
     read as text (1e-3, without a dot)."""
     for kind in kinds(annotation):
-        if value is None and kind is type(None) or isinstance(value, str) and kind is str:
-            return value
-        if isinstance(value, bool) or kind is bool:
-            if kind is bool and isinstance(value, bool):
-                return value
-        elif kind is int and isinstance(value, int):
-            return value
-        elif kind is float and (isinstance(value, (int, float)) or isinstance(value, str) and _is_number(value)):
+        if value is None and kind is type(None) or type(value) is kind and kind in (str, bool, int):
+            return value  # type(), not isinstance(): a bool is no int
+        if kind is float and (type(value) in (int, float) or type(value) is str and _is_number(value)):
             try:
                 return float(value)
             except OverflowError:  # an int beyond float's range (about 10^308)
                 raise UserError(f"config key '{key}' is too large a number ({shown(value)}); use a number below "
                                 f"1e308") from None
-        elif typing.get_origin(kind) is list and isinstance(value, list):
+        if typing.get_origin(kind) is list and type(value) is list:
             return [_coerce(item, typing.get_args(kind)[0], key) for item in value]
     wanted = " or ".join(_type_name(k) for k in kinds(annotation))
     raise UserError(f"config key '{key}' must be {wanted}, not {type(value).__name__} {shown(value)}")
@@ -367,7 +362,7 @@ def _is_number(text: str) -> bool:
         float(text)
     except ValueError:
         return False
-    return text.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity")
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity")
 
 
 def _type_name(kind: Any) -> str:

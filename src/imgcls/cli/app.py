@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
+import yaml
 from rich.console import Console
 from rich.text import Text
 
@@ -25,12 +27,6 @@ from imgcls.errors import UserError, check_choice
 from imgcls.files import check_output_file, make_output_folder, printable, write_text_atomic
 from imgcls.runs import jsontext
 
-app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
-                  epilog="Example: imgcls train --epochs 5, then imgcls report runs/<the run folder>")
-cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True,
-                        epilog="Example: imgcls cache info")
-app.add_typer(cache_app, name="cache")
 err = Console(stderr=True)
 
 
@@ -39,12 +35,12 @@ def say(text: str, console: Console = err) -> None:
     console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
-def user_errors(command):
-    """A user's mistake ends as one line on stderr and exit code 2, never a traceback."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+class OneLineErrors(typer.core.TyperGroup):
+    """A user's mistake, in any command, ends as one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except (UserError, OSError) as error:
             if isinstance(error, OSError):  # a path too long for the system, wherever it is first used
                 if error.errno != errno.ENAMETOOLONG:
@@ -54,7 +50,14 @@ def user_errors(command):
             # printable: a file name that is not UTF-8 is shown, not a crash
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
-    return wrapper
+
+
+app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.", cls=OneLineErrors,
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
+                  epilog="Example: imgcls train --epochs 5, then imgcls report runs/<the run folder>")
+cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True,
+                        epilog="Example: imgcls cache info")
+app.add_typer(cache_app, name="cache")
 
 
 # The options several commands share, each said once. --class-names: readable names for id-named classes
@@ -75,7 +78,6 @@ def _rename_classes(loaded, class_names: Path | None) -> None:
 
 
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
-@user_errors
 @with_config_flags
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
@@ -100,8 +102,6 @@ def train(
         run_dir = RunDir.open_for_resume(resume)
     resolved = build_config(config, flags)
     if print_config:
-        import yaml
-
         typer.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False), nl=False)
         return
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
@@ -198,7 +198,6 @@ def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path
 
 
 @app.command(epilog="Example: imgcls sweep --config configs/cifar10.yaml --lr 1e-3:1e-1:5 --weight-decay 0,1e-4,1e-3")
-@user_errors
 @functools.partial(with_config_flags, grid=True)
 def sweep(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config: the base of every point; "
@@ -287,7 +286,6 @@ def _sweep_summary(result, target, reporter, quiet: bool) -> None:
 
 
 @app.command("lr-find", epilog="Example: imgcls lr-find --config configs/cifar10.yaml --figure lr.png")
-@user_errors
 @with_config_flags
 def lr_find_command(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
@@ -340,7 +338,6 @@ def _check_figure(figure: Path, example: str) -> None:
 
 
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")
-@user_errors
 def eval_command(
     checkpoint: CheckpointArgument,
     split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
@@ -397,7 +394,6 @@ def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
                                          "imgcls export-templates runs/mnist --out tpl --space input --colours "
                                          "natural; imgcls export-templates runs/tiny --out tpl --class-names "
                                          "words.txt")
-@user_errors
 def export_templates_command(
     checkpoint: CheckpointArgument,
     out: Annotated[Path, typer.Option(help="Folder for the PNGs.")],
@@ -441,7 +437,6 @@ def export_templates_command(
 
 
 @app.command("export", epilog="Example: imgcls export runs/cifar10/best.safetensors --format onnx --out cifar10.onnx")
-@user_errors
 def export_command(
     checkpoint: CheckpointArgument,
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript (raw uint8 pixels (N, C, H, W) in, "
@@ -465,7 +460,6 @@ def export_command(
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
                                "runs/cifar10-20261127-101500 --html (then open its report.html); imgcls report "
                                "runs/tiny --class-names ~/data/tiny-imagenet-200/words.txt")
-@user_errors
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (train's --out).")],
     pairs: Annotated[int, typer.Option(help="How many of the most confused class pairs to list.")] = 5,
@@ -510,7 +504,6 @@ def report_command(
 
 @app.command("compare", epilog="Example: imgcls compare runs/cifar10-lr01 runs/cifar10-lr001 --figure compare.png "
                                 "--csv runs.csv")
-@user_errors
 def compare_command(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders (train's --out).",
                                                         metavar="RUN_DIR...")],
@@ -546,7 +539,6 @@ def compare_command(
 
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
                                 "predictions.csv")
-@user_errors
 def predict_command(
     checkpoint: CheckpointArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them (searched recursively).")],
@@ -612,7 +604,6 @@ def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_i
 
 
 @app.command("datasets", epilog="Example: imgcls datasets --data-dir ~/data")
-@user_errors
 def datasets_command(
     data_dir: Annotated[Optional[str], typer.Option(help="Where to look for the datasets \\[default: $IMGCLS_DATA, "
                                                          "else ~/.cache/imgcls/data].")] = None,
@@ -635,7 +626,6 @@ def datasets_command(
 
 
 @app.command("gradcheck", epilog="Example: imgcls gradcheck --loss ce --batch-size 8 --classes 10 --features 192")
-@user_errors
 def gradcheck_command(
     loss: Annotated[str, typer.Option(help=f"{or_list(LOSSES)}: the loss whose gradient is checked.")] = "ce",
     batch_size: Annotated[int, typer.Option(help="Images in the random batch.")] = 16,
@@ -672,7 +662,6 @@ def gradcheck_command(
 
 
 @cache_app.command("info", epilog="Example: imgcls cache info")
-@user_errors
 def cache_info() -> None:
     """List the decoded datasets in the cache and their sizes (only what imgcls made is listed)."""
     from imgcls.report.tables import cache_table
@@ -681,7 +670,6 @@ def cache_info() -> None:
 
 
 @cache_app.command("clear", epilog="Example: imgcls cache clear")
-@user_errors
 def cache_clear() -> None:
     """Delete the decoded datasets in the cache (they are rebuilt on next use), and what killed builds left;
     nothing else in the folder is touched."""
