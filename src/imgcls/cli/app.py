@@ -678,7 +678,7 @@ def cache_clear() -> None:
 
     entries, staging = clear(default_cache_dir())
     leftovers = f" and {staging} unfinished builds" if staging else ""
-    Console().print(f"removed {entries} cache entries{leftovers} from {default_cache_dir()}", markup=False)
+    say(f"removed {entries} cache entries{leftovers} from {default_cache_dir()}", Console())
 
 
 def version_callback(value: bool) -> None:
@@ -704,7 +704,7 @@ def main() -> None:
     except typer.Abort:  # end of input at a prompt
         sys.exit(1)
     except KeyboardInterrupt:  # a command without a signal rule of its own (eval, report, ...): it wrote nothing
-        err.print("interrupted", soft_wrap=True, highlight=False, markup=False)  # half a file (writes are atomic)
+        say("interrupted")  # half a file (writes are atomic)
         distributed.exit_process(130)
     except Exception as error:
         if not _is_usage_error(error):
