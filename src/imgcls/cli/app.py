@@ -1,73 +1,76 @@
-"""The command line: parse, call, print. No torch import happens before a command runs,
-so `--help` and flag errors answer at once.
-"""
+"""The command line: parse, call, print. Torch is imported inside the commands, so that `--help` and flag errors
+answer at once."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
+import typer.core
+import yaml
 from rich.console import Console
 from rich.text import Text
 
 from imgcls import __version__, distributed
-
-from imgcls.runs import jsontext
-from imgcls.config import LOSSES, Config, build_config, parse_flags, settings
+from imgcls.cli.flags import with_config_flags
+from imgcls.config import (LOSSES, RUN, Config, build_config, check_device_name, default_cache_dir, default_data_dir,
+                           or_list, parse_flags, settings)
 from imgcls.data.registry import SPECS
-from imgcls.errors import UserError
-from imgcls.files import check_output_file as _check_output_file
-from imgcls.files import make_output_folder
-from imgcls.cli.flags import with_config_flags, with_grid_flags
-from imgcls.options import RUN, or_list
+from imgcls.errors import UserError, check_choice
+from imgcls.files import check_output_file, make_output_folder, printable, write_text_atomic
+from imgcls.runs import jsontext
 
-if TYPE_CHECKING:  # imported for real inside the commands: --help must not wait for torch
-    from imgcls.report.report import Reporter
-
-app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
-                  epilog="Example: imgcls train --epochs 5, then imgcls report runs/<the run folder>")
-cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True,
-                        epilog="Example: imgcls cache info")
-app.add_typer(cache_app, name="cache")
 err = Console(stderr=True)
 
 
-def user_errors(command):
-    """A user's mistake ends as one line on stderr and exit code 2, never a traceback."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (UserError, OSError) as error:
-            from imgcls.files import (
-                printable,  # a file name that is not UTF-8 is shown, not a crash
-            )
+def say(text: str, console: Console = err) -> None:
+    """A line as it is: no rich markup or highlighting in a path or a class name."""
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
 
+
+class OneLineErrors(typer.core.TyperGroup):
+    """A user's mistake, in any command, ends as one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (UserError, OSError) as error:
             if isinstance(error, OSError):  # a path too long for the system, wherever it is first used
                 if error.errno != errno.ENAMETOOLONG:
                     raise
                 error = (f"{printable(error.filename or 'a path')}: the name is too long for the file system; "
                          f"choose a shorter one")
+            # printable: a file name that is not UTF-8 is shown, not a crash
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
-    return wrapper
 
 
-# Readable names for id-named classes (n01443537 -> goldfish), the same option on every command that shows classes
+app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.", cls=OneLineErrors,
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
+                  epilog="Example: imgcls train --epochs 5, then imgcls report runs/<the run folder>")
+cache_app = typer.Typer(help="See and clear the decoded-dataset cache.", no_args_is_help=True,
+                        epilog="Example: imgcls cache info")
+app.add_typer(cache_app, name="cache")
+
+
+# The options several commands share, each said once. --class-names: readable names for id-named classes
+# (n01443537 -> goldfish).
 ClassNamesOption = Annotated[Optional[Path], typer.Option(
     "--class-names", help="Show the classes by the names in this file: words.txt (id<TAB>name, a line a class "
                           "folder) or classes.txt (one name a line, in class order).")]
+CheckpointArgument = Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object, not as tables.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
 def _rename_classes(loaded, class_names: Path | None) -> None:
-    """The checkpoint's classes shown by the names in --class-names (when given)."""
     if class_names is not None:
         from imgcls.data.classnames import named_classes
 
@@ -75,7 +78,6 @@ def _rename_classes(loaded, class_names: Path | None) -> None:
 
 
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
-@user_errors
 @with_config_flags
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
@@ -84,24 +86,22 @@ def train(
                                                         "config.", rich_help_panel=RUN)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON metrics.",
                                         rich_help_panel=RUN)] = False,
+    # in no panel, beside --config: in the Run panel, its long help would widen the columns
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML (the "
                                                "defaults, then --config, then the flags) and exit; nothing is "
                                                "trained or written. Example: imgcls train -c my.yaml --lr 0.1 "
-                                               "--print-config")] = False,  # beside --config: the RUN panel's columns would widen
+                                               "--print-config")] = False,
     **options,  # a flag per config field (with_config_flags), None where not given
 ) -> None:
     """Train a linear classifier and write a run folder (config, metrics, checkpoints)."""
-    flags = parse_flags(options)
-    run_dir = None
     from imgcls.runs.rundir import RunDir
 
+    flags, run_dir = parse_flags(options), None
     if resume is not None:
         config, flags = _resume_config(resume, config, flags)
         run_dir = RunDir.open_for_resume(resume)
     resolved = build_config(config, flags)
     if print_config:
-        import yaml
-
         typer.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False), nl=False)
         return
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
@@ -109,10 +109,7 @@ def train(
     if target is None and is_main:  # the folder is checked and named now, so that it can be locked
         target = RunDir.for_new_run(resolved.output.out, resolved.data.dataset, overwrite)
         resolved.output.out = str(target.path)
-    if not is_main:
-        _train_and_report(resolved, run_dir, None, quiet, overwrite, is_main)
-        return
-    with target.locked():
+    with target.locked() if is_main else contextlib.nullcontext():
         _train_and_report(resolved, run_dir, target, quiet, overwrite, is_main)
 
 
@@ -122,63 +119,38 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
     from imgcls.training.interrupt import stop_on_signals
 
     with stop_on_signals() as stop:
-        _train_and_report_under(resolved, resumed, target, quiet, overwrite, is_main, stop)
+        from imgcls.report.report import Reporter
+        from imgcls.report.tboard import TensorBoardReporter
+        from imgcls.training.train import RunInterrupted, train
 
-
-def _train_and_report_under(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool,
-                            stop) -> None:
-    from imgcls.report.report import Reporter
-    from imgcls.training.train import Diverged, RunInterrupted
-    from imgcls.training.train import train as run_training
-
-    reporter = Reporter(quiet or not is_main)
-    try:
-        if resolved.output.tensorboard and is_main:
-            reporter = _tensorboard_reporter(quiet, target, fresh=resumed is None and target.is_run())
+        reporter = Reporter(quiet or not is_main)
         try:
-            result = run_training(resolved, reporter, overwrite=overwrite, resume=resumed)
-        finally:
-            reporter.close()
-            distributed.teardown()
-        if is_main and not stop.requested:
-            _after_training(result, reporter, resolved.data.dataset, quiet)
-        if stop.requested:  # during the final evaluation or the figures: the run is finished, the figures wait
-            raise KeyboardInterrupt
-    except RunInterrupted as stopped:
-        if is_main and stopped.resumable:
-            err.print(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n"
-                      f"  imgcls train --resume {stopped.run_dir.path}", soft_wrap=True, highlight=False, markup=False)
-        elif is_main:
-            err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-        if is_main:
-            err.print(target.interrupted_state(resumed is not None), soft_wrap=True, highlight=False)
-        raise typer.Exit(130) from None
-    except Diverged:  # the engine has marked the run folder: its checkpoints would diverge again
-        raise
-
-
-def _tensorboard_reporter(quiet: bool, target, fresh: bool) -> Reporter:
-    """A fresh run replaces the event files of the run it replaces; anything else is added to."""
-    from imgcls.report.tboard import TensorBoardReporter
-
-    return TensorBoardReporter(target.path, fresh=fresh, quiet=quiet)
+            if resolved.output.tensorboard and is_main:  # a fresh run replaces the event files of the one it replaces
+                reporter = TensorBoardReporter(target.path, fresh=resumed is None and target.is_run(), quiet=quiet)
+            try:
+                result = train(resolved, reporter, overwrite=overwrite, resume=resumed)
+            finally:
+                reporter.close()
+                distributed.teardown()
+            if is_main and not stop.requested:
+                _after_training(result, reporter, resolved.data.dataset, quiet)
+            if stop.requested:  # during the final evaluation or the figures: the run is finished, the figures wait
+                raise KeyboardInterrupt
+        except RunInterrupted as stopped:
+            if is_main:
+                say(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n  imgcls train "
+                    f"--resume {stopped.run_dir.path}" if stopped.resumable else str(stopped))
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+            if is_main:
+                say(target.interrupted_state(resumed is not None))
+            raise typer.Exit(130) from None
 
 
 def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
     """The run's figures beside its metrics, the end of its TensorBoard log, and the summary."""
-    from imgcls.report.figures import write_run_figures
-
     path = result.run_dir.path
-    try:
-        written = write_run_figures(path)
-    except Exception as error:  # the run is saved and whole: a figure that fails must not make it look failed
-        err.print(f"warning: could not draw the figures ({type(error).__name__}: {error}); `imgcls report {path}` "
-                  f"tries again", soft_wrap=True, highlight=False, markup=False)
-    else:
-        reporter.note("figures: " + ", ".join(p.name for p in written))
-    _write_page_or_warn(path, reporter)
+    _figures_or_warn(path, reporter)
     reporter.run_finished(path, result.best_epoch, result.test.summary())
     reporter.show(reporter.metrics_table(f"{dataset}: best epoch {result.best_epoch}",
                                          {"val": result.val, "test": result.test}))
@@ -187,15 +159,27 @@ def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
         print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(), "run_dir": str(path)}))
 
 
+def _figures_or_warn(path: Path, reporter, what: str = "the figures") -> None:
+    """A run's figures and report.html; a failure is a warning, not an error: the run itself is saved and whole."""
+    from imgcls.report.figures import write_run_figures
+
+    try:
+        written = write_run_figures(path)
+    except Exception as error:
+        say(f"warning: could not draw {what} ({type(error).__name__}: {error}); `imgcls report {path}` tries again")
+    else:
+        reporter.note("figures: " + ", ".join(p.name for p in written))
+    _write_page_or_warn(path, reporter)
+
+
 def _write_page_or_warn(path: Path, reporter) -> None:
-    """report.html beside the figures; like them, a failure is a warning: the run itself is saved and whole."""
     from imgcls.report.htmlreport import write_run_page
 
     try:
         page = write_run_page(path)
     except Exception as error:
-        err.print(f"warning: could not write report.html ({type(error).__name__}: {error}); `imgcls report {path} "
-                  f"--html` tries again", soft_wrap=True, highlight=False)
+        say(f"warning: could not write report.html ({type(error).__name__}: {error}); `imgcls report {path} --html` "
+            f"tries again")
     else:
         reporter.note(f"web page: {page}")
 
@@ -214,8 +198,7 @@ def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path
 
 
 @app.command(epilog="Example: imgcls sweep --config configs/cifar10.yaml --lr 1e-3:1e-1:5 --weight-decay 0,1e-4,1e-3")
-@user_errors
-@with_grid_flags
+@functools.partial(with_config_flags, grid=True)
 def sweep(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config: the base of every point; "
                                                                           "flags override it.")] = None,
@@ -241,39 +224,36 @@ def sweep(
 
 def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quiet: bool, options: dict,
                  stop) -> None:
-    from imgcls.training import sweep as sweeping
     from imgcls.report.report import Reporter
     from imgcls.runs.sweepdir import SweepDir
+    from imgcls.training import sweep as sweeping
 
-    if resume is not None:
+    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
+    if resume is None:
+        target, spec = sweeping.plan(config, options, overwrite, check=is_main)
+    else:
         given = sorted(settings()[name].flag for name, value in options.items() if value is not None)
         if config is not None or given:
             raise UserError(f"--resume continues a sweep with its saved grid; drop {', '.join(given) or '--config'}")
         target = SweepDir.for_resume(resume)
         spec = target.read_spec()
-    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
-    if resume is None:
-        target, spec = sweeping.plan(config, options, overwrite, check=is_main)
     reporter = Reporter(quiet or not is_main)
     with target.locked() if is_main else contextlib.nullcontext():
         try:
             result = sweeping.run(target, spec, reporter, resume is not None)
             if is_main and result.best is not None and not stop.requested:
-                _after_sweep(target.best.resolve(), reporter)
+                _figures_or_warn(target.best.resolve(), reporter, "the chosen run's figures")
             if stop.requested:  # the sweep is finished; its chosen run's figures wait
                 raise KeyboardInterrupt
         except sweeping.SweepInterrupted as stopped:
             if is_main:
-                err.print(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}", soft_wrap=True,
-                          highlight=False, markup=False)
+                say(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}")
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
-            done = target.results.is_file()
             if is_main:
-                err.print(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` "
-                          f"draws them" if done else f"interrupted while loading data or measuring the points; "
-                          f"`imgcls sweep --resume {target.path}` goes on from the last finished epoch",
-                          soft_wrap=True, highlight=False, markup=False)
+                say(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` draws "
+                    f"them" if target.results.is_file() else f"interrupted while loading data or measuring the "
+                    f"points; `imgcls sweep --resume {target.path}` goes on from the last finished epoch")
             raise typer.Exit(130) from None
         finally:
             distributed.teardown()
@@ -305,19 +285,7 @@ def _sweep_summary(result, target, reporter, quiet: bool) -> None:
         print(jsontext.dumps(summary))
 
 
-def _after_sweep(best_run: Path, reporter) -> None:
-    from imgcls.report.figures import write_run_figures
-
-    try:
-        write_run_figures(best_run)
-    except Exception as error:  # the sweep is saved and whole: a figure that fails must not make it look failed
-        err.print(f"warning: could not draw the chosen run's figures ({type(error).__name__}: {error}); `imgcls "
-                  f"report {best_run}` tries again", soft_wrap=True, highlight=False, markup=False)
-    _write_page_or_warn(best_run, reporter)
-
-
 @app.command("lr-find", epilog="Example: imgcls lr-find --config configs/cifar10.yaml --figure lr.png")
-@user_errors
 @with_config_flags
 def lr_find_command(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
@@ -330,24 +298,24 @@ def lr_find_command(
 
     This is what --lr auto and --weight-decay auto do before `imgcls train` (5-fold cross-validation on small
     data); the suggestion is the setting with the lowest held-out loss. Nothing but the figure is written."""
-    from imgcls.training.engine import Interrupted
     from imgcls.report.figures import lr_search_figure
     from imgcls.report.report import Reporter, lr_search_table
+    from imgcls.training.engine import Interrupted
     from imgcls.training.train import find_lr
 
     resolved = build_config(config, parse_flags(options))
-    figure = _lr_find_figure(figure, resolved.output.out)
+    if figure is None:  # lr-find.png in --out (made if absent), else here
+        if resolved.output.out is not None:
+            make_output_folder("--out", Path(resolved.output.out))
+        figure = Path(resolved.output.out or ".") / "lr-find.png"
+    _check_figure(figure, "lr-find.png")
     is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
     reporter = Reporter(quiet=not is_main)
     try:
         search = find_lr(resolved, reporter)
-    except Interrupted as stopped:
+    except (Interrupted, KeyboardInterrupt) as stopped:
         if is_main:
-            err.print(str(stopped), soft_wrap=True, highlight=False, markup=False)
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:
-        if is_main:
-            err.print("interrupted; nothing was written", soft_wrap=True, highlight=False, markup=False)
+            say(str(stopped) if isinstance(stopped, Interrupted) else "interrupted; nothing was written")
         raise typer.Exit(130) from None
     finally:
         distributed.teardown()
@@ -362,45 +330,35 @@ def lr_find_command(
                   f"{search.how}{scaled}; {search.seconds:.1f} s); figure: {figure}")
 
 
-def _lr_find_figure(figure: Path | None, out: str | None) -> Path:
-    """Where lr-find draws: --figure, else lr-find.png in --out (made if absent), else in this folder; a PNG."""
-    if figure is None:
-        if out is not None:
-            make_output_folder("--out", Path(out))
-        figure = Path(out or ".") / "lr-find.png"
+def _check_figure(figure: Path, example: str) -> None:
     if figure.suffix.lower() != ".png":
-        raise UserError(f"--figure {figure}: lr-find draws a PNG; give a name ending in .png, such as "
+        raise UserError(f"--figure {figure}: the figure is a PNG; give a name ending in .png, such as "
                         f"{figure.with_suffix('.png').name}")
-    _check_output_file("--figure", figure, "lr-find.png")
-    return figure
+    check_output_file("--figure", figure, example)
 
 
 @app.command("eval", epilog="Example: imgcls eval runs/cifar10/best.safetensors --split test --json")
-@user_errors
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset is, if not where training found it.")]
     = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    device: DeviceOption = "auto",
+    as_json: JsonOption = False,
     per_class: Annotated[bool, typer.Option(help="Also show per-class top-1 (with --json: and the confusion "
                                                  "matrix).")] = False,
     class_names: ClassNamesOption = None,
 ) -> None:
     """Recompute a checkpoint's metrics on a split of its dataset."""
-    from imgcls.errors import check_choice
-
     check_choice("split", split, ("test", "val", "train"))
+    from imgcls.report.report import Reporter
     from imgcls.runs import checkpoint as ckpt
     from imgcls.runs.evaluate import evaluate_checkpoint
-    from imgcls.report.report import Reporter
 
     loaded = ckpt.load(checkpoint)
     if split != "test" and loaded.meta.get("refit") and distributed.is_main_process():
-        err.print(f"note: this model was refit on the training and validation images, so its {split} figures are "
-                  f"not held out; the run's metrics.json keeps the held-out figures that chose it",
-                  soft_wrap=True, highlight=False, markup=False)
+        say(f"note: this model was refit on the training and validation images, so its {split} figures are not held "
+            f"out; the run's metrics.json keeps the held-out figures that chose it")
     try:
         metrics = evaluate_checkpoint(loaded, split, data_dir, device)
     finally:
@@ -436,9 +394,8 @@ def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
                                          "imgcls export-templates runs/mnist --out tpl --space input --colours "
                                          "natural; imgcls export-templates runs/tiny --out tpl --class-names "
                                          "words.txt")
-@user_errors
 def export_templates_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     out: Annotated[Path, typer.Option(help="Folder for the PNGs.")],
     size: Annotated[int, typer.Option(help="Enlarge each template to about this many pixels a side.")] = 128,
     scale: Annotated[str, typer.Option(help="'each': every template to its own range; 'shared': one range.")]
@@ -457,7 +414,6 @@ def export_templates_command(
     class_names: ClassNamesOption = None,
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
-    from imgcls.errors import check_choice
     from imgcls.report.templates import COLOURS, SPACES
 
     check_choice("scale", scale, ("each", "shared"))
@@ -467,9 +423,9 @@ def export_templates_command(
         raise UserError(f"--clip must be at least 0 and under 0.5 (a share of the values at each end), not {clip}")
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
-    from imgcls.runs import checkpoint as ckpt
     from imgcls.data.features import require_image_model
     from imgcls.report.templates import export_templates
+    from imgcls.runs import checkpoint as ckpt
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
@@ -477,44 +433,39 @@ def export_templates_command(
     make_output_folder("--out", out)
     written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
                                colours=colours, clip=clip)
-    Console().print(f"wrote {len(written)} PNGs to {out}", markup=False)
+    say(f"wrote {len(written)} PNGs to {out}", Console())
 
 
 @app.command("export", epilog="Example: imgcls export runs/cifar10/best.safetensors --format onnx --out cifar10.onnx")
-@user_errors
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript (raw uint8 pixels (N, C, H, W) in, "
                                                       "normalization inside, scores out), or npz (W, b, mean, std, "
                                                       "classes for numpy).")],
     out: Annotated[Path, typer.Option(help="The file to write.")],
 ) -> None:
     """Write a trained model for use without imgcls: ONNX, TorchScript or numpy arrays."""
-    from imgcls.errors import check_choice
-    from imgcls.runs.export import FORMATS
+    from imgcls.runs import checkpoint as ckpt
+    from imgcls.runs.export import FORMATS, export, is_features_model
 
     check_choice("format", fmt, FORMATS)
-    from imgcls.runs import checkpoint as ckpt
-    from imgcls.runs.export import export, is_features_model
 
     loaded = ckpt.load(checkpoint)
     export(loaded, fmt, out)
     takes = "float32 features (N, D)" if is_features_model(loaded) else \
         "uint8 pixels (N, {}, {}, {})".format(*loaded.input_shape)
-    Console().print(f"wrote {out} ({fmt}, {len(loaded.classes)} classes; input: {takes})", highlight=False,
-                    soft_wrap=True, markup=False)
+    say(f"wrote {out} ({fmt}, {len(loaded.classes)} classes; input: {takes})", Console())
 
 
 @app.command("report", epilog="Example: imgcls report runs/cifar10-20261127-101500 --pairs 10; imgcls report "
                                "runs/cifar10-20261127-101500 --html (then open its report.html); imgcls report "
                                "runs/tiny --class-names ~/data/tiny-imagenet-200/words.txt")
-@user_errors
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (train's --out).")],
     pairs: Annotated[int, typer.Option(help="How many of the most confused class pairs to list.")] = 5,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Redraw curves.png, confusion.png and "
                                                                          "templates.png in the run folder.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    as_json: JsonOption = False,
     html: Annotated[bool, typer.Option("--html", help="Also write RUN_DIR/report.html, the run as one self-contained "
                                                       "web page (with a gallery of test images, when the data "
                                                       "is where training found it).")] = False,
@@ -523,26 +474,22 @@ def report_command(
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
         raise UserError(f"--pairs must be 0 or more, not {pairs}")
-    from imgcls.files import printable, remove_stale_temporaries
+    from imgcls.files import remove_stale_temporaries
+    from imgcls.report.figures import write_run_figures
+    from imgcls.report.htmlreport import write_run_page
     from imgcls.report.runreport import load_run, render
 
     summary = load_run(run_dir, pairs, class_names)
     written, unwritten = [], None
     if figures:
-        from imgcls.report.figures import write_run_figures
-
         try:
             remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
             written = write_run_figures(run_dir, class_names)
         except UserError as error:  # a read-only run folder: the report is still worth printing
             unwritten = f"note: the figures were not redrawn: {error}"
-    page = None
-    if html:
-        from imgcls.report.htmlreport import write_run_page
-
-        page = write_run_page(run_dir, class_names)
+    page = write_run_page(run_dir, class_names) if html else None
     if unwritten:
-        err.print(unwritten, highlight=False, soft_wrap=True, markup=False)
+        say(unwritten)
     if as_json:
         print(jsontext.dumps({**summary.as_dict(), "figures": [str(p) for p in written],
                               **({"html": str(page)} if page else {})}))
@@ -550,42 +497,30 @@ def report_command(
     console = Console()
     console.print(render(summary))
     if written:
-        console.print("figures: " + ", ".join(printable(p) for p in written), highlight=False, soft_wrap=True,
-                      markup=False)
+        say("figures: " + ", ".join(printable(p) for p in written), console)
     if page:
-        console.print(f"web page: {printable(page)}", highlight=False, soft_wrap=True, markup=False)
+        say(f"web page: {printable(page)}", console)
 
 
 @app.command("compare", epilog="Example: imgcls compare runs/cifar10-lr01 runs/cifar10-lr001 --figure compare.png "
                                 "--csv runs.csv")
-@user_errors
 def compare_command(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders (train's --out).",
                                                         metavar="RUN_DIR...")],
     figure: Annotated[Path, typer.Option(help="Where to draw the runs' validation curves, overlaid (a .png).")]
     = Path("compare.png"),
     no_figure: Annotated[bool, typer.Option("--no-figure", help="Draw no figure.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table to this CSV file, one row "
                                                                    "per run.")] = None,
 ) -> None:
     """Runs side by side: dataset, the options that differ, best epoch, val and test top-1/top-k, time; and one
     figure of their validation curves."""
     if not no_figure:
-        if figure.suffix.lower() != ".png":
-            raise UserError(f"--figure {figure}: the figure is a PNG; give a name ending in .png, such as "
-                            f"{figure.with_suffix('.png')}")
-        _check_output_file("--figure", figure, "compare.png")
+        _check_figure(figure, "compare.png")
     if csv_file is not None:
-        _check_output_file("--csv", csv_file, "runs.csv")
-    from imgcls.report.compare import (
-        compare_table,
-        comparison_rows,
-        draw_figure,
-        load_runs,
-        to_csv,
-    )
-    from imgcls.files import printable, write_text_atomic
+        check_output_file("--csv", csv_file, "runs.csv")
+    from imgcls.report.compare import compare_table, comparison_rows, draw_figure, load_runs, to_csv
 
     summaries = load_runs(run_dirs)
     rows, keys = comparison_rows(summaries)
@@ -599,21 +534,20 @@ def compare_command(
     console.print(compare_table(rows, keys))
     for what, path in (("figure", drawn), ("table", csv_file)):
         if path is not None:
-            console.print(f"{what}: {printable(path)}", highlight=False, soft_wrap=True, markup=False)
+            say(f"{what}: {printable(path)}", console)
 
 
 @app.command("predict", epilog="Example: imgcls predict runs/cifar10/best.safetensors photos/ --top-k 3 --csv "
                                 "predictions.csv")
-@user_errors
 def predict_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")],
+    checkpoint: CheckpointArgument,
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them (searched recursively).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to list per image (at most all of them).")]
     = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the predictions to this CSV file, "
                                                                    "one row per image.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images/--no-skip-bad-images",
                                                   help="Skip unreadable images instead of stopping.")] = False,
     class_names: ClassNamesOption = None,
@@ -622,40 +556,31 @@ def predict_command(
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {top_k}")
     if csv_file is not None:
-        _check_output_file("--csv", csv_file, "predictions.csv")
-    from imgcls.config import check_device_name
-
+        check_output_file("--csv", csv_file, "predictions.csv")
     check_device_name(device)
+    from imgcls.report.tables import predictions_table
     from imgcls.runs import checkpoint as ckpt
-    from imgcls.files import printable
     from imgcls.runs.predict import to_csv
 
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     result = _predictions(loaded, images, top_k, device, skip_bad_images)
-    if csv_file is not None:
-        from imgcls.files import write_text_atomic
-
-        # a file name that is not UTF-8 goes into the CSV as its own bytes, as the file system has it
+    if csv_file is not None:  # a file name that is not UTF-8 goes into the CSV as its bytes, as the file system has it
         write_text_atomic(csv_file, to_csv(result.items), errors="surrogateescape")
     if as_json:
         print(jsontext.dumps({"checkpoint": str(checkpoint), "classes": loaded.classes,
                               "predictions": [p.as_dict() for p in result.items],
                               "skipped": [{"image": name, "error": why} for name, why in result.skipped]}))
         return
-    from imgcls.report.tables import predictions_table
-
     Console().print(predictions_table(loaded, result.items))
     if csv_file is not None:
-        err.print(f"wrote {len(result.items)} rows to {printable(csv_file)}", highlight=False, soft_wrap=True,
-                  markup=False)
+        say(f"wrote {len(result.items)} rows to {printable(csv_file)}")
 
 
 def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_images: bool):
     """The top-k of each image (or of each row of one features file, for a features model); the images skipped
     and resized are told on stderr."""
     from imgcls.data.features import is_features_model, require_image_model
-    from imgcls.files import printable
     from imgcls.runs.predict import list_images, predict, predict_features
 
     if is_features_model(loaded):
@@ -668,26 +593,24 @@ def _predictions(loaded, images: list[Path], top_k: int, device: str, skip_bad_i
         paths = list_images(images)
         result = predict(loaded, paths, top_k, device, skip_bad_images)
     for name, why in result.skipped:
-        err.print(f"skipped {printable(name)}: cannot read it ({why})", soft_wrap=True, highlight=False, markup=False)
+        say(f"skipped {printable(name)}: cannot read it ({why})")
     if not result.items:
         raise UserError(f"no readable image among the {len(paths)} given")
     if result.resized:
         c, h, w = loaded.input_shape
         were = "image was" if result.resized == 1 else "images were"
-        err.print(f"note: {result.resized} {were} not {h}x{w} and resized to the model's input size", highlight=False)
+        say(f"note: {result.resized} {were} not {h}x{w} and resized to the model's input size")
     return result
 
 
 @app.command("datasets", epilog="Example: imgcls datasets --data-dir ~/data")
-@user_errors
 def datasets_command(
     data_dir: Annotated[Optional[str], typer.Option(help="Where to look for the datasets \\[default: $IMGCLS_DATA, "
                                                          "else ~/.cache/imgcls/data].")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The named datasets: classes, image shape, sizes, and whether each is in the data dir."""
     from imgcls.data.catalog import dataset_infos
-    from imgcls.config import default_data_dir
 
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     infos = dataset_infos(root)
@@ -703,7 +626,6 @@ def datasets_command(
 
 
 @app.command("gradcheck", epilog="Example: imgcls gradcheck --loss ce --batch-size 8 --classes 10 --features 192")
-@user_errors
 def gradcheck_command(
     loss: Annotated[str, typer.Option(help=f"{or_list(LOSSES)}: the loss whose gradient is checked.")] = "ce",
     batch_size: Annotated[int, typer.Option(help="Images in the random batch.")] = 16,
@@ -714,7 +636,7 @@ def gradcheck_command(
     eps: Annotated[float, typer.Option(help="Finite-difference step h.")] = 1e-5,
     tolerance: Annotated[float, typer.Option(help="Largest relative difference allowed.")] = 1e-5,
     seed: Annotated[int, typer.Option(help="Seed of the random batch and of the coordinates.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Check the gradient of the loss three ways (finite differences, the formula, autograd); exit 1 if they differ."""
     from imgcls.linear import gradcheck
@@ -722,9 +644,7 @@ def gradcheck_command(
     gradcheck.check_arguments(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     result = gradcheck.gradient_check(loss, batch_size, classes, features, coordinates, seed, eps, tolerance)
     if as_json:
-        from dataclasses import asdict
-
-        print(jsontext.dumps({**asdict(result), "passed": result.passed}))
+        print(jsontext.dumps({**dataclasses.asdict(result), "passed": result.passed}))
     else:
         from imgcls.report.tables import gradcheck_table
 
@@ -738,22 +658,18 @@ def gradcheck_command(
                   soft_wrap=True)
         raise typer.Exit(1)
     if not as_json:
-        err.print(f"gradient check passed: largest relative difference {worst.max_relative:.2e} <= {tolerance:g}",
-                  highlight=False)
+        say(f"gradient check passed: largest relative difference {worst.max_relative:.2e} <= {tolerance:g}")
 
 
 @cache_app.command("info", epilog="Example: imgcls cache info")
-@user_errors
 def cache_info() -> None:
     """List the decoded datasets in the cache and their sizes (only what imgcls made is listed)."""
-    from imgcls.config import default_cache_dir
     from imgcls.report.tables import cache_table
 
     Console().print(cache_table(default_cache_dir()))
 
 
 @cache_app.command("clear", epilog="Example: imgcls cache clear")
-@user_errors
 def cache_clear() -> None:
     """Delete the decoded datasets in the cache (they are rebuilt on next use), and what killed builds left;
     nothing else in the folder is touched."""
@@ -762,7 +678,7 @@ def cache_clear() -> None:
 
     entries, staging = clear(default_cache_dir())
     leftovers = f" and {staging} unfinished builds" if staging else ""
-    Console().print(f"removed {entries} cache entries{leftovers} from {default_cache_dir()}", markup=False)
+    say(f"removed {entries} cache entries{leftovers} from {default_cache_dir()}", Console())
 
 
 def version_callback(value: bool) -> None:
@@ -788,7 +704,7 @@ def main() -> None:
     except typer.Abort:  # end of input at a prompt
         sys.exit(1)
     except KeyboardInterrupt:  # a command without a signal rule of its own (eval, report, ...): it wrote nothing
-        err.print("interrupted", soft_wrap=True, highlight=False, markup=False)  # half a file (writes are atomic)
+        say("interrupted")  # half a file (writes are atomic)
         distributed.exit_process(130)
     except Exception as error:
         if not _is_usage_error(error):

@@ -3,10 +3,11 @@ and bounded, so that a small hostile file cannot take the memory or time an alia
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from imgcls.errors import SHOWN_LENGTH, UserError
 
@@ -21,15 +22,11 @@ class YamlRefused(Exception):
 
 
 def read_yaml(path: Path, name: str, fix: str) -> Any:
-    """The one document of a YAML file, read safely: no Python tags (yaml's safe loader), and bounded, so a
-    small hostile file cannot take the memory or time that an alias bomb ("billion laughs") or deep nesting
-    would. Every problem is a UserError '<name> ...; <fix>' (name: "config file x.yaml", say)."""
-    import yaml
-
+    """The one document of a YAML file, read safely; every problem is a UserError '<name> ...; <fix>'."""
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
             raise YamlRefused(f"is larger than {MAX_YAML_BYTES // 1000} kB")
-        return yaml.load(path.read_text(), Loader=_bounded_loader())
+        return yaml.load(path.read_text(), Loader=BoundedLoader)
     except UnicodeDecodeError:
         raise UserError(f"{name} is not a text file; {fix}") from None
     except OSError as error:
@@ -44,49 +41,42 @@ def read_yaml(path: Path, name: str, fix: str) -> Any:
         raise UserError(f"{name} holds a value that cannot be read ({str(error)[:SHOWN_LENGTH]}); {fix}") from None
 
 
-@functools.cache
-def _bounded_loader() -> type:
-    """yaml's safe loader, refusing documents past the MAX_YAML_* bounds (made on first use: yaml is
-    imported only by the commands that read it)."""
-    import yaml
+class BoundedLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a document past the MAX_YAML_* bounds."""
 
-    class BoundedLoader(yaml.SafeLoader):
-        depth = 0
+    depth = 0
 
-        def compose_node(self, parent, index):
-            # composing is recursive: without a bound, deep nesting ends in a RecursionError
-            self.depth += 1
-            try:
-                if self.depth > MAX_YAML_DEPTH:
-                    line = self.peek_event().start_mark.line + 1
-                    raise YamlRefused(f"nests deeper than {MAX_YAML_DEPTH} levels (line {line})")
-                return super().compose_node(parent, index)
-            finally:
-                self.depth -= 1
+    def compose_node(self, parent, index):
+        # composing is recursive: without a bound, deep nesting ends in a RecursionError
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise YamlRefused(f"nests deeper than {MAX_YAML_DEPTH} levels (line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
-        def construct_document(self, node):
-            size = _expanded_size(node)
-            if size == math.inf:
-                raise YamlRefused("has an alias inside the very collection it names (a value that holds itself)")
-            if size > MAX_YAML_NODES:
-                raise YamlRefused(f"has aliases that expand to more than {MAX_YAML_NODES:,} values")
-            return super().construct_document(node)
+    def construct_document(self, node):
+        size = _expanded_size(node)
+        if size == math.inf:
+            raise YamlRefused("has an alias inside the very collection it names (a value that holds itself)")
+        if size > MAX_YAML_NODES:
+            raise YamlRefused(f"has aliases that expand to more than {MAX_YAML_NODES:,} values")
+        return super().construct_document(node)
 
-        def construct_yaml_int(self, node):
-            if len(node.value) > MAX_YAML_INT_DIGITS:
-                raise YamlRefused(f"holds a number of {len(node.value)} digits at line {node.start_mark.line + 1}")
-            return super().construct_yaml_int(node)
+    def construct_yaml_int(self, node):
+        if len(node.value) > MAX_YAML_INT_DIGITS:
+            raise YamlRefused(f"holds a number of {len(node.value)} digits at line {node.start_mark.line + 1}")
+        return super().construct_yaml_int(node)
 
-    BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
-    return BoundedLoader
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
 
 
 def _expanded_size(root) -> float:
-    """How many nodes a composed YAML document has once every alias is copied out (aliases share one node:
-    nine aliases to a list of nine aliases... are 9^n values); infinite when a collection holds itself.
-    Counted without recursion, each shared node once."""
-    import yaml
-
+    """How many nodes a composed document has once every alias is copied out (nine aliases to a list of nine
+    aliases... are 9^n values), infinite when a collection holds itself; counted without recursion."""
     def children(node) -> list:
         if isinstance(node, yaml.MappingNode):
             return [part for pair in node.value for part in pair]

@@ -12,15 +12,16 @@ Each value is parsed and checked by its option's own declaration (config.py), so
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-import typing
 from dataclasses import dataclass
 from typing import Any
 
-from imgcls.config import GIVEN_NONE, Config, apply_flags, settings, validate
+import numpy
+
+from imgcls.config import GIVEN_NONE, Config, Setting, apply_flags, kinds, settings, validate
 from imgcls.errors import UserError, shown
-from imgcls.options import Setting, is_union
 
 # What each stacked model keeps for itself: its update rule, its schedule, its loss and its start. Everything else
 # (batch size, epochs, seed, the data and how it is read) decides the batches, which a group shares.
@@ -73,8 +74,7 @@ def parse_values(setting: Setting, text: str) -> list[Any]:
     else:
         values = [_parse_one(setting, item.strip()) for item in _items(setting, text)]
     for value in values:
-        problem = setting.problem(value, flag)
-        if problem:
+        if problem := setting.problem(value, flag):
             raise UserError(problem)
     if len(set(map(repr, values))) < len(values):
         raise UserError(f"{flag} lists a value twice ({text}); give each value once")
@@ -82,8 +82,7 @@ def parse_values(setting: Setting, text: str) -> list[Any]:
 
 
 def _items(setting: Setting, text: str) -> list[str]:
-    """Values split on ';' when the text has one (a value that holds commas: --augment 'none;flip,translate:1'),
-    else on ','."""
+    """Values split on ';' when the text has one (values that hold commas), else on ','."""
     if ";" not in text and setting.name == "class_weights" and all(_is_float(part) for part in text.split(",")):
         return [text]  # one weight per class is a single value: a grid of them is --class-weights none,balanced
     items = text.split(";" if ";" in text else ",")
@@ -99,22 +98,15 @@ def _parse_one(setting: Setting, item: str) -> Any:
     if setting.option.parse is not None:
         return setting.option.parse(item)
     kind = setting.cli_type()
-    try:
-        if kind is bool:
-            if item.lower() not in TRUE + FALSE:
-                raise ValueError
+    if kind is str:
+        return item
+    with contextlib.suppress(ValueError):
+        if kind is bool and item.lower() in TRUE + FALSE:
             return item.lower() in TRUE
-        if kind is int:
-            return int(item)
-        if kind is float:
-            value = float(item)
-            if not math.isfinite(value):
-                raise ValueError
+        if kind is not bool and math.isfinite(value := kind(item)):
             return value
-    except ValueError:
-        raise UserError(f"{setting.flag} takes {_kind_name(kind)}s, not {shown(item)}; e.g. {setting.flag} "
-                        f"{_example(setting)}") from None
-    return item
+    kind_name = {bool: "true or false", int: "whole number", float: "number"}[kind]
+    raise UserError(f"{setting.flag} takes {kind_name}s, not {shown(item)}; e.g. {setting.flag} {_example(setting)}")
 
 
 def _is_log_range(text: str) -> bool:
@@ -140,25 +132,19 @@ def _log_range(setting: Setting, text: str) -> list[float]:
     if number < 1:
         raise UserError(f"{setting.flag} {shown(text)} asks for {number} values: the grid would be empty; give a "
                         f"COUNT of 1 or more")
-    if number == 1:
-        return [low_value]
-    step = (math.log10(high_value) - math.log10(low_value)) / (number - 1)
-    exact = [10 ** (math.log10(low_value) + i * step) for i in range(number)]
+    exact = numpy.geomspace(low_value, high_value, number)
     # rounded to 6 significant digits (config.yaml and the tables then show 0.001, not 0.0010000000000000002),
     # or to as many more as keep a narrow range's values apart
     for digits in range(6, 18):
         values = [float(f"{value:.{digits}g}") for value in exact]
         if len(set(values)) == len(values):
-            break
-    if len(set(values)) < len(values):
-        raise UserError(f"{setting.flag} {shown(text)} gives {number} values that are not distinct (START and STOP "
-                        f"are equal, or too close for {number} points); widen the range or lower COUNT")
-    return values
+            return values
+    raise UserError(f"{setting.flag} {shown(text)} gives {number} values that are not distinct (START and STOP "
+                    f"are equal, or too close for {number} points); widen the range or lower COUNT")
 
 
 def _takes_decimals(setting: Setting) -> bool:
-    kinds = typing.get_args(setting.annotation) if is_union(setting.annotation) else (setting.annotation,)
-    return float in kinds
+    return float in kinds(setting.annotation)
 
 
 def _is_float(text: str) -> bool:
@@ -169,19 +155,11 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _kind_name(kind: type) -> str:
-    return {bool: "true or false", int: "whole number", float: "number"}.get(kind, "value")
-
-
 def _example(setting: Setting) -> str:
-    kind = setting.cli_type()
     if _takes_decimals(setting):
         return "0.001,0.01"
-    examples = {bool: "true,false", int: "5,10"}
     choices = setting.choices()
-    if choices:
-        return ",".join(list(choices)[:2])
-    return examples.get(kind, "a,b")
+    return ",".join(list(choices)[:2]) if choices else {bool: "true,false", int: "5,10"}.get(setting.cli_type(), "a,b")
 
 
 def grid_points(axes: dict[str, list[Any]]) -> list[Point]:
@@ -213,6 +191,5 @@ def point_config(base: Config, point: Point) -> Config:
 
 def group_key(config: Config) -> tuple:
     """What the batches depend on: points with the same key can train stacked, on the same batches."""
-    values = {name: getattr(getattr(config, setting.section), name) for name, setting in settings().items()
-              if name not in MODEL_OWN}
-    return tuple(sorted((name, repr(value)) for name, value in values.items()))
+    return tuple(sorted((name, repr(getattr(getattr(config, setting.section), name)))
+                        for name, setting in settings().items() if name not in MODEL_OWN))
