@@ -9,25 +9,24 @@
     selection.json     what the run chose on held-out images (settings, epochs) before its refit
     diverged.txt       only after training diverged: why (resuming would diverge again)
 
-While a run (or its resumption) is under way, its process holds an advisory lock on .imgcls.lock in the
-folder, so that a second run cannot mix its files into it.
+While a run (or its resumption) is under way, its process holds a lock on .imgcls.lock in the folder (filelock),
+which also notes its pid, so that a second run cannot mix its files into it.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from imgcls.errors import UserError
 from imgcls.files import (
@@ -260,7 +259,7 @@ class RunDir:
         left empty are removed again: a refused or interrupted run leaves nothing."""
         created = _create_folders(self.path)
         try:
-            fd = _lock(self.path / LOCK)
+            lock = _lock(self.path / LOCK)
         except BaseException:
             _remove_empty(created)
             raise
@@ -269,11 +268,9 @@ class RunDir:
             remove_stale_temporaries(self.path)
             yield self
         finally:
-            try:
-                (self.path / LOCK).unlink(missing_ok=True)  # while still held: a waiting run locks a new file
-            except OSError:
-                pass
-            os.close(fd)
+            with suppress(OSError):
+                (self.path / LOCK).unlink()  # while still held: a waiting run locks a new file
+            lock.release()
             _remove_empty(created)
 
     def written_here(self) -> set[str]:
@@ -371,38 +368,26 @@ def _remove_empty(folders: list[Path]) -> None:
             return  # not empty: the run wrote something, and the folders above hold it
 
 
-def _lock(lock_path: Path) -> int:
-    """An exclusive flock on lock_path, holding this process's id; a UserError naming the holder if taken."""
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as error:
-            raise UserError(f"cannot lock the run folder {printable(lock_path.parent)} ({error.strerror or error}); "
-                            f"choose another --out") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise UserError(f"{printable(lock_path.parent)} is in use by another imgcls process (pid {holder}); wait "
-                            f"for it to end, or choose another --out") from None
-        except OSError as error:
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            return fd  # a file system that cannot lock (some network mounts): the run goes on unguarded
-        if _same_file(lock_path, fd):
-            break
-        os.close(fd)  # the holder removed the file between our open and our lock: lock the one there now
+def _lock(path: Path) -> FileLock:
+    """An exclusive lock on `path`, which notes this process's id; a UserError naming the holder if it is taken."""
+    lock = FileLock(path, timeout=0, on_acquired=_note_pid)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = ""
+        with suppress(OSError):
+            holder = path.read_text(errors="replace").strip()[:32]
+        raise UserError(f"{printable(path.parent)} is in use by another imgcls process (pid {holder or 'unknown'}); "
+                        f"wait for it to end, or choose another --out") from None
+    except OSError as error:
+        raise UserError(f"cannot lock the run folder {printable(path.parent)} ({error.strerror or error}); choose "
+                        f"another --out") from None
+    return lock
+
+
+def _note_pid(fd: int) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        return os.path.samestat(os.stat(path), os.fstat(fd))
-    except OSError:
-        return False
 
 
 # --- the shapes of the JSON files a report reads ---------------------------------------------------------
