@@ -24,8 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 from filelock import FileLock, Timeout
 
 from imgcls.errors import UserError
@@ -191,17 +193,14 @@ class RunDir:
         """What a run chose before its refit; None before it has chosen. A damaged file is refused in one line."""
         if not self.selection.is_file():
             return None
+        redo = "start the run again with --overwrite"
         try:
             chosen = json.loads(self.selection.read_text())
-            factors = chosen["factors"]
-            if not (isinstance(chosen["epochs"], int) and chosen["epochs"] >= 1 and isinstance(chosen["val"], dict)
-                    and isinstance(chosen["how"], str)
-                    and (factors is None or (isinstance(factors, list) and len(factors) == chosen["epochs"] and all(
-                        isinstance(f, (int, float)) and 0 < f < float("inf") for f in factors)))):
-                raise ValueError("a field is not what a run writes")
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise UserError(f"{printable(self.selection)} is damaged ({error}); start the run again with "
-                            f"--overwrite") from None
+        except (OSError, ValueError) as error:
+            raise _damaged(self.selection, str(error), redo) from None
+        factors = _validated(Selection, chosen, self.selection, "the file", redo).factors
+        if factors is not None and len(factors) != chosen["epochs"]:
+            raise _damaged(self.selection, f"{len(factors)} rate factors for {chosen['epochs']} epochs", redo)
         return chosen
 
     def write_metrics(self, metrics: dict) -> None:
@@ -217,8 +216,9 @@ class RunDir:
             raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
                             f"damaged") from None
         for line, record in enumerate(records, 1):
-            _check_fields(record, EPOCH_FIELDS, f"line {line}", self.epochs, OPTIONAL_EPOCH_FIELDS)
-            _check_topk(epoch_topk(record)[1], "val_top{k}", f"line {line}", self.epochs)
+            _validated(EpochRecord, record, self.epochs, f"line {line}")
+            k, topk = epoch_topk(record)
+            _check_topk(topk, f"val_top{k}", f"line {line}", self.epochs)
         return records
 
     def read_metrics(self, class_names: Path | None = None) -> dict | None:
@@ -390,14 +390,24 @@ def _note_pid(fd: int) -> None:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
-# --- the shapes of the JSON files a report reads ---------------------------------------------------------
+# --- the shapes of the JSON files a report reads (older runs lack the keys that default to None) ------------
 
-NUMBER, COUNT, MAPPING = "a number", "a whole number >= 0", "a JSON object"
-EPOCH_FIELDS = {"epoch": COUNT, "train_loss": NUMBER, "train_top1": NUMBER, "val_loss": NUMBER, "val_top1": NUMBER,
-                "lr": NUMBER, "seconds": NUMBER}  # and val_top{k} (older runs: val_top5), checked by _check_topk
-OPTIONAL_EPOCH_FIELDS = {"lr_last": NUMBER, "images_per_s": NUMBER}  # runs of older imgcls lack them
-SPLIT_FIELDS = {"loss": NUMBER, "top1": NUMBER, "k": COUNT, "count": COUNT}  # and top{k} (older runs: top5)
-METRICS_FIELDS = {"best_epoch": COUNT, "val": MAPPING, "test": MAPPING, "classes": "a list of class names"}
+Number = Annotated[float, Strict()]
+Count = Annotated[int, Strict(), Field(ge=0)]
+Factor = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+REDO = "train the run again or restore the file"
+OPEN = ConfigDict(extra="allow")  # keys a later imgcls adds are passed over; val_top{k} and top{k} are checked apart
+EpochRecord = create_model("EpochRecord", __config__=OPEN, epoch=Count, train_loss=Number, train_top1=Number,
+                           val_loss=Number, val_top1=Number, lr=Number, seconds=Number,
+                           lr_last=(Number | None, None), images_per_s=(Number | None, None))
+SplitMetrics = create_model("SplitMetrics", __config__=OPEN, loss=Number, top1=Number, k=Count, count=Count,
+                            superclass_top1=(Number | None, None))
+Detail = create_model("Detail", __config__=OPEN, per_class=(list[Number], []), confusion=(list[list[Count]], []))
+MetricsFile = create_model("MetricsFile", __config__=OPEN, best_epoch=Count, val=SplitMetrics, test=SplitMetrics,
+                           classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
+                           test_detail=(Detail, Detail()))
+Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[int, Strict(), Field(ge=1)], val=dict,
+                         how=Annotated[str, Strict()], factors=list[Factor] | None)  # factors: the refit's rates
 
 
 def topk_of(split: dict) -> float | None:
@@ -419,20 +429,25 @@ def topk_named(record: dict, k: int) -> dict:
     """An epoch record with its `val_top5` named by the run's k (`val_top3` for 3 classes), in its place."""
     return {(f"val_top{k}" if key == "val_top5" else key): value for key, value in record.items()}
 
-def _is(value, kind: str) -> bool:
-    if isinstance(value, bool):
-        return False
-    if kind == NUMBER:
-        return isinstance(value, (int, float))
-    if kind == COUNT:
-        return isinstance(value, int) and value >= 0
-    if kind == MAPPING:
-        return isinstance(value, dict)
-    return isinstance(value, list) and bool(value) and all(isinstance(name, str) for name in value)
+
+def _validated(model: type[BaseModel], value, path: Path, where: str, fix: str = REDO):
+    """`value` checked as `model`; pydantic's first objection as one line that names the file."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key, described = "'" + ".".join(map(str, first["loc"])) + "'", _described(first["input"])
+        if not first["loc"]:
+            problem = f"{where} is {described}, not a JSON object"
+        elif first["type"] == "missing":
+            problem = f"{where} lacks {key}"
+        else:
+            problem = f"{where}: {key} is {described} ({first['msg'][0].lower()}{first['msg'][1:]})"
+        raise _damaged(path, problem, fix) from None
 
 
-def _damaged(path: Path, what: str) -> UserError:
-    return UserError(f"{printable(path)} is damaged: {what}; train the run again or restore the file")
+def _damaged(path: Path, what: str, fix: str = REDO) -> UserError:
+    return UserError(f"{printable(path)} is damaged: {what}; {fix}")
 
 
 def _described(value) -> str:
@@ -440,41 +455,19 @@ def _described(value) -> str:
         type(value), f"{value!r}")
 
 
-def _check_fields(record, fields: dict, where: str, path: Path, optional: dict | None = None) -> None:
-    """Every key of `fields` is there with its kind; a key of `optional` may be missing or null, else of its kind."""
-    if not isinstance(record, dict):
-        raise _damaged(path, f"{where} is {_described(record)}, not {MAPPING}")
-    for key in fields:
-        if key not in record:
-            raise _damaged(path, f"{where} lacks '{key}'")
-    present = {key: kind for key, kind in (optional or {}).items() if record.get(key) is not None}
-    for key, kind in {**fields, **present}.items():
-        if not _is(record[key], kind):
-            raise _damaged(path, f"{where}: '{key}' is {_described(record[key])}, not {kind}")
-
-
 def _check_topk(value, key: str, where: str, path: Path) -> None:
     if value is None:
         raise _damaged(path, f"{where} lacks '{key}'")
-    if not _is(value, NUMBER):
-        raise _damaged(path, f"{where}: '{key}' is {_described(value)}, not {NUMBER}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _damaged(path, f"{where}: '{key}' is {_described(value)}, not a number")
 
 
 def _check_metrics(metrics, path: Path) -> None:
-    _check_fields(metrics, METRICS_FIELDS, "the file", path)
+    checked = _validated(MetricsFile, metrics, path, "the file")
     for split in ("val", "test"):
-        _check_fields(metrics[split], SPLIT_FIELDS, f"'{split}'", path)
         _check_topk(topk_of(metrics[split]), f"top{metrics[split]['k']}", f"'{split}'", path)
-        extra = metrics[split].get("superclass_top1")
-        if extra is not None and not _is(extra, NUMBER):
-            raise _damaged(path, f"'{split}': 'superclass_top1' is {_described(extra)}, not {NUMBER}")
-    detail = metrics.get("test_detail", {})
-    if not isinstance(detail, dict):
-        raise _damaged(path, f"'test_detail' is {_described(detail)}, not {MAPPING}")
-    k = len(metrics["classes"])
-    per_class, confusion = detail.get("per_class", []), detail.get("confusion", [])
-    if not (isinstance(per_class, list) and all(_is(v, NUMBER) for v in per_class) and len(per_class) in (0, k)):
+    k, detail = len(checked.classes), checked.test_detail
+    if len(detail.per_class) not in (0, k):
         raise _damaged(path, f"'test_detail': 'per_class' is not a list of {k} numbers (one per class)")
-    if not (isinstance(confusion, list) and len(confusion) in (0, k)
-            and all(isinstance(row, list) and len(row) == k and all(_is(v, COUNT) for v in row) for row in confusion)):
+    if len(detail.confusion) not in (0, k) or any(len(row) != k for row in detail.confusion):
         raise _damaged(path, f"'test_detail': 'confusion' is not a {k}x{k} matrix of counts")
