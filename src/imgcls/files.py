@@ -41,7 +41,7 @@ def check_output_file(option: str, path: Path, example: str) -> None:
     if not path.parent.is_dir() and _nearest(path.parent).is_dir():
         raise UserError(f"{option} {printable(path)}: the folder {printable(path.parent)} does not exist; create it "
                         f"first")
-    _check_writable(option, path, _nearest(path.parent))
+    check_writable(option, path, _nearest(path.parent))
 
 
 def make_output_folder(option: str, path: Path) -> None:
@@ -51,7 +51,7 @@ def make_output_folder(option: str, path: Path) -> None:
         what = "a file" if path.is_file() else _kind(path)
         raise UserError(f"{option} {printable(path)} is {what}, not a folder; give a folder name (it is made if "
                         f"absent)")
-    _check_writable(option, path, _nearest(path))
+    check_writable(option, path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -70,8 +70,10 @@ def _nearest(path: Path) -> Path:
     return next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
 
 
-def _check_writable(option: str, path: Path, existing: Path) -> None:
-    """`existing`, where `path` goes (or the nearest existing folder above it), is a folder one can write in."""
+def check_writable(option: str, path: Path, existing: Path | None = None) -> None:
+    """`existing`, where `path` goes (by default the path or its nearest existing folder), is a folder one can
+    write in."""
+    existing = existing or _nearest(path)
     if not existing.is_dir():
         raise UserError(f"{option} {printable(path)}: {printable(existing)} is a file, not a folder; choose a path in "
                         f"a folder")

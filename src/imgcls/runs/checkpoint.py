@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-import torch
+from typing import Annotated
 
-from imgcls.errors import UserError
+import torch
+from pydantic import ConfigDict, Field, Strict, ValidationError, create_model
+
+from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import write_atomic
 from imgcls.runs.rundir import RunDir
 
@@ -26,6 +29,10 @@ RUNNING_SUMS = ("loss_sum", "weight_sum", "correct")
 VELOCITIES = ("velocity.weight", "velocity.bias")
 SAVED_PROGRESS = ("seen", "seconds", "history", "best_epoch", "best_val", "lr_first")
 STACK_KEY = "models"  # a file of several models (a sweep's stack): how many; each one's tensors under "<i>/"
+Count, Side = Annotated[int, Strict(), Field(ge=0)], Annotated[int, Strict(), Field(ge=1)]
+Meta = create_model("Meta", __config__=ConfigDict(extra="allow"), dataset=str, config=dict, epoch=Count, seed=Count,
+                    classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
+                    input_shape=tuple[Side, Side, Side], superclass_of=(list[Count] | None, None))
 
 
 @dataclass
@@ -181,7 +188,7 @@ def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.T
                                 {name[len("state."):]: value for name, value in tensors.items()})
         _check_consistent(checkpoint)
     except (KeyError, ValueError, TypeError, RecursionError) as error:
-        reason = f"no {error} in it" if isinstance(error, KeyError) else str(error)
+        reason = f"it lacks {error}" if isinstance(error, KeyError) else str(error)
         raise UserError(f"{path} is a damaged imgcls checkpoint ({reason}); use another checkpoint") from None
     return checkpoint
 
@@ -210,26 +217,18 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
     from imgcls.data.registry import DATASET_NAMES
 
     meta = checkpoint.meta
-    if not isinstance(meta, dict):
-        raise ValueError("its metadata is not a JSON object")
-    classes, shape = meta["classes"], meta["input_shape"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
-        raise ValueError("'classes' is not a list of class names")
-    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(side) and side >= 1 for side in shape):
-        raise ValueError("'input_shape' is not three positive whole numbers (C, H, W)")
+    try:
+        checked = Meta.model_validate(meta)
+    except ValidationError as error:
+        raise ValueError(validation_problem(error, "its metadata")) from None
+    classes, shape = checked.classes, checked.input_shape
     if shape[0] not in (1, 3):
         raise ValueError(f"'input_shape' has {shape[0]} channels; imgcls models see grey (1) or colour (3) images")
     if meta["dataset"] not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {str(meta['dataset'])[:40]!r}")
-    for key in ("epoch", "seed"):
-        if not _is_int(meta[key]) or meta[key] < 0:
-            raise ValueError(f"'{key}' is not a whole number of 0 or more")
-    superclass_of = meta.get("superclass_of")
-    if superclass_of is not None and (not isinstance(superclass_of, list) or len(superclass_of) != len(classes)
-                                      or not all(_is_int(index) and index >= 0 for index in superclass_of)):
+        raise ValueError(f"unknown dataset {shown(meta['dataset'])}")
+    if checked.superclass_of is not None and len(checked.superclass_of) != len(classes):
         raise ValueError("'superclass_of' is not one superclass index per class")
     meta["config"] = _checked_config(meta["config"], len(classes))
-    shape = tuple(shape)
     expected = (len(classes), shape[0] * shape[1] * shape[2])
     tensors = {"weight": (checkpoint.weight, expected), "bias": (checkpoint.bias, (len(classes),)),
                "norm.mean": (checkpoint.mean, shape), "norm.std": (checkpoint.std, shape)}
@@ -247,7 +246,7 @@ def _checked_config(saved, num_classes: int) -> dict:
     """The saved config, whole, if imgcls could have run it (keys of a later imgcls are passed over)."""
     from imgcls.config import Config
 
-    if not isinstance(saved, dict) or not all(isinstance(values, dict) for values in saved.values()):
+    if not all(isinstance(values, dict) for values in saved.values()):
         raise ValueError("'config' is not a mapping of sections")
     try:
         config = Config.from_dict(saved, "the checkpoint", strict=False)
@@ -257,7 +256,3 @@ def _checked_config(saved, num_classes: int) -> dict:
     if isinstance(weights, list) and len(weights) != num_classes:
         raise ValueError(f"its config has {len(weights)} class weights for {num_classes} classes")
     return config.to_dict()
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,17 +1,5 @@
-"""The run folder: what a run leaves behind, where, and written so that none of it is ever half a file.
-
-    config.yaml        the resolved config; `imgcls train --config RUN/config.yaml` repeats the run (in a new folder)
-    epochs.jsonl       one JSON object per epoch (train loss and top-1, validation metrics, rate, time)
-    metrics.csv        the same records as a CSV table, one row an epoch, epochs.jsonl's keys as its columns
-    metrics.json       {"val": {...}, "test": {...}}: held-out figures of the chosen epoch, test of the kept model
-    best.safetensors   the run's model: the refit on all training images (--no-refit: the best validation epoch)
-    last.safetensors   the checkpoint after the last epoch
-    selection.json     what the run chose on held-out images (settings, epochs) before its refit
-    diverged.txt       only after training diverged: why (resuming would diverge again)
-
-While a run (or its resumption) is under way, its process holds a lock on .imgcls.lock in the folder (filelock),
-which also notes its pid, so that a second run cannot mix its files into it.
-"""
+"""The run folder (docs/guide.md describes each file): what a run leaves behind, each file written whole and read
+back checked. While a run writes it, its process holds .imgcls.lock there (filelock), which notes its pid."""
 
 from __future__ import annotations
 
@@ -30,13 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 from filelock import FileLock, Timeout
 
-from imgcls.errors import UserError
-from imgcls.files import (
-    printable,
-    remove_stale_temporaries,
-    write_json_atomic,
-    write_text_atomic,
-)
+from imgcls.errors import UserError, shown, validation_problem
+from imgcls.files import check_writable, printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -106,11 +89,7 @@ class RunDir:
         path = Path(out) if out else _default_folder(dataset)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} is a file, not a folder; choose another --out")
-        existing = next((folder for folder in (path, *path.absolute().parents) if folder.exists()), None)
-        if existing is not None and not existing.is_dir():
-            raise UserError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
-        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"--out {path}: {existing} is not writable; choose another --out")
+        check_writable("--out", path)
         run = cls(path)
         if path.is_dir() and not overwrite:
             run._refuse_to_replace()
@@ -435,31 +414,18 @@ def _validated(model: type[BaseModel], value, path: Path, where: str, fix: str =
     try:
         return model.model_validate(value)
     except ValidationError as error:
-        first = error.errors()[0]
-        key, described = "'" + ".".join(map(str, first["loc"])) + "'", _described(first["input"])
-        if not first["loc"]:
-            problem = f"{where} is {described}, not a JSON object"
-        elif first["type"] == "missing":
-            problem = f"{where} lacks {key}"
-        else:
-            problem = f"{where}: {key} is {described} ({first['msg'][0].lower()}{first['msg'][1:]})"
-        raise _damaged(path, problem, fix) from None
+        raise _damaged(path, validation_problem(error, where), fix) from None
 
 
 def _damaged(path: Path, what: str, fix: str = REDO) -> UserError:
     return UserError(f"{printable(path)} is damaged: {what}; {fix}")
 
 
-def _described(value) -> str:
-    return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
-        type(value), f"{value!r}")
-
-
 def _check_topk(value, key: str, where: str, path: Path) -> None:
     if value is None:
         raise _damaged(path, f"{where} lacks '{key}'")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _damaged(path, f"{where}: '{key}' is {_described(value)}, not a number")
+        raise _damaged(path, f"{where}: '{key}' is {shown(value)}, not a number")
 
 
 def _check_metrics(metrics, path: Path) -> None:

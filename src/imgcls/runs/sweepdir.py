@@ -1,13 +1,6 @@
-"""The sweep folder: what `imgcls sweep` leaves behind, each file written whole, locked as a run folder is.
-
-    sweep.yaml     the base config and each option's values; `--resume DIR` rebuilds the grid from it
-    points/NNN/    one run folder per point (rundir.py's layout)
-    resume/        group-NNN.safetensors: the state of each group of stacked points, all that `--resume` trusts
-    sweep.json     one record per point, and which point validation chose; sweep.csv the same as a table
-    sweep.png      validation top-1 over the grid (figures.py)
-    best           a link to the chosen point's run folder
-    refit/         the chosen point trained again on all training images (--no-refit: none): the sweep's model
-"""
+"""The sweep folder (docs/guide.md describes each file): sweep.yaml, a run folder per point under points/, each
+group's resumable state under resume/, sweep.json and .csv, sweep.png, best (a link to the chosen point) and refit/.
+Each file is written whole; the folder is locked as a run folder is."""
 
 from __future__ import annotations
 
