@@ -102,10 +102,10 @@ def move(source: Path, target: Path) -> None:
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary_path), then move the finished file to `path`."""
-    if path.exists() and not path.is_file():  # renaming over a device or FIFO would replace it
-        raise UserError(f"cannot write {printable(path)}: it is {_kind(path)}, not a file; choose a file name")
     temporary = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
+        if path.exists() and not path.is_file():  # renaming over a device or FIFO would replace it
+            raise UserError(f"cannot write {printable(path)}: it is {_kind(path)}, not a file; choose a file name")
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0666 less the umask, as open()
     except OSError as error:  # no file can be made there at all (a folder one cannot create files in)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
 from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import check_writable, printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
@@ -263,8 +263,12 @@ class RunDir:
             return (f"the run is finished; interrupted while drawing figures or writing report.html: `imgcls report "
                     f"{path} --html` draws them and writes it")
         if self.resumable() and (resumed or "last.safetensors" in written):
-            done, planned = self._epochs_done(), self._epochs_planned()
-            if planned is not None and done >= planned:
+            try:
+                done = len(self.read_epochs())
+            except UserError:
+                done = 0
+            planned = self._saved_setting("train", "epochs")
+            if isinstance(planned, int) and done >= planned:
                 return (f"training finished and checkpoints are whole; interrupted during the final test evaluation: "
                         f"`imgcls train --resume {path}` finishes it")
             return (f"interrupted after {done} finished epoch(s), whose checkpoints are whole: "
@@ -274,16 +278,6 @@ class RunDir:
                     "same command again with --overwrite")
         return ("interrupted before training began (loading the data, or the --lr auto search): nothing was written; "
                 "run the same command again")
-
-    def _epochs_done(self) -> int:
-        try:
-            return len(self.read_epochs())
-        except UserError:
-            return 0
-
-    def _epochs_planned(self) -> int | None:
-        epochs = self._saved_setting("train", "epochs")
-        return epochs if isinstance(epochs, int) else None
 
     def _saved_setting(self, section: str, key: str):
         """One value of config.yaml; None if it cannot be read."""
