@@ -67,8 +67,8 @@ def test_a_checkpoint_from_a_newer_format_version(cli, small_run, tmp_path, asse
 
 
 @pytest.mark.parametrize("name, change, words", [
-    ("no-config", {"meta": lambda m: m.pop("config")}, ["no 'config'"]),
-    ("no-dataset", {"meta": lambda m: m.pop("dataset")}, ["no 'dataset'"]),
+    ("no-config", {"meta": lambda m: m.pop("config")}, ["lacks 'config'"]),
+    ("no-dataset", {"meta": lambda m: m.pop("dataset")}, ["lacks 'dataset'"]),
     ("seed-text", {"meta": lambda m: m.update(seed="x")}, ["'seed'"]),
     ("unknown-dataset", {"meta": lambda m: m["config"]["data"].update(dataset="nope")}, ["config", "nope"]),
     ("dataset-number", {"meta": lambda m: m["config"]["data"].update(dataset=5)}, ["data.dataset"]),
@@ -82,7 +82,7 @@ def test_a_checkpoint_from_a_newer_format_version(cli, small_run, tmp_path, asse
     ("format-odd", {"metadata": lambda m: m.update(imgcls_format="\u00b2")}, ["format version"]),
     ("format-negative", {"metadata": lambda m: m.update(imgcls_format="-1")}, ["format version"]),
     ("bias-shape", {"tensors": lambda t: t.update(bias=torch.zeros(3))}, ["bias (3,)"]),
-    ("no-bias", {"tensors": lambda t: t.pop("bias")}, ["no 'bias'"]),
+    ("no-bias", {"tensors": lambda t: t.pop("bias")}, ["lacks 'bias'"]),
     ("weight-int", {"tensors": lambda t: t.update(weight=t["weight"].to(torch.int32))}, ["weight", "floating"]),
     ("weight-nan", {"tensors": lambda t: t.update(weight=t["weight"] * float("nan"))}, ["weight", "finite"]),
     ("std-zero", {"tensors": lambda t: t.update({"norm.std": torch.zeros_like(t["norm.std"])})}, ["norm.std"]),

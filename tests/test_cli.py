@@ -859,17 +859,16 @@ def test_report_on_a_read_only_run_folder_still_prints_and_notes_the_figures(cli
     """The figures cannot be redrawn in a read-only run folder: the report is printed all the same, with one
     note line, and exit code 0."""
     import errno
-    import tempfile
 
     run = small_run[1]
-    real_mkstemp = tempfile.mkstemp
+    real_open = os.open
 
-    def read_only(**kw):
-        if str(kw.get("dir")) == str(run):
+    def read_only(path, *args, **kw):
+        if Path(path).parent == run and str(path).endswith(".tmp"):
             raise OSError(errno.EROFS, "Read-only file system")
-        return real_mkstemp(**kw)
+        return real_open(path, *args, **kw)
 
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(os, "open", read_only)
     result = cli("report", run)
     assert result.exit_code == 0, plain(result.output)
     assert "top-1" in plain(result.stdout).lower()

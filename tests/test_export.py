@@ -115,7 +115,6 @@ def test_output_paths_that_cannot_be_written_are_one_line(cli, assert_user_error
     where no file can be made; each named, nothing of the user's touched."""
     import errno
     import os
-    import tempfile
 
     run = small_run[1]
     taken = tmp_path / "taken"
@@ -135,8 +134,9 @@ def test_output_paths_that_cannot_be_written_are_one_line(cli, assert_user_error
     assert_user_error(cli(*templates, read_only / "tpl"), str(read_only), "read-only file system")
     assert_user_error(cli("export", run, "--format", "npz", "--out", read_only / "m.npz"), str(read_only),
                       "read-only file system")
-    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(
-        FileNotFoundError(errno.ENOENT, "No such file or directory")))
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args, **kw: (_ for _ in ()).throw(FileNotFoundError(
+        errno.ENOENT, "No such file or directory")) if str(path).endswith(".tmp") else real_open(path, *args, **kw))
     assert_user_error(cli("export", run, "--format", "npz", "--out", tmp_path / "m.npz"), str(tmp_path / "m.npz"),
                       "no file can be made in", "choose a writable folder")
     assert not list(tmp_path.glob("m.*"))

@@ -9,6 +9,7 @@ import torch
 
 from imgcls.config import check_device_name
 from imgcls.errors import UserError
+from imgcls.memory import available_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,12 +39,7 @@ def set_precision(precision: str, device: torch.device) -> torch.dtype | None:
 def auto_batch_size(num_images: int, features: int, num_classes: int, device: torch.device) -> int:
     """The course's rule of thumb: the largest power of two that fits in memory, capped by the training set."""
     per_image = features * 4 * 2 + features + num_classes * 4 * 4  # float batch and its copy, uint8 rows, scores
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        import os
-
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory() or 2 ** 30
     fits = max(1, int(0.5 * free) // per_image)
     limit = min(fits, num_images)
     return 1 << (limit.bit_length() - 1)
@@ -52,12 +48,7 @@ def auto_batch_size(num_images: int, features: int, num_classes: int, device: to
 @contextmanager
 def cpu_threads(threads: int | None):
     """torch's CPU thread count for a run (`--threads`), restored after; None keeps torch's default, all cores.
-
-    A run uses one count throughout: the count can change a matrix product's last bits, so switching it
-    mid-run would break the bit-for-bit resume. All cores make a CIFAR-10 step at batch 128 about 2x faster
-    than one on an idle machine, but when another program keeps a core busy OpenMP's threads wait for each
-    other at every operation, and one thread was 3x faster (both measured here, on 2 cores): without
-    --threads, train() asks step_threads once the step's size is known."""
+    One count throughout a run: the count can change a matrix product's last bits, and resume is bit-exact."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -67,9 +58,8 @@ def cpu_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-# Multiply-adds in a step's product: below SMALL_PRODUCT one thread, without timing (CIFAR-10 at batch 128 is
-# 4 million; there all cores win at most 2x on an idle machine, but lose several times over, for the whole run,
-# if another program takes a core later); beyond BIG_PRODUCT all cores, whatever the load; between, timed.
+# Multiply-adds in a step's product: below SMALL_PRODUCT one thread (all cores lose several times over when
+# another program takes a core: docs/performance.md); beyond BIG_PRODUCT all cores; between, timed.
 SMALL_PRODUCT = 1 << 26
 BIG_PRODUCT = 1 << 30
 CLEAR_WIN = 1.25  # all cores must be this much faster than one to be chosen: one thread keeps its pace under load
@@ -77,10 +67,8 @@ CLEAR_WIN = 1.25  # all cores must be this much faster than one to be chosen: on
 
 def step_threads(threads: int | None, batch_size: int, features: int, classes: int, device: torch.device,
                  world: int = 1) -> int | None:
-    """The run's CPU thread count: `threads` if given (--threads), else, for a CPU run in one process, one
-    thread for a small step, all cores for a large one, and between, whichever does the step's products faster
-    on this machine now (timed here, in well under a second). The count is set for torch and returned, for the
-    run's config.yaml, so that a resumed run uses it again."""
+    """The run's CPU thread count, set for torch and returned for config.yaml (a resumed run uses it again):
+    `threads` if given, else by the step's size (SMALL_PRODUCT, BIG_PRODUCT), timed between."""
     if threads is not None or device.type != "cpu" or world > 1:
         return threads
     cores, product = torch.get_num_threads(), batch_size * features * classes

@@ -1,13 +1,8 @@
 """Several processes under torchrun: each computes the gradient of its part of every global batch, and the
-gradients are summed across them (engine.py), so every process makes the same update.
+gradients are summed across them (engine.py), so every process makes the same update. We join torchrun's process
+group (NCCL on GPUs, gloo on CPUs) and launch nothing; outside torchrun every function is a no-op for a world of one.
 
-torchrun starts the processes and sets RANK, WORLD_SIZE and LOCAL_RANK; we join its process
-group (NCCL on GPUs, gloo on CPUs) and nothing else: no launcher of our own. Outside torchrun every
-function here is a no-op for a world of one.
-
-torch is imported by the functions that use it, not by the module: the command line ends every command
-(`--help` too) through exit_process, and must not wait for torch to do so; nor for Python to tear torch
-down again (exit_process ends the process without finalizing it).
+torch is imported inside the functions: every command (`--help` too) ends through exit_process, without torch.
 """
 
 from __future__ import annotations
@@ -38,9 +33,8 @@ class Shard:
 
 
 def launched_by_torchrun() -> bool:
-    """True in a process torchrun started for a world of several; a UserError for a half-set environment
-    (WORLD_SIZE or RANK left over from another job), which would otherwise wait for processes that never
-    come, or make this one keep silent as if it were not the main one."""
+    """True in a process torchrun started for a world of several; a UserError for a half-set environment (WORLD_SIZE
+    or RANK left over from another job), which would wait for processes that never come, or keep this one silent."""
     from imgcls.errors import UserError
 
     world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
@@ -128,33 +122,22 @@ def from_main(value):
 
 
 def world_size() -> int:
-    """The number of processes torchrun started (1 outside torchrun, or with a WORLD_SIZE that is not a number,
-    which launched_by_torchrun refuses)."""
+    """The number of processes torchrun started (1 outside torchrun, or where WORLD_SIZE is not a number)."""
     world = os.environ.get("WORLD_SIZE", "1")
     return int(world) if world.isdigit() else 1
 
 
 def exit_process(code: int) -> NoReturn:
-    """Exit without finalizing the interpreter. Every command has finished its work and closed its files here
-    (its run folder's lock too); only the streams need flushing. Finalizing would only tear down what was
-    imported, half a second to a second with torch and matplotlib loaded on these CPUs, at the end of every
-    command. Under torchrun it would also risk an abort: gloo's worker threads can still hold the last
-    collective's tensors after the process group is destroyed, and when one releases them while Python
-    finalizes, the process aborts (pytorch/pytorch#179291 describes it) and torchrun kills the other
-    processes, perhaps while the main one writes the run's files. A normal exit where something still
-    needs one: a profiler or a coverage tracer (its data is written at exit), or child processes still running
-    (outside torchrun), which multiprocessing ends at exit."""
+    """Exit without finalizing the interpreter, once every file is closed: tearing torch down costs up to a second,
+    and under torchrun can abort (docs/development.md). A normal exit where a profiler, a coverage tracer or child
+    processes still need one."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (imgcls ... | head), a closed stream: nothing to keep
             pass
-    if world_size() > 1 or not _exit_needs_python():
-        os._exit(code)
-    sys.exit(code)
-
-
-def _exit_needs_python() -> bool:
     import multiprocessing
 
-    return sys.getprofile() is not None or sys.gettrace() is not None or bool(multiprocessing.active_children())
+    if world_size() > 1 or not (sys.getprofile() or sys.gettrace() or multiprocessing.active_children()):
+        os._exit(code)
+    sys.exit(code)

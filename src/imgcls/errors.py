@@ -28,6 +28,22 @@ def shown(value: object) -> str:
     return text if len(text) <= SHOWN_LENGTH else text[:SHOWN_LENGTH - 3] + "..."
 
 
+def validation_problem(error, where: str) -> str:
+    """pydantic's first objection to a file's contents in a message's words, about `where` (a file, a line of one)."""
+    first = error.errors()[0]
+    key, value = "'" + ".".join(map(str, first["loc"])) + "'", _described(first["input"])
+    if not first["loc"]:
+        return f"{where} is {value}, not a JSON object"
+    if first["type"] == "missing":
+        return f"{where} lacks {key}"
+    return f"{where}: {key} is {value} ({first['msg'][0].lower()}{first['msg'][1:]})"
+
+
+def _described(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
+        type(value), shown(value))
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)

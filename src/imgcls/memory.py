@@ -1,5 +1,5 @@
-"""How much memory this machine can give a command, so that a size option too large for it is refused at
-once with one clear line, rather than ending in the kernel's out-of-memory killer or deep inside torch."""
+"""How much memory this machine can give: a size option too large for it is refused at once in one line, rather
+than ending in the out-of-memory killer or deep inside torch."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from imgcls.errors import UserError
 
 
 def available_memory() -> int | None:
-    """Bytes the system can give without swapping (Linux's MemAvailable), else all of its physical memory;
-    None where neither is known (then the allocation itself decides)."""
+    """Bytes the system can give without swapping (Linux's MemAvailable), else its physical memory; None where
+    neither is known (then the allocation itself decides)."""
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:

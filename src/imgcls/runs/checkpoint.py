@@ -1,9 +1,7 @@
-"""Checkpoints: one safetensors file that carries everything needed to use the model alone.
+"""Checkpoints: one safetensors file that carries everything needed to use the model alone, and never unpickled.
 
-Tensors: the weights and the normalization statistics (and, in a resumable checkpoint, the
-momentum of W and b and the epoch's running sums; a stack's models may share one file). Metadata: one JSON string with
-the dataset, class names, input shape, resolved config, seed, epoch and format version.
-Loading never unpickles anything, so a checkpoint cannot run code.
+Tensors: the weights and normalization statistics (resumable: also the momentum and the epoch's running sums; a
+stack's models may share one file). Metadata: one JSON string with dataset, classes, input shape, config, seed, epoch.
 """
 
 from __future__ import annotations
@@ -11,9 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-import torch
+from typing import Annotated
 
-from imgcls.errors import UserError
+import torch
+from pydantic import ConfigDict, Field, Strict, ValidationError, create_model
+
+from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import write_atomic
 from imgcls.runs.rundir import RunDir
 
@@ -28,12 +29,15 @@ RUNNING_SUMS = ("loss_sum", "weight_sum", "correct")
 VELOCITIES = ("velocity.weight", "velocity.bias")
 SAVED_PROGRESS = ("seen", "seconds", "history", "best_epoch", "best_val", "lr_first")
 STACK_KEY = "models"  # a file of several models (a sweep's stack): how many; each one's tensors under "<i>/"
+Count, Side = Annotated[int, Strict(), Field(ge=0)], Annotated[int, Strict(), Field(ge=1)]
+Meta = create_model("Meta", __config__=ConfigDict(extra="allow"), dataset=str, config=dict, epoch=Count, seed=Count,
+                    classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
+                    input_shape=tuple[Side, Side, Side], superclass_of=(list[Count] | None, None))
 
 
 @dataclass
 class ResumeState:
-    """What a resumable checkpoint holds beyond the model, read back as the run saved it; resume.py checks every
-    piece against the run before it uses any."""
+    """What a resumable checkpoint holds beyond the model, as saved; resume.py checks every piece before using any."""
     schedule: dict  # the plateau schedule's state
     velocities: list[torch.Tensor]  # VELOCITIES, in that order
     sums: list[torch.Tensor]  # RUNNING_SUMS, in that order
@@ -95,19 +99,7 @@ class Checkpoint:
 
 
 def save(path: Path, checkpoint: Checkpoint) -> None:
-    from safetensors.torch import save as serialize
-
-    tensors = {name: value.detach().cpu().contiguous() for name, value in _tensors(checkpoint).items()}
-    metadata = _metadata(checkpoint)
-    # Serialized in memory, written by Python: a full disk is then an OSError that write_atomic reports as
-    # such (safetensors' own file writer raises a SafetensorError that hides the errno).
-    content = serialize(tensors, metadata=metadata)
-    write_atomic(path, lambda temporary: temporary.write_bytes(content))
-
-
-def _metadata(checkpoint: Checkpoint) -> dict[str, str]:
-    version = FORMAT_VERSION if checkpoint.resumable else MODEL_FORMAT
-    return {FORMAT_KEY: str(version), "meta": json.dumps(checkpoint.meta)}
+    save_stack(path, [checkpoint])
 
 
 def save_stack(path: Path, checkpoints: list[Checkpoint]) -> None:
@@ -116,13 +108,18 @@ def save_stack(path: Path, checkpoints: list[Checkpoint]) -> None:
     from safetensors.torch import save as serialize
 
     if len(checkpoints) == 1:
-        return save(path, checkpoints[0])
-    tensors, metadata = {}, {FORMAT_KEY: str(FORMAT_VERSION), STACK_KEY: str(len(checkpoints))}
-    for index, checkpoint in enumerate(checkpoints):
-        tensors.update({f"{index}/{name}": value.detach().cpu().clone()  # its own memory: never a shared view
-                        for name, value in _tensors(checkpoint).items()})
-        metadata[f"{index}/meta"] = _metadata(checkpoint)["meta"]
-    content = serialize(tensors, metadata=metadata)
+        [checkpoint] = checkpoints
+        version = FORMAT_VERSION if checkpoint.resumable else MODEL_FORMAT
+        tensors, metadata = _tensors(checkpoint), {FORMAT_KEY: str(version), "meta": json.dumps(checkpoint.meta)}
+    else:
+        tensors = {f"{index}/{name}": value for index, checkpoint in enumerate(checkpoints)
+                   for name, value in _tensors(checkpoint).items()}
+        metadata = {FORMAT_KEY: str(FORMAT_VERSION), STACK_KEY: str(len(checkpoints)),
+                    **{f"{index}/meta": json.dumps(checkpoint.meta) for index, checkpoint in enumerate(checkpoints)}}
+    # each tensor in its own memory (never a shared view), serialized here and written by Python: a full disk is
+    # then an OSError that write_atomic reports (safetensors' own writer hides the errno)
+    content = serialize({name: value.detach().cpu().clone(memory_format=torch.contiguous_format)
+                         for name, value in tensors.items()}, metadata=metadata)
     write_atomic(path, lambda temporary: temporary.write_bytes(content))
 
 
@@ -191,23 +188,20 @@ def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.T
                                 {name[len("state."):]: value for name, value in tensors.items()})
         _check_consistent(checkpoint)
     except (KeyError, ValueError, TypeError, RecursionError) as error:
-        reason = f"no {error} in it" if isinstance(error, KeyError) else str(error)
+        reason = f"it lacks {error}" if isinstance(error, KeyError) else str(error)
         raise UserError(f"{path} is a damaged imgcls checkpoint ({reason}); use another checkpoint") from None
     return checkpoint
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The file's metadata and tensors. Read whole, by Python: safetensors' own file reader takes only paths
-    that are valid UTF-8, and checkpoints are small."""
+    """The file's metadata and tensors, read whole by Python (safetensors' reader takes only UTF-8 paths)."""
     from safetensors.torch import load as deserialize
 
     content = path.read_bytes()
     tensors = deserialize(content)  # checks the header and every tensor's place in the file
     header = json.loads(content[8:8 + int.from_bytes(content[:8], "little")])
     metadata = header.get("__metadata__") or {}
-    # Fresh, aligned memory for every tensor: deserialized tensors may be only 4-byte aligned, and BLAS rounds
-    # differently with a buffer's alignment, so a momentum buffer used in place would make a resumed run drift
-    # from an unbroken one (in the last bits, on some CPUs).
+    # fresh, aligned memory: BLAS rounds by a buffer's alignment, and resume is bit-exact (docs/development.md)
     tensors = {name: tensor.clone() for name, tensor in tensors.items()}
     return {key: value for key, value in metadata.items() if isinstance(value, str)}, tensors
 
@@ -218,31 +212,23 @@ def _format_version(text: str) -> int | None:
 
 
 def _check_consistent(checkpoint: Checkpoint) -> None:
-    """Everything eval, export-templates and resume read from a checkpoint is what it should be: a file is never
-    trusted, and a damaged one is refused here rather than failing somewhere later."""
+    """Everything eval, export-templates and resume read from a checkpoint is what it should be: a damaged file is
+    refused here rather than failing somewhere later."""
     from imgcls.data.registry import DATASET_NAMES
 
     meta = checkpoint.meta
-    if not isinstance(meta, dict):
-        raise ValueError("its metadata is not a JSON object")
-    classes, shape = meta["classes"], meta["input_shape"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
-        raise ValueError("'classes' is not a list of class names")
-    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(side) and side >= 1 for side in shape):
-        raise ValueError("'input_shape' is not three positive whole numbers (C, H, W)")
+    try:
+        checked = Meta.model_validate(meta)
+    except ValidationError as error:
+        raise ValueError(validation_problem(error, "its metadata")) from None
+    classes, shape = checked.classes, checked.input_shape
     if shape[0] not in (1, 3):
         raise ValueError(f"'input_shape' has {shape[0]} channels; imgcls models see grey (1) or colour (3) images")
     if meta["dataset"] not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {str(meta['dataset'])[:40]!r}")
-    for key in ("epoch", "seed"):
-        if not _is_int(meta[key]) or meta[key] < 0:
-            raise ValueError(f"'{key}' is not a whole number of 0 or more")
-    superclass_of = meta.get("superclass_of")
-    if superclass_of is not None and (not isinstance(superclass_of, list) or len(superclass_of) != len(classes)
-                                      or not all(_is_int(index) and index >= 0 for index in superclass_of)):
+        raise ValueError(f"unknown dataset {shown(meta['dataset'])}")
+    if checked.superclass_of is not None and len(checked.superclass_of) != len(classes):
         raise ValueError("'superclass_of' is not one superclass index per class")
     meta["config"] = _checked_config(meta["config"], len(classes))
-    shape = tuple(shape)
     expected = (len(classes), shape[0] * shape[1] * shape[2])
     tensors = {"weight": (checkpoint.weight, expected), "bias": (checkpoint.bias, (len(classes),)),
                "norm.mean": (checkpoint.mean, shape), "norm.std": (checkpoint.std, shape)}
@@ -257,11 +243,10 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
 
 
 def _checked_config(saved, num_classes: int) -> dict:
-    """The resolved config saved in the checkpoint must be one imgcls could have run (keys it does not know, from a
-    later imgcls, are passed over); returns it whole, every key present."""
+    """The saved config, whole, if imgcls could have run it (keys of a later imgcls are passed over)."""
     from imgcls.config import Config
 
-    if not isinstance(saved, dict) or not all(isinstance(values, dict) for values in saved.values()):
+    if not all(isinstance(values, dict) for values in saved.values()):
         raise ValueError("'config' is not a mapping of sections")
     try:
         config = Config.from_dict(saved, "the checkpoint", strict=False)
@@ -271,7 +256,3 @@ def _checked_config(saved, num_classes: int) -> dict:
     if isinstance(weights, list) and len(weights) != num_classes:
         raise ValueError(f"its config has {len(weights)} class weights for {num_classes} classes")
     return config.to_dict()
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

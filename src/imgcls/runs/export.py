@@ -1,16 +1,9 @@
 """Models out: a checkpoint as a file other programs run without imgcls.
 
-onnx and torchscript: one graph from the raw input to the scores. An image model takes uint8 pixels
-(N, C, H, W) and a features model float32 features (N, D); the normalization is inside, as the same
-multiply-add training used (pixel * scale - shift, data.batches.PixelNormalizer), so a caller feeds its
-images as they are and gets imgcls's scores. The class names travel in the file's metadata.
-
-npz: the arrays of the lecture for numpy, W (K, D), b (K,), mean and std (C, H, W), classes, and
-input_scale, with x = (input / input_scale - mean) / std and scores = x @ W.T + b.
-
-ONNX is written by torch's TorchScript-based exporter (dynamo=False): it needs only the `onnx` package
-and works offline, where the default torch.export-based exporter of torch >= 2.9 also needs `onnxscript`
-(and a graph of one multiply-add and one matrix product gains nothing from it).
+onnx and torchscript: one graph from the raw input (uint8 pixels, or float32 features) to the scores, with training's
+normalization inside and the class names in the metadata. npz: the lecture's arrays for numpy, W, b, mean, std,
+classes and input_scale, with x = (input / input_scale - mean) / std and scores = x @ W.T + b. ONNX is written by
+torch's TorchScript-based exporter (dynamo=False), which needs only the `onnx` package.
 """
 
 from __future__ import annotations
@@ -74,8 +67,7 @@ def _metadata(checkpoint: Checkpoint) -> dict[str, str]:
 
 
 def _quietly(action):
-    """torch marks both the TorchScript-based ONNX exporter and torch.jit deprecated; the files they
-    write are what this command promises, so the user is not shown those warnings."""
+    """Without torch's deprecation warnings for its TorchScript-based exporters, whose files this command promises."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -1,12 +1,5 @@
-"""Use a trained model on image files: each is decoded, resized and normalized exactly as training
-prepared its images, scored, and its top-k classes are returned with softmax probabilities.
-
-The steps, in training's order: decode as RGB (decode.decode_image_bytes), resize to the run's
---image-size if it had one (readers.resize), otherwise to the checkpoint's input size when the
-image differs; keep one channel for a grey model (readers.to_grey_if_grey when the three
-channels agree, luminance otherwise); then pixel * scale - shift through data.batches.Batches,
-with the checkpoint's mean and std.
-"""
+"""Use a trained model on image files: each is decoded, resized, made grey for a grey model and normalized by the
+same code that prepared training's images, scored, and its top-k classes returned with softmax probabilities."""
 
 from __future__ import annotations
 
@@ -41,9 +34,8 @@ class Predictions:
 
 
 def list_images(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder gives its image files (training's IMAGE_EXTENSIONS), recursively, sorted, as
-    training lists a class folder (symlinks followed, a loop walked once), less hidden files and folders.
-    A symlink to nothing or a FIFO is listed: reading it says what it is."""
+    """Files as given; a folder gives its image files, recursively and sorted, as training lists a class folder (less
+    hidden files and folders). A symlink to nothing or a FIFO is listed: reading it says what it is."""
     from imgcls.data.readers import IMAGE_EXTENSIONS, is_image_name, walk_files
 
     found: list[Path] = []

@@ -1,41 +1,25 @@
-"""The run folder: what a run leaves behind, where, and written so that none of it is ever half a file.
-
-    config.yaml        the resolved config; `imgcls train --config RUN/config.yaml` repeats the run (in a new folder)
-    epochs.jsonl       one JSON object per epoch (train loss and top-1, validation metrics, rate, time)
-    metrics.csv        the same records as a CSV table, one row an epoch, epochs.jsonl's keys as its columns
-    metrics.json       {"val": {...}, "test": {...}}: held-out figures of the chosen epoch, test of the kept model
-    best.safetensors   the run's model: the refit on all training images (--no-refit: the best validation epoch)
-    last.safetensors   the checkpoint after the last epoch
-    selection.json     what the run chose on held-out images (settings, epochs) before its refit
-    diverged.txt       only after training diverged: why (resuming would diverge again)
-
-While a run (or its resumption) is under way, its process holds an advisory lock on .imgcls.lock in the
-folder, so that a second run cannot mix its files into it.
-"""
+"""The run folder (docs/guide.md describes each file): what a run leaves behind, each file written whole and read
+back checked. While a run writes it, its process holds .imgcls.lock there (filelock), which notes its pid."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
-from imgcls.errors import UserError
-from imgcls.files import (
-    printable,
-    remove_stale_temporaries,
-    write_json_atomic,
-    write_text_atomic,
-)
+from imgcls.errors import UserError, shown, validation_problem
+from imgcls.files import check_writable, printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -105,11 +89,7 @@ class RunDir:
         path = Path(out) if out else _default_folder(dataset)
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} is a file, not a folder; choose another --out")
-        existing = next((folder for folder in (path, *path.absolute().parents) if folder.exists()), None)
-        if existing is not None and not existing.is_dir():
-            raise UserError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
-        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"--out {path}: {existing} is not writable; choose another --out")
+        check_writable("--out", path)
         run = cls(path)
         if path.is_dir() and not overwrite:
             run._refuse_to_replace()
@@ -192,17 +172,14 @@ class RunDir:
         """What a run chose before its refit; None before it has chosen. A damaged file is refused in one line."""
         if not self.selection.is_file():
             return None
+        redo = "start the run again with --overwrite"
         try:
             chosen = json.loads(self.selection.read_text())
-            factors = chosen["factors"]
-            if not (isinstance(chosen["epochs"], int) and chosen["epochs"] >= 1 and isinstance(chosen["val"], dict)
-                    and isinstance(chosen["how"], str)
-                    and (factors is None or (isinstance(factors, list) and len(factors) == chosen["epochs"] and all(
-                        isinstance(f, (int, float)) and 0 < f < float("inf") for f in factors)))):
-                raise ValueError("a field is not what a run writes")
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise UserError(f"{printable(self.selection)} is damaged ({error}); start the run again with "
-                            f"--overwrite") from None
+        except (OSError, ValueError) as error:
+            raise _damaged(self.selection, str(error), redo) from None
+        factors = _validated(Selection, chosen, self.selection, "the file", redo).factors
+        if factors is not None and len(factors) != chosen["epochs"]:
+            raise _damaged(self.selection, f"{len(factors)} rate factors for {chosen['epochs']} epochs", redo)
         return chosen
 
     def write_metrics(self, metrics: dict) -> None:
@@ -218,8 +195,9 @@ class RunDir:
             raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
                             f"damaged") from None
         for line, record in enumerate(records, 1):
-            _check_fields(record, EPOCH_FIELDS, f"line {line}", self.epochs, OPTIONAL_EPOCH_FIELDS)
-            _check_topk(epoch_topk(record)[1], "val_top{k}", f"line {line}", self.epochs)
+            _validated(EpochRecord, record, self.epochs, f"line {line}")
+            k, topk = epoch_topk(record)
+            _check_topk(topk, f"val_top{k}", f"line {line}", self.epochs)
         return records
 
     def read_metrics(self, class_names: Path | None = None) -> dict | None:
@@ -260,7 +238,7 @@ class RunDir:
         left empty are removed again: a refused or interrupted run leaves nothing."""
         created = _create_folders(self.path)
         try:
-            fd = _lock(self.path / LOCK)
+            lock = _lock(self.path / LOCK)
         except BaseException:
             _remove_empty(created)
             raise
@@ -269,11 +247,9 @@ class RunDir:
             remove_stale_temporaries(self.path)
             yield self
         finally:
-            try:
-                (self.path / LOCK).unlink(missing_ok=True)  # while still held: a waiting run locks a new file
-            except OSError:
-                pass
-            os.close(fd)
+            with suppress(OSError):
+                (self.path / LOCK).unlink()  # while still held: a waiting run locks a new file
+            lock.release()
             _remove_empty(created)
 
     def written_here(self) -> set[str]:
@@ -287,8 +263,12 @@ class RunDir:
             return (f"the run is finished; interrupted while drawing figures or writing report.html: `imgcls report "
                     f"{path} --html` draws them and writes it")
         if self.resumable() and (resumed or "last.safetensors" in written):
-            done, planned = self._epochs_done(), self._epochs_planned()
-            if planned is not None and done >= planned:
+            try:
+                done = len(self.read_epochs())
+            except UserError:
+                done = 0
+            planned = self._saved_setting("train", "epochs")
+            if isinstance(planned, int) and done >= planned:
                 return (f"training finished and checkpoints are whole; interrupted during the final test evaluation: "
                         f"`imgcls train --resume {path}` finishes it")
             return (f"interrupted after {done} finished epoch(s), whose checkpoints are whole: "
@@ -298,16 +278,6 @@ class RunDir:
                     "same command again with --overwrite")
         return ("interrupted before training began (loading the data, or the --lr auto search): nothing was written; "
                 "run the same command again")
-
-    def _epochs_done(self) -> int:
-        try:
-            return len(self.read_epochs())
-        except UserError:
-            return 0
-
-    def _epochs_planned(self) -> int | None:
-        epochs = self._saved_setting("train", "epochs")
-        return epochs if isinstance(epochs, int) else None
 
     def _saved_setting(self, section: str, key: str):
         """One value of config.yaml; None if it cannot be read."""
@@ -371,48 +341,46 @@ def _remove_empty(folders: list[Path]) -> None:
             return  # not empty: the run wrote something, and the folders above hold it
 
 
-def _lock(lock_path: Path) -> int:
-    """An exclusive flock on lock_path, holding this process's id; a UserError naming the holder if taken."""
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as error:
-            raise UserError(f"cannot lock the run folder {printable(lock_path.parent)} ({error.strerror or error}); "
-                            f"choose another --out") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise UserError(f"{printable(lock_path.parent)} is in use by another imgcls process (pid {holder}); wait "
-                            f"for it to end, or choose another --out") from None
-        except OSError as error:
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            return fd  # a file system that cannot lock (some network mounts): the run goes on unguarded
-        if _same_file(lock_path, fd):
-            break
-        os.close(fd)  # the holder removed the file between our open and our lock: lock the one there now
+def _lock(path: Path) -> FileLock:
+    """An exclusive lock on `path`, which notes this process's id; a UserError naming the holder if it is taken."""
+    lock = FileLock(path, timeout=0, on_acquired=_note_pid)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = ""
+        with suppress(OSError):
+            holder = path.read_text(errors="replace").strip()[:32]
+        raise UserError(f"{printable(path.parent)} is in use by another imgcls process (pid {holder or 'unknown'}); "
+                        f"wait for it to end, or choose another --out") from None
+    except OSError as error:
+        raise UserError(f"cannot lock the run folder {printable(path.parent)} ({error.strerror or error}); choose "
+                        f"another --out") from None
+    return lock
+
+
+def _note_pid(fd: int) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        return os.path.samestat(os.stat(path), os.fstat(fd))
-    except OSError:
-        return False
+# --- the shapes of the JSON files a report reads (older runs lack the keys that default to None) ------------
 
-
-# --- the shapes of the JSON files a report reads ---------------------------------------------------------
-
-NUMBER, COUNT, MAPPING = "a number", "a whole number >= 0", "a JSON object"
-EPOCH_FIELDS = {"epoch": COUNT, "train_loss": NUMBER, "train_top1": NUMBER, "val_loss": NUMBER, "val_top1": NUMBER,
-                "lr": NUMBER, "seconds": NUMBER}  # and val_top{k} (older runs: val_top5), checked by _check_topk
-OPTIONAL_EPOCH_FIELDS = {"lr_last": NUMBER, "images_per_s": NUMBER}  # runs of older imgcls lack them
-SPLIT_FIELDS = {"loss": NUMBER, "top1": NUMBER, "k": COUNT, "count": COUNT}  # and top{k} (older runs: top5)
-METRICS_FIELDS = {"best_epoch": COUNT, "val": MAPPING, "test": MAPPING, "classes": "a list of class names"}
+Number = Annotated[float, Strict()]
+Count = Annotated[int, Strict(), Field(ge=0)]
+Factor = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+REDO = "train the run again or restore the file"
+OPEN = ConfigDict(extra="allow")  # keys a later imgcls adds are passed over; val_top{k} and top{k} are checked apart
+EpochRecord = create_model("EpochRecord", __config__=OPEN, epoch=Count, train_loss=Number, train_top1=Number,
+                           val_loss=Number, val_top1=Number, lr=Number, seconds=Number,
+                           lr_last=(Number | None, None), images_per_s=(Number | None, None))
+SplitMetrics = create_model("SplitMetrics", __config__=OPEN, loss=Number, top1=Number, k=Count, count=Count,
+                            superclass_top1=(Number | None, None))
+Detail = create_model("Detail", __config__=OPEN, per_class=(list[Number], []), confusion=(list[list[Count]], []))
+MetricsFile = create_model("MetricsFile", __config__=OPEN, best_epoch=Count, val=SplitMetrics, test=SplitMetrics,
+                           classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
+                           test_detail=(Detail, Detail()))
+Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[int, Strict(), Field(ge=1)], val=dict,
+                         how=Annotated[str, Strict()], factors=list[Factor] | None)  # factors: the refit's rates
 
 
 def topk_of(split: dict) -> float | None:
@@ -434,62 +402,32 @@ def topk_named(record: dict, k: int) -> dict:
     """An epoch record with its `val_top5` named by the run's k (`val_top3` for 3 classes), in its place."""
     return {(f"val_top{k}" if key == "val_top5" else key): value for key, value in record.items()}
 
-def _is(value, kind: str) -> bool:
-    if isinstance(value, bool):
-        return False
-    if kind == NUMBER:
-        return isinstance(value, (int, float))
-    if kind == COUNT:
-        return isinstance(value, int) and value >= 0
-    if kind == MAPPING:
-        return isinstance(value, dict)
-    return isinstance(value, list) and bool(value) and all(isinstance(name, str) for name in value)
+
+def _validated(model: type[BaseModel], value, path: Path, where: str, fix: str = REDO):
+    """`value` checked as `model`; pydantic's first objection as one line that names the file."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise _damaged(path, validation_problem(error, where), fix) from None
 
 
-def _damaged(path: Path, what: str) -> UserError:
-    return UserError(f"{printable(path)} is damaged: {what}; train the run again or restore the file")
-
-
-def _described(value) -> str:
-    return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
-        type(value), f"{value!r}")
-
-
-def _check_fields(record, fields: dict, where: str, path: Path, optional: dict | None = None) -> None:
-    """Every key of `fields` is there with its kind; a key of `optional` may be missing or null, else of its kind."""
-    if not isinstance(record, dict):
-        raise _damaged(path, f"{where} is {_described(record)}, not {MAPPING}")
-    for key in fields:
-        if key not in record:
-            raise _damaged(path, f"{where} lacks '{key}'")
-    present = {key: kind for key, kind in (optional or {}).items() if record.get(key) is not None}
-    for key, kind in {**fields, **present}.items():
-        if not _is(record[key], kind):
-            raise _damaged(path, f"{where}: '{key}' is {_described(record[key])}, not {kind}")
+def _damaged(path: Path, what: str, fix: str = REDO) -> UserError:
+    return UserError(f"{printable(path)} is damaged: {what}; {fix}")
 
 
 def _check_topk(value, key: str, where: str, path: Path) -> None:
     if value is None:
         raise _damaged(path, f"{where} lacks '{key}'")
-    if not _is(value, NUMBER):
-        raise _damaged(path, f"{where}: '{key}' is {_described(value)}, not {NUMBER}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _damaged(path, f"{where}: '{key}' is {shown(value)}, not a number")
 
 
 def _check_metrics(metrics, path: Path) -> None:
-    _check_fields(metrics, METRICS_FIELDS, "the file", path)
+    checked = _validated(MetricsFile, metrics, path, "the file")
     for split in ("val", "test"):
-        _check_fields(metrics[split], SPLIT_FIELDS, f"'{split}'", path)
         _check_topk(topk_of(metrics[split]), f"top{metrics[split]['k']}", f"'{split}'", path)
-        extra = metrics[split].get("superclass_top1")
-        if extra is not None and not _is(extra, NUMBER):
-            raise _damaged(path, f"'{split}': 'superclass_top1' is {_described(extra)}, not {NUMBER}")
-    detail = metrics.get("test_detail", {})
-    if not isinstance(detail, dict):
-        raise _damaged(path, f"'test_detail' is {_described(detail)}, not {MAPPING}")
-    k = len(metrics["classes"])
-    per_class, confusion = detail.get("per_class", []), detail.get("confusion", [])
-    if not (isinstance(per_class, list) and all(_is(v, NUMBER) for v in per_class) and len(per_class) in (0, k)):
+    k, detail = len(checked.classes), checked.test_detail
+    if len(detail.per_class) not in (0, k):
         raise _damaged(path, f"'test_detail': 'per_class' is not a list of {k} numbers (one per class)")
-    if not (isinstance(confusion, list) and len(confusion) in (0, k)
-            and all(isinstance(row, list) and len(row) == k and all(_is(v, COUNT) for v in row) for row in confusion)):
+    if len(detail.confusion) not in (0, k) or any(len(row) != k for row in detail.confusion):
         raise _damaged(path, f"'test_detail': 'confusion' is not a {k}x{k} matrix of counts")

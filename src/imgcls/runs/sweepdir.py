@@ -1,25 +1,14 @@
-"""The sweep folder: what `imgcls sweep` leaves behind, each file written whole (never half a file).
-
-    sweep.yaml     the sweep itself: the base config and each option's values; `--resume DIR` rebuilds the grid
-    points/NNN/    one run folder per point (rundir.py's layout): config.yaml, epochs.jsonl, best checkpoint, metrics
-    resume/        group-NNN.safetensors: the whole state of each group of stacked points, the one file that
-                   `--resume DIR` trusts (the points' own files are rewritten from it)
-    sweep.json     one record per point (its options, best epoch, val and test metrics, diverged, seconds), and
-                   which point validation chose
-    sweep.csv      the same records as a table
-    sweep.png      validation top-1 over the grid (figures.py)
-    best           a link to the chosen point's run folder, which also holds its figures and report.html
-    refit/         the chosen point trained again on all training images for its best epochs (--no-refit: none),
-                   a run folder whose best.safetensors is the sweep's model
-
-While a sweep is under way its process holds the lock on .imgcls.lock here, as a run does in its folder.
-"""
+"""The sweep folder (docs/guide.md describes each file): sweep.yaml, a run folder per point under points/, each
+group's resumable state under resume/, sweep.json and .csv, sweep.png, best (a link to the chosen point) and refit/.
+Each file is written whole; the folder is locked as a run folder is."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
+import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,7 +41,7 @@ class SweepDir:
 
     @classmethod
     def for_new_sweep(cls, out: str | None, dataset: str, overwrite: bool, check: bool = True) -> SweepDir:
-        path = Path(out) if out else Path("runs") / f"sweep-{dataset}-{_now()}"
+        path = Path(out) if out else Path("runs") / f"sweep-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         sweep = cls(path)
         if not check:
             return sweep
@@ -80,8 +69,6 @@ class SweepDir:
 
     def start(self, spec: dict) -> None:
         """A fresh sweep: a replaced sweep's files go (points and all), then the spec is written."""
-        import shutil
-
         for name in (RESULTS, TABLE, FIGURE, BEST):
             if not _remove_copied_folder(self.path / name):
                 (self.path / name).unlink(missing_ok=True)
@@ -91,10 +78,7 @@ class SweepDir:
         write_text_atomic(self.spec, yaml.safe_dump(spec, sort_keys=False))
 
     def remove_if_untrained(self) -> None:
-        """A sweep refused before any point trained (a setting its data rejects, the memory check) leaves no
-        files: the corrected command may then use the same folder."""
-        import shutil
-
+        """A sweep refused before any point trained leaves no files: the corrected command may use the folder."""
         if any((self.path / POINTS).glob("*")) or any((self.path / RESUME).glob("*.safetensors")):
             return
         self.spec.unlink(missing_ok=True)
@@ -145,18 +129,8 @@ def _csv(records: list[dict]) -> str:
     writer.writerow([*CSV_COLUMNS[:2], *options, *columns])
     for record in records:
         shown = [record["options"].get(name, "") for name in options]
-        writer.writerow([record["point"], record["group"], *shown, *(_cell(record.get(c)) for c in columns)])
+        writer.writerow([record["point"], record["group"], *shown, *(record.get(c) for c in columns)])
     return out.getvalue()
-
-
-def _cell(value):
-    return "" if value is None else value
-
-
-def _now() -> str:
-    import time
-
-    return time.strftime("%Y%m%d-%H%M%S")
 
 
 def _remove_copied_folder(entry: Path) -> bool:
@@ -164,7 +138,5 @@ def _remove_copied_folder(entry: Path) -> bool:
     says whether it was."""
     if not entry.is_dir() or entry.is_symlink():
         return False
-    import shutil
-
     shutil.rmtree(entry)
     return True

@@ -1,8 +1,6 @@
-"""Ctrl-C and SIGTERM, one rule for every phase of a training command: the first signal only raises a flag,
-which the loop reads after each step and each phase reads at its end (so the step or the unit of work in flight
-finishes, and what can be resumed is written); a second Ctrl-C or SIGTERM stops at once (the last epoch's
-checkpoints are still whole: every file is written atomically).
-"""
+"""Ctrl-C and SIGTERM, one rule for every phase of a training command: the first only raises a flag, read after
+each step and unit of work (which finish, and what can be resumed is written); a second stops at once (every file is
+written atomically, so the last epoch's checkpoints stay whole)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Where a run is: the epoch and step under way, the epoch's running sums, and the history so far.
-
-Everything besides the weights, momentum and schedule that a resumed run needs, in one place that the
-training loop (engine.py) fills and the resume code (resume.py) restores.
-"""
+"""Where a run is, filled by the training loop (engine.py) and restored by resume.py."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ from imgcls import distributed
 
 @dataclass
 class Progress:
-    """Where a run is: everything besides the weights and momentum that a resumed run needs."""
+    """Everything besides the weights, momentum and schedule that a resumed run needs."""
 
     epoch: int = 0  # the epoch under way, from 0
     step: int = 0  # the next step of that epoch

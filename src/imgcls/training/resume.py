@@ -1,9 +1,5 @@
-"""Resuming a run: a resumable checkpoint is checked whole before any of it is used.
-
-It must belong to this run (the config and the data it was trained on, except where they
-live), and every piece of momentum, schedule and progress state must be one that a run
-writes: a damaged or crafted file is refused with one line, never half-restored.
-"""
+"""Resuming a run: the checkpoint must belong to this run (its config and data, wherever they live), and every
+piece of its state be one a run writes: a damaged or crafted file is refused in one line, never half-restored."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ from imgcls.runs import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.types import PreparedData
-from imgcls.errors import UserError
+from imgcls.errors import UserError, shown
 from imgcls.training.progress import Progress
 
 # Where a run's inputs live, not what they are: a resumed run may find them elsewhere.
@@ -24,8 +20,8 @@ LOCATION_KEYS = {("train", "device"), ("data", "data_dir"), ("output", "out")}
 
 
 def data_fingerprint(data: PreparedData) -> dict:
-    """What identifies the data wherever it is: the split sizes and every label in order. (The normalization
-    statistics, saved beside it, are exact sums over the training pixels, so they identify those too.)"""
+    """What identifies the data wherever it is: the split sizes and every label in order (the normalization
+    statistics, exact sums over the training pixels, identify those)."""
     labels = hashlib.sha256()
     for split in (data.train, data.val, data.test):
         labels.update(split.labels.to(torch.int64).cpu().numpy().tobytes())
@@ -50,20 +46,9 @@ def check_same_run(saved: ckpt.Checkpoint, config: Config, data: PreparedData, s
 
 def config_changes(saved: dict, current: dict, now: str = "config.yaml", before: str = "the sweep") -> list[str]:
     """What differs between two resolved configs, but for where the run's inputs live."""
-    return [f"{section}.{key} is {_shown(value)} in {now} but {_shown(saved_value)} in {before}"
-            for (section, key), value, saved_value in _config_differences(saved, current)]
-
-
-def _config_differences(saved: dict, current: dict):
-    for section, values in current.items():
-        for key, value in values.items():
-            if (section, key) not in LOCATION_KEYS and saved.get(section, {}).get(key) != value:
-                yield (section, key), value, saved.get(section, {}).get(key)
-
-
-def _shown(value) -> str:
-    text = repr(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
+    return [f"{section}.{key} is {shown(value)} in {now} but {shown(saved.get(section, {}).get(key))} in {before}"
+            for section, values in current.items() for key, value in values.items()
+            if (section, key) not in LOCATION_KEYS and saved.get(section, {}).get(key) != value]
 
 
 def restore(saved: ckpt.Checkpoint, stack, index: int, model, device: torch.device,
