@@ -552,7 +552,7 @@ def test_a_resumable_checkpoint_of_an_older_imgcls_is_refused_in_one_line(cli, i
 def test_a_signal_while_the_command_starts_ends_it_with_one_message(signum, mnist_root, tmp_path):
     """While Python, the command line and torch load (the first seconds), a Ctrl-C or SIGTERM is never lost and
     never a traceback: exit 130 and a line saying so, and no half-written run."""
-    for delay in (0.1, 0.5, 1.0, 1.6):
+    for delay in (0.1, 0.3, 0.5, 0.7, 1.0, 1.6):  # the interpreter, the command line, torch, the data
         out = tmp_path / f"run{delay}"
         process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--limit",
                                3000, "--epochs", 3, "--batch-size", 1, "--lr", 0.01, "--weight-decay", 0.01,

@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 import typer.core
@@ -36,7 +36,14 @@ def say(text: str, console: Console = err) -> None:
 
 
 class OneLineErrors(typer.core.TyperGroup):
-    """A user's mistake, in any command, ends as one line on stderr and exit code 2, never a traceback."""
+    """A user's mistake, in any command, ends as one line on stderr and exit code 2, never a traceback; a Ctrl-C
+    outside a command's own signal rule, as one line and exit code 130 (typer would end it without a word)."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:  # while the command line is read: nothing was written
+            _interrupted()
 
     def invoke(self, ctx):
         try:
@@ -50,6 +57,13 @@ class OneLineErrors(typer.core.TyperGroup):
             # printable: a file name that is not UTF-8 is shown, not a crash
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # a command without a signal rule of its own (eval, report, ...): it wrote nothing
+            _interrupted()
+
+
+def _interrupted() -> NoReturn:
+    say("interrupted; nothing was written")  # not half a file either: every write is atomic
+    raise typer.Exit(130) from None
 
 
 app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.", cls=OneLineErrors,
@@ -703,8 +717,8 @@ def main() -> None:
         code = app(prog_name="imgcls", standalone_mode=False)
     except typer.Abort:  # end of input at a prompt
         sys.exit(1)
-    except KeyboardInterrupt:  # a command without a signal rule of its own (eval, report, ...): it wrote nothing
-        say("interrupted")  # half a file (writes are atomic)
+    except KeyboardInterrupt:  # while typer builds the command line from the declarations
+        say("interrupted; nothing was written")
         distributed.exit_process(130)
     except Exception as error:
         if not _is_usage_error(error):
