@@ -1,21 +1,5 @@
-"""Minibatches straight from the uint8 images in memory, and make_batches, which batches any prepared
-split the way its PreparedData says (in memory here, or from files: stream.py).
-
-Each epoch draws a seeded permutation, and each step gathers its rows, converts them to
-float and normalizes the whole batch with one multiply-add: no per-image Python, no PIL,
-no DataLoader. On CUDA the uint8 images move to the GPU once when they fit, else they stay
-in pinned host memory and each batch is copied over asynchronously.
-
-Under torchrun every process draws the same permutation and takes its contiguous part of
-each global batch, so the global batch is the one the user asked for; evaluation splits
-the images into contiguous parts, each counted once.
-
-With --augment (augment.py) each training batch is augmented as uint8 (N, C, H, W), between
-the gather and the normalization; evaluation batches never are.
-
-On the CPU, training batches are made a few steps ahead on threads of their own (made_ahead), so that
-gathering, augmenting and normalizing the next batches overlap the step on this one, on other cores.
-"""
+"""Minibatches straight from the uint8 images in memory: a seeded permutation per epoch, one gather, one
+multiply-add to normalize; and make_batches, which batches any prepared split (in memory, or stream.py)."""
 
 from __future__ import annotations
 

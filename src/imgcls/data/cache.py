@@ -1,25 +1,8 @@
 """The decoded-dataset cache: decode a split once, memory-map it on every later run.
 
-Each entry is a folder named by a hash of everything that decides its contents: the dataset,
-the split, the image size, and the identity (path, size, modification and change time) of every
-source file, so a changed source is decoded again, even one edited and given back its old
-modification time (`touch -r`): that still changes its ctime. An entry is built in a staging
-folder and renamed into place only when complete, so a half-written entry is never read; an
-entry's meta.json holds a CRC-32 of each of its arrays and of itself, checked on every read (cheap beside
-the memory map's own reading): an entry that fails it, or that has none (made by an older imgcls), is
-decoded again, with a note saying why. When two processes build the same entry at once, the one that
-renames second uses the first one's entry.
-
-Beside a training split's images an entry keeps what is computed from them and a few settings (the
-validation split's rows, the normalization): `load_or_derive`, one file per set of settings, named by
-their hash and holding them, written whole under a temporary name. An entry made before these were
-kept has none, and they are computed and added; a file that cannot be read, fails its CRC-32, or holds
-other settings or other arrays than asked for, is computed again, never used.
-
-Only what imgcls made is ever listed or removed: entries (a 24-hex-digit name holding imgcls's
-meta.json) and staging folders (.<key>.<host>.<pid>.<random>.building). A staging folder whose
-process is gone (killed during a build) is removed at the next build.
-"""
+An entry is named by a hash of what decides its contents (the source files' identity included), built in a
+staging folder and renamed into place when whole, and checked against its CRC-32s on every read: a damaged
+entry is decoded again, with a note. Only what imgcls made is ever listed or removed."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""From a config to ready data. Where the pixels are held is chosen here, once: a features file read into
-memory (features.py), image files decoded batch by batch (--stream, stream.py), or both splits decoded
-into memory through the cache (below). Every path holds out the validation split with split.py and fits
-the normalization on what is left (in memory: both kept in the training split's cache entry, so a warm
-run computes neither); the PreparedData says how its splits are batched.
-
-The test split is never used to choose anything; only metrics are computed on it.
-"""
+"""From a config to ready data: a features file, image files decoded batch by batch (--stream), or both splits
+decoded into memory through the cache, chosen once here. The test split never chooses anything."""
 
 from __future__ import annotations
 

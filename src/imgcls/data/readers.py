@@ -1,15 +1,5 @@
-"""Read one split of a dataset into memory as uint8 images (N, C, H, W) and int64 labels.
-
-Three kinds of source for a named dataset: the copy embedded in the package (cifar10-sample),
-torchvision's own dataset class on the dataset's published files (when any of them is in the data dir:
-registry.py's `files`, which published.check_files looks over first), else an image-folder copy at the
-data dir (ROOT/train/<class>/*, ROOT/test|val/<class>/*). The checks that a split's classes and image
-shape agree with the other split's, and with the dataset's, are here too.
-Image files are listed with torchvision's find_classes and a walk that follows symlinks but
-enters each folder once (a symlink loop is walked once), and decoded in bulk by torchvision.io,
-in worker processes (decode.py), not one PIL image at a time. Which files are images is IMAGE_EXTENSIONS, the
-one list that training, --stream and predict share.
-"""
+"""Read one split of a dataset (embedded zip, torchvision's class on the published files, or an image folder)
+into uint8 images and int64 labels, and check that its classes and shape agree with the other split's."""
 
 from __future__ import annotations
 

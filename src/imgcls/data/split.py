@@ -1,8 +1,5 @@
-"""The held-out validation split, one function for every path (in memory, --stream, features): a seeded,
-stratified --limit subset of the training split first, then a seeded, stratified validation part of what
-is left, after checking there are enough training images to hold one out. The test split is never used
-to choose anything.
-"""
+"""The held-out validation split, one function for every path: a seeded, stratified --limit subset, then a
+seeded, stratified validation part of what is left. The test split is never used to choose anything."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Datasets too large for memory (full-resolution ImageNet): decode each batch from its files.
-
-The plan of an epoch is the in-memory path's: the same seeded permutation, the same global
-batches, each process its own contiguous part of each. What changes is where pixels come
-from: DataLoader worker processes read and decode each part from its files (torchvision.io,
-resized to --image-size), so files are sharded across processes and, batch by batch, across
-workers. Normalization is fitted on a seeded sample of the training images, and a seeded sample
-of the test images is decoded before training too, so test images of another shape are refused
-then, not after the last epoch. Workers ignore SIGINT and SIGTERM: a scheduler's SIGTERM to the
-whole process group reaches the main process, which stops after the step in flight and
-checkpoints (interrupt.py), while the workers it still needs keep running. --augment
-(augment.py) is applied in the main process, on the device, to each decoded part.
-"""
+"""--stream, for datasets too large for memory: the in-memory path's plan of an epoch (same permutation, same
+global batches), with each process's part of each batch decoded from its files by DataLoader workers."""
 
 from __future__ import annotations
 
