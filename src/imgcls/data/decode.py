@@ -97,14 +97,10 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
 
 def _decode_chunks(chunks: _Chunks, workers: int, progress: Callable[[int], None]) -> list[_ChunkReport]:
     """The chunks' reports in order, up to the first one with an unreadable image (unless skip_bad): all that
-    image's message needs. The workers are forked (no pickling, no second import) and ended on any exit."""
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=workers,
-                                         multiprocessing_context="fork" if workers else None,
-                                         worker_init_fn=ignore_stop_signals)
+    image's message needs. The workers are ended on any exit."""
     reports, iterator = [], None
     try:
-        with stop_signals_blocked():  # iter() forks the workers; a SIGTERM to the group must not catch one early
-            iterator = iter(loader)
+        iterator = forked_workers(chunks, workers)
         for chunk, report in enumerate(iterator):
             reports.append(report)
             progress(chunks.starts[chunk + 1] - chunks.starts[0])
@@ -154,6 +150,16 @@ def _first_readable(names: list[str], read: ImageReader, image_size: int | None,
                 raise UserError(unreadable_message(names[index], error_reason(error))) from None
             bad[index] = error_reason(error)
     raise UserError(f"no readable image among {len(names)} files (first: {names[0]})")
+
+
+def forked_workers(dataset: torch.utils.data.Dataset, workers: int, sampler=None, pin_memory: bool = False):
+    """The dataset's items, in the sampler's order, from `workers` DataLoader workers (none: made here). They are
+    forked (nothing pickled or imported again) with the stop signals blocked, and ignore them: see below."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                                         pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
+                                         multiprocessing_context="fork" if workers else None)
+    with stop_signals_blocked():
+        return iter(loader)
 
 
 @contextmanager

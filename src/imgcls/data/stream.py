@@ -16,10 +16,10 @@ from imgcls.data.batches import epoch_permutation
 from imgcls.data.decode import (
     decode_image_bytes,
     error_reason,
-    ignore_stop_signals,
+    forked_workers,
     size_text,
-    stop_signals_blocked,
     to_grey_if_grey,
+    unreadable_message,
 )
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
 from imgcls.data.readers import (
@@ -74,8 +74,7 @@ class StreamedImages:
             except (RuntimeError, ValueError, OSError) as error:
                 if self.skip_bad:
                     continue
-                return torch.empty(0), torch.empty(0), (f"cannot read image {name} ({error_reason(error)}); "
-                                                        f"fix or remove it, or pass --skip-bad-images"), []
+                return torch.empty(0), torch.empty(0), unreadable_message(name, error_reason(error)), []
             wanted = self.shape or (images[0].shape if images else None)
             if wanted is not None and image.shape[-2:] != wanted[-2:]:
                 return torch.empty(0), torch.empty(0), (f"image {name} is {size_text(image.shape)}, the others "
@@ -127,13 +126,8 @@ class StreamingBatches:
         order = epoch_permutation(self.num_images, self.seed, epoch) if self.shuffle else torch.arange(self.num_images)
         plan = [order[step * self.batch_size:(step + 1) * self.batch_size] for step in range(start_step, len(self))]
         mine = [rows[self.shard.part(len(rows))].tolist() if self.shuffle else rows.tolist() for rows in plan]
-        loader = torch.utils.data.DataLoader(
-            _RowsDataset(self.data), batch_size=None, sampler=mine, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", multiprocessing_context="fork" if self.workers else None,
-            worker_init_fn=ignore_stop_signals)
+        parts = forked_workers(_RowsDataset(self.data), self.workers, mine, self.device.type == "cuda")
         draws = self.augment.plan(self.num_images, self.seed, epoch, self.device) if self.augment else None
-        with stop_signals_blocked():  # iter() forks the workers; a SIGTERM to the group must not catch one early
-            parts = iter(loader)
         for step, ((pixels, labels, error, kept), rows) in enumerate(zip(parts, plan), start_step):
             if error is not None:
                 raise UserError(error)
