@@ -55,16 +55,18 @@ def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
 
 def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
                download: bool, progress: ProgressCallback | None = None) -> DecodedSplit:
-    """progress, if given, is told (images decoded, images in all) while image files are decoded."""
-    kind = source_kind(spec, root)
-    _check_not_a_file(root, kind)
-    if kind == "torchvision":
-        decoded = _read_torchvision(spec, root, split, image_size, skip_bad, download, progress)
+    """The split decoded, labels in the dataset's class order; progress, if given, is told (images decoded, images
+    in all) while image files are decoded."""
+    if source_kind(spec, root) == "torchvision" and not spec.lists_files:
+        split_data = _read_arrays(spec, root, split, image_size, download)
     else:
-        listing = _list_zip(spec.embedded, split) if kind == "embedded" else _list_folder(root, split, spec)
+        listing = list_images(spec, root, split, download)
         images, labels, skipped = decode_all(listing, image_size, skip_bad, progress)
-        decoded = DecodedSplit(images, labels, listing.classes, skipped, listing.passed_over)
-    return _match_spec(spec, decoded, root, image_size)
+        split_data = DecodedSplit(images, labels, listing.classes, skipped, listing.passed_over)
+    if spec.shape is not None and image_size is None and tuple(split_data.images.shape[1:]) != spec.shape:
+        raise UserError(f"{root} does not hold {spec.name}: images are {tuple(split_data.images.shape[1:])} (C, H, "
+                        f"W), expected {spec.shape}; pass --image-size to resize, or use --dataset imagefolder")
+    return split_data
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -258,14 +260,11 @@ def _imagenet_listing(dataset) -> ImageList:
     return ImageList(paths, FileReader(paths), list(dataset.targets), classes)
 
 
-def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
-                      download: bool, progress: ProgressCallback | None = None) -> DecodedSplit:
+def _read_arrays(spec: DatasetSpec, root: Path, split: str, image_size: int | None, download: bool) -> DecodedSplit:
+    """A split torchvision's class reads as arrays (MNIST, CIFAR, SVHN, STL-10), resized if asked."""
+    _check_not_a_file(root, "torchvision")
     dataset = _open_torchvision(spec, root, split, download)
     _check_class_names(spec, dataset, root)
-    if spec.lists_files:
-        listing = _imagenet_listing(dataset)
-        images, labels, skipped = decode_all(listing, image_size, skip_bad, progress)
-        return DecodedSplit(images, labels, listing.classes, skipped)
     images, labels = _checked_arrays(spec, root, split, dataset)
     if image_size is not None:  # resized in chunks of 4096, each in float32
         check_fits_memory(image_size, (len(images) + 4 * 4096) * images.shape[1] * image_size ** 2,
@@ -369,17 +368,6 @@ def _check_class_names(spec: DatasetSpec, dataset, root: Path) -> None:
         raise UserError(f"{root} does not hold {spec.name}: its files name the classes {', '.join(found[:6])}, ... "
                         f"where {spec.name} has {', '.join(spec.classes[:6])}, ...; use --dataset imagefolder for "
                         f"other data")
-
-
-def _match_spec(spec: DatasetSpec, split: DecodedSplit, root: Path, image_size: int | None) -> DecodedSplit:
-    """An image-folder copy of a named dataset must have its classes and image shape; labels follow its order."""
-    if spec.shape is not None and image_size is None and tuple(split.images.shape[1:]) != spec.shape:
-        raise UserError(f"{root} does not hold {spec.name}: images are {tuple(split.images.shape[1:])} (C, H, W), "
-                        f"expected {spec.shape}; pass --image-size to resize, or use --dataset imagefolder")
-    order = class_order(spec, split.classes, root)
-    if order is None:
-        return split
-    return DecodedSplit(split.images, order[split.labels], list(spec.classes), split.skipped, split.passed_over)
 
 
 def class_order(spec: DatasetSpec, classes: list[str], root: Path) -> torch.Tensor | None:
