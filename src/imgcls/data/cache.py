@@ -15,8 +15,8 @@ import re
 import secrets
 import shutil
 import socket
-import stat
 import sys
+import warnings
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -131,15 +131,12 @@ def note(text: str) -> None:
 
 
 def file_crc(path: Path) -> int:
-    """CRC-32 of a file's bytes, read through a memory map (no copy; a warm entry's pages are mapped anyway)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO in its place must not wait forever
-    with open(fd, "rb") as file:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if status.st_size == 0:
+    """CRC-32 of a file's bytes, read through a memory map (no copy; a warm entry's pages are mapped anyway).
+    Callers make sure it is a regular file (a FIFO would wait for a writer)."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
             return 0
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
             return zlib.crc32(view)
 
 
@@ -219,10 +216,7 @@ def _read_entry(entry_dir: Path) -> DecodedSplit | str | None:
         return f"it cannot be read: {type(error).__name__}"
     if list(images.shape) != shape or len(labels) != shape[0] or images.dtype != np.uint8:
         return "its arrays do not match its meta.json"
-    # The memory map is read-only; torch warns about that but never writes through it.
-    import warnings
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the memory map is read-only: torch warns, but never writes through it
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(images)
     return DecodedSplit(tensor, torch.from_numpy(labels.astype(np.int64)), classes, skipped, passed_over)
