@@ -77,17 +77,16 @@ def entry_path(cache_dir: Path, identity: dict) -> Path:
     return cache_dir / cache_key(identity)
 
 
-def load_or_derive(entry_dir: Path | None, settings: dict, derive: Callable[[], dict[str, torch.Tensor]],
-                   usable: Callable[[dict[str, torch.Tensor]], bool]) -> dict[str, torch.Tensor]:
-    """The tensors `derive` computes from the entry's data and `settings`, read from the entry when it has them
-    for these settings and they are `usable` (the names, types and shapes asked for), else computed (and kept
-    there when the entry exists and can be written). No entry (None): computed."""
+def load_or_derive(entry_dir: Path | None, settings: dict,
+                   derive: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors `derive` computes from the entry's data and `settings`: read from the entry when it holds them
+    for these settings with their CRC-32, else computed (and kept there when it can be written)."""
     if entry_dir is None:
         return derive()
     text = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
     path = entry_dir / f"derived-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
     found = _read_derived(path, text)
-    if found is not None and usable(found):
+    if found is not None:
         return found
     values = derive()
     if (entry_dir / "meta.json").is_file():
