@@ -3,6 +3,7 @@ global batches), with each process's part of each batch decoded from its files b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -58,13 +59,12 @@ class StreamedImages:
         return len(self.index)
 
     def subset(self, rows: torch.Tensor | slice) -> StreamedImages:
-        return StreamedImages(self.listing, self.index[rows], self.image_size, self.channels, self.skip_bad,
-                              self.shape)
+        return dataclasses.replace(self, index=self.index[rows])
 
-    def decode(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None, list[int]]:
-        """The images at these rows as uint8 (b, C, H, W) with their labels, and the rows decoded (all but the
-        unreadable ones --skip-bad-images passes over); an error message instead of raising, because an exception
-        from a worker process reaches the user with its traceback."""
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None, list[int]]:
+        """A DataLoader's item, a whole batch: the images at these rows as uint8 (b, C, H, W), their labels, and the
+        rows decoded (--skip-bad-images passes over unreadable ones); an error message instead of raising, because
+        an exception from a worker process reaches the user with its traceback."""
         images, labels, kept = [], [], []
         for row in rows:
             position = int(self.index[row])
@@ -88,16 +88,6 @@ class StreamedImages:
             return (torch.empty((0, self.channels, height, width), dtype=torch.uint8),
                     torch.empty(0, dtype=torch.int64), None, kept)
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None, kept
-
-
-class _RowsDataset(torch.utils.data.Dataset):
-    """A dataset whose items are whole batches: the loader hands each worker a list of rows."""
-
-    def __init__(self, images: StreamedImages):
-        self.images = images
-
-    def __getitem__(self, rows: list[int]):
-        return self.images.decode(rows)
 
 
 class StreamingBatches:
@@ -126,7 +116,7 @@ class StreamingBatches:
         order = epoch_permutation(self.num_images, self.seed, epoch) if self.shuffle else torch.arange(self.num_images)
         plan = [order[step * self.batch_size:(step + 1) * self.batch_size] for step in range(start_step, len(self))]
         mine = [rows[self.shard.part(len(rows))].tolist() if self.shuffle else rows.tolist() for rows in plan]
-        parts = forked_workers(_RowsDataset(self.data), self.workers, mine, self.device.type == "cuda")
+        parts = forked_workers(self.data, self.workers, mine, self.device.type == "cuda")
         draws = self.augment.plan(self.num_images, self.seed, epoch, self.device) if self.augment else None
         for step, ((pixels, labels, error, kept), rows) in enumerate(zip(parts, plan), start_step):
             if error is not None:
