@@ -19,7 +19,6 @@ from imgcls.data.decode import (
     error_reason,
     forked_workers,
     size_text,
-    to_grey_if_grey,
     unreadable_message,
 )
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
@@ -169,10 +168,9 @@ def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
 
 
 def _decode_sample(listing: ImageList, rows: torch.Tensor, count: int, config: DataConfig, seed: int) -> torch.Tensor:
-    """A seeded sample of up to `count` of these rows, decoded (grey when grey) as the in-memory path would."""
+    """A seeded sample of up to `count` of these rows, decoded as the in-memory path would (across the cores)."""
     generator = torch.Generator().manual_seed(seed)
     picked = rows[torch.randperm(len(rows), generator=generator)[:count]].tolist()
     sample = ImageList([listing.names[i] for i in picked], lambda k: listing.read(picked[k]),
                        [listing.labels[i] for i in picked], listing.classes)
-    pixels, _, _ = decode_all(sample, config.image_size, config.skip_bad_images)
-    return to_grey_if_grey(pixels)
+    return decode_all(sample, config.image_size, config.skip_bad_images)[0]  # grey when grey
