@@ -14,13 +14,7 @@ import torch
 from imgcls.data.augment import Augmentation, read_augmentation
 from imgcls.data.decode import usable_cores
 from imgcls.data.normalize import PixelNormalizer
-from imgcls.data.types import (
-    Batch,
-    BatchSource,
-    LabelledImages,
-    Normalization,
-    PreparedData,
-)
+from imgcls.data.types import Batch, BatchSource, LabelledImages, Normalization, PreparedData
 from imgcls.distributed import Shard
 
 EVAL_BATCH = 4096  # images in one evaluation batch, at most ...

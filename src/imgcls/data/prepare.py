@@ -21,13 +21,7 @@ from imgcls.data.readers import (
 from imgcls.data.registry import SPECS, DatasetSpec
 from imgcls.data.split import check_labels, split_train_val
 from imgcls.data.stream import prepare_streamed
-from imgcls.data.types import (
-    DecodedSplit,
-    LabelledImages,
-    Normalization,
-    PreparedData,
-    SelectedImages,
-)
+from imgcls.data.types import DecodedSplit, LabelledImages, Normalization, PreparedData, SelectedImages
 
 
 def prepare(config: DataConfig, seed: int, normalization: Normalization | None = None,

@@ -86,9 +86,7 @@ def folder_split_dir(root: Path, split: str) -> Path:
 
 
 def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
-    from torchvision.datasets.folder import (
-        find_classes,  # torchvision: imported when needed, for start-up speed
-    )
+    from torchvision.datasets.folder import find_classes  # imported when needed, for start-up speed
 
     if not root.is_dir():
         raise UserError(f"data dir {root} does not exist; pass --data-dir with the folder that holds the dataset")

@@ -7,13 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcls.data.formats import (
-    check_idx,
-    check_imagenet,
-    check_mat,
-    check_pickle,
-    check_stl,
-)
+from imgcls.data.formats import check_idx, check_imagenet, check_mat, check_pickle, check_stl
 
 EMBEDDED_ZIP = Path(__file__).parent / "embedded" / "cifar10-sample.zip"  # the cifar10-sample dataset's JPEGs
 FEATURES_SUFFIXES = (".npz", ".safetensors")  # the files --dataset features reads

@@ -14,21 +14,9 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.augment import Augmentation
 from imgcls.data.batches import epoch_permutation
-from imgcls.data.decode import (
-    decode_image_bytes,
-    error_reason,
-    forked_workers,
-    size_text,
-    unreadable_message,
-)
+from imgcls.data.decode import decode_image_bytes, error_reason, forked_workers, size_text, unreadable_message
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
-from imgcls.data.readers import (
-    check_same_classes,
-    check_same_shape,
-    decode_all,
-    list_images,
-    resolve_data_dir,
-)
+from imgcls.data.readers import check_same_classes, check_same_shape, decode_all, list_images, resolve_data_dir
 from imgcls.data.registry import DatasetSpec
 from imgcls.data.split import check_labels, split_train_val
 from imgcls.data.types import Batch, ImageList, Normalization, PreparedData
