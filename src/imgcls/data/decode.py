@@ -42,7 +42,7 @@ class DecodedImages:
 
 @dataclass
 class _ChunkReport:
-    bad: dict[int, str] = field(default_factory=dict)  # index -> reason; only the first one unless skip_bad
+    bad: dict[int, str] = field(default_factory=dict)  # index -> reason
     mismatch: tuple[int, tuple] | None = None  # the first image whose size differs from the first's
     pid: int = 0
 
@@ -79,36 +79,24 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
     workers = workers if _fits_shared_memory(out.numel()) else 0
     chunks = _Chunks(read, out.share_memory_() if workers else out, list(range(first + 1, total, CHUNK)) + [total],
                      image_size, skip_bad)
-    reports = _decode_chunks(chunks, workers, lambda done: report(first + 1 + done, total))
-    for chunk in reports:
-        bad.update(chunk.bad)
-    if bad and not skip_bad:
-        index = min(bad)
-        raise UserError(unreadable_message(names[index], bad[index]))
-    mismatches = [chunk.mismatch for chunk in reports if chunk.mismatch is not None]
-    if mismatches:
-        index, shape = min(mismatches)
-        raise UserError(f"images differ in size ({names[first]} is {size_text(image.shape)}, {names[index]} is "
-                        f"{size_text(shape)}); pass --image-size N to resize them all to NxN")
-    kept = [i for i in range(total) if i not in bad]
-    decoded_by = {os.getpid()} | {chunk.pid for chunk in reports}  # this process decoded the first image
-    return DecodedImages(out[kept] if bad else out, kept, decoded_by)
-
-
-def _decode_chunks(chunks: _Chunks, workers: int, progress: Callable[[int], None]) -> list[_ChunkReport]:
-    """The chunks' reports in order, up to the first one with an unreadable image (unless skip_bad): all that
-    image's message needs. The workers are ended on any exit."""
-    reports, iterator = [], None
+    decoded_by, mismatch, iterator = {os.getpid()}, None, None  # this process decoded the first image
     try:
         iterator = forked_workers(chunks, workers)
-        for chunk, report in enumerate(iterator):
-            reports.append(report)
-            progress(chunks.starts[chunk + 1] - chunks.starts[0])
-            if report.bad and not chunks.skip_bad:
-                break
+        for chunk, result in enumerate(iterator):  # in order: the first unreadable image is the first reported
+            if result.bad and not skip_bad:
+                index = min(result.bad)
+                raise UserError(unreadable_message(names[index], result.bad[index]))
+            bad.update(result.bad)
+            mismatch = mismatch or result.mismatch
+            decoded_by.add(result.pid)
+            report(chunks.starts[chunk + 1], total)
     finally:
         iterator = None  # ends the workers now, even while an exception's traceback is kept
-    return reports
+    if mismatch:
+        raise UserError(f"images differ in size ({names[first]} is {size_text(image.shape)}, {names[mismatch[0]]} "
+                        f"is {size_text(mismatch[1])}); pass --image-size N to resize them all to NxN")
+    kept = [i for i in range(total) if i not in bad]
+    return DecodedImages(out[kept] if bad else out, kept, decoded_by)
 
 
 def worker_count(total: int) -> int:
@@ -205,9 +193,6 @@ def _decode_chunk(chunks: _Chunks, indices: range) -> _ChunkReport:
             report.mismatch = report.mismatch or (index, tuple(image.shape))
             continue
         chunks.out[index] = image
-    if not chunks.skip_bad and report.bad:
-        first = min(report.bad)
-        report.bad = {first: report.bad[first]}
     return report
 
 
