@@ -49,15 +49,11 @@ class Augmentation:
         import torch
 
         generator = torch.Generator().manual_seed(augment_seed(seed, epoch))
-        flip = torch.rand(count, generator=generator) < 0.5 if self.flip else None
+        flip = (torch.rand(count, generator=generator) < 0.5).to(device) if self.flip else None
         offsets = None
         if self.shift is not None:
-            offsets = torch.randint(-self.shift, self.shift + 1, (2, count), generator=generator)
-        return EpochPlan(self.reflect, _to(flip, device), _to(offsets, device))
-
-
-def _to(tensor, device):
-    return None if tensor is None else tensor.to(device)
+            offsets = torch.randint(-self.shift, self.shift + 1, (2, count), generator=generator).to(device)
+        return EpochPlan(self.reflect, flip, offsets)
 
 
 def augment_seed(seed: int, epoch: int) -> int:
