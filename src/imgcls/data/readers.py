@@ -316,18 +316,16 @@ def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool)
     except ImportError as error:  # SVHN's .mat files and ImageNet's devkit need scipy, which torchvision lacks
         raise UserError(f"reading {spec.name} needs the Python package {spec.needs_module or error.name}, which is "
                         f"not installed: pip install {spec.needs_module or error.name}") from None
-    except (RuntimeError, FileNotFoundError, ValueError, AssertionError, EOFError, KeyError, IndexError,
-            TypeError) as error:
-        if download and error_reason(error).startswith("Error downloading"):  # MNIST's mirrors all failed
-            raise UserError(f"could not download {spec.name} ({error_reason(error)}); copy it to {root} and pass "
-                            f"--data-dir, or --no-download") from None
-        if present and not isinstance(error, FileNotFoundError):  # the files are there but cannot be read
-            raise UserError(f"{spec.name} at {root} cannot be read ({error_reason(error)}); its files may be damaged "
+    except (RuntimeError, OSError, ValueError, AssertionError, EOFError, KeyError, IndexError, TypeError) as error:
+        reason, missing = error_reason(error), isinstance(error, FileNotFoundError)
+        # another OSError: a download could not reach the host; "Error downloading": MNIST's mirrors all failed
+        if (isinstance(error, OSError) and not missing) or (download and reason.startswith("Error downloading")):
+            raise UserError(f"could not download {spec.name} ({reason}); copy it to {root} and pass --data-dir, or "
+                            f"--no-download") from None
+        if present and not missing:  # the files are there but cannot be read
+            raise UserError(f"{spec.name} at {root} cannot be read ({reason}); its files may be damaged "
                             f"or incomplete: fetch them again, or delete them and pass --download") from None
-        raise UserError(missing_message(spec, root, download, error)) from None
-    except OSError as error:  # a download that could not reach the host
-        raise UserError(f"could not download {spec.name} ({error_reason(error)}); copy it to {root} and pass "
-                        f"--data-dir, or --no-download") from None
+        raise UserError(missing_message(spec, root, download)) from None
     return dataset
 
 
@@ -340,7 +338,7 @@ def _as_nchw(data) -> torch.Tensor:
     return images
 
 
-def missing_message(spec: DatasetSpec, root: Path, download: bool, error: Exception | None = None) -> str:
+def missing_message(spec: DatasetSpec, root: Path, download: bool) -> str:
     """Names every file looked for: the published ones under the data dir, then an image folder."""
     names = ", ".join(f"{name} (or {_unpacked_name(spec.unpacked_as[name])}, torchvision's unpacked copy)"
                       if name in spec.unpacked_as else name for name in spec.files)
