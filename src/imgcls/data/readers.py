@@ -167,8 +167,7 @@ def read_image_file(path: str | Path) -> bytes:
 
 @dataclass(frozen=True)
 class FileReader:
-    """Reads the i-th of these files: an object, not a closure, so that decoding worker processes can be
-    handed it (decode.worker_count)."""
+    """Reads the i-th of these files with read_image_file (an object, which pickles where a closure would not)."""
 
     paths: list[str]
 
