@@ -55,9 +55,7 @@ class Batches:
         self.labels = data.labels.to(device)
         self.normalize = PixelNormalizer(normalization, device)
         self.batch_size = max(1, min(batch_size, len(data)))
-        self.seed = seed
-        self.shuffle = shuffle
-        self.shard = shard
+        self.seed, self.shuffle, self.shard = seed, shuffle, shard
         self.augment = augment if shuffle else None
 
     def __len__(self) -> int:

@@ -72,10 +72,6 @@ def cache_key(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def entry_path(cache_dir: Path, identity: dict) -> Path:
-    return cache_dir / cache_key(identity)
-
-
 def load_or_derive(entry_dir: Path | None, settings: dict,
                    derive: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The tensors `derive` computes from the entry's data and `settings`: read from the entry when it holds them

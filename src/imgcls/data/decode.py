@@ -177,17 +177,11 @@ def _decode_chunk(chunks: _Chunks, indices: range) -> _ChunkReport:
         except OSError as error:
             report.bad[index] = error_reason(error)
     images = _decode_jpegs(encoded, chunks.image_size)
-    for index in indices:
-        if index in report.bad:
-            if not chunks.skip_bad:
-                break
-            continue
+    for index, data in encoded.items():  # a failing run decodes the rest of its chunk too: 30 ms at most
         try:
-            image = images[index] if index in images else decode_image_bytes(encoded[index], chunks.image_size)
+            image = images[index] if index in images else decode_image_bytes(data, chunks.image_size)
         except (RuntimeError, ValueError, OSError) as error:
             report.bad[index] = error_reason(error)
-            if not chunks.skip_bad:
-                break
             continue
         if image.shape != chunks.out.shape[1:]:
             report.mismatch = report.mismatch or (index, tuple(image.shape))

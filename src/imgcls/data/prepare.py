@@ -58,7 +58,7 @@ def _load_decoded(config: DataConfig, split: str,
     if not identity["source"] and identity["kind"] != "torchvision":
         return build(), False, None  # nothing to fingerprint: let the reader say what is missing
     decoded, cached = cache.load_or_build(default_cache_dir(), identity, build)
-    return decoded, cached, cache.entry_path(default_cache_dir(), identity)
+    return decoded, cached, default_cache_dir() / cache.cache_key(identity)
 
 
 def _prepare_in_memory(spec: DatasetSpec, config: DataConfig, seed: int,
