@@ -748,7 +748,7 @@ def test_batches_made_ahead_are_the_batches_made_in_turn(augment):
 
 
 def _batch_threads() -> list:
-    return [thread for thread in threading.enumerate() if thread.name == "imgcls-batches"]
+    return [thread for thread in threading.enumerate() if thread.name.startswith("imgcls-batches")]
 
 
 def test_batches_are_made_ahead_only_with_a_free_core_and_within_the_memory_budget(monkeypatch):

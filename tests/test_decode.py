@@ -40,7 +40,7 @@ def one_at_a_time(files: list[str], image_size: int | None) -> torch.Tensor:
 
 def in_workers(files: list[str], image_size: int | None = None, skip_bad: bool = False):
     """Decoded by two worker processes (this process decodes only the first image)."""
-    return decode_images(files, FileReader(files), image_size, skip_bad, workers=2, help_workers=False)
+    return decode_images(files, FileReader(files), image_size, skip_bad, workers=2)
 
 
 def test_workers_decode_real_jpegs_to_the_one_process_arrays(cifar_files, small_chunks):
@@ -146,42 +146,18 @@ def test_a_damaged_first_file_is_skipped_or_named(damaged_copy):
 
 def test_workers_are_used_when_there_is_enough_work(monkeypatch):
     files = [f"{i}.jpg" for i in range(60_000)]
-    monkeypatch.setattr(decode, "main_module_can_be_imported_again", lambda: True)  # as under `python -m pytest`
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    assert worker_count(len(files), FileReader(files)) == 3  # and this process: one per core
-    assert worker_count(200, FileReader(files)) == 0  # starting a worker would take longer
-    assert worker_count(len(files), lambda i: b"") == 0  # a closure cannot be handed to a worker
+    assert worker_count(len(files)) == 4  # one per core: this process only collects their reports
+    assert worker_count(200) == 0  # starting a worker would take longer
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert worker_count(len(files), FileReader(files)) == 0
-
-
-@pytest.mark.parametrize("spec, file, safe", [
-    ("imgcls.__main__", "/venv/lib/imgcls/__main__.py", True),  # python -m imgcls (or -m pytest)
-    (None, "/venv/bin/imgcls", True),  # the installed command
-    (None, None, True),  # an interactive session: nothing to import again
-    (None, "/home/me/script.py", False),  # its top-level code would run again in every worker
-    (None, "/home/me/<stdin>", False),  # python - < script.py: nothing a worker could import
-])
-def test_workers_only_where_the_main_module_can_be_imported_again(monkeypatch, spec, file, safe):
-    import sys
-    import types
-    from importlib.machinery import ModuleSpec
-
-    main = types.ModuleType("__main__")
-    main.__spec__ = ModuleSpec(spec, None) if spec else None
-    if file:
-        main.__file__ = file
-    monkeypatch.setitem(sys.modules, "__main__", main)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    files = [f"{i}.jpg" for i in range(60_000)]
-    assert decode.main_module_can_be_imported_again() is safe
-    assert (worker_count(len(files), FileReader(files)) > 0) is safe
+    assert worker_count(len(files)) == 0
 
 
 def test_a_script_without_a_main_guard_decodes_once_in_its_own_process(cifar_files, tmp_path):
-    """A user's script that decodes a long list runs its top-level code once, and gets the same images."""
+    """A user's script that decodes a long list in forked workers runs its top-level code once (nothing imports it
+    again), and gets the same images."""
     from conftest import run_python
 
     script = tmp_path / "script.py"
@@ -194,7 +170,7 @@ def test_a_script_without_a_main_guard_decodes_once_in_its_own_process(cifar_fil
         "decode.MIN_PARALLEL, decode.CHUNK = 8, 40\n"
         "files = sys.argv[1:]\n"
         "got = decode.decode_images(files, FileReader(files), None, False)\n"
-        "print(got.decoded_by == {os.getpid()}, int(got.images.sum()))\n")
+        "print(len(got.decoded_by) > 1, int(got.images.sum()))\n")
     done = run_python(script, *cifar_files)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert marker.read_text() == "ran\n"
@@ -213,23 +189,16 @@ def test_a_jpeg_s_size_is_read_from_its_header_as_pillow_reads_it(cifar_files, t
     assert decode._jpeg_frame_size(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # cut short: Pillow decides
 
 
-class InterruptedReader(FileReader):
-    """Reads files, but this (the test's) process gets Ctrl-C at one image: as if the user pressed it."""
-
-    parent = os.getpid()
-
-    def __call__(self, index: int) -> bytes:
-        if index == 150 and os.getpid() == self.parent:
-            raise KeyboardInterrupt
-        return super().__call__(index)
-
-
 def test_ctrl_c_while_workers_decode_stops_them_all(cifar_files, small_chunks):
     import multiprocessing
 
+    def interrupted(done: int, total: int) -> None:  # this (the test's) process gets Ctrl-C part-way
+        if done > 100:
+            raise KeyboardInterrupt
+
     files = cifar_files[:20] * 10
     with pytest.raises(KeyboardInterrupt):
-        decode_images(files, InterruptedReader(files), None, False, workers=2)
+        decode_images(files, FileReader(files), None, False, interrupted, workers=2)
     assert multiprocessing.active_children() == []
 
 

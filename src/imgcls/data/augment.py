@@ -1,26 +1,6 @@
-"""Data augmentation of training batches: `--augment flip`, `translate:N`, or both (`flip,translate:4`).
-
-`flip` mirrors each image left to right with probability 1/2; `translate:N` moves each image by a whole
-number of pixels drawn uniformly from -N..N along each axis, the border it uncovers filled with zeros
-(`translate:N:zero`, the default) or with the image reflected there (`translate:N:reflect`, numpy's
-'reflect': the edge pixel is not repeated). `none` is no augmentation (to turn off one that a config file
-sets). The spelling is checked and written back in one canonical form (`flip,translate:4`), so config.yaml
-repeats the run.
-
-Batches are augmented whole, on the uint8 pixels where they are, before normalization: each image's flip and
-shift become per-image source indices, and one torch.gather moves every pixel of the batch at once (no
-per-image Python). Labels are untouched.
-
-The draws are a pure function of (seed, epoch): one generator of its own draws the flip and the shift of
-every position of the epoch's order when the epoch starts (one small copy to the device an epoch, not a
-wait for the GPU every step), and the step's batch takes its positions' draws. A run resumed mid-epoch
-therefore redraws exactly what the interrupted run drew, the global torch RNG (the model's init) is never
-touched, and under torchrun each process takes the draws of its own part of each global batch: the images
-one process would have seen, augmented the same way.
-
-torch is imported by the functions that use it, not by the module: the config checks a spelling (a mistyped
-`--augment` is answered before torch is loaded).
-"""
+"""--augment: `flip`, `translate:N[:zero|:reflect]`, both (`flip,translate:4`), or `none`, applied to whole
+uint8 training batches with one gather; the draws are a pure function of (seed, epoch), so resume redraws them.
+torch is imported inside the functions: the config checks a spelling before torch is loaded."""
 
 from __future__ import annotations
 
@@ -69,15 +49,11 @@ class Augmentation:
         import torch
 
         generator = torch.Generator().manual_seed(augment_seed(seed, epoch))
-        flip = torch.rand(count, generator=generator) < 0.5 if self.flip else None
+        flip = (torch.rand(count, generator=generator) < 0.5).to(device) if self.flip else None
         offsets = None
         if self.shift is not None:
-            offsets = torch.randint(-self.shift, self.shift + 1, (2, count), generator=generator)
-        return EpochPlan(self.reflect, _to(flip, device), _to(offsets, device))
-
-
-def _to(tensor, device):
-    return None if tensor is None else tensor.to(device)
+            offsets = torch.randint(-self.shift, self.shift + 1, (2, count), generator=generator).to(device)
+        return EpochPlan(self.reflect, flip, offsets)
 
 
 def augment_seed(seed: int, epoch: int) -> int:

@@ -1,28 +1,12 @@
-"""Minibatches straight from the uint8 images in memory, and make_batches, which batches any prepared
-split the way its PreparedData says (in memory here, or from files: stream.py).
-
-Each epoch draws a seeded permutation, and each step gathers its rows, converts them to
-float and normalizes the whole batch with one multiply-add: no per-image Python, no PIL,
-no DataLoader. On CUDA the uint8 images move to the GPU once when they fit, else they stay
-in pinned host memory and each batch is copied over asynchronously.
-
-Under torchrun every process draws the same permutation and takes its contiguous part of
-each global batch, so the global batch is the one the user asked for; evaluation splits
-the images into contiguous parts, each counted once.
-
-With --augment (augment.py) each training batch is augmented as uint8 (N, C, H, W), between
-the gather and the normalization; evaluation batches never are.
-
-On the CPU, training batches are made a few steps ahead on threads of their own (made_ahead), so that
-gathering, augmenting and normalizing the next batches overlap the step on this one, on other cores.
-"""
+"""Minibatches straight from the uint8 images in memory: a seeded permutation per epoch, one gather, one
+multiply-add to normalize; and make_batches, which batches any prepared split (in memory, or stream.py)."""
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -30,13 +14,7 @@ import torch
 from imgcls.data.augment import Augmentation, read_augmentation
 from imgcls.data.decode import usable_cores
 from imgcls.data.normalize import PixelNormalizer
-from imgcls.data.types import (
-    Batch,
-    BatchSource,
-    LabelledImages,
-    Normalization,
-    PreparedData,
-)
+from imgcls.data.types import Batch, BatchSource, LabelledImages, Normalization, PreparedData
 from imgcls.distributed import Shard
 
 EVAL_BATCH = 4096  # images in one evaluation batch, at most ...
@@ -77,9 +55,7 @@ class Batches:
         self.labels = data.labels.to(device)
         self.normalize = PixelNormalizer(normalization, device)
         self.batch_size = max(1, min(batch_size, len(data)))
-        self.seed = seed
-        self.shuffle = shuffle
-        self.shard = shard
+        self.seed, self.shuffle, self.shard = seed, shuffle, shard
         self.augment = augment if shuffle else None
 
     def __len__(self) -> int:
@@ -100,13 +76,10 @@ class Batches:
         return made_ahead(make, steps, makers, MADE_AHEAD) if self._ahead(makers) else map(make, steps)
 
     def _ahead(self, makers: int) -> bool:
-        """Whether to make batches ahead on threads: on the CPU (CUDA queues its kernels and runs them on its own),
-        with cores the step leaves free (on all of them, two threads' kernels would fight for each core), and
-        for batches small enough that the few made ahead (made_ahead holds up to makers * (depth + 1) + 1) stay
-        within AHEAD_BYTES: a large batch's step outlasts making it anyway."""
-        held = (makers * (MADE_AHEAD + 1) + 1) * self.batch_size * self.normalize.features * 4
-        return (self.device.type == "cpu" and torch.get_num_threads() < usable_cores()
-                and held <= AHEAD_BYTES)
+        """Only on the CPU (CUDA queues its kernels itself), with a core the step leaves free, and for batches
+        whose few made ahead stay within AHEAD_BYTES (a large batch's step outlasts making it anyway)."""
+        held = (makers * MADE_AHEAD + 2) * self.batch_size * self.normalize.features * 4
+        return self.device.type == "cpu" and torch.get_num_threads() < usable_cores() and held <= AHEAD_BYTES
 
     def _in_order(self, start_step: int) -> Iterator[Batch]:
         for step in range(start_step, len(self)):
@@ -137,59 +110,20 @@ class Batches:
 
 
 def made_ahead(make: Callable[[int], T], steps: range, makers: int, depth: int) -> Iterator[T]:
-    """make(step) for each step, in order, made by `makers` threads of their own (step i by thread i % makers),
-    each up to `depth` steps before the step is taken. torch's kernels let go of the GIL, so making the next
-    batches runs beside the step on this one, on other cores. The threads stop (and let go of what they made)
-    when the caller stops taking part-way; an error in making a step is raised here, at that step."""
-    makers = max(1, min(makers, len(steps)))
-    ready = [queue.Queue(maxsize=depth) for _ in range(makers)]
-    stop = threading.Event()
-
-    def run(maker: int) -> None:
+    """make(step) for each step, in order, made up to makers * depth steps ahead on `makers` threads (torch's
+    kernels let go of the GIL, so they run beside the step); an error is raised at its step, and the threads
+    end when the caller stops taking."""
+    with ThreadPoolExecutor(max(1, makers), thread_name_prefix="imgcls-batches") as pool:
+        pending: deque[Future] = deque()
         try:
-            for step in steps[maker::makers]:
-                if not _put(ready[maker], (make(step), None), stop):
-                    return
-        except BaseException as error:  # the caller's to raise, in its own thread
-            _put(ready[maker], (None, error), stop)
-
-    threads = [threading.Thread(target=run, args=(maker,), name="imgcls-batches", daemon=True)
-               for maker in range(makers)]
-    try:
-        for thread in threads:
-            thread.start()
-        for index in range(len(steps)):
-            item, error = _take(ready[index % makers], threads[index % makers])
-            if error is not None:
-                raise error
-            yield item
-    finally:
-        stop.set()
-        for thread in threads:
-            if thread.ident is not None and thread is not threading.current_thread():
-                thread.join()
-
-
-def _take(ready: queue.Queue, maker: threading.Thread) -> tuple:
-    """The next entry its maker queues; a RuntimeError if the maker ended without queuing one (it could not
-    even queue its error)."""
-    while True:
-        try:
-            return ready.get(timeout=1.0)
-        except queue.Empty:
-            if not maker.is_alive() and ready.empty():
-                raise RuntimeError("a thread making training batches ended without its batch") from None
-
-
-def _put(ready: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
-    """The entry queued once there is room; False (nothing queued) if the taker has stopped first."""
-    while not stop.is_set():
-        try:
-            ready.put(entry, timeout=0.05)
-            return True
-        except queue.Full:
-            continue
-    return False
+            for step in steps:
+                pending.append(pool.submit(make, step))
+                if len(pending) > makers * depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(cancel_futures=True)
 
 
 def eval_batch_size(normalization: Normalization) -> int:

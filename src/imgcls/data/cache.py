@@ -1,25 +1,8 @@
 """The decoded-dataset cache: decode a split once, memory-map it on every later run.
 
-Each entry is a folder named by a hash of everything that decides its contents: the dataset,
-the split, the image size, and the identity (path, size, modification and change time) of every
-source file, so a changed source is decoded again, even one edited and given back its old
-modification time (`touch -r`): that still changes its ctime. An entry is built in a staging
-folder and renamed into place only when complete, so a half-written entry is never read; an
-entry's meta.json holds a CRC-32 of each of its arrays and of itself, checked on every read (cheap beside
-the memory map's own reading): an entry that fails it, or that has none (made by an older imgcls), is
-decoded again, with a note saying why. When two processes build the same entry at once, the one that
-renames second uses the first one's entry.
-
-Beside a training split's images an entry keeps what is computed from them and a few settings (the
-validation split's rows, the normalization): `load_or_derive`, one file per set of settings, named by
-their hash and holding them, written whole under a temporary name. An entry made before these were
-kept has none, and they are computed and added; a file that cannot be read, fails its CRC-32, or holds
-other settings or other arrays than asked for, is computed again, never used.
-
-Only what imgcls made is ever listed or removed: entries (a 24-hex-digit name holding imgcls's
-meta.json) and staging folders (.<key>.<host>.<pid>.<random>.building). A staging folder whose
-process is gone (killed during a build) is removed at the next build.
-"""
+An entry is named by a hash of what decides its contents (the source files' identity included), built in a
+staging folder and renamed into place when whole, and checked against its CRC-32s on every read: a damaged
+entry is decoded again, with a note. Only what imgcls made is ever listed or removed."""
 
 from __future__ import annotations
 
@@ -32,8 +15,8 @@ import re
 import secrets
 import shutil
 import socket
-import stat
 import sys
+import warnings
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -72,7 +55,6 @@ def fingerprint(paths: list[Path]) -> list[list]:
         if root.is_file():
             found.append(_identity(str(root.resolve())))
         elif root.is_dir():
-            # 60,000 CIFAR files: about 0.3 s
             found += [_identity(path) for path in walk_files(os.path.abspath(root))]
     return found
 
@@ -90,21 +72,16 @@ def cache_key(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def entry_path(cache_dir: Path, identity: dict) -> Path:
-    return cache_dir / cache_key(identity)
-
-
-def load_or_derive(entry_dir: Path | None, settings: dict, derive: Callable[[], dict[str, torch.Tensor]],
-                   usable: Callable[[dict[str, torch.Tensor]], bool]) -> dict[str, torch.Tensor]:
-    """The tensors `derive` computes from the entry's data and `settings`, read from the entry when it has them
-    for these settings and they are `usable` (the names, types and shapes asked for), else computed (and kept
-    there when the entry exists and can be written). No entry (None): computed."""
+def load_or_derive(entry_dir: Path | None, settings: dict,
+                   derive: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors `derive` computes from the entry's data and `settings`: read from the entry when it holds them
+    for these settings with their CRC-32, else computed (and kept there when it can be written)."""
     if entry_dir is None:
         return derive()
     text = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
     path = entry_dir / f"derived-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
     found = _read_derived(path, text)
-    if found is not None and usable(found):
+    if found is not None:
         return found
     values = derive()
     if (entry_dir / "meta.json").is_file():
@@ -148,15 +125,12 @@ def note(text: str) -> None:
 
 
 def file_crc(path: Path) -> int:
-    """CRC-32 of a file's bytes, read through a memory map (no copy; a warm entry's pages are mapped anyway)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO in its place must not wait forever
-    with open(fd, "rb") as file:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if status.st_size == 0:
+    """CRC-32 of a file's bytes, read through a memory map (no copy; a warm entry's pages are mapped anyway).
+    Callers make sure it is a regular file (a FIFO would wait for a writer)."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
             return 0
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
             return zlib.crc32(view)
 
 
@@ -236,10 +210,7 @@ def _read_entry(entry_dir: Path) -> DecodedSplit | str | None:
         return f"it cannot be read: {type(error).__name__}"
     if list(images.shape) != shape or len(labels) != shape[0] or images.dtype != np.uint8:
         return "its arrays do not match its meta.json"
-    # The memory map is read-only; torch warns about that but never writes through it.
-    import warnings
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the memory map is read-only: torch warns, but never writes through it
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(images)
     return DecodedSplit(tensor, torch.from_numpy(labels.astype(np.int64)), classes, skipped, passed_over)

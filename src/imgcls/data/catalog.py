@@ -1,11 +1,5 @@
-"""`imgcls datasets`: the named datasets, what they hold, and whether each is in a data dir.
-
-"Present" follows the order in which data/readers.py looks: the copy inside the package
-(cifar10-sample), torchvision's own files under DIR when any of them is there, else an image-folder
-copy DIR/train/<class>/* whose class folders are the dataset's. Torchvision's files count as present
-only when a cheap look at each (headers, sizes, archive listings: check_files) finds them whole;
-else the dataset is "damaged or incomplete", with the file named. Nothing here imports torch.
-"""
+"""`imgcls datasets`: the named datasets, what they hold, and whether each is in a data dir (looked for in the
+order readers.py looks). Does not import torch."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""Readable class names from a names file, for class folders named by ids (ImageNet's n01443537).
-
-Two formats, as the datasets ship them:
-
-    words.txt     "n01443537<TAB>goldfish, Carassius auratus": id, a tab, names; the first name is shown
-    classes.txt   one name a line, in the classes' order (the sorted folder names)
-
-A file that leaves a class out, or names another number of classes, is a user's mistake (UserError):
-a half-renamed table would be worse than ids. Two ids with the same first name (ImageNet has two
-"crane"s) keep their id after it, so that no two classes look alike.
-"""
+"""Readable class names for class folders named by ids (ImageNet's n01443537), from words.txt ("id<TAB>name,
+...") or classes.txt (one name a line, in the sorted folders' order)."""
 
 from __future__ import annotations
 

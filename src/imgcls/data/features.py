@@ -1,22 +1,5 @@
-"""Features in: `--dataset features --data-dir FILE`, precomputed embeddings for a linear probe.
-
-FILE is an .npz (numpy) or .safetensors file with x_train, y_train, x_test, y_test (optionally x_val,
-y_val and classes): x arrays (N, D) of floats or integers, y arrays of whole class indices. In .npz
-`classes` is an array of strings; a .safetensors file cannot hold strings, so its classes are a JSON
-list in the file's metadata under "classes".
-
-A features dataset is an "image" of shape (1, 1, D) to the rest of imgcls, so batches, training,
-metrics, checkpoints and eval are the image code unchanged. Two things differ:
-
-- Memory: the features are held once, as float32. A float32 array is used as numpy read it (no copy);
-  other types are converted once. Nothing is cached (the file is read as it is) and no validation
-  copy is made: rows are moved within the one array so that train and val are two views of it. An
-  .npz member cannot be memory-mapped when compressed, so every array is read into memory.
-- Normalization: statistics are fitted in the features' own units, then stored on the 0..1 scale the
-  checkpoints use for pixels (divided by 255), so x = (feature / 255 - mean) / std is
-  (feature - mean_f) / std_f, and data.batches.PixelNormalizer, eval, predict and export apply it.
-  `--normalize none` feeds the features as they are (std 1/255).
-"""
+"""--dataset features: precomputed embeddings from an .npz or .safetensors file (x_train, y_train, x_test,
+y_test, optionally x_val, y_val and classes), held once as float32 and shaped as (1, 1, D) "images"."""
 
 from __future__ import annotations
 

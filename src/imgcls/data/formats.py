@@ -1,8 +1,5 @@
-"""A cheap look at a dataset's published files, one check per file format (headers, sizes, archive
-listings, not a full decode), so that a damaged or cut-off copy is named before torchvision fails on it.
-Each check takes the files (in the order the dataset spec lists them) and raises Damaged; the dataset
-specs (registry.py) name theirs. Nothing here imports torch or the rest of imgcls.
-"""
+"""A cheap look at a dataset's published files, one check per format (headers, sizes, listings), so that a
+damaged or cut-off copy is named before torchvision fails on it. Imports neither torch nor imgcls."""
 
 from __future__ import annotations
 

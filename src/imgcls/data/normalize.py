@@ -1,6 +1,5 @@
-"""Normalization of pixels: fitted on the training images (per pixel, per channel or none), and applied to
-whole batches of uint8 rows on the device with one multiply-add. The in-memory and the streaming batches
-share the applying; features fit their own (features.py) and are applied the same way."""
+"""Normalization of pixels: fitted on the training images, applied to whole uint8 batches with one
+multiply-add (in-memory and streaming batches, and features, share the applying)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,9 @@
-"""From a config to ready data. Where the pixels are held is chosen here, once: a features file read into
-memory (features.py), image files decoded batch by batch (--stream, stream.py), or both splits decoded
-into memory through the cache (below). Every path holds out the validation split with split.py and fits
-the normalization on what is left (in memory: both kept in the training split's cache entry, so a warm
-run computes neither); the PreparedData says how its splits are batched.
-
-The test split is never used to choose anything; only metrics are computed on it.
-"""
+"""From a config to ready data: a features file, image files decoded batch by batch (--stream), or both splits
+decoded into memory through the cache, chosen once here. The test split never chooses anything."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
 
 from imgcls.config import DataConfig, default_cache_dir
 from imgcls.data import cache
@@ -29,13 +21,7 @@ from imgcls.data.readers import (
 from imgcls.data.registry import SPECS, DatasetSpec
 from imgcls.data.split import check_labels, split_train_val
 from imgcls.data.stream import prepare_streamed
-from imgcls.data.types import (
-    DecodedSplit,
-    LabelledImages,
-    Normalization,
-    PreparedData,
-    SelectedImages,
-)
+from imgcls.data.types import DecodedSplit, LabelledImages, Normalization, PreparedData, SelectedImages
 
 
 def prepare(config: DataConfig, seed: int, normalization: Normalization | None = None,
@@ -72,60 +58,31 @@ def _load_decoded(config: DataConfig, split: str,
     if not identity["source"] and identity["kind"] != "torchvision":
         return build(), False, None  # nothing to fingerprint: let the reader say what is missing
     decoded, cached = cache.load_or_build(default_cache_dir(), identity, build)
-    return decoded, cached, cache.entry_path(default_cache_dir(), identity)
+    return decoded, cached, default_cache_dir() / cache.cache_key(identity)
 
 
 def _prepare_in_memory(spec: DatasetSpec, config: DataConfig, seed: int,
                        normalization: Normalization | None, progress: ProgressCallback | None) -> PreparedData:
+    """Both splits decoded through the cache; the validation rows and the normalization are kept in the training
+    split's entry for these settings, so a warm run computes neither."""
     train_full, train_cached, entry = _load_decoded(config, "train", progress)
     test, test_cached = load_decoded(config, "test", progress)
     check_same_classes(spec.name, train_full.classes, test.classes)
     check_labels(spec.name, train_full.classes, {"train": train_full.labels, "test": test.labels},
                  resolve_data_dir(config))
     check_same_shape(spec.name, tuple(train_full.images.shape[1:]), tuple(test.images.shape[1:]))
-    train_index, val_index = _cached_split(spec, config, seed, train_full, entry)
+    settings = {"val_split": config.val_split, "limit": config.limit, "seed": seed}
+    rows = cache.load_or_derive(entry, settings, lambda: dict(zip(("train", "val"), split_train_val(
+        train_full.labels, len(train_full.classes), config.val_split, config.limit, seed, name=spec.name))))
     # Copied out of the decoded split only when their pixels are used: eval of the test split never does
-    train = SelectedImages(train_full.images, train_index, train_full.labels[train_index])
-    val = SelectedImages(train_full.images, val_index, train_full.labels[val_index])
+    train, val = (SelectedImages(train_full.images, rows[part], train_full.labels[rows[part]])
+                  for part in ("train", "val"))
+    if normalization is None:
+        stats = cache.load_or_derive(entry, {**settings, "normalize": config.normalize},
+                                     lambda: vars(fit_normalization(train.images, config.normalize)))
+        normalization = Normalization(stats["mean"], stats["std"])
     return PreparedData(
         dataset=spec.name, classes=train_full.classes, shape=tuple(train_full.images.shape[1:]), train=train,
-        val=val, test=LabelledImages(test.images, test.labels),
-        normalization=normalization or _cached_normalization(config, seed, train, train_full.images.shape[1:], entry),
-        superclass_of=spec.superclass_of(),
-        skipped=train_full.skipped + test.skipped, from_cache=train_cached and test_cached,
-        passed_over=train_full.passed_over + test.passed_over)
-
-
-def _cached_split(spec: DatasetSpec, config: DataConfig, seed: int, train: DecodedSplit,
-                  entry: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """split_train_val's rows, kept in the training split's cache entry for these settings."""
-    def derive() -> dict[str, torch.Tensor]:
-        return dict(zip(("train", "val"), split_train_val(train.labels, len(train.classes), config.val_split,
-                                                          config.limit, seed, name=spec.name)))
-
-    def usable(rows: dict[str, torch.Tensor]) -> bool:
-        return rows.keys() == {"train", "val"} and all(
-            index.dtype == torch.int64 and index.ndim == 1 and bool(((index >= 0) & (index < len(train.labels))).all())
-            for index in rows.values())
-
-    rows = cache.load_or_derive(entry, _split_settings(config, seed), derive, usable)
-    return rows["train"], rows["val"]
-
-
-def _cached_normalization(config: DataConfig, seed: int, train: SelectedImages, shape: tuple[int, ...],
-                          entry: Path | None) -> Normalization:
-    """fit_normalization on the training part, kept in the training split's cache entry for these settings."""
-    shape = tuple(shape)
-
-    def usable(stats: dict[str, torch.Tensor]) -> bool:
-        return stats.keys() == {"mean", "std"} and all(
-            value.dtype == torch.float32 and tuple(value.shape) == shape for value in stats.values())
-
-    settings = {**_split_settings(config, seed), "normalize": config.normalize}
-    stats = cache.load_or_derive(entry, settings, lambda: vars(fit_normalization(train.images, config.normalize)),
-                                 usable)
-    return Normalization(stats["mean"], stats["std"])
-
-
-def _split_settings(config: DataConfig, seed: int) -> dict:
-    return {"val_split": config.val_split, "limit": config.limit, "seed": seed}
+        val=val, test=LabelledImages(test.images, test.labels), normalization=normalization,
+        superclass_of=spec.superclass_of(), skipped=train_full.skipped + test.skipped,
+        from_cache=train_cached and test_cached, passed_over=train_full.passed_over + test.passed_over)

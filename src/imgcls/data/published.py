@@ -1,8 +1,5 @@
-"""A named dataset's published files under a data dir: where each is (or what torchvision unpacked it
-into), whether any is there, and whether they are whole (the spec's cheap format check). readers.py asks
-this before handing the files to torchvision, and catalog.py for `imgcls datasets`. Nothing here imports
-torch.
-"""
+"""A named dataset's published files under a data dir: where each is (or what torchvision unpacked it into),
+and whether they are whole. Does not import torch."""
 
 from __future__ import annotations
 

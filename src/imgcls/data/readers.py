@@ -1,15 +1,5 @@
-"""Read one split of a dataset into memory as uint8 images (N, C, H, W) and int64 labels.
-
-Three kinds of source for a named dataset: the copy embedded in the package (cifar10-sample),
-torchvision's own dataset class on the dataset's published files (when any of them is in the data dir:
-registry.py's `files`, which published.check_files looks over first), else an image-folder copy at the
-data dir (ROOT/train/<class>/*, ROOT/test|val/<class>/*). The checks that a split's classes and image
-shape agree with the other split's, and with the dataset's, are here too.
-Image files are listed with torchvision's find_classes and a walk that follows symlinks but
-enters each folder once (a symlink loop is walked once), and decoded in bulk by torchvision.io,
-in worker processes (decode.py), not one PIL image at a time. Which files are images is IMAGE_EXTENSIONS, the
-one list that training, --stream and predict share.
-"""
+"""Read one split of a dataset (embedded zip, torchvision's class on the published files, or an image folder)
+into uint8 images and int64 labels, and check that its classes and shape agree with the other split's."""
 
 from __future__ import annotations
 
@@ -65,16 +55,18 @@ def source_paths(spec: DatasetSpec, root: Path, split: str) -> list[Path]:
 
 def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
                download: bool, progress: ProgressCallback | None = None) -> DecodedSplit:
-    """progress, if given, is told (images decoded, images in all) while image files are decoded."""
-    kind = source_kind(spec, root)
-    _check_not_a_file(root, kind)
-    if kind == "torchvision":
-        decoded = _read_torchvision(spec, root, split, image_size, skip_bad, download, progress)
+    """The split decoded, labels in the dataset's class order; progress, if given, is told (images decoded, images
+    in all) while image files are decoded."""
+    if source_kind(spec, root) == "torchvision" and not spec.lists_files:
+        split_data = _read_arrays(spec, root, split, image_size, download)
     else:
-        listing = _list_zip(spec.embedded, split) if kind == "embedded" else _list_folder(root, split, spec)
+        listing = list_images(spec, root, split, download)
         images, labels, skipped = decode_all(listing, image_size, skip_bad, progress)
-        decoded = DecodedSplit(images, labels, listing.classes, skipped, listing.passed_over)
-    return _match_spec(spec, decoded, root, image_size)
+        split_data = DecodedSplit(images, labels, listing.classes, skipped, listing.passed_over)
+    if spec.shape is not None and image_size is None and tuple(split_data.images.shape[1:]) != spec.shape:
+        raise UserError(f"{root} does not hold {spec.name}: images are {tuple(split_data.images.shape[1:])} (C, H, "
+                        f"W), expected {spec.shape}; pass --image-size to resize, or use --dataset imagefolder")
+    return split_data
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -94,9 +86,7 @@ def folder_split_dir(root: Path, split: str) -> Path:
 
 
 def _list_folder(root: Path, split: str, spec: DatasetSpec) -> ImageList:
-    from torchvision.datasets.folder import (
-        find_classes,  # torchvision: imported when needed, for start-up speed
-    )
+    from torchvision.datasets.folder import find_classes  # imported when needed, for start-up speed
 
     if not root.is_dir():
         raise UserError(f"data dir {root} does not exist; pass --data-dir with the folder that holds the dataset")
@@ -177,8 +167,7 @@ def read_image_file(path: str | Path) -> bytes:
 
 @dataclass(frozen=True)
 class FileReader:
-    """Reads the i-th of these files: an object, not a closure, so that decoding worker processes can be
-    handed it (decode.worker_count)."""
+    """Reads the i-th of these files with read_image_file (an object, which pickles where a closure would not)."""
 
     paths: list[str]
 
@@ -268,14 +257,11 @@ def _imagenet_listing(dataset) -> ImageList:
     return ImageList(paths, FileReader(paths), list(dataset.targets), classes)
 
 
-def _read_torchvision(spec: DatasetSpec, root: Path, split: str, image_size: int | None, skip_bad: bool,
-                      download: bool, progress: ProgressCallback | None = None) -> DecodedSplit:
+def _read_arrays(spec: DatasetSpec, root: Path, split: str, image_size: int | None, download: bool) -> DecodedSplit:
+    """A split torchvision's class reads as arrays (MNIST, CIFAR, SVHN, STL-10), resized if asked."""
+    _check_not_a_file(root, "torchvision")
     dataset = _open_torchvision(spec, root, split, download)
     _check_class_names(spec, dataset, root)
-    if spec.lists_files:
-        listing = _imagenet_listing(dataset)
-        images, labels, skipped = decode_all(listing, image_size, skip_bad, progress)
-        return DecodedSplit(images, labels, listing.classes, skipped)
     images, labels = _checked_arrays(spec, root, split, dataset)
     if image_size is not None:  # resized in chunks of 4096, each in float32
         check_fits_memory(image_size, (len(images) + 4 * 4096) * images.shape[1] * image_size ** 2,
@@ -329,18 +315,16 @@ def _open_torchvision(spec: DatasetSpec, root: Path, split: str, download: bool)
     except ImportError as error:  # SVHN's .mat files and ImageNet's devkit need scipy, which torchvision lacks
         raise UserError(f"reading {spec.name} needs the Python package {spec.needs_module or error.name}, which is "
                         f"not installed: pip install {spec.needs_module or error.name}") from None
-    except (RuntimeError, FileNotFoundError, ValueError, AssertionError, EOFError, KeyError, IndexError,
-            TypeError) as error:
-        if download and error_reason(error).startswith("Error downloading"):  # MNIST's mirrors all failed
-            raise UserError(f"could not download {spec.name} ({error_reason(error)}); copy it to {root} and pass "
-                            f"--data-dir, or --no-download") from None
-        if present and not isinstance(error, FileNotFoundError):  # the files are there but cannot be read
-            raise UserError(f"{spec.name} at {root} cannot be read ({error_reason(error)}); its files may be damaged "
+    except (RuntimeError, OSError, ValueError, AssertionError, EOFError, KeyError, IndexError, TypeError) as error:
+        reason, missing = error_reason(error), isinstance(error, FileNotFoundError)
+        # another OSError: a download could not reach the host; "Error downloading": MNIST's mirrors all failed
+        if (isinstance(error, OSError) and not missing) or (download and reason.startswith("Error downloading")):
+            raise UserError(f"could not download {spec.name} ({reason}); copy it to {root} and pass --data-dir, or "
+                            f"--no-download") from None
+        if present and not missing:  # the files are there but cannot be read
+            raise UserError(f"{spec.name} at {root} cannot be read ({reason}); its files may be damaged "
                             f"or incomplete: fetch them again, or delete them and pass --download") from None
-        raise UserError(missing_message(spec, root, download, error)) from None
-    except OSError as error:  # a download that could not reach the host
-        raise UserError(f"could not download {spec.name} ({error_reason(error)}); copy it to {root} and pass "
-                        f"--data-dir, or --no-download") from None
+        raise UserError(missing_message(spec, root, download)) from None
     return dataset
 
 
@@ -353,7 +337,7 @@ def _as_nchw(data) -> torch.Tensor:
     return images
 
 
-def missing_message(spec: DatasetSpec, root: Path, download: bool, error: Exception | None = None) -> str:
+def missing_message(spec: DatasetSpec, root: Path, download: bool) -> str:
     """Names every file looked for: the published ones under the data dir, then an image folder."""
     names = ", ".join(f"{name} (or {_unpacked_name(spec.unpacked_as[name])}, torchvision's unpacked copy)"
                       if name in spec.unpacked_as else name for name in spec.files)
@@ -379,17 +363,6 @@ def _check_class_names(spec: DatasetSpec, dataset, root: Path) -> None:
         raise UserError(f"{root} does not hold {spec.name}: its files name the classes {', '.join(found[:6])}, ... "
                         f"where {spec.name} has {', '.join(spec.classes[:6])}, ...; use --dataset imagefolder for "
                         f"other data")
-
-
-def _match_spec(spec: DatasetSpec, split: DecodedSplit, root: Path, image_size: int | None) -> DecodedSplit:
-    """An image-folder copy of a named dataset must have its classes and image shape; labels follow its order."""
-    if spec.shape is not None and image_size is None and tuple(split.images.shape[1:]) != spec.shape:
-        raise UserError(f"{root} does not hold {spec.name}: images are {tuple(split.images.shape[1:])} (C, H, W), "
-                        f"expected {spec.shape}; pass --image-size to resize, or use --dataset imagefolder")
-    order = class_order(spec, split.classes, root)
-    if order is None:
-        return split
-    return DecodedSplit(split.images, order[split.labels], list(spec.classes), split.skipped, split.passed_over)
 
 
 def class_order(spec: DatasetSpec, classes: list[str], root: Path) -> torch.Tensor | None:

@@ -1,12 +1,5 @@
-"""The named datasets: every fact about each in one place, as a plain table that imports nothing heavy.
-
-`torchvision_class` is the name of torchvision's own dataset class; readers.py uses it.
-`train_split`/`test_split` are the split names the class takes (torchvision is not uniform).
-`files` are the files that class reads under the data dir (both splits: most classes check them all
-before reading either), in the dataset's published layout; `check_format` is the cheap check (headers
-and sizes, formats.py) that published.py runs on them, for `imgcls datasets` and the readers' messages.
-Code reads these fields, never a dataset's name, to decide what to do with it.
-"""
+"""The named datasets: every fact about each in one plain table that imports nothing heavy. Code reads these
+fields, never a dataset's name, to decide what to do with it."""
 
 from __future__ import annotations
 
@@ -14,13 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcls.data.formats import (
-    check_idx,
-    check_imagenet,
-    check_mat,
-    check_pickle,
-    check_stl,
-)
+from imgcls.data.formats import check_idx, check_imagenet, check_mat, check_pickle, check_stl
 
 EMBEDDED_ZIP = Path(__file__).parent / "embedded" / "cifar10-sample.zip"  # the cifar10-sample dataset's JPEGs
 FEATURES_SUFFIXES = (".npz", ".safetensors")  # the files --dataset features reads

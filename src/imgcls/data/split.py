@@ -1,8 +1,5 @@
-"""The held-out validation split, one function for every path (in memory, --stream, features): a seeded,
-stratified --limit subset of the training split first, then a seeded, stratified validation part of what
-is left, after checking there are enough training images to hold one out. The test split is never used
-to choose anything.
-"""
+"""The held-out validation split, one function for every path: a seeded, stratified --limit subset, then a
+seeded, stratified validation part of what is left. The test split is never used to choose anything."""
 
 from __future__ import annotations
 
@@ -16,14 +13,8 @@ from imgcls.errors import UserError, shown
 
 def stratified_sample(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """A seeded sample of `fraction` of each class's indices (at least one of a class with two or more)."""
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for label in labels.unique():
-        members = (labels == label).nonzero().squeeze(1)
-        count = round(len(members) * fraction)
-        count = min(max(count, 1 if len(members) >= 2 else 0), len(members) - 1 if len(members) >= 2 else 0)
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
-    return torch.cat(chosen).sort().values
+    sizes = labels.unique(return_counts=True)[1].tolist()
+    return _draw(labels, [min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0 for n in sizes], seed)
 
 
 def limited_rows(labels: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor | None:
@@ -31,11 +22,14 @@ def limited_rows(labels: torch.Tensor, limit: int | None, seed: int) -> torch.Te
     two of each class that has two when the limit allows; None when it keeps them all."""
     if limit is None or limit >= len(labels):
         return None
-    classes, counts = labels.unique(return_counts=True)
-    take = _shares(counts.tolist(), limit)
+    return _draw(labels, _shares(labels.unique(return_counts=True)[1].tolist(), limit), seed)
+
+
+def _draw(labels: torch.Tensor, counts: list[int], seed: int) -> torch.Tensor:
+    """The first counts[k] of class k's indices in a seeded order (classes in ascending order), all ascending."""
     generator = torch.Generator().manual_seed(seed)
     chosen = []
-    for label, count in zip(classes, take):
+    for label, count in zip(labels.unique(), counts):
         members = (labels == label).nonzero().squeeze(1)
         chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
     return torch.cat(chosen).sort().values

@@ -1,19 +1,9 @@
-"""Datasets too large for memory (full-resolution ImageNet): decode each batch from its files.
-
-The plan of an epoch is the in-memory path's: the same seeded permutation, the same global
-batches, each process its own contiguous part of each. What changes is where pixels come
-from: DataLoader worker processes read and decode each part from its files (torchvision.io,
-resized to --image-size), so files are sharded across processes and, batch by batch, across
-workers. Normalization is fitted on a seeded sample of the training images, and a seeded sample
-of the test images is decoded before training too, so test images of another shape are refused
-then, not after the last epoch. Workers ignore SIGINT and SIGTERM: a scheduler's SIGTERM to the
-whole process group reaches the main process, which stops after the step in flight and
-checkpoints (interrupt.py), while the workers it still needs keep running. --augment
-(augment.py) is applied in the main process, on the device, to each decoded part.
-"""
+"""--stream, for datasets too large for memory: the in-memory path's plan of an epoch (same permutation, same
+global batches), with each process's part of each batch decoded from its files by DataLoader workers."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -24,22 +14,9 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.augment import Augmentation
 from imgcls.data.batches import epoch_permutation
-from imgcls.data.decode import (
-    decode_image_bytes,
-    error_reason,
-    ignore_stop_signals,
-    size_text,
-    stop_signals_blocked,
-    to_grey_if_grey,
-)
+from imgcls.data.decode import decode_image_bytes, error_reason, forked_workers, size_text, unreadable_message
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
-from imgcls.data.readers import (
-    check_same_classes,
-    check_same_shape,
-    decode_all,
-    list_images,
-    resolve_data_dir,
-)
+from imgcls.data.readers import check_same_classes, check_same_shape, decode_all, list_images, resolve_data_dir
 from imgcls.data.registry import DatasetSpec
 from imgcls.data.split import check_labels, split_train_val
 from imgcls.data.types import Batch, ImageList, Normalization, PreparedData
@@ -69,13 +46,12 @@ class StreamedImages:
         return len(self.index)
 
     def subset(self, rows: torch.Tensor | slice) -> StreamedImages:
-        return StreamedImages(self.listing, self.index[rows], self.image_size, self.channels, self.skip_bad,
-                              self.shape)
+        return dataclasses.replace(self, index=self.index[rows])
 
-    def decode(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None, list[int]]:
-        """The images at these rows as uint8 (b, C, H, W) with their labels, and the rows decoded (all but the
-        unreadable ones --skip-bad-images passes over); an error message instead of raising, because an exception
-        from a worker process reaches the user with its traceback."""
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, str | None, list[int]]:
+        """A DataLoader's item, a whole batch: the images at these rows as uint8 (b, C, H, W), their labels, and the
+        rows decoded (--skip-bad-images passes over unreadable ones); an error message instead of raising, because
+        an exception from a worker process reaches the user with its traceback."""
         images, labels, kept = [], [], []
         for row in rows:
             position = int(self.index[row])
@@ -85,8 +61,7 @@ class StreamedImages:
             except (RuntimeError, ValueError, OSError) as error:
                 if self.skip_bad:
                     continue
-                return torch.empty(0), torch.empty(0), (f"cannot read image {name} ({error_reason(error)}); "
-                                                        f"fix or remove it, or pass --skip-bad-images"), []
+                return torch.empty(0), torch.empty(0), unreadable_message(name, error_reason(error)), []
             wanted = self.shape or (images[0].shape if images else None)
             if wanted is not None and image.shape[-2:] != wanted[-2:]:
                 return torch.empty(0), torch.empty(0), (f"image {name} is {size_text(image.shape)}, the others "
@@ -100,16 +75,6 @@ class StreamedImages:
             return (torch.empty((0, self.channels, height, width), dtype=torch.uint8),
                     torch.empty(0, dtype=torch.int64), None, kept)
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None, kept
-
-
-class _RowsDataset(torch.utils.data.Dataset):
-    """A dataset whose items are whole batches: the loader hands each worker a list of rows."""
-
-    def __init__(self, images: StreamedImages):
-        self.images = images
-
-    def __getitem__(self, rows: list[int]):
-        return self.images.decode(rows)
 
 
 class StreamingBatches:
@@ -138,13 +103,8 @@ class StreamingBatches:
         order = epoch_permutation(self.num_images, self.seed, epoch) if self.shuffle else torch.arange(self.num_images)
         plan = [order[step * self.batch_size:(step + 1) * self.batch_size] for step in range(start_step, len(self))]
         mine = [rows[self.shard.part(len(rows))].tolist() if self.shuffle else rows.tolist() for rows in plan]
-        loader = torch.utils.data.DataLoader(
-            _RowsDataset(self.data), batch_size=None, sampler=mine, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", multiprocessing_context="fork" if self.workers else None,
-            worker_init_fn=ignore_stop_signals)
+        parts = forked_workers(self.data, self.workers, mine, self.device.type == "cuda")
         draws = self.augment.plan(self.num_images, self.seed, epoch, self.device) if self.augment else None
-        with stop_signals_blocked():  # iter() forks the workers; a SIGTERM to the group must not catch one early
-            parts = iter(loader)
         for step, ((pixels, labels, error, kept), rows) in enumerate(zip(parts, plan), start_step):
             if error is not None:
                 raise UserError(error)
@@ -196,10 +156,9 @@ def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
 
 
 def _decode_sample(listing: ImageList, rows: torch.Tensor, count: int, config: DataConfig, seed: int) -> torch.Tensor:
-    """A seeded sample of up to `count` of these rows, decoded (grey when grey) as the in-memory path would."""
+    """A seeded sample of up to `count` of these rows, decoded as the in-memory path would (across the cores)."""
     generator = torch.Generator().manual_seed(seed)
     picked = rows[torch.randperm(len(rows), generator=generator)[:count]].tolist()
     sample = ImageList([listing.names[i] for i in picked], lambda k: listing.read(picked[k]),
                        [listing.labels[i] for i in picked], listing.classes)
-    pixels, _, _ = decode_all(sample, config.image_size, config.skip_bad_images)
-    return to_grey_if_grey(pixels)
+    return decode_all(sample, config.image_size, config.skip_bad_images)[0]  # grey when grey

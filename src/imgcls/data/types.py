@@ -1,6 +1,5 @@
-"""The data package's plain types: what a split of images is at each stage (still to decode, decoded, ready),
-what normalization is, and the one interface every kind of batches offers. Imports nothing of imgcls, so
-every other module of the package (and of imgcls) can import it without an import circle."""
+"""The data package's plain types (a split at each stage, normalization, the batches interface); imports nothing
+of imgcls, so any module can import it."""
 
 from __future__ import annotations
 
