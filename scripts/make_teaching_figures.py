@@ -2,7 +2,7 @@
 
     python scripts/make_teaching_figures.py [--runs DIR]
 
-The commands write under runs/teaching/ (or DIR); tests/test_teaching.py runs the same commands.
+The commands write under runs/teaching/ (or DIR); tests/report/test_teaching.py runs the same commands.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from imgcls.distributed import Shard
 from imgcls.errors import UserError
 from imgcls.report.report import Reporter
 from imgcls.training.train import Interrupted, train
-from test_resume import BATCH, LIMIT, InterruptAt, assert_same_run, resume
+from resuming import BATCH, LIMIT, InterruptAt, assert_same_run, resume
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ from imgcls.config import (MAX_THREADS, Config, apply_mapping, build_config, dat
                            parse_batch_size, parse_class_weights, parse_flags, sections, settings)
 from imgcls.errors import UserError, shown
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml")) + sorted((REPO_ROOT / "configs").glob("*.yml"))
 
 
