@@ -211,6 +211,41 @@ def test_report_on_a_config_yaml_alias_bomb_is_one_error_line(cli, tiny_cifar_ru
     assert_user_error(cli("report", run, "--no-figures"), "config.yaml", "the run folder is damaged")
 
 
+def _huge_count(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics).replace(f'"count": {metrics["test"]["count"]}',
+                                                                  '"count": 1' + "0" * 5000, 1))
+
+
+def _accuracy_above_one(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"]["top1"] = 2.5
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _nan_accuracy(run):
+    (run / "metrics.json").write_text((run / "metrics.json").read_text().replace('"top1": ', '"top1": NaN, "x": ', 1))
+
+
+def _epochs_a_folder(run):
+    (run / "epochs.jsonl").unlink()
+    (run / "epochs.jsonl").mkdir()
+
+
+@pytest.mark.parametrize("damage, words", [(_huge_count, "metrics.json"), (_accuracy_above_one, "top1"),
+                                           (_nan_accuracy, "top1"), (_epochs_a_folder, "epochs.jsonl")])
+def test_report_and_compare_refuse_a_damaged_record_in_one_line(cli, tiny_cifar_run, tmp_path, assert_user_error,
+                                                                damage, words):
+    """An integer too long to read, an accuracy outside [0, 1] or NaN, a folder in a file's place: one line."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_cifar_run[0], run)
+    damage(run)
+    assert_user_error(cli("report", run, "--no-figures"), words, "damaged")
+    assert_user_error(cli("compare", run, tiny_cifar_run[0], "--figure", tmp_path / "c.png"), words, "damaged")
+
+
 def test_an_error_about_a_path_with_brackets_shows_the_path(cli, tmp_path, assert_user_error):
     missing = tmp_path / "a [/x] b" / "best.safetensors"
     assert_user_error(cli("eval", missing), str(missing), "does not exist")

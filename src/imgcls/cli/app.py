@@ -128,9 +128,14 @@ def train(
 
 
 def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool) -> None:
-    """Train, then draw the figures, under one signal rule (interrupt.py) from the first import on: a Ctrl-C or
+    """Train under one signal rule (interrupt.py) from the first import on, then draw the figures: a Ctrl-C or
     SIGTERM in any phase ends the work in flight, then says what the run folder holds and how to go on."""
     from imgcls.training.interrupt import stop_on_signals
+
+    def interrupted() -> NoReturn:
+        if is_main:
+            say(target.interrupted_state(resumed is not None))
+        raise typer.Exit(130) from None
 
     with stop_on_signals() as stop:
         from imgcls.report.report import Reporter
@@ -146,19 +151,21 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
             finally:
                 reporter.close()
                 distributed.teardown()
-            if is_main and not stop.requested:
-                _after_training(result, reporter, resolved.data.dataset, quiet)
-            if stop.requested:  # during the final evaluation or the figures: the run is finished, the figures wait
-                raise KeyboardInterrupt
         except RunInterrupted as stopped:
             if is_main:
                 say(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n  imgcls train "
                     f"--resume {stopped.run_dir.path}" if stopped.resumable else str(stopped))
             raise typer.Exit(130) from None
-        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-            if is_main:
-                say(target.interrupted_state(resumed is not None))
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # a second Ctrl-C
+            interrupted()
+    # The rule ends with the training: a signal now stops the figures at once (each file is written whole or not)
+    try:
+        if stop.requested:  # during the final evaluation: the run is finished, the figures wait
+            raise KeyboardInterrupt
+        if is_main:
+            _after_training(result, reporter, resolved.data.dataset, quiet)
+    except KeyboardInterrupt:
+        interrupted()
 
 
 def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
@@ -233,11 +240,24 @@ def sweep(
     from imgcls.training.interrupt import stop_on_signals
 
     with stop_on_signals() as stop:  # the signal rule (interrupt.py) from the first import on
-        _sweep_under(config, overwrite, resume, quiet, options, stop)
+        result, target, reporter = _sweep_under(config, overwrite, resume, quiet, options, stop)
+    if not distributed.is_main_process():
+        return
+    try:  # the rule has ended: a signal now stops the figures at once (each file is written whole or not)
+        if result.best is not None:
+            _figures_or_warn(target.best.resolve(), reporter, "the chosen run's figures")
+    except KeyboardInterrupt:
+        _sweep_figures_wait(target)
+    _sweep_summary(result, target, reporter, quiet)
+
+
+def _sweep_figures_wait(target) -> NoReturn:
+    say(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` draws them")
+    raise typer.Exit(130) from None
 
 
 def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quiet: bool, options: dict,
-                 stop) -> None:
+                 stop) -> tuple:
     from imgcls.report.report import Reporter
     from imgcls.runs.sweepdir import SweepDir
     from imgcls.training import sweep as sweeping
@@ -255,8 +275,6 @@ def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quie
     with target.locked() if is_main else contextlib.nullcontext():
         try:
             result = sweeping.run(target, spec, reporter, resume is not None)
-            if is_main and result.best is not None and not stop.requested:
-                _figures_or_warn(target.best.resolve(), reporter, "the chosen run's figures")
             if stop.requested:  # the sweep is finished; its chosen run's figures wait
                 raise KeyboardInterrupt
         except sweeping.SweepInterrupted as stopped:
@@ -264,15 +282,15 @@ def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quie
                 say(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}")
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
+            if is_main and target.results.is_file():
+                _sweep_figures_wait(target)
             if is_main:
-                say(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` draws "
-                    f"them" if target.results.is_file() else f"interrupted while loading data or measuring the "
-                    f"points; `imgcls sweep --resume {target.path}` goes on from the last finished epoch")
+                say(f"interrupted while loading data or measuring the points; `imgcls sweep --resume {target.path}` "
+                    f"goes on from the last finished epoch")
             raise typer.Exit(130) from None
         finally:
             distributed.teardown()
-    if is_main:
-        _sweep_summary(result, target, reporter, quiet)
+    return result, target, reporter
 
 
 def _sweep_summary(result, target, reporter, quiet: bool) -> None:

@@ -142,7 +142,8 @@ class RunDir:
             raise UserError(f"--resume {path}: not a run folder with config.yaml and last.safetensors (or "
                             f"selection.json); pass the --out folder of an interrupted run")
         if run.metrics.is_file():
-            raise UserError(f"--resume {path}: that run has already finished (metrics.json exists); start a new run")
+            raise UserError(f"--resume {path}: that run has already finished (metrics.json exists); `imgcls report "
+                            f"{path} --html` draws any figures it lacks")
         if run.diverged.is_file():
             raise UserError(f"--resume {path}: that run diverged, and resuming it would diverge again the same way; "
                             f"start a new run with a lower --lr: {run.retry_command()}")
@@ -189,9 +190,9 @@ class RunDir:
         """epochs.jsonl's records, each checked for the keys and types a report reads."""
         if not self.epochs.exists():
             return []
-        try:
+        try:  # ValueError: also an integer too long to convert; OSError: a folder in the file's place
             records = [json.loads(line) for line in self.epochs.read_text().splitlines() if line.strip()]
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (OSError, ValueError) as error:
             raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
                             f"damaged") from None
         for line, record in enumerate(records, 1):
@@ -207,7 +208,7 @@ class RunDir:
             return None
         try:
             metrics = json.loads(self.metrics.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (OSError, ValueError) as error:
             raise UserError(f"{printable(self.metrics)} is not valid JSON ({error}); the run folder is damaged") \
                 from None
         _check_metrics(metrics, self.metrics)
@@ -365,17 +366,18 @@ def _note_pid(fd: int) -> None:
 
 # --- the shapes of the JSON files a report reads (older runs lack the keys that default to None) ------------
 
-Number = Annotated[float, Strict()]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]  # an accuracy
 Count = Annotated[int, Strict(), Field(ge=0)]
 Factor = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 REDO = "train the run again or restore the file"
 OPEN = ConfigDict(extra="allow")  # keys a later imgcls adds are passed over; val_top{k} and top{k} are checked apart
-EpochRecord = create_model("EpochRecord", __config__=OPEN, epoch=Count, train_loss=Number, train_top1=Number,
-                           val_loss=Number, val_top1=Number, lr=Number, seconds=Number,
+EpochRecord = create_model("EpochRecord", __config__=OPEN, epoch=Count, train_loss=Number, train_top1=Fraction,
+                           val_loss=Number, val_top1=Fraction, lr=Number, seconds=Number,
                            lr_last=(Number | None, None), images_per_s=(Number | None, None))
-SplitMetrics = create_model("SplitMetrics", __config__=OPEN, loss=Number, top1=Number, k=Count, count=Count,
-                            superclass_top1=(Number | None, None))
-Detail = create_model("Detail", __config__=OPEN, per_class=(list[Number], []), confusion=(list[list[Count]], []))
+SplitMetrics = create_model("SplitMetrics", __config__=OPEN, loss=Number, top1=Fraction, k=Count, count=Count,
+                            superclass_top1=(Fraction | None, None))
+Detail = create_model("Detail", __config__=OPEN, per_class=(list[Fraction], []), confusion=(list[list[Count]], []))
 MetricsFile = create_model("MetricsFile", __config__=OPEN, best_epoch=Count, val=SplitMetrics, test=SplitMetrics,
                            classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
                            test_detail=(Detail, Detail()))
@@ -418,8 +420,8 @@ def _damaged(path: Path, what: str, fix: str = REDO) -> UserError:
 def _check_topk(value, key: str, where: str, path: Path) -> None:
     if value is None:
         raise _damaged(path, f"{where} lacks '{key}'")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _damaged(path, f"{where}: '{key}' is {shown(value)}, not a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _damaged(path, f"{where}: '{key}' is {shown(value)}, not an accuracy from 0 to 1")
 
 
 def _check_metrics(metrics, path: Path) -> None:
