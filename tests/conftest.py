@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,12 @@ def read_run(path: Path) -> tuple[dict, list[dict], dict]:
 
     epochs = [json.loads(line) for line in (path / "epochs.jsonl").read_text().splitlines()]
     return yaml.safe_load((path / "config.yaml").read_text()), epochs, json.loads((path / "metrics.json").read_text())
+
+
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt in this process, as `imgcls` sets it, even where a shell's '&' started the
+    tests with SIGINT ignored; put back after the test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

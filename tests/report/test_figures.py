@@ -216,14 +216,14 @@ def _ragged_confusion(m):
 
 
 @pytest.mark.parametrize("damage, words", [
-    (_drop_val, ["metrics.json", "'val' lacks 'loss'"]),
-    (_strings_in_confusion, ["metrics.json", "'confusion'", "matrix of counts"]),
+    (_drop_val, ["metrics.json", "lacks 'val.loss'"]),
+    (_strings_in_confusion, ["metrics.json", "'test_detail.confusion.0.0' is text"]),
     (_detail_as_list, ["metrics.json", "'test_detail' is a list"]),
     (_short_per_class, ["metrics.json", "'per_class'", "10 numbers"]),
-    (_null_per_class, ["metrics.json", "'per_class'"]),
+    (_null_per_class, ["metrics.json", "'test_detail.per_class.0' is null"]),
     (_classes_as_text, ["metrics.json", "'classes' is text"]),
     (_best_epoch_as_text, ["metrics.json", "'best_epoch' is text"]),
-    (_top1_as_list, ["metrics.json", "'test': 'top1' is a list"]),
+    (_top1_as_list, ["metrics.json", "'test.top1' is a list"]),
     (_ragged_confusion, ["metrics.json", "10x10"]),
 ])
 def test_report_names_what_is_wrong_in_a_metrics_file_of_the_wrong_shape(cli, run, tmp_path, damage, words,

@@ -503,7 +503,8 @@ def test_a_signal_while_the_command_starts_ends_it_with_one_message(signum, mnis
         assert not (out / "metrics.json").exists()
 
 
-def test_a_ctrl_c_while_the_figures_are_drawn_stops_them_at_once(cli, mnist_root, tmp_path, monkeypatch):
+def test_a_ctrl_c_while_the_figures_are_drawn_stops_them_at_once(cli, mnist_root, tmp_path, monkeypatch,
+                                                                   ctrl_c):
     """Once training has ended its signal rule has too: a Ctrl-C stops the figures where they are (each file is
     written whole or not at all), not after all of them, and the line says what the finished run lacks."""
     from imgcls.report import figures

@@ -352,7 +352,7 @@ def test_a_full_disk_stops_a_sweep_in_one_line_and_it_resumes_once_space_is_free
         assert_same_sweep(sweep_files(out), expected), at
 
 
-def test_a_ctrl_c_while_the_chosen_runs_figures_are_drawn_stops_them_at_once(tmp_path, cli, monkeypatch):
+def test_a_ctrl_c_while_the_chosen_runs_figures_are_drawn_stops_them_at_once(tmp_path, cli, monkeypatch, ctrl_c):
     """The sweep's signal rule ends with its training: a Ctrl-C during the chosen run's figures stops them at once,
     and the line says how to draw them."""
     import time

@@ -60,7 +60,8 @@ class Metrics:
         as runs of older imgcls wrote it whatever k was."""
         k = summary.get("k", 5)
         return cls(summary["loss"], summary["top1"], summary.get(f"top{k}", summary.get("top5")), k,
-                   summary.get("count", 0), superclass_top1=summary.get("superclass_top1"))
+                   summary.get("count", 0), superclass_top1=summary.get("superclass_top1"),
+                   loss_se=summary.get("loss_se"))
 
     def summary(self) -> dict:
         """The headline numbers, as metrics.json and `eval --json` write them; top-k as `top{k}` (`top3`)."""

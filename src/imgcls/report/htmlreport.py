@@ -44,14 +44,20 @@ def png_data_uri(data: bytes) -> str:
 
 def thumbnail(image) -> str:
     """A uint8 (C, H, W) image as a PNG data URI, shrunk to THUMBNAIL_MAX pixels a side if larger."""
-    from torchvision.io import encode_png
-    from torchvision.transforms.v2.functional import resize
+    import io
+
+    from PIL import Image  # not torchvision.io: importing torchvision imports torch's compiler (seconds)
 
     h, w = image.shape[-2:]
     if max(h, w) > THUMBNAIL_MAX:
+        from torchvision.transforms.v2.functional import resize
+
         side = max(h, w)
         image = resize(image, [max(1, h * THUMBNAIL_MAX // side), max(1, w * THUMBNAIL_MAX // side)], antialias=True)
-    return png_data_uri(encode_png(image.contiguous()).numpy().tobytes())
+    pixels = image.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="png")
+    return png_data_uri(buffer.getvalue())
 
 
 @dataclass

@@ -109,14 +109,14 @@ def export_templates(checkpoint: Checkpoint, out: Path, size: int = 128, scale: 
                      grid_only: bool = False, space: str = "auto", colours: str = "auto",
                      clip: float = CLIP) -> list[Path]:
     """A PNG a class, enlarged to about `size` pixels, and the labelled grid (GRID_STEM.png); the paths written."""
-    from torchvision.io import write_png
-
     from imgcls.memory import check_fits_memory
 
     space = resolved_space(space, checkpoint)
     weights = template_weights(checkpoint, space)
     shown = display_images(weights, scale, colours, clip)
     if not grid_only:
+        from torchvision.io import write_png  # only here: importing torchvision imports torch's compiler (seconds)
+
         channels, height, width = shown.shape[1:]
         factor = enlargement(shown.shape, size)
         # one enlarged template at a time: a float32 image, two temporaries, its 8-bit pixels, the PNG encoder's copy
@@ -181,7 +181,6 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
     """All the templates as one picture (square pixels, names above them), not an axes each: a hundred classes draw
     in a fraction of a second. The title has its own band at the top, never over the first row's names."""
     from matplotlib.figure import Figure
-    from torchvision.utils import make_grid
 
     count, _, height, width = images.shape
     columns, rows, shrink, fig_w, cell_h, lines = _grid_layout(count, title)
@@ -195,7 +194,7 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
     band = max(2, round((cell_h - height * unit) / unit) - pad_bottom)  # room above each template for its name
     cell_rows, cell_columns = band + height + pad_bottom, 2 * pad_w + width
     cells = torch.nn.functional.pad(images.float(), (pad_w, pad_w, band, pad_bottom), value=1.0)  # white paper
-    mosaic = make_grid(cells, nrow=columns, padding=0, pad_value=1.0).permute(1, 2, 0)  # grey spreads to RGB
+    mosaic = _tiled(cells, columns)
     figure = Figure(figsize=(fig_w, fig_h), dpi=GRID_DPI)
     axis = figure.add_axes((0.0, 0.0, 1.0, 1.0 - band_top / fig_h))
     for index, name in enumerate(classes):
@@ -211,3 +210,12 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
         figure.text(0.5, 1.0 - (band_top / 2) / fig_h, "\n".join(lines), ha="center", va="center",
                     fontsize=14 * max(shrink, 0.7))
     return figure
+
+
+def _tiled(cells: torch.Tensor, columns: int) -> torch.Tensor:
+    """(N, C, H, W) cells as one (rows H, columns W, 3) picture, row by row, white where no cell is left."""
+    count, channels, height, width = cells.shape
+    rows = -(-count // columns)
+    blank = torch.ones(rows * columns - count, channels, height, width, dtype=cells.dtype)
+    tiles = torch.cat([cells, blank]).view(rows, columns, channels, height, width)
+    return tiles.permute(0, 3, 1, 4, 2).reshape(rows * height, columns * width, channels).expand(-1, -1, 3)
