@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -275,9 +276,20 @@ def read_run(path: Path) -> tuple[dict, list[dict], dict]:
 
 
 @pytest.fixture
-def ctrl_c():
-    """Ctrl-C raises KeyboardInterrupt in this process, as `imgcls` sets it, even where a shell's '&' started the
-    tests with SIGINT ignored; put back after the test."""
+def ctrl_c_in_figures(monkeypatch):
+    """A Ctrl-C as the figures start to be drawn, with SIGINT raising KeyboardInterrupt as `imgcls` sets it (even
+    where a shell's '&' started the tests with it ignored); the list of figure calls that went on past it."""
+    from imgcls.report import figures
+
+    went_on = []
+
+    def draw(path):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+        went_on.append(path)
+        return []
+
+    monkeypatch.setattr(figures, "write_run_figures", draw)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
+    yield went_on
     signal.signal(signal.SIGINT, previous)

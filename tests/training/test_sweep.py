@@ -352,27 +352,15 @@ def test_a_full_disk_stops_a_sweep_in_one_line_and_it_resumes_once_space_is_free
         assert_same_sweep(sweep_files(out), expected), at
 
 
-def test_a_ctrl_c_while_the_chosen_runs_figures_are_drawn_stops_them_at_once(tmp_path, cli, monkeypatch, ctrl_c):
+def test_a_ctrl_c_while_the_chosen_runs_figures_are_drawn_stops_them_at_once(tmp_path, cli, ctrl_c_in_figures):
     """The sweep's signal rule ends with its training: a Ctrl-C during the chosen run's figures stops them at once,
     and the line says how to draw them."""
-    import time
-
     from conftest import plain
-    from imgcls.report import figures
 
-    went_on = []
-
-    def draw(path):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)
-        went_on.append(path)
-        return []
-
-    monkeypatch.setattr(figures, "write_run_figures", draw)
     flags = [item for name, value in WHOLE_GRID.items() for item in (settings()[name].flag, value)]
     result = cli("sweep", *flags, "--epochs", EPOCHS, "--weight-decay", 0.01, "--no-refit", "--device", "cpu",
                  "--out", tmp_path / "sweep")
-    assert result.exit_code == 130 and not went_on, result.output
+    assert result.exit_code == 130 and not ctrl_c_in_figures, result.output
     assert "interrupted while drawing the chosen run's figures" in plain(result.stderr)
     assert (tmp_path / "sweep" / "sweep.json").is_file()
 
