@@ -2,14 +2,55 @@
 never ignored (each command then ends as it does on Ctrl-C: a training command by its signal rule, the others at
 once, writing nothing half-way), and a signal while the command line's own modules load ends quietly."""
 
+import importlib.abc
 import os
 import signal
 import sys
+
+HELD = ("numpy", "torch")  # an interrupt inside numpy's import, which torch's C start-up runs, is swallowed there:
+#                            the signal is lost, or numpy is left half-imported and matplotlib fails later
+
+
+class HeldSignals(importlib.abc.MetaPathFinder):
+    """Ctrl-C and SIGTERM wait while `names` first import, and arrive as soon as they have."""
+
+    def __init__(self, names: tuple[str, ...] = HELD):
+        self.names = names
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.names:
+            return None
+        for finder in sys.meta_path:
+            spec = None if finder is self else finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _HeldLoader(spec.loader)
+                return spec
+        return None
+
+
+class _HeldLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):  # resources, is_package, ...: the real loader's
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.loader.exec_module(module)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell starts a background job with it ignored
         signal.signal(signum, signal.default_int_handler)
+    sys.meta_path.insert(0, HeldSignals())
     try:
         from imgcls.cli.app import main as run
     except KeyboardInterrupt:

@@ -232,8 +232,18 @@ def _epochs_a_folder(run):
     (run / "epochs.jsonl").mkdir()
 
 
+def _metrics_a_folder(run):
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").mkdir()
+
+
+def _nested_too_deep(run):
+    (run / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
 @pytest.mark.parametrize("damage, words", [(_huge_count, "metrics.json"), (_accuracy_above_one, "top1"),
-                                           (_nan_accuracy, "top1"), (_epochs_a_folder, "epochs.jsonl")])
+                                           (_nan_accuracy, "top1"), (_epochs_a_folder, "epochs.jsonl"),
+                                           (_metrics_a_folder, "is a folder"), (_nested_too_deep, "metrics.json")])
 def test_report_and_compare_refuse_a_damaged_record_in_one_line(cli, tiny_cifar_run, tmp_path, assert_user_error,
                                                                 damage, words):
     """An integer too long to read, an accuracy outside [0, 1] or NaN, a folder in a file's place: one line."""

@@ -141,6 +141,7 @@ class RunDir:
         if not run.config.is_file() or not (run.last.is_file() or run.selection.is_file()):
             raise UserError(f"--resume {path}: not a run folder with config.yaml and last.safetensors (or "
                             f"selection.json); pass the --out folder of an interrupted run")
+        run.check_metrics_is_a_file()
         if run.metrics.is_file():
             raise UserError(f"--resume {path}: that run has already finished (metrics.json exists); `imgcls report "
                             f"{path} --html` draws any figures it lacks")
@@ -176,7 +177,7 @@ class RunDir:
         redo = "start the run again with --overwrite"
         try:
             chosen = json.loads(self.selection.read_text())
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise _damaged(self.selection, str(error), redo) from None
         factors = _validated(Selection, chosen, self.selection, "the file", redo).factors
         if factors is not None and len(factors) != chosen["epochs"]:
@@ -192,7 +193,7 @@ class RunDir:
             return []
         try:  # ValueError: also an integer too long to convert; OSError: a folder in the file's place
             records = [json.loads(line) for line in self.epochs.read_text().splitlines() if line.strip()]
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
                             f"damaged") from None
         for line, record in enumerate(records, 1):
@@ -204,11 +205,12 @@ class RunDir:
     def read_metrics(self, class_names: Path | None = None) -> dict | None:
         """metrics.json, checked for the shape train writes (None: the run did not finish); class_names: a names
         file (classnames.py) its classes are shown by."""
-        if not self.metrics.is_file():
+        if not self.metrics.exists():
             return None
-        try:
+        self.check_metrics_is_a_file()
+        try:  # RecursionError: arrays nested too deep to read
             metrics = json.loads(self.metrics.read_text())
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise UserError(f"{printable(self.metrics)} is not valid JSON ({error}); the run folder is damaged") \
                 from None
         _check_metrics(metrics, self.metrics)
@@ -217,6 +219,11 @@ class RunDir:
 
             metrics["classes"] = named_classes(metrics["classes"], class_names)
         return metrics
+
+    def check_metrics_is_a_file(self) -> None:
+        if self.metrics.exists() and not self.metrics.is_file():
+            raise UserError(f"{printable(self.metrics)} is a folder, not a file: the run folder is damaged; remove it, "
+                            f"then `imgcls train --resume {printable(self.path)}` writes it again")
 
     def read_config(self) -> dict:
         """config.yaml as the run saved it, read by the config's own bounded loader ({} if it holds no mapping)."""
