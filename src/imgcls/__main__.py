@@ -54,7 +54,7 @@ def main() -> None:
     try:
         from imgcls.cli.app import main as run
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write("interrupted; nothing was written\n")
         sys.stderr.flush()
         os._exit(130)  # nothing to finalize: a half-imported module's clean-up must not change the exit
     run()
