@@ -78,10 +78,13 @@ class Loss:
 
     def sum_and_weight(self, scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """The weighted sum of losses and the sum of weights, so batches can be combined exactly."""
-        losses = self.per_sample(scores.float(), targets)
+        return self.weighted_sum(self.per_sample(scores.float(), targets), targets)
+
+    def weighted_sum(self, losses: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """sum_and_weight of per-sample losses already computed."""
         if self.class_weights is None:
             return losses.sum(), self.weight_of(targets)
-        weights = self.class_weights.to(scores.device)[targets]
+        weights = self.class_weights.to(losses.device)[targets]
         return (losses * weights).sum(), weights.sum()
 
 

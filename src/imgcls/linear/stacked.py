@@ -227,8 +227,8 @@ class Stack:
                 if heldout is not None:
                     mine = heldout[index].index_select(0, rows)
                     model_scores, model_labels = model_scores[mine], labels[mine]
-                accumulator.add(model_scores, model_labels, *loss.sum_and_weight(model_scores, model_labels),
-                                losses=loss.per_sample(model_scores.float(), model_labels))
+                losses = loss.per_sample(model_scores.float(), model_labels)  # once: the sums and their spread
+                accumulator.add(model_scores, model_labels, *loss.weighted_sum(losses, model_labels), losses=losses)
         return [accumulator.result() for accumulator in accumulators]
 
 
