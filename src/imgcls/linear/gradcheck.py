@@ -1,14 +1,5 @@
-"""The gradient check of the lecture: three ways to the gradient of the loss of f(x) = Wx + b must agree.
-
-- numerical: central differences (L(w + h) - L(w - h)) / 2h, in float64, at sampled coordinates of W and all of b;
-- analytic: the formula by hand, dL/dW = (P - Y)^T X / N and dL/db = mean(P - Y) with P = softmax(XW^T + b) and
-  one-hot Y (2(S - Y) in place of P - Y for the squared error): the training step's own (Loss.score_gradient);
-- autograd: torch's backward pass of the loss imgcls trains with (losses.py).
-
-Two gradients differ at a coordinate by |a - b| / max(|a|, |b|, FLOOR_SHARE * m), m the comparison's largest |a| or
-|b|: relative where the gradient is large, against a thousandth of the largest where it is nearly 0 (there rounding
-in L(w + h) - L(w - h) alone would make the ratio large). `loss_fn` and `analytic_fn` let a test plant a bug.
-"""
+"""The lecture's gradient check: finite differences, the training step's formula (Loss.score_gradient) and autograd
+must agree on the gradient of the loss of f(x) = Wx + b. `loss_fn` and `analytic_fn` let a test plant a bug."""
 
 from __future__ import annotations
 
@@ -23,7 +14,7 @@ from imgcls.errors import UserError, check_choice
 from imgcls.linear.losses import Loss, per_sample_loss
 from imgcls.memory import check_fits_memory
 
-FLOOR_SHARE = 1e-3
+FLOOR_SHARE = 1e-3  # near 0, a difference is measured against this share of the comparison's largest gradient
 DEFAULT_TOLERANCE = 1e-5
 DEFAULT_EPS = 1e-5
 # multiply-adds of the finite differences (two losses of N x D x K per coordinate): about a minute on one core
@@ -41,9 +32,7 @@ def mean_loss(name: str) -> LossFn:
 
 def analytic_gradients(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                        loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
-    """dL/dW (K, D) and dL/db (K,) of the mean loss by the formula, with no autograd."""
-    if loss not in LOSSES:
-        raise ValueError(f"no analytic gradient for loss {loss}")
+    """dL/dW = G^T X / N (K, D) and dL/db = mean(G) (K,) by the formula, G = softmax(S) - Y (2 (S - Y) for mse)."""
     d_scores = Loss(loss).score_gradient(x @ weight.T + bias, y)
     return d_scores.T @ x / len(x), d_scores.sum(dim=0) / len(x)
 
@@ -61,21 +50,23 @@ def numerical_gradients(loss_of: Callable[[torch.Tensor], torch.Tensor], theta: 
                         eps: float) -> torch.Tensor:
     """Central differences of `loss_of` at these coordinates of the flat parameters theta (W row by row, then b)."""
     theta, gradient = theta.clone(), torch.empty(len(coordinates), dtype=theta.dtype)
+
+    def loss_at(i: int, value: float) -> float:
+        theta[i] = value
+        return float(loss_of(theta))
+
     with torch.no_grad():
         for n, i in enumerate(coordinates):
             original = float(theta[i])
-            theta[i] = original + eps
-            plus = float(loss_of(theta))
-            theta[i] = original - eps
-            minus = float(loss_of(theta))
+            gradient[n] = (loss_at(i, original + eps) - loss_at(i, original - eps)) / (2 * eps)
             theta[i] = original
-            gradient[n] = (plus - minus) / (2 * eps)
     return gradient
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| / max(|a|, |b|, FLOOR_SHARE * largest): relative, except near 0 where rounding alone would dominate."""
     magnitude = torch.maximum(a.abs(), b.abs())
-    largest = float(magnitude[torch.isfinite(magnitude)].max()) if bool(torch.isfinite(magnitude).any()) else 0.0
+    largest = float(magnitude.nan_to_num(nan=0.0, posinf=0.0).max())
     return (a - b).abs() / magnitude.clamp_min(max(FLOOR_SHARE * largest, 1e-300))
 
 
@@ -131,7 +122,7 @@ def _compare(first: str, second: str, a: torch.Tensor, b: torch.Tensor, name_of:
     relative = torch.where(relative.isnan(), math.inf, relative)
     worst = [Coordinate(name_of(i), float(a[i]), float(b[i]), float(relative[i]))
              for i in relative.argsort(descending=True)[:show].tolist()]
-    return Comparison(first, second, len(a), float(relative.max()) if len(a) else 0.0, worst)
+    return Comparison(first, second, len(a), float(relative.max()), worst)
 
 
 def make_batch(batch_size: int, classes: int, features: int, seed: int,
@@ -173,8 +164,8 @@ def gradient_check(loss: str = "ce", batch_size: int = 16, classes: int = 10, fe
                    coordinates: int = 200, seed: int = 0, eps: float = DEFAULT_EPS,
                    tolerance: float = DEFAULT_TOLERANCE, show: int = 3, loss_fn: LossFn | None = None,
                    analytic_fn: AnalyticFn | None = None) -> GradcheckResult:
-    """Numerical, analytic and autograd gradients compared on a random batch. `loss_fn` (scores, targets) -> mean
-    loss replaces the real loss, `analytic_fn` (W, b, x, y) -> (dW, db) the formula."""
+    """Numerical, analytic and autograd gradients compared on a random batch, at sampled coordinates of W and all
+    of b; `loss_fn` (scores, targets) -> mean loss replaces the real loss, `analytic_fn` (W, b, x, y) the formula."""
     loss_fn = loss_fn or mean_loss(loss)
     analytic_fn = analytic_fn or (lambda w, b, x, y: analytic_gradients(w, b, x, y, loss))
     weight, bias, x, y = make_batch(batch_size, classes, features, seed)
@@ -191,10 +182,8 @@ def gradient_check(loss: str = "ce", batch_size: int = 16, classes: int = 10, fe
     numerical = numerical_gradients(lambda theta: loss_fn(x @ theta[:total].view(classes, features).T + theta[total:],
                                                           y), flat(weight, bias), checked, eps)
     analytic, autograd = flat(*analytic_fn(weight, bias, x, y)), flat(*autograd_gradients(loss_fn, weight, bias, x, y))
-    result = GradcheckResult(loss, batch_size, classes, features, eps, tolerance)
-    result.comparisons = [
+    return GradcheckResult(loss, batch_size, classes, features, eps, tolerance, [
         _compare("numerical", "analytic", numerical, analytic[checked], lambda i: name(checked[i]), show),
         _compare("numerical", "autograd", numerical, autograd[checked], lambda i: name(checked[i]), show),
         _compare("analytic", "autograd", analytic, autograd, name, show),
-    ]
-    return result
+    ])

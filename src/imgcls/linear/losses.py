@@ -1,9 +1,5 @@
-"""The three losses the course compares, per sample; class weights are applied in one place (Loss).
-
-- ce:  cross-entropy of the softmax, -log softmax(s)_y
-- nll: the same, spelled as LogSoftmax then NLLLoss; it must give the same numbers as ce
-- mse: squared error between the raw scores and the one-hot target, sum_j (s_j - [j = y])^2
-"""
+"""The three losses the course compares, per sample: ce = -log softmax(s)_y; nll, the same as LogSoftmax then
+NLLLoss (it must give ce's numbers); mse = sum_j (s_j - [j = y])^2. Class weights are applied in one place (Loss)."""
 
 from __future__ import annotations
 
@@ -56,9 +52,9 @@ class Loss:
 
     def stacked_loss_and_gradient(self, scores: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor | None = None
                                   ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
-        """For P models' scores (P, K, n): each model's weighted loss sum (P,), its sum of weights, and d(loss sum)/d
-        scores (P, K, n) in three operations sharing one softmax: softmax(s) - onehot(y) for ce and nll, 2 (s -
-        onehot(y)) for mse; each sample's column times its class weight and, given masks (P, n), each model's mask."""
+        """For P models' scores (P, K, n): each one's weighted loss sum (P,), its sum of weights, and d(loss sum)/d
+        scores (P, K, n) in three operations: softmax(s) - onehot(y) for ce and nll, 2 (s - onehot(y)) for mse,
+        each sample's column times its class weight (and its mask (P, n), given masks)."""
         picked = targets.view(1, 1, -1).expand(len(scores), 1, -1)
         if self.name == "mse":
             gradient = scores.clone().scatter_(1, picked, -1.0, reduce="add")  # s - onehot(y)

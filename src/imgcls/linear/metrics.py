@@ -1,7 +1,5 @@
-"""Top-k accuracy, per-class accuracy, the confusion matrix, and superclass accuracy.
-
-Everything is accumulated as counts on the device and read back once per evaluation.
-"""
+"""Top-k, per-class and superclass accuracy, the confusion matrix and the loss's standard error of an evaluation,
+accumulated as counts on the device and read back once."""
 
 from __future__ import annotations
 
@@ -23,22 +21,15 @@ def top_k(num_classes: int) -> int:
     return min(5, num_classes)
 
 
-
 def per_class_scores(confusion: list[list[int]]) -> list[dict]:
-    """Precision, recall and F1 of every class from a confusion matrix (rows: true class, columns: predicted).
-
-    A class never predicted has precision 0, one without test images recall 0, and F1 is 0 when both are
-    (scikit-learn's zero_division=0)."""
-    k = len(confusion)
-    predicted = [sum(confusion[i][j] for i in range(k)) for j in range(k)]
-    scores = []
-    for i, row in enumerate(confusion):
-        hits, support = row[i], sum(row)
-        precision = hits / predicted[i] if predicted[i] else 0.0
-        recall = hits / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores.append({"precision": precision, "recall": recall, "f1": f1, "support": support})
-    return scores
+    """Precision, recall and F1 of every class from a confusion matrix (rows: true class), each 0 where it divides
+    by 0 (scikit-learn's zero_division=0)."""
+    matrix = torch.tensor(confusion, dtype=torch.float64).reshape(len(confusion), len(confusion))
+    hits, support = matrix.diag(), matrix.sum(1)
+    precision, recall = hits / matrix.sum(0).clamp_min(1), hits / support.clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-300)
+    return [{"precision": p, "recall": r, "f1": f, "support": int(n)}
+            for p, r, f, n in zip(precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())]
 
 
 @dataclass
@@ -131,35 +122,23 @@ class MetricsAccumulator:
 
     def result(self) -> Metrics:
         """The metrics over everything added, here and (under torchrun) in every other process."""
-        loss_sum, square_sum, weight_sum, topk, confusion = (
-            t.clone() for t in (self.loss_sum, self.square_sum, self.weight_sum, self.topk, self.confusion))
-        sum_across(loss_sum, square_sum, weight_sum, topk, confusion)
+        sums = [t.clone() for t in (self.loss_sum, self.square_sum, self.weight_sum, self.topk, self.confusion)]
+        sum_across(*sums)
+        loss_sum, square_sum, weight_sum, topk, confusion = sums
         confusion = confusion.view(self.num_classes, self.num_classes).cpu()
         count = int(confusion.sum())
-        per_class_total = confusion.sum(1).clamp_min(1)
+        top1, per_class = _accuracies(confusion)
         superclass, per_superclass = None, []
-        if self.superclass_of is not None:
-            by_superclass = superclass_confusion(confusion, self.superclass_of.cpu())
-            superclass = float(by_superclass.diag().sum()) / max(count, 1)
-            per_superclass = (by_superclass.diag().double() / by_superclass.sum(1).clamp_min(1)).tolist()
+        if self.superclass_of is not None:  # rows and columns summed by superclass: right if in the true superclass
+            members = torch.nn.functional.one_hot(self.superclass_of.cpu()).to(confusion.dtype)  # (K, S)
+            superclass, per_superclass = _accuracies(members.t() @ confusion @ members)
         loss = float(loss_sum) / max(float(weight_sum), 1e-12)
-        return Metrics(
-            loss=loss,
-            top1=float(confusion.diag().sum()) / max(count, 1),
-            top5=float(topk) / max(count, 1),
-            k=self.k,
-            count=count,
-            per_class=(confusion.diag().double() / per_class_total).tolist(),
-            confusion=confusion.tolist(),
-            superclass_top1=superclass,
-            per_superclass=per_superclass,
-            loss_se=_standard_error(float(square_sum) / max(count, 1) - loss ** 2, count) if square_sum else None,
-        )
+        se = _standard_error(float(square_sum) / max(count, 1) - loss ** 2, count) if square_sum else None
+        return Metrics(loss, top1, float(topk) / max(count, 1), self.k, count, per_class, confusion.tolist(),
+                       superclass, per_superclass, se)
 
 
-def superclass_confusion(confusion: torch.Tensor, superclass_of: torch.Tensor) -> torch.Tensor:
-    """The confusion matrix of superclasses: fine classes' rows and columns summed by their superclass
-    (a prediction is right at this level when it names any class of the true class's superclass)."""
-    groups = int(superclass_of.max()) + 1
-    members = torch.nn.functional.one_hot(superclass_of, groups).to(confusion.dtype)  # (K, S)
-    return members.t() @ confusion @ members
+def _accuracies(confusion: torch.Tensor) -> tuple[float, list[float]]:
+    """Top-1 over all images, and over each true class's images, from a confusion matrix."""
+    hits = confusion.diag().double()
+    return float(hits.sum()) / max(int(confusion.sum()), 1), (hits / confusion.sum(1).clamp_min(1)).tolist()
