@@ -1,1 +1,1 @@
-"""The lecture's mathematics in tensors alone: the model, losses, the update rule of a stack, schedules, metrics, the gradient check."""
+"""The lecture's mathematics in tensors alone: model, losses, a stack's update rule, schedules, metrics, gradcheck."""

@@ -41,7 +41,7 @@ class Loss:
         """The denominator of the weighted mean (a plain count when unweighted, free for the training step); with
         masks (P, n), each model's (P,)."""
         if masks is not None:
-            return masks.sum(1) if self.class_weights is None else masks @ self.class_weights.to(masks)[targets]
+            return masks.sum(-1) if self.class_weights is None else masks @ self.class_weights.to(masks)[targets]
         if self.class_weights is None:
             return float(len(targets))
         return self.class_weights.to(targets.device)[targets].sum()
