@@ -37,14 +37,17 @@ class Loss:
         total, weight = self.sum_and_weight(scores, targets)
         return total / mean_denominator(weight)
 
-    def weight_of(self, targets: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor | float:
-        """The denominator of the weighted mean (a plain count when unweighted, free for the training step); with
-        masks (P, n), each model's (P,)."""
+    def sample_weights(self, targets: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Each sample's class weight w[y_i] (n,), times each model's mask given masks (P, n); None if all are 1."""
+        weights = None if self.class_weights is None else self.class_weights.to(targets.device)[targets]
         if masks is not None:
-            return masks.sum(-1) if self.class_weights is None else masks @ self.class_weights.to(masks)[targets]
-        if self.class_weights is None:
-            return float(len(targets))
-        return self.class_weights.to(targets.device)[targets].sum()
+            weights = masks if weights is None else masks * weights
+        return weights
+
+    def weight_of(self, targets: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor | float:
+        """The denominator of the weighted mean (a plain count when unweighted, free for the training step)."""
+        weights = self.sample_weights(targets, masks)
+        return float(len(targets)) if weights is None else weights.sum(-1)
 
     def score_gradient(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """d(sum_i w[y_i] l_i)/d scores for (n, K) scores: the training step's own formula, for one model."""
@@ -64,13 +67,10 @@ class Loss:
             log_probs = torch.log_softmax(scores, 1)
             per_sample = log_probs.gather(1, picked).squeeze(1).neg_()
             gradient = log_probs.exp_().scatter_(1, picked, -1.0, reduce="add")
-        weights = None if self.class_weights is None else self.class_weights.to(scores.device, scores.dtype)[targets]
-        if masks is not None:
-            weights = masks if weights is None else masks * weights
-        if weights is None:
-            return per_sample.sum(-1), self.weight_of(targets), gradient
-        gradient.mul_(weights.unsqueeze(-2))  # (n,) or (P, n): each sample's column
-        return (per_sample * weights).sum(-1), weights.sum(-1), gradient
+        weights = self.sample_weights(targets, masks)
+        if weights is not None:
+            gradient.mul_(weights.unsqueeze(-2))  # (n,) or (P, n): each sample's column
+        return *_weighted_sum(per_sample, weights), gradient
 
     def sum_and_weight(self, scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """The weighted sum of losses and the sum of weights, so batches can be combined exactly."""
@@ -78,10 +78,14 @@ class Loss:
 
     def weighted_sum(self, losses: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """sum_and_weight of per-sample losses already computed."""
-        if self.class_weights is None:
-            return losses.sum(), self.weight_of(targets)
-        weights = self.class_weights.to(losses.device)[targets]
-        return (losses * weights).sum(), weights.sum()
+        return _weighted_sum(losses, self.sample_weights(targets))
+
+
+def _weighted_sum(losses: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """sum_i w_i l_i and sum_i w_i over the last dimension (every w_i 1 where weights is None)."""
+    if weights is None:
+        return losses.sum(-1), float(losses.shape[-1])
+    return (losses * weights).sum(-1), weights.sum(-1)
 
 
 def mean_denominator(weight: torch.Tensor | float) -> torch.Tensor | float:

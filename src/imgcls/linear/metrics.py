@@ -99,12 +99,12 @@ def better(val: Metrics | dict, best: dict | None) -> bool:
 
 
 class MetricsAccumulator:
+    """An evaluation's counts and sums, batch by batch, on the device."""
+
     def __init__(self, num_classes: int, device: torch.device, superclass_of: list[int] | None = None):
-        self.num_classes = num_classes
-        self.k = top_k(num_classes)
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.square_sum = torch.zeros((), dtype=torch.float64, device=device)  # of each image's loss
-        self.weight_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.num_classes, self.k = num_classes, top_k(num_classes)
+        # the sums of the images' weighted losses, of their squared losses, and of their weights
+        self.loss_sum, self.square_sum, self.weight_sum = torch.zeros(3, dtype=torch.float64, device=device)
         self.topk = torch.zeros((), dtype=torch.int64, device=device)
         self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
         self.superclass_of = torch.tensor(superclass_of, device=device) if superclass_of else None

@@ -156,7 +156,7 @@ class Stack:
                 if heldout is not None:
                     mine = heldout[index].index_select(0, rows)
                     model_scores, model_labels = model_scores[mine], labels[mine]
-                losses = loss.per_sample(model_scores.float(), model_labels)  # once: the sums and their spread
+                losses = loss.per_sample(model_scores, model_labels)  # once: the sums and their spread
                 accumulator.add(model_scores, model_labels, *loss.weighted_sum(losses, model_labels), losses=losses)
         return [accumulator.result() for accumulator in accumulators]
 
