@@ -7,7 +7,7 @@ from torch import nn
 
 from imgcls.config import LOSSES
 from imgcls.errors import UserError
-from imgcls.linear.losses import PER_SAMPLE_LOSSES, Loss, class_weights, per_sample_loss
+from imgcls.linear.losses import PER_SAMPLE_LOSSES, Loss, class_weights
 
 
 def random_batch(n=37, k=10, seed=0):
@@ -119,6 +119,6 @@ def test_every_loss_the_config_offers_has_an_implementation():
     assert tuple(PER_SAMPLE_LOSSES) == LOSSES
     scores, targets = random_batch(n=5)
     for name in LOSSES:
-        assert per_sample_loss(name)(scores, targets).shape == (5,)
+        assert Loss(name).per_sample(scores, targets).shape == (5,)
     with pytest.raises(ValueError, match="unknown loss hinge"):
-        per_sample_loss("hinge")
+        Loss("hinge")

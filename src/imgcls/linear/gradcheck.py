@@ -11,7 +11,7 @@ import torch
 
 from imgcls.config import LOSSES, check_seed
 from imgcls.errors import UserError, check_choice
-from imgcls.linear.losses import Loss, per_sample_loss
+from imgcls.linear.losses import Loss
 from imgcls.memory import check_fits_memory
 
 FLOOR_SHARE = 1e-3  # near 0, a difference is measured against this share of the comparison's largest gradient
@@ -21,12 +21,11 @@ DEFAULT_EPS = 1e-5
 MAX_FINITE_DIFFERENCE_WORK = 10 ** 11
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, targets) -> mean loss
-AnalyticFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def mean_loss(name: str) -> LossFn:
     """The loss imgcls trains with, averaged over the batch, in the input's precision."""
-    per_sample = per_sample_loss(name)
+    per_sample = Loss(name).per_sample
     return lambda scores, targets: per_sample(scores, targets).mean()
 
 
@@ -39,8 +38,7 @@ def analytic_gradients(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor
 
 def autograd_gradients(loss_fn: LossFn, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
                        y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w = weight.detach().clone().requires_grad_(True)
-    b = bias.detach().clone().requires_grad_(True)
+    w, b = (param.detach().clone().requires_grad_() for param in (weight, bias))
     with torch.enable_grad():
         loss_fn(x @ w.T + b, y).backward()
     return w.grad.detach(), b.grad.detach()
@@ -163,7 +161,7 @@ def check_arguments(loss: str, batch_size: int, classes: int, features: int, coo
 def gradient_check(loss: str = "ce", batch_size: int = 16, classes: int = 10, features: int = 3 * 8 * 8,
                    coordinates: int = 200, seed: int = 0, eps: float = DEFAULT_EPS,
                    tolerance: float = DEFAULT_TOLERANCE, show: int = 3, loss_fn: LossFn | None = None,
-                   analytic_fn: AnalyticFn | None = None) -> GradcheckResult:
+                   analytic_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None) -> GradcheckResult:
     """Numerical, analytic and autograd gradients compared on a random batch, at sampled coordinates of W and all
     of b; `loss_fn` (scores, targets) -> mean loss replaces the real loss, `analytic_fn` (W, b, x, y) the formula."""
     loss_fn = loss_fn or mean_loss(loss)

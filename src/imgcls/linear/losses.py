@@ -20,18 +20,14 @@ PER_SAMPLE_LOSSES: dict[str, PerSampleLoss] = {
 }
 
 
-def per_sample_loss(name: str) -> PerSampleLoss:
-    if name not in PER_SAMPLE_LOSSES:
-        raise ValueError(f"unknown loss {name}")
-    return PER_SAMPLE_LOSSES[name]
-
-
 class Loss:
     """The training objective: sum_i w[y_i] l_i / sum_i w[y_i] with optional class weights w, which is what
     nn.CrossEntropyLoss(weight=w) computes, so weighted ce and nll still agree."""
 
     def __init__(self, name: str, class_weights: torch.Tensor | None = None):
-        self.name, self.per_sample, self.class_weights = name, per_sample_loss(name), class_weights
+        if name not in PER_SAMPLE_LOSSES:
+            raise ValueError(f"unknown loss {name}")
+        self.name, self.per_sample, self.class_weights = name, PER_SAMPLE_LOSSES[name], class_weights
 
     def __call__(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         total, weight = self.sum_and_weight(scores, targets)
@@ -89,8 +85,7 @@ def _weighted_sum(losses: torch.Tensor, weights: torch.Tensor | None) -> tuple[t
 
 
 def mean_denominator(weight: torch.Tensor | float) -> torch.Tensor | float:
-    """The sum of weights to divide by: a batch whose every image has class weight 0 counts for nothing (a zero
-    gradient), not 0/0, whose NaN would spread into the weights."""
+    """The sum of weights to divide by, never 0: a batch whose images all weigh 0 gives a zero gradient, not NaN."""
     return weight.clamp_min(torch.finfo(weight.dtype).tiny) if torch.is_tensor(weight) else weight
 
 
