@@ -1,8 +1,6 @@
-"""P linear models f(x) = Wx + b trained at once on the same batches (a single run is P = 1), in tensors alone.
-
-All weights are one (P, K, D) tensor: one product gives every score S = W X^T + b (P, K, n), one every gradient
-dL/dW = G X with G = (softmax(S) - onehot(y)) / sum(w) (losses.py); each model keeps its own rate and SGD settings.
-"""
+"""P linear models f(x) = Wx + b trained at once on the same batches (a single run is P = 1): all weights are one
+(P, K, D) tensor, so one product gives every score S = W X^T + b (P, K, n) and one every gradient dL/dW = G X with
+G = (softmax(S) - onehot(y)) / sum(w) (losses.py); each model keeps its own rate, loss and SGD settings."""
 
 from __future__ import annotations
 
@@ -33,6 +31,7 @@ class Gradient(NamedTuple):
     bias: torch.Tensor | None = None  # dL/db, (P, K)
 
     def products(self) -> Gradient:
+        """The same gradient with its products taken."""
         if self.weight is not None:
             return self
         count, classes, size = self.scores.shape
@@ -91,7 +90,8 @@ class Stack:
     def autograd_gradient(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor,
                           autocast: torch.dtype | None = None,
                           masks: Masks | None = None) -> tuple[Gradient, StepStats]:
-        """The same gradients from PyTorch's backward pass of each model's mean loss (in bf16 under autocast)."""
+        """`--gradient autograd`: the same gradients from PyTorch's backward pass, the reference the formula is held
+        to (and the path for bf16, under autocast)."""
         weight, bias = self.weight.detach().requires_grad_(), self.bias.detach().requires_grad_()
         with torch.autocast(pixels.device.type, dtype=autocast, enabled=autocast is not None):
             scores = self.scores(pixels, weight, bias)
