@@ -124,22 +124,20 @@ def parse_augmentation(text: str) -> Augmentation:
     parts = [part.strip() for part in text.split(",")]
     if parts == [OFF]:
         return Augmentation()
-    flip, shift, reflect = False, None, False
+    given: dict[str, str] = {}  # name -> its argument
     for part in parts:
         name, _, argument = part.partition(":")
         if name not in NAMES:
             raise ValueError(f"unknown augmentation {shown(part)}{did_you_mean(name, NAMES)}")
         if name == OFF:
             raise ValueError("none stands alone (no augmentation)")
-        if (name == "flip" and flip) or (name == "translate" and shift is not None):
+        if name in given:
             raise ValueError(f"{name} given twice")
         if name == "flip" and argument:
             raise ValueError("flip takes no number")
-        if name == "flip":
-            flip = True
-        else:
-            shift, reflect = _read_translate(argument)
-    return Augmentation(flip, shift, reflect)
+        given[name] = argument
+    shift, reflect = _read_translate(given["translate"]) if "translate" in given else (None, False)
+    return Augmentation("flip" in given, shift, reflect)
 
 
 def _read_translate(argument: str) -> tuple[int, bool]:
@@ -162,15 +160,13 @@ def augment_problem(value: str, name: str) -> str | None:
     return None
 
 
-def canonical_augmentation(value: str | None) -> str | None:
-    """The one spelling config.yaml keeps: None for no augmentation, else as str(Augmentation) writes it."""
-    if value is None:
-        return None
-    augmentation = parse_augmentation(value)
-    return str(augmentation) if augmentation.active else None
-
-
 def read_augmentation(value: str | None) -> Augmentation | None:
     """The config's value as the batches use it: None when there is nothing to do."""
-    augmentation = parse_augmentation(value) if value is not None else None
+    augmentation = None if value is None else parse_augmentation(value)
     return augmentation if augmentation is not None and augmentation.active else None
+
+
+def canonical_augmentation(value: str | None) -> str | None:
+    """The one spelling config.yaml keeps: None for no augmentation, else as str(Augmentation) writes it."""
+    augmentation = read_augmentation(value)
+    return None if augmentation is None else str(augmentation)

@@ -78,7 +78,7 @@ class Batches:
     def _ahead(self, makers: int) -> bool:
         """Only on the CPU (CUDA queues its kernels itself), with a core the step leaves free, and for batches
         whose few made ahead stay within AHEAD_BYTES (a large batch's step outlasts making it anyway)."""
-        held = (makers * MADE_AHEAD + 2) * self.batch_size * self.normalize.features * 4
+        held = (makers * MADE_AHEAD + 2) * self.batch_size * self.images.shape[1] * 4
         return self.device.type == "cpu" and torch.get_num_threads() < usable_cores() and held <= AHEAD_BYTES
 
     def _in_order(self, start_step: int) -> Iterator[Batch]:

@@ -54,8 +54,5 @@ def distinct(names: list[str], ids: list[str]) -> list[str]:
 
 def names_file_beside(*folders: Path) -> Path | None:
     """The first words.txt or classes.txt in the folders, in the order given."""
-    for folder in folders:
-        for name in NAMES_FILES:
-            if (Path(folder) / name).is_file():
-                return Path(folder) / name
-    return None
+    candidates = (Path(folder) / name for folder in folders for name in NAMES_FILES)
+    return next((path for path in candidates if path.is_file()), None)

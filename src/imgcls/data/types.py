@@ -82,23 +82,20 @@ class Batch(NamedTuple):
 
 
 class BatchSource(Protocol):
-    """What training and evaluation ask of batches, wherever the pixels come from (memory or files)."""
+    """What training and evaluation ask of batches, wherever the pixels come from (memory or files): len() steps
+    an epoch, num_images an epoch (this process's part, for evaluation), and epoch(epoch, start_step) its batches
+    from that step on (a resumed run starts mid-epoch)."""
 
     device: torch.device
     batch_size: int
+    num_images: int
 
-    def __len__(self) -> int:
-        """Steps per epoch."""
+    def __len__(self) -> int: ...
 
-    @property
-    def num_images(self) -> int:
-        """Images per epoch (this process's part, for evaluation batches)."""
-
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]:
-        """The batches of epoch `epoch` from step `start_step` on (a resumed run starts mid-epoch)."""
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]: ...
 
 
-# (split, normalization, batch_size, device, seed=, shuffle=, shard=) -> batches of that split
+# (split, normalization, batch_size, device, seed=, shuffle=, shard=, augment=) -> batches of that split
 BatchesOf = Callable[..., BatchSource]
 
 
