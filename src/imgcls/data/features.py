@@ -30,7 +30,7 @@ def chunk_rows(width: int) -> int:
 
 def read_arrays(path: Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """The named arrays that are in the file (each read once), and its class names if it has them."""
-    if not path.is_file():
+    if path.is_dir() or not path.exists():
         state = "a folder" if path.is_dir() else "not there"
         raise UserError(f"--dataset features reads one file, and {path} is {state}; pass --data-dir FILE.npz (or "
                         f".safetensors) holding {', '.join(REQUIRED)}")
@@ -39,8 +39,9 @@ def read_arrays(path: Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarra
     try:
         return (_read_npz if path.suffix.lower() == ".npz" else _read_safetensors)(path, names)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, SafetensorError) as error:
-        raise UserError(f"cannot read features file {path} ({str(error).partition(chr(10))[0][:120]}); it may be "
-                        f"truncated or another kind of file") from None
+        reason = str(error).partition("\n")[0][:120]
+        raise UserError(f"cannot read features file {path} ({reason}); it may be truncated or another kind of "
+                        f"file") from None
 
 
 def _read_npz(path: Path, names):

@@ -95,10 +95,6 @@ class BatchSource(Protocol):
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]: ...
 
 
-# (split, normalization, batch_size, device, seed=, shuffle=, shard=, augment=) -> batches of that split
-BatchesOf = Callable[..., BatchSource]
-
-
 @dataclass
 class PreparedData:
     dataset: str
@@ -114,6 +110,7 @@ class PreparedData:
     skipped: int  # unreadable images passed over, both splits
     from_cache: bool
     passed_over: int = 0  # files in the class folders that are not images (by extension), both splits
-    # How this data's splits become batches, chosen once where it was prepared: None for splits in memory
-    # (data.batches.Batches), data.stream.StreamingBatches for pixels left in their files (--stream).
-    batches_of: BatchesOf | None = None
+    # How this data's splits become batches, chosen once where it was prepared, called as (split, normalization,
+    # batch_size, device, seed=, shuffle=, shard=, augment=): None for splits in memory (data.batches.Batches),
+    # data.stream.StreamingBatches for pixels left in their files (--stream).
+    batches_of: Callable[..., BatchSource] | None = None
