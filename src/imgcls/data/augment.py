@@ -45,21 +45,17 @@ class Augmentation:
                             f"is usual)")
 
     def plan(self, count: int, seed: int, epoch: int, device: torch.device) -> EpochPlan:
-        """The draws for the `count` positions of epoch `epoch`'s order."""
+        """The draws for the `count` positions of epoch `epoch`'s order, from a seed of their own (not one the
+        permutation or the model's init draws from)."""
         import torch
 
-        generator = torch.Generator().manual_seed(augment_seed(seed, epoch))
+        digest = hashlib.blake2b(f"imgcls augment {seed} {epoch}".encode(), digest_size=8).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
         flip = (torch.rand(count, generator=generator) < 0.5).to(device) if self.flip else None
         offsets = None
         if self.shift is not None:
             offsets = torch.randint(-self.shift, self.shift + 1, (2, count), generator=generator).to(device)
         return EpochPlan(self, flip, offsets)
-
-
-def augment_seed(seed: int, epoch: int) -> int:
-    """A seed of its own for (seed, epoch): not one the permutation or the model's init draws from."""
-    digest = hashlib.blake2b(f"imgcls augment {seed} {epoch}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 @dataclass
