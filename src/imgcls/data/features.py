@@ -172,7 +172,8 @@ def fit_feature_normalization(features: torch.Tensor, kind: str) -> Normalizatio
     std = (sum(((chunk.double() - mean) ** 2).sum(axes) for chunk in chunks) / count).sqrt()
     # A constant feature (std 0, or float noise around its mean) carries no information: leave it unscaled.
     std = torch.where((std > 0) & (std > 1e-6 * mean.abs()), std, torch.ones_like(std))
-    return Normalization((mean / 255).expand(shape).float().contiguous(), (std / 255).expand(shape).float().contiguous())
+    mean, std = ((value / 255).expand(shape).float().contiguous() for value in (mean, std))
+    return Normalization(mean, std)
 
 
 def keep_rows_in_place(features: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
