@@ -69,17 +69,15 @@ class Batches:
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]:
         if not self.shuffle:
             return self._in_order(start_step)
-        make = self._shuffled(epoch)
-        steps = range(start_step, len(self))
-        # An augmented batch takes longer to make than the step takes to use it: two threads keep up
+        make, steps = self._shuffled(epoch), range(start_step, len(self))
+        # Made ahead only on the CPU (CUDA queues its kernels itself), with a core the step leaves free, and
+        # within AHEAD_BYTES (a large batch's step outlasts making it anyway). An augmented batch takes longer to
+        # make than the step takes to use it: two threads keep up.
         makers = 2 if self.augment else 1
-        return made_ahead(make, steps, makers, MADE_AHEAD) if self._ahead(makers) else map(make, steps)
-
-    def _ahead(self, makers: int) -> bool:
-        """Only on the CPU (CUDA queues its kernels itself), with a core the step leaves free, and for batches
-        whose few made ahead stay within AHEAD_BYTES (a large batch's step outlasts making it anyway)."""
-        held = (makers * MADE_AHEAD + 2) * self.batch_size * self.normalize.features * 4
-        return self.device.type == "cpu" and torch.get_num_threads() < usable_cores() and held <= AHEAD_BYTES
+        held = (makers * MADE_AHEAD + 2) * self.batch_size * self.images.shape[1] * 4
+        if self.device.type == "cpu" and torch.get_num_threads() < usable_cores() and held <= AHEAD_BYTES:
+            return made_ahead(make, steps, makers, MADE_AHEAD)
+        return map(make, steps)
 
     def _in_order(self, start_step: int) -> Iterator[Batch]:
         for step in range(start_step, len(self)):

@@ -71,9 +71,7 @@ def _top_name(path: Path, root: Path) -> str:
 def dataset_infos(root: Path) -> list[DatasetInfo]:
     infos = []
     for name, spec in SPECS.items():
-        classes = list(spec.classes) if spec.classes is not None else None
-        train, test = spec.sizes or (None, None)
-        infos.append(DatasetInfo(name, spec.description, spec.num_classes, classes,
-                                 list(spec.shape) if spec.shape else None, train, test, *presence(name, root),
+        infos.append(DatasetInfo(name, spec.description, spec.num_classes, spec.classes and list(spec.classes),
+                                 spec.shape and list(spec.shape), *(spec.sizes or (None, None)), *presence(name, root),
                                  {coarse: list(fine) for coarse, fine in spec.superclasses.items()} or None))
     return infos

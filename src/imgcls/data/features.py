@@ -4,10 +4,12 @@ y_test, optionally x_val, y_val and classes), held once as float32 and shaped as
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from imgcls.config import DataConfig
 from imgcls.data.readers import resolve_data_dir
@@ -17,6 +19,7 @@ from imgcls.data.types import LabelledImages, Normalization, PreparedData
 from imgcls.errors import UserError, shown
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+SAVE = "numpy.savez(FILE.npz, x_train=..., y_train=..., x_test=..., y_test=...)"
 CHUNK_VALUES = 1 << 22  # numbers handled at a time (32 MB in float64) where a whole-array temporary would
 #                        double the memory or more
 
@@ -32,44 +35,32 @@ def read_arrays(path: Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarra
         raise UserError(f"--dataset features reads one file, and {path} is {state}; pass --data-dir FILE.npz (or "
                         f".safetensors) holding {', '.join(REQUIRED)}")
     if path.suffix.lower() not in FEATURES_SUFFIXES:
-        raise UserError(f"{path} is not an .npz or .safetensors file; save the features with numpy.savez(FILE.npz, "
-                        f"x_train=..., y_train=..., x_test=..., y_test=...)")
+        raise UserError(f"{path} is not an .npz or .safetensors file; save the features with {SAVE}")
     try:
-        if path.suffix.lower() == ".npz":
-            return _read_npz(path, names)
-        return _read_safetensors(path, names)
-    except (OSError, ValueError, EOFError, KeyError) as error:  # zipfile.BadZipFile is an OSError's sibling
-        raise UserError(f"cannot read features file {path} ({str(error).splitlines()[0][:120]})") from None
-    except Exception as error:
-        if type(error).__name__ in ("BadZipFile", "SafetensorError"):
-            raise UserError(f"cannot read features file {path} ({str(error)[:120]}); it may be truncated or "
-                            f"another kind of file") from None
-        raise
+        return (_read_npz if path.suffix.lower() == ".npz" else _read_safetensors)(path, names)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, SafetensorError) as error:
+        reason = str(error).partition("\n")[0][:120]
+        raise UserError(f"cannot read features file {path} ({reason}); it may be truncated or another kind of "
+                        f"file") from None
 
 
 def _read_npz(path: Path, names):
     with open(path, "rb") as file:
-        start = file.read(6)
-    if start == b"\x93NUMPY":  # np.load would read the one array, not an archive of them
-        raise UserError(f"features file {path} is a single numpy array (.npy), not an .npz archive of arrays; save "
-                        f"the features with numpy.savez(FILE.npz, x_train=..., y_train=..., x_test=..., y_test=...)")
+        if file.read(6) == b"\x93NUMPY":  # np.load would read the one array, not an archive of them
+            raise UserError(f"features file {path} is a single numpy array (.npy), not an .npz archive of arrays; "
+                            f"save the features with {SAVE}")
     with np.load(path, allow_pickle=False) as npz:  # never unpickle: a features file cannot run code
         arrays = {name: npz[name] for name in names if name in npz.files}
-        classes = npz["classes"].tolist() if "classes" in npz.files else None
-    return arrays, classes
+        return arrays, npz["classes"].tolist() if "classes" in npz.files else None
 
 
 def _read_safetensors(path: Path, names):
-    from safetensors import safe_open  # imported when needed, for start-up speed
-
     with safe_open(str(path), framework="numpy") as file:
         arrays = {name: file.get_tensor(name) for name in names if name in file.keys()}
-        metadata = file.metadata() or {}
-    if "classes" not in metadata:
-        return arrays, None
+        text = (file.metadata() or {}).get("classes")
     try:
-        classes = json.loads(metadata["classes"])
-        why = "" if isinstance(classes, list) else f"it is {shown(classes)}"
+        classes = None if text is None else json.loads(text)
+        why = "" if text is None or isinstance(classes, list) else f"it is {shown(classes)}"
     except ValueError as error:
         why = str(error)
     if why:
@@ -82,49 +73,42 @@ def load_features(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tenso
     """{split: (float32 features (N, D), int64 labels (N,))} for train, test and val when the file has it,
     and the class names; every mistake in the file is a UserError that names the array."""
     arrays, classes = read_arrays(path, REQUIRED + ("x_val", "y_val"))
-    missing = [name for name in REQUIRED if name not in arrays]
-    if missing or (("x_val" in arrays) != ("y_val" in arrays)):
-        missing = missing or [name for name in ("x_val", "y_val") if name not in arrays]
-        found = ", ".join(sorted(arrays)) or "none of them"
-        raise UserError(f"features file {path} has no {', '.join(missing)} (it has: {found}); it needs "
-                        f"{', '.join(REQUIRED)}, and x_val with y_val")
-    splits = {}
-    for split in ("train", "val", "test"):
-        if f"x_{split}" in arrays:
-            splits[split] = (_features(path, split, arrays.pop(f"x_{split}")),
-                             _labels(path, split, arrays.pop(f"y_{split}")))
+    wanted = REQUIRED + (("x_val", "y_val") if "x_val" in arrays or "y_val" in arrays else ())
+    missing = [name for name in wanted if name not in arrays]
+    if missing:
+        raise UserError(f"features file {path} has no {', '.join(missing)} (it has: "
+                        f"{', '.join(sorted(arrays)) or 'none of them'}); it needs {', '.join(REQUIRED)}, and x_val "
+                        f"with y_val")
+    splits = {split: (_features(path, f"x_{split}", arrays.pop(f"x_{split}")),
+                      _labels(path, split, arrays.pop(f"y_{split}")))
+              for split in ("train", "val", "test") if f"x_{split}" in arrays}
     classes = _class_names(path, classes, {split: y for split, (_, y) in splits.items()})
-    splits = {split: (x, torch.from_numpy(y.astype(np.int64))) for split, (x, y) in splits.items()}
-    widths = {split: x.shape[1] for split, (x, _) in splits.items()}
-    if len(set(widths.values())) > 1:
-        shown = ", ".join(f"x_{split} {width}" for split, width in widths.items())
-        raise UserError(f"features file {path}: the splits have different widths ({shown}); every x array needs "
-                        f"the same number of features per row")
+    width = splits["train"][0].shape[1]
     for split, (x, y) in splits.items():
+        if x.shape[1] != width:
+            raise UserError(f"features file {path}: the splits have different widths (x_train {width}, x_{split} "
+                            f"{x.shape[1]}); every x array needs the same number of features per row")
         if len(x) != len(y):
             raise UserError(f"features file {path}: x_{split} has {len(x)} rows but y_{split} {len(y)} labels; "
                             f"give one label per row")
+    splits = {split: (x, torch.from_numpy(y.astype(np.int64))) for split, (x, y) in splits.items()}
     check_labels("features", classes, {split: y for split, (_, y) in splits.items()}, f"features file {path}",
                  unit="rows")
     return splits, classes
 
 
-def _features(path: Path, split: str, x: np.ndarray) -> torch.Tensor:
-    name = split if split.startswith("x") else f"x_{split}"
+def _features(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise UserError(f"features file {path}: {name} has shape {x.shape}; it must be (N, D), one non-empty row of "
                         f"features per example")
     if x.dtype.kind not in "fiu":
         raise UserError(f"features file {path}: {name} holds {x.dtype} values; features must be floats or integers")
-    # One float32 copy: none when it is float32 already (integers above 2**24 lose their last digits)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not x.flags.writeable:  # rows are moved in place for the validation split
-        x = x.copy()
-    features = torch.from_numpy(x)
+    # One writeable float32 copy (rows are moved in place for the validation split), none when x is one already;
+    # integers above 2**24 lose their last digits
+    features = torch.from_numpy(np.require(x, np.float32, ["C", "W"]))
     step = chunk_rows(features.shape[1])
     for start in range(0, len(features), step):  # in chunks: a mask of the whole array would be a quarter more
-        rows = features[start:start + step]
-        bad = (~torch.isfinite(rows)).any(1).nonzero()
+        bad = (~torch.isfinite(features[start:start + step]).all(1)).nonzero()
         if len(bad):
             raise UserError(f"features file {path}: {name} row {start + int(bad[0])} is not all finite numbers (NaN "
                             f"or infinity, or beyond float32's range); drop or fix such rows")
@@ -145,31 +129,32 @@ def _class_names(path: Path, classes, labels: dict[str, np.ndarray]) -> list[str
     which must have one (K is bounded by the rows before any list of K is made). Labels are compared as read, so
     that a huge one cannot wrap round when made int64."""
     given = classes is not None
-    if not given:
+    fix = "without a 'classes' array the labels must be 0..K-1, each on some training row: renumber them, or add " \
+          "classes"
+    if given and not isinstance(classes, list):  # an npz's 0-d array of one name
+        raise UserError(f"features file {path}: 'classes' is {shown(classes)}, not a list of class names")
+    if given:
+        check_class_names("features", classes, f"features file {path}", "save 'classes' as distinct names, one a class")
+    else:
         train = labels["train"]
         largest = train.max() if len(train) else 0
         if largest >= len(train):
             raise UserError(f"features file {path}: y_train has the label {largest}, but {len(train)} rows cannot hold "
-                            f"every class 0..{largest}; without a 'classes' array the labels must be 0..K-1, each on "
-                            f"some training row: renumber them, or add classes")
+                            f"every class 0..{largest}; {fix}")
         classes = [str(i) for i in range(int(largest) + 1)]
         absent = np.flatnonzero(np.bincount(train.astype(np.int64), minlength=len(classes)) == 0)
         if len(absent):
             raise UserError(f"features file {path}: no training row has the label {absent[0]} (y_train's labels run to "
-                            f"{largest}); without a 'classes' array the labels must be 0..K-1, each on some training "
-                            f"row: renumber them, or add classes")
-    elif not isinstance(classes, list):
-        raise UserError(f"features file {path}: 'classes' is {shown(classes)}, not a list of class names")
-    else:
-        check_class_names("features", classes, f"features file {path}", "save 'classes' as distinct names, one a class")
+                            f"{largest}); {fix}")
     for split, y in labels.items():
-        if len(y) and y.max() >= len(classes):
-            if given:
-                raise UserError(f"features file {path}: a label is {y.max()} in y_{split} but there are {len(classes)} "
-                                f"class names; labels index 'classes', 0 to {len(classes) - 1}")
-            raise UserError(f"features file {path}: y_{split} has the label {y.max()}, which no training row has "
-                            f"(y_train's labels are 0..{len(classes) - 1}); a model cannot learn a class it has no "
-                            f"examples of: drop those rows, or add training rows of it")
+        if not len(y) or y.max() < len(classes):
+            continue
+        if given:
+            raise UserError(f"features file {path}: a label is {y.max()} in y_{split} but there are {len(classes)} "
+                            f"class names; labels index 'classes', 0 to {len(classes) - 1}")
+        raise UserError(f"features file {path}: y_{split} has the label {y.max()}, which no training row has "
+                        f"(y_train's labels are 0..{len(classes) - 1}); a model cannot learn a class it has no "
+                        f"examples of: drop those rows, or add training rows of it")
     return classes
 
 
@@ -177,18 +162,18 @@ def fit_feature_normalization(features: torch.Tensor, kind: str) -> Normalizatio
     """Per-feature ("pixel"), one for all features ("channel") or none, fitted in the features' units (two
     passes in float64, chunked: features need not be small numbers the way pixels are), stored on the 0..1 scale."""
     width = features.shape[1]
+    shape = (1, 1, width)
     if kind == "none":
-        return Normalization(torch.zeros(1, 1, width), torch.full((1, 1, width), 1 / 255))
+        return Normalization(torch.zeros(shape), torch.full(shape, 1 / 255))
     axes = (0,) if kind == "pixel" else (0, 1)
     count = len(features) * (1 if kind == "pixel" else width)
-    chunks = lambda: features.split(chunk_rows(width))  # noqa: E731
-    mean = sum(chunk.double().sum(axes) for chunk in chunks()) / count
-    var = sum(((chunk.double() - mean) ** 2).sum(axes) for chunk in chunks()) / count
-    std = var.sqrt()
+    chunks = features.split(chunk_rows(width))
+    mean = sum(chunk.double().sum(axes) for chunk in chunks) / count
+    std = (sum(((chunk.double() - mean) ** 2).sum(axes) for chunk in chunks) / count).sqrt()
     # A constant feature (std 0, or float noise around its mean) carries no information: leave it unscaled.
-    std = torch.where(std <= 1e-6 * mean.abs(), torch.ones_like(std), std).where(std > 0, torch.ones_like(std))
-    shape = (1, 1, width)
-    return Normalization((mean / 255).expand(shape).float().contiguous(), (std / 255).expand(shape).float().contiguous())
+    std = torch.where((std > 0) & (std > 1e-6 * mean.abs()), std, torch.ones_like(std))
+    mean, std = ((value / 255).expand(shape).float().contiguous() for value in (mean, std))
+    return Normalization(mean, std)
 
 
 def keep_rows_in_place(features: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
@@ -208,26 +193,20 @@ def split_in_place(features: torch.Tensor, labels: torch.Tensor, train_index: to
     moved to the front, val's put after them. Rows in neither (left out by --limit) are overwritten."""
     val_x, val_y = features[val_index], labels[val_index]
     train_x, train_y = keep_rows_in_place(features, labels, train_index)
-    n = len(train_y)
-    features[n:n + len(val_y)], labels[n:n + len(val_y)] = val_x, val_y
-    return (train_x, train_y), (features[n:n + len(val_y)], labels[n:n + len(val_y)])
-
-
-def check_options(config: DataConfig) -> None:
-    """Options about decoding images do not apply to features."""
-    if config.image_size is not None:
-        raise UserError("--image-size does not apply to --dataset features (they are not images); drop it")
-    if config.stream:
-        raise UserError("--stream does not apply to --dataset features: the features file is read into memory "
-                        "once; drop --stream")
+    val = slice(len(train_y), len(train_y) + len(val_y))
+    features[val], labels[val] = val_x, val_y
+    return (train_x, train_y), (features[val], labels[val])
 
 
 def prepare_features(config: DataConfig, seed: int, normalization: Normalization | None = None) -> PreparedData:
     """prepare.prepare for a features file: the same PreparedData, each feature row an "image" (1, 1, D);
     `normalization` as prepare's."""
-    check_options(config)
-    path = resolve_data_dir(config)
-    splits, classes = load_features(path)
+    if config.image_size is not None:
+        raise UserError("--image-size does not apply to --dataset features (they are not images); drop it")
+    if config.stream:
+        raise UserError("--stream does not apply to --dataset features: the features file is read into memory "
+                        "once; drop --stream")
+    splits, classes = load_features(resolve_data_dir(config))
     x, y = splits.pop("train")
     if "val" in splits:  # held out by whoever made the file: only --limit applies
         rows = limited_rows(y, config.limit, seed)
@@ -248,7 +227,7 @@ def rows_to_predict(path: Path, width: int) -> torch.Tensor:
     """The rows `imgcls predict` scores from a features file: its `x`, else its `x_test`, checked as training
     checks its splits, and as wide as the model's input."""
     arrays, _ = read_arrays(path, ("x", "x_test"))
-    key = "x" if "x" in arrays else "x_test" if "x_test" in arrays else None
+    key = next((key for key in ("x", "x_test") if key in arrays), None)
     if key is None:
         raise UserError(f"features file {path} holds neither x nor x_test; save the rows to classify as x")
     rows = _features(path, key, arrays[key])
@@ -265,6 +244,5 @@ def is_features_model(checkpoint) -> bool:
 def require_image_model(checkpoint, what: str) -> None:
     """Commands about images (templates, predicting on image files) say plainly why a features model has none."""
     if is_features_model(checkpoint):
-        width = checkpoint.weight.shape[1]
-        raise UserError(f"this checkpoint is not an image model: it is a linear probe on {width} precomputed "
-                        f"features (--dataset features), so {what}")
+        raise UserError(f"this checkpoint is not an image model: it is a linear probe on {checkpoint.weight.shape[1]} "
+                        f"precomputed features (--dataset features), so {what}")

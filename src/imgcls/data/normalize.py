@@ -43,10 +43,6 @@ class PixelNormalizer:
         self.scale = scale.flatten().to(device)
         self.negative_shift = -shift.flatten().to(device)
 
-    @property
-    def features(self) -> int:
-        return self.scale.numel()
-
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         floats = pixels.to(self.device, non_blocking=True).float()
         if floats is pixels:  # float32 already: never write into the caller's tensor

@@ -15,7 +15,6 @@ class FileCheck:
     """What `check_files` found of a dataset's torchvision files."""
 
     found: list[Path]  # each file, or what torchvision unpacked it into
-    missing: list[str]  # relative to the data dir
     damaged: str | None  # "PATH (why)": the first file that fails its check, or the first missing one
 
 
@@ -25,17 +24,16 @@ def check_files(spec: DatasetSpec, root: Path) -> FileCheck:
     paths = {name: resolved_path(spec, root, name) for name in spec.files}
     found = [path for path in paths.values() if path is not None]
     missing = [name for name, path in paths.items() if path is None]
-    damaged = None
     if found and missing:
-        damaged = f"{root / missing[0]} (missing; {len(found)} of the {len(spec.files)} files are there)"
-    elif found and spec.check_format is not None:
-        try:
+        return FileCheck(found, f"{root / missing[0]} (missing; {len(found)} of the {len(spec.files)} files are there)")
+    try:
+        if found and spec.check_format is not None:
             spec.check_format(found)
-        except Damaged as error:
-            damaged = str(error)
-        except OSError as error:
-            damaged = f"{error.filename or found[0]} ({error.strerror or error})"
-    return FileCheck(found, missing, damaged)
+    except Damaged as error:
+        return FileCheck(found, str(error))
+    except OSError as error:
+        return FileCheck(found, f"{error.filename or found[0]} ({error.strerror or error})")
+    return FileCheck(found, None)
 
 
 def resolved_path(spec: DatasetSpec, root: Path, name: str) -> Path | None:

@@ -124,20 +124,16 @@ def folds(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return fold
 
 
-def with_training(data, train):
-    """The data with `train` as its training split and no validation images (what a cross-validation and a
-    refit train on: they hold their own images out, or none)."""
-    empty = LabelledImages(torch.empty((0, *data.shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
-    return dataclasses.replace(data, train=train, val=empty)
-
-
 def joined(data):
-    """The training and validation images as one training split: what a refit trains on, after the choices."""
+    """The training and validation images as one training split, and no validation images: what a refit trains
+    on, after the choices (and what a cross-validation splits itself)."""
     train, val = data.train, data.val
     if hasattr(train, "listing"):  # --stream: files still to decode, listed in one listing
-        return with_training(data, dataclasses.replace(train, index=torch.cat([train.index, val.index])))
-    return with_training(data, LabelledImages(torch.cat([train.images, val.images]),
-                                              torch.cat([train.labels, val.labels])))
+        train = dataclasses.replace(train, index=torch.cat([train.index, val.index]))
+    else:
+        train = LabelledImages(torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]))
+    empty = LabelledImages(torch.empty((0, *data.shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+    return dataclasses.replace(data, train=train, val=empty)
 
 
 def rows_of(split, rows: torch.Tensor):

@@ -82,24 +82,17 @@ class Batch(NamedTuple):
 
 
 class BatchSource(Protocol):
-    """What training and evaluation ask of batches, wherever the pixels come from (memory or files)."""
+    """What training and evaluation ask of batches, wherever the pixels come from (memory or files): len() steps
+    an epoch, num_images an epoch (this process's part, for evaluation), and epoch(epoch, start_step) its batches
+    from that step on (a resumed run starts mid-epoch)."""
 
     device: torch.device
     batch_size: int
+    num_images: int
 
-    def __len__(self) -> int:
-        """Steps per epoch."""
+    def __len__(self) -> int: ...
 
-    @property
-    def num_images(self) -> int:
-        """Images per epoch (this process's part, for evaluation batches)."""
-
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]:
-        """The batches of epoch `epoch` from step `start_step` on (a resumed run starts mid-epoch)."""
-
-
-# (split, normalization, batch_size, device, seed=, shuffle=, shard=) -> batches of that split
-BatchesOf = Callable[..., BatchSource]
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[Batch]: ...
 
 
 @dataclass
@@ -117,6 +110,7 @@ class PreparedData:
     skipped: int  # unreadable images passed over, both splits
     from_cache: bool
     passed_over: int = 0  # files in the class folders that are not images (by extension), both splits
-    # How this data's splits become batches, chosen once where it was prepared: None for splits in memory
-    # (data.batches.Batches), data.stream.StreamingBatches for pixels left in their files (--stream).
-    batches_of: BatchesOf | None = None
+    # How this data's splits become batches, chosen once where it was prepared, called as (split, normalization,
+    # batch_size, device, seed=, shuffle=, shard=, augment=): None for splits in memory (data.batches.Batches),
+    # data.stream.StreamingBatches for pixels left in their files (--stream).
+    batches_of: Callable[..., BatchSource] | None = None
