@@ -94,10 +94,15 @@ def move(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)
     except OSError as error:
-        if error.errno not in ENVIRONMENT_ERRORS:
-            raise
-        raise UserError(f"cannot write {printable(target)} ({os.strerror(error.errno)}); it is left as it was: free "
-                        f"some space or choose a writable folder, then try again") from None
+        raise _not_written(target, error) from None
+
+
+def _not_written(path: Path, error: OSError) -> Exception:
+    """A full disk or a read-only folder as one line that says the earlier file is whole; other errors as they are."""
+    if error.errno not in ENVIRONMENT_ERRORS:
+        return error
+    return UserError(f"cannot write {printable(path)} ({os.strerror(error.errno)}); any earlier {printable(path.name)} "
+                     f"is left as it was: free some space or choose a writable folder, then try again")
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -119,11 +124,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        if error.errno not in ENVIRONMENT_ERRORS:
-            raise
-        raise UserError(f"cannot write {printable(path)} ({os.strerror(error.errno)}); any earlier "
-                        f"{printable(path.name)} is left as it was: free some space or choose a writable folder, "
-                        f"then try again") from None
+        raise _not_written(path, error) from None
     finally:
         temporary.unlink(missing_ok=True)
     with suppress(OSError):  # the rename itself survives a power cut, where a folder can be opened

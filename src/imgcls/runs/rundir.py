@@ -3,6 +3,8 @@ back checked. While a run writes it, its process holds .imgcls.lock there (filel
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -76,41 +78,31 @@ class RunDir:
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in (*RUN_FILES, *REFIT_FILES, DIVERGED))
 
-    def foreign_entries(self) -> list[str]:
-        """What the folder holds that imgcls did not write (everything, in a folder that holds no run)."""
-        own = {*OWN_FILES, *OWN_FOLDERS} if self.is_run() else set()
-        return sorted(entry.name for entry in os.scandir(self.path) if entry.name not in own and entry.name != LOCK
-                      and not entry.name.endswith(".tmp"))
-
     @classmethod
     def for_new_run(cls, out: str | None, dataset: str, overwrite: bool) -> RunDir:
         """Where a new run will go; refuses a folder that holds a run, or files of someone else's. Nothing is
         written yet."""
-        path = Path(out) if out else _default_folder(dataset)
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--out {path} is a file, not a folder; choose another --out")
-        check_writable("--out", path)
-        run = cls(path)
-        if path.is_dir() and not overwrite:
-            run._refuse_to_replace()
-        return run
-
-    def _refuse_to_replace(self) -> None:
-        if self.is_run():
-            raise UserError(f"{printable(self.path)} already holds a run{self._how_to_go_on()}")
-        foreign = self.foreign_entries()
+        run = cls(Path(out) if out else _default_folder(dataset))
+        if run.path.exists() and not run.path.is_dir():
+            raise UserError(f"--out {run.path} is a file, not a folder; choose another --out")
+        check_writable("--out", run.path)
+        if not run.path.is_dir() or overwrite:
+            return run
+        where = printable(run.path)
+        if run.diverged.is_file():
+            raise UserError(f"{where} already holds a run that diverged; resuming it would diverge again: start a new "
+                            f"run with a lower --lr in another --out, or pass --overwrite to replace it")
+        if run.is_run():
+            resume = f", --resume {where} to continue it" if run.resumable() else ""
+            raise UserError(f"{where} already holds a run; pass --overwrite to replace it{resume}, or choose another "
+                            f"--out")
+        foreign = sorted(entry.name for entry in os.scandir(run.path) if entry.name != LOCK
+                         and not entry.name.endswith(".tmp"))
         if foreign:
             shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise UserError(f"--out {printable(self.path)} is not empty and not a run folder (it holds {shown}); "
-                            f"choose a new or empty folder, or pass --overwrite (only imgcls's own files are "
-                            f"then replaced)")
-
-    def _how_to_go_on(self) -> str:
-        if self.diverged.is_file():
-            return (" that diverged; resuming it would diverge again: start a new run with a lower --lr in another "
-                    "--out, or pass --overwrite to replace it")
-        resume = f", --resume {printable(self.path)} to continue it" if self.resumable() else ""
-        return f"; pass --overwrite to replace it{resume}, or choose another --out"
+            raise UserError(f"--out {where} is not empty and not a run folder (it holds {shown}); choose a new or "
+                            f"empty folder, or pass --overwrite (only imgcls's own files are then replaced)")
+        return run
 
     def resumable(self) -> bool:
         return (self.last.is_file() or self.selection.is_file()) and not self.metrics.is_file() \
@@ -127,8 +119,7 @@ class RunDir:
                     shutil.rmtree(self.path / name, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UserError(f"cannot create the run folder {printable(self.path)} ({error.strerror or error}); "
-                            f"choose another --out") from None
+            raise _cannot_create(self.path, error) from None
 
     def write_config(self, config: dict) -> None:
         """Without the run's own folder (output.out): repeating the run with --config goes to a new folder."""
@@ -162,10 +153,17 @@ class RunDir:
     def write_epochs(self, history: list[dict], k: int | None = None) -> None:
         """The whole history each time: a resumed run rewrites the file, never duplicates a line. k: the run's
         top-k, which names the records' val_top5 in the files (`val_top3` for 3 classes)."""
-        if k is not None:
-            history = [topk_named(record, k) for record in history]
+        if k is not None:  # val_top5 renamed in its place
+            history = [{(f"val_top{k}" if key == "val_top5" else key): value for key, value in record.items()}
+                       for record in history]
         write_text_atomic(self.epochs, "".join(json.dumps(record) + "\n" for record in history))
-        write_text_atomic(self.metrics_csv, epochs_csv(history))
+        # the table: a key first seen in a later record is a column at the end, empty in the records without it
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for record in history for key in record)),
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.metrics_csv, table.getvalue())
 
     def write_selection(self, chosen: dict) -> None:
         write_json_atomic(self.selection, chosen)
@@ -295,20 +293,6 @@ class RunDir:
             return None
 
 
-def epochs_csv(history: list[dict]) -> str:
-    """epochs.jsonl's records as CSV: its keys, in their order, are the columns (a key first seen in a later
-    record is added at the end; a record without it has an empty cell)."""
-    import csv
-    import io
-
-    columns = list(dict.fromkeys(key for record in history for key in record))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return text.getvalue()
-
-
 def _default_folder(dataset: str) -> Path:
     """runs/<dataset>-<date>-<time>, with -2, -3, ... when that folder exists (two runs in one second)."""
     base = Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -329,16 +313,17 @@ def _identity(path: Path):
 
 def _create_folders(path: Path) -> list[Path]:
     """mkdir -p, returning the folders it made, deepest first."""
-    missing, folder = [], path.absolute()
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
+    missing = [folder for folder in (path.absolute(), *path.absolute().parents) if not folder.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the run folder {printable(path)} ({error.strerror or error}); choose another "
-                        f"--out") from None
+        raise _cannot_create(path, error) from None
     return missing
+
+
+def _cannot_create(path: Path, error: OSError) -> UserError:
+    return UserError(f"cannot create the run folder {printable(path)} ({error.strerror or error}); choose another "
+                     f"--out")
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -405,11 +390,6 @@ def epoch_topk(record: dict) -> tuple[int, float | None]:
         if found and key != "val_top1":
             return int(found.group(1)), value
     return 5, None
-
-
-def topk_named(record: dict, k: int) -> dict:
-    """An epoch record with its `val_top5` named by the run's k (`val_top3` for 3 classes), in its place."""
-    return {(f"val_top{k}" if key == "val_top5" else key): value for key, value in record.items()}
 
 
 def _validated(model: type[BaseModel], value, path: Path, where: str, fix: str = REDO):
