@@ -1,8 +1,6 @@
-"""Atomic file writes: a temporary file beside the target, fsynced, then renamed over it.
-
-A crash, Ctrl-C, SIGKILL or a full disk leaves the old file or the new one, whole, with the mode open() would give.
-A temporary file's name holds its writer's host and pid, so the next run removes only those a killed writer left.
-"""
+"""Atomic writes: a temporary file beside the target, fsynced, renamed over it; a crash, Ctrl-C, SIGKILL or a full
+disk leaves the old file or the new one, whole. A temporary's name holds its writer's host and pid, so the next run
+removes only those a killed writer left."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Checkpoints: one safetensors file that carries everything needed to use the model alone, and never unpickled.
-
-Tensors: the weights and normalization statistics (resumable: also the momentum and the epoch's running sums; a
-stack's models may share one file). Metadata: one JSON string with dataset, classes, input shape, config, seed, epoch.
-"""
+"""Checkpoints: one safetensors file, never unpickled, that carries all a model needs: its weights and normalization
+(resumable: also the momentum and the epoch's running sums; a sweep's stacked models may share one file), and as
+metadata one JSON string with dataset, classes, input shape, config, seed, epoch."""
 
 from __future__ import annotations
 
@@ -157,27 +155,33 @@ def load(path: Path) -> Checkpoint:
 
 
 def _read_checked(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The file's metadata and tensors, once it is known to be an imgcls checkpoint this imgcls can read."""
+    """The file's metadata and tensors, once it is known to be an imgcls checkpoint this imgcls can read. The file is
+    read whole by Python: safetensors' reader takes only UTF-8 paths."""
     from safetensors import SafetensorError
+    from safetensors.torch import load as deserialize
 
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a .safetensors file from a run folder "
                         f"(runs/<run>/best.safetensors) or the run folder itself")
     try:
-        metadata, tensors = _read(path)
+        content = path.read_bytes()
+        tensors = deserialize(content)  # checks the header and every tensor's place in the file
+        header = json.loads(content[8:8 + int.from_bytes(content[:8], "little")])
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise UserError(f"{path} is not a readable imgcls checkpoint ({str(error).splitlines()[0][:120]}); it may be "
                         f"truncated or another kind of file") from None
+    metadata = {key: value for key, value in (header.get("__metadata__") or {}).items() if isinstance(value, str)}
     if FORMAT_KEY not in metadata:
         raise UserError(f"{path} is a safetensors file but not an imgcls checkpoint (no '{FORMAT_KEY}' metadata)")
-    version = _format_version(metadata[FORMAT_KEY])
-    if version is None:
-        raise UserError(f"{path} is a damaged imgcls checkpoint (format version {metadata[FORMAT_KEY][:20]!r}); use "
-                        f"another checkpoint")
-    if version > FORMAT_VERSION:
+    text = metadata[FORMAT_KEY]  # at most 9 digits: int() of thousands of digits is refused
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) >= 1):
+        raise UserError(f"{path} is a damaged imgcls checkpoint (format version {text[:20]!r}); use another "
+                        f"checkpoint")
+    if (version := int(text)) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer imgcls (checkpoint format {version}, this one reads up to "
                         f"{FORMAT_VERSION}); upgrade imgcls")
-    return metadata, tensors
+    # fresh, aligned memory: BLAS rounds by a buffer's alignment, and resume is bit-exact (docs/development.md)
+    return metadata, {name: tensor.clone() for name, tensor in tensors.items()}
 
 
 def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> Checkpoint:
@@ -191,24 +195,6 @@ def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.T
         reason = f"it lacks {error}" if isinstance(error, KeyError) else str(error)
         raise UserError(f"{path} is a damaged imgcls checkpoint ({reason}); use another checkpoint") from None
     return checkpoint
-
-
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The file's metadata and tensors, read whole by Python (safetensors' reader takes only UTF-8 paths)."""
-    from safetensors.torch import load as deserialize
-
-    content = path.read_bytes()
-    tensors = deserialize(content)  # checks the header and every tensor's place in the file
-    header = json.loads(content[8:8 + int.from_bytes(content[:8], "little")])
-    metadata = header.get("__metadata__") or {}
-    # fresh, aligned memory: BLAS rounds by a buffer's alignment, and resume is bit-exact (docs/development.md)
-    tensors = {name: tensor.clone() for name, tensor in tensors.items()}
-    return {key: value for key, value in metadata.items() if isinstance(value, str)}, tensors
-
-
-def _format_version(text: str) -> int | None:
-    digits = text.isascii() and text.isdigit() and len(text) <= 9  # int() of thousands of digits is refused
-    return int(text) if digits and int(text) >= 1 else None
 
 
 def _check_consistent(checkpoint: Checkpoint) -> None:
