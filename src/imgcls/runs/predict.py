@@ -95,7 +95,6 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
     from imgcls.device import resolve_device
 
     device = resolve_device(device_name)
-    model = checkpoint.model().to(device).eval()
     result = Predictions([])
     images, names = [], []
     for path in paths:
@@ -110,9 +109,7 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
         result.resized += resized
         images.append(image)
         names.append(str(path))
-    for start in range(0, len(images), chunk):  # stacked a chunk at a time: the list already holds every image
-        result.items += top_k(model, torch.stack(images[start:start + chunk]), names[start:start + chunk],
-                              checkpoint, device, k, chunk)
+    result.items = _top_k(checkpoint, device, k, names, images, chunk)
     return result
 
 
@@ -124,24 +121,24 @@ def predict_features(checkpoint: Checkpoint, path: Path, k: int = 5, device_name
     from imgcls.device import resolve_device
 
     device = resolve_device(device_name)
-    model = checkpoint.model().to(device).eval()
     rows = rows_to_predict(path, checkpoint.weight.shape[1])
     names = [f"{path.name}[{row}]" for row in range(len(rows))]
-    return Predictions(top_k(model, rows, names, checkpoint, device, k, chunk))
+    return Predictions(_top_k(checkpoint, device, k, names, rows, chunk))
 
 
-def top_k(model, inputs: torch.Tensor, names: list[str], checkpoint: Checkpoint, device: torch.device, k: int,
-          chunk: int) -> list[Prediction]:
-    """Each input's k likeliest classes with their softmax probabilities, `chunk` inputs at a time."""
+def _top_k(checkpoint: Checkpoint, device: torch.device, k: int, names: list[str], inputs, chunk: int) \
+        -> list[Prediction]:
+    """Each input's k likeliest classes with their softmax probabilities, `chunk` inputs (a list of images, or the
+    rows of a tensor) stacked at a time: the whole list is never copied at once."""
+    model = checkpoint.model().to(device).eval()
     k = max(1, min(k, len(checkpoint.classes)))
     items = []
     for start in range(0, len(inputs), chunk):
-        scores = model(normalized(inputs[start:start + chunk], checkpoint, device)).float()
+        scores = model(normalized(torch.stack(inputs[start:start + chunk]), checkpoint, device)).float()
         top = scores.topk(k, dim=1)
-        probabilities = torch.softmax(scores.double(), dim=1).gather(1, top.indices)
-        for row, name in enumerate(names[start:start + chunk]):
-            items.append(Prediction(name, [checkpoint.classes[i] for i in top.indices[row].tolist()],
-                                    probabilities[row].tolist()))
+        probabilities = torch.softmax(scores.double(), dim=1).gather(1, top.indices).tolist()
+        items += [Prediction(name, [checkpoint.classes[i] for i in indices], chances)
+                  for name, indices, chances in zip(names[start:start + chunk], top.indices.tolist(), probabilities)]
     return items
 
 

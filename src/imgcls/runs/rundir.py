@@ -242,20 +242,17 @@ class RunDir:
         """Hold the folder for this process (creating it) while a run writes it; a second run on it is refused,
         naming this process. Temporary files of killed writers are removed. Folders made here that the run
         left empty are removed again: a refused or interrupted run leaves nothing."""
-        created = _create_folders(self.path)
+        created, lock = _create_folders(self.path), None
         try:
             lock = _lock(self.path / LOCK)
-        except BaseException:
-            _remove_empty(created)
-            raise
-        self._before = {name: _identity(self.path / name) for name in RUN_FILES}
-        try:
+            self._before = {name: _identity(self.path / name) for name in RUN_FILES}
             remove_stale_temporaries(self.path)
             yield self
         finally:
-            with suppress(OSError):
-                (self.path / LOCK).unlink()  # while still held: a waiting run locks a new file
-            lock.release()
+            if lock is not None:
+                with suppress(OSError):
+                    (self.path / LOCK).unlink()  # while still held: a waiting run locks a new file
+                lock.release()
             _remove_empty(created)
 
     def written_here(self) -> set[str]:
