@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field, Strict, ValidationError, create_model
 
 from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import write_atomic
-from imgcls.runs.rundir import RunDir
+from imgcls.runs.rundir import Classes, Count, RunDir
 
 FORMAT_VERSION = 2  # 2: a resumable checkpoint holds imgcls's own update rule's state (no torch optimizer's)
 MODEL_FORMAT = 1  # a checkpoint of the model alone is read by every imgcls since the first
@@ -27,10 +27,9 @@ RUNNING_SUMS = ("loss_sum", "weight_sum", "correct")
 VELOCITIES = ("velocity.weight", "velocity.bias")
 SAVED_PROGRESS = ("seen", "seconds", "history", "best_epoch", "best_val", "lr_first")
 STACK_KEY = "models"  # a file of several models (a sweep's stack): how many; each one's tensors under "<i>/"
-Count, Side = Annotated[int, Strict(), Field(ge=0)], Annotated[int, Strict(), Field(ge=1)]
+Side = Annotated[int, Strict(), Field(ge=1)]
 Meta = create_model("Meta", __config__=ConfigDict(extra="allow"), dataset=str, config=dict, epoch=Count, seed=Count,
-                    classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
-                    input_shape=tuple[Side, Side, Side], superclass_of=(list[Count] | None, None))
+                    classes=Classes, input_shape=tuple[Side, Side, Side], superclass_of=(list[Count] | None, None))
 
 
 @dataclass
@@ -232,8 +231,6 @@ def _checked_config(saved, num_classes: int) -> dict:
     """The saved config, whole, if imgcls could have run it (keys of a later imgcls are passed over)."""
     from imgcls.config import Config
 
-    if not all(isinstance(values, dict) for values in saved.values()):
-        raise ValueError("'config' is not a mapping of sections")
     try:
         config = Config.from_dict(saved, "the checkpoint", strict=False)
     except UserError as error:

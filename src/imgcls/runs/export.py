@@ -58,9 +58,7 @@ def _metadata(checkpoint: Checkpoint) -> dict[str, str]:
 def _quietly(action):
     """Without torch's deprecation warnings for its TorchScript-based exporters, whose files this command promises."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.simplefilter("ignore")
         return action()
 
 

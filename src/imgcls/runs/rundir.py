@@ -358,6 +358,7 @@ def _note_pid(fd: int) -> None:
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]  # an accuracy
 Count = Annotated[int, Strict(), Field(ge=0)]
+Classes = Annotated[list[Annotated[str, Strict()]], Field(min_length=1)]  # a model's class names
 Factor = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 REDO = "train the run again or restore the file"
 OPEN = ConfigDict(extra="allow")  # keys a later imgcls adds are passed over; val_top{k} and top{k} are checked apart
@@ -368,8 +369,7 @@ SplitMetrics = create_model("SplitMetrics", __config__=OPEN, loss=Number, top1=F
                             superclass_top1=(Fraction | None, None))
 Detail = create_model("Detail", __config__=OPEN, per_class=(list[Fraction], []), confusion=(list[list[Count]], []))
 MetricsFile = create_model("MetricsFile", __config__=OPEN, best_epoch=Count, val=SplitMetrics, test=SplitMetrics,
-                           classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
-                           test_detail=(Detail, Detail()))
+                           classes=Classes, test_detail=(Detail, Detail()))
 Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[int, Strict(), Field(ge=1)], val=dict,
                          how=Annotated[str, Strict()], factors=list[Factor] | None)  # factors: the refit's rates
 
