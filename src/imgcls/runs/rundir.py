@@ -173,10 +173,7 @@ class RunDir:
         if not self.selection.is_file():
             return None
         redo = "start the run again with --overwrite"
-        try:
-            chosen = json.loads(self.selection.read_text())
-        except (OSError, ValueError, RecursionError) as error:
-            raise _damaged(self.selection, str(error), redo) from None
+        chosen = _read_json(self.selection, fix=f"the run folder is damaged: {redo}")
         factors = _validated(Selection, chosen, self.selection, "the file", redo).factors
         if factors is not None and len(factors) != chosen["epochs"]:
             raise _damaged(self.selection, f"{len(factors)} rate factors for {chosen['epochs']} epochs", redo)
@@ -189,11 +186,7 @@ class RunDir:
         """epochs.jsonl's records, each checked for the keys and types a report reads."""
         if not self.epochs.exists():
             return []
-        try:  # ValueError: also an integer too long to convert; OSError: a folder in the file's place
-            records = [json.loads(line) for line in self.epochs.read_text().splitlines() if line.strip()]
-        except (OSError, ValueError, RecursionError) as error:
-            raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
-                            f"damaged") from None
+        records = _read_json(self.epochs, lines=True)
         for line, record in enumerate(records, 1):
             _validated(EpochRecord, record, self.epochs, f"line {line}")
             k, topk = epoch_topk(record)
@@ -206,11 +199,7 @@ class RunDir:
         if not self.metrics.exists():
             return None
         self.check_metrics_is_a_file()
-        try:  # RecursionError: arrays nested too deep to read
-            metrics = json.loads(self.metrics.read_text())
-        except (OSError, ValueError, RecursionError) as error:
-            raise UserError(f"{printable(self.metrics)} is not valid JSON ({error}); the run folder is damaged") \
-                from None
+        metrics = _read_json(self.metrics)
         _check_metrics(metrics, self.metrics)
         if class_names is not None:
             from imgcls.data.classnames import named_classes
@@ -387,6 +376,17 @@ def epoch_topk(record: dict) -> tuple[int, float | None]:
         if found and key != "val_top1":
             return int(found.group(1)), value
     return 5, None
+
+
+def _read_json(path: Path, lines: bool = False, fix: str = "the run folder is damaged"):
+    """The file's JSON value (lines: a list, one value a line), or one line that names the file. ValueError: also an
+    integer too long to convert; OSError: a folder in the file's place; RecursionError: nesting too deep."""
+    try:
+        text = path.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
+    except (OSError, ValueError, RecursionError) as error:
+        shape = "one JSON object a line" if lines else "valid JSON"
+        raise UserError(f"{printable(path)} is not {shape} ({error}); {fix}") from None
 
 
 def _validated(model: type[BaseModel], value, path: Path, where: str, fix: str = REDO):

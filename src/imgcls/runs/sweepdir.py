@@ -52,7 +52,7 @@ class SweepDir:
             if others:
                 raise UserError(f"--out {printable(path)} holds files that are not a sweep's ({', '.join(others[:3])})"
                                 f"; choose a new or empty folder")
-            if any((path / name).exists() or (path / name).is_symlink() for name in OWN) and not overwrite:
+            if any(os.path.lexists(path / name) for name in OWN) and not overwrite:
                 raise UserError(f"{printable(path)} already holds a sweep; pass --overwrite to replace it, "
                                 f"--resume {printable(path)} to continue it, or choose another --out")
         return sweep
