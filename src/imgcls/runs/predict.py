@@ -55,27 +55,20 @@ def list_images(paths: list[Path]) -> list[Path]:
 
 def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bool]:
     """Encoded bytes -> uint8 (C, H, W) in the checkpoint's input shape; also whether it had to be resized."""
+    from torchvision.transforms.v2.functional import resize as tv_resize, rgb_to_grayscale
+
     from imgcls.data.decode import decode_image_bytes, resize, to_grey_if_grey
 
     channels, height, width = checkpoint.input_shape
     image_size = checkpoint.meta.get("config", {}).get("data", {}).get("image_size")
     image = decode_image_bytes(data, image_size)  # RGB, resized as training resized if it did
-    resized = False
-    if tuple(image.shape[-2:]) != (height, width):
-        resized = True
-        if height == width:
-            image = resize(image, height)
-        else:
-            from torchvision.transforms.v2.functional import resize as tv_resize
-
-            image = tv_resize(image, [height, width], antialias=True)
+    resized = tuple(image.shape[-2:]) != (height, width)
+    if resized:  # a square one as training resizes
+        image = resize(image, height) if height == width else tv_resize(image, [height, width], antialias=True)
     if channels == 1:
-        grey = to_grey_if_grey(image.unsqueeze(0))[0]
-        if grey.shape[0] != 1:  # a colour image for a grey model: its luminance
-            from torchvision.transforms.v2.functional import rgb_to_grayscale
-
-            grey = rgb_to_grayscale(image, num_output_channels=1)
-        image = grey
+        image = to_grey_if_grey(image.unsqueeze(0))[0]
+        if image.shape[0] != 1:  # a colour image for a grey model: its luminance
+            image = rgb_to_grayscale(image, num_output_channels=1)
     return image.contiguous(), resized
 
 
