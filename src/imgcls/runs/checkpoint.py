@@ -127,7 +127,7 @@ def load_stack(path: Path) -> list[Checkpoint]:
     count = metadata.get(STACK_KEY)
     if count is None:
         return [_checkpoint(path, metadata, tensors)]
-    if not (count.isascii() and count.isdigit() and 1 < int(count) <= 100_000):
+    if not (count.isascii() and count.isdigit() and len(count) <= 6 and 1 < int(count) <= 100_000):
         raise UserError(f"{path} is a damaged imgcls checkpoint (it holds {count[:20]!r} models)")
     return [_checkpoint(path, {FORMAT_KEY: metadata[FORMAT_KEY], "meta": metadata.get(f"{index}/meta", "")},
                         {name.partition("/")[2]: value for name, value in tensors.items()

@@ -251,10 +251,10 @@ class RunDir:
     def interrupted_state(self, resumed: bool) -> str:
         """After a Ctrl-C: what the folder now holds, and the command that goes on from there."""
         written, path = self.written_here(), printable(self.path)
-        if "metrics.json" in written:
+        if METRICS in written:
             return (f"the run is finished; interrupted while drawing figures or writing report.html: `imgcls report "
                     f"{path} --html` draws them and writes it")
-        if self.resumable() and (resumed or "last.safetensors" in written):
+        if self.resumable() and (resumed or LAST in written):
             try:
                 done = len(self.read_epochs())
             except UserError:
@@ -265,7 +265,7 @@ class RunDir:
                         f"`imgcls train --resume {path}` finishes it")
             return (f"interrupted after {done} finished epoch(s), whose checkpoints are whole: "
                     f"`imgcls train --resume {path}` continues")
-        if "config.yaml" in written:
+        if CONFIG in written:
             return ("interrupted in the first epoch, before any checkpoint: only config.yaml was written; run the "
                     "same command again with --overwrite")
         return ("interrupted before training began (loading the data, or the --lr auto search): nothing was written; "
