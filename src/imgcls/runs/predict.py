@@ -11,8 +11,14 @@ from pathlib import Path
 
 import torch
 
-from imgcls.runs.checkpoint import Checkpoint
+from imgcls.data.decode import decode_image_bytes, error_reason, resize, to_grey_if_grey
+from imgcls.data.features import rows_to_predict
+from imgcls.data.normalize import PixelNormalizer
+from imgcls.data.readers import IMAGE_EXTENSIONS, is_image_name, read_image_file, walk_files
+from imgcls.data.types import Normalization
+from imgcls.device import resolve_device
 from imgcls.errors import UserError
+from imgcls.runs.checkpoint import Checkpoint
 
 
 @dataclass
@@ -36,8 +42,6 @@ class Predictions:
 def list_images(paths: list[Path]) -> list[Path]:
     """Files as given; a folder gives its image files, recursively and sorted, as training lists a class folder (less
     hidden files and folders). A symlink to nothing or a FIFO is listed: reading it says what it is."""
-    from imgcls.data.readers import IMAGE_EXTENSIONS, is_image_name, walk_files
-
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -57,8 +61,6 @@ def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bo
     """Encoded bytes -> uint8 (C, H, W) in the checkpoint's input shape; also whether it had to be resized."""
     from torchvision.transforms.v2.functional import resize as tv_resize, rgb_to_grayscale
 
-    from imgcls.data.decode import decode_image_bytes, resize, to_grey_if_grey
-
     channels, height, width = checkpoint.input_shape
     image_size = checkpoint.meta.get("config", {}).get("data", {}).get("image_size")
     image = decode_image_bytes(data, image_size)  # RGB, resized as training resized if it did
@@ -74,19 +76,12 @@ def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bo
 
 def normalized(images: torch.Tensor, checkpoint: Checkpoint, device: torch.device) -> torch.Tensor:
     """uint8 (N, C, H, W) -> the float (N, C*H*W) rows training fed the model, through the same code."""
-    from imgcls.data.normalize import PixelNormalizer
-    from imgcls.data.types import Normalization
-
     return PixelNormalizer(Normalization(checkpoint.mean, checkpoint.std), device)(images.flatten(1))
 
 
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: str = "cpu",
             skip_bad: bool = False, chunk: int = 1024) -> Predictions:
-    from imgcls.data.decode import error_reason
-    from imgcls.data.readers import read_image_file
-    from imgcls.device import resolve_device
-
     device = resolve_device(device_name)
     result = Predictions([])
     images, names = [], []
@@ -110,9 +105,6 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
 def predict_features(checkpoint: Checkpoint, path: Path, k: int = 5, device_name: str = "cpu",
                      chunk: int = 4096) -> Predictions:
     """A features model's top-k for each row of a features file, named FILE[row], normalized as in training."""
-    from imgcls.data.features import rows_to_predict
-    from imgcls.device import resolve_device
-
     device = resolve_device(device_name)
     rows = rows_to_predict(path, checkpoint.weight.shape[1])
     names = [f"{path.name}[{row}]" for row in range(len(rows))]
