@@ -113,13 +113,15 @@ def predict_features(checkpoint: Checkpoint, path: Path, k: int = 5, device_name
 
 def _top_k(checkpoint: Checkpoint, device: torch.device, k: int, names: list[str], inputs, chunk: int) \
         -> list[Prediction]:
-    """Each input's k likeliest classes with their softmax probabilities, `chunk` inputs (a list of images, or the
-    rows of a tensor) stacked at a time: the whole list is never copied at once."""
+    """Each input's k likeliest classes with their softmax probabilities, `chunk` inputs (the rows of a tensor, or
+    a list of images, stacked a chunk at a time: the list is never copied whole) at a time."""
     model = checkpoint.model().to(device).eval()
     k = max(1, min(k, len(checkpoint.classes)))
     items = []
     for start in range(0, len(inputs), chunk):
-        scores = model(normalized(torch.stack(inputs[start:start + chunk]), checkpoint, device)).float()
+        part = inputs[start:start + chunk]
+        part = part if isinstance(part, torch.Tensor) else torch.stack(part)
+        scores = model(normalized(part, checkpoint, device)).float()
         top = scores.topk(k, dim=1)
         probabilities = torch.softmax(scores.double(), dim=1).gather(1, top.indices).tolist()
         items += [Prediction(name, [checkpoint.classes[i] for i in indices], chances)
