@@ -11,9 +11,14 @@ from typing import Annotated
 
 import torch
 from pydantic import ConfigDict, Field, Strict, ValidationError, create_model
+from safetensors import SafetensorError
+from safetensors.torch import load as deserialize, save as serialize
 
+from imgcls.config import Config
+from imgcls.data.registry import DATASET_NAMES
 from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import write_atomic
+from imgcls.linear.model import LinearClassifier
 from imgcls.runs.rundir import Classes, Count, RunDir
 
 FORMAT_VERSION = 2  # 2: a resumable checkpoint holds imgcls's own update rule's state (no torch optimizer's)
@@ -87,8 +92,6 @@ class Checkpoint:
                            [self.state[name] for name in RUNNING_SUMS], progress, saved["diverged"])
 
     def model(self):
-        from imgcls.linear.model import LinearClassifier
-
         model = LinearClassifier(self.input_shape, len(self.classes))
         model.linear.weight.data.copy_(self.weight)
         model.linear.bias.data.copy_(self.bias)
@@ -102,8 +105,6 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
 def save_stack(path: Path, checkpoints: list[Checkpoint]) -> None:
     """Several models' checkpoints as one file, written whole or not at all: a stack's state is never half old,
     half new. One model's is the plain checkpoint format."""
-    from safetensors.torch import save as serialize
-
     if len(checkpoints) == 1:
         [checkpoint] = checkpoints
         version = FORMAT_VERSION if checkpoint.resumable else MODEL_FORMAT
@@ -156,9 +157,6 @@ def load(path: Path) -> Checkpoint:
 def _read_checked(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The file's metadata and tensors, once it is known to be an imgcls checkpoint this imgcls can read. The file is
     read whole by Python: safetensors' reader takes only UTF-8 paths."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as deserialize
-
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a .safetensors file from a run folder "
                         f"(runs/<run>/best.safetensors) or the run folder itself")
@@ -199,8 +197,6 @@ def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.T
 def _check_consistent(checkpoint: Checkpoint) -> None:
     """Everything eval, export-templates and resume read from a checkpoint is what it should be: a damaged file is
     refused here rather than failing somewhere later."""
-    from imgcls.data.registry import DATASET_NAMES
-
     meta = checkpoint.meta
     try:
         checked = Meta.model_validate(meta)
@@ -229,8 +225,6 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
 
 def _checked_config(saved, num_classes: int) -> dict:
     """The saved config, whole, if imgcls could have run it (keys of a later imgcls are passed over)."""
-    from imgcls.config import Config
-
     try:
         config = Config.from_dict(saved, "the checkpoint", strict=False)
     except UserError as error:
