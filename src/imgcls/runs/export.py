@@ -9,15 +9,16 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from imgcls import __version__
-from imgcls.runs.checkpoint import Checkpoint
 from imgcls.data.features import is_features_model
 from imgcls.data.types import Normalization
 from imgcls.errors import UserError
 from imgcls.files import check_output_file, write_atomic
+from imgcls.runs.checkpoint import Checkpoint
 
 FORMATS = ("onnx", "torchscript", "npz")
 ONNX_OPSET = 17
@@ -91,8 +92,6 @@ def _write_torchscript(checkpoint: Checkpoint, path: Path) -> None:
 
 
 def _write_npz(checkpoint: Checkpoint, path: Path) -> None:
-    import numpy as np
-
     # A features model keeps its statistics on the 0..1 scale of images (data.features): here they are in the
     # features' own units, with input_scale 1, so that the formula reads the same for both.
     scale = 255.0 / input_scale(checkpoint)

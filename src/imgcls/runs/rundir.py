@@ -20,8 +20,10 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
+from imgcls.data.classnames import named_classes
 from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import check_writable, printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from imgcls.runs.yamlfile import read_yaml
 
 CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -202,8 +204,6 @@ class RunDir:
         metrics = _read_json(self.metrics)
         _check_metrics(metrics, self.metrics)
         if class_names is not None:
-            from imgcls.data.classnames import named_classes
-
             metrics["classes"] = named_classes(metrics["classes"], class_names)
         return metrics
 
@@ -214,8 +214,6 @@ class RunDir:
 
     def read_config(self) -> dict:
         """config.yaml as the run saved it, read by the config's own bounded loader ({} if it holds no mapping)."""
-        from imgcls.runs.yamlfile import read_yaml
-
         if not self.config.is_file():
             raise UserError(f"{printable(self.path)} is not a run folder (no config.yaml); pass the --out folder of "
                             f"a training run")
