@@ -2,6 +2,7 @@
 never ignored (each command then ends as it does on Ctrl-C: a training command by its signal rule, the others at
 once, writing nothing half-way), and a signal while the command line's own modules load ends quietly."""
 
+import functools
 import importlib.abc
 import os
 import signal
@@ -23,28 +24,18 @@ class HeldSignals(importlib.abc.MetaPathFinder):
         for finder in sys.meta_path:
             spec = None if finder is self else finder.find_spec(name, path, target)
             if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _HeldLoader(spec.loader)
+                if spec.loader is not None:  # a loader made for this spec: its own exec_module, held
+                    spec.loader.exec_module = functools.partial(_held, spec.loader.exec_module)
                 return spec
         return None
 
 
-class _HeldLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __getattr__(self, name):  # resources, is_package, ...: the real loader's
-        return getattr(self.loader, name)
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            self.loader.exec_module(module)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+def _held(exec_module, module) -> None:
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        exec_module(module)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def main() -> None:

@@ -31,9 +31,7 @@ def set_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Returns the autocast dtype for the forward pass, or None for plain float32."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "bf16")
-    if precision == "bf16":
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def auto_batch_size(num_images: int, features: int, num_classes: int, device: torch.device) -> int:

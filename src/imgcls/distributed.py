@@ -1,14 +1,12 @@
 """Several processes under torchrun: each computes the gradient of its part of every global batch, and the
-gradients are summed across them (engine.py), so every process makes the same update. We join torchrun's process
-group (NCCL on GPUs, gloo on CPUs) and launch nothing; outside torchrun every function is a no-op for a world of one.
-
-torch is imported inside the functions: every command (`--help` too) ends through exit_process, without torch.
-"""
+gradients are summed (engine.py), so all make the same update. We join torchrun's group (NCCL on GPUs, gloo on CPUs);
+outside torchrun each function is a no-op. torch is imported inside them: exit_process ends even `--help`."""
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
@@ -71,32 +69,32 @@ def setup(device: torch.device) -> tuple[Shard, torch.device]:
 
 
 def active() -> bool:
-    dist = sys.modules.get("torch.distributed")  # not imported: no process group joined
-    return dist is not None and dist.is_available() and dist.is_initialized()
+    return _joined() is not None
+
+
+def _joined():
+    """torch.distributed once this process has joined a process group, else None (not imported: none joined)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
 
 
 def barrier() -> None:
-    if active():
-        import torch.distributed as dist
-
+    if dist := _joined():
         dist.barrier()
 
 
 def sum_across(*tensors: torch.Tensor) -> None:
     """Sum each tensor over all processes, in place (gradients, metrics, running sums)."""
-    if active():
-        import torch.distributed as dist
-
+    if dist := _joined():
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
 def any_process(flag: bool, device: torch.device) -> bool:
     """True on every process if it is true on any: all stop at the same step."""
-    if not active():
+    if not (dist := _joined()):
         return flag
     import torch
-    import torch.distributed as dist
 
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -104,27 +102,17 @@ def any_process(flag: bool, device: torch.device) -> bool:
 
 
 def teardown() -> None:
-    if active():
-        import torch.distributed as dist
-
+    if dist := _joined():
         dist.destroy_process_group()
 
 
 def from_main(value):
     """The main process's value of `value`, on every process (a run folder name, say)."""
-    if not active():
+    if not (dist := _joined()):
         return value
-    import torch.distributed as dist
-
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def world_size() -> int:
-    """The number of processes torchrun started (1 outside torchrun, or where WORLD_SIZE is not a number)."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    return int(world) if world.isdigit() else 1
 
 
 def exit_process(code: int) -> NoReturn:
@@ -132,12 +120,12 @@ def exit_process(code: int) -> NoReturn:
     and under torchrun can abort (docs/development.md). A normal exit where a profiler, a coverage tracer or child
     processes still need one."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with suppress(OSError, ValueError):  # a closed pipe (imgcls ... | head), a closed stream: nothing to keep
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (imgcls ... | head), a closed stream: nothing to keep
-            pass
     import multiprocessing
 
-    if world_size() > 1 or not (sys.getprofile() or sys.gettrace() or multiprocessing.active_children()):
+    world = os.environ.get("WORLD_SIZE", "1")  # torchrun's processes (a WORLD_SIZE that is no number: not ours)
+    if (world.isdigit() and int(world) > 1) or not (sys.getprofile() or sys.gettrace()
+                                                     or multiprocessing.active_children()):
         os._exit(code)
     sys.exit(code)

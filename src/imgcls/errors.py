@@ -1,8 +1,5 @@
-"""The one exception type for a user's mistake.
-
-Anything raised as UserError reaches the terminal as a single line and exit code 2;
-everything else is our bug and keeps its traceback.
-"""
+"""The one exception type for a user's mistake: a UserError reaches the terminal as one line and exit code 2;
+everything else is our bug and keeps its traceback."""
 
 import difflib
 import reprlib

@@ -1,8 +1,6 @@
-"""Atomic file writes: a temporary file beside the target, fsynced, then renamed over it.
-
-A crash, Ctrl-C, SIGKILL or a full disk leaves the old file or the new one, whole, with the mode open() would give.
-A temporary file's name holds its writer's host and pid, so the next run removes only those a killed writer left.
-"""
+"""Atomic writes: a temporary file beside the target, fsynced, renamed over it; a crash, Ctrl-C, SIGKILL or a full
+disk leaves the old file or the new one, whole. A temporary's name holds its writer's host and pid, so the next run
+removes only those a killed writer left."""
 
 from __future__ import annotations
 
@@ -94,10 +92,15 @@ def move(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)
     except OSError as error:
-        if error.errno not in ENVIRONMENT_ERRORS:
-            raise
-        raise UserError(f"cannot write {printable(target)} ({os.strerror(error.errno)}); it is left as it was: free "
-                        f"some space or choose a writable folder, then try again") from None
+        raise _not_written(target, error) from None
+
+
+def _not_written(path: Path, error: OSError) -> Exception:
+    """A full disk or a read-only folder as one line that says the earlier file is whole; other errors as they are."""
+    if error.errno not in ENVIRONMENT_ERRORS:
+        return error
+    return UserError(f"cannot write {printable(path)} ({os.strerror(error.errno)}); any earlier {printable(path.name)} "
+                     f"is left as it was: free some space or choose a writable folder, then try again")
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -119,11 +122,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        if error.errno not in ENVIRONMENT_ERRORS:
-            raise
-        raise UserError(f"cannot write {printable(path)} ({os.strerror(error.errno)}); any earlier "
-                        f"{printable(path.name)} is left as it was: free some space or choose a writable folder, "
-                        f"then try again") from None
+        raise _not_written(path, error) from None
     finally:
         temporary.unlink(missing_ok=True)
     with suppress(OSError):  # the rename itself survives a power cut, where a folder can be opened

@@ -1,8 +1,6 @@
-"""Checkpoints: one safetensors file that carries everything needed to use the model alone, and never unpickled.
-
-Tensors: the weights and normalization statistics (resumable: also the momentum and the epoch's running sums; a
-stack's models may share one file). Metadata: one JSON string with dataset, classes, input shape, config, seed, epoch.
-"""
+"""Checkpoints: one safetensors file, never unpickled, that carries all a model needs: its weights and normalization
+(resumable: also the momentum and the epoch's running sums; a sweep's stacked models may share one file), and as
+metadata one JSON string with dataset, classes, input shape, config, seed, epoch."""
 
 from __future__ import annotations
 
@@ -13,10 +11,15 @@ from typing import Annotated
 
 import torch
 from pydantic import ConfigDict, Field, Strict, ValidationError, create_model
+from safetensors import SafetensorError
+from safetensors.torch import load as deserialize, save as serialize
 
+from imgcls.config import Config
+from imgcls.data.registry import DATASET_NAMES
 from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import write_atomic
-from imgcls.runs.rundir import RunDir
+from imgcls.linear.model import LinearClassifier
+from imgcls.runs.rundir import Classes, Count, RunDir
 
 FORMAT_VERSION = 2  # 2: a resumable checkpoint holds imgcls's own update rule's state (no torch optimizer's)
 MODEL_FORMAT = 1  # a checkpoint of the model alone is read by every imgcls since the first
@@ -29,10 +32,9 @@ RUNNING_SUMS = ("loss_sum", "weight_sum", "correct")
 VELOCITIES = ("velocity.weight", "velocity.bias")
 SAVED_PROGRESS = ("seen", "seconds", "history", "best_epoch", "best_val", "lr_first")
 STACK_KEY = "models"  # a file of several models (a sweep's stack): how many; each one's tensors under "<i>/"
-Count, Side = Annotated[int, Strict(), Field(ge=0)], Annotated[int, Strict(), Field(ge=1)]
+Side = Annotated[int, Strict(), Field(ge=1)]
 Meta = create_model("Meta", __config__=ConfigDict(extra="allow"), dataset=str, config=dict, epoch=Count, seed=Count,
-                    classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
-                    input_shape=tuple[Side, Side, Side], superclass_of=(list[Count] | None, None))
+                    classes=Classes, input_shape=tuple[Side, Side, Side], superclass_of=(list[Count] | None, None))
 
 
 @dataclass
@@ -90,8 +92,6 @@ class Checkpoint:
                            [self.state[name] for name in RUNNING_SUMS], progress, saved["diverged"])
 
     def model(self):
-        from imgcls.linear.model import LinearClassifier
-
         model = LinearClassifier(self.input_shape, len(self.classes))
         model.linear.weight.data.copy_(self.weight)
         model.linear.bias.data.copy_(self.bias)
@@ -105,8 +105,6 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
 def save_stack(path: Path, checkpoints: list[Checkpoint]) -> None:
     """Several models' checkpoints as one file, written whole or not at all: a stack's state is never half old,
     half new. One model's is the plain checkpoint format."""
-    from safetensors.torch import save as serialize
-
     if len(checkpoints) == 1:
         [checkpoint] = checkpoints
         version = FORMAT_VERSION if checkpoint.resumable else MODEL_FORMAT
@@ -130,7 +128,7 @@ def load_stack(path: Path) -> list[Checkpoint]:
     count = metadata.get(STACK_KEY)
     if count is None:
         return [_checkpoint(path, metadata, tensors)]
-    if not (count.isascii() and count.isdigit() and 1 < int(count) <= 100_000):
+    if not (count.isascii() and count.isdigit() and len(count) <= 6 and 1 < int(count) <= 100_000):
         raise UserError(f"{path} is a damaged imgcls checkpoint (it holds {count[:20]!r} models)")
     return [_checkpoint(path, {FORMAT_KEY: metadata[FORMAT_KEY], "meta": metadata.get(f"{index}/meta", "")},
                         {name.partition("/")[2]: value for name, value in tensors.items()
@@ -157,27 +155,30 @@ def load(path: Path) -> Checkpoint:
 
 
 def _read_checked(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The file's metadata and tensors, once it is known to be an imgcls checkpoint this imgcls can read."""
-    from safetensors import SafetensorError
-
+    """The file's metadata and tensors, once it is known to be an imgcls checkpoint this imgcls can read. The file is
+    read whole by Python: safetensors' reader takes only UTF-8 paths."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a .safetensors file from a run folder "
                         f"(runs/<run>/best.safetensors) or the run folder itself")
     try:
-        metadata, tensors = _read(path)
+        content = path.read_bytes()
+        tensors = deserialize(content)  # checks the header and every tensor's place in the file
+        header = json.loads(content[8:8 + int.from_bytes(content[:8], "little")])
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise UserError(f"{path} is not a readable imgcls checkpoint ({str(error).splitlines()[0][:120]}); it may be "
                         f"truncated or another kind of file") from None
+    metadata = {key: value for key, value in (header.get("__metadata__") or {}).items() if isinstance(value, str)}
     if FORMAT_KEY not in metadata:
         raise UserError(f"{path} is a safetensors file but not an imgcls checkpoint (no '{FORMAT_KEY}' metadata)")
-    version = _format_version(metadata[FORMAT_KEY])
-    if version is None:
-        raise UserError(f"{path} is a damaged imgcls checkpoint (format version {metadata[FORMAT_KEY][:20]!r}); use "
-                        f"another checkpoint")
-    if version > FORMAT_VERSION:
+    text = metadata[FORMAT_KEY]  # at most 9 digits: int() of thousands of digits is refused
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) >= 1):
+        raise UserError(f"{path} is a damaged imgcls checkpoint (format version {text[:20]!r}); use another "
+                        f"checkpoint")
+    if (version := int(text)) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer imgcls (checkpoint format {version}, this one reads up to "
                         f"{FORMAT_VERSION}); upgrade imgcls")
-    return metadata, tensors
+    # fresh, aligned memory: BLAS rounds by a buffer's alignment, and resume is bit-exact (docs/development.md)
+    return metadata, {name: tensor.clone() for name, tensor in tensors.items()}
 
 
 def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> Checkpoint:
@@ -193,29 +194,9 @@ def _checkpoint(path: Path, metadata: dict[str, str], tensors: dict[str, torch.T
     return checkpoint
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The file's metadata and tensors, read whole by Python (safetensors' reader takes only UTF-8 paths)."""
-    from safetensors.torch import load as deserialize
-
-    content = path.read_bytes()
-    tensors = deserialize(content)  # checks the header and every tensor's place in the file
-    header = json.loads(content[8:8 + int.from_bytes(content[:8], "little")])
-    metadata = header.get("__metadata__") or {}
-    # fresh, aligned memory: BLAS rounds by a buffer's alignment, and resume is bit-exact (docs/development.md)
-    tensors = {name: tensor.clone() for name, tensor in tensors.items()}
-    return {key: value for key, value in metadata.items() if isinstance(value, str)}, tensors
-
-
-def _format_version(text: str) -> int | None:
-    digits = text.isascii() and text.isdigit() and len(text) <= 9  # int() of thousands of digits is refused
-    return int(text) if digits and int(text) >= 1 else None
-
-
 def _check_consistent(checkpoint: Checkpoint) -> None:
     """Everything eval, export-templates and resume read from a checkpoint is what it should be: a damaged file is
     refused here rather than failing somewhere later."""
-    from imgcls.data.registry import DATASET_NAMES
-
     meta = checkpoint.meta
     try:
         checked = Meta.model_validate(meta)
@@ -244,10 +225,6 @@ def _check_consistent(checkpoint: Checkpoint) -> None:
 
 def _checked_config(saved, num_classes: int) -> dict:
     """The saved config, whole, if imgcls could have run it (keys of a later imgcls are passed over)."""
-    from imgcls.config import Config
-
-    if not all(isinstance(values, dict) for values in saved.values()):
-        raise ValueError("'config' is not a mapping of sections")
     try:
         config = Config.from_dict(saved, "the checkpoint", strict=False)
     except UserError as error:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from imgcls.runs import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config, DataConfig
 from imgcls.data.batches import make_eval_batches
@@ -14,6 +13,7 @@ from imgcls.errors import UserError, shown
 from imgcls.linear.losses import Loss, class_weights
 from imgcls.linear.metrics import Metrics
 from imgcls.linear.stacked import Hyper, Stack
+from imgcls.runs import checkpoint as ckpt
 
 
 def saved_config(checkpoint: ckpt.Checkpoint, data_dir: str | None) -> Config:

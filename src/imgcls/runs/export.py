@@ -1,10 +1,6 @@
-"""Models out: a checkpoint as a file other programs run without imgcls.
-
-onnx and torchscript: one graph from the raw input (uint8 pixels, or float32 features) to the scores, with training's
-normalization inside and the class names in the metadata. npz: the lecture's arrays for numpy, W, b, mean, std,
-classes and input_scale, with x = (input / input_scale - mean) / std and scores = x @ W.T + b. ONNX is written by
-torch's TorchScript-based exporter (dynamo=False), which needs only the `onnx` package.
-"""
+"""A checkpoint as a file other programs run without imgcls. onnx (torch's TorchScript-based exporter: only `onnx`
+needed), torchscript: raw input (uint8 pixels, float32 features) -> scores, normalization inside, classes in the
+metadata. npz: W, b, mean, std, classes, input_scale: x = (input / input_scale - mean) / std, scores = x @ W.T + b."""
 
 from __future__ import annotations
 
@@ -13,15 +9,16 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from imgcls import __version__
-from imgcls.runs.checkpoint import Checkpoint
 from imgcls.data.features import is_features_model
 from imgcls.data.types import Normalization
 from imgcls.errors import UserError
 from imgcls.files import check_output_file, write_atomic
+from imgcls.runs.checkpoint import Checkpoint
 
 FORMATS = ("onnx", "torchscript", "npz")
 ONNX_OPSET = 17
@@ -39,13 +36,6 @@ class RawInputClassifier(nn.Module):
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.addcmul(self.negative_shift, raw.flatten(1).float(), self.scale))
-
-
-def example_input(checkpoint: Checkpoint, count: int = 2) -> torch.Tensor:
-    """A batch of the input the exported model takes: uint8 images, or float32 feature rows."""
-    if is_features_model(checkpoint):
-        return torch.zeros(count, checkpoint.weight.shape[1])
-    return torch.zeros(count, *checkpoint.input_shape, dtype=torch.uint8)
 
 
 def export(checkpoint: Checkpoint, fmt: str, out: Path) -> None:
@@ -69,9 +59,7 @@ def _metadata(checkpoint: Checkpoint) -> dict[str, str]:
 def _quietly(action):
     """Without torch's deprecation warnings for its TorchScript-based exporters, whose files this command promises."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.simplefilter("ignore")
         return action()
 
 
@@ -81,8 +69,10 @@ def _write_onnx(checkpoint: Checkpoint, path: Path) -> None:
     except ImportError:
         raise UserError("--format onnx needs the onnx package: pip install 'imgcls[export]'") from None
     model = RawInputClassifier(checkpoint).eval()
+    example = torch.zeros(2, checkpoint.weight.shape[1]) if is_features_model(checkpoint) else \
+        torch.zeros(2, *checkpoint.input_shape, dtype=torch.uint8)  # a batch of what the model takes
     axes = {"input": {0: "batch"}, "scores": {0: "batch"}}
-    _quietly(lambda: torch.onnx.export(model, (example_input(checkpoint),), str(path), dynamo=False,
+    _quietly(lambda: torch.onnx.export(model, (example,), str(path), dynamo=False,
                                        input_names=["input"], output_names=["scores"], dynamic_axes=axes,
                                        opset_version=ONNX_OPSET))
     graph = onnx.load(str(path))
@@ -102,8 +92,6 @@ def _write_torchscript(checkpoint: Checkpoint, path: Path) -> None:
 
 
 def _write_npz(checkpoint: Checkpoint, path: Path) -> None:
-    import numpy as np
-
     # A features model keeps its statistics on the 0..1 scale of images (data.features): here they are in the
     # features' own units, with input_scale 1, so that the formula reads the same for both.
     scale = 255.0 / input_scale(checkpoint)

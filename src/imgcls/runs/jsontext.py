@@ -1,9 +1,5 @@
-"""JSON for other programs to read: strict JSON, where Python's json would write NaN and Infinity.
-
-A number that is not finite becomes null, and the object says why under "null_because"
-(its path, such as "test.loss", and the value it had), so a reader can tell a missing value
-from one that could not be written.
-"""
+"""Strict JSON for other programs to read: a number that is not finite (Python's json writes NaN, Infinity) becomes
+null, and "null_because" says where and what it was ({"test.loss": "nan: ..."}): missing and unwritable differ."""
 
 from __future__ import annotations
 

@@ -11,8 +11,14 @@ from pathlib import Path
 
 import torch
 
-from imgcls.runs.checkpoint import Checkpoint
+from imgcls.data.decode import decode_image_bytes, error_reason, resize, to_grey_if_grey
+from imgcls.data.features import rows_to_predict
+from imgcls.data.normalize import PixelNormalizer
+from imgcls.data.readers import IMAGE_EXTENSIONS, is_image_name, read_image_file, walk_files
+from imgcls.data.types import Normalization
+from imgcls.device import resolve_device
 from imgcls.errors import UserError
+from imgcls.runs.checkpoint import Checkpoint
 
 
 @dataclass
@@ -36,8 +42,6 @@ class Predictions:
 def list_images(paths: list[Path]) -> list[Path]:
     """Files as given; a folder gives its image files, recursively and sorted, as training lists a class folder (less
     hidden files and folders). A symlink to nothing or a FIFO is listed: reading it says what it is."""
-    from imgcls.data.readers import IMAGE_EXTENSIONS, is_image_name, walk_files
-
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -55,47 +59,30 @@ def list_images(paths: list[Path]) -> list[Path]:
 
 def prepare_image(data: bytes, checkpoint: Checkpoint) -> tuple[torch.Tensor, bool]:
     """Encoded bytes -> uint8 (C, H, W) in the checkpoint's input shape; also whether it had to be resized."""
-    from imgcls.data.decode import decode_image_bytes, resize, to_grey_if_grey
+    from torchvision.transforms.v2.functional import resize as tv_resize, rgb_to_grayscale
 
     channels, height, width = checkpoint.input_shape
     image_size = checkpoint.meta.get("config", {}).get("data", {}).get("image_size")
     image = decode_image_bytes(data, image_size)  # RGB, resized as training resized if it did
-    resized = False
-    if tuple(image.shape[-2:]) != (height, width):
-        resized = True
-        if height == width:
-            image = resize(image, height)
-        else:
-            from torchvision.transforms.v2.functional import resize as tv_resize
-
-            image = tv_resize(image, [height, width], antialias=True)
+    resized = tuple(image.shape[-2:]) != (height, width)
+    if resized:  # a square one as training resizes
+        image = resize(image, height) if height == width else tv_resize(image, [height, width], antialias=True)
     if channels == 1:
-        grey = to_grey_if_grey(image.unsqueeze(0))[0]
-        if grey.shape[0] != 1:  # a colour image for a grey model: its luminance
-            from torchvision.transforms.v2.functional import rgb_to_grayscale
-
-            grey = rgb_to_grayscale(image, num_output_channels=1)
-        image = grey
+        image = to_grey_if_grey(image.unsqueeze(0))[0]
+        if image.shape[0] != 1:  # a colour image for a grey model: its luminance
+            image = rgb_to_grayscale(image, num_output_channels=1)
     return image.contiguous(), resized
 
 
 def normalized(images: torch.Tensor, checkpoint: Checkpoint, device: torch.device) -> torch.Tensor:
     """uint8 (N, C, H, W) -> the float (N, C*H*W) rows training fed the model, through the same code."""
-    from imgcls.data.normalize import PixelNormalizer
-    from imgcls.data.types import Normalization
-
     return PixelNormalizer(Normalization(checkpoint.mean, checkpoint.std), device)(images.flatten(1))
 
 
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: str = "cpu",
             skip_bad: bool = False, chunk: int = 1024) -> Predictions:
-    from imgcls.data.decode import error_reason
-    from imgcls.data.readers import read_image_file
-    from imgcls.device import resolve_device
-
     device = resolve_device(device_name)
-    model = checkpoint.model().to(device).eval()
     result = Predictions([])
     images, names = [], []
     for path in paths:
@@ -110,9 +97,7 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
         result.resized += resized
         images.append(image)
         names.append(str(path))
-    for start in range(0, len(images), chunk):  # stacked a chunk at a time: the list already holds every image
-        result.items += top_k(model, torch.stack(images[start:start + chunk]), names[start:start + chunk],
-                              checkpoint, device, k, chunk)
+    result.items = _top_k(checkpoint, device, k, names, images, chunk)
     return result
 
 
@@ -120,28 +105,27 @@ def predict(checkpoint: Checkpoint, paths: list[Path], k: int = 5, device_name: 
 def predict_features(checkpoint: Checkpoint, path: Path, k: int = 5, device_name: str = "cpu",
                      chunk: int = 4096) -> Predictions:
     """A features model's top-k for each row of a features file, named FILE[row], normalized as in training."""
-    from imgcls.data.features import rows_to_predict
-    from imgcls.device import resolve_device
-
     device = resolve_device(device_name)
-    model = checkpoint.model().to(device).eval()
     rows = rows_to_predict(path, checkpoint.weight.shape[1])
     names = [f"{path.name}[{row}]" for row in range(len(rows))]
-    return Predictions(top_k(model, rows, names, checkpoint, device, k, chunk))
+    return Predictions(_top_k(checkpoint, device, k, names, rows, chunk))
 
 
-def top_k(model, inputs: torch.Tensor, names: list[str], checkpoint: Checkpoint, device: torch.device, k: int,
-          chunk: int) -> list[Prediction]:
-    """Each input's k likeliest classes with their softmax probabilities, `chunk` inputs at a time."""
+def _top_k(checkpoint: Checkpoint, device: torch.device, k: int, names: list[str], inputs, chunk: int) \
+        -> list[Prediction]:
+    """Each input's k likeliest classes with their softmax probabilities, `chunk` inputs (the rows of a tensor, or
+    a list of images, stacked a chunk at a time: the list is never copied whole) at a time."""
+    model = checkpoint.model().to(device).eval()
     k = max(1, min(k, len(checkpoint.classes)))
     items = []
     for start in range(0, len(inputs), chunk):
-        scores = model(normalized(inputs[start:start + chunk], checkpoint, device)).float()
+        part = inputs[start:start + chunk]
+        part = part if isinstance(part, torch.Tensor) else torch.stack(part)
+        scores = model(normalized(part, checkpoint, device)).float()
         top = scores.topk(k, dim=1)
-        probabilities = torch.softmax(scores.double(), dim=1).gather(1, top.indices)
-        for row, name in enumerate(names[start:start + chunk]):
-            items.append(Prediction(name, [checkpoint.classes[i] for i in top.indices[row].tolist()],
-                                    probabilities[row].tolist()))
+        probabilities = torch.softmax(scores.double(), dim=1).gather(1, top.indices).tolist()
+        items += [Prediction(name, [checkpoint.classes[i] for i in indices], chances)
+                  for name, indices, chances in zip(names[start:start + chunk], top.indices.tolist(), probabilities)]
     return items
 
 

@@ -3,6 +3,8 @@ back checked. While a run writes it, its process holds .imgcls.lock there (filel
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -18,8 +20,10 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
+from imgcls.data.classnames import named_classes
 from imgcls.errors import UserError, shown, validation_problem
 from imgcls.files import check_writable, printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from imgcls.runs.yamlfile import read_yaml
 
 CONFIG, EPOCHS, METRICS = "config.yaml", "epochs.jsonl", "metrics.json"
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -76,41 +80,31 @@ class RunDir:
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in (*RUN_FILES, *REFIT_FILES, DIVERGED))
 
-    def foreign_entries(self) -> list[str]:
-        """What the folder holds that imgcls did not write (everything, in a folder that holds no run)."""
-        own = {*OWN_FILES, *OWN_FOLDERS} if self.is_run() else set()
-        return sorted(entry.name for entry in os.scandir(self.path) if entry.name not in own and entry.name != LOCK
-                      and not entry.name.endswith(".tmp"))
-
     @classmethod
     def for_new_run(cls, out: str | None, dataset: str, overwrite: bool) -> RunDir:
         """Where a new run will go; refuses a folder that holds a run, or files of someone else's. Nothing is
         written yet."""
-        path = Path(out) if out else _default_folder(dataset)
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--out {path} is a file, not a folder; choose another --out")
-        check_writable("--out", path)
-        run = cls(path)
-        if path.is_dir() and not overwrite:
-            run._refuse_to_replace()
-        return run
-
-    def _refuse_to_replace(self) -> None:
-        if self.is_run():
-            raise UserError(f"{printable(self.path)} already holds a run{self._how_to_go_on()}")
-        foreign = self.foreign_entries()
+        run = cls(Path(out) if out else _default_folder(dataset))
+        if run.path.exists() and not run.path.is_dir():
+            raise UserError(f"--out {run.path} is a file, not a folder; choose another --out")
+        check_writable("--out", run.path)
+        if not run.path.is_dir() or overwrite:
+            return run
+        where = printable(run.path)
+        if run.diverged.is_file():
+            raise UserError(f"{where} already holds a run that diverged; resuming it would diverge again: start a new "
+                            f"run with a lower --lr in another --out, or pass --overwrite to replace it")
+        if run.is_run():
+            resume = f", --resume {where} to continue it" if run.resumable() else ""
+            raise UserError(f"{where} already holds a run; pass --overwrite to replace it{resume}, or choose another "
+                            f"--out")
+        foreign = sorted(entry.name for entry in os.scandir(run.path) if entry.name != LOCK
+                         and not entry.name.endswith(".tmp"))
         if foreign:
             shown = ", ".join(printable(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise UserError(f"--out {printable(self.path)} is not empty and not a run folder (it holds {shown}); "
-                            f"choose a new or empty folder, or pass --overwrite (only imgcls's own files are "
-                            f"then replaced)")
-
-    def _how_to_go_on(self) -> str:
-        if self.diverged.is_file():
-            return (" that diverged; resuming it would diverge again: start a new run with a lower --lr in another "
-                    "--out, or pass --overwrite to replace it")
-        resume = f", --resume {printable(self.path)} to continue it" if self.resumable() else ""
-        return f"; pass --overwrite to replace it{resume}, or choose another --out"
+            raise UserError(f"--out {where} is not empty and not a run folder (it holds {shown}); choose a new or "
+                            f"empty folder, or pass --overwrite (only imgcls's own files are then replaced)")
+        return run
 
     def resumable(self) -> bool:
         return (self.last.is_file() or self.selection.is_file()) and not self.metrics.is_file() \
@@ -127,8 +121,7 @@ class RunDir:
                     shutil.rmtree(self.path / name, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UserError(f"cannot create the run folder {printable(self.path)} ({error.strerror or error}); "
-                            f"choose another --out") from None
+            raise _cannot_create(self.path, error) from None
 
     def write_config(self, config: dict) -> None:
         """Without the run's own folder (output.out): repeating the run with --config goes to a new folder."""
@@ -162,10 +155,17 @@ class RunDir:
     def write_epochs(self, history: list[dict], k: int | None = None) -> None:
         """The whole history each time: a resumed run rewrites the file, never duplicates a line. k: the run's
         top-k, which names the records' val_top5 in the files (`val_top3` for 3 classes)."""
-        if k is not None:
-            history = [topk_named(record, k) for record in history]
+        if k is not None:  # val_top5 renamed in its place
+            history = [{(f"val_top{k}" if key == "val_top5" else key): value for key, value in record.items()}
+                       for record in history]
         write_text_atomic(self.epochs, "".join(json.dumps(record) + "\n" for record in history))
-        write_text_atomic(self.metrics_csv, epochs_csv(history))
+        # the table: a key first seen in a later record is a column at the end, empty in the records without it
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for record in history for key in record)),
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.metrics_csv, table.getvalue())
 
     def write_selection(self, chosen: dict) -> None:
         write_json_atomic(self.selection, chosen)
@@ -175,10 +175,7 @@ class RunDir:
         if not self.selection.is_file():
             return None
         redo = "start the run again with --overwrite"
-        try:
-            chosen = json.loads(self.selection.read_text())
-        except (OSError, ValueError, RecursionError) as error:
-            raise _damaged(self.selection, str(error), redo) from None
+        chosen = _read_json(self.selection, fix=f"the run folder is damaged: {redo}")
         factors = _validated(Selection, chosen, self.selection, "the file", redo).factors
         if factors is not None and len(factors) != chosen["epochs"]:
             raise _damaged(self.selection, f"{len(factors)} rate factors for {chosen['epochs']} epochs", redo)
@@ -191,11 +188,7 @@ class RunDir:
         """epochs.jsonl's records, each checked for the keys and types a report reads."""
         if not self.epochs.exists():
             return []
-        try:  # ValueError: also an integer too long to convert; OSError: a folder in the file's place
-            records = [json.loads(line) for line in self.epochs.read_text().splitlines() if line.strip()]
-        except (OSError, ValueError, RecursionError) as error:
-            raise UserError(f"{printable(self.epochs)} is not one JSON object a line ({error}); the run folder is "
-                            f"damaged") from None
+        records = _read_json(self.epochs, lines=True)
         for line, record in enumerate(records, 1):
             _validated(EpochRecord, record, self.epochs, f"line {line}")
             k, topk = epoch_topk(record)
@@ -208,15 +201,9 @@ class RunDir:
         if not self.metrics.exists():
             return None
         self.check_metrics_is_a_file()
-        try:  # RecursionError: arrays nested too deep to read
-            metrics = json.loads(self.metrics.read_text())
-        except (OSError, ValueError, RecursionError) as error:
-            raise UserError(f"{printable(self.metrics)} is not valid JSON ({error}); the run folder is damaged") \
-                from None
+        metrics = _read_json(self.metrics)
         _check_metrics(metrics, self.metrics)
         if class_names is not None:
-            from imgcls.data.classnames import named_classes
-
             metrics["classes"] = named_classes(metrics["classes"], class_names)
         return metrics
 
@@ -227,8 +214,6 @@ class RunDir:
 
     def read_config(self) -> dict:
         """config.yaml as the run saved it, read by the config's own bounded loader ({} if it holds no mapping)."""
-        from imgcls.runs.yamlfile import read_yaml
-
         if not self.config.is_file():
             raise UserError(f"{printable(self.path)} is not a run folder (no config.yaml); pass the --out folder of "
                             f"a training run")
@@ -244,20 +229,17 @@ class RunDir:
         """Hold the folder for this process (creating it) while a run writes it; a second run on it is refused,
         naming this process. Temporary files of killed writers are removed. Folders made here that the run
         left empty are removed again: a refused or interrupted run leaves nothing."""
-        created = _create_folders(self.path)
+        created, lock = _create_folders(self.path), None
         try:
             lock = _lock(self.path / LOCK)
-        except BaseException:
-            _remove_empty(created)
-            raise
-        self._before = {name: _identity(self.path / name) for name in RUN_FILES}
-        try:
+            self._before = {name: _identity(self.path / name) for name in RUN_FILES}
             remove_stale_temporaries(self.path)
             yield self
         finally:
-            with suppress(OSError):
-                (self.path / LOCK).unlink()  # while still held: a waiting run locks a new file
-            lock.release()
+            if lock is not None:
+                with suppress(OSError):
+                    (self.path / LOCK).unlink()  # while still held: a waiting run locks a new file
+                lock.release()
             _remove_empty(created)
 
     def written_here(self) -> set[str]:
@@ -267,10 +249,10 @@ class RunDir:
     def interrupted_state(self, resumed: bool) -> str:
         """After a Ctrl-C: what the folder now holds, and the command that goes on from there."""
         written, path = self.written_here(), printable(self.path)
-        if "metrics.json" in written:
+        if METRICS in written:
             return (f"the run is finished; interrupted while drawing figures or writing report.html: `imgcls report "
                     f"{path} --html` draws them and writes it")
-        if self.resumable() and (resumed or "last.safetensors" in written):
+        if self.resumable() and (resumed or LAST in written):
             try:
                 done = len(self.read_epochs())
             except UserError:
@@ -281,7 +263,7 @@ class RunDir:
                         f"`imgcls train --resume {path}` finishes it")
             return (f"interrupted after {done} finished epoch(s), whose checkpoints are whole: "
                     f"`imgcls train --resume {path}` continues")
-        if "config.yaml" in written:
+        if CONFIG in written:
             return ("interrupted in the first epoch, before any checkpoint: only config.yaml was written; run the "
                     "same command again with --overwrite")
         return ("interrupted before training began (loading the data, or the --lr auto search): nothing was written; "
@@ -293,20 +275,6 @@ class RunDir:
             return self.read_config().get(section, {}).get(key)
         except (UserError, AttributeError):
             return None
-
-
-def epochs_csv(history: list[dict]) -> str:
-    """epochs.jsonl's records as CSV: its keys, in their order, are the columns (a key first seen in a later
-    record is added at the end; a record without it has an empty cell)."""
-    import csv
-    import io
-
-    columns = list(dict.fromkeys(key for record in history for key in record))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return text.getvalue()
 
 
 def _default_folder(dataset: str) -> Path:
@@ -329,16 +297,17 @@ def _identity(path: Path):
 
 def _create_folders(path: Path) -> list[Path]:
     """mkdir -p, returning the folders it made, deepest first."""
-    missing, folder = [], path.absolute()
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
+    missing = [folder for folder in (path.absolute(), *path.absolute().parents) if not folder.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the run folder {printable(path)} ({error.strerror or error}); choose another "
-                        f"--out") from None
+        raise _cannot_create(path, error) from None
     return missing
+
+
+def _cannot_create(path: Path, error: OSError) -> UserError:
+    return UserError(f"cannot create the run folder {printable(path)} ({error.strerror or error}); choose another "
+                     f"--out")
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -376,6 +345,7 @@ def _note_pid(fd: int) -> None:
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]  # an accuracy
 Count = Annotated[int, Strict(), Field(ge=0)]
+Classes = Annotated[list[Annotated[str, Strict()]], Field(min_length=1)]  # a model's class names
 Factor = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 REDO = "train the run again or restore the file"
 OPEN = ConfigDict(extra="allow")  # keys a later imgcls adds are passed over; val_top{k} and top{k} are checked apart
@@ -386,8 +356,7 @@ SplitMetrics = create_model("SplitMetrics", __config__=OPEN, loss=Number, top1=F
                             superclass_top1=(Fraction | None, None))
 Detail = create_model("Detail", __config__=OPEN, per_class=(list[Fraction], []), confusion=(list[list[Count]], []))
 MetricsFile = create_model("MetricsFile", __config__=OPEN, best_epoch=Count, val=SplitMetrics, test=SplitMetrics,
-                           classes=Annotated[list[Annotated[str, Strict()]], Field(min_length=1)],
-                           test_detail=(Detail, Detail()))
+                           classes=Classes, test_detail=(Detail, Detail()))
 Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[int, Strict(), Field(ge=1)], val=dict,
                          how=Annotated[str, Strict()], factors=list[Factor] | None)  # factors: the refit's rates
 
@@ -407,9 +376,15 @@ def epoch_topk(record: dict) -> tuple[int, float | None]:
     return 5, None
 
 
-def topk_named(record: dict, k: int) -> dict:
-    """An epoch record with its `val_top5` named by the run's k (`val_top3` for 3 classes), in its place."""
-    return {(f"val_top{k}" if key == "val_top5" else key): value for key, value in record.items()}
+def _read_json(path: Path, lines: bool = False, fix: str = "the run folder is damaged"):
+    """The file's JSON value (lines: a list, one value a line), or one line that names the file. ValueError: also an
+    integer too long to convert; OSError: a folder in the file's place; RecursionError: nesting too deep."""
+    try:
+        text = path.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
+    except (OSError, ValueError, RecursionError) as error:
+        shape = "one JSON object a line" if lines else "valid JSON"
+        raise UserError(f"{printable(path)} is not {shape} ({error}); {fix}") from None
 
 
 def _validated(model: type[BaseModel], value, path: Path, where: str, fix: str = REDO):

@@ -52,7 +52,7 @@ class SweepDir:
             if others:
                 raise UserError(f"--out {printable(path)} holds files that are not a sweep's ({', '.join(others[:3])})"
                                 f"; choose a new or empty folder")
-            if any((path / name).exists() or (path / name).is_symlink() for name in OWN) and not overwrite:
+            if any(os.path.lexists(path / name) for name in OWN) and not overwrite:
                 raise UserError(f"{printable(path)} already holds a sweep; pass --overwrite to replace it, "
                                 f"--resume {printable(path)} to continue it, or choose another --out")
         return sweep
@@ -69,11 +69,9 @@ class SweepDir:
 
     def start(self, spec: dict) -> None:
         """A fresh sweep: a replaced sweep's files go (points and all), then the spec is written."""
-        for name in (RESULTS, TABLE, FIGURE, BEST):
-            if not _remove_copied_folder(self.path / name):
-                (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.path / POINTS, ignore_errors=True)
-        shutil.rmtree(self.path / RESUME, ignore_errors=True)
+        for name in (RESULTS, TABLE, FIGURE, BEST, POINTS, RESUME):
+            _remove_folder(self.path / name)
+            (self.path / name).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.spec, yaml.safe_dump(spec, sort_keys=False))
 
@@ -110,7 +108,7 @@ class SweepDir:
         temporary = self.path / f"{BEST}.tmp"
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(Path(POINTS) / f"{index:03d}")
-        _remove_copied_folder(self.best)  # a link or a file is replaced below in one step
+        _remove_folder(self.best)  # a link or a file is replaced below in one step
         move(temporary, self.best)
 
     @contextmanager
@@ -133,10 +131,8 @@ def _csv(records: list[dict]) -> str:
     return out.getvalue()
 
 
-def _remove_copied_folder(entry: Path) -> bool:
-    """Removes `entry` if it is a real folder (`best` copied as one: cp -rL, a file system without links), and
-    says whether it was."""
-    if not entry.is_dir() or entry.is_symlink():
-        return False
-    shutil.rmtree(entry)
-    return True
+def _remove_folder(entry: Path) -> None:
+    """Removes `entry` if it is a real folder (points/, or `best` copied as one: cp -rL, a file system without
+    links); a link to one stays."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
