@@ -93,8 +93,8 @@ class Model:
 
     @property
     def epochs(self) -> int:
-        """The most epochs it trains: the config's, or a refit's chosen number."""
-        return min(self.config.train.epochs, self.last_epoch or self.config.train.epochs)
+        """The most epochs it trains: the config's, or a refit's chosen number (never more: read_choice checks)."""
+        return self.last_epoch or self.config.train.epochs
 
     def more_epochs(self) -> bool:
         return self.diverged is None and self.progress.epoch < self.epochs and not self.finished_early()

@@ -14,6 +14,7 @@ from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.types import PreparedData
 from imgcls.errors import UserError, shown
+from imgcls.linear.schedule import Plateau
 
 # Where a run's inputs live, not what they are: a resumed run may find them elsewhere.
 LOCATION_KEYS = {("train", "device"), ("data", "data_dir"), ("output", "out")}
@@ -25,7 +26,7 @@ class PlateauState(BaseModel):  # Plateau.state()
     model_config = ConfigDict(extra="forbid")
     factor: Annotated[Number, Field(gt=0)]
     stale: Count
-    decayed: Count
+    decayed: Annotated[Count, Field(le=Plateau.decays)]
     exhausted: StrictBool
 
 
@@ -97,8 +98,6 @@ def restore(saved: ckpt.Checkpoint, stack, index: int, model, device: torch.devi
         if value.shape != param.shape or value.dtype != param.dtype or not bool(torch.isfinite(value).all()):
             raise ValueError(f"its momentum buffer {name} is not finite numbers of its parameter's shape")
     _check(PlateauState, resume.schedule, "schedule state")
-    if resume.schedule["decayed"] > model.plateau.decays:
-        raise ValueError("its schedule state has more decays than the plateau schedule makes")
     _check(SavedProgress, resume.progress, "progress record (epoch, step, history, best epoch)")
     if resume.progress["step"] >= model.schedule.steps_per_epoch:
         raise ValueError("its step count does not agree with this run's steps per epoch")

@@ -157,9 +157,9 @@ def check_group_fits(points: int, classes: int, features: int, batch_size: int, 
 def point_record(point: Point, group: int, model: Model, val: Metrics | None, test: Metrics | None,
                  k: int = 5) -> dict:
     """The point's row of sweep.json and sweep.csv; top-k named by the data's k (val_top3 for 3 classes)."""
-    history = model.progress.history
-    best_epoch = model.progress.best_epoch
-    record = {"point": point.index, "group": group, "options": {k: describe(v) for k, v in point.values.items()},
+    history, best_epoch = model.progress.history, model.progress.best_epoch
+    record = {"point": point.index, "group": group, "options": {name: describe(value) for name, value in
+                                                                point.values.items()},
               "best_epoch": None if best_epoch is None else best_epoch + 1, "epochs_run": len(history),
               "diverged": model.diverged is not None, "seconds": round(sum(r["seconds"] for r in history), 3),
               "run": str(model.run.path.relative_to(model.run.path.parent.parent))}
