@@ -385,8 +385,7 @@ class Engine:
         weight, bias = self.stack.weight.clone(), self.stack.bias.clone()
         for index in with_best:
             saved = ckpt.load(self.models[index].run.best)
-            weight[index].copy_(saved.weight)
-            bias[index].copy_(saved.bias)
+            weight[index], bias[index] = saved.weight, saved.bias
         val = self.stack.evaluate(self.val_batches, self.data.superclass_of, weight, bias)
         test = self.stack.evaluate(test_batches, self.data.superclass_of, weight, bias)
         results: list[tuple[Metrics, Metrics] | None] = [None] * len(self.models)
@@ -421,13 +420,12 @@ class Quiet:
     def note(self, text: str) -> None:  # a sweep's --batch-size auto
         pass
 
-    def epoch_start(self, epoch: int, steps: int, epochs: int | None = None) -> None:
+    def epoch_start(self, epoch: int, steps: int, epochs: int) -> None:
         self.epoch, self.steps, self.epochs = epoch, steps, epochs
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
         if self.bar is not None:
-            most = "" if self.epochs is None else f"/{self.epochs}"
-            self.bar(self.epoch + step / self.steps, f"epoch {self.epoch + 1}{most}")
+            self.bar(self.epoch + step / self.steps, f"epoch {self.epoch + 1}/{self.epochs}")
 
     def epoch_done(self, record: dict, improved: bool) -> None:
         pass
