@@ -196,7 +196,8 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
     options given several make the grid. `check`: refuse a folder that holds other files (the main process's
     job: under torchrun the others take its folder)."""
     axes = parse_axes(flags)
-    singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
+    singles = {name: GIVEN_NONE if values[0] is None else values[0]
+               for name, values in axes.items() if len(values) == 1}
     base = build_config(config_file, singles)
     grid = {name: values for name, values in axes.items() if len(values) > 1}
     for name, values in (("lr", rates(base)), ("weight_decay", DECAYS)):  # 'auto': the default search's values
