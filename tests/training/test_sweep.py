@@ -437,6 +437,14 @@ def test_a_sweep_refused_before_any_point_trained_leaves_the_folder_free(cli, tm
     assert_ok(cli("sweep", "--lr", "0.01,0.1", "--epochs", 1, "--limit", 300, "--device", "cpu", "--out", out, "-q"))
 
 
+def test_a_sweep_with_batch_size_auto_trains(cli, tmp_path, assert_ok):
+    """--batch-size auto is resolved once per group, as a run resolves it (its note has a view to go to)."""
+    out = tmp_path / "s"
+    assert_ok(cli("sweep", "--lr", "0.01,0.1", "--epochs", 1, "--limit", 300, "--batch-size", "auto", "--no-refit",
+                  "--device", "cpu", "--out", out, "-q"))
+    assert (out / "sweep.json").is_file()
+
+
 def test_a_three_class_sweep_names_its_top3(tmp_path):
     from torchvision.io import write_png
 

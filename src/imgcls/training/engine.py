@@ -1,10 +1,7 @@
-"""The one training loop: epochs of SGD steps for a stack of P models (stacked.py), each a run of its own.
-
-`imgcls train` is P = 1; the search of `--lr auto`, `lr-find` and each group of `imgcls sweep` are P > 1. The
-stack's whole state is one file, written atomically after each epoch and when the first Ctrl-C or SIGTERM stops
-it after the step in flight, so a resume ends bit for bit where an unbroken run ends. Under torchrun each process
-takes its part of every batch and the gradients are summed, so all make the same update. A model whose loss stops
-being finite stops alone (zeroed, marked diverged); a single run ends there.
+"""The one training loop: epochs of SGD steps for a stack of P models (stacked.py), each a run of its own (`imgcls
+train` is P = 1; the search, lr-find and a sweep's groups are P > 1). The stack's state is one file, written after
+each epoch and when a signal stops it, so a resume ends bit for bit where an unbroken run ends. Under torchrun the
+processes sum their gradients. A model whose loss stops being finite stops alone; a single run ends there.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from imgcls.training.interrupt import StopRequest
 from imgcls.linear.losses import Loss, class_weights
 from imgcls.linear.metrics import Metrics, better, pooled, top_k
 from imgcls.linear.model import LinearClassifier
-from imgcls.training.progress import Progress
 from imgcls.training.resume import check_same_run, data_fingerprint, restore
 from imgcls.runs.rundir import RunDir
 from imgcls.linear.schedule import Plateau, Schedule
@@ -41,7 +37,36 @@ class Interrupted(Exception):
     """Stopped by Ctrl-C or SIGTERM; the message says what was kept."""
 
 
-# --- one model of the stack -------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Where a model is: everything besides its weights, momentum and schedule that a resumed run needs."""
+
+    epoch: int = 0  # the epoch under way, from 0
+    step: int = 0  # the next step of that epoch
+    loss_sum: torch.Tensor | None = None  # this epoch's running training loss and accuracy, so a
+    weight_sum: torch.Tensor | None = None  # resumed epoch reports exactly what an unbroken one would
+    correct: torch.Tensor | None = None
+    seen: int = 0  # this epoch's images (this process's part)
+    seconds: float = 0.0  # into this epoch
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None  # from 0
+    best_val: dict | None = None
+    lr_first: float | None = None  # the learning rates this epoch's first and latest updates used
+    lr_last: float | None = None
+
+    def totals(self) -> tuple[float, float, int]:
+        """This epoch's training loss, top-1 and images so far, summed over all processes."""
+        loss_sum, weight_sum, correct = self.loss_sum.clone(), self.weight_sum.clone(), self.correct.clone()
+        seen = torch.tensor(self.seen, device=self.correct.device)
+        distributed.sum_across(loss_sum, weight_sum, correct, seen)
+        return float(loss_sum) / max(float(weight_sum), 1e-12), float(correct) / max(int(seen), 1), int(seen)
+
+    def start_epoch(self, device: torch.device) -> None:
+        self.step, self.seen, self.seconds = 0, 0, 0.0
+        self.loss_sum = torch.zeros((), device=device)
+        self.weight_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
 
 @dataclass
 class Model:
@@ -58,25 +83,24 @@ class Model:
     heldout: torch.Tensor | None = None  # (N,) booleans: the evaluation images that are its (its fold)
     group: int | None = None  # models of one group (the folds of one setting) share the pooled held-out metrics
     last_epoch: int | None = None  # a refit stops after this many epochs, the number its selection chose
-    factors: list[float] | None = None  # a refit's rate factor of each epoch (choice()'s), replayed
+    factors: list[float] | None = None  # a refit's rate factor of each epoch (selection.json's), replayed
 
     def rate(self) -> float:
-        """The rate of the update under way: the schedule's, times the plateau's factor or a refit's replayed one."""
+        """The rate of the update under way: the schedule's times the plateau's factor (a refit's: replayed)."""
         epoch, step = self.progress.epoch, self.progress.step
         factor = self.plateau.factor if self.factors is None else self.factors[min(epoch, len(self.factors) - 1)]
         return self.schedule.rate(epoch * self.schedule.steps_per_epoch + step, factor)
 
     @property
     def epochs(self) -> int:
-        """The most epochs it trains: the config's, or a refit's chosen number."""
-        return min(self.config.train.epochs, self.last_epoch or self.config.train.epochs)
+        """The most epochs it trains: the config's, or a refit's chosen number (never more: read_choice checks)."""
+        return self.last_epoch or self.config.train.epochs
 
     def more_epochs(self) -> bool:
         return self.diverged is None and self.progress.epoch < self.epochs and not self.finished_early()
 
     def finished_early(self) -> bool:
-        """Early stopping: `patience` epochs in a row without a lower validation loss (with the plateau schedule,
-        after its last decay)."""
+        """`patience` epochs in a row without a lower validation loss (the plateau schedule: after its last decay)."""
         if self.config.schedule.schedule == "plateau":
             return self.plateau.exhausted
         patience, progress = self.config.train.patience, self.progress
@@ -93,8 +117,6 @@ def new_model(config: Config, data: PreparedData, run: RunDir | None, steps_per_
     return model
 
 
-# --- the engine ---------------------------------------------------------------------------------------------------
-
 class Engine:
     """Trains `models` stacked on the same batches, writing each model's run folder and the stack's state file."""
 
@@ -109,8 +131,8 @@ class Engine:
             torch.manual_seed(model.config.train.seed)
             starts.append(LinearClassifier(data.shape, len(data.classes), model.config.model.init,
                                            model.config.model.init_std).linear)
-        weight = torch.stack([start.weight.detach() for start in starts]).to(device)
-        bias = torch.stack([start.bias.detach() for start in starts]).to(device)
+        weight, bias = (torch.stack([getattr(start, name).detach() for start in starts]).to(device)
+                        for name in ("weight", "bias"))
         hyper = [Hyper(m.config.optim.momentum, m.config.optim.nesterov, m.config.optim.weight_decay) for m in models]
         self.stack = Stack(weight, bias, [model.loss for model in models], hyper)
         self.autograd = any(model.config.train.gradient == "autograd" for model in models) or autocast is not None
@@ -127,11 +149,8 @@ class Engine:
     def active(self) -> list[int]:
         return [index for index, frozen in enumerate(self.stack.frozen) if not frozen]
 
-    # --- resuming ---
-
     def resume(self, source: str = "config.yaml") -> None:
-        """Every model where the stack's state file left it, after checking that it belongs to these runs (their
-        configs, read from `source`, and their data)."""
+        """Every model where the state file left it, once it is known to be these runs' (configs from `source`)."""
         saved = ckpt.load_stack(self.state_file)
         if len(saved) != len(self.models):
             raise UserError(f"{self.state_file} holds {len(saved)} models where this stack has {len(self.models)}; "
@@ -164,11 +183,9 @@ class Engine:
                     model.run.start()
                     model.run.write_config(model.config.to_dict())
 
-    # --- the epochs ---
-
     def train(self) -> None:
-        """Epochs of steps, each followed by validation and every model's epoch end, until every model is done;
-        a signal saves the state (end_epoch saves it too), then raises Interrupted."""
+        """Epochs, each ended by validation, until every model is done; a signal saves the state, then raises
+        Interrupted."""
         while self.active():
             lead = self.models[self.active()[0]].progress
             finished = self.train_epoch(lead.epoch, lead.step)
@@ -191,8 +208,6 @@ class Engine:
         shown = 0.0  # when the view was last told: ten times a second is plenty
         for pixels, labels, batch_labels, rows in batches.epoch(epoch, start):
             rates = [model.rate() for model in self.models]
-            for index in active:
-                self.models[index].progress.note_rate(rates[index])
             masks = self.batch_masks(rows, len(batch_labels))
             if len(labels) or world > 1:  # under torchrun every process takes part in each step
                 stats = self.step(pixels, labels, batch_labels, rates, masks)
@@ -203,7 +218,11 @@ class Engine:
             seconds = time.perf_counter() - started
             seen = [len(labels)] * len(self.models) if masks is None else masks[0].sum(1).round().int().tolist()
             for index in active:
-                self.models[index].progress.advance(seen[index], seconds)
+                progress = self.models[index].progress
+                if progress.step == 0:  # epochs.jsonl's lr: the epoch's first rate
+                    progress.lr_first = rates[index]
+                progress.lr_last, progress.seconds = rates[index], seconds
+                progress.seen, progress.step = progress.seen + seen[index], progress.step + 1
             step = self.models[active[0]].progress.step
             if step % sync_every == 0 or step == len(batches):
                 self.check_finite(sums, active)
@@ -231,8 +250,7 @@ class Engine:
 
     def step(self, pixels: torch.Tensor, labels: torch.Tensor, batch_labels: torch.Tensor, rates: list[float],
              masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepStats:
-        """One SGD update of every model: the gradient of this process's part of the batch, summed over the
-        processes of a torchrun world, then the update rule at each model's rate."""
+        """One SGD update of every model: this process's part of the gradient, summed over a torchrun world."""
         stack = self.stack
         gradient, stats = (stack.autograd_gradient(pixels, labels, batch_labels, self.autocast, masks)
                            if self.autograd else stack.gradient(pixels, labels, batch_labels, masks))
@@ -244,18 +262,16 @@ class Engine:
 
     def running_sums(self) -> list[torch.Tensor]:
         """This epoch's loss, weight and correct counts of every model as (P,) columns, restored ones included."""
-        progress = [model.progress for model in self.models]
-        return [torch.stack([p.loss_sum.float() for p in progress]),
-                torch.stack([p.weight_sum.float() for p in progress]), torch.stack([p.correct for p in progress])]
+        return [torch.stack([getattr(model.progress, name) for model in self.models]).to(dtype)
+                for name, dtype in zip(ckpt.RUNNING_SUMS, (torch.float32, torch.float32, torch.int64))]
 
     def keep_sums(self, sums: list[torch.Tensor]) -> None:
         for index in self.active():
-            progress = self.models[index].progress
-            progress.loss_sum, progress.weight_sum, progress.correct = (column[index].clone() for column in sums)
+            for name, column in zip(ckpt.RUNNING_SUMS, sums):
+                setattr(self.models[index].progress, name, column[index].clone())
 
     def check_finite(self, sums: list[torch.Tensor], active: list[int]) -> None:
-        """A model whose running loss is no longer finite, in any process, diverges in every process alike (a
-        process whose part of the batch was empty still sees a finite 0)."""
+        """A model whose running loss is no longer finite in any process diverges in every process alike."""
         infinite = (~torch.isfinite(sums[0])).to(torch.int32)
         distributed.sum_across(infinite)
         infinite = infinite.tolist()
@@ -280,11 +296,9 @@ class Engine:
         if self.single:
             raise Diverged(model.diverged)
 
-    # --- each epoch's end ---
-
     def end_epoch(self) -> None:
-        """Validation for every model at once; each model's epoch recorded, its best kept; then the stack's state,
-        written last, so that a crash anywhere here resumes by redoing this epoch's end."""
+        """Validation of every model at once, each one's epoch recorded and best kept; the state is written last,
+        so that a crash here resumes by redoing this epoch's end."""
         active = self.active()
         metrics = [None] * len(self.models) if self.val_batches is None else self.pooled(
             self.stack.evaluate(self.val_batches, self.data.superclass_of, heldout=self.heldout))
@@ -336,8 +350,6 @@ class Engine:
             run.write_epochs(progress.history, k=top_k(len(self.data.classes)))
         return record, improved
 
-    # --- the stack's state ---
-
     def checkpoint(self, index: int, resumable: bool = False) -> ckpt.Checkpoint:
         """Model `index` as a checkpoint usable alone; a resumable one also holds its momentum and progress."""
         model, data, stack = self.models[index], self.data, self.stack
@@ -366,17 +378,14 @@ class Engine:
                                               for index in range(len(self.models))])
         distributed.barrier()  # the other processes read these files at the end, or when resuming
 
-    # --- the end ---
-
     def finish(self, test_batches) -> list[tuple[Metrics, Metrics] | None]:
-        """Each model's best checkpoint (by validation) measured on the validation and test splits, all in one pass;
-        metrics.json for each that did not diverge. None for a model with no finished epoch."""
+        """Each model's best checkpoint measured on validation and test, and its metrics.json unless it diverged
+        (None: no finished epoch)."""
         with_best = [i for i, model in enumerate(self.models) if model.run is not None and model.run.best.is_file()]
         weight, bias = self.stack.weight.clone(), self.stack.bias.clone()
         for index in with_best:
             saved = ckpt.load(self.models[index].run.best)
-            weight[index].copy_(saved.weight)
-            bias[index].copy_(saved.bias)
+            weight[index], bias[index] = saved.weight, saved.bias
         val = self.stack.evaluate(self.val_batches, self.data.superclass_of, weight, bias)
         test = self.stack.evaluate(test_batches, self.data.superclass_of, weight, bias)
         results: list[tuple[Metrics, Metrics] | None] = [None] * len(self.models)
@@ -393,8 +402,7 @@ class Engine:
 
 def write_final_metrics(run: RunDir, data: PreparedData, best_epoch: int, val: dict, test: Metrics,
                         **more) -> None:
-    """metrics.json: the chosen epoch's validation summary, the kept model's test metrics, and `more` (a refit's);
-    a finished run is one that has it."""
+    """metrics.json, which makes a run finished: the chosen epoch's validation summary, the test metrics, `more`."""
     metrics = {"best_epoch": best_epoch, "val": val, "test": test.summary(), "test_detail": test.detail(),
                "classes": data.classes, **more}
     superclasses = SPECS[data.dataset].superclass_names()
@@ -409,13 +417,15 @@ class Quiet:
     def __init__(self, bar=None):
         self.bar, self.epoch, self.steps, self.epochs = bar, 0, 1, None
 
-    def epoch_start(self, epoch: int, steps: int, epochs: int | None = None) -> None:
+    def note(self, text: str) -> None:  # a sweep's --batch-size auto
+        pass
+
+    def epoch_start(self, epoch: int, steps: int, epochs: int) -> None:
         self.epoch, self.steps, self.epochs = epoch, steps, epochs
 
     def step(self, step: int, loss: float, images_per_s: float, images: int | None = None) -> None:
         if self.bar is not None:
-            most = "" if self.epochs is None else f"/{self.epochs}"
-            self.bar(self.epoch + step / self.steps, f"epoch {self.epoch + 1}{most}")
+            self.bar(self.epoch + step / self.steps, f"epoch {self.epoch + 1}/{self.epochs}")
 
     def epoch_done(self, record: dict, improved: bool) -> None:
         pass

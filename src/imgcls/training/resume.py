@@ -4,19 +4,55 @@ piece of its state be one a run writes: a damaged or crafted file is refused in 
 from __future__ import annotations
 
 import hashlib
-import math
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, ValidationError, model_validator
 
 from imgcls.runs import checkpoint as ckpt
 from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.types import PreparedData
 from imgcls.errors import UserError, shown
-from imgcls.training.progress import Progress
+from imgcls.linear.schedule import Plateau
 
 # Where a run's inputs live, not what they are: a resumed run may find them elsewhere.
 LOCATION_KEYS = {("train", "device"), ("data", "data_dir"), ("output", "out")}
+Count = Annotated[int, Strict(), Field(ge=0)]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # an int too, never a bool
+
+
+class PlateauState(BaseModel):  # Plateau.state()
+    model_config = ConfigDict(extra="forbid")
+    factor: Annotated[Number, Field(gt=0)]
+    stale: Count
+    decayed: Annotated[Count, Field(le=Plateau.decays)]
+    exhausted: StrictBool
+
+
+class BestVal(BaseModel):
+    top1: Number
+    loss: Number
+
+
+class SavedProgress(BaseModel):
+    """Progress as a run writes it: whole counts, finite numbers, a best epoch among the epochs done."""
+
+    epoch: Count
+    step: Count
+    seen: Annotated[Count, Field(lt=2 ** 53)]
+    seconds: Number
+    lr_first: Number | None
+    history: list[dict]
+    best_epoch: Count | None
+    best_val: BestVal | None
+
+    @model_validator(mode="after")
+    def consistent(self) -> SavedProgress:
+        if len(self.history) != self.epoch or (self.best_epoch is None) != (self.best_val is None) or \
+                (self.best_epoch is not None and self.best_epoch >= self.epoch):
+            raise ValueError("inconsistent")
+        return self
 
 
 def data_fingerprint(data: PreparedData) -> dict:
@@ -53,68 +89,41 @@ def config_changes(saved: dict, current: dict, now: str = "config.yaml", before:
 
 def restore(saved: ckpt.Checkpoint, stack, index: int, model, device: torch.device,
             shard: distributed.Shard) -> str | None:
-    """Put model `index` of the stack, its schedule and progress where the checkpoint left them; returns why it
-    had diverged (None if it had not)."""
+    """Model `index` of the stack, its schedule and progress where the checkpoint left them, every piece checked
+    first (a ValueError says which is wrong); returns why it had diverged (None if it had not)."""
     if not saved.resumable:
         raise UserError("the run's last.safetensors cannot resume training (no optimizer state); start a new run")
     resume = saved.resume_state()
     for name, value, param in zip(ckpt.VELOCITIES, resume.velocities, (stack.weight[index], stack.bias[index])):
         if value.shape != param.shape or value.dtype != param.dtype or not bool(torch.isfinite(value).all()):
             raise ValueError(f"its momentum buffer {name} is not finite numbers of its parameter's shape")
-    schedule = resume.schedule
-    if not (isinstance(schedule, dict) and set(schedule) == {"factor", "stale", "decayed", "exhausted"}
-            and _is_number(schedule["factor"]) and schedule["factor"] > 0 and _is_whole(schedule["stale"])
-            and _is_whole(schedule["decayed"]) and schedule["decayed"] <= model.plateau.decays
-            and isinstance(schedule["exhausted"], bool)):
-        raise ValueError("its schedule state is not the plateau state a run writes")
-    if not (_is_whole(resume.progress["step"]) and resume.progress["step"] < model.schedule.steps_per_epoch):
+    _check(PlateauState, resume.schedule, "schedule state")
+    _check(SavedProgress, resume.progress, "progress record (epoch, step, history, best epoch)")
+    if resume.progress["step"] >= model.schedule.steps_per_epoch:
         raise ValueError("its step count does not agree with this run's steps per epoch")
     if resume.diverged is not None and not isinstance(resume.diverged, str):
         raise ValueError("its divergence note is not text")
-    with torch.no_grad():
-        stack.weight[index].copy_(saved.weight)
-        stack.bias[index].copy_(saved.bias)
-        stack.velocity[index].copy_(resume.velocities[0])
-        stack.bias_velocity[index].copy_(resume.velocities[1])
-    for key, value in schedule.items():
-        setattr(model.plateau, key, value)
-    _restore_progress(resume, model.progress, device, shard)
-    return resume.diverged
-
-
-def _restore_progress(resume: ckpt.ResumeState, progress: Progress, device: torch.device,
-                      shard: distributed.Shard) -> None:
-    for key in ("epoch", "step", "seconds", "lr_first", "history", "best_epoch", "best_val"):
-        setattr(progress, key, resume.progress[key])
     sums = resume.sums
     if any(tensor.dim() != 0 or not bool(torch.isfinite(tensor)) for tensor in sums) or \
             sums[2].dtype != torch.int64 or not sums[0].is_floating_point():
         raise ValueError("its running loss and accuracy are not the scalars a run writes")
+    with torch.no_grad():
+        for target, value in zip((stack.weight, stack.bias, stack.velocity, stack.bias_velocity),
+                                 (saved.weight, saved.bias, *resume.velocities)):
+            target[index].copy_(value)
+    for key, value in resume.schedule.items():
+        setattr(model.plateau, key, value)
+    progress = model.progress
+    for key in ("epoch", "step", "seconds", "lr_first", "history", "best_epoch", "best_val"):
+        setattr(progress, key, resume.progress[key])
     if shard.is_main:  # the saved running sums are the whole world's: one process carries them on
         progress.seen = resume.progress["seen"]
         progress.loss_sum, progress.weight_sum, progress.correct = (tensor.to(device) for tensor in sums)
-    _check_restored(progress, len(progress.history))
+    return resume.diverged
 
 
-def _check_restored(progress: Progress, epochs_done: int) -> None:
-    """A damaged checkpoint can hold any JSON where these numbers belong: refuse what a run never writes."""
-    fine = (_is_whole(progress.epoch) and _is_whole(progress.step) and _is_whole(progress.seen)
-            and progress.seen < 2 ** 53 and _is_number(progress.seconds) and epochs_done == progress.epoch
-            and (progress.lr_first is None or _is_number(progress.lr_first))
-            and all(isinstance(record, dict) for record in progress.history)
-            and (progress.best_epoch is None) == (progress.best_val is None)
-            and (progress.best_epoch is None or (_is_whole(progress.best_epoch) and progress.best_epoch < epochs_done
-                                                 and isinstance(progress.best_val, dict)
-                                                 and {"top1", "loss"} <= progress.best_val.keys()
-                                                 and all(_is_number(progress.best_val[key])
-                                                         for key in ("top1", "loss")))))
-    if not fine:
-        raise ValueError("its progress record (epoch, step, history, best epoch) is inconsistent")
-
-
-def _is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _check(schema: type[BaseModel], value, what: str) -> None:
+    try:
+        schema.model_validate(value)
+    except ValidationError:
+        raise ValueError(f"its {what} is not what a run writes") from None

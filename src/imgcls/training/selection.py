@@ -1,13 +1,7 @@
-"""Choosing the settings a run does not give: the default search of `--lr auto` and `--weight-decay auto`, which
-`imgcls lr-find` shows alone. Every setting of the grid (rate x weight decay) trains stacked, in one pass
-(engine.py), and the lowest held-out loss wins (metrics.better), as scikit-learn's LogisticRegressionCV does:
-
-- small data (images x classes x inputs at most CV_COST): FOLDS-fold cross-validation of all the images,
-  each fold a model with its own sample mask, a setting's folds ranked and stopped as one; the choice is a
-  setting and its number of epochs, and the run then refits on all the images (train.py);
-- larger data: each setting trains on a stratified subset of at most SEARCH_IMAGES training images, measured
-  on the validation split; the weight decay found is scaled to the run's n images by sqrt(n_s / n) (docs/selection.md
-  says why), and the run's own validation split chooses its epochs.
+"""The default search of `--lr auto` and `--weight-decay auto` (alone: `imgcls lr-find`). Every (rate, weight decay)
+setting trains stacked in one pass and the lowest held-out loss wins, as in scikit-learn's LogisticRegressionCV.
+Small data is cross-validated (FOLDS folds of all images; the run then refits on all of them); larger data trains
+each setting on at most SEARCH_IMAGES training images, measured on the validation split (docs/selection.md).
 """
 
 from __future__ import annotations
@@ -47,9 +41,9 @@ class Selection:
     weight_decay: float  # at the scale of the run's training images
     how: str  # the held-out images, in words
     seconds: float
-    epochs: int | None = None  # cross-validation: the epochs chosen, which the refit trains
-    history: list[dict] | None = None  # ... the chosen setting's epochs (its pooled held-out figures)
-    val: dict | None = None  # cross-validation: the chosen setting's pooled held-out metrics
+    epochs: int | None = None  # cross-validation: the epochs chosen, which the refit trains,
+    history: list[dict] | None = None  # the chosen setting's epochs (its pooled held-out figures)
+    val: dict | None = None  # and its pooled held-out metrics
 
     def chosen_row(self) -> dict:
         return next(row for row in self.rows if row["chosen"])
@@ -73,41 +67,35 @@ def cross_validates(data: PreparedData) -> bool:
 
 def search(config: Config, data: PreparedData, batch_size: int, device: torch.device, stop: StopRequest,
            shard: distributed.Shard = distributed.Shard()) -> Selection:
-    """The grid trained stacked in every process of a torchrun world alike, in two stages: every setting for
-    RATE_UPDATES, which chooses each weight decay's rate (the one that has gone furthest); then each decay at its
-    rate until its held-out loss stops falling (cross-validation) or for SEARCH_UPDATES (a subset of larger
-    data), which chooses the decay and, by cross-validation, the epochs. Keeps no files."""
+    """The grid trained stacked in two stages: every setting for RATE_UPDATES picks each decay's rate (the lowest
+    loss); then each decay at its rate, to its best epoch (cross-validation) or for SEARCH_UPDATES (a subset), picks
+    the decay and, cross-validating, the epochs. Keeps no files."""
     started = time.perf_counter()
     place = _Place(config, data, batch_size, device, stop, shard)
-    settings = grid(config)
-    rows = []
+    settings, rows = grid(config), []
     if len(rates(config)) > 1:
         first = place.train(settings, place.epochs_for(RATE_UPDATES), patience=None)
-        rows = [_row(rate, decay, members, "rates") for (rate, decay), members in zip(settings, first)]
-        settings = [min(((row["lr"], decay) for row in rows if row["weight_decay"] == decay and _ranked(row)),
-                        key=lambda setting: _loss_of(rows, setting), default=(min(rates(config)), decay))
+        rows = [_row(setting, members, "rates") for setting, members in zip(settings, first)]
+        settings = [(min((row for row in rows if row["weight_decay"] == decay and _ranked(row)),
+                         key=lambda row: row["val_loss"], default={"lr": min(rates(config))})["lr"], decay)
                     for decay in sorted({decay for _, decay in settings})]
-    second = place.train(settings, None if place.cross_validates else place.epochs_for(SEARCH_UPDATES),
-                         patience="same" if place.cross_validates else None)
-    finals = [_row(rate, decay, members, "decays") for (rate, decay), members in zip(settings, second)]
+    if place.cross_validates:  # each setting to its best epoch, the lowest loss chosen, as LogisticRegressionCV
+        second = place.train(settings, config.train.epochs, config.train.patience)
+    else:  # the subset's few updates barely separate the decays: the one-standard-error rule chooses
+        second = place.train(settings, place.epochs_for(SEARCH_UPDATES), patience=None)
+    finals = [_row(setting, members, "decays") for setting, members in zip(settings, second)]
     ranked = [i for i, row in enumerate(finals) if _ranked(row)]
     if not ranked:
         tried = ", ".join(f"{rate:g}" for rate in rates(config))
         raise Diverged(f"training diverged for every setting searched (lr {tried}): nothing was written; lower --lr "
                        f"and start again")
-    # cross-validation trains each setting to its best epoch: the lowest loss, as LogisticRegressionCV; the subset's
-    # few updates barely separate the decays: the one-standard-error rule
-    chosen = choose(finals, ranked, one_se=not place.cross_validates)
-    chosen = distributed.from_main(chosen)  # every process trains with the main one's choice
+    chosen = distributed.from_main(choose(finals, ranked, one_se=not place.cross_validates))  # the main's, for all
     for index, row in enumerate(finals):
         row["chosen"] = index == chosen
-    rate, decay = settings[chosen]
-    lead = second[chosen][0]
+    (rate, decay), lead = settings[chosen], second[chosen][0].progress
     selection = Selection(rows + finals, rate, decay, place.how, time.perf_counter() - started)
-    if place.cross_validates:
-        selection.epochs = None if lead.progress.best_epoch is None else lead.progress.best_epoch + 1
-        selection.val = lead.progress.best_val
-        selection.history = lead.progress.history
+    if place.cross_validates:  # a ranked setting has a best epoch
+        selection.epochs, selection.val, selection.history = lead.best_epoch + 1, lead.best_val, lead.history
     else:  # from the subset's images to the run's: half way (in log) from keeping wd to keeping C = 1 / (wd * n)
         selection.weight_decay = decay * math.sqrt(len(place.data.train) / len(data.train))
     return selection
@@ -131,28 +119,28 @@ class _Place:
             held = limited_rows(data.val.labels, SEARCH_IMAGES // 2, config.train.seed)  # evaluating costs too
             measured = data if held is None else dataclasses.replace(data, val=rows_of(data.val, held))
             self.eval_batches = make_eval_batches(measured, "val", device, shard)
-            self.how = (f"{len(self.data.train):,} training images, measured on {len(measured.val):,} validation "
-                        f"images")
+            self.how = f"{len(self.data.train):,} training images, measured on {len(measured.val):,} validation images"
         self.batches = make_batches(self.data, "train", batch_size, device, config.train.seed, shard=shard,
                                     augment=config.data.augment)
 
     def epochs_for(self, updates: int) -> int:
         return min(self.config.train.epochs, max(1, math.ceil(updates / len(self.batches))))
 
-    def train(self, settings, epochs: int | None, patience) -> list[list[Model]]:
+    def train(self, settings, epochs: int, patience: int | None) -> list[list[Model]]:
         """The settings trained stacked (FOLDS models each when cross-validating): each setting's models."""
-        models, per_setting = [], []
+        per_setting = []
         for number, (rate, decay) in enumerate(settings):
-            config = _setting(self.config, rate, decay, epochs, patience)
+            config = dataclasses.replace(self.config, optim=dataclasses.replace(self.config.optim, lr=rate,
+                                                                                 weight_decay=decay),
+                                         train=dataclasses.replace(self.config.train, epochs=epochs, patience=patience))
             members = [new_model(config, self.data, None, len(self.batches), self.device)
                        for _ in range(FOLDS if self.cross_validates else 1)]
             if self.cross_validates:
                 for held, model in enumerate(members):
                     model.sample_mask, model.heldout, model.group = self.fold != held, self.fold == held, number
-            models += members
             per_setting.append(members)
-        Engine(models, self.data, self.batches, self.eval_batches, self.device, None, self.stop, Quiet(),
-               self.shard).train()
+        Engine([model for members in per_setting for model in members], self.data, self.batches, self.eval_batches,
+               self.device, None, self.stop, Quiet(), self.shard).train()
         return per_setting
 
 
@@ -169,23 +157,10 @@ def _ranked(row: dict) -> bool:
     return row["val_loss"] is not None and not row["diverged"]
 
 
-def _loss_of(rows: list[dict], setting: tuple[float, float]) -> float:
-    return next(row["val_loss"] for row in rows if (row["lr"], row["weight_decay"]) == setting)
-
-
-def _setting(config: Config, rate: float, decay: float, epochs: int | None = None, patience="same") -> Config:
-    train = config.train if epochs is None else dataclasses.replace(config.train, epochs=epochs)
-    if patience != "same":
-        train = dataclasses.replace(train, patience=patience)
-    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=rate, weight_decay=decay),
-                               train=train)
-
-
-def _row(rate: float, decay: float, members: list[Model], stage: str) -> dict:
-    best = members[0].progress.best_val
-    return {"stage": stage, "lr": rate, "weight_decay": decay, "chosen": False,
-            "val_loss": None if best is None else best["loss"],
-            "val_loss_se": None if best is None else best.get("loss_se"),
-            "val_top1": None if best is None else best["top1"],
-            "epochs": None if members[0].progress.best_epoch is None else members[0].progress.best_epoch + 1,
+def _row(setting: tuple[float, float], members: list[Model], stage: str) -> dict:
+    progress = members[0].progress
+    best = progress.best_val or {}
+    return {"stage": stage, "lr": setting[0], "weight_decay": setting[1], "chosen": False,
+            "val_loss": best.get("loss"), "val_loss_se": best.get("loss_se"), "val_top1": best.get("top1"),
+            "epochs": None if progress.best_epoch is None else progress.best_epoch + 1,
             "diverged": any(model.diverged is not None for model in members)}

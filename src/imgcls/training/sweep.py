@@ -1,9 +1,6 @@
-"""`imgcls sweep`: a grid of models and the point that validation prefers.
-
-The points are grouped by what their batches depend on (grid.py); each group loads its data once and trains its
-models stacked (engine.py), each in a run folder of its own written as `imgcls train` writes one. Validation alone
-chooses; the sweep folder (sweepdir.py) gets the table, the figure and a link to the chosen run. A group's state is
-one file, resume/group-NNN.safetensors, so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep.
+"""`imgcls sweep`: a grid of models and the point that validation prefers. Points whose batches are the same
+(grid.py) train stacked (engine.py), each in a run folder as `imgcls train` writes one; a group's state is one file,
+so `imgcls sweep --resume DIR` ends exactly as an unbroken sweep. The sweep folder (sweepdir.py) gets the results.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from imgcls.linear.metrics import Metrics, top_k
 from imgcls.training.resume import config_changes
 from imgcls.runs.sweepdir import REFIT, SweepDir
 from imgcls.training.selection import DECAYS, rates
-from imgcls.training.train import Phases, choice, prepare_once, resolve_batch_size, resolve_epochs, stoppable
+from imgcls.training.train import Phases, prepare_once, resolve_batch_size, resolve_epochs
 
 SELECTED_BY = "the lowest validation loss (ties: the earlier point); the test split is reported for every point but " \
               "never used to choose"
@@ -91,7 +88,7 @@ def select(records: list[dict]) -> int | None:
 def run_group(sweep: SweepDir, group: Group, shard: distributed.Shard, device: torch.device, resume: bool,
               stop: StopRequest, bar) -> list[dict]:
     config = group.configs[0]
-    data = prepare_once(config, shard, stoppable(None, stop))
+    data = prepare_once(config, shard, stop)
     batch_size = resolve_batch_size(config, data, device, Quiet())
     features, classes = math.prod(data.shape), len(data.classes)
     check_group_fits(len(group.points), classes, features, batch_size, device)
@@ -160,9 +157,9 @@ def check_group_fits(points: int, classes: int, features: int, batch_size: int, 
 def point_record(point: Point, group: int, model: Model, val: Metrics | None, test: Metrics | None,
                  k: int = 5) -> dict:
     """The point's row of sweep.json and sweep.csv; top-k named by the data's k (val_top3 for 3 classes)."""
-    history = model.progress.history
-    best_epoch = model.progress.best_epoch
-    record = {"point": point.index, "group": group, "options": {k: describe(v) for k, v in point.values.items()},
+    history, best_epoch = model.progress.history, model.progress.best_epoch
+    record = {"point": point.index, "group": group, "options": {name: describe(value) for name, value in
+                                                                point.values.items()},
               "best_epoch": None if best_epoch is None else best_epoch + 1, "epochs_run": len(history),
               "diverged": model.diverged is not None, "seconds": round(sum(r["seconds"] for r in history), 3),
               "run": str(model.run.path.relative_to(model.run.path.parent.parent))}
@@ -176,20 +173,19 @@ def point_record(point: Point, group: int, model: Model, val: Metrics | None, te
 
 def refit_best(sweep: SweepDir, result: SweepResult, reporter, shard: distributed.Shard,
                device: torch.device) -> dict:
-    """The chosen point trained again on every training image for its best epochs, with the rates it had (train.py's
-    refit), in SWEEP/refit: the sweep's model. Resumable, as a run's refit is."""
+    """The chosen point's refit (train.py's) in SWEEP/refit: the sweep's model, resumable as a run's refit is."""
     point = sweep.point(result.best)
     config = Config.from_dict(point.read_config(), str(point.config))  # its resolved epochs and threads
     with cpu_threads(config.train.threads), stop_on_signals() as stop:
-        data = prepare_once(config, shard, stoppable(None, stop))
+        data = prepare_once(config, shard, stop)
         phases = Phases(config, data, resolve_batch_size(config, data, device, Quiet()), device, shard, sweep.refit,
                         stop, reporter)
-        chosen = sweep.refit.read_selection() or phases.choose(choice(
+        chosen = sweep.refit.read_selection() or phases.choose(
             result.records[result.best]["best_epoch"], point.read_epochs(), float(config.optim.lr),
-            point.read_metrics()["val"], f"the validation split, as point {result.best} of the sweep"))
+            point.read_metrics()["val"], f"the validation split, as point {result.best} of the sweep")
         try:
             test = phases.refit(chosen).test
-        except Interrupted:
+        except Interrupted:  # train.py's RunInterrupted
             raise SweepInterrupted(sweep) from None
     return {"run": REFIT, "point": result.best, "epochs": chosen["epochs"], "images": len(data.train) + len(data.val),
             "test": test.summary()}
@@ -200,7 +196,8 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
     options given several make the grid. `check`: refuse a folder that holds other files (the main process's
     job: under torchrun the others take its folder)."""
     axes = parse_axes(flags)
-    singles = {name: GIVEN_NONE if values[0] is None else values[0] for name, values in axes.items() if len(values) == 1}
+    singles = {name: GIVEN_NONE if values[0] is None else values[0]
+               for name, values in axes.items() if len(values) == 1}
     base = build_config(config_file, singles)
     grid = {name: values for name, values in axes.items() if len(values) > 1}
     for name, values in (("lr", rates(base)), ("weight_decay", DECAYS)):  # 'auto': the default search's values
@@ -211,18 +208,12 @@ def plan(config_file, flags: dict[str, str | None], overwrite: bool, check: bool
     return sweep, {"base": base.to_dict(), "grid": grid}
 
 
-def groups_of(spec: dict) -> list[Group]:
-    base = Config.from_dict(spec["base"], "sweep.yaml's base")
-    grid = spec["grid"]
-    if not all(isinstance(values, list) and values for values in grid.values()):
-        raise UserError("sweep.yaml's grid must map each option to a list of values; start a new sweep")
-    return make_groups(base, grid_points(grid))
-
-
 def run(sweep: SweepDir, spec: dict, reporter, resume: bool) -> SweepResult:
     """Train the grid (or the rest of it), then write the figure, sweep.csv, the link to the best and sweep.json.
     Under torchrun every process trains its part of each batch; the main one writes."""
-    groups = groups_of(spec)
+    if not all(isinstance(values, list) and values for values in spec["grid"].values()):
+        raise UserError("sweep.yaml's grid must map each option to a list of values; start a new sweep")
+    groups = make_groups(Config.from_dict(spec["base"], "sweep.yaml's base"), grid_points(spec["grid"]))
     shard, device = distributed.setup(resolve_device(groups[0].configs[0].train.device))
     sweep = SweepDir(Path(distributed.from_main(str(sweep.path))))  # the main process's folder, on every process
     if not resume and shard.is_main:

@@ -1,9 +1,6 @@
-"""`imgcls train` read top to bottom: device and data, the batch size and threads; the search of the settings left
-'auto' (selection.py); the fit on the training part, whose validation split chooses the epochs (skipped where
-cross-validation chose them); the refit on all training images; and last the test split, once.
-
-A signal stops a run after the step in flight with its state written, and `--resume` ends bit for bit where an
-unbroken run ends. Under torchrun every process takes its part of each batch; only the main one writes.
+"""`imgcls train` read top to bottom: the data, batch size and threads; the search of the settings left 'auto'
+(selection.py); the fit, whose validation split chooses the epochs (skipped where cross-validation chose them); the
+refit on all training images; last the test split, once. Under torchrun only the main process writes.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from imgcls.linear.metrics import Metrics, top_k
 from imgcls.runs import checkpoint as ckpt
 from imgcls.runs.rundir import RunDir
 from imgcls.training import selection
-from imgcls.training.engine import Diverged, Engine, Interrupted, new_model, write_final_metrics  # noqa: F401 (CLI's)
+from imgcls.training.engine import Engine, Interrupted, new_model, write_final_metrics
 from imgcls.training.interrupt import StopRequest, stop_on_signals
 from imgcls.training.selection import Selection, cross_validates
 
@@ -38,7 +35,7 @@ class RunResult:
     run_dir: RunDir
     best_epoch: int  # counted from 1, as printed
     val: Metrics
-    test: Metrics
+    test: Metrics | None  # None: a fit that a refit follows
     history: list[dict] = field(default_factory=list)
 
 
@@ -66,17 +63,16 @@ def train(config: Config, reporter, overwrite: bool = False, resume: RunDir | No
             resolve_epochs(config, math.ceil(len(data.train) / batch_size))
         phases = Phases(config, data, batch_size, device, shard, run, stop, reporter, autocast)
         chosen = None if resume is None else read_choice(config, run)
+        if resume is None and needs_search(config, data):
+            search = phases.search()
+            if search.epochs is not None and config.train.refit:  # cross-validation chose the epochs too
+                chosen = phases.choose(search.epochs, search.history, search.lr, search.val, search.how, shown=True)
         if chosen is None:
-            search = phases.search() if resume is None and needs_search(config, data) else None
-            if search is not None and search.epochs is not None and config.train.refit:
-                chosen = phases.choose(choice(search.epochs, search.history, search.lr, search.val, search.how),
-                                       search.history)
-            else:
-                fit = phases.fit(resume is not None)
-                if not config.train.refit:
-                    return fit
-                chosen = phases.choose(choice(fit.best_epoch, fit.history, float(config.optim.lr), fit.val.summary(),
-                                              f"the {fit.val.count:,} validation images"))
+            fit = phases.fit(resume is not None)
+            if not config.train.refit:
+                return fit
+            chosen = phases.choose(fit.best_epoch, fit.history, float(config.optim.lr), fit.val.summary(),
+                                   f"the {fit.val.count:,} validation images")
         return phases.refit(chosen)
 
 
@@ -101,17 +97,11 @@ def needs_search(config: Config, data: PreparedData) -> bool:
 
 
 def resolve_epochs(config: Config, steps_per_epoch: int) -> None:
-    """--epochs auto: AUTO_EPOCHS, or AUTO_UPDATES updates where an epoch is a few (small data converges in
-    updates, not epochs); config.yaml records the number."""
-    if config.train.epochs == "auto":  # a schedule with a horizon (cosine, step, ...) decays over AUTO_EPOCHS
+    """--epochs auto: AUTO_EPOCHS, or with the plateau schedule AUTO_UPDATES updates where an epoch is a few (small
+    data converges in updates, not epochs; a schedule with a horizon decays over AUTO_EPOCHS)."""
+    if config.train.epochs == "auto":
         plateau = config.schedule.schedule == "plateau"
         config.train.epochs = max(AUTO_EPOCHS, math.ceil(AUTO_UPDATES / max(steps_per_epoch, 1)) if plateau else 0)
-
-
-def choice(epochs: int, history: list[dict], rate: float, val: dict, how: str) -> dict:
-    """What a refit trains (selection.json): the chosen epochs, the held-out figures that chose them and on what,
-    and the chooser's rate of each epoch as a factor of its base rate, so that the refit decays where it did."""
-    return {"epochs": epochs, "factors": [record["lr"] / rate for record in history[:epochs]], "val": val, "how": how}
 
 
 @dataclass
@@ -131,12 +121,12 @@ class Phases:
     search_result: Selection | None = None
 
     def search(self) -> Selection:
-        """The grid (selection.py): sets the rate and weight decay that config.yaml records, so that
-        `imgcls train --config RUN/config.yaml` repeats the run without searching them again."""
-        config, data = self.config, self.data
-        if len(selection.grid(config)) > 1:
-            rates, decays = selection.rates(config), sorted({decay for _, decay in selection.grid(config)})
-            what = f"searching {len(rates) * len(decays)} settings (lr {_span(rates)} x weight decay {_span(decays)})"
+        """The grid (selection.py); config.yaml records its choice, so `imgcls train --config RUN/config.yaml`
+        repeats the run without searching again."""
+        config, data, settings = self.config, self.data, selection.grid(self.config)
+        if len(settings) > 1:
+            what = f"searching {len(settings)} settings (lr {_span([rate for rate, _ in settings])} x weight decay " \
+                   f"{_span([decay for _, decay in settings])})"
         else:
             what = f"choosing the epochs of lr {config.optim.lr:g}, weight decay {config.optim.weight_decay:g}"
         held_out = f"{selection.FOLDS}-fold cross-validation of all {len(data.train) + len(data.val):,} images" if \
@@ -188,10 +178,7 @@ class Phases:
             if self.search_result is not None:  # stopped before its first epoch's end, it resumes here, not searching
                 engine.save()
             self.keep_figure()
-        try:
-            engine.train()
-        except Interrupted as stopped:
-            raise RunInterrupted(str(stopped), run, True) from None
+        self.train(engine)
         if model.finished_early():
             decayed = " after the last decay of the rate" if config.schedule.schedule == "plateau" else ""
             self.reporter.note(f"stopped early: no lower validation loss for {config.train.patience} epochs{decayed}")
@@ -203,15 +190,23 @@ class Phases:
         val, test = engine.finish(make_eval_batches(data, "test", device, shard))[0]
         return RunResult(run, progress.best_epoch + 1, val, test, progress.history)
 
-    def choose(self, chosen: dict, history: list[dict] | None = None) -> dict:
-        """selection.json, written before the refit starts (a resumed refit reads it). `history`: cross-validation's
-        epochs of the chosen setting, which epochs.jsonl then shows."""
-        chosen = {**chosen, "seconds": self.seconds}
+    def train(self, engine: Engine) -> None:
+        try:
+            engine.train()
+        except Interrupted as stopped:
+            raise RunInterrupted(str(stopped), self.run, True) from None
+
+    def choose(self, epochs: int, history: list[dict], rate: float, val: dict, how: str, shown: bool = False) -> dict:
+        """selection.json, written before the refit (a resumed refit reads it): the chosen epochs, the held-out
+        figures that chose them and on what, and the chooser's rate of each epoch as a factor of `rate`, so that
+        the refit decays where it did. `shown`: epochs.jsonl shows `history` (cross-validation's)."""
+        chosen = {"epochs": epochs, "factors": [record["lr"] / rate for record in history[:epochs]], "val": val,
+                  "how": how, "seconds": self.seconds}
         started = not self.run.config.is_file()
         if started:
             self.start_run()
         if self.shard.is_main:
-            if history is not None:
+            if shown:
                 self.run.write_epochs(history, k=top_k(len(self.data.classes)))
             self.run.write_selection(chosen)
         if started:
@@ -219,9 +214,9 @@ class Phases:
         return chosen
 
     def refit(self, chosen: dict) -> RunResult:
-        """The chosen settings for the chosen epochs on every training image, validation part included, replaying
-        the chooser's rates: the run's model, best.safetensors, whose metadata keeps the held-out figures that chose
-        it. Resumable from run.refit, which becomes last.safetensors at the end."""
+        """The chosen settings for the chosen epochs on every training image, replaying the chooser's rates: the
+        run's model, best.safetensors, whose metadata keeps the held-out figures that chose it. Resumable from
+        run.refit, which becomes last.safetensors at the end."""
         config, data, run, device, shard = self.config, self.data, self.run, self.device, self.shard
         started = time.perf_counter()
         everything = joined(data)
@@ -238,10 +233,7 @@ class Phases:
                 engine.resume()
             except UserError as error:
                 raise UserError(f"{error}; or delete {run.refit} and --resume again, which redoes the refit") from None
-        try:
-            engine.train()
-        except Interrupted as stopped:
-            raise RunInterrupted(str(stopped), run, True) from None
+        self.train(engine)
         test = engine.stack.evaluate(make_eval_batches(data, "test", device, shard), data.superclass_of)[0]
         if shard.is_main:
             checkpoint = engine.checkpoint(0)
@@ -255,8 +247,8 @@ class Phases:
         return RunResult(run, chosen["epochs"], Metrics.of_summary(chosen["val"]), test, model.progress.history)
 
 
-def _span(values) -> str:
-    return f"{min(values):g}" if len(values) == 1 else f"{min(values):g} to {max(values):g}"
+def _span(values: list[float]) -> str:
+    return f"{min(values):g}" if min(values) == max(values) else f"{min(values):g} to {max(values):g}"
 
 
 def find_lr(config: Config, reporter) -> Selection:
@@ -277,27 +269,24 @@ def find_lr(config: Config, reporter) -> Selection:
 def load_data(config: Config, shard: distributed.Shard, stop: StopRequest, reporter) -> PreparedData:
     """The dataset decoded with the reporter's progress bar, then announced."""
     with reporter.decoding() as progress:
-        data = prepare_once(config, shard, stoppable(progress, stop))
+        data = prepare_once(config, shard, stop, progress)
     reporter.data_ready(data)
     return data
 
 
-def stoppable(progress: ProgressCallback | None, stop: StopRequest) -> ProgressCallback:
-    """The decoding's progress callback, which also obeys the signal rule: after a signal, decoding stops at the
-    end of the chunk under way (as a second Ctrl-C would), and nothing is written."""
+def prepare_once(config: Config, shard: distributed.Shard, stop: StopRequest,
+                 progress: ProgressCallback | None = None) -> PreparedData:
+    """The main process decodes (and caches) the dataset first; the others then map the cache. After a signal the
+    decoding stops at the end of the chunk under way (as a second Ctrl-C would), and nothing is written."""
     def update(done: int, total: int) -> None:
         if stop.requested:
             raise KeyboardInterrupt
         if progress is not None:
             progress(done, total)
-    return update
 
-
-def prepare_once(config: Config, shard: distributed.Shard, progress: ProgressCallback | None = None) -> PreparedData:
-    """The main process decodes (and caches) the dataset first; the others then map the cache."""
     if not shard.is_main:
         distributed.barrier()
-    data = prepare(config.data, config.train.seed, progress=progress)
+    data = prepare(config.data, config.train.seed, progress=update)
     if shard.is_main:
         distributed.barrier()
     return data
