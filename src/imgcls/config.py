@@ -306,13 +306,13 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, mapping: Any, source: str, strict: bool = True) -> Config:
-        """A config from sections of keys (config.yaml, a checkpoint), type-checked and validated; `strict=False`
-        passes over unknown names (a config written by a later imgcls)."""
-        if not isinstance(mapping, dict):
-            raise UserError(f"{source} must be a mapping of sections (data:, optim:, ...)")
+    def from_dict(cls, mapping: Any, source: str, strict: bool = True,
+                  flags: Mapping[str, Any] | None = None) -> Config:
+        """A config from sections of keys (config.yaml, a checkpoint) then `flags`, type-checked and validated;
+        `strict=False` passes over unknown names (a config written by a later imgcls)."""
         config, names = cls(), {}
         apply_mapping(config, mapping, source, strict, names)
+        apply_flags(config, flags or {}, names)
         validate(config, names)
         return config
 
@@ -332,11 +332,6 @@ def settings() -> dict[str, Setting]:
             assert f.name not in index, f"config key {f.name} is in two sections"
             index[f.name] = Setting(section, f.name, f.default, hints[f.name], f.metadata["option"])
     return index
-
-
-def key_index() -> dict[str, str]:
-    """Field name -> section name, for flags (which are flat)."""
-    return {name: setting.section for name, setting in settings().items()}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -371,20 +366,11 @@ def _type_name(kind: Any) -> str:
     return "null" if kind is type(None) else kind.__name__
 
 
-def apply_file(config: Config, path: Path, names: dict[str, str] | None = None) -> None:
-    if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise UserError(f"config file {path} {state}; pass the path of a YAML file such as configs/cifar10.yaml")
-    loaded = read_yaml(path, f"config file {path}", "fix the file or start from configs/") or {}
-    if not isinstance(loaded, dict):
-        raise UserError(f"config file {path} must be a mapping of sections (data:, optim:, ...)")
-    apply_mapping(config, loaded, str(path), names=names)
-
-
-def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True,
-                  names: dict[str, str] | None = None) -> None:
+def apply_mapping(config: Config, loaded: Any, source: str, strict: bool, names: dict[str, str]) -> None:
     """Sections of keys, as config.yaml holds them; `strict=False` passes over unknown names, not bad values.
     `names` records where each value came from (`optim.lr in <source>`), for validation's messages."""
+    if not isinstance(loaded, dict):
+        raise UserError(f"{source} must be a mapping of sections (data:, optim:, ...)")
     known = sections()
     for section, values in loaded.items():
         if section not in known:
@@ -398,8 +384,7 @@ def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True
         for key, value in values.items():
             if key in keys:
                 setattr(getattr(config, section), key, _coerce(value, settings()[key].annotation, f"{section}.{key}"))
-                if names is not None:
-                    names[key] = f"{section}.{key} in {source}"
+                names[key] = f"{section}.{key} in {source}"
             elif strict:
                 raise UserError(f"unknown config key {shown(f'{section}.{key}')} in {source}"
                                 f"{did_you_mean(str(key), keys)}")
@@ -408,15 +393,14 @@ def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True
 GIVEN_NONE = object()  # a flag given as 'none' (--patience none): None itself means 'not given'
 
 
-def apply_flags(config: Config, flags: dict[str, Any], names: dict[str, str] | None = None) -> None:
+def apply_flags(config: Config, flags: Mapping[str, Any], names: dict[str, str]) -> None:
     """Flags given on the command line (None means 'not given', GIVEN_NONE 'set to none') override the file."""
     for key, value in flags.items():
         if value is not None:
             setting = settings()[key]
             value = None if value is GIVEN_NONE else value
             setattr(getattr(config, setting.section), key, _coerce(value, setting.annotation, setting.key))
-            if names is not None:
-                names[key] = setting.flag
+            names[key] = setting.flag
 
 
 def parse_flags(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -429,13 +413,14 @@ def parse_flags(given: Mapping[str, Any]) -> dict[str, Any]:
     return parsed
 
 
-def build_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
-    config, names = Config(), {}
-    if config_file is not None:
-        apply_file(config, config_file, names)
-    apply_flags(config, flags, names)
-    validate(config, names)
-    return config
+def build_config(config_file: Path | None, flags: Mapping[str, Any]) -> Config:
+    """The defaults, then the YAML file (`--config`), then the flags given; validated."""
+    if config_file is not None and not config_file.is_file():
+        state = "is a folder, not a file" if config_file.is_dir() else "does not exist"
+        raise UserError(f"config file {config_file} {state}; pass the path of a YAML file such as configs/cifar10.yaml")
+    loaded = {} if config_file is None else read_yaml(config_file, f"config file {config_file}",
+                                                      "fix the file or start from configs/")
+    return Config.from_dict(loaded or {}, str(config_file), flags=flags)
 
 
 def validate(config: Config, names: Mapping[str, str] | None = None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy
 
-from imgcls.config import GIVEN_NONE, Config, Setting, apply_flags, kinds, settings, validate
+from imgcls.config import GIVEN_NONE, Config, Setting, kinds, settings
 from imgcls.errors import UserError, shown
 
 # What each stacked model keeps for itself: its update rule, its schedule, its loss and its start. Everything else
@@ -173,20 +173,16 @@ def grid_points(axes: dict[str, list[Any]]) -> list[Point]:
 
 def point_config(base: Config, point: Point) -> Config:
     """The base config (defaults, --config file, single-valued flags) with this point's values, validated."""
-    config = Config.from_dict(base.to_dict(), "the sweep's base config")
-    names: dict[str, str] = {}
     unknown = [name for name in point.values if name not in settings()]
     if unknown:
         raise UserError(f"the sweep's grid names {shown(unknown[0])}, which is not an option; fix sweep.yaml's grid "
                         f"or start a new sweep")
-    try:
-        apply_flags(config, {name: GIVEN_NONE if value is None else value for name, value in point.values.items()},
-                    names)
-        validate(config, names)
+    flags = {name: GIVEN_NONE if value is None else value for name, value in point.values.items()}
+    try:  # the base is valid: a problem is the point's
+        return Config.from_dict(base.to_dict(), "the sweep's base config", flags=flags)
     except UserError as error:
         raise UserError(f"point {point.index} ({point.label()}): {error}; leave that combination out (run two "
                         f"sweeps)") from None
-    return config
 
 
 def group_key(config: Config) -> tuple:
