@@ -340,7 +340,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     for kind in kinds(annotation):
         if value is None and kind is type(None) or type(value) is kind and kind in (str, bool, int):
             return value  # type(), not isinstance(): a bool is no int
-        if kind is float and (type(value) in (int, float) or type(value) is str and _is_number(value)):
+        if kind is float and (type(value) in (int, float) or type(value) is str and is_number(value)):
             try:
                 return float(value)
             except OverflowError:  # an int beyond float's range (about 10^308)
@@ -352,7 +352,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise UserError(f"config key '{key}' must be {wanted}, not {type(value).__name__} {shown(value)}")
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Text that float() reads as a number, but not the words nan and inf (YAML 1.1 reads 1e-3 as text)."""
     try:
         float(text)
     except ValueError:
