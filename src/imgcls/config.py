@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.data.augment import augment_problem, canonical_augmentation
+from imgcls.data.registry import DATASET_NAMES, SPECS
 from imgcls.errors import UserError, choice_problem, did_you_mean, shown
 from imgcls.runs.yamlfile import read_yaml
 
 # A check: (value, where it came from: `--lr` or `optim.lr in x.yaml`) -> what is wrong, or None.
 Check = Callable[[Any, str], "str | None"]
-Choices = Sequence[str] | Callable[[], Sequence[str]]  # a callable for choices known only where they live (datasets)
 
 # the panels of `imgcls train --help`, in the order they are shown
 DATA, MODEL, OPTIMIZATION, RUN = "Data", "Model and loss", "Optimization", "Run"
@@ -32,7 +32,7 @@ DATA, MODEL, OPTIMIZATION, RUN = "Data", "Model and loss", "Optimization", "Run"
 class Option:
     help: str  # "{default}" marks where --help shows the default, else it follows the help
     panel: str
-    choices: Choices | None = None
+    choices: Sequence[str] | None = None
     what: str | None = None  # the name in "unknown <what> 'x'"; the field's name unless given
     checks: tuple[Check, ...] = ()
     parse: Callable[[str], Any] | None = None  # the flag's text to the value (the flag is then a string)
@@ -99,8 +99,7 @@ class Setting:
         return f"{self.section}.{self.name}"
 
     def choices(self) -> Sequence[str] | None:
-        choices = self.option.choices
-        return choices() if callable(choices) else choices
+        return self.option.choices
 
     def problem(self, value: Any, name: str | None = None) -> str | None:
         """What is wrong with this value (None, 'not set', never is), named by `name` (the flag by default); a
@@ -153,12 +152,6 @@ _AT_LEAST_ONE_IMAGE = must(lambda size: size >= 1, "at least 1 (or 'full' or 'au
 parse_batch_size = number_or_word(int)
 
 
-def dataset_names() -> Sequence[str]:
-    from imgcls.data.registry import DATASET_NAMES  # the registry is read only when a value is checked
-
-    return DATASET_NAMES
-
-
 def parse_optional_count(text: str) -> int | None | str:
     if text.strip().lower() == "none":
         return None
@@ -199,7 +192,7 @@ def device_problem(device: str, name: str) -> str | None:
 
 @dataclass
 class DataConfig:
-    dataset: str = option("cifar10-sample", "Dataset name.", DATA, choices=dataset_names)
+    dataset: str = option("cifar10-sample", "Dataset name.", DATA, choices=DATASET_NAMES)
     data_dir: str | None = option(
         None, "Folder holding the dataset{default}; for --dataset features a FILE.npz (e.g. --dataset features "
               "--data-dir emb.npz).", DATA, shown_default="$IMGCLS_DATA, else ~/.cache/imgcls/data")
@@ -434,8 +427,6 @@ def validate(config: Config, names: Mapping[str, str] | None = None) -> None:
 
     def name(key: str) -> str:
         return names.get(key) or settings()[key].flag
-
-    from imgcls.data.registry import SPECS
 
     config.data.augment = canonical_augmentation(config.data.augment)
     if config.data.augment is not None and SPECS[config.data.dataset].features_file:

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from conftest import plain, read_run
-from imgcls.config import (MAX_THREADS, Config, build_config, dataset_names, parse_batch_size, parse_class_weights,
-                           parse_flags, sections, settings)
+from imgcls.config import (MAX_THREADS, Config, build_config, parse_batch_size, parse_class_weights, parse_flags,
+                           sections, settings)
+from imgcls.data.registry import DATASET_NAMES
 from imgcls.errors import UserError, shown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -297,7 +298,7 @@ RULES = [  # (field, a bad value, the whole message it gives when the value came
     ("gradient", "numeric", "unknown gradient 'numeric'; choose one of: analytic, autograd"),
     ("threads", MAX_THREADS + 1, f"--threads must be between 1 and {MAX_THREADS}, not {MAX_THREADS + 1}"),
     ("dataset", "cifar-10", "unknown dataset 'cifar-10' (did you mean 'cifar10'?); choose one of: "
-                            + ", ".join(dataset_names())),
+                            + ", ".join(DATASET_NAMES)),
 ]
 
 
