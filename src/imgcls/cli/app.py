@@ -94,7 +94,6 @@ CheckpointArgument = Annotated[Path, typer.Argument(help="A .safetensors checkpo
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object, not as tables.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")]
-OverwriteOption = Annotated[bool, typer.Option(help="Replace a run or sweep already in --out.", rich_help_panel=RUN)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON summary.",
                                            rich_help_panel=RUN)]
 
@@ -119,7 +118,7 @@ RESUME_MAY_CHANGE = ("device", "data_dir")  # where a run runs and where its dat
 @with_config_flags
 def train(
     config: ConfigOption = None,
-    overwrite: OverwriteOption = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.", rich_help_panel=RUN)] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its folder, with its saved "
                                                         "config.", rich_help_panel=RUN)] = None,
     quiet: QuietOption = False,
@@ -221,7 +220,7 @@ def _write_page_or_warn(path: Path, reporter) -> None:
 @functools.partial(with_config_flags, grid=True)
 def sweep(
     config: ConfigOption = None,
-    overwrite: OverwriteOption = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a sweep already in --out.", rich_help_panel=RUN)] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted sweep from its folder.",
                                                    rich_help_panel=RUN)] = None,
     quiet: QuietOption = False,

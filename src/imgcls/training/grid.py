@@ -1,14 +1,6 @@
-"""A sweep's grid: every option of `imgcls train`, given one value, a comma list or a log range, and their product.
-
-    --lr 0.001,0.01,0.1      three values
-    --lr 1e-4:1:9            9 values spaced evenly on a log scale from 1e-4 to 1, both ends included
-    --loss ce,mse            a choice list; --batch-size 32,128,full; --patience none,5 (none: the option off)
-    --augment 'none;flip,translate:1'   values that hold commas are separated by ';' instead
-
-Each value is parsed and checked by its option's own declaration (config.py), so a value a sweep accepts is one
-`imgcls train` accepts, and the messages are the same. Points that differ only in what each model keeps for itself
-(MODEL_OWN) train stacked in one pass over the data (stacked.py); the others form further groups.
-"""
+"""A sweep's grid: each option of `imgcls train` given one value, a list (a,b; 'a;b' where values hold commas) or
+a log range START:STOP:COUNT, each value parsed and checked by its option's declaration, and their product.
+Points that differ only in what each model keeps (MODEL_OWN) train stacked in one pass over the data."""
 
 from __future__ import annotations
 
