@@ -172,7 +172,7 @@ def _train_and_report(resolved, resumed, target, quiet: bool, overwrite: bool) -
             stopped(f"{error}; a resumable checkpoint is in {error.run_dir.path}. Continue with:\n  imgcls train "
                     f"--resume {error.run_dir.path}" if error.resumable else str(error))
         except KeyboardInterrupt:  # a second Ctrl-C
-            stopped(is_main and target.interrupted_state(resumed is not None))
+            stopped(target.interrupted_state(resumed is not None) if is_main else None)
     # The rule ends with the training: a signal now stops the figures at once (each file is written whole or not)
     try:
         if stop.requested:  # during the final evaluation: the run is finished, the figures wait
@@ -188,7 +188,7 @@ def _train_and_report(resolved, resumed, target, quiet: bool, overwrite: bool) -
                 print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(),
                                       "run_dir": str(path)}))
     except KeyboardInterrupt:
-        stopped(is_main and target.interrupted_state(resumed is not None))
+        stopped(target.interrupted_state(resumed is not None) if is_main else None)
 
 
 def _figures_or_warn(path: Path, reporter, what: str = "the figures") -> None:
