@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.data.augment import augment_problem, canonical_augmentation
+from imgcls.data.registry import DATASET_NAMES, SPECS
 from imgcls.errors import UserError, choice_problem, did_you_mean, shown
 from imgcls.runs.yamlfile import read_yaml
 
 # A check: (value, where it came from: `--lr` or `optim.lr in x.yaml`) -> what is wrong, or None.
 Check = Callable[[Any, str], "str | None"]
-Choices = Sequence[str] | Callable[[], Sequence[str]]  # a callable for choices known only where they live (datasets)
 
 # the panels of `imgcls train --help`, in the order they are shown
 DATA, MODEL, OPTIMIZATION, RUN = "Data", "Model and loss", "Optimization", "Run"
@@ -32,7 +32,7 @@ DATA, MODEL, OPTIMIZATION, RUN = "Data", "Model and loss", "Optimization", "Run"
 class Option:
     help: str  # "{default}" marks where --help shows the default, else it follows the help
     panel: str
-    choices: Choices | None = None
+    choices: Sequence[str] | None = None
     what: str | None = None  # the name in "unknown <what> 'x'"; the field's name unless given
     checks: tuple[Check, ...] = ()
     parse: Callable[[str], Any] | None = None  # the flag's text to the value (the flag is then a string)
@@ -99,8 +99,7 @@ class Setting:
         return f"{self.section}.{self.name}"
 
     def choices(self) -> Sequence[str] | None:
-        choices = self.option.choices
-        return choices() if callable(choices) else choices
+        return self.option.choices
 
     def problem(self, value: Any, name: str | None = None) -> str | None:
         """What is wrong with this value (None, 'not set', never is), named by `name` (the flag by default); a
@@ -153,12 +152,6 @@ _AT_LEAST_ONE_IMAGE = must(lambda size: size >= 1, "at least 1 (or 'full' or 'au
 parse_batch_size = number_or_word(int)
 
 
-def dataset_names() -> Sequence[str]:
-    from imgcls.data.registry import DATASET_NAMES  # the registry is read only when a value is checked
-
-    return DATASET_NAMES
-
-
 def parse_optional_count(text: str) -> int | None | str:
     if text.strip().lower() == "none":
         return None
@@ -199,7 +192,7 @@ def device_problem(device: str, name: str) -> str | None:
 
 @dataclass
 class DataConfig:
-    dataset: str = option("cifar10-sample", "Dataset name.", DATA, choices=dataset_names)
+    dataset: str = option("cifar10-sample", "Dataset name.", DATA, choices=DATASET_NAMES)
     data_dir: str | None = option(
         None, "Folder holding the dataset{default}; for --dataset features a FILE.npz (e.g. --dataset features "
               "--data-dir emb.npz).", DATA, shown_default="$IMGCLS_DATA, else ~/.cache/imgcls/data")
@@ -306,13 +299,13 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, mapping: Any, source: str, strict: bool = True) -> Config:
-        """A config from sections of keys (config.yaml, a checkpoint), type-checked and validated; `strict=False`
-        passes over unknown names (a config written by a later imgcls)."""
-        if not isinstance(mapping, dict):
-            raise UserError(f"{source} must be a mapping of sections (data:, optim:, ...)")
+    def from_dict(cls, mapping: Any, source: str, strict: bool = True,
+                  flags: Mapping[str, Any] | None = None) -> Config:
+        """A config from sections of keys (config.yaml, a checkpoint) then `flags`, type-checked and validated;
+        `strict=False` passes over unknown names (a config written by a later imgcls)."""
         config, names = cls(), {}
         apply_mapping(config, mapping, source, strict, names)
+        apply_flags(config, flags or {}, names)
         validate(config, names)
         return config
 
@@ -334,18 +327,13 @@ def settings() -> dict[str, Setting]:
     return index
 
 
-def key_index() -> dict[str, str]:
-    """Field name -> section name, for flags (which are flat)."""
-    return {name: setting.section for name, setting in settings().items()}
-
-
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """A YAML value as the field's type: an int is taken where a float is wanted, and so is a number YAML 1.1
     read as text (1e-3, without a dot)."""
     for kind in kinds(annotation):
         if value is None and kind is type(None) or type(value) is kind and kind in (str, bool, int):
             return value  # type(), not isinstance(): a bool is no int
-        if kind is float and (type(value) in (int, float) or type(value) is str and _is_number(value)):
+        if kind is float and (type(value) in (int, float) or type(value) is str and is_number(value)):
             try:
                 return float(value)
             except OverflowError:  # an int beyond float's range (about 10^308)
@@ -357,7 +345,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise UserError(f"config key '{key}' must be {wanted}, not {type(value).__name__} {shown(value)}")
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Text that float() reads as a number, but not the words nan and inf (YAML 1.1 reads 1e-3 as text)."""
     try:
         float(text)
     except ValueError:
@@ -371,20 +360,11 @@ def _type_name(kind: Any) -> str:
     return "null" if kind is type(None) else kind.__name__
 
 
-def apply_file(config: Config, path: Path, names: dict[str, str] | None = None) -> None:
-    if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise UserError(f"config file {path} {state}; pass the path of a YAML file such as configs/cifar10.yaml")
-    loaded = read_yaml(path, f"config file {path}", "fix the file or start from configs/") or {}
-    if not isinstance(loaded, dict):
-        raise UserError(f"config file {path} must be a mapping of sections (data:, optim:, ...)")
-    apply_mapping(config, loaded, str(path), names=names)
-
-
-def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True,
-                  names: dict[str, str] | None = None) -> None:
+def apply_mapping(config: Config, loaded: Any, source: str, strict: bool, names: dict[str, str]) -> None:
     """Sections of keys, as config.yaml holds them; `strict=False` passes over unknown names, not bad values.
     `names` records where each value came from (`optim.lr in <source>`), for validation's messages."""
+    if not isinstance(loaded, dict):
+        raise UserError(f"{source} must be a mapping of sections (data:, optim:, ...)")
     known = sections()
     for section, values in loaded.items():
         if section not in known:
@@ -398,8 +378,7 @@ def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True
         for key, value in values.items():
             if key in keys:
                 setattr(getattr(config, section), key, _coerce(value, settings()[key].annotation, f"{section}.{key}"))
-                if names is not None:
-                    names[key] = f"{section}.{key} in {source}"
+                names[key] = f"{section}.{key} in {source}"
             elif strict:
                 raise UserError(f"unknown config key {shown(f'{section}.{key}')} in {source}"
                                 f"{did_you_mean(str(key), keys)}")
@@ -408,15 +387,14 @@ def apply_mapping(config: Config, loaded: dict, source: str, strict: bool = True
 GIVEN_NONE = object()  # a flag given as 'none' (--patience none): None itself means 'not given'
 
 
-def apply_flags(config: Config, flags: dict[str, Any], names: dict[str, str] | None = None) -> None:
+def apply_flags(config: Config, flags: Mapping[str, Any], names: dict[str, str]) -> None:
     """Flags given on the command line (None means 'not given', GIVEN_NONE 'set to none') override the file."""
     for key, value in flags.items():
         if value is not None:
             setting = settings()[key]
             value = None if value is GIVEN_NONE else value
             setattr(getattr(config, setting.section), key, _coerce(value, setting.annotation, setting.key))
-            if names is not None:
-                names[key] = setting.flag
+            names[key] = setting.flag
 
 
 def parse_flags(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -429,13 +407,14 @@ def parse_flags(given: Mapping[str, Any]) -> dict[str, Any]:
     return parsed
 
 
-def build_config(config_file: Path | None, flags: dict[str, Any]) -> Config:
-    config, names = Config(), {}
-    if config_file is not None:
-        apply_file(config, config_file, names)
-    apply_flags(config, flags, names)
-    validate(config, names)
-    return config
+def build_config(config_file: Path | None, flags: Mapping[str, Any]) -> Config:
+    """The defaults, then the YAML file (`--config`), then the flags given; validated."""
+    if config_file is not None and not config_file.is_file():
+        state = "is a folder, not a file" if config_file.is_dir() else "does not exist"
+        raise UserError(f"config file {config_file} {state}; pass the path of a YAML file such as configs/cifar10.yaml")
+    loaded = {} if config_file is None else read_yaml(config_file, f"config file {config_file}",
+                                                      "fix the file or start from configs/")
+    return Config.from_dict(loaded or {}, str(config_file), flags=flags)
 
 
 def validate(config: Config, names: Mapping[str, str] | None = None) -> None:
@@ -448,8 +427,6 @@ def validate(config: Config, names: Mapping[str, str] | None = None) -> None:
 
     def name(key: str) -> str:
         return names.get(key) or settings()[key].flag
-
-    from imgcls.data.registry import SPECS
 
     config.data.augment = canonical_augmentation(config.data.augment)
     if config.data.augment is not None and SPECS[config.data.dataset].features_file:

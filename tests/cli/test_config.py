@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from conftest import plain, read_run
-from imgcls.config import (MAX_THREADS, Config, apply_mapping, build_config, dataset_names, key_index,
-                           parse_batch_size, parse_class_weights, parse_flags, sections, settings)
+from imgcls.config import (MAX_THREADS, Config, build_config, parse_batch_size, parse_class_weights, parse_flags,
+                           sections, settings)
+from imgcls.data.registry import DATASET_NAMES
 from imgcls.errors import UserError, shown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -166,9 +167,8 @@ def test_shown_never_builds_the_whole_repr_of_a_shared_structure():
 
 
 def test_an_int_beyond_float_range_from_a_mapping_is_a_user_error():
-    config = Config()
     with pytest.raises(UserError, match="'optim.lr' is too large a number"):
-        apply_mapping(config, {"optim": {"lr": 10 ** 400}}, "a checkpoint")
+        Config.from_dict({"optim": {"lr": 10 ** 400}}, "a checkpoint")
 
 
 def test_missing_file_is_a_user_error(tmp_path):
@@ -229,7 +229,7 @@ def test_values_at_the_edges_are_accepted(flags):
 
 
 def test_field_names_are_unique_across_sections():
-    index = key_index()
+    index = {name: setting.section for name, setting in settings().items()}  # the flags are flat
     all_fields = [f.name for cls in sections().values() for f in dataclasses.fields(cls)]
     assert len(all_fields) == len(set(all_fields)) == len(index)
     assert index["lr"] == "optim" and index["dataset"] == "data" and index["epochs"] == "train"
@@ -298,7 +298,7 @@ RULES = [  # (field, a bad value, the whole message it gives when the value came
     ("gradient", "numeric", "unknown gradient 'numeric'; choose one of: analytic, autograd"),
     ("threads", MAX_THREADS + 1, f"--threads must be between 1 and {MAX_THREADS}, not {MAX_THREADS + 1}"),
     ("dataset", "cifar-10", "unknown dataset 'cifar-10' (did you mean 'cifar10'?); choose one of: "
-                            + ", ".join(dataset_names())),
+                            + ", ".join(DATASET_NAMES)),
 ]
 
 

@@ -20,12 +20,18 @@ from rich.text import Text
 
 from imgcls import __version__, distributed
 from imgcls.cli.flags import with_config_flags
-from imgcls.config import (LOSSES, RUN, Config, build_config, check_device_name, default_cache_dir, default_data_dir,
-                           or_list, parse_flags, settings)
+from imgcls.config import (LOSSES, RUN, build_config, check_device_name, default_cache_dir, default_data_dir, or_list,
+                           parse_flags, settings)
+from imgcls.data.catalog import dataset_infos
+from imgcls.data.classnames import named_classes
 from imgcls.data.registry import SPECS
 from imgcls.errors import UserError, check_choice
-from imgcls.files import check_output_file, make_output_folder, printable, write_text_atomic
+from imgcls.files import (check_output_file, make_output_folder, printable, remove_stale_temporaries,
+                          write_text_atomic)
+from imgcls.report.report import Reporter, lr_search_table, sweep_table
+from imgcls.report.tables import cache_table, datasets_table, gradcheck_table, predictions_table, superclass_lines
 from imgcls.runs import jsontext
+from imgcls.training.interrupt import stop_on_signals
 
 err = Console(stderr=True)
 
@@ -33,6 +39,16 @@ err = Console(stderr=True)
 def say(text: str, console: Console = err) -> None:
     """A line as it is: no rich markup or highlighting in a path or a class name."""
     console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+NOTHING_WRITTEN = "interrupted; nothing was written"
+
+
+def stopped(message: str | None = NOTHING_WRITTEN) -> NoReturn:
+    """Exit code 130 after an interrupt, the main process saying what it left (every write is atomic)."""
+    if message and distributed.is_main_process():
+        say(message)
+    raise typer.Exit(130) from None
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -43,7 +59,7 @@ class OneLineErrors(typer.core.TyperGroup):
         try:
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:  # while the command line is read: nothing was written
-            _interrupted()
+            stopped()
 
     def invoke(self, ctx):
         try:
@@ -58,12 +74,7 @@ class OneLineErrors(typer.core.TyperGroup):
             err.print(Text.assemble(("error: ", "bold red"), printable(error)), soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:  # a command without a signal rule of its own (eval, report, ...): it wrote nothing
-            _interrupted()
-
-
-def _interrupted() -> NoReturn:
-    say("interrupted; nothing was written")  # not half a file either: every write is atomic
-    raise typer.Exit(130) from None
+            stopped()
 
 
 app = typer.Typer(help="Train and study linear image classifiers: f(x) = Wx + b on pixels.", cls=OneLineErrors,
@@ -82,24 +93,35 @@ ClassNamesOption = Annotated[Optional[Path], typer.Option(
 CheckpointArgument = Annotated[Path, typer.Argument(help="A .safetensors checkpoint, or a run folder (uses its best).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object, not as tables.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON summary.",
+                                           rich_help_panel=RUN)]
 
 
 def _rename_classes(loaded, class_names: Path | None) -> None:
     if class_names is not None:
-        from imgcls.data.classnames import named_classes
-
         loaded.meta["classes"] = named_classes(loaded.classes, class_names)
+
+
+def _refuse_beside_resume(config: Path | None, flags: dict, what: str, may_change: tuple[str, ...] = ()) -> None:
+    """--resume takes the saved settings: a --config or a flag beside it (but `may_change`) is a mistake."""
+    given = sorted(settings()[name].flag for name, value in flags.items()
+                   if value is not None and name not in may_change)
+    if config is not None or given:
+        raise UserError(f"--resume continues {what}; drop {', '.join(given) or '--config'}")
+
+
+RESUME_MAY_CHANGE = ("device", "data_dir")  # where a run runs and where its data is, never what it is
 
 
 @app.command(epilog="Example: imgcls train --config configs/cifar10.yaml --data-dir ~/data/cifar10 --lr 0.01")
 @with_config_flags
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    config: ConfigOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.", rich_help_panel=RUN)] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its folder, with its saved "
                                                         "config.", rich_help_panel=RUN)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON metrics.",
-                                        rich_help_panel=RUN)] = False,
+    quiet: QuietOption = False,
     # in no panel, beside --config: in the Run panel, its long help would widen the columns
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML (the "
                                                "defaults, then --config, then the flags) and exit; nothing is "
@@ -112,7 +134,9 @@ def train(
 
     flags, run_dir = parse_flags(options), None
     if resume is not None:
-        config, flags = _resume_config(resume, config, flags)
+        _refuse_beside_resume(config, flags, "a run with its saved config (only --device and --data-dir may change)",
+                              RESUME_MAY_CHANGE)
+        config, flags = resume / "config.yaml", {name: flags[name] for name in RESUME_MAY_CHANGE}
         run_dir = RunDir.open_for_resume(resume)
     resolved = build_config(config, flags)
     if print_config:
@@ -124,21 +148,14 @@ def train(
         target = RunDir.for_new_run(resolved.output.out, resolved.data.dataset, overwrite)
         resolved.output.out = str(target.path)
     with target.locked() if is_main else contextlib.nullcontext():
-        _train_and_report(resolved, run_dir, target, quiet, overwrite, is_main)
+        _train_and_report(resolved, run_dir, target, quiet, overwrite)
 
 
-def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite: bool, is_main: bool) -> None:
+def _train_and_report(resolved, resumed, target, quiet: bool, overwrite: bool) -> None:
     """Train under one signal rule (interrupt.py) from the first import on, then draw the figures: a Ctrl-C or
     SIGTERM in any phase ends the work in flight, then says what the run folder holds and how to go on."""
-    from imgcls.training.interrupt import stop_on_signals
-
-    def interrupted() -> NoReturn:
-        if is_main:
-            say(target.interrupted_state(resumed is not None))
-        raise typer.Exit(130) from None
-
+    is_main = distributed.is_main_process()
     with stop_on_signals() as stop:
-        from imgcls.report.report import Reporter
         from imgcls.report.tboard import TensorBoardReporter
         from imgcls.training.train import RunInterrupted, train
 
@@ -151,33 +168,27 @@ def _train_and_report(resolved: Config, resumed, target, quiet: bool, overwrite:
             finally:
                 reporter.close()
                 distributed.teardown()
-        except RunInterrupted as stopped:
-            if is_main:
-                say(f"{stopped}; a resumable checkpoint is in {stopped.run_dir.path}. Continue with:\n  imgcls train "
-                    f"--resume {stopped.run_dir.path}" if stopped.resumable else str(stopped))
-            raise typer.Exit(130) from None
+        except RunInterrupted as error:
+            stopped(f"{error}; a resumable checkpoint is in {error.run_dir.path}. Continue with:\n  imgcls train "
+                    f"--resume {error.run_dir.path}" if error.resumable else str(error))
         except KeyboardInterrupt:  # a second Ctrl-C
-            interrupted()
+            stopped(target.interrupted_state(resumed is not None) if is_main else None)
     # The rule ends with the training: a signal now stops the figures at once (each file is written whole or not)
     try:
         if stop.requested:  # during the final evaluation: the run is finished, the figures wait
             raise KeyboardInterrupt
         if is_main:
-            _after_training(result, reporter, resolved.data.dataset, quiet)
+            path = result.run_dir.path
+            _figures_or_warn(path, reporter)
+            reporter.run_finished(path, result.best_epoch, result.test.summary())
+            reporter.show(reporter.metrics_table(f"{resolved.data.dataset}: best epoch {result.best_epoch}",
+                                                 {"val": result.val, "test": result.test}))
+            reporter.note(f"run folder: {path}")
+            if quiet:
+                print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(),
+                                      "run_dir": str(path)}))
     except KeyboardInterrupt:
-        interrupted()
-
-
-def _after_training(result, reporter, dataset: str, quiet: bool) -> None:
-    """The run's figures beside its metrics, the end of its TensorBoard log, and the summary."""
-    path = result.run_dir.path
-    _figures_or_warn(path, reporter)
-    reporter.run_finished(path, result.best_epoch, result.test.summary())
-    reporter.show(reporter.metrics_table(f"{dataset}: best epoch {result.best_epoch}",
-                                         {"val": result.val, "test": result.test}))
-    reporter.note(f"run folder: {path}")
-    if quiet:
-        print(jsontext.dumps({"val": result.val.summary(), "test": result.test.summary(), "run_dir": str(path)}))
+        stopped(target.interrupted_state(resumed is not None) if is_main else None)
 
 
 def _figures_or_warn(path: Path, reporter, what: str = "the figures") -> None:
@@ -205,40 +216,23 @@ def _write_page_or_warn(path: Path, reporter) -> None:
         reporter.note(f"web page: {page}")
 
 
-RESUME_MAY_CHANGE = ("device", "data_dir")  # where a run runs and where its data is, never what it is
-
-
-def _resume_config(resume: Path, config: Path | None, flags: dict) -> tuple[Path, dict]:
-    """A resumed run uses its own saved config; only where it runs may change."""
-    given = sorted(name for name, value in flags.items() if value is not None and name not in RESUME_MAY_CHANGE)
-    if config is not None or given:
-        named = ", ".join(settings()[name].flag for name in given) or "--config"
-        raise UserError(f"--resume continues a run with its saved config; drop {named} (only --device and "
-                        f"--data-dir may change)")
-    return resume / "config.yaml", {name: flags[name] for name in RESUME_MAY_CHANGE}
-
-
 @app.command(epilog="Example: imgcls sweep --config configs/cifar10.yaml --lr 1e-3:1e-1:5 --weight-decay 0,1e-4,1e-3")
 @functools.partial(with_config_flags, grid=True)
 def sweep(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config: the base of every point; "
-                                                                          "flags override it.")] = None,
+    config: ConfigOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a sweep already in --out.", rich_help_panel=RUN)] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted sweep from its folder.",
                                                    rich_help_panel=RUN)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final JSON summary.",
-                                        rich_help_panel=RUN)] = False,
+    quiet: QuietOption = False,
     **options,  # a flag per config field, as text: one value, a,b,c, or a log range START:STOP:COUNT
 ) -> None:
     """Train a grid of models in one pass over the data and keep the one validation prefers.
 
     Any option takes a list (--lr 0.001,0.01,0.1), a log range (--lr 1e-4:1:9, nine values) or a choice list
     (--loss ce,mse; values that hold commas are separated by ';': --augment 'none;flip,translate:1'); the grid is
-    their product. Models that share batches train stacked: one matrix product per
-    step for all of them. The sweep folder holds sweep.csv, sweep.json, sweep.png, a run folder per point, and
-    `best`, the chosen run, which eval, predict, report and export-templates take like any run."""
-    from imgcls.training.interrupt import stop_on_signals
-
+    their product. Models that share batches train stacked: one matrix product per step for all of them. The
+    sweep folder holds sweep.csv, sweep.json, sweep.png, a run folder per point, and `best`, the chosen run,
+    which eval, predict, report and export-templates take like any run."""
     with stop_on_signals() as stop:  # the signal rule (interrupt.py) from the first import on
         result, target, reporter = _sweep_under(config, overwrite, resume, quiet, options, stop)
     if not distributed.is_main_process():
@@ -247,18 +241,16 @@ def sweep(
         if result.best is not None:
             _figures_or_warn(target.best.resolve(), reporter, "the chosen run's figures")
     except KeyboardInterrupt:
-        _sweep_figures_wait(target)
+        stopped(_figures_wait(target))
     _sweep_summary(result, target, reporter, quiet)
 
 
-def _sweep_figures_wait(target) -> NoReturn:
-    say(f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` draws them")
-    raise typer.Exit(130) from None
+def _figures_wait(target) -> str:
+    return f"interrupted while drawing the chosen run's figures; `imgcls report {target.best} --html` draws them"
 
 
 def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quiet: bool, options: dict,
                  stop) -> tuple:
-    from imgcls.report.report import Reporter
     from imgcls.runs.sweepdir import SweepDir
     from imgcls.training import sweep as sweeping
 
@@ -266,9 +258,7 @@ def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quie
     if resume is None:
         target, spec = sweeping.plan(config, options, overwrite, check=is_main)
     else:
-        given = sorted(settings()[name].flag for name, value in options.items() if value is not None)
-        if config is not None or given:
-            raise UserError(f"--resume continues a sweep with its saved grid; drop {', '.join(given) or '--config'}")
+        _refuse_beside_resume(config, options, "a sweep with its saved grid")
         target = SweepDir.for_resume(resume)
         spec = target.read_spec()
     reporter = Reporter(quiet or not is_main)
@@ -277,17 +267,12 @@ def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quie
             result = sweeping.run(target, spec, reporter, resume is not None)
             if stop.requested:  # the sweep is finished; its chosen run's figures wait
                 raise KeyboardInterrupt
-        except sweeping.SweepInterrupted as stopped:
-            if is_main:
-                say(f"{stopped}. Continue with:\n  imgcls sweep --resume {stopped.sweep.path}")
-            raise typer.Exit(130) from None
+        except sweeping.SweepInterrupted as error:
+            stopped(f"{error}. Continue with:\n  imgcls sweep --resume {error.sweep.path}")
         except KeyboardInterrupt:
-            if is_main and target.results.is_file():
-                _sweep_figures_wait(target)
-            if is_main:
-                say(f"interrupted while loading data or measuring the points; `imgcls sweep --resume {target.path}` "
+            stopped(_figures_wait(target) if is_main and target.results.is_file() else
+                    f"interrupted while loading data or measuring the points; `imgcls sweep --resume {target.path}` "
                     f"goes on from the last finished epoch")
-            raise typer.Exit(130) from None
         finally:
             distributed.teardown()
     return result, target, reporter
@@ -296,8 +281,6 @@ def _sweep_under(config: Path | None, overwrite: bool, resume: Path | None, quie
 def _sweep_summary(result, target, reporter, quiet: bool) -> None:
     """The points by validation loss, the choice and its refit, and (--quiet) the JSON summary; exit 2 if every
     point diverged."""
-    from imgcls.report.report import sweep_table
-
     reporter.show(sweep_table(result.records, result.best))
     count = len(result.records)
     if result.best is None:
@@ -320,7 +303,7 @@ def _sweep_summary(result, target, reporter, quiet: bool) -> None:
 @app.command("lr-find", epilog="Example: imgcls lr-find --config configs/cifar10.yaml --figure lr.png")
 @with_config_flags
 def lr_find_command(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; flags override it.")] = None,
+    config: ConfigOption = None,
     figure: Annotated[Optional[Path], typer.Option(help="Where to draw validation loss and top-1 against the rate "
                                                         "(a .png; default: lr-find.png in --out, else here).",
                                                    rich_help_panel=RUN)] = None,
@@ -331,7 +314,6 @@ def lr_find_command(
     This is what --lr auto and --weight-decay auto do before `imgcls train` (5-fold cross-validation on small
     data); the suggestion is the setting with the lowest held-out loss. Nothing but the figure is written."""
     from imgcls.report.figures import lr_search_figure
-    from imgcls.report.report import Reporter, lr_search_table
     from imgcls.training.engine import Interrupted
     from imgcls.training.train import find_lr
 
@@ -341,17 +323,16 @@ def lr_find_command(
             make_output_folder("--out", Path(resolved.output.out))
         figure = Path(resolved.output.out or ".") / "lr-find.png"
     _check_figure(figure, "lr-find.png")
-    is_main = distributed.is_main_process()  # under torchrun only the main process speaks and writes
-    reporter = Reporter(quiet=not is_main)
+    reporter = Reporter(quiet=not distributed.is_main_process())  # under torchrun only the main process speaks
     try:
         search = find_lr(resolved, reporter)
-    except (Interrupted, KeyboardInterrupt) as stopped:
-        if is_main:
-            say(str(stopped) if isinstance(stopped, Interrupted) else "interrupted; nothing was written")
-        raise typer.Exit(130) from None
+    except Interrupted as error:
+        stopped(str(error))
+    except KeyboardInterrupt:
+        stopped()
     finally:
         distributed.teardown()
-    if not is_main:
+    if not distributed.is_main_process():
         return
     lr_search_figure(search.rows, figure, search.how)
     reporter.show(lr_search_table(search.rows), force=True)
@@ -383,43 +364,34 @@ def eval_command(
 ) -> None:
     """Recompute a checkpoint's metrics on a split of its dataset."""
     check_choice("split", split, ("test", "val", "train"))
-    from imgcls.report.report import Reporter
     from imgcls.runs import checkpoint as ckpt
     from imgcls.runs.evaluate import evaluate_checkpoint
 
     loaded = ckpt.load(checkpoint)
-    if split != "test" and loaded.meta.get("refit") and distributed.is_main_process():
+    is_main = distributed.is_main_process()  # under torchrun only the main process speaks
+    if split != "test" and loaded.meta.get("refit") and is_main:
         say(f"note: this model was refit on the training and validation images, so its {split} figures are not held "
             f"out; the run's metrics.json keeps the held-out figures that chose it")
     try:
         metrics = evaluate_checkpoint(loaded, split, data_dir, device)
     finally:
         distributed.teardown()
-    if not distributed.is_main_process():
-        return  # under torchrun only the main process prints
+    if not is_main:
+        return
     _rename_classes(loaded, class_names)  # after evaluating: the data's class folders keep their own names
-    if as_json:
-        print(jsontext.dumps(eval_json(loaded, split, metrics, per_class)))
+    superclasses = SPECS[loaded.meta["dataset"]].superclass_names()
+    if as_json:  # metrics.json's shape, for the one split evaluated
+        shown = {"checkpoint_epoch": loaded.meta["epoch"], split: metrics.summary(), "classes": loaded.classes}
+        if per_class:
+            shown[f"{split}_detail"] = metrics.detail()  # per-class top-1 and the confusion matrix
+        print(jsontext.dumps({**shown, **({"superclasses": superclasses} if superclasses else {})}))
         return
     reporter = Reporter()
     reporter.show(reporter.metrics_table(f"{loaded.meta['dataset']}, epoch {loaded.meta['epoch']}", {split: metrics}))
     if per_class:
         reporter.show(reporter.per_class_table(loaded.classes, metrics))
-        superclasses = SPECS[loaded.meta["dataset"]].superclass_names()
         if superclasses and metrics.per_superclass:
             reporter.show(reporter.superclass_table(list(zip(superclasses, metrics.per_superclass))))
-
-
-def eval_json(loaded, split: str, metrics, per_class: bool) -> dict:
-    """metrics.json's shape for the one split evaluated: {split: summary, "classes"}, and with --per-class
-    "<split>_detail" (per-class top-1 and the confusion matrix)."""
-    shown = {"checkpoint_epoch": loaded.meta["epoch"], split: metrics.summary(), "classes": loaded.classes}
-    if per_class:
-        shown[f"{split}_detail"] = metrics.detail()
-    superclasses = SPECS[loaded.meta["dataset"]].superclass_names()
-    if superclasses:
-        shown["superclasses"] = superclasses
-    return shown
 
 
 @app.command("export-templates", epilog="Example: imgcls export-templates runs/cifar10/best.safetensors --out tpl; "
@@ -446,7 +418,9 @@ def export_templates_command(
     class_names: ClassNamesOption = None,
 ) -> None:
     """Write each class's template (its row of W as an image) as a PNG, plus a labelled grid."""
-    from imgcls.report.templates import COLOURS, SPACES
+    from imgcls.data.features import require_image_model
+    from imgcls.report.templates import COLOURS, SPACES, export_templates
+    from imgcls.runs import checkpoint as ckpt
 
     check_choice("scale", scale, ("each", "shared"))
     check_choice("space", space, SPACES)
@@ -455,10 +429,6 @@ def export_templates_command(
         raise UserError(f"--clip must be at least 0 and under 0.5 (a share of the values at each end), not {clip}")
     if size < 1:
         raise UserError(f"--size must be at least 1 pixel, not {size}")
-    from imgcls.data.features import require_image_model
-    from imgcls.report.templates import export_templates
-    from imgcls.runs import checkpoint as ckpt
-
     loaded = ckpt.load(checkpoint)
     _rename_classes(loaded, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
@@ -481,7 +451,6 @@ def export_command(
     from imgcls.runs.export import FORMATS, export, is_features_model
 
     check_choice("format", fmt, FORMATS)
-
     loaded = ckpt.load(checkpoint)
     export(loaded, fmt, out)
     takes = "float32 features (N, D)" if is_features_model(loaded) else \
@@ -506,7 +475,6 @@ def report_command(
     """Summarize a run (config, epochs, best epoch, metrics, per-class top-1, confused pairs) and redraw its figures."""
     if pairs < 0:
         raise UserError(f"--pairs must be 0 or more, not {pairs}")
-    from imgcls.files import remove_stale_temporaries
     from imgcls.report.figures import write_run_figures
     from imgcls.report.htmlreport import write_run_page
     from imgcls.report.runreport import load_run, render
@@ -590,7 +558,6 @@ def predict_command(
     if csv_file is not None:
         check_output_file("--csv", csv_file, "predictions.csv")
     check_device_name(device)
-    from imgcls.report.tables import predictions_table
     from imgcls.runs import checkpoint as ckpt
     from imgcls.runs.predict import to_csv
 
@@ -642,15 +609,11 @@ def datasets_command(
     as_json: JsonOption = False,
 ) -> None:
     """The named datasets: classes, image shape, sizes, and whether each is in the data dir."""
-    from imgcls.data.catalog import dataset_infos
-
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     infos = dataset_infos(root)
     if as_json:
         print(json.dumps({"data_dir": str(root), "datasets": [info.as_dict() for info in infos]}))
         return
-    from imgcls.report.tables import datasets_table, superclass_lines
-
     console = Console()
     console.print(datasets_table(root, infos))
     for line in superclass_lines(infos):
@@ -678,8 +641,6 @@ def gradcheck_command(
     if as_json:
         print(jsontext.dumps({**dataclasses.asdict(result), "passed": result.passed}))
     else:
-        from imgcls.report.tables import gradcheck_table
-
         Console().print(gradcheck_table(result))
     worst = result.worst
     if not result.passed:
@@ -696,8 +657,6 @@ def gradcheck_command(
 @cache_app.command("info", epilog="Example: imgcls cache info")
 def cache_info() -> None:
     """List the decoded datasets in the cache and their sizes (only what imgcls made is listed)."""
-    from imgcls.report.tables import cache_table
-
     Console().print(cache_table(default_cache_dir()))
 
 
@@ -705,7 +664,6 @@ def cache_info() -> None:
 def cache_clear() -> None:
     """Delete the decoded datasets in the cache (they are rebuilt on next use), and what killed builds left;
     nothing else in the folder is touched."""
-    from imgcls.config import default_cache_dir
     from imgcls.data.cache import clear
 
     entries, staging = clear(default_cache_dir())
@@ -736,7 +694,7 @@ def main() -> None:
     except typer.Abort:  # end of input at a prompt
         sys.exit(1)
     except KeyboardInterrupt:  # while typer builds the command line from the declarations
-        say("interrupted; nothing was written")
+        say(NOTHING_WRITTEN)
         distributed.exit_process(130)
     except Exception as error:
         if not _is_usage_error(error):

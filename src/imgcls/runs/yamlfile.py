@@ -3,7 +3,6 @@ and bounded, so that a small hostile file cannot take the memory or time an alia
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +41,32 @@ def read_yaml(path: Path, name: str, fix: str) -> Any:
 
 
 class BoundedLoader(yaml.SafeLoader):
-    """yaml's safe loader, refusing a document past the MAX_YAML_* bounds."""
+    """yaml's safe loader, refusing a document past the MAX_YAML_* bounds as it composes it."""
 
-    depth = 0
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth, self.sizes = 0, {}  # sizes: node id -> its values once every alias is copied out
 
     def compose_node(self, parent, index):
         # composing is recursive: without a bound, deep nesting ends in a RecursionError
+        if self.depth >= MAX_YAML_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise YamlRefused(f"nests deeper than {MAX_YAML_DEPTH} levels (line {line})")
+        alias = self.check_event(yaml.AliasEvent)
         self.depth += 1
         try:
-            if self.depth > MAX_YAML_DEPTH:
-                line = self.peek_event().start_mark.line + 1
-                raise YamlRefused(f"nests deeper than {MAX_YAML_DEPTH} levels (line {line})")
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self.depth -= 1
-
-    def construct_document(self, node):
-        size = _expanded_size(node)
-        if size == math.inf:
+        if alias and id(node) not in self.sizes:  # the alias names a collection still being composed
             raise YamlRefused("has an alias inside the very collection it names (a value that holds itself)")
-        if size > MAX_YAML_NODES:
+        if not alias:  # nine aliases to a list of nine aliases... are 9^n values
+            children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else \
+                node.value if isinstance(node, yaml.SequenceNode) else []
+            self.sizes[id(node)] = 1 + sum(self.sizes[id(child)] for child in children)
+        if self.sizes[id(node)] > MAX_YAML_NODES:
             raise YamlRefused(f"has aliases that expand to more than {MAX_YAML_NODES:,} values")
-        return super().construct_document(node)
+        return node
 
     def construct_yaml_int(self, node):
         if len(node.value) > MAX_YAML_INT_DIGITS:
@@ -72,28 +75,3 @@ class BoundedLoader(yaml.SafeLoader):
 
 
 BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
-
-
-def _expanded_size(root) -> float:
-    """How many nodes a composed document has once every alias is copied out (nine aliases to a list of nine
-    aliases... are 9^n values), infinite when a collection holds itself; counted without recursion."""
-    def children(node) -> list:
-        if isinstance(node, yaml.MappingNode):
-            return [part for pair in node.value for part in pair]
-        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()  # on the path from the root: meeting one again is a cycle
-    stack = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        if finished:
-            open_nodes.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children(node))
-        elif id(node) in open_nodes:
-            return math.inf
-        elif id(node) not in sizes:
-            open_nodes.add(id(node))
-            stack.append((node, True))
-            stack.extend((child, False) for child in children(node))
-    return sizes[id(root)]

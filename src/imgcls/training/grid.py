@@ -1,14 +1,6 @@
-"""A sweep's grid: every option of `imgcls train`, given one value, a comma list or a log range, and their product.
-
-    --lr 0.001,0.01,0.1      three values
-    --lr 1e-4:1:9            9 values spaced evenly on a log scale from 1e-4 to 1, both ends included
-    --loss ce,mse            a choice list; --batch-size 32,128,full; --patience none,5 (none: the option off)
-    --augment 'none;flip,translate:1'   values that hold commas are separated by ';' instead
-
-Each value is parsed and checked by its option's own declaration (config.py), so a value a sweep accepts is one
-`imgcls train` accepts, and the messages are the same. Points that differ only in what each model keeps for itself
-(MODEL_OWN) train stacked in one pass over the data (stacked.py); the others form further groups.
-"""
+"""A sweep's grid: each option of `imgcls train` given one value, a list (a,b; 'a;b' where values hold commas) or
+a log range START:STOP:COUNT, each value parsed and checked by its option's declaration, and their product.
+Points that differ only in what each model keeps (MODEL_OWN) train stacked in one pass over the data."""
 
 from __future__ import annotations
 
@@ -20,7 +12,7 @@ from typing import Any
 
 import numpy
 
-from imgcls.config import GIVEN_NONE, Config, Setting, apply_flags, kinds, settings, validate
+from imgcls.config import GIVEN_NONE, Config, Setting, is_number, kinds, settings
 from imgcls.errors import UserError, shown
 
 # What each stacked model keeps for itself: its update rule, its schedule, its loss and its start. Everything else
@@ -69,7 +61,8 @@ def parse_axes(flags: dict[str, str | None]) -> dict[str, list[Any]]:
 
 def parse_values(setting: Setting, text: str) -> list[Any]:
     flag = setting.flag
-    if _is_log_range(text) and (_takes_decimals(setting) or all(_is_float(part) for part in text.split(":"))):
+    parts = text.split(":")  # START:STOP:COUNT
+    if len(parts) == 3 and "," not in text and (_takes_decimals(setting) or all(map(is_number, parts))):
         values = _log_range(setting, text)
     else:
         values = [_parse_one(setting, item.strip()) for item in _items(setting, text)]
@@ -83,7 +76,7 @@ def parse_values(setting: Setting, text: str) -> list[Any]:
 
 def _items(setting: Setting, text: str) -> list[str]:
     """Values split on ';' when the text has one (values that hold commas), else on ','."""
-    if ";" not in text and setting.name == "class_weights" and all(_is_float(part) for part in text.split(",")):
+    if ";" not in text and setting.name == "class_weights" and all(map(is_number, text.split(","))):
         return [text]  # one weight per class is a single value: a grid of them is --class-weights none,balanced
     items = text.split(";" if ";" in text else ",")
     if any(not item.strip() for item in items):
@@ -109,10 +102,6 @@ def _parse_one(setting: Setting, item: str) -> Any:
     raise UserError(f"{setting.flag} takes {kind_name}s, not {shown(item)}; e.g. {setting.flag} {_example(setting)}")
 
 
-def _is_log_range(text: str) -> bool:
-    return text.count(":") == 2 and "," not in text
-
-
 def _log_range(setting: Setting, text: str) -> list[float]:
     """'a:b:n': n values from a to b, evenly spaced on a log scale (a and b included)."""
     if not _takes_decimals(setting):
@@ -122,8 +111,8 @@ def _log_range(setting: Setting, text: str) -> list[float]:
     try:
         low_value, high_value, number = float(low), float(high), int(count)
     except ValueError:
-        number = low_value = high_value = None
-    if number is None or not (0 < low_value < math.inf and 0 < high_value < math.inf):
+        low_value = high_value = math.nan  # not a log range
+    if not (0 < low_value < math.inf and 0 < high_value < math.inf):
         raise UserError(f"{setting.flag} {shown(text)} is not a log range: write START:STOP:COUNT with START and STOP "
                         f"above 0, e.g. {setting.flag} 1e-4:1:9")
     if number > MAX_POINTS:
@@ -147,14 +136,6 @@ def _takes_decimals(setting: Setting) -> bool:
     return float in kinds(setting.annotation)
 
 
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _example(setting: Setting) -> str:
     if _takes_decimals(setting):
         return "0.001,0.01"
@@ -173,20 +154,17 @@ def grid_points(axes: dict[str, list[Any]]) -> list[Point]:
 
 def point_config(base: Config, point: Point) -> Config:
     """The base config (defaults, --config file, single-valued flags) with this point's values, validated."""
-    config = Config.from_dict(base.to_dict(), "the sweep's base config")
-    names: dict[str, str] = {}
     unknown = [name for name in point.values if name not in settings()]
     if unknown:
         raise UserError(f"the sweep's grid names {shown(unknown[0])}, which is not an option; fix sweep.yaml's grid "
                         f"or start a new sweep")
-    try:
-        apply_flags(config, {name: GIVEN_NONE if value is None else value for name, value in point.values.items()},
-                    names)
-        validate(config, names)
+    values = {name: getattr(getattr(base, setting.section), name) for name, setting in settings().items()}
+    flags = {name: GIVEN_NONE if value is None else value for name, value in (values | point.values).items()}
+    try:  # every value as a flag, so that a message names it as the command line does
+        return Config.from_dict({}, "the sweep's grid", flags=flags)
     except UserError as error:
         raise UserError(f"point {point.index} ({point.label()}): {error}; leave that combination out (run two "
                         f"sweeps)") from None
-    return config
 
 
 def group_key(config: Config) -> tuple:
