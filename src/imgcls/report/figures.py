@@ -1,7 +1,5 @@
-"""The run's pictures, for people who would rather look than read: learning curves, the confusion matrix as a
-heat map, the templates grid; a sweep's and a search's figures. Drawn on matplotlib Figure objects (no pyplot
-state, no display), at a fixed size in pixels, and written atomically.
-"""
+"""The pictures: a run's learning curves, confusion heat map and templates grid; a sweep's and a search's figures.
+Drawn on matplotlib Figure objects (no pyplot state, no display), at a fixed size in pixels, written atomically."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Each class's row of W as an image. The model scores standardized pixels x = (p - mean) / std, so W . x =
 (W / std) . p - W . (mean / std): matched against raw pixels, as the lecture draws it, the template is W / std
-(space "pixel"; "input" shows W). Colours "natural" keep its channels, "diverging" its sign (blue -, white 0, red +).
-"""
+(space "pixel"; "input" shows W). Colours "natural" keep its channels, "diverging" its sign (blue -, white 0, red +)."""
 
 from __future__ import annotations
 
