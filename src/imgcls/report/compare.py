@@ -12,6 +12,7 @@ from rich.text import Text
 from imgcls.errors import UserError
 from imgcls.files import printable
 from imgcls.report.report import fitted_table, percent
+from imgcls.report.runreport import flat_config, load_run
 from imgcls.runs.rundir import topk_of
 
 NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the folder is the run's name instead)
@@ -19,8 +20,6 @@ NOT_COMPARED = ("output.out",)  # config.yaml always records out: null (the fold
 
 def load_runs(paths: list[Path]):
     """load_run of every folder; fewer than two, or one folder twice, is a mistake."""
-    from imgcls.report.runreport import load_run
-
     if len(paths) < 2:
         raise UserError(f"compare needs at least two run folders, got {len(paths)}; e.g. imgcls compare runs/a runs/b")
     seen: dict[Path, Path] = {}
@@ -33,15 +32,10 @@ def load_runs(paths: list[Path]):
     return [load_run(Path(path), pairs=0) for path in paths]
 
 
-def flat_config(config: dict) -> dict[str, object]:
-    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
-            for key, value in values.items() if f"{section}.{key}" not in NOT_COMPARED}
-
-
 def differing_keys(configs: list[dict]) -> list[str]:
     """The config keys whose values are not the same in every run (a key some runs lack counts as differing)."""
     flats = [flat_config(config) for config in configs]
-    keys = dict.fromkeys(key for flat in flats for key in flat)
+    keys = dict.fromkeys(key for flat in flats for key in flat if key not in NOT_COMPARED)
     missing = object()
     return [key for key in keys if len({repr(flat.get(key, missing)) for flat in flats}) > 1]
 

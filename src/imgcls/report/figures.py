@@ -1,7 +1,5 @@
-"""The run's pictures, for people who would rather look than read: learning curves, the confusion matrix as a
-heat map, the templates grid; a sweep's and a search's figures. Drawn on matplotlib Figure objects (no pyplot
-state, no display), at a fixed size in pixels, and written atomically.
-"""
+"""The pictures: a run's learning curves, confusion heat map and templates grid; a sweep's and a search's figures.
+Drawn on matplotlib Figure objects (no pyplot state, no display), at a fixed size in pixels, written atomically."""
 
 from __future__ import annotations
 
@@ -38,9 +36,7 @@ def _save(figure, path: Path) -> Path:
 
 def learning_curves(epochs: list[dict], path: Path, best_epoch: int | None = None, title: str = "") -> Path:
     """Loss and top-1 per epoch, train and validation, from epochs.jsonl's records; and the learning rate when the
-    records have it (lr: the epoch's first update, lr_last: its last)."""
-    if not epochs:
-        raise ValueError("no epochs to plot")
+    records have it (lr: the epoch's first update, lr_last: its last), on a log scale past a factor of ten."""
     with_lr = all("lr" in record for record in epochs)
     figure = _figure(CURVES_LR_FIGSIZE if with_lr else CURVES_FIGSIZE)
     axes = figure.subplots(1, 3 if with_lr else 2)
@@ -55,7 +51,14 @@ def learning_curves(epochs: list[dict], path: Path, best_epoch: int | None = Non
             axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
         _epoch_axis(axis, label)
     if with_lr:
-        _lr_panel(axes[2], epochs, x, marker)
+        first = [record["lr"] for record in epochs]
+        axes[2].plot(x, first, "-", marker=marker, markersize=4, label="first update of the epoch")
+        if all(record.get("lr_last") is not None for record in epochs):
+            axes[2].plot(x, [record["lr_last"] for record in epochs], "--", marker="x" if marker else None,
+                         markersize=4, label="last update of the epoch")
+        if min(first) > 0 and max(first) > 10 * min(first):
+            axes[2].set_yscale("log")
+        _epoch_axis(axes[2], "learning rate")
     figure.suptitle(title or "learning curves")
     return _save(figure, path)
 
@@ -69,19 +72,6 @@ def _epoch_axis(axis, label: str) -> None:
     axis.set_title(label.split(" (")[0])
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-
-
-def _lr_panel(axis, epochs: list[dict], x: list[int], marker) -> None:
-    """The schedule as it ran; a log scale once the rate spans more than a factor of ten."""
-    first = [record["lr"] for record in epochs]
-    axis.plot(x, first, "-", marker=marker, markersize=4, label="first update of the epoch")
-    if all(record.get("lr_last") is not None for record in epochs):
-        axis.plot(x, [record["lr_last"] for record in epochs], "--", marker="x" if marker else None, markersize=4,
-                  label="last update of the epoch")
-    positive = [value for value in first if value > 0]
-    if positive and max(positive) > 10 * min(positive) and len(positive) == len(first):
-        axis.set_yscale("log")
-    _epoch_axis(axis, "learning rate")
 
 
 def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
@@ -223,7 +213,10 @@ def _sweep_line(records, name: str, values: list[str], value, best: int | None):
     figure = _figure((9, 5.5))
     axis = figure.subplots()
     by_value = {record["options"][name]: record for record in records}
-    numbers = _as_numbers(values)
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        numbers = None
     x = numbers if numbers is not None else list(range(len(values)))
     y = [value[by_value[v]["point"]] for v in values]
     axis.plot(x, y, marker="o")  # a diverged point (NaN) breaks the line there
@@ -267,13 +260,6 @@ def _sweep_bars(records, value, best: int | None):
     shown = "" if len(records) <= SWEEP_BARS else f", the best {SWEEP_BARS} of {len(records)}"
     figure.suptitle(f"sweep: validation top-1 (orange: chosen; red: diverged{shown})")
     return figure
-
-
-def _as_numbers(values: list[str]) -> list[float] | None:
-    try:
-        return [float(v) for v in values]
-    except ValueError:
-        return None
 
 
 def lr_search_figure(rows: list[dict], path: Path, how: str) -> Path:

@@ -5,7 +5,6 @@ confidently wrong and most typically right."""
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.errors import UserError
@@ -46,44 +45,34 @@ def thumbnail(image) -> str:
     """A uint8 (C, H, W) image as a PNG data URI, shrunk to THUMBNAIL_MAX pixels a side if larger."""
     import io
 
-    from PIL import Image  # not torchvision.io: importing torchvision imports torch's compiler (seconds)
+    from PIL import Image  # not torchvision: importing it imports torch's compiler (seconds)
 
-    h, w = image.shape[-2:]
-    if max(h, w) > THUMBNAIL_MAX:
-        from torchvision.transforms.v2.functional import resize
-
-        side = max(h, w)
-        image = resize(image, [max(1, h * THUMBNAIL_MAX // side), max(1, w * THUMBNAIL_MAX // side)], antialias=True)
     pixels = image.permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    picture.thumbnail((THUMBNAIL_MAX, THUMBNAIL_MAX))  # keeps the aspect ratio, never enlarges
     buffer = io.BytesIO()
-    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="png")
+    picture.save(buffer, format="png")
     return png_data_uri(buffer.getvalue())
 
 
-@dataclass
-class Gallery:
-    wrong: list[dict] = field(default_factory=list)  # {"src", "true", "predicted", "probability"}
-    right: list[dict] = field(default_factory=list)
-    note: str = ""  # why there is no gallery
-
-
-def load_gallery(run: RunDir) -> Gallery:
-    """The test split scored by the best checkpoint, and the gallery's picks; without the data, a note why not."""
+def load_gallery(run: RunDir) -> dict | str:
+    """The gallery's picks ({"wrong": [...], "right": [...]}) from the test split scored by the best checkpoint; or,
+    where it cannot be drawn, a note why not."""
     from imgcls.runs import checkpoint as ckpt
 
     if not run.best.is_file():
-        return Gallery(note="no best.safetensors in the run folder: no model to score the test images with")
+        return "no best.safetensors in the run folder: no model to score the test images with"
     checkpoint = ckpt.load(run.best)
     data = checkpoint.meta.get("config", {}).get("data", {})
     if data.get("dataset") == "features":
-        return Gallery(note="not drawn for --dataset features: its test split holds feature vectors, not images")
+        return "not drawn for --dataset features: its test split holds feature vectors, not images"
     if data.get("stream"):
-        return Gallery(note="not drawn for a --stream run: its test images are decoded from their files, which "
-                            "would make writing this page as slow as a test evaluation")
+        return ("not drawn for a --stream run: its test images are decoded from their files, which would make "
+                "writing this page as slow as a test evaluation")
     try:
         images, labels = _test_split(checkpoint)
     except UserError as error:
-        return Gallery(note=f"the test images could not be read ({printable(error)})")
+        return f"the test images could not be read ({printable(error)})"
     confidence, predicted = _scores(checkpoint, images)
     wrong, right = gallery_picks(confidence, predicted, labels)
     classes = checkpoint.classes
@@ -92,7 +81,7 @@ def load_gallery(run: RunDir) -> Gallery:
         return {"src": thumbnail(images[i]), "true": classes[int(labels[i])], "predicted": classes[int(predicted[i])],
                 "probability": float(confidence[i])}
 
-    return Gallery([item(i) for i in wrong], [item(i) for i in right])
+    return {"wrong": [item(i) for i in wrong], "right": [item(i) for i in right]}
 
 
 def _test_split(checkpoint):
@@ -137,20 +126,18 @@ def page_context(run_path: Path, class_names: Path | None = None) -> dict:
             "pairs": summary.pairs, "superclasses": summary.superclasses,
             **{name: png_data_uri(path.read_bytes()) if path.is_file() else None
                for name, path in (("curves", run.curves), ("confusion", run.confusion), ("templates", run.templates))},
-            "gallery": load_gallery(run) if summary.metrics else Gallery(note="the run did not finish")}
+            "gallery": load_gallery(run) if summary.metrics else "the run did not finish"}
 
 
-def render_page(context: dict) -> str:
+def write_run_page(run_dir: Path, class_names: Path | None = None) -> Path:
+    """Write RUN/report.html; a folder that is not a run is a UserError (load_run's)."""
     import jinja2
 
     # autoescape: class names and config values come from the user's folders and may hold <, & or quotes
     environment = jinja2.Environment(loader=jinja2.PackageLoader("imgcls.report", ""), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return environment.get_template(TEMPLATE).render(**context, topk_of=topk_of, epoch_topk=epoch_topk)
-
-
-def write_run_page(run_dir: Path, class_names: Path | None = None) -> Path:
-    """Write RUN/report.html; a folder that is not a run is a UserError (load_run's)."""
+    page = environment.get_template(TEMPLATE).render(**page_context(Path(run_dir), class_names), topk_of=topk_of,
+                                                     epoch_topk=epoch_topk)
     path = RunDir(Path(run_dir)).report_page
-    write_text_atomic(path, render_page(page_context(Path(run_dir), class_names)))
+    write_text_atomic(path, page)
     return path

@@ -1,6 +1,5 @@
-"""What the terminal shows: progress bars, a line per epoch, summary tables (rich). Text from the user (class names,
-paths) reaches rich as Text, never as markup: "cat [domestic]" would lose "[domestic]" as a style tag.
-"""
+"""What the terminal shows: progress bars, a line per epoch, summary tables (rich). The user's text (class names,
+paths) reaches rich as Text, never as markup: "cat [domestic]" would lose "[domestic]" as a style tag."""
 
 from __future__ import annotations
 

@@ -90,14 +90,19 @@ def load_run(path: Path, pairs: int = 5, class_names: Path | None = None) -> Run
     return summary
 
 
+def flat_config(config: dict) -> dict[str, object]:
+    """A saved config as {"section.key": value}."""
+    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
 def config_rows(config: dict) -> list[tuple[str, str, bool]]:
     """(section.key, value as text, whether it differs from the default) for every key of a saved config."""
     from imgcls.config import Config
 
-    defaults = Config().to_dict()
-    return [(f"{section}.{key}", "null" if value is None else str(value),
-             defaults.get(section, {}).get(key, object()) != value)
-            for section, values in config.items() if isinstance(values, dict) for key, value in values.items()]
+    defaults = flat_config(Config().to_dict())
+    return [(key, "null" if value is None else str(value), defaults.get(key, object()) != value)
+            for key, value in flat_config(config).items()]
 
 
 def config_table(config: dict) -> Table:
@@ -110,15 +115,12 @@ def config_table(config: dict) -> Table:
     return table
 
 
-EPOCH_COLUMNS = [("epoch", "right"), ("train\nloss", "right"), ("train\ntop-1", "right"), ("val\nloss", "right"),
-                 ("val\ntop-1", "right"), ("val\ntop-k", "right"), ("lr", "right"), ("seconds", "right"),
-                 ("lr\nlast", "right")]  # most important first: at a narrow terminal the last are left out
-
-
 def epochs_table(epochs: list[dict], best_epoch: int | None, width: int | None = None, k: int | None = None) -> Table:
-    """One row an epoch, as wide as the terminal; k: the run's top-k (default: the one the records name)."""
+    """One row an epoch, as wide as the terminal (the last columns left out first); k: the run's top-k (default:
+    the one the records name)."""
     topk = f"val\ntop-{k or epoch_topk(epochs[0])[0]}" if epochs else "val\ntop-k"
-    columns = [(topk, justify) if header == "val\ntop-k" else (header, justify) for header, justify in EPOCH_COLUMNS]
+    columns = [(header, "right") for header in ("epoch", "train\nloss", "train\ntop-1", "val\nloss", "val\ntop-1", topk,
+                                                "lr", "seconds", "lr\nlast")]
     rows = []
     for record in epochs:
         lr_last = record.get("lr_last")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.report.report import Reporter
-from imgcls.runs.rundir import RunDir
+from imgcls.runs.rundir import RunDir, epoch_topk
 
 MISSING = "--tensorboard needs the tensorboard package: pip install 'imgcls[tensorboard]'"
 
@@ -43,8 +43,6 @@ class TensorBoardReporter(Reporter):
     def epoch_done(self, record: dict, improved: bool) -> None:
         super().epoch_done(record, improved)
         writer = self._writer()
-        from imgcls.runs.rundir import epoch_topk
-
         for key, tag in SCALARS.items():
             if key in record:
                 writer.add_scalar(tag, record[key], record["epoch"])
@@ -52,11 +50,6 @@ class TensorBoardReporter(Reporter):
         if topk is not None:  # the run's k (data_ready), which a record's val_top5 may not name
             writer.add_scalar(f"top{self.k or named}/val", topk, record["epoch"])
         writer.flush()
-
-    def close(self) -> None:
-        super().close()
-        if self.writer is not None:
-            self.writer.flush()
 
     def run_finished(self, run_path: Path, best_epoch: int, test_summary: dict) -> None:
         """The chosen epoch's test metrics and templates (each enlarged, tiled by TensorBoard; and templates.png)."""

@@ -1,7 +1,6 @@
 """Each class's row of W as an image. The model scores standardized pixels x = (p - mean) / std, so W . x =
 (W / std) . p - W . (mean / std): matched against raw pixels, as the lecture draws it, the template is W / std
-(space "pixel"; "input" shows W). Colours "natural" keep its channels, "diverging" its sign (blue -, white 0, red +).
-"""
+(space "pixel"; "input" shows W). Colours "natural" keep its channels, "diverging" its sign (blue -, white 0, red +)."""
 
 from __future__ import annotations
 
@@ -58,9 +57,7 @@ def resolved_space(space: str, checkpoint: Checkpoint) -> str:
 
 def resolved_colours(colours: str, channels: int) -> str:
     """'auto': signs are what a grey template shows best; a colour one keeps its colours."""
-    if colours == "auto":
-        return "diverging" if channels == 1 else "natural"
-    return colours
+    return ("diverging" if channels == 1 else "natural") if colours == "auto" else colours
 
 
 def display_images(weights: torch.Tensor, scale: str = "each", colours: str = "natural",
@@ -192,9 +189,12 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
     pad_w = max(1, round((cell_w - width * unit) / 2 / unit))
     pad_bottom = max(1, round(0.1 * shrink / unit))
     band = max(2, round((cell_h - height * unit) / unit) - pad_bottom)  # room above each template for its name
-    cell_rows, cell_columns = band + height + pad_bottom, 2 * pad_w + width
-    cells = torch.nn.functional.pad(images.float(), (pad_w, pad_w, band, pad_bottom), value=1.0)  # white paper
-    mosaic = _tiled(cells, columns)
+    # each template on white paper, and blank cells to fill the last row; then the cells tiled row by row
+    cells = torch.nn.functional.pad(images.float(), (pad_w, pad_w, band, pad_bottom, 0, 0, 0, rows * columns - count),
+                                    value=1.0)
+    channels, cell_rows, cell_columns = cells.shape[1:]
+    mosaic = cells.view(rows, columns, channels, cell_rows, cell_columns).permute(0, 3, 1, 4, 2)
+    mosaic = mosaic.reshape(rows * cell_rows, columns * cell_columns, channels).expand(-1, -1, 3)
     figure = Figure(figsize=(fig_w, fig_h), dpi=GRID_DPI)
     axis = figure.add_axes((0.0, 0.0, 1.0, 1.0 - band_top / fig_h))
     for index, name in enumerate(classes):
@@ -210,12 +210,3 @@ def grid_figure(images: torch.Tensor, classes: list[str], title: str = "class te
         figure.text(0.5, 1.0 - (band_top / 2) / fig_h, "\n".join(lines), ha="center", va="center",
                     fontsize=14 * max(shrink, 0.7))
     return figure
-
-
-def _tiled(cells: torch.Tensor, columns: int) -> torch.Tensor:
-    """(N, C, H, W) cells as one (rows H, columns W, 3) picture, row by row, white where no cell is left."""
-    count, channels, height, width = cells.shape
-    rows = -(-count // columns)
-    blank = torch.ones(rows * columns - count, channels, height, width, dtype=cells.dtype)
-    tiles = torch.cat([cells, blank]).view(rows, columns, channels, height, width)
-    return tiles.permute(0, 3, 1, 4, 2).reshape(rows * height, columns * width, channels).expand(-1, -1, 3)
