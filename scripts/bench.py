@@ -510,14 +510,14 @@ def bench_decode(data_dir: Path) -> DecodeRate:
 # Run in the child: note when the first training step starts (train_one_epoch makes its step first), then imgcls.
 FIRST_STEP_PROBE = """
 import sys, time
-import imgcls.training.train as t
-make_step = t.make_step
+from imgcls.training.engine import Engine
+step = Engine.step
 def probe(*args, **kwargs):
     if not getattr(probe, "seen", False):
         probe.seen = True
         print(f"FIRST_STEP {time.time()!r}", file=sys.stderr, flush=True)
-    return make_step(*args, **kwargs)
-t.make_step = probe
+    return step(*args, **kwargs)
+Engine.step = probe
 from imgcls.cli.app import main
 sys.argv = ["imgcls", *sys.argv[1:]]
 main()
