@@ -16,7 +16,7 @@ from imgcls.data.classnames import named_classes, names_file_beside
 from imgcls.config import DataConfig, default_data_dir
 from imgcls.data.decode import (
     ProgressCallback,
-    check_fits_memory,
+    check_resize_fits,
     decode_images,
     error_reason,
     resize,
@@ -264,8 +264,7 @@ def _read_arrays(spec: DatasetSpec, root: Path, split: str, image_size: int | No
     _check_class_names(spec, dataset, root)
     images, labels = _checked_arrays(spec, root, split, dataset)
     if image_size is not None:  # resized in chunks of 4096, each in float32
-        check_fits_memory(image_size, (len(images) + 4 * 4096) * images.shape[1] * image_size ** 2,
-                          f"{len(images)} images")
+        check_resize_fits(image_size, len(images) + 4 * 4096, images.shape[1])
         images = torch.cat([resize(chunk, image_size) for chunk in images.split(4096)])
     return DecodedSplit(images.contiguous(), labels.to(torch.int64), list(spec.classes))
 

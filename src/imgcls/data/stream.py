@@ -14,7 +14,7 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.augment import Augmentation
 from imgcls.data.batches import epoch_permutation
-from imgcls.data.decode import decode_image_bytes, error_reason, forked_workers, size_text, unreadable_message
+from imgcls.data.decode import decode_many, forked_workers, size_text, unreadable_message
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
 from imgcls.data.readers import check_same_classes, check_same_shape, decode_all, list_images, resolve_data_dir
 from imgcls.data.registry import DatasetSpec
@@ -52,22 +52,21 @@ class StreamedImages:
         """A DataLoader's item, a whole batch: the images at these rows as uint8 (b, C, H, W), their labels, and the
         rows decoded (--skip-bad-images passes over unreadable ones); an error message instead of raising, because
         an exception from a worker process reaches the user with its traceback."""
+        positions = [int(self.index[row]) for row in rows]
+        decoded = decode_many(self.listing.read, positions, self.image_size)
         images, labels, kept = [], [], []
-        for row in rows:
-            position = int(self.index[row])
-            name = self.listing.names[position]
-            try:
-                image = decode_image_bytes(self.listing.read(position), self.image_size)[:self.channels]
-            except (RuntimeError, ValueError, OSError) as error:
-                if self.skip_bad:
-                    continue
-                return torch.empty(0), torch.empty(0), unreadable_message(name, error_reason(error)), []
+        for row, position in zip(rows, positions):
+            image, name = decoded[position], self.listing.names[position]
+            if isinstance(image, str) and self.skip_bad:
+                continue
+            if isinstance(image, str):
+                return torch.empty(0), torch.empty(0), unreadable_message(name, image), []
             wanted = self.shape or (images[0].shape if images else None)
             if wanted is not None and image.shape[-2:] != wanted[-2:]:
                 return torch.empty(0), torch.empty(0), (f"image {name} is {size_text(image.shape)}, the others "
                                                         f"{size_text(wanted)}; pass --image-size N to resize them "
                                                         f"all to NxN"), []
-            images.append(image)
+            images.append(image[:self.channels])
             labels.append(self.listing.labels[position])
             kept.append(row)
         if not images:  # every image of the batch unreadable (--skip-bad-images): an empty batch
