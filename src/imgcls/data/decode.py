@@ -84,7 +84,7 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
     total = len(names)
     workers = worker_count(total) if workers is None else workers
     if image_size is not None:  # each process resizes one image in float32 at a time
-        check_resize_fits(image_size, total + 4 * (workers + 1), 3)
+        check_resize_fits(image_size, total, 3, workers + 1)
     report = progress or (lambda done, count: None)
     report(0, total)
     first, image, bad = _first_readable(names, read, image_size, skip_bad)
@@ -113,10 +113,11 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
     return DecodedImages(out[kept] if bad else out, kept, decoded_by)
 
 
-def check_resize_fits(image_size: int, images: int, channels: int) -> None:
-    """Refuse at once an --image-size whose decoded images cannot fit in memory, not deep inside a resize."""
-    check_fits_memory(images * channels * image_size ** 2, f"--image-size {image_size}: {images} images",
-                      "use a smaller --image-size")
+def check_resize_fits(image_size: int, count: int, channels: int, in_flight: int) -> None:
+    """Refuse at once an --image-size whose decoded images (and those being resized, in float32) cannot fit in
+    memory, not deep inside a resize."""
+    check_fits_memory((count + 4 * in_flight) * channels * image_size ** 2,
+                      f"--image-size {image_size}: {count} images", "use a smaller --image-size")
 
 
 def worker_count(total: int) -> int:
