@@ -25,6 +25,8 @@ SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "
               b"II*\0": "TIFF", b"MM\0*": "TIFF", b"P2": "PNM", b"P3": "PNM", b"P5": "PNM", b"P6": "PNM"}
 # Pillow's own decompression-bomb limit (twice its MAX_IMAGE_PIXELS), applied to every format from its header.
 MAX_IMAGE_PIXELS = 178_956_970
+TOO_MANY_PIXELS = (f"more than {MAX_IMAGE_PIXELS:,} pixels, the limit that guards against decompression bombs; scale "
+                   f"the image down")
 PILLOW_FORMATS = ("PNG", "BMP", "TIFF", "PNM")
 KNOWN_FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF, PPM or PGM"
 # JPEG frame headers (SOF0-SOF15 less DHT, JPG and DAC), which hold the image's height and width.
@@ -235,7 +237,7 @@ def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
         image = _decode_with_pillow(data)
     else:
         if _pixel_count(data) > MAX_IMAGE_PIXELS:  # torchvision's decoders have no limit of their own
-            raise _too_many_pixels()
+            raise ValueError(TOO_MANY_PIXELS)
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     if image.ndim == 4:
         image = image[0]
@@ -259,11 +261,6 @@ def _pillow():
     # nor Pillow's notes on damaged files ("Corrupt EXIF data"): a file it cannot read is named in the error
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     return Image
-
-
-def _too_many_pixels() -> ValueError:
-    return ValueError(f"more than {MAX_IMAGE_PIXELS:,} pixels, the limit that guards against decompression bombs; "
-                      f"scale the image down")
 
 
 def _pixel_count(data: bytes) -> int:
@@ -316,7 +313,7 @@ def _decode_with_pillow(data: bytes) -> torch.Tensor:
             else:
                 pixels = np.asarray(opened.convert("RGB"))
     except image_module.DecompressionBombError:
-        raise _too_many_pixels() from None
+        raise ValueError(TOO_MANY_PIXELS) from None
     except Exception as error:  # noqa: BLE001 -- Pillow's plugins fail in many ways on a damaged file
         raise ValueError(error_reason(error)) from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
