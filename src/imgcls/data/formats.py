@@ -55,7 +55,8 @@ def _check_label_bytes(path: Path, values: bytes, allowed: range) -> None:
     outside = values.translate(None, bytes(allowed))  # in C: the labels outside, in order
     if outside:
         bad = values.index(outside[0])
-        raise Damaged(path, f"label {values[bad]} at item {bad:,}, where labels are {allowed.start}..{allowed.stop - 1}")
+        raise Damaged(path, f"label {values[bad]} at item {bad:,}, where labels are "
+                            f"{allowed.start}..{allowed.stop - 1}")
 
 
 def check_pickle(paths: list[Path]) -> None:
