@@ -226,7 +226,6 @@ def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
     """One encoded image (format told by its first bytes) -> uint8 (3, H, W): torchvision.io for JPEG, WebP and
     GIF, Pillow for the rest and for PNG (torchvision 0.29's PNG decoder segfaults on some damaged files)."""
     from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import to_dtype
 
     if not data:
         raise ValueError("the file is empty")
@@ -239,10 +238,8 @@ def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
         if _pixel_count(data) > MAX_IMAGE_PIXELS:  # torchvision's decoders have no limit of their own
             raise ValueError(TOO_MANY_PIXELS)
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    if image.ndim == 4:
+    if image.ndim == 4:  # an animated GIF: its first frame
         image = image[0]
-    if image.dtype != torch.uint8:
-        image = to_dtype(image, torch.uint8, scale=True)
     return resize(image, image_size) if image_size is not None else image
 
 
