@@ -14,12 +14,11 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import sys
 import warnings
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,7 +29,7 @@ import torch
 from imgcls.data.readers import walk_files
 from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
-from imgcls.files import on_read_only_file_system
+from imgcls.files import _alive, _host, on_read_only_file_system, write_atomic
 
 CACHE_FORMAT = 1
 ENTRY_FILES = ("meta.json", "images.npy", "labels.npy")
@@ -52,24 +51,22 @@ def fingerprint(paths: list[Path]) -> list[list]:
     """(path, size, mtime, ctime) of every file under the given paths; missing paths count as missing."""
     found = []
     for root in paths:
-        if root.is_file():
-            found.append(_identity(str(root.resolve())))
-        elif root.is_dir():
-            found += [_identity(path) for path in walk_files(os.path.abspath(root))]
+        files = [str(root.resolve())] if root.is_file() else walk_files(os.path.abspath(root)) if root.is_dir() else []
+        for path in files:
+            try:
+                status = os.stat(path)
+                found.append([path, status.st_size, status.st_mtime_ns, status.st_ctime_ns])
+            except OSError:  # a symlink to nothing: the reader says so, if it is an image
+                found.append([path, None, None, None])
     return found
 
 
-def _identity(path: str) -> list:
-    try:
-        status = os.stat(path)
-    except OSError:  # a symlink to nothing: the reader says so, if it is an image
-        return [path, None, None, None]
-    return [path, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+def _settings_text(settings: dict) -> str:
+    return json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
 
 
 def cache_key(identity: dict) -> str:
-    text = json.dumps({"format": CACHE_FORMAT, **identity}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return hashlib.sha256(_settings_text(identity).encode()).hexdigest()[:24]
 
 
 def load_or_derive(entry_dir: Path | None, settings: dict,
@@ -78,20 +75,21 @@ def load_or_derive(entry_dir: Path | None, settings: dict,
     for these settings with their CRC-32, else computed (and kept there when it can be written)."""
     if entry_dir is None:
         return derive()
-    text = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
+    text = _settings_text(settings)
     path = entry_dir / f"derived-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
     found = _read_derived(path, text)
     if found is not None:
         return found
     values = derive()
+    arrays = {name: value.numpy() for name, value in values.items()}
+
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as file:  # np.savez on a path adds .npz
+            np.savez(file, settings=np.array(text), crc32=np.array(_values_crc(arrays), dtype=np.int64), **arrays)
+
     if (entry_dir / "meta.json").is_file():
-        staging = entry_dir / f".{path.stem}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.npz"
-        try:
-            arrays = {name: value.numpy() for name, value in values.items()}
-            np.savez(staging, settings=np.array(text), crc32=np.array(_values_crc(arrays), dtype=np.int64), **arrays)
-            os.replace(staging, path)
-        except OSError:  # a cache that cannot be written (read-only, shared): computed again next time
-            staging.unlink(missing_ok=True)
+        with suppress(UserError, OSError):  # a cache that cannot be written (read-only, shared): computed next time
+            write_atomic(path, save)
     return values
 
 
@@ -159,8 +157,6 @@ def load_or_build(cache_dir: Path, identity: dict, build: Callable[[], DecodedSp
 
 def _make_cache_dir(cache_dir: Path) -> None:
     with cache_write_errors(cache_dir):
-        if cache_dir.exists() and not cache_dir.is_dir():
-            raise OSError(errno.ENOTDIR, "not a folder")
         cache_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(cache_dir, os.W_OK | os.X_OK):
             raise OSError(errno.EROFS if on_read_only_file_system(cache_dir) else errno.EACCES, "not writable")
@@ -252,10 +248,6 @@ def _publish(staging: Path, entry_dir: Path) -> DecodedSplit | None:
     return None  # damaged again each time: leave this split uncached
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
-
-
 def _entry_meta(path: Path) -> dict | None:
     """The metadata of an entry imgcls made; None for anything else in the folder."""
     if not ENTRY_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
@@ -279,15 +271,7 @@ def builder_alive(staging: Path) -> bool:
     """Whether the process that made this staging folder may still be building it. One on another host
     (a shared cache folder) cannot be asked, so it counts as alive."""
     match = STAGING_NAME.fullmatch(staging.name)
-    if match["host"] != _host():
-        return True
-    try:
-        os.kill(int(match["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, OSError):  # PermissionError: another user's process
-        return True
-    return True
+    return match["host"] != _host() or _alive(int(match["pid"]))
 
 
 def remove_stale_staging(cache_dir: Path) -> list[Path]:

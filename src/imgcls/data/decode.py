@@ -18,10 +18,15 @@ from typing import Callable
 import torch
 
 from imgcls.errors import UserError
+from imgcls.memory import check_fits_memory
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The first bytes of each format read (and WebP's "RIFF", size, "WEBP").
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP",
+              b"II*\0": "TIFF", b"MM\0*": "TIFF", b"P2": "PNM", b"P3": "PNM", b"P5": "PNM", b"P6": "PNM"}
 # Pillow's own decompression-bomb limit (twice its MAX_IMAGE_PIXELS), applied to every format from its header.
 MAX_IMAGE_PIXELS = 178_956_970
+TOO_MANY_PIXELS = (f"more than {MAX_IMAGE_PIXELS:,} pixels, the limit that guards against decompression bombs; scale "
+                   f"the image down")
 PILLOW_FORMATS = ("PNG", "BMP", "TIFF", "PNM")
 KNOWN_FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF, PPM or PGM"
 # JPEG frame headers (SOF0-SOF15 less DHT, JPG and DAC), which hold the image's height and width.
@@ -47,19 +52,30 @@ class _ChunkReport:
     pid: int = 0
 
 
+@dataclass
 class _Chunks(torch.utils.data.Dataset):
     """Chunk c is images starts[c] .. starts[c + 1] - 1; decoding one writes its images into their rows of `out`
     and returns its _ChunkReport (forked workers share `out`: nothing decoded is pickled back)."""
 
-    def __init__(self, read: ImageReader, out: torch.Tensor, starts: list[int], image_size: int | None,
-                 skip_bad: bool):
-        self.read, self.out, self.starts, self.image_size, self.skip_bad = read, out, starts, image_size, skip_bad
+    read: ImageReader
+    out: torch.Tensor
+    starts: list[int]
+    image_size: int | None
 
     def __len__(self) -> int:
         return len(self.starts) - 1
 
     def __getitem__(self, chunk: int) -> _ChunkReport:
-        return _decode_chunk(self, range(self.starts[chunk], self.starts[chunk + 1]))
+        report = _ChunkReport(pid=os.getpid())
+        for index, image in decode_many(self.read, range(self.starts[chunk], self.starts[chunk + 1]),
+                                        self.image_size).items():
+            if isinstance(image, str):
+                report.bad[index] = image
+            elif image.shape != self.out.shape[1:]:
+                report.mismatch = report.mismatch or (index, tuple(image.shape))
+            else:
+                self.out[index] = image
+        return report
 
 
 def decode_images(names: list[str], read: ImageReader, image_size: int | None, skip_bad: bool,
@@ -70,7 +86,7 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
     total = len(names)
     workers = worker_count(total) if workers is None else workers
     if image_size is not None:  # each process resizes one image in float32 at a time
-        check_fits_memory(image_size, (total + 4 * (workers + 1)) * 3 * image_size ** 2, f"{total} images")
+        check_resize_fits(image_size, total, 3, workers + 1)
     report = progress or (lambda done, count: None)
     report(0, total)
     first, image, bad = _first_readable(names, read, image_size, skip_bad)
@@ -78,7 +94,7 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
     out[first] = image
     workers = workers if _fits_shared_memory(out.numel()) else 0
     chunks = _Chunks(read, out.share_memory_() if workers else out, list(range(first + 1, total, CHUNK)) + [total],
-                     image_size, skip_bad)
+                     image_size)
     decoded_by, mismatch, iterator = {os.getpid()}, None, None  # this process decoded the first image
     try:
         iterator = forked_workers(chunks, workers)
@@ -97,6 +113,13 @@ def decode_images(names: list[str], read: ImageReader, image_size: int | None, s
                         f"is {size_text(mismatch[1])}); pass --image-size N to resize them all to NxN")
     kept = [i for i in range(total) if i not in bad]
     return DecodedImages(out[kept] if bad else out, kept, decoded_by)
+
+
+def check_resize_fits(image_size: int, count: int, channels: int, in_flight: int) -> None:
+    """Refuse at once an --image-size whose decoded images (and those being resized, in float32) cannot fit in
+    memory, not deep inside a resize."""
+    check_fits_memory((count + 4 * in_flight) * channels * image_size ** 2,
+                      f"--image-size {image_size}: {count} images", "use a smaller --image-size")
 
 
 def worker_count(total: int) -> int:
@@ -131,12 +154,12 @@ def _first_readable(names: list[str], read: ImageReader, image_size: int | None,
     """The first image that decodes, which sets the size of all: (its index, the image, the bad ones before)."""
     bad = {}
     for index in range(len(names)):
-        try:
-            return index, decode_image_bytes(read(index), image_size), bad
-        except (RuntimeError, ValueError, OSError) as error:
-            if not skip_bad:
-                raise UserError(unreadable_message(names[index], error_reason(error))) from None
-            bad[index] = error_reason(error)
+        image = decode_many(read, [index], image_size)[index]
+        if not isinstance(image, str):
+            return index, image, bad
+        if not skip_bad:
+            raise UserError(unreadable_message(names[index], image))
+        bad[index] = image
     raise UserError(f"no readable image among {len(names)} files (first: {names[0]})")
 
 
@@ -167,57 +190,42 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _decode_chunk(chunks: _Chunks, indices: range) -> _ChunkReport:
-    """Read the chunk's files in order, decode them, and write each image into its row of chunks.out."""
-    report = _ChunkReport(pid=os.getpid())
-    encoded = {}
+def decode_many(read: ImageReader, indices, image_size: int | None) -> dict[int, torch.Tensor | str]:
+    """Each image as decode_image_bytes gives it, or the reason it cannot be read, in the order of `indices`."""
+    encoded, found = {}, {}
     for index in indices:
         try:
-            encoded[index] = chunks.read(index)
+            encoded[index] = read(index)
         except OSError as error:
-            report.bad[index] = error_reason(error)
-    images = _decode_jpegs(encoded, chunks.image_size)
-    for index, data in encoded.items():  # a failing run decodes the rest of its chunk too: 30 ms at most
-        try:
-            image = images[index] if index in images else decode_image_bytes(data, chunks.image_size)
-        except (RuntimeError, ValueError, OSError) as error:
-            report.bad[index] = error_reason(error)
-            continue
-        if image.shape != chunks.out.shape[1:]:
-            report.mismatch = report.mismatch or (index, tuple(image.shape))
-            continue
-        chunks.out[index] = image
-    return report
+            found[index] = error_reason(error)
+    found.update(_decode_jpegs(encoded, image_size))
+    for index, data in encoded.items():
+        if index not in found:
+            try:
+                found[index] = decode_image_bytes(data, image_size)
+            except (RuntimeError, ValueError, OSError) as error:
+                found[index] = error_reason(error)
+    return {index: found[index] for index in indices}
 
 
 def _decode_jpegs(encoded: dict[int, bytes], image_size: int | None) -> dict[int, torch.Tensor]:
-    """The chunk's JPEGs in one batched call (a quarter faster), as decode_image_bytes gives them; none if any
-    fails: each is then decoded on its own, which names the failing one."""
+    """The JPEGs in one batched call (a quarter faster); none if that fails: each is then decoded on its own,
+    which names the failing one."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    batch = {}
-    for index, data in encoded.items():
-        if image_format(data) == "JPEG":
-            try:
-                _check_pixel_limit(data)
-            except ValueError:
-                continue  # decode_image_bytes says so for this one
-            batch[index] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    if not batch:
-        return {}
+    batch = {index: torch.frombuffer(bytearray(data), dtype=torch.uint8) for index, data in encoded.items()
+             if image_format(data) == "JPEG" and _pixel_count(data) <= MAX_IMAGE_PIXELS}
     try:
-        images = decode_jpeg(list(batch.values()), mode=ImageReadMode.RGB)
+        images = decode_jpeg(list(batch.values()), mode=ImageReadMode.RGB) if batch else []
     except RuntimeError:
         return {}
-    sized = (resize(image, image_size) if image_size is not None else image for image in images)
-    return dict(zip(batch, sized))
+    return {index: image if image_size is None else resize(image, image_size) for index, image in zip(batch, images)}
 
 
 def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
     """One encoded image (format told by its first bytes) -> uint8 (3, H, W): torchvision.io for JPEG, WebP and
     GIF, Pillow for the rest and for PNG (torchvision 0.29's PNG decoder segfaults on some damaged files)."""
     from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import to_dtype
 
     if not data:
         raise ValueError("the file is empty")
@@ -227,32 +235,19 @@ def decode_image_bytes(data: bytes, image_size: int | None) -> torch.Tensor:
     if kind in PILLOW_FORMATS:
         image = _decode_with_pillow(data)
     else:
-        _check_pixel_limit(data)  # torchvision's decoders have no limit of their own
+        if _pixel_count(data) > MAX_IMAGE_PIXELS:  # torchvision's decoders have no limit of their own
+            raise ValueError(TOO_MANY_PIXELS)
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    if image.ndim == 4:
+    if image.ndim == 4:  # an animated GIF: its first frame
         image = image[0]
-    if image.dtype != torch.uint8:
-        image = to_dtype(image, torch.uint8, scale=True)
     return resize(image, image_size) if image_size is not None else image
 
 
 def image_format(data: bytes) -> str | None:
     """The image format of encoded bytes, by their signature; None for anything else."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:8] == PNG_SIGNATURE:
-        return "PNG"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
-    if data[:2] == b"BM":
-        return "BMP"
-    if data[:4] in (b"II*\0", b"MM\0*"):
-        return "TIFF"
-    if data[:2] in (b"P2", b"P3", b"P5", b"P6"):
-        return "PNM"
-    return None
+    return next((kind for start, kind in SIGNATURES.items() if data.startswith(start)), None)
 
 
 def _pillow():
@@ -265,29 +260,20 @@ def _pillow():
     return Image
 
 
-def _too_many_pixels() -> ValueError:
-    return ValueError(f"more than {MAX_IMAGE_PIXELS:,} pixels, the limit that guards against decompression bombs; "
-                      f"scale the image down")
-
-
-def _check_pixel_limit(data: bytes) -> None:
-    """Refuse an image with too many pixels from its header alone: a JPEG's read here (Pillow's open takes 30x
-    as long), anything else by Pillow's open, which reads only the header."""
+def _pixel_count(data: bytes) -> int:
+    """width x height from the header alone: a JPEG's read here (Pillow's open takes 30x as long), anything else's
+    by Pillow's open, which reads only the header; 0 where it does not parse (the decoder then says why)."""
     size = _jpeg_frame_size(data) if data[:3] == b"\xff\xd8\xff" else None
-    if size is not None:
-        if size[0] * size[1] > MAX_IMAGE_PIXELS:
-            raise _too_many_pixels()
-        return
-    image_module = _pillow()
-    try:
-        with image_module.open(io.BytesIO(data)) as opened:
-            width, height = opened.size
-    except image_module.DecompressionBombError:
-        raise _too_many_pixels() from None
-    except Exception:  # noqa: BLE001 -- a header Pillow cannot parse: the decoder will say what is wrong
-        return
-    if width * height > MAX_IMAGE_PIXELS:
-        raise _too_many_pixels()
+    if size is None:
+        image_module = _pillow()
+        try:
+            with image_module.open(io.BytesIO(data)) as opened:
+                size = opened.size
+        except image_module.DecompressionBombError:
+            return MAX_IMAGE_PIXELS + 1
+        except Exception:  # noqa: BLE001 -- Pillow's plugins fail in many ways on a damaged header
+            return 0
+    return size[0] * size[1]
 
 
 def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
@@ -324,21 +310,10 @@ def _decode_with_pillow(data: bytes) -> torch.Tensor:
             else:
                 pixels = np.asarray(opened.convert("RGB"))
     except image_module.DecompressionBombError:
-        raise _too_many_pixels() from None
+        raise ValueError(TOO_MANY_PIXELS) from None
     except Exception as error:  # noqa: BLE001 -- Pillow's plugins fail in many ways on a damaged file
         raise ValueError(error_reason(error)) from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
-
-
-def check_fits_memory(image_size: int, needed: int, what: str) -> None:
-    """Refuse at once an --image-size whose decoded images cannot fit in memory, not deep inside a resize."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the allocation decide
-        return
-    if needed > total:
-        raise UserError(f"--image-size {image_size}: {what} would take {needed / 1e9:,.0f} GB decoded, more than "
-                        f"this machine's {total / 1e9:,.0f} GB of memory; use a smaller --image-size")
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

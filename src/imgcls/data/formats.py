@@ -10,6 +10,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
+STL_IMAGE_BYTES = 3 * 96 * 96
+
 
 class Damaged(Exception):
     """A dataset file that its reader could not open: which file, and why (for one line of a message)."""
@@ -19,7 +21,7 @@ class Damaged(Exception):
         self.path, self.why = path, why
 
 
-def _read_header(path: Path, size: int) -> bytes:
+def _head(path: Path, size: int) -> bytes:
     if not path.is_file():
         raise Damaged(path, "not a file")
     with open(path, "rb") as file:
@@ -29,14 +31,14 @@ def _read_header(path: Path, size: int) -> bytes:
 def _idx_count(path: Path, kind: int, item_bytes: int) -> int:
     """The item count of an idx file (MNIST's format: 0, 0, type 0x08 = uint8, number of dimensions, then each
     dimension as a big-endian int32), checked against the file's size."""
-    header = _read_header(path, 4)
+    header = _head(path, 4 + 4 * kind)
     if len(header) < 4 or header[:3] != b"\0\0\x08" or header[3] != kind:
-        raise Damaged(path, f"not an idx file of {kind} dimensions (its first bytes are {header.hex() or 'none'})")
-    dims = struct.unpack(f">{kind}I", _read_header(path, 4 + 4 * kind)[4:].ljust(4 * kind, b"\0"))
-    expected = 4 + 4 * kind + math.prod(dims)
-    if math.prod(dims[1:]) != item_bytes or path.stat().st_size != expected:
-        raise Damaged(path, f"{path.stat().st_size:,} bytes where its header, {' x '.join(map(str, dims))}, "
-                            f"needs {expected:,} bytes of {item_bytes} per item")
+        raise Damaged(path, f"not an idx file of {kind} dimensions (its first bytes are {header[:4].hex() or 'none'})")
+    dims = struct.unpack(f">{kind}I", header[4:].ljust(4 * kind, b"\0"))
+    expected, size = 4 + 4 * kind + math.prod(dims), path.stat().st_size
+    if math.prod(dims[1:]) != item_bytes or size != expected:
+        raise Damaged(path, f"{size:,} bytes where its header, {' x '.join(map(str, dims))}, needs {expected:,} bytes "
+                            f"of {item_bytes} per item")
     return dims[0]
 
 
@@ -50,22 +52,23 @@ def check_idx(paths: list[Path]) -> None:
 
 def _check_label_bytes(path: Path, values: bytes, allowed: range) -> None:
     """One byte a label, each in `allowed`: the first one outside is named with its place."""
-    if not values or (min(values) in allowed and max(values) in allowed):
-        return
-    bad = next(i for i, value in enumerate(values) if value not in allowed)
-    raise Damaged(path, f"label {values[bad]} at item {bad:,}, where labels are {allowed.start}..{allowed.stop - 1}")
+    outside = values.translate(None, bytes(allowed))  # in C: the labels outside, in order
+    if outside:
+        bad = values.index(outside[0])
+        raise Damaged(path, f"label {values[bad]} at item {bad:,}, where labels are "
+                            f"{allowed.start}..{allowed.stop - 1}")
 
 
 def check_pickle(paths: list[Path]) -> None:
     # CIFAR's files are pickles of protocol 2: PROTO (0x80) first, STOP (".") last; a cut-off copy lacks the STOP
     for path in paths:
-        first = _read_header(path, 2)
+        first = _head(path, 1)
         if not first:
             raise Damaged(path, "empty")
         with open(path, "rb") as file:
             file.seek(-1, 2)
             last = file.read(1)
-        if first[0] != 0x80 or last != b".":
+        if first != b"\x80" or last != b".":
             raise Damaged(path, "not a whole pickle file: it does not start with a protocol mark and end with a STOP")
 
 
@@ -90,9 +93,6 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(":")
 
 
-STL_IMAGE_BYTES = 3 * 96 * 96
-
-
 def check_stl(paths: list[Path]) -> None:
     """STL-10's binaries: X is N images of 3x96x96 bytes, y one byte per image, each 1..10."""
     named = {path.name: path for path in paths}
@@ -110,30 +110,29 @@ def check_stl(paths: list[Path]) -> None:
 
 
 def check_imagenet(paths: list[Path]) -> None:
-    """ILSVRC-2012's archives (a listing of their first members), or what torchvision unpacked them into."""
+    """ILSVRC-2012's archives (the devkit's listing, the first member of the others), or what torchvision unpacked
+    them into: train/ and val/ (class folders of images), meta.bin (torch.save's zip file)."""
     for path in paths:
-        if path.is_dir():  # train/ or val/: class folders of images, as torchvision leaves them
+        if path.is_dir():
             if not any(inner.is_dir() and any(inner.iterdir()) for inner in path.iterdir()):
                 raise Damaged(path, "no class folder with images in it")
-        elif path.name == "meta.bin":  # torch.save's zip file
+        elif path.name == "meta.bin":
             if not zipfile.is_zipfile(path):
                 raise Damaged(path, "not the meta file torchvision writes; delete it to parse the devkit again")
         else:
-            _check_tar(path)
+            try:
+                with tarfile.open(path) as archive:
+                    _check_tar(path, archive)
+            except (tarfile.TarError, EOFError, zlib.error) as error:
+                raise Damaged(path, f"not a readable tar archive: {_first_line(error)}") from None
 
 
-def _check_tar(path: Path) -> None:
-    devkit = path.name.endswith(".tar.gz")
-    try:
-        with tarfile.open(path) as archive:
-            if devkit:  # 2.5 MB: read it all, for the two files torchvision takes from it
-                names = set(archive.getnames())
-                wanted = [f"ILSVRC2012_devkit_t12/data/{name}" for name in
-                          ("meta.mat", "ILSVRC2012_validation_ground_truth.txt")]
-                absent = [name for name in wanted if name not in names]
-                if absent:
-                    raise Damaged(path, f"no {absent[0]} in it")
-            elif archive.next() is None:  # the train and val tars are huge: their first member only
-                raise Damaged(path, "an empty archive")
-    except (tarfile.TarError, EOFError, zlib.error) as error:
-        raise Damaged(path, f"not a readable tar archive: {_first_line(error)}") from None
+def _check_tar(path: Path, archive: tarfile.TarFile) -> None:
+    if path.name.endswith(".tar.gz"):  # the devkit, 2.5 MB: read it all, for the two files torchvision takes
+        names = set(archive.getnames())
+        absent = [name for name in ("meta.mat", "ILSVRC2012_validation_ground_truth.txt")
+                  if f"ILSVRC2012_devkit_t12/data/{name}" not in names]
+        if absent:
+            raise Damaged(path, f"no ILSVRC2012_devkit_t12/data/{absent[0]} in it")
+    elif archive.next() is None:  # the train and val tars are huge: their first member only
+        raise Damaged(path, "an empty archive")

@@ -39,8 +39,7 @@ def prepare(config: DataConfig, seed: int, normalization: Normalization | None =
 def load_decoded(config: DataConfig, split: str,
                  progress: ProgressCallback | None = None) -> tuple[DecodedSplit, bool]:
     """A split decoded, through the cache; and whether it came from the cache."""
-    decoded, cached, _ = _load_decoded(config, split, progress)
-    return decoded, cached
+    return _load_decoded(config, split, progress)[:2]
 
 
 def _load_decoded(config: DataConfig, split: str,

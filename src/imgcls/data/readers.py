@@ -16,7 +16,7 @@ from imgcls.data.classnames import named_classes, names_file_beside
 from imgcls.config import DataConfig, default_data_dir
 from imgcls.data.decode import (
     ProgressCallback,
-    check_fits_memory,
+    check_resize_fits,
     decode_images,
     error_reason,
     resize,
@@ -37,6 +37,9 @@ def source_kind(spec: DatasetSpec, root: Path) -> str:
     """Which source a split will be read from: 'embedded', 'folder' or 'torchvision'."""
     if spec.embedded is not None:
         return "embedded"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data dir {root} is a file, not a folder; pass --data-dir (or set IMGCLS_DATA to) the "
+                        f"folder that holds the dataset")
     if spec.torchvision_class is None or ((root / "train").is_dir() and not has_own_files(spec, root)):
         return "folder"
     return "torchvision"
@@ -71,12 +74,6 @@ def read_split(spec: DatasetSpec, root: Path, split: str, image_size: int | None
 
 def resolve_data_dir(config: DataConfig) -> Path:
     return Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
-
-
-def _check_not_a_file(root: Path, kind: str) -> None:
-    if kind != "embedded" and root.exists() and not root.is_dir():
-        raise UserError(f"data dir {root} is a file, not a folder; pass --data-dir (or set IMGCLS_DATA to) the "
-                        f"folder that holds the dataset")
 
 
 def folder_split_dir(root: Path, split: str) -> Path:
@@ -234,7 +231,6 @@ def list_images(spec: DatasetSpec, root: Path, split: str, download: bool = Fals
     kind = source_kind(spec, root)
     if kind == "embedded":
         return _list_zip(spec.embedded, split)
-    _check_not_a_file(root, kind)
     if kind == "folder":
         listing = _list_folder(root, split, spec)
     elif spec.lists_files:
@@ -259,13 +255,11 @@ def _imagenet_listing(dataset) -> ImageList:
 
 def _read_arrays(spec: DatasetSpec, root: Path, split: str, image_size: int | None, download: bool) -> DecodedSplit:
     """A split torchvision's class reads as arrays (MNIST, CIFAR, SVHN, STL-10), resized if asked."""
-    _check_not_a_file(root, "torchvision")
     dataset = _open_torchvision(spec, root, split, download)
     _check_class_names(spec, dataset, root)
     images, labels = _checked_arrays(spec, root, split, dataset)
     if image_size is not None:  # resized in chunks of 4096, each in float32
-        check_fits_memory(image_size, (len(images) + 4 * 4096) * images.shape[1] * image_size ** 2,
-                          f"{len(images)} images")
+        check_resize_fits(image_size, len(images), images.shape[1], 4096)
         images = torch.cat([resize(chunk, image_size) for chunk in images.split(4096)])
     return DecodedSplit(images.contiguous(), labels.to(torch.int64), list(spec.classes))
 
@@ -339,18 +333,15 @@ def _as_nchw(data) -> torch.Tensor:
 
 def missing_message(spec: DatasetSpec, root: Path, download: bool) -> str:
     """Names every file looked for: the published ones under the data dir, then an image folder."""
-    names = ", ".join(f"{name} (or {_unpacked_name(spec.unpacked_as[name])}, torchvision's unpacked copy)"
-                      if name in spec.unpacked_as else name for name in spec.files)
+    unpacked = {name: folder if "." in folder else f"{folder}/" for name, folder in spec.unpacked_as.items()}
+    names = ", ".join(f"{name} (or {unpacked[name]}, torchvision's unpacked copy)" if name in unpacked else name
+                      for name in spec.files)
     if download or not spec.downloadable:
         hint = "pass --data-dir with the folder that holds it"
     else:
         hint = "pass --download to fetch it, or --data-dir"
     return (f"{spec.name} not found: looked in {root} for {names} (torchvision's layout) and for an image folder "
             f"{root}/train/<class>/*; {hint}")
-
-
-def _unpacked_name(name: str) -> str:
-    return name if "." in name else f"{name}/"  # a folder
 
 
 def _check_class_names(spec: DatasetSpec, dataset, root: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.augment import Augmentation
 from imgcls.data.batches import epoch_permutation
-from imgcls.data.decode import decode_image_bytes, error_reason, forked_workers, size_text, unreadable_message
+from imgcls.data.decode import decode_many, forked_workers, size_text, unreadable_message
 from imgcls.data.normalize import PixelNormalizer, fit_normalization
 from imgcls.data.readers import check_same_classes, check_same_shape, decode_all, list_images, resolve_data_dir
 from imgcls.data.registry import DatasetSpec
@@ -52,29 +52,25 @@ class StreamedImages:
         """A DataLoader's item, a whole batch: the images at these rows as uint8 (b, C, H, W), their labels, and the
         rows decoded (--skip-bad-images passes over unreadable ones); an error message instead of raising, because
         an exception from a worker process reaches the user with its traceback."""
+        positions = [int(self.index[row]) for row in rows]
+        decoded = decode_many(self.listing.read, positions, self.image_size)
         images, labels, kept = [], [], []
-        for row in rows:
-            position = int(self.index[row])
-            name = self.listing.names[position]
-            try:
-                image = decode_image_bytes(self.listing.read(position), self.image_size)[:self.channels]
-            except (RuntimeError, ValueError, OSError) as error:
-                if self.skip_bad:
-                    continue
-                return torch.empty(0), torch.empty(0), unreadable_message(name, error_reason(error)), []
-            wanted = self.shape or (images[0].shape if images else None)
-            if wanted is not None and image.shape[-2:] != wanted[-2:]:
-                return torch.empty(0), torch.empty(0), (f"image {name} is {size_text(image.shape)}, the others "
-                                                        f"{size_text(wanted)}; pass --image-size N to resize them "
-                                                        f"all to NxN"), []
-            images.append(image)
+        for row, position in zip(rows, positions):
+            image, name = decoded[position], self.listing.names[position]
+            if isinstance(image, str) and self.skip_bad:
+                continue
+            if isinstance(image, str):
+                return None, None, unreadable_message(name, image), []
+            wanted = self.shape or (images[0].shape if images else image.shape)
+            if image.shape[-2:] != wanted[-2:]:
+                return None, None, (f"image {name} is {size_text(image.shape)}, the others {size_text(wanted)}; pass "
+                                    f"--image-size N to resize them all to NxN"), []
+            images.append(image[:self.channels])
             labels.append(self.listing.labels[position])
             kept.append(row)
-        if not images:  # every image of the batch unreadable (--skip-bad-images): an empty batch
-            height, width = self.shape[1:] if self.shape else (1, 1)
-            return (torch.empty((0, self.channels, height, width), dtype=torch.uint8),
-                    torch.empty(0, dtype=torch.int64), None, kept)
-        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None, kept
+        # every image of the batch unreadable (--skip-bad-images): an empty batch
+        empty = torch.empty((0, self.channels, *(self.shape or (0, 1, 1))[1:]), dtype=torch.uint8)
+        return torch.stack(images) if images else empty, torch.tensor(labels, dtype=torch.int64), None, kept
 
 
 class StreamingBatches:
@@ -108,19 +104,13 @@ class StreamingBatches:
         for step, ((pixels, labels, error, kept), rows) in enumerate(zip(parts, plan), start_step):
             if error is not None:
                 raise UserError(error)
-            if draws is not None:
-                pixels = self._augmented(pixels, draws, step, len(rows))
+            if draws is not None:  # a skipped unreadable image hands its draw to the next: the same draws every run
+                start = step * self.batch_size + self.shard.part(len(rows)).start
+                pixels = draws.apply(pixels.to(self.device, non_blocking=True), slice(start, start + len(pixels)))
             if len(kept) < len(rows) and (self.shard.world == 1 or not self.shuffle):
                 rows = torch.as_tensor(kept, dtype=torch.int64)  # the batch is the images that could be read
             rows = rows.to(self.device)
             yield Batch(self.normalize(pixels.flatten(1)), labels.to(self.device), self.labels[rows], rows)
-
-    def _augmented(self, pixels: torch.Tensor, draws, step: int, global_size: int) -> torch.Tensor:
-        """This process's part of global batch `step`, augmented with its positions' draws. An image skipped as
-        unreadable (--skip-bad-images) hands its draw to the next one: the same draws in every run still."""
-        start = step * self.batch_size + self.shard.part(global_size).start
-        pixels = pixels.to(self.device, non_blocking=True)
-        return draws.apply(pixels, slice(start, start + len(pixels)))
 
 
 def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
@@ -131,15 +121,13 @@ def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
     root = resolve_data_dir(config)
     train_list, test_list = (list_images(spec, root, split, config.download) for split in ("train", "test"))
     check_same_classes(spec.name, train_list.classes, test_list.classes)
-    check_labels(spec.name, train_list.classes, {split: torch.as_tensor(listing.labels, dtype=torch.int64)
-                                                 for split, listing in (("train", train_list), ("test", test_list))},
-                 root)
-    train_rows, val_rows = split_train_val(torch.as_tensor(train_list.labels, dtype=torch.int64),
-                                           len(train_list.classes), config.val_split, config.limit, seed,
-                                           name=spec.name)
+    labels = {"train": torch.as_tensor(train_list.labels), "test": torch.as_tensor(test_list.labels)}  # int64
+    check_labels(spec.name, train_list.classes, labels, root)
+    train_rows, val_rows = split_train_val(labels["train"], len(train_list.classes), config.val_split, config.limit,
+                                           seed, name=spec.name)
+    test_rows = torch.arange(len(test_list.labels))
     pixels = None if normalization else _decode_sample(train_list, train_rows, STATS_SAMPLE, config, seed)
-    test_shape = tuple(_decode_sample(test_list, torch.arange(len(test_list.labels)), TEST_SAMPLE, config,
-                                      seed).shape[1:])
+    test_shape = tuple(_decode_sample(test_list, test_rows, TEST_SAMPLE, config, seed).shape[1:])
     shape = test_shape if pixels is None else tuple(pixels.shape[1:])
     check_same_shape(spec.name, shape, test_shape)
 
@@ -149,7 +137,7 @@ def prepare_streamed(spec: DatasetSpec, config: DataConfig, seed: int,
     return PreparedData(
         dataset=spec.name, classes=train_list.classes, shape=shape,
         train=images(train_list, train_rows), val=images(train_list, val_rows),
-        test=images(test_list, torch.arange(len(test_list.labels))),
+        test=images(test_list, test_rows),
         normalization=normalization or fit_normalization(pixels, config.normalize),
         superclass_of=spec.superclass_of(), skipped=0, from_cache=False,
         passed_over=train_list.passed_over + test_list.passed_over, batches_of=StreamingBatches)
