@@ -24,7 +24,7 @@ ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 TEMPORARY_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
-def _host() -> str:
+def host_name() -> str:
     """This machine's short name, as one dot-free word (a run folder may be shared between machines)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
@@ -105,7 +105,7 @@ def _not_written(path: Path, error: OSError) -> Exception:
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary_path), then move the finished file to `path`."""
-    temporary = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    temporary = path.parent / f".{path.name}.{host_name()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         if path.exists() and not path.is_file():  # renaming over a device or FIFO would replace it
             raise UserError(f"cannot write {printable(path)}: it is {_kind(path)}, not a file; choose a file name")
@@ -139,11 +139,12 @@ def remove_stale_temporaries(folder: Path) -> None:
     with suppress(OSError):
         for entry in os.scandir(folder):
             match = TEMPORARY_NAME.match(entry.name)
-            if match and match["host"] == _host() and not _alive(int(match["pid"])):
+            if match and match["host"] == host_name() and not process_alive(int(match["pid"])):
                 Path(entry.path).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs: a temporary file or build it owns is still in use."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

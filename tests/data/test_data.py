@@ -427,13 +427,13 @@ def dead_pid() -> int:
 
 
 def test_staging_folders_of_killed_builds_are_shown_and_removed(cli, tmp_path, fresh_cache, image_folder):
-    from imgcls.data.cache import _host
+    from imgcls.files import host_name
 
     root = image_folder(tmp_path / "data", SMALL)
     fresh_cache.mkdir()
     key = "ab" * 12
-    dead = fresh_cache / f".{key}.{_host()}.{dead_pid()}.0123abcd.building"
-    alive = fresh_cache / f".{key}.{_host()}.{os.getpid()}.0123abcd.building"
+    dead = fresh_cache / f".{key}.{host_name()}.{dead_pid()}.0123abcd.building"
+    alive = fresh_cache / f".{key}.{host_name()}.{os.getpid()}.0123abcd.building"
     elsewhere = fresh_cache / f".{key}.otherhost.{dead_pid()}.0123abcd.building"
     for folder in (dead, alive, elsewhere):
         folder.mkdir()

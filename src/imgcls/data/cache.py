@@ -29,7 +29,7 @@ import torch
 from imgcls.data.readers import walk_files
 from imgcls.data.types import DecodedSplit
 from imgcls.errors import UserError
-from imgcls.files import _alive, _host, on_read_only_file_system, write_atomic
+from imgcls.files import host_name, on_read_only_file_system, process_alive, write_atomic
 
 CACHE_FORMAT = 1
 ENTRY_FILES = ("meta.json", "images.npy", "labels.npy")
@@ -214,7 +214,7 @@ def _read_entry(entry_dir: Path) -> DecodedSplit | str | None:
 
 def _write_entry(entry_dir: Path, identity: dict, split: DecodedSplit) -> DecodedSplit | None:
     """Write the entry; returns another process's entry when that one was renamed into place first."""
-    staging = entry_dir.parent / f".{entry_dir.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.building"
+    staging = entry_dir.parent / f".{entry_dir.name}.{host_name()}.{os.getpid()}.{secrets.token_hex(4)}.building"
     staging.mkdir()  # not mkdtemp, whose 0700 ignores the umask
     try:
         np.save(staging / "images.npy", split.images.numpy())
@@ -271,7 +271,7 @@ def builder_alive(staging: Path) -> bool:
     """Whether the process that made this staging folder may still be building it. One on another host
     (a shared cache folder) cannot be asked, so it counts as alive."""
     match = STAGING_NAME.fullmatch(staging.name)
-    return match["host"] != _host() or _alive(int(match["pid"]))
+    return match["host"] != host_name() or process_alive(int(match["pid"]))
 
 
 def remove_stale_staging(cache_dir: Path) -> list[Path]:
