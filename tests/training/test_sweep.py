@@ -194,6 +194,8 @@ def test_the_chosen_point_is_a_run_that_other_commands_take_and_its_refit_is_img
     (["--lr", "0.1,0.1"], ["twice"]),
     (["--lr", "1e-9:1:200000"], ["more than"]),
     (["--precision", "bf16", "--lr", "0.01"], ["analytic float32"]),
+    (["--lr", "auto,0.1"], ["--lr", "'auto'", "numbers only"]),
+    (["--lr", "0.01", "--weight-decay", "0.1,auto"], ["--weight-decay", "'auto'", "numbers only"]),
 ])
 def test_grid_mistakes_are_one_error_line(cli, tmp_path, args, words, assert_user_error):
     epochs = [] if "--epochs" in args else ["--epochs", "1"]
