@@ -462,3 +462,17 @@ def test_a_three_class_sweep_names_its_top3(tmp_path):
     assert "val_top3" in header and "test_top3" in header and not any("top5" in column for column in header)
     points = json.loads((tmp_path / "s" / "sweep.json").read_text())["points"]
     assert all("val_top3" in point and "val_top5" not in point for point in points)
+
+
+def test_a_sweep_point_whose_best_checkpoint_is_gone_is_refused_on_resume(tmp_path, monkeypatch):
+    """It resumed, left the point out of the choice without a word, and chose another point than the whole sweep."""
+    from imgcls.errors import UserError
+
+    grid = {"lr": "0.003,0.03", "batch_size": "128"}
+    with monkeypatch.context() as patch:
+        InterruptAfter(patch, 30)  # in the second epoch: each point has a best epoch
+        with pytest.raises(sweeping.SweepInterrupted):
+            run_sweep(tmp_path / "cut", **grid)
+    (tmp_path / "cut" / "points" / "001" / "best.safetensors").unlink()
+    with pytest.raises(UserError, match="best epoch .* gone or not a file"):
+        resume_sweep(tmp_path / "cut")

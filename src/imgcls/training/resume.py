@@ -103,7 +103,7 @@ def restore(saved: ckpt.Checkpoint, stack, index: int, model, device: torch.devi
     best = resume.progress["best_epoch"]
     if best is not None and model.run is not None and not model.run.best.is_file():  # saved before the state file
         raise UserError(f"its best epoch ({best + 1}) was saved in {printable(model.run.best)}, which is gone or not a "
-                        f"file; put it back, or start the run again with --overwrite")
+                        f"file; put it back, or start anew with --overwrite")
     if resume.progress["step"] >= model.schedule.steps_per_epoch:
         raise ValueError("its step count does not agree with this run's steps per epoch")
     if resume.diverged is not None and not isinstance(resume.diverged, str):
