@@ -207,6 +207,14 @@ def _best_epoch_as_text(m):
     m["best_epoch"] = "2"
 
 
+def _best_epoch_huge(m):
+    m["best_epoch"] = 10 ** 400
+
+
+def _count_in_confusion_huge(m):
+    m["test_detail"]["confusion"][0][0] = 10 ** 30
+
+
 def _top1_as_list(m):
     m["test"]["top1"] = [0.5]
 
@@ -224,6 +232,8 @@ def _ragged_confusion(m):
     (_classes_as_text, ["metrics.json", "'classes' is text"]),
     (_best_epoch_as_text, ["metrics.json", "'best_epoch' is text"]),
     (_top1_as_list, ["metrics.json", "'test.top1' is a list"]),
+    (_best_epoch_huge, ["metrics.json", "'best_epoch'"]),
+    (_count_in_confusion_huge, ["metrics.json", "'test_detail.confusion.0.0'"]),
     (_ragged_confusion, ["metrics.json", "10x10"]),
 ])
 def test_report_names_what_is_wrong_in_a_metrics_file_of_the_wrong_shape(cli, run, tmp_path, damage, words,
@@ -242,6 +252,10 @@ def test_report_names_what_is_wrong_in_a_metrics_file_of_the_wrong_shape(cli, ru
     ("[1, 2]", ["epochs.jsonl", "line 1 is a list"]),
     ('{"epoch": "one", "train_loss": 1, "train_top1": 0, "val_loss": 1, "val_top1": 0, "val_top5": 0, "lr": 0.1, '
      '"seconds": 1}', ["epochs.jsonl", "'epoch' is text"]),
+    ('{"epoch": 1e400, "train_loss": 1, "train_top1": 0, "val_loss": 1, "val_top1": 0, "val_top5": 0, "lr": 0.1, '
+     '"seconds": 1}', ["epochs.jsonl", "'epoch'"]),
+    ('{"epoch": ' + "9" * 400 + ', "train_loss": 1, "train_top1": 0, "val_loss": 1, "val_top1": 0, "val_top5": 0, '
+     '"lr": 0.1, "seconds": 1}', ["epochs.jsonl", "'epoch'"]),
     ('{"epoch": 1, "train_loss": null, "train_top1": 0, "val_loss": 1, "val_top1": 0, "val_top5": 0, "lr": 0.1, '
      '"seconds": 1}', ["epochs.jsonl", "'train_loss' is null"]),
 ])

@@ -300,3 +300,19 @@ def test_the_first_readme_command_gives_smooth_templates(cli, tmp_path):
     assert template_noise(ckpt.load(tmp_path / "run" / "best.safetensors")) <= 0.25
     noise = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert 0.7 < float(high_frequency_share(noise).median()) < 0.9  # white noise, the measure's other end
+
+
+def test_a_ctrl_c_after_some_pngs_says_they_were_written(cli, tiny_cifar_run, tmp_path, monkeypatch):
+    """It said 'interrupted; nothing was written' with 10 PNGs left in --out."""
+    from imgcls.report import templates
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(templates, "save_grid", interrupted)
+    out, _ = tiny_cifar_run
+    result = cli("export-templates", out, "--out", tmp_path / "tpl")
+    assert result.exit_code == 130
+    assert len(list((tmp_path / "tpl").glob("*.png"))) == 10
+    message = plain(result.output)
+    assert "nothing was written" not in message and "10 of the class PNGs were written" in message, message

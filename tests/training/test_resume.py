@@ -211,6 +211,8 @@ def test_a_folder_with_an_interrupted_run_is_refused_for_a_new_run(cli, interrup
     ("best-as-last", ["cannot resume", "no optimizer state"]),
     ("resume-state-gone", ["last.safetensors", "cannot resume this run"]),
     ("other-data", ["not the data this run was trained on", "--data-dir"]),
+    ("no-best", ["best epoch", "best.safetensors", "gone or not a file"]),  # was a TypeError traceback
+    ("best-a-folder", ["best epoch", "best.safetensors", "gone or not a file"]),
 ])
 def test_resume_errors(cli, interrupted_run, tmp_path, damage, words, assert_user_error):
     from safetensors import safe_open
@@ -223,6 +225,10 @@ def test_resume_errors(cli, interrupted_run, tmp_path, damage, words, assert_use
         (run / "last.safetensors").unlink()
     elif damage == "no-config":
         (run / "config.yaml").unlink()
+    elif damage in ("no-best", "best-a-folder"):
+        (run / "best.safetensors").unlink()
+        if damage == "best-a-folder":
+            (run / "best.safetensors").mkdir()
     elif damage == "bad-config":
         (run / "config.yaml").write_text("optim:\n  lrate: 0.1\n")
     elif damage == "truncated-last":

@@ -204,6 +204,8 @@ def test_a_refit_stopped_part_way_resumes_to_the_same_weights(tmp_path, monkeypa
     (lambda chosen: chosen.update(factors=[1.0]), ["selection.json", "damaged"]),
     (lambda chosen: chosen.update(epochs=10 ** 9, factors=None), ["selection.json", "epochs", "damaged"]),
     (lambda chosen: chosen.pop("val"), ["selection.json", "damaged"]),
+    (lambda chosen: chosen.update(val={}), ["selection.json", "val.loss", "damaged"]),  # was KeyError: 'loss'
+    (lambda chosen: chosen["val"].update(top1="high"), ["selection.json", "val.top1", "damaged"]),
     ("lr: auto", ["config.yaml", "optim.lr: auto", "put the number back"]),
     ("weight_decay: auto", ["config.yaml", "optim.weight_decay: auto"]),
 ])

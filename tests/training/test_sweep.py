@@ -194,6 +194,8 @@ def test_the_chosen_point_is_a_run_that_other_commands_take_and_its_refit_is_img
     (["--lr", "0.1,0.1"], ["twice"]),
     (["--lr", "1e-9:1:200000"], ["more than"]),
     (["--precision", "bf16", "--lr", "0.01"], ["analytic float32"]),
+    (["--lr", "auto,0.1"], ["--lr", "'auto'", "numbers only"]),
+    (["--lr", "0.01", "--weight-decay", "0.1,auto"], ["--weight-decay", "'auto'", "numbers only"]),
 ])
 def test_grid_mistakes_are_one_error_line(cli, tmp_path, args, words, assert_user_error):
     epochs = [] if "--epochs" in args else ["--epochs", "1"]
@@ -460,3 +462,17 @@ def test_a_three_class_sweep_names_its_top3(tmp_path):
     assert "val_top3" in header and "test_top3" in header and not any("top5" in column for column in header)
     points = json.loads((tmp_path / "s" / "sweep.json").read_text())["points"]
     assert all("val_top3" in point and "val_top5" not in point for point in points)
+
+
+def test_a_sweep_point_whose_best_checkpoint_is_gone_is_refused_on_resume(tmp_path, monkeypatch):
+    """It resumed, left the point out of the choice without a word, and chose another point than the whole sweep."""
+    from imgcls.errors import UserError
+
+    grid = {"lr": "0.003,0.03", "batch_size": "128"}
+    with monkeypatch.context() as patch:
+        InterruptAfter(patch, 30)  # in the second epoch: each point has a best epoch
+        with pytest.raises(sweeping.SweepInterrupted):
+            run_sweep(tmp_path / "cut", **grid)
+    (tmp_path / "cut" / "points" / "001" / "best.safetensors").unlink()
+    with pytest.raises(UserError, match="best epoch .* gone or not a file"):
+        resume_sweep(tmp_path / "cut")

@@ -433,8 +433,13 @@ def export_templates_command(
     _rename_classes(loaded, class_names)
     require_image_model(loaded, "its rows of W are not pictures; look at them with `imgcls export --format npz`")
     make_output_folder("--out", out)
-    written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
-                               colours=colours, clip=clip)
+    try:
+        written = export_templates(loaded, out, size=size, scale=scale, grid_only=grid_only, space=space,
+                                   colours=colours, clip=clip)
+    except KeyboardInterrupt as interrupt:
+        done = len(getattr(interrupt, "written", []))
+        stopped(f"interrupted after {done} of the class PNGs were written to {out} (each one whole), before the "
+                f"grid; run the command again to write them all" if done else NOTHING_WRITTEN)
     say(f"wrote {len(written)} PNGs to {out}", Console())
 
 

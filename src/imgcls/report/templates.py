@@ -122,14 +122,19 @@ def export_templates(checkpoint: Checkpoint, out: Path, size: int = 128, scale: 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     stems = [] if grid_only else [file_stem(name) for name in checkpoint.classes]
-    for index, (stem, image) in enumerate(zip(stems, shown)):
-        path = out / (f"{stem}.png" if stems.count(stem) == 1 and stem != GRID_STEM else f"{index:03d}_{stem}.png")
-        pixels = (enlarge(image, size) * 255).round().to(torch.uint8)  # one at a time: all at once took K times more
-        write_atomic(path, lambda temporary, pixels=pixels: write_png(pixels, str(temporary)))
-        written.append(path)
-    grid = out / f"{GRID_STEM}.png"
-    title = grid_title(space, scale, resolved_colours(colours, weights.shape[1]))
-    write_atomic(grid, lambda temporary: save_grid(shown, checkpoint.classes, temporary, title))
+    try:
+        for index, (stem, image) in enumerate(zip(stems, shown)):
+            path = out / (f"{stem}.png" if stems.count(stem) == 1 and stem != GRID_STEM else f"{index:03d}_{stem}.png")
+            # one at a time: all at once took K times more
+            pixels = (enlarge(image, size) * 255).round().to(torch.uint8)
+            write_atomic(path, lambda temporary, pixels=pixels: write_png(pixels, str(temporary)))
+            written.append(path)
+        grid = out / f"{GRID_STEM}.png"
+        title = grid_title(space, scale, resolved_colours(colours, weights.shape[1]))
+        write_atomic(grid, lambda temporary: save_grid(shown, checkpoint.classes, temporary, title))
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the CLI says which PNGs are there, not "nothing"
+        interrupt.written = written
+        raise
     return written + [grid]
 
 

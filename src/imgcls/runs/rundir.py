@@ -344,7 +344,9 @@ def _note_pid(fd: int) -> None:
 
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1)]  # an accuracy
-Count = Annotated[int, Strict(), Field(ge=0)]
+# at most 10**12: an epoch or image count a run can hold, and small enough that a float, a C long and a sum over a
+# confusion matrix of one take it (10**400 made report and compare end in an OverflowError)
+Count = Annotated[int, Strict(), Field(ge=0, le=10 ** 12)]
 Classes = Annotated[list[Annotated[str, Strict()]], Field(min_length=1)]  # a model's class names
 Factor = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 REDO = "train the run again or restore the file"
@@ -357,7 +359,9 @@ SplitMetrics = create_model("SplitMetrics", __config__=OPEN, loss=Number, top1=F
 Detail = create_model("Detail", __config__=OPEN, per_class=(list[Fraction], []), confusion=(list[list[Count]], []))
 MetricsFile = create_model("MetricsFile", __config__=OPEN, best_epoch=Count, val=SplitMetrics, test=SplitMetrics,
                            classes=Classes, test_detail=(Detail, Detail()))
-Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[int, Strict(), Field(ge=1)], val=dict,
+ChosenVal = create_model("ChosenVal", __config__=OPEN, loss=Number, top1=Fraction)  # what the refit reports as val
+Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[int, Strict(), Field(ge=1, le=10 ** 12)],
+                         val=ChosenVal,
                          how=Annotated[str, Strict()], factors=list[Factor] | None)  # factors: the refit's rates
 
 

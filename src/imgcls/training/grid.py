@@ -56,6 +56,10 @@ def parse_axes(flags: dict[str, str | None]) -> dict[str, list[Any]]:
             if name in SINGLE and len(axes[name]) > 1:
                 raise UserError(f"{settings()[name].flag} takes one value in a sweep (its points are compared on one "
                                 f"validation split, run in one place); run a sweep for each value")
+            if len(axes[name]) > 1 and "auto" in axes[name]:  # 'auto' is a search, not one point of a grid
+                flag = settings()[name].flag
+                raise UserError(f"{flag} 'auto' cannot be one value of a list: alone it sweeps the default search's "
+                                f"values; give {flag} auto, or numbers only (e.g. {flag} {_example(settings()[name])})")
     return axes
 
 

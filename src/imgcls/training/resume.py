@@ -14,6 +14,7 @@ from imgcls import distributed
 from imgcls.config import Config
 from imgcls.data.types import PreparedData
 from imgcls.errors import UserError, shown
+from imgcls.files import printable
 from imgcls.linear.schedule import Plateau
 
 # Where a run's inputs live, not what they are: a resumed run may find them elsewhere.
@@ -99,6 +100,10 @@ def restore(saved: ckpt.Checkpoint, stack, index: int, model, device: torch.devi
             raise ValueError(f"its momentum buffer {name} is not finite numbers of its parameter's shape")
     _check(PlateauState, resume.schedule, "schedule state")
     _check(SavedProgress, resume.progress, "progress record (epoch, step, history, best epoch)")
+    best = resume.progress["best_epoch"]
+    if best is not None and model.run is not None and not model.run.best.is_file():  # saved before the state file
+        raise UserError(f"its best epoch ({best + 1}) was saved in {printable(model.run.best)}, which is gone or not a "
+                        f"file; put it back, or start anew with --overwrite")
     if resume.progress["step"] >= model.schedule.steps_per_epoch:
         raise ValueError("its step count does not agree with this run's steps per epoch")
     if resume.diverged is not None and not isinstance(resume.diverged, str):
