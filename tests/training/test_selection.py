@@ -295,18 +295,20 @@ def test_plateau_has_no_warmup(assert_user_error, cli, tmp_path):
     assert build_config(None, {"warmup_epochs": 1.0, "schedule": "cosine"}).schedule.warmup_epochs == 1.0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_during_the_search_stops_within_seconds_and_writes_nothing(signum, mnist_root, tmp_path):
+@pytest.mark.parametrize("signum, fixed", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_a_signal_during_the_search_stops_within_seconds_and_writes_nothing(signum, fixed, mnist_root, tmp_path):
     """Online SGD's search is long (30 settings x 5 folds, epochs of single images): the first Ctrl-C or SIGTERM
-    ends it after the step in flight, with exit 130, one line saying nothing was written, and no run folder."""
+    ends it after the step in flight, with exit 130, one line saying nothing was written (and what it stopped: with
+    a fixed rate and decay, the choice of the epochs), and no run folder."""
     out = tmp_path / "run"
+    rates = ("--lr", "0.01", "--weight-decay", "0.001") if fixed else ()
     process = start_python("-m", "imgcls", "train", "--dataset", "mnist", "--data-dir", mnist_root, "--batch-size",
-                           "1", "--epochs", "2", "--limit", "3000", "--device", "cpu", "--out", out)
+                           "1", "--epochs", "2", "--limit", "3000", "--device", "cpu", "--out", out, *rates)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
     reader.start()
     deadline = time.monotonic() + 120
-    while not any("searching" in line for line in lines):
+    while not any(("choosing the epochs" if fixed else "searching") in line for line in lines):
         assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
         time.sleep(0.05)
     time.sleep(0.5)
@@ -318,7 +320,8 @@ def test_a_signal_during_the_search_stops_within_seconds_and_writes_nothing(sign
     text = plain("".join(lines))
     assert process.returncode == 130, text
     assert waited < 10, f"{waited:.1f} s after the signal"
-    assert "Traceback" not in text and "during the search" in text.splitlines()[-1]
+    stopped = "during the choice of the epochs" if fixed else "during the search of --lr/--weight-decay auto"
+    assert "Traceback" not in text and stopped in text.splitlines()[-1]
     assert "nothing was written" in text.splitlines()[-1]
     assert not (out / "config.yaml").exists() and not (out / "last.safetensors").exists()
 

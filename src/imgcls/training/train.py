@@ -135,8 +135,9 @@ class Phases:
         try:
             search = selection.search(config, data, self.batch_size, self.device, self.stop, self.shard)
         except Interrupted:
-            raise RunInterrupted("interrupted during the search of --lr/--weight-decay auto; nothing was written: "
-                                 "run the command again", self.run, False) from None
+            searched = "the search of --lr/--weight-decay auto" if len(settings) > 1 else "the choice of the epochs"
+            raise RunInterrupted(f"interrupted during {searched}; nothing was written: run the command again",
+                                 self.run, False) from None
         config.optim.lr, config.optim.weight_decay = search.lr, search.weight_decay
         row = search.chosen_row()
         top1 = "-" if row["val_top1"] is None else f"{row['val_top1']:.2%}"
