@@ -922,6 +922,21 @@ def test_report_on_a_read_only_run_folder_still_prints_and_notes_the_figures(cli
     assert "Traceback" not in result.output
 
 
+def test_a_ctrl_c_while_report_redraws_says_the_files_are_whole(cli, small_run, monkeypatch):
+    """`imgcls report` rewrites the run's figures: a Ctrl-C then says that each file is whole (redrawn or as it
+    was) and how to draw them again, not that nothing was written."""
+    from imgcls.report import figures
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figures, "write_run_figures", interrupted)
+    result = cli("report", small_run[1], "--html")
+    last = plain(result.stderr).strip().splitlines()[-1]
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert "each file" in last and "is whole" in last and f"imgcls report {small_run[1]} --html" in last, last
+
+
 def test_report_of_a_sweep_folder_points_to_its_best_run_and_table(cli, tmp_path, assert_user_error):
     sweep = tmp_path / "sweep"
     sweep.mkdir()

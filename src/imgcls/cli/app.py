@@ -486,13 +486,17 @@ def report_command(
 
     summary = load_run(run_dir, pairs, class_names)
     written, unwritten = [], None
-    if figures:
-        try:
-            remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
-            written = write_run_figures(run_dir, class_names)
-        except UserError as error:  # a read-only run folder: the report is still worth printing
-            unwritten = f"note: the figures were not redrawn: {error}"
-    page = write_run_page(run_dir, class_names) if html else None
+    try:
+        if figures:
+            try:
+                remove_stale_temporaries(run_dir)  # of a report or run killed while writing (kill -9)
+                written = write_run_figures(run_dir, class_names)
+            except UserError as error:  # a read-only run folder: the report is still worth printing
+                unwritten = f"note: the figures were not redrawn: {error}"
+        page = write_run_page(run_dir, class_names) if html else None
+    except KeyboardInterrupt:  # each file is written whole or not at all
+        stopped(f"interrupted while redrawing the figures; each file in {printable(run_dir)} is whole, redrawn or "
+                f"as it was: `imgcls report {printable(run_dir)}{' --html' if html else ''}` draws them again")
     if unwritten:
         say(unwritten)
     if as_json:
