@@ -360,7 +360,7 @@ Detail = create_model("Detail", __config__=OPEN, per_class=(list[Fraction], []),
 MetricsFile = create_model("MetricsFile", __config__=OPEN, best_epoch=Count, val=SplitMetrics, test=SplitMetrics,
                            classes=Classes, test_detail=(Detail, Detail()))
 ChosenVal = create_model("ChosenVal", __config__=OPEN, loss=Number, top1=Fraction)  # what the refit reports as val
-Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[int, Strict(), Field(ge=1, le=10 ** 12)],
+Selection = create_model("Selection", __config__=OPEN, epochs=Annotated[Count, Field(ge=1)],
                          val=ChosenVal,
                          how=Annotated[str, Strict()], factors=list[Factor] | None)  # factors: the refit's rates
 
